@@ -1,0 +1,135 @@
+"""The emulator protocol: a machine-learned force-field ensemble that predicts, relaxes and says how sure it is.
+
+Units: energy per atom eV/atom, forces eV/Å, stress GPa (Voigt xx, yy, zz, yz, xz, xy, ASE sign convention), Å.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+from pymatgen.core import Structure
+
+
+class EmulatorError(Exception):
+    """Bad input for the emulator (unreadable structure, unsupported element, empty list)."""
+
+
+class EmulatorSettings(BaseModel):
+    """Settings common to every emulator; implementations subclass with `kind: Literal[...]`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str
+
+
+@dataclass
+class EnsemblePrediction:
+    """Ensemble mean and spread for n structures.
+
+    Attributes:
+        energy_per_atom: (n,) mean, eV/atom.
+        energy_per_atom_std: (n,) standard deviation across members, eV/atom.
+        member_energy_per_atom: (K, n) every member's prediction, eV/atom.
+        forces: n arrays (n_atoms_i, 3) of mean forces, eV/Å (empty list if not computed).
+        forces_std: n arrays (n_atoms_i, 3), eV/Å.
+        stress: (n, 6) mean stress, GPa (None if not computed).
+        stress_std: (n, 6), GPa.
+    """
+
+    energy_per_atom: np.ndarray
+    energy_per_atom_std: np.ndarray
+    member_energy_per_atom: np.ndarray
+    forces: list[np.ndarray] = field(default_factory=list)
+    forces_std: list[np.ndarray] = field(default_factory=list)
+    stress: np.ndarray | None = None
+    stress_std: np.ndarray | None = None
+
+
+@dataclass
+class RelaxResult:
+    """One relaxation with the ensemble mean.
+
+    Attributes:
+        structure: Relaxed structure (cell and positions).
+        energy_per_atom: Ensemble-mean energy at the relaxed geometry, eV/atom.
+        energy_per_atom_std: Ensemble spread there, eV/atom.
+        n_steps: Optimiser steps taken.
+        converged: Whether max force fell below `fmax` within the step budget.
+    """
+
+    structure: Structure
+    energy_per_atom: float
+    energy_per_atom_std: float
+    n_steps: int
+    converged: bool
+
+
+@dataclass
+class LabelledStructure:
+    """A training example from the oracle: total energy eV, forces eV/Å (n_atoms, 3), stress GPa Voigt (6,)."""
+
+    structure: Structure
+    energy: float
+    forces: np.ndarray | None = None
+    stress: np.ndarray | None = None
+
+    @property
+    def energy_per_atom(self) -> float:
+        return self.energy / len(self.structure)
+
+
+class Emulator(ABC):
+    """An ensemble of force fields. Declares its capabilities as class attributes."""
+
+    name: ClassVar[str]
+    Settings: ClassVar[type[EmulatorSettings]]
+    implemented_properties: ClassVar[tuple[str, ...]] = ("energy", "forces", "stress")
+
+    @abstractmethod
+    def predict(self, structures: Sequence[Structure], *, return_std: bool = True) -> EnsemblePrediction:
+        """Ensemble mean (and spread) of energy per atom, forces and stress."""
+
+    @abstractmethod
+    def relax(
+        self, structures: Sequence[Structure], *, fmax: float = 0.1, steps: int = 100
+    ) -> list[RelaxResult]:
+        """Relax cell and positions with the ensemble-mean potential; fmax in eV/Å."""
+
+    @abstractmethod
+    def fine_tune(self, data: Sequence[LabelledStructure], **kwargs: Any) -> dict[str, float]:
+        """Refit reference energies and fine-tune members on oracle labels; returns metrics."""
+
+    @abstractmethod
+    def save(self, directory: Path) -> dict[str, Any]:
+        """Write checkpoints atomically into `directory`; returns the manifest."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, directory: Path) -> Emulator:
+        """Load what `save` wrote."""
+
+
+_REGISTRY: dict[str, type[Emulator]] = {}
+
+
+def register(cls: type[Emulator]) -> type[Emulator]:
+    """Class decorator: make an emulator available by its `name`."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_emulator_class(name: str) -> type[Emulator]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown emulator {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def settings_models() -> tuple[type[EmulatorSettings], ...]:
+    return tuple(cls.Settings for cls in _REGISTRY.values())

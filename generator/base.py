@@ -1,0 +1,100 @@
+"""The generator protocol: propose candidate crystals, each with its provenance.
+
+Lengths in Å; energies (where a generator is conditioned on them) in eV/atom.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+from pymatgen.core import Structure
+
+
+class GeneratorError(Exception):
+    """Bad request to a generator (unknown property, unknown element, impossible range)."""
+
+
+class GeneratorSettings(BaseModel):
+    """Settings common to every generator; implementations subclass with `kind: Literal[...]`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str
+
+
+@dataclass
+class KnownStructure:
+    """A known crystal offered to generators as a parent/prototype (e.g. a Materials Project entry)."""
+
+    id: str
+    structure: Structure
+    properties: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenerationContext:
+    """What a round asks of the generators.
+
+    Attributes:
+        known: Known crystals (seed data plus the campaign's discoveries) to substitute on or learn from.
+        chemical_systems: Target chemical systems such as "Li-Fe-P-O"; empty means unrestricted.
+        conditions: Property conditions for conditional generators, e.g. {"band_gap": (1.5, 3.0)}.
+    """
+
+    known: Sequence[KnownStructure] = ()
+    chemical_systems: Sequence[str] = ()
+    conditions: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Candidate:
+    """A generated structure with provenance.
+
+    Attributes:
+        structure: The candidate crystal.
+        source: Generator name ("diffusion", "substitution", "random_search").
+        parent: Id of the parent crystal, if any.
+        info: What was done (substitution applied, space group drawn, conditions, ...); JSON-serialisable.
+    """
+
+    structure: Structure
+    source: str
+    parent: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Generator(ABC):
+    """Proposes candidates. Capabilities are class attributes."""
+
+    name: ClassVar[str]
+    Settings: ClassVar[type[GeneratorSettings]]
+    supports_conditions: ClassVar[bool] = False
+    supports_fine_tune: ClassVar[bool] = False
+
+    @abstractmethod
+    def generate(self, *, n: int, context: GenerationContext, seed: int = 0) -> list[Candidate]:
+        """Propose up to `n` candidates for `context`, reproducibly for a given `seed`."""
+
+    def fine_tune(self, structures: Sequence[Structure], **kwargs: Any) -> dict[str, float]:
+        """Continue training on new structures (only where `supports_fine_tune`)."""
+        raise NotImplementedError(f"{self.name} does not learn from data")
+
+
+_REGISTRY: dict[str, type[Generator]] = {}
+
+
+def register(cls: type[Generator]) -> type[Generator]:
+    """Class decorator: make a generator available by its `name`."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_generator_class(name: str) -> type[Generator]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown generator {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}") from None
