@@ -1,0 +1,259 @@
+"""The `matloop` command line.
+
+Every command has `--help`; machine-readable output with `--json`. Bad input prints one line on stderr and exits
+with code 2, and nothing is written to the workdir.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Thread oversubscription made CHGNet relaxations 10x slower on small machines: pin BLAS/torch threads before any
+# numerical library is imported. Users who know better can override these in their environment.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Annotated, Any  # noqa: E402
+
+import typer  # noqa: E402
+
+app = typer.Typer(
+    name="matloop",
+    help="Active-learning discovery of stable inorganic crystals (generate → screen → acquire → label → retrain).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+WorkdirOpt = Annotated[Path, typer.Option("--workdir", "-w", help="Campaign directory (holds matloop.db).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"matloop: error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _emit_json(payload: Any) -> None:
+    typer.echo(json.dumps(payload, indent=2, default=str))
+
+
+def _existing_workdir(workdir: Path) -> Path:
+    from loop.store import CampaignStore
+
+    if not CampaignStore.exists_in(workdir):
+        _fail(f"{workdir}: no campaign here (no matloop.db); start one with `matloop run CONFIG --workdir {workdir}`")
+    return workdir
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+@app.command()
+def label(
+    files: Annotated[list[Path], typer.Argument(help="Structure files (CIF, POSCAR, extxyz, pymatgen JSON).")],
+    oracle: Annotated[str, typer.Option("--oracle", help="Oracle name (gpaw, emt, cp2k, espresso, vasp).")] = "gpaw",
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Campaign YAML whose `oracle:` section gives the settings.")
+    ] = None,
+    workdir: Annotated[Path, typer.Option("--workdir", "-w", help="Where results are kept.")] = Path(
+        "matloop-workdir"
+    ),
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the oracle on structures; a structure already labelled with the same settings is not recomputed."""
+    from loop.labelling import label_files
+
+    rows = label_files(files, oracle_name=oracle, config_path=config, workdir=workdir)
+    if as_json:
+        _emit_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"oracle labels ({workdir})")
+    for col in ("structure", "formula", "status", "E (eV/atom)", "max |F| (eV/Å)", "P (GPa)", "time (s)", "cached"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["structure"],
+            r["formula"],
+            r["status"] if r["status"] == "ok" else f"failed: {r['reason']}",
+            "-" if r["energy_per_atom"] is None else f"{r['energy_per_atom']:.4f}",
+            "-" if r["max_force"] is None else f"{r['max_force']:.3f}",
+            "-" if r["pressure"] is None else f"{r['pressure']:.2f}",
+            f"{r['wall_time']:.1f}",
+            "yes" if r["cached"] else "no",
+        )
+    Console().print(table)
+
+
+@app.command()
+def status(workdir: WorkdirOpt, as_json: JsonOpt = False) -> None:
+    """Round, stage, counts, hit rate per round and best discoveries of a campaign (during or after a run)."""
+    from loop.report import campaign_status, render_status
+
+    info = campaign_status(_existing_workdir(workdir))
+    if as_json:
+        _emit_json(info)
+    else:
+        render_status(info)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Campaign YAML (see configs/).")],
+    workdir: WorkdirOpt,
+    rounds: Annotated[int | None, typer.Option("--rounds", help="Rounds after round 0 (overrides the config).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start or resume a campaign in the foreground."""
+    from loop.campaign import Campaign
+
+    campaign = Campaign.open(config_path=config, workdir=workdir, max_rounds=rounds)
+    summary = campaign.run()
+    if as_json:
+        _emit_json(summary)
+    else:
+        from loop.report import render_summary
+
+        render_summary(summary)
+
+
+@app.command()
+def daemon(config: Annotated[Path, typer.Argument(help="Campaign YAML.")], workdir: WorkdirOpt) -> None:
+    """Keep running rounds until the config's stop rule; SIGTERM/SIGINT or `matloop stop` end it cleanly."""
+    from loop.campaign import Campaign
+
+    campaign = Campaign.open(config_path=config, workdir=workdir, max_rounds=None)
+    campaign.run(daemon=True)
+
+
+@app.command()
+def stop(workdir: WorkdirOpt) -> None:
+    """Ask a running daemon to stop after its current step."""
+    from loop.campaign import request_stop
+
+    typer.echo(request_stop(_existing_workdir(workdir)))
+
+
+@app.command()
+def export(
+    workdir: WorkdirOpt,
+    out: Annotated[Path, typer.Option("--out", help="Output folder (CIFs + summary.csv).")],
+    stable_only: Annotated[bool, typer.Option("--stable", help="Only stable and near-stable discoveries.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the campaign's labelled structures (or only discoveries) as CIFs plus a CSV summary."""
+    from loop.report import export_discoveries
+
+    info = export_discoveries(_existing_workdir(workdir), out=out, stable_only=stable_only)
+    if as_json:
+        _emit_json(info)
+    else:
+        typer.echo(f"wrote {info['n']} structures and {info['csv']}")
+
+
+@app.command()
+def predict(
+    files: Annotated[list[Path], typer.Argument(help="Structure files (CIF, POSCAR, extxyz, pymatgen JSON).")],
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", help="Emulator checkpoint dir (default: pretrained ensemble).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ensemble mean ± std of energy per atom (eV/atom), forces (eV/Å) and stress (GPa)."""
+    from loop.structures import read_structures
+
+    named = read_structures(files)
+    from emulator.predict import predict_summary
+
+    rows = predict_summary([s for _, s in named], checkpoint=checkpoint)
+    for (name, _), row in zip(named, rows, strict=True):
+        row["structure"] = name
+    if as_json:
+        _emit_json(rows)
+        return
+    for r in rows:
+        typer.echo(
+            f"{r['structure']}: E = {r['energy_per_atom']:.4f} ± {r['energy_per_atom_std']:.4f} eV/atom, "
+            f"max|F| = {r['max_force']:.3f} ± {r['max_force_std']:.3f} eV/Å, "
+            f"P = {r['pressure']:.2f} ± {r['pressure_std']:.2f} GPa"
+        )
+
+
+@app.command()
+def generate(
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of crystals.")],
+    out: Annotated[Path, typer.Option("--out", help="An .extxyz file or a folder for CIFs.")],
+    condition: Annotated[
+        list[str] | None,
+        typer.Option("--condition", "-c", help="KEY=VALUE or KEY=LO:HI, e.g. chemical_system=Li-Fe-O, band_gap=1:3."),
+    ] = None,
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Diffusion checkpoint.")] = None,
+    num_atoms: Annotated[int | None, typer.Option("--num-atoms", min=1, max=20, help="Atoms per cell.")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Sampler steps.")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Sample crystals from the diffusion model (written batch by batch, so a kill loses at most one batch)."""
+    from loop.generate_cmd import generate_to_file
+
+    info = generate_to_file(
+        n=n, out=out, conditions=condition or [], checkpoint=checkpoint, num_atoms=num_atoms, steps=steps, seed=seed
+    )
+    if as_json:
+        _emit_json(info)
+    else:
+        typer.echo(f"wrote {info['n_written']} structures to {out} in {info['seconds']:.1f} s")
+
+
+@app.command()
+def ui(
+    workdir: WorkdirOpt,
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 5000,
+) -> None:
+    """Open the MLflow dashboard of a campaign on 127.0.0.1."""
+    from loop.campaign import tracking_ui_command
+
+    cmd = tracking_ui_command(_existing_workdir(workdir), port=port)
+    typer.echo(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C to stop)")
+    os.execvp(cmd[0], cmd)
+
+
+def main() -> None:
+    """Console entry point: typed input errors become one line on stderr and exit code 2."""
+    from loop.errors import InputError
+
+    expected: tuple[type[BaseException], ...] = (InputError,)
+    try:
+        from emulator.base import EmulatorError
+        from generator.base import GeneratorError
+        from oracle.base import UnsupportedStructure
+
+        expected = (InputError, UnsupportedStructure, EmulatorError, GeneratorError)
+    except ImportError:  # pragma: no cover - a broken install still reports input errors cleanly
+        pass
+    try:
+        app(standalone_mode=False)
+    except expected as exc:
+        typer.echo(f"matloop: error: {exc}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("matloop: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Campaign configuration: YAML validated by pydantic models that mirror the object tree.
+
+One section per room (generator, emulator, oracle, acquisition, tracking, execution). Each room's own settings
+model lives beside the code it configures (e.g. `oracle.gpaw.GPAWSettings`); this module composes them and turns
+validation errors into one line that names the key path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+import emulator as _emulator_pkg  # noqa: F401  (registers emulators)
+import oracle as _oracle_pkg  # noqa: F401  (registers oracles)
+from emulator.base import settings_models as emulator_settings_models
+from generator.diffusion import DiffusionSettings
+from generator.random_search import RandomSearchSettings
+from generator.substitution import SubstitutionSettings
+from loop.acquisition import AcquisitionConfig
+from loop.errors import InputError
+from loop.funnel import FunnelConfig
+from loop.tracking import TrackingConfig
+from loop.validation import discriminated_union, format_validation_error
+from oracle.base import settings_models as oracle_settings_models
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+OracleConfig = discriminated_union(oracle_settings_models())
+EmulatorConfig = discriminated_union(emulator_settings_models())
+
+GENERATOR_NAMES = ("diffusion", "substitution", "random_search")
+
+
+class GeneratorConfig(StrictModel):
+    """How a round generates candidates.
+
+    Attributes:
+        mix: Candidates requested per round from each generator, by name (0 switches one off).
+        diffusion / substitution / random_search: Each generator's own settings.
+        funnel: Validity, charge balance, dedup, novelty and design-requirement filters.
+        fine_tune_weight: Weight of the campaign's discoveries relative to the original data when the diffusion
+            model is fine-tuned (0 switches generator fine-tuning off).
+        fine_tune_max_minutes: Wall-time bound of one generator fine-tune, minutes.
+    """
+
+    mix: dict[str, int] = Field(default_factory=lambda: {"diffusion": 16, "substitution": 24, "random_search": 8})
+    diffusion: DiffusionSettings = Field(default_factory=lambda: DiffusionSettings(kind="diffusion"))
+    substitution: SubstitutionSettings = Field(default_factory=lambda: SubstitutionSettings(kind="substitution"))
+    random_search: RandomSearchSettings = Field(default_factory=lambda: RandomSearchSettings(kind="random_search"))
+    funnel: FunnelConfig = Field(default_factory=FunnelConfig)
+    fine_tune_weight: float = Field(default=4.0, ge=0.0)
+    fine_tune_max_minutes: float = Field(default=1.0, gt=0.0)
+
+    @field_validator("mix")
+    @classmethod
+    def _known_generators(cls, mix: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(mix) - set(GENERATOR_NAMES))
+        if unknown:
+            raise ValueError(f"unknown generator(s) {unknown}; choose from {list(GENERATOR_NAMES)}")
+        if any(v < 0 for v in mix.values()):
+            raise ValueError("candidate counts must be >= 0")
+        if sum(mix.values()) == 0:
+            raise ValueError("at least one generator needs a positive count")
+        return mix
+
+
+class ReferencesConfig(StrictModel):
+    """Round 0: what the oracle labels to build the hull in its own level of theory.
+
+    Attributes:
+        max_compounds: Known compounds of the chemical system(s) from the seed data labelled in round 0, besides one
+            elemental reference per element.
+        max_atoms: Largest cell (atoms) taken as a reference, to bound round-0 cost.
+    """
+
+    max_compounds: int = Field(default=4, ge=0)
+    max_atoms: int = Field(default=12, ge=1)
+
+
+class EmulatorTrainingConfig(StrictModel):
+    """Screening and retraining settings of the emulator.
+
+    Attributes:
+        relax_fmax: Force threshold of the screening relaxation, eV/Å.
+        relax_steps: Step cap of the screening relaxation.
+        fine_tune_epochs: Epochs per retraining.
+        fine_tune_max_minutes: Wall-time bound of one retraining, minutes.
+    """
+
+    relax_fmax: float = Field(default=0.1, gt=0)
+    relax_steps: int = Field(default=60, ge=0)
+    fine_tune_epochs: int = Field(default=3, ge=0)
+    fine_tune_max_minutes: float = Field(default=2.0, gt=0)
+
+
+class ExecutionConfig(StrictModel):
+    """Where the work runs.
+
+    Attributes:
+        kind: "local" (a Dask LocalCluster, no server), "scheduler" (connect to `scheduler_address`) or "slurm"/"pbs"
+            (dask-jobqueue).
+        n_workers: Worker processes (local) or jobs (jobqueue).
+        threads_per_worker: Threads per worker; 1 is right for CHGNet and GPAW on small cells.
+        scheduler_address: e.g. "tcp://10.0.0.1:8786" when kind is "scheduler".
+        jobqueue: Keyword arguments for the dask-jobqueue cluster (cores, memory, walltime, queue, account, ...).
+        label_timeout_s: Wall-time allowance for one oracle label, s.
+    """
+
+    kind: Literal["local", "scheduler", "slurm", "pbs"] = "local"
+    n_workers: int = Field(default=2, ge=1)
+    threads_per_worker: int = Field(default=1, ge=1)
+    scheduler_address: str | None = None
+    jobqueue: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _address_needed(self) -> ExecutionConfig:
+        if self.kind == "scheduler" and not self.scheduler_address:
+            raise ValueError("kind 'scheduler' needs scheduler_address (e.g. tcp://host:8786)")
+        return self
+
+
+class StopRule(StrictModel):
+    """When a campaign (or daemon) stops.
+
+    Attributes:
+        max_rounds: Rounds after round 0.
+        max_oracle_calls: Total oracle labels, all rounds included.
+        max_hours: Wall-clock hours since the campaign started.
+        patience: Stop after this many consecutive rounds without a new stable or near-stable discovery.
+    """
+
+    max_rounds: int = Field(default=3, ge=0)
+    max_oracle_calls: int | None = Field(default=None, ge=1)
+    max_hours: float | None = Field(default=None, gt=0)
+    patience: int | None = Field(default=None, ge=1)
+
+
+class CampaignConfig(StrictModel):
+    """A whole campaign.
+
+    Attributes:
+        name: Campaign name (also the MLflow experiment name unless tracking says otherwise).
+        seed: Master random seed.
+        chemical_systems: Target chemical systems, e.g. ["Cu-Au"]; elements joined by "-".
+        near_stable: Threshold (eV/atom above the oracle hull) under which a labelled structure counts as a
+            near-stable discovery; on-hull structures are "stable".
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    chemical_systems: list[str] = Field(min_length=1)
+    near_stable: float = Field(default=0.05, ge=0.0)
+    references: ReferencesConfig = Field(default_factory=ReferencesConfig)
+    stop: StopRule = Field(default_factory=StopRule)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    emulator: EmulatorConfig = Field(default_factory=lambda: {"kind": "chgnet_ensemble"})  # type: ignore[valid-type]
+    emulator_training: EmulatorTrainingConfig = Field(default_factory=EmulatorTrainingConfig)
+    oracle: OracleConfig = Field(default_factory=lambda: {"kind": "gpaw"})  # type: ignore[valid-type]
+    acquisition: AcquisitionConfig = Field(default_factory=AcquisitionConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    @field_validator("chemical_systems")
+    @classmethod
+    def _known_elements(cls, systems: list[str]) -> list[str]:
+        from pymatgen.core import Element
+
+        out = []
+        for system in systems:
+            elements = [e.strip() for e in system.split("-") if e.strip()]
+            for e in elements:
+                if not Element.is_valid_symbol(e):
+                    raise ValueError(f"unknown element {e!r} in chemical system {system!r}")
+            out.append("-".join(sorted(set(elements))))
+        return out
+
+    @property
+    def elements(self) -> list[str]:
+        return sorted({e for s in self.chemical_systems for e in s.split("-")})
+
+
+def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) -> CampaignConfig:
+    """Read and validate a campaign YAML.
+
+    Raises:
+        InputError: missing file, YAML syntax error, unknown key or wrong type (one line with the key path).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such config file; start from configs/default.yaml")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise InputError(f"{path}: invalid YAML{where}; fix the syntax") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: the config must be a mapping of sections (name, chemical_systems, oracle, ...)")
+    for key, value in (overrides or {}).items():
+        data[key] = value
+    return validate_config(data, source=str(path))
+
+
+def validate_config(data: dict[str, Any], *, source: str = "config") -> CampaignConfig:
+    try:
+        return CampaignConfig.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(format_validation_error(exc, source=source)) from None

@@ -1,0 +1,168 @@
+"""Running the oracle on structures and keeping the results in the campaign store (never computing one twice)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from pymatgen.core import Structure
+
+from loop.errors import InputError
+from loop.store import CampaignStore, StoredResult
+from loop.structures import read_structures, structure_hash
+
+
+def oracle_settings_for(*, oracle_name: str, config_path: Path | None) -> Any:
+    """Oracle settings from a config's `oracle:` section, or the named oracle's defaults.
+
+    Raises:
+        InputError: unknown oracle name, unreadable config, invalid settings (one line with the key path).
+    """
+    from loop.validation import validate_oracle_settings
+
+    if config_path is not None:
+        if not Path(config_path).is_file():
+            raise InputError(f"{config_path}: no such config file")
+        try:
+            data = yaml.safe_load(Path(config_path).read_text()) or {}
+        except yaml.YAMLError:
+            raise InputError(f"{config_path}: invalid YAML; fix the syntax") from None
+        section = data.get("oracle") if isinstance(data, dict) else None
+        if not isinstance(section, dict):
+            raise InputError(f"{config_path}: no `oracle:` section with a `kind:`")
+        return validate_oracle_settings(section, source=f"{config_path}: oracle")
+    return validate_oracle_settings({"kind": oracle_name}, source="--oracle")
+
+
+def oracle_workdir(workdir: Path, h: str) -> Path:
+    """Calculator files of one structure live in `<workdir>/oracle/<structure-hash>/`."""
+    return Path(workdir) / "oracle" / h
+
+
+def run_label(settings_dict: dict[str, Any], structure_dict: dict[str, Any], workdir: str) -> dict[str, Any]:
+    """Label one structure; a plain-data function that Dask workers (or this process) run.
+
+    Args:
+        settings_dict: Oracle settings as a dict (with `kind`).
+        structure_dict: `Structure.as_dict()`.
+        workdir: The structure's calculator directory.
+
+    Returns:
+        `OracleResult.to_dict()`.
+    """
+    from loop.validation import validate_oracle_settings
+    from oracle.base import make_oracle
+
+    settings = validate_oracle_settings(settings_dict)
+    result = make_oracle(settings).label(Structure.from_dict(structure_dict), workdir=Path(workdir))
+    return result.to_dict()
+
+
+def label_hashes(
+    store: CampaignStore,
+    hashes: Sequence[str],
+    *,
+    settings: Any,
+    workdir: Path,
+    round: int | None = None,
+    submit: Callable[..., Any] | None = None,
+    as_completed: Callable[[Any], Any] | None = None,
+) -> dict[str, StoredResult]:
+    """Label the structures `hashes` (already in the store), skipping every one that has a stored result.
+
+    Results are committed one by one as they complete, so a kill loses at most the calculations in flight (and the
+    oracle's own result file in the structure's work dir keeps even those).
+
+    Args:
+        submit / as_completed: A Dask client's `submit` and `distributed.as_completed`; None runs in this process.
+
+    Returns:
+        The stored result of every hash.
+    """
+    settings_hash = settings.settings_hash()
+    todo = [h for h in dict.fromkeys(hashes) if store.get_oracle_result(h, settings_hash) is None]
+    structures = store.get_structures(todo)
+    settings_dict = settings.model_dump()
+
+    def commit(h: str, result: dict[str, Any]) -> None:
+        store.add_oracle_result(h, oracle=settings.kind, settings_hash=settings_hash, result=result, round=round)
+
+    if submit is None or as_completed is None:
+        for h in todo:
+            commit(h, run_label(settings_dict, structures[h].as_dict(), str(oracle_workdir(workdir, h))))
+    else:
+        futures = {
+            submit(run_label, settings_dict, structures[h].as_dict(), str(oracle_workdir(workdir, h)), pure=False): h
+            for h in todo
+        }
+        for future in as_completed(list(futures)):
+            commit(futures[future], future.result())
+    results = {}
+    for h in hashes:
+        stored = store.get_oracle_result(h, settings_hash)
+        assert stored is not None
+        results[h] = stored
+    return results
+
+
+def summarize_result(name: str, structure: Structure, stored: StoredResult, *, cached: bool) -> dict[str, Any]:
+    """One printable row: energy per atom eV/atom, max force eV/Å, pressure GPa (−trace/3), wall time s."""
+    forces = None if stored.forces is None else np.asarray(stored.forces)
+    stress = None if stored.stress is None else np.asarray(stored.stress)
+    return {
+        "structure": name,
+        "hash": stored.hash,
+        "formula": structure.composition.reduced_formula,
+        "natoms": len(structure),
+        "oracle": stored.oracle,
+        "status": stored.status,
+        "reason": stored.reason,
+        "energy": stored.energy,
+        "energy_per_atom": stored.energy_per_atom,
+        "max_force": None if forces is None else float(np.linalg.norm(forces, axis=1).max()),
+        "pressure": None if stress is None else float(-stress[:3].mean()),
+        "forces": stored.forces,
+        "stress": stored.stress,
+        "wall_time": stored.wall_time,
+        "attempts": stored.attempts,
+        "cached": cached,
+    }
+
+
+def label_files(
+    files: Sequence[Path], *, oracle_name: str, config_path: Path | None, workdir: Path
+) -> list[dict[str, Any]]:
+    """`matloop label`: validate everything first (nothing is written on bad input), then label.
+
+    Raises:
+        InputError: missing/malformed file, unknown oracle, invalid settings, an element the oracle cannot treat.
+    """
+    from oracle.base import UnsupportedStructure, make_oracle
+
+    named = read_structures(files)
+    settings = oracle_settings_for(oracle_name=oracle_name, config_path=config_path)
+    oracle = make_oracle(settings)
+    for name, s in named:
+        try:
+            oracle.check(s)
+        except UnsupportedStructure as exc:
+            raise InputError(f"{name}: {exc}; choose another --oracle or remove the structure") from None
+
+    store = CampaignStore.in_workdir(workdir)
+    try:
+        hashes = [store.add_structure(s, source="user", provenance={"file": name}) for name, s in named]
+        settings_hash = settings.settings_hash()
+        cached = {h: store.get_oracle_result(h, settings_hash) is not None for h in hashes}
+        results = label_hashes(store, hashes, settings=settings, workdir=workdir)
+        return [
+            summarize_result(name, s, results[h], cached=cached[h])
+            for (name, s), h in zip(named, hashes, strict=True)
+        ]
+    finally:
+        store.close()
+
+
+__all__ = ["label_files", "label_hashes", "oracle_settings_for", "oracle_workdir", "run_label", "structure_hash"]

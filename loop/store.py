@@ -1,0 +1,484 @@
+"""The campaign store: one sqlite file per workdir, the only source of truth of a campaign.
+
+Everything a campaign knows lives here: structures with provenance, funnel outcomes, emulator predictions, oracle
+queries and results, rounds and stages. Writes happen in transactions; a stage marks itself done in the same
+transaction as its results, so a process killed at any point leaves either the whole stage or none of it.
+
+Units: energies eV, energies per atom eV/atom, forces eV/Å, stress GPa, wall times s.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pymatgen.core import Structure
+
+from loop.structures import structure_from_json, structure_hash, structure_to_json
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS structures (
+    hash TEXT PRIMARY KEY,
+    formula TEXT NOT NULL,
+    reduced_formula TEXT NOT NULL,
+    chemsys TEXT NOT NULL,
+    nsites INTEGER NOT NULL,
+    structure TEXT NOT NULL,          -- pymatgen JSON
+    source TEXT NOT NULL,             -- seed | diffusion | substitution | random_search | relaxed | user
+    parent TEXT,                      -- structure hash or external id of the parent
+    round INTEGER,
+    provenance TEXT NOT NULL,         -- JSON: what was done to make it
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS structures_formula ON structures(reduced_formula);
+CREATE TABLE IF NOT EXISTS candidates (
+    round INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    source TEXT NOT NULL,
+    passed INTEGER NOT NULL,
+    reason TEXT,                      -- why the funnel removed it
+    PRIMARY KEY (round, hash)
+);
+CREATE TABLE IF NOT EXISTS predictions (
+    round INTEGER NOT NULL,
+    hash TEXT NOT NULL,               -- the candidate
+    relaxed_hash TEXT,                -- the emulator-relaxed structure (also in `structures`)
+    model TEXT NOT NULL,              -- emulator checkpoint id
+    energy_per_atom REAL,             -- eV/atom, ensemble mean
+    energy_per_atom_std REAL,         -- eV/atom
+    e_hull REAL,                      -- eV/atom above the campaign's oracle hull (NULL when not computable)
+    e_hull_std REAL,                  -- eV/atom
+    data TEXT NOT NULL,               -- JSON: steps, convergence, reasons
+    PRIMARY KEY (round, hash)
+);
+CREATE TABLE IF NOT EXISTS queries (
+    round INTEGER NOT NULL,
+    hash TEXT NOT NULL,               -- the structure sent to the oracle
+    strategy TEXT NOT NULL,
+    rank INTEGER NOT NULL,
+    score REAL,
+    PRIMARY KEY (round, hash)
+);
+CREATE TABLE IF NOT EXISTS oracle_results (
+    hash TEXT NOT NULL,
+    settings_hash TEXT NOT NULL,
+    oracle TEXT NOT NULL,
+    status TEXT NOT NULL,             -- ok | failed
+    energy REAL,                      -- eV
+    energy_per_atom REAL,             -- eV/atom
+    forces TEXT,                      -- JSON (n, 3), eV/Å
+    stress TEXT,                      -- JSON Voigt (6,), GPa
+    reason TEXT,
+    wall_time REAL,                   -- s
+    attempts INTEGER,
+    settings TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    round INTEGER,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (hash, settings_hash)
+);
+CREATE TABLE IF NOT EXISTS stability (
+    round INTEGER NOT NULL,           -- the hull of the end of this round
+    hash TEXT NOT NULL,
+    e_hull REAL NOT NULL,             -- eV/atom above the oracle hull
+    stable INTEGER NOT NULL,          -- on the hull
+    near_stable INTEGER NOT NULL,     -- within the campaign's threshold
+    PRIMARY KEY (round, hash)
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    round INTEGER PRIMARY KEY,
+    status TEXT NOT NULL,             -- running | done
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    summary TEXT
+);
+CREATE TABLE IF NOT EXISTS stages (
+    round INTEGER NOT NULL,
+    stage TEXT NOT NULL,
+    status TEXT NOT NULL,             -- done
+    started_at REAL,
+    finished_at REAL NOT NULL,
+    result TEXT NOT NULL,             -- JSON summary (counts, wall time)
+    PRIMARY KEY (round, stage)
+);
+"""
+
+
+@dataclass
+class StoredResult:
+    """An oracle result as stored. Units: eV, eV/atom, eV/Å, GPa, s."""
+
+    hash: str
+    oracle: str
+    settings_hash: str
+    status: str
+    energy: float | None
+    energy_per_atom: float | None
+    forces: list[list[float]] | None
+    stress: list[float] | None
+    reason: str | None
+    wall_time: float
+    attempts: int
+    settings: dict[str, Any]
+    metadata: dict[str, Any]
+    round: int | None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class CampaignStore:
+    """The sqlite campaign store of one workdir (`<workdir>/matloop.db`, WAL mode).
+
+    Args:
+        path: The database file. Created (with its schema) on first use.
+    """
+
+    FILENAME = "matloop.db"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._depth = 0
+        with self.transaction() as c:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    c.execute(statement)
+        if self.get_meta("schema_version") is None:
+            self.set_meta("schema_version", SCHEMA_VERSION)
+
+    @classmethod
+    def in_workdir(cls, workdir: str | Path) -> CampaignStore:
+        return cls(Path(workdir) / cls.FILENAME)
+
+    @staticmethod
+    def exists_in(workdir: str | Path) -> bool:
+        return (Path(workdir) / CampaignStore.FILENAME).is_file()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # -- transactions -------------------------------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (BEGIN IMMEDIATE … COMMIT); nested uses join the outer one."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self._conn
+            finally:
+                self._depth -= 1
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        else:
+            self._conn.execute("COMMIT")
+        finally:
+            self._depth = 0
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return self._conn.execute(sql, params).fetchall()
+
+    # -- meta ---------------------------------------------------------------------------------------------------------
+    def set_meta(self, key: str, value: Any) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return json.loads(rows[0]["value"]) if rows else default
+
+    # -- structures ---------------------------------------------------------------------------------------------------
+    def add_structure(
+        self,
+        structure: Structure,
+        *,
+        source: str,
+        parent: str | None = None,
+        round: int | None = None,
+        provenance: dict[str, Any] | None = None,
+        hash: str | None = None,
+    ) -> str:
+        """Insert a structure unless its hash is already known; returns the hash (the first provenance wins)."""
+        h = hash or structure_hash(structure)
+        comp = structure.composition
+        with self.transaction() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO structures(hash, formula, reduced_formula, chemsys, nsites, structure, source,"
+                " parent, round, provenance, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    h,
+                    comp.formula.replace(" ", ""),
+                    comp.reduced_formula,
+                    comp.chemical_system,
+                    len(structure),
+                    structure_to_json(structure),
+                    source,
+                    parent,
+                    round,
+                    json.dumps(provenance or {}),
+                    time.time(),
+                ),
+            )
+        return h
+
+    def has_structure(self, h: str) -> bool:
+        return bool(self._query("SELECT 1 FROM structures WHERE hash = ?", (h,)))
+
+    def get_structure(self, h: str) -> Structure:
+        rows = self._query("SELECT structure FROM structures WHERE hash = ?", (h,))
+        if not rows:
+            raise KeyError(f"no structure {h} in {self.path}")
+        return structure_from_json(rows[0]["structure"])
+
+    def structure_rows(self, *, where: str = "1=1", params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Structure rows (without the structure JSON) matching a WHERE clause."""
+        rows = self._query(
+            "SELECT hash, formula, reduced_formula, chemsys, nsites, source, parent, round, provenance"
+            f" FROM structures WHERE {where}",
+            params,
+        )
+        return [dict(r) | {"provenance": json.loads(r["provenance"])} for r in rows]
+
+    def get_structures(self, hashes: Sequence[str]) -> dict[str, Structure]:
+        out: dict[str, Structure] = {}
+        for i in range(0, len(hashes), 500):
+            chunk = list(hashes[i : i + 500])
+            marks = ",".join("?" * len(chunk))
+            for r in self._query(f"SELECT hash, structure FROM structures WHERE hash IN ({marks})", chunk):
+                out[r["hash"]] = structure_from_json(r["structure"])
+        return out
+
+    def all_structures(self, *, sources: Sequence[str] | None = None) -> dict[str, Structure]:
+        if sources:
+            marks = ",".join("?" * len(sources))
+            rows = self._query(f"SELECT hash, structure FROM structures WHERE source IN ({marks})", list(sources))
+        else:
+            rows = self._query("SELECT hash, structure FROM structures")
+        return {r["hash"]: structure_from_json(r["structure"]) for r in rows}
+
+    # -- oracle results -----------------------------------------------------------------------------------------------
+    def get_oracle_result(self, h: str, settings_hash: str) -> StoredResult | None:
+        rows = self._query("SELECT * FROM oracle_results WHERE hash = ? AND settings_hash = ?", (h, settings_hash))
+        return self._to_result(rows[0]) if rows else None
+
+    def oracle_results(self, *, settings_hash: str | None = None, ok_only: bool = False) -> list[StoredResult]:
+        sql = "SELECT * FROM oracle_results WHERE 1=1"
+        params: list[Any] = []
+        if settings_hash is not None:
+            sql += " AND settings_hash = ?"
+            params.append(settings_hash)
+        if ok_only:
+            sql += " AND status = 'ok'"
+        return [self._to_result(r) for r in self._query(sql + " ORDER BY created_at", params)]
+
+    def add_oracle_result(
+        self,
+        h: str,
+        *,
+        oracle: str,
+        settings_hash: str,
+        result: dict[str, Any],
+        round: int | None = None,
+    ) -> None:
+        """Store one oracle result (an `OracleResult.to_dict()`); an existing result for the same key is kept."""
+        with self.transaction() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO oracle_results(hash, settings_hash, oracle, status, energy, energy_per_atom,"
+                " forces, stress, reason, wall_time, attempts, settings, metadata, round, created_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    h,
+                    settings_hash,
+                    oracle,
+                    result["status"],
+                    result.get("energy"),
+                    result.get("energy_per_atom"),
+                    None if result.get("forces") is None else json.dumps(result["forces"]),
+                    None if result.get("stress") is None else json.dumps(result["stress"]),
+                    result.get("reason"),
+                    float(result.get("wall_time") or 0.0),
+                    int(result.get("attempts") or 0),
+                    json.dumps(result.get("settings") or {}),
+                    json.dumps(result.get("metadata") or {}, default=str),
+                    round,
+                    time.time(),
+                ),
+            )
+
+    @staticmethod
+    def _to_result(r: sqlite3.Row) -> StoredResult:
+        return StoredResult(
+            hash=r["hash"],
+            oracle=r["oracle"],
+            settings_hash=r["settings_hash"],
+            status=r["status"],
+            energy=r["energy"],
+            energy_per_atom=r["energy_per_atom"],
+            forces=_loads(r["forces"]),
+            stress=_loads(r["stress"]),
+            reason=r["reason"],
+            wall_time=r["wall_time"] or 0.0,
+            attempts=r["attempts"] or 0,
+            settings=json.loads(r["settings"]),
+            metadata=json.loads(r["metadata"]),
+            round=r["round"],
+        )
+
+    # -- rounds and stages --------------------------------------------------------------------------------------------
+    def start_round(self, rnd: int) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO rounds(round, status, started_at) VALUES (?, 'running', ?)", (rnd, time.time())
+            )
+
+    def finish_round(self, rnd: int, summary: dict[str, Any]) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE rounds SET status = 'done', finished_at = ?, summary = ? WHERE round = ?",
+                (time.time(), json.dumps(summary), rnd),
+            )
+
+    def rounds(self) -> list[dict[str, Any]]:
+        rows = self._query("SELECT * FROM rounds ORDER BY round")
+        return [dict(r) | {"summary": _loads(r["summary"])} for r in rows]
+
+    def stage_done(self, rnd: int, stage: str) -> bool:
+        return bool(self._query("SELECT 1 FROM stages WHERE round = ? AND stage = ?", (rnd, stage)))
+
+    def stage_result(self, rnd: int, stage: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT result FROM stages WHERE round = ? AND stage = ?", (rnd, stage))
+        return json.loads(rows[0]["result"]) if rows else None
+
+    def mark_stage_done(
+        self, rnd: int, stage: str, result: dict[str, Any], *, started_at: float | None = None
+    ) -> None:
+        """Mark a stage done; call inside the transaction that wrote the stage's results."""
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO stages(round, stage, status, started_at, finished_at, result) VALUES (?,?,?,?,?,?)",
+                (rnd, stage, "done", started_at, time.time(), json.dumps(result, default=str)),
+            )
+
+    def stages(self) -> list[dict[str, Any]]:
+        rows = self._query("SELECT * FROM stages ORDER BY finished_at")
+        return [dict(r) | {"result": json.loads(r["result"])} for r in rows]
+
+    # -- round products -----------------------------------------------------------------------------------------------
+    def add_candidates(self, rnd: int, rows: Sequence[tuple[str, str, bool, str | None]]) -> None:
+        """Funnel outcomes: (hash, source, passed, reason) per candidate of round `rnd`."""
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT OR REPLACE INTO candidates(round, hash, source, passed, reason) VALUES (?,?,?,?,?)",
+                [(rnd, h, src, int(ok), why) for h, src, ok, why in rows],
+            )
+
+    def candidates(self, rnd: int, *, passed: bool | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM candidates WHERE round = ?"
+        params: list[Any] = [rnd]
+        if passed is not None:
+            sql += " AND passed = ?"
+            params.append(int(passed))
+        return [dict(r) for r in self._query(sql + " ORDER BY rowid", params)]
+
+    def add_predictions(self, rnd: int, rows: Sequence[dict[str, Any]]) -> None:
+        """Screen results: dicts with hash, relaxed_hash, model, energy_per_atom(_std), e_hull(_std), data."""
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT OR REPLACE INTO predictions(round, hash, relaxed_hash, model, energy_per_atom,"
+                " energy_per_atom_std, e_hull, e_hull_std, data) VALUES (?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        rnd,
+                        r["hash"],
+                        r.get("relaxed_hash"),
+                        r["model"],
+                        r.get("energy_per_atom"),
+                        r.get("energy_per_atom_std"),
+                        r.get("e_hull"),
+                        r.get("e_hull_std"),
+                        json.dumps(r.get("data") or {}, default=str),
+                    )
+                    for r in rows
+                ],
+            )
+
+    def predictions(self, rnd: int | None = None) -> list[dict[str, Any]]:
+        if rnd is None:
+            rows = self._query("SELECT * FROM predictions ORDER BY round, rowid")
+        else:
+            rows = self._query("SELECT * FROM predictions WHERE round = ? ORDER BY rowid", (rnd,))
+        return [dict(r) | {"data": json.loads(r["data"])} for r in rows]
+
+    def add_queries(self, rnd: int, rows: Sequence[tuple[str, str, int, float | None]]) -> None:
+        """Acquisition: (hash, strategy, rank, score) of the structures to send to the oracle in round `rnd`."""
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT OR REPLACE INTO queries(round, hash, strategy, rank, score) VALUES (?,?,?,?,?)",
+                [(rnd, h, s, k, sc) for h, s, k, sc in rows],
+            )
+
+    def queries(self, rnd: int | None = None) -> list[dict[str, Any]]:
+        if rnd is None:
+            return [dict(r) for r in self._query("SELECT * FROM queries ORDER BY round, rank")]
+        return [dict(r) for r in self._query("SELECT * FROM queries WHERE round = ? ORDER BY rank", (rnd,))]
+
+    def set_stability(self, rnd: int, rows: Sequence[tuple[str, float, bool, bool]]) -> None:
+        """The hull verdicts at the end of round `rnd`: (hash, e_hull eV/atom, stable, near_stable)."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM stability WHERE round = ?", (rnd,))
+            c.executemany(
+                "INSERT INTO stability(round, hash, e_hull, stable, near_stable) VALUES (?,?,?,?,?)",
+                [(rnd, h, float(e), int(s), int(n)) for h, e, s, n in rows],
+            )
+
+    def stability(self, rnd: int | None = None) -> list[dict[str, Any]]:
+        """Hull verdicts of round `rnd` (default: the latest round that has any)."""
+        if rnd is None:
+            last = self._query("SELECT MAX(round) AS r FROM stability")[0]["r"]
+            if last is None:
+                return []
+            rnd = last
+        return [dict(r) for r in self._query("SELECT * FROM stability WHERE round = ? ORDER BY e_hull", (rnd,))]
+
+    # -- summaries ----------------------------------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        def one(sql: str) -> int:
+            return int(self._query(sql)[0][0])
+
+        return {
+            "structures": one("SELECT COUNT(*) FROM structures"),
+            "generated": one("SELECT COUNT(*) FROM candidates"),
+            "passed_funnel": one("SELECT COUNT(*) FROM candidates WHERE passed = 1"),
+            "screened": one("SELECT COUNT(*) FROM predictions"),
+            "queried": one("SELECT COUNT(*) FROM queries"),
+            "labelled": one("SELECT COUNT(*) FROM oracle_results WHERE status = 'ok'"),
+            "failed": one("SELECT COUNT(*) FROM oracle_results WHERE status != 'ok'"),
+        }

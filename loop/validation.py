@@ -1,0 +1,48 @@
+"""Light-weight validation helpers (no heavy imports), shared by the config loader and `matloop label`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Union
+
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from loop.errors import InputError
+
+
+def discriminated_union(models: tuple[type[BaseModel], ...]) -> Any:
+    """A pydantic union of settings models told apart by their `kind` field."""
+    if len(models) == 1:
+        return models[0]
+    return Annotated[Union[models], Field(discriminator="kind")]  # noqa: UP007  (a runtime tuple of models)
+
+
+def format_validation_error(exc: ValidationError, *, source: str) -> str:
+    """One line: the first error with its key path, and how many more there are."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling; configs/default.yaml lists the valid keys)"
+    elif first["type"] != "missing" and "input" in first and not isinstance(first["input"], dict):
+        msg = f"{msg} (got {first['input']!r})"
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{source}: {loc or '<top>'}: {msg}{more}"
+
+
+def validate_oracle_settings(data: dict[str, Any], *, source: str = "oracle") -> Any:
+    """Validate an `oracle:` section (a dict with `kind`) into that oracle's settings model.
+
+    Raises:
+        InputError: unknown kind, unknown key or wrong type, in one line with the key path.
+    """
+    import oracle  # noqa: F401  (registers the implementations)
+    from oracle.base import oracle_names, settings_models
+
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind not in oracle_names():
+        raise InputError(f"{source}: kind: unknown oracle {kind!r}; choose one of: {', '.join(oracle_names())}")
+    try:
+        return TypeAdapter(discriminated_union(settings_models())).validate_python(data)
+    except ValidationError as exc:
+        raise InputError(format_validation_error(exc, source=source)) from None
