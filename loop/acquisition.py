@@ -1,0 +1,491 @@
+"""Choosing which screened candidates the oracle labels this round, with modAL query strategies.
+
+The emulator ensemble has already predicted, for every candidate, the mean and standard deviation of its energy
+above the oracle hull (eV/atom). `PrecomputedEnsembleRegressor` wraps those numbers as a scikit-learn regressor so
+that modAL's `ActiveLearner` and strategies can call `predict(X, return_std=True)` on them.
+
+Candidate matrix `X`: column 0 holds the candidate's index into the mean/std arrays (as a float); the other columns
+are its diversity features (see `structure_features`). Build it with `candidate_matrix`.
+
+Strategies follow modAL's query-strategy form and return convention, because `ActiveLearner.query` unpacks exactly
+that pair: `strategy(learner, X, n_instances=..., **kwargs) -> (indices, utilities)`, where `indices` are row
+positions in `X` ranked best first and `utilities` their utility (higher is better, before any diversity penalty).
+
+Batch diversity (all strategies): a greedy pick in the spirit of modAL's ranked batch mode. Utilities are scaled to
+[0, 1]; each pick then loses `similarity_penalty * 1 / (1 + d)` where d is the Euclidean feature distance to the
+nearest candidate already picked this round (or already labelled, if their features are given); and at most
+`max_per_formula` candidates share one reduced formula, so one round does not spend its budget on near-copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from modAL.acquisition import PI, UCB
+from modAL.disagreement import max_std_sampling
+from modAL.models import ActiveLearner
+from modAL.utils.selection import multi_argmax
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pymatgen.core import Structure
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.metrics import pairwise_distances
+
+# Floor on the ensemble spread, eV/atom: a zero std would make the Gaussian probability a step function (0/0 at the
+# threshold) and tells nothing more than "very sure".
+_MIN_STD = 1e-6
+# Highest atomic number in the composition block of the feature vector.
+_N_ELEMENTS = 103
+
+
+class AcquisitionError(ValueError):
+    """Bad input for acquisition (unknown strategy, mismatched array lengths, malformed candidate matrix)."""
+
+
+class DiversityConfig(BaseModel):
+    """Batch-diversity settings for one round.
+
+    Attributes:
+        max_per_formula: At most this many picks share one reduced formula (None: no cap).
+        similarity_penalty: Weight of the feature-space similarity penalty on the [0, 1]-scaled utility
+            (0 switches it off; 1 lets an exact copy of a pick lose all its utility).
+        structure_weight: Weight of the structural descriptors relative to the composition fractions in the
+            feature distance.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_per_formula: int | None = Field(default=2, ge=1)
+    similarity_penalty: float = Field(default=0.5, ge=0.0)
+    structure_weight: float = Field(default=0.5, ge=0.0)
+
+
+class AcquisitionConfig(BaseModel):
+    """How the round's oracle queries are chosen.
+
+    Attributes:
+        strategy: Registered strategy name (see `strategy_names()`).
+        budget: Oracle queries per round.
+        stability_threshold: E_hull below which a candidate counts as a hit, eV/atom. The default 0.1 is the
+            metastability window of the S.U.N. metric; it also absorbs that an oracle single point at an emulator
+            geometry only bounds the relaxed energy from above, and the emulator's typical E_hull error (tens of
+            meV/atom), so promising candidates are not ruled out early.
+        kappa: Exploration weight of `ucb`: candidates rank by -(mean - kappa * std).
+        diversity: Batch-diversity settings.
+        seed: Seed of the `random` baseline.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: str = "p_stable"
+    budget: int = Field(default=8, ge=1)
+    stability_threshold: float = 0.1
+    kappa: float = Field(default=1.0, ge=0.0)
+    diversity: DiversityConfig = Field(default_factory=DiversityConfig)
+    seed: int = 0
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        if value not in STRATEGIES:
+            raise ValueError(
+                f"unknown acquisition strategy {value!r}; choose one of: {', '.join(strategy_names())}"
+            )
+        return value
+
+
+class PrecomputedEnsembleRegressor(RegressorMixin, BaseEstimator):
+    """A scikit-learn regressor whose predictions are the ensemble's precomputed E_hull mean and std.
+
+    Column 0 of `X` selects the candidate (its index into `mean`/`std`); other columns are ignored.
+
+    Args:
+        mean: (n,) ensemble-mean energy above hull, eV/atom.
+        std: (n,) ensemble standard deviation of the energy above hull (equal to the energy std), eV/atom.
+    """
+
+    def __init__(self, mean: np.ndarray | None = None, std: np.ndarray | None = None) -> None:
+        self.mean = mean
+        self.std = std
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> PrecomputedEnsembleRegressor:
+        """Nothing to learn: the emulator was trained elsewhere. Checks the arrays and marks the model fitted."""
+        if self.mean is None or self.std is None:
+            raise AcquisitionError("PrecomputedEnsembleRegressor needs mean and std arrays; pass both")
+        self.mean_ = np.asarray(self.mean, dtype=float).reshape(-1)
+        self.std_ = np.asarray(self.std, dtype=float).reshape(-1)
+        if self.mean_.shape != self.std_.shape:
+            raise AcquisitionError(
+                f"mean has {self.mean_.size} values but std has {self.std_.size}; pass equal lengths"
+            )
+        self.n_features_in_ = np.asarray(X).shape[1] if X is not None and np.ndim(X) == 2 else 1
+        return self
+
+    def _rows(self, X: np.ndarray) -> np.ndarray:
+        if not hasattr(self, "mean_"):
+            self.fit(np.asarray(X))
+        X = np.asarray(X, dtype=float)
+        if X.ndim != 2 or X.shape[1] < 1:
+            raise AcquisitionError("candidate matrix must be 2-D with the candidate index in column 0")
+        rows = X[:, 0].astype(int)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.mean_.size):
+            raise AcquisitionError(
+                f"candidate index out of range 0..{self.mean_.size - 1}; build X with candidate_matrix"
+            )
+        return rows
+
+    def predict(self, X: np.ndarray, return_std: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Mean E_hull (eV/atom) of the candidates in `X`; with `return_std`, also their std (eV/atom)."""
+        rows = self._rows(X)
+        if return_std:
+            return self.mean_[rows], self.std_[rows]
+        return self.mean_[rows]
+
+
+# --- features -----------------------------------------------------------------------------------------------------
+
+
+def structure_features(structures: Sequence[Structure]) -> np.ndarray:
+    """Cheap descriptors for batch diversity: composition fractions plus simple structural numbers.
+
+    Columns: atomic fraction of elements Z = 1..103, then volume per atom / 20 Å^3, density / 5 g cm^-3,
+    log10(number of sites), sorted lattice-length ratios (a/c, b/c) and |cos| of the three lattice angles.
+    Scaled so that every column is of order 1. No symmetry analysis, so thousands of structures take well under
+    a second.
+
+    Returns:
+        (n, 103 + 8) float array.
+    """
+    feats = np.zeros((len(structures), _N_ELEMENTS + 8))
+    for i, s in enumerate(structures):
+        for el, frac in s.composition.fractional_composition.items():
+            z = el.Z
+            if z > _N_ELEMENTS:
+                raise AcquisitionError(
+                    f"element {el} (Z={z}) is outside the supported range Z <= {_N_ELEMENTS}"
+                )
+            feats[i, z - 1] = frac
+        lengths = np.sort(np.asarray(s.lattice.abc))
+        angles = np.radians(np.asarray(s.lattice.angles))
+        feats[i, _N_ELEMENTS:] = [
+            s.volume / len(s) / 20.0,
+            float(s.density) / 5.0,
+            np.log10(len(s)),
+            lengths[0] / lengths[2],
+            lengths[1] / lengths[2],
+            *np.abs(np.cos(angles)),
+        ]
+    return feats
+
+
+def candidate_matrix(n_candidates: int, features: np.ndarray | None = None) -> np.ndarray:
+    """The `X` that modAL sees: candidate index in column 0, diversity features (if any) after it."""
+    index = np.arange(n_candidates, dtype=float).reshape(-1, 1)
+    if features is None:
+        return index
+    features = np.asarray(features, dtype=float)
+    if features.ndim != 2 or features.shape[0] != n_candidates:
+        raise AcquisitionError(
+            f"features must have shape ({n_candidates}, k), got {features.shape}; one row per candidate"
+        )
+    return np.hstack([index, features])
+
+
+def _weighted_features(X: np.ndarray, structure_weight: float) -> np.ndarray:
+    feats = np.array(X[:, 1:], dtype=float)
+    if feats.shape[1] == _N_ELEMENTS + 8:
+        feats[:, _N_ELEMENTS:] *= structure_weight
+    return feats
+
+
+# --- selection ----------------------------------------------------------------------------------------------------
+
+
+def _scaled(utility: np.ndarray) -> np.ndarray:
+    lo, hi = float(np.min(utility)), float(np.max(utility))
+    if hi - lo <= 0.0:
+        return np.ones_like(utility)
+    return (utility - lo) / (hi - lo)
+
+
+def _select(
+    utility: np.ndarray,
+    X: np.ndarray,
+    n_instances: int,
+    *,
+    groups: Sequence[Any] | None = None,
+    max_per_group: int | None = None,
+    similarity_penalty: float = 0.0,
+    structure_weight: float = 1.0,
+    labelled_features: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    n = utility.shape[0]
+    n_instances = min(int(n_instances), n)
+    use_features = similarity_penalty > 0.0 and X.shape[1] > 1
+    if groups is None and not use_features:
+        # modAL's own top-k; argpartition order is arbitrary, so rank it for a reproducible, best-first list.
+        idx, _ = multi_argmax(utility, n_instances=n_instances)
+        idx = idx[np.argsort(-utility[idx], kind="stable")]
+        return idx, utility[idx]
+    if groups is not None and len(groups) != n:
+        raise AcquisitionError(f"got {len(groups)} formulas for {n} candidates; pass one per candidate")
+    scaled = _scaled(utility)
+    feats = _weighted_features(X, structure_weight) if use_features else None
+    nearest = np.full(n, np.inf)
+    if use_features and labelled_features is not None and len(labelled_features):
+        lab = np.asarray(labelled_features, dtype=float)
+        if lab.shape[1] == _N_ELEMENTS + 8:
+            lab = lab.copy()
+            lab[:, _N_ELEMENTS:] *= structure_weight
+        nearest = pairwise_distances(feats, lab).min(axis=1)
+    available = np.ones(n, dtype=bool)
+    per_group: dict[Any, int] = {}
+    picked: list[int] = []
+    for _ in range(n_instances):
+        score = scaled - similarity_penalty * (1.0 / (1.0 + nearest)) if use_features else scaled.copy()
+        score[~available] = -np.inf
+        best = int(np.argmax(score))
+        if not np.isfinite(score[best]):
+            break  # every remaining candidate is capped out by its formula
+        picked.append(best)
+        available[best] = False
+        if groups is not None:
+            per_group[groups[best]] = per_group.get(groups[best], 0) + 1
+            if max_per_group is not None and per_group[groups[best]] >= max_per_group:
+                available &= np.array([g != groups[best] for g in groups])
+        if use_features:
+            d = pairwise_distances(feats, feats[best : best + 1]).reshape(-1)
+            nearest = np.minimum(nearest, d)
+    idx = np.asarray(picked, dtype=int)
+    return idx, utility[idx]
+
+
+def _predict(learner: Any, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean, std = learner.predict(X, return_std=True)
+    return np.asarray(mean, dtype=float).reshape(-1), np.maximum(
+        np.asarray(std, dtype=float).reshape(-1), _MIN_STD
+    )
+
+
+# --- strategies (modAL form) --------------------------------------------------------------------------------------
+
+
+def max_std(
+    learner: Any, X: np.ndarray, n_instances: int = 1, **kwargs: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Committee disagreement: the candidates whose ensemble std of E_hull is largest (pure exploration)."""
+    # modAL ranks the whole pool for us; scatter its answer back into one utility per row.
+    idx, values = max_std_sampling(learner, X, n_instances=X.shape[0])
+    utility = np.empty(X.shape[0])
+    utility[np.asarray(idx)] = np.asarray(values, dtype=float).reshape(-1)
+    return _select(utility, X, n_instances, **kwargs)
+
+
+def p_stable(
+    learner: Any, X: np.ndarray, n_instances: int = 1, *, threshold: float = 0.1, **kwargs: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probability of being a hit, P(E_hull < threshold) = Φ((threshold − μ) / σ) under the ensemble's Gaussian.
+
+    Computed with modAL's probability-of-improvement on the negated target: PI(−μ, σ, −threshold, 0).
+    """
+    mean, std = _predict(learner, X)
+    utility = np.asarray(PI(-mean, std, -threshold, 0.0), dtype=float)
+    return _select(utility, X, n_instances, **kwargs)
+
+
+def ucb(
+    learner: Any, X: np.ndarray, n_instances: int = 1, *, kappa: float = 1.0, **kwargs: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Optimistic stability: rank by −(μ − κσ), modAL's UCB on the negated E_hull."""
+    mean, std = _predict(learner, X)
+    utility = np.asarray(UCB(-mean, std, kappa), dtype=float)
+    return _select(utility, X, n_instances, **kwargs)
+
+
+def greedy(learner: Any, X: np.ndarray, n_instances: int = 1, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Baseline: lowest predicted E_hull first (pure exploitation)."""
+    mean, _ = _predict(learner, X)
+    return _select(-mean, X, n_instances, **kwargs)
+
+
+def random(
+    learner: Any, X: np.ndarray, n_instances: int = 1, *, seed: int = 0, **kwargs: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Baseline: uniformly random candidates (seeded), diversity rules still applied."""
+    utility = np.random.default_rng(seed).random(X.shape[0])
+    return _select(utility, X, n_instances, **kwargs)
+
+
+STRATEGIES: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
+    "max_std": max_std,
+    "p_stable": p_stable,
+    "ucb": ucb,
+    "greedy": greedy,
+    "random": random,
+}
+
+
+def strategy_names() -> list[str]:
+    """Registered strategy names, sorted."""
+    return sorted(STRATEGIES)
+
+
+def register_strategy(name: str, strategy: Callable[..., tuple[np.ndarray, np.ndarray]]) -> None:
+    """Make a modAL-form strategy available by name (it receives the same keyword arguments as the built-ins)."""
+    STRATEGIES[name] = strategy
+
+
+def get_strategy(name: str) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    """The strategy registered as `name` (raises `AcquisitionError` with the valid names otherwise)."""
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise AcquisitionError(
+            f"unknown acquisition strategy {name!r}; choose one of: {', '.join(strategy_names())}"
+        ) from None
+
+
+# --- the call the loop makes --------------------------------------------------------------------------------------
+
+
+@dataclass
+class AcquisitionResult:
+    """The round's picks.
+
+    Attributes:
+        indices: Candidate indices (into the arrays passed in), best first; at most `budget` of them.
+        utilities: Strategy utility of each pick (before the diversity penalty; higher is better).
+        strategy: Strategy name used.
+        n_pool: Candidates offered.
+        n_skipped: Candidates left out because their mean or std was not finite (e.g. no hull reference yet).
+    """
+
+    indices: np.ndarray
+    utilities: np.ndarray
+    strategy: str
+    n_pool: int
+    n_skipped: int
+
+
+def select_queries(
+    *,
+    mean: Sequence[float] | np.ndarray,
+    std: Sequence[float] | np.ndarray,
+    config: AcquisitionConfig,
+    features: np.ndarray | None = None,
+    formulas: Sequence[str] | None = None,
+    labelled_features: np.ndarray | None = None,
+) -> AcquisitionResult:
+    """Choose this round's oracle queries with modAL's `ActiveLearner.query` under `config.budget`.
+
+    Args:
+        mean: (n,) ensemble-mean E_hull of each candidate, eV/atom.
+        std: (n,) ensemble std of E_hull (= energy std with the hull fixed), eV/atom.
+        config: Strategy, budget, threshold, kappa, diversity and seed.
+        features: (n, k) diversity features (e.g. `structure_features`); None disables the similarity penalty.
+        formulas: n reduced formulas for the per-formula cap; None disables the cap.
+        labelled_features: (m, k) features of structures labelled in earlier rounds, so picks also avoid them.
+
+    Returns:
+        An `AcquisitionResult`; candidates with a non-finite mean or std are never picked.
+
+    Raises:
+        AcquisitionError: Lengths differ, or a negative std.
+    """
+    mean_arr = np.asarray(mean, dtype=float).reshape(-1)
+    std_arr = np.asarray(std, dtype=float).reshape(-1)
+    n = mean_arr.size
+    if std_arr.size != n:
+        raise AcquisitionError(f"got {n} means but {std_arr.size} stds; pass one of each per candidate")
+    if formulas is not None and len(formulas) != n:
+        raise AcquisitionError(f"got {len(formulas)} formulas for {n} candidates; pass one per candidate")
+    finite = np.isfinite(mean_arr) & np.isfinite(std_arr)
+    if np.any(std_arr[finite] < 0):
+        raise AcquisitionError(
+            "ensemble std must be >= 0 eV/atom; pass standard deviations, not variances or signs"
+        )
+    pool = np.flatnonzero(finite)
+    strategy = get_strategy(config.strategy)
+    empty = AcquisitionResult(
+        indices=np.zeros(0, dtype=int),
+        utilities=np.zeros(0),
+        strategy=config.strategy,
+        n_pool=n,
+        n_skipped=int(n - pool.size),
+    )
+    if pool.size == 0:
+        return empty
+    X = candidate_matrix(pool.size, None if features is None else np.asarray(features, dtype=float)[pool])
+    learner = ActiveLearner(
+        estimator=PrecomputedEnsembleRegressor(mean=mean_arr[pool], std=std_arr[pool]),
+        query_strategy=strategy,
+    )
+    div = config.diversity
+    kwargs: dict[str, Any] = {
+        "groups": None if formulas is None else [formulas[i] for i in pool],
+        "max_per_group": div.max_per_formula,
+        "similarity_penalty": div.similarity_penalty if features is not None else 0.0,
+        "structure_weight": div.structure_weight,
+        "labelled_features": labelled_features,
+    }
+    if config.strategy == "p_stable":
+        kwargs["threshold"] = config.stability_threshold
+    elif config.strategy == "ucb":
+        kwargs["kappa"] = config.kappa
+    elif config.strategy == "random":
+        kwargs["seed"] = config.seed
+    rows, _, utilities = learner.query(
+        X, return_metrics=True, n_instances=min(config.budget, pool.size), **kwargs
+    )
+    rows = np.asarray(rows, dtype=int).reshape(-1)
+    return AcquisitionResult(
+        indices=pool[rows],
+        utilities=np.asarray(utilities, dtype=float),
+        strategy=config.strategy,
+        n_pool=n,
+        n_skipped=empty.n_skipped,
+    )
+
+
+def select_structures(
+    *,
+    structures: Sequence[Structure],
+    mean: Sequence[float] | np.ndarray,
+    std: Sequence[float] | np.ndarray,
+    config: AcquisitionConfig,
+    labelled: Sequence[Structure] = (),
+) -> AcquisitionResult:
+    """`select_queries` with features and reduced formulas computed from the candidate structures.
+
+    Args:
+        structures: n candidates (emulator-relaxed), aligned with `mean` and `std`.
+        mean: (n,) ensemble-mean E_hull, eV/atom.
+        std: (n,) ensemble std of E_hull, eV/atom.
+        config: Acquisition settings.
+        labelled: Structures labelled in earlier rounds (picks avoid near-copies of them too).
+    """
+    if len(structures) != np.asarray(mean).size:
+        raise AcquisitionError(
+            f"got {len(structures)} structures but {np.asarray(mean).size} means; pass one per structure"
+        )
+    return select_queries(
+        mean=mean,
+        std=std,
+        config=config,
+        features=structure_features(structures),
+        formulas=[s.composition.reduced_formula for s in structures],
+        labelled_features=structure_features(labelled) if len(labelled) else None,
+    )
+
+
+def hit_rate(e_above_hull: Sequence[float] | np.ndarray, *, threshold: float = 0.1) -> float:
+    """Fraction of oracle-labelled queries with E_hull <= `threshold` (eV/atom); NaN entries count as misses.
+
+    Returns NaN for an empty list.
+    """
+    values = np.asarray(e_above_hull, dtype=float).reshape(-1)
+    if values.size == 0:
+        return float("nan")
+    return float(np.mean(np.nan_to_num(values, nan=np.inf) <= threshold))

@@ -1,0 +1,219 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from modAL.disagreement import max_std_sampling
+from modAL.models import ActiveLearner
+from pydantic import ValidationError
+from pymatgen.core import Structure
+from scipy.stats import norm
+
+from loop.acquisition import (
+    AcquisitionConfig,
+    AcquisitionError,
+    DiversityConfig,
+    PrecomputedEnsembleRegressor,
+    candidate_matrix,
+    get_strategy,
+    hit_rate,
+    select_queries,
+    select_structures,
+    strategy_names,
+    structure_features,
+)
+from loop.hull import HullEntry, OracleHull
+
+MP20_VAL = Path(__file__).resolve().parents[2] / "generator" / "data" / "mp_20" / "val.csv.gz"
+NO_DIVERSITY = DiversityConfig(max_per_formula=None, similarity_penalty=0.0)
+
+
+@pytest.fixture(scope="module")
+def mp20() -> dict[str, Structure]:
+    """A few real mp_20 crystals keyed by material id (CuAu has two polymorphs in the split)."""
+    df = pd.read_csv(MP20_VAL)
+    rows = df[df.pretty_formula.isin(["CuAu", "NaCl", "Si", "SnS2", "LaAu"])]
+    return {r.material_id: Structure.from_str(r.cif, fmt="cif") for r in rows.itertuples()}
+
+
+@pytest.fixture(scope="module")
+def pool() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    return rng.normal(0.15, 0.12, size=200), rng.uniform(0.005, 0.15, size=200)
+
+
+def cfg(strategy: str, budget: int = 10, **kw: object) -> AcquisitionConfig:
+    return AcquisitionConfig(strategy=strategy, budget=budget, diversity=NO_DIVERSITY, **kw)
+
+
+def test_registry_has_required_strategies() -> None:
+    assert {"max_std", "p_stable", "ucb", "greedy", "random"} <= set(strategy_names())
+
+
+def test_max_std_picks_highest_std_like_modal(pool: tuple[np.ndarray, np.ndarray]) -> None:
+    mean, std = pool
+    res = select_queries(mean=mean, std=std, config=cfg("max_std"))
+    np.testing.assert_array_equal(res.indices, np.argsort(-std)[:10])
+    np.testing.assert_allclose(res.utilities, np.sort(std)[::-1][:10])
+    # Same pick as calling modAL's strategy directly on the wrapped ensemble.
+    learner = ActiveLearner(
+        estimator=PrecomputedEnsembleRegressor(mean=mean, std=std), query_strategy=max_std_sampling
+    )
+    idx, _ = learner.query(candidate_matrix(mean.size), n_instances=10)
+    assert set(idx) == set(res.indices)
+
+
+def test_greedy_picks_lowest_e_hull(pool: tuple[np.ndarray, np.ndarray]) -> None:
+    mean, std = pool
+    res = select_queries(mean=mean, std=std, config=cfg("greedy", budget=7))
+    np.testing.assert_array_equal(res.indices, np.argsort(mean)[:7])
+
+
+def test_p_stable_matches_analytic_gaussian(pool: tuple[np.ndarray, np.ndarray]) -> None:
+    mean, std = pool
+    thr = 0.05
+    res = select_queries(mean=mean, std=std, config=cfg("p_stable", budget=12, stability_threshold=thr))
+    analytic = norm.cdf((thr - mean) / std)
+    np.testing.assert_array_equal(res.indices, np.argsort(-analytic, kind="stable")[:12])
+    np.testing.assert_allclose(res.utilities, analytic[res.indices], rtol=1e-10)
+    assert np.all(np.diff(res.utilities) <= 0)
+
+
+def test_p_stable_prefers_uncertain_candidate_when_both_above_threshold() -> None:
+    # Same mean above the threshold: only the wider Gaussian has a real chance of being stable.
+    res = select_queries(
+        mean=[0.2, 0.2], std=[0.01, 0.2], config=cfg("p_stable", budget=1, stability_threshold=0.0)
+    )
+    assert res.indices.tolist() == [1]
+
+
+def test_ucb_ranks_by_optimistic_e_hull(pool: tuple[np.ndarray, np.ndarray]) -> None:
+    mean, std = pool
+    res = select_queries(mean=mean, std=std, config=cfg("ucb", budget=9, kappa=2.0))
+    expected = -(mean - 2.0 * std)
+    np.testing.assert_array_equal(res.indices, np.argsort(-expected)[:9])
+    np.testing.assert_allclose(res.utilities, expected[res.indices])
+
+
+def test_random_is_seeded_and_without_repeats(pool: tuple[np.ndarray, np.ndarray]) -> None:
+    mean, std = pool
+    a = select_queries(mean=mean, std=std, config=cfg("random", budget=20, seed=1))
+    b = select_queries(mean=mean, std=std, config=cfg("random", budget=20, seed=1))
+    c = select_queries(mean=mean, std=std, config=cfg("random", budget=20, seed=2))
+    np.testing.assert_array_equal(a.indices, b.indices)
+    assert set(a.indices) != set(c.indices)
+    assert len(set(a.indices)) == 20 and a.indices.max() < mean.size
+
+
+@pytest.mark.parametrize("strategy", ["max_std", "p_stable", "ucb", "greedy", "random"])
+def test_budget_respected_and_nan_candidates_skipped(
+    strategy: str, pool: tuple[np.ndarray, np.ndarray]
+) -> None:
+    mean, std = pool[0].copy(), pool[1].copy()
+    mean[[3, 5]] = np.nan  # e.g. no elemental reference on the hull yet
+    std[8] = np.inf
+    res = select_queries(mean=mean, std=std, config=AcquisitionConfig(strategy=strategy, budget=15))
+    assert len(res.indices) == 15 and len(set(res.indices)) == 15
+    assert not {3, 5, 8} & set(res.indices.tolist())
+    assert res.n_skipped == 3 and res.n_pool == mean.size
+    small = select_queries(
+        mean=[0.1, np.nan, 0.0], std=[0.1, 0.1, 0.1], config=AcquisitionConfig(strategy=strategy)
+    )
+    assert sorted(small.indices.tolist()) == [0, 2]  # budget 8 > 2 usable candidates
+    empty = select_queries(mean=[np.nan], std=[0.1], config=AcquisitionConfig(strategy=strategy))
+    assert empty.indices.size == 0
+
+
+def test_formula_cap_avoids_copies(mp20: dict[str, Structure]) -> None:
+    cuau = mp20["mp-522"]
+    others = [s for k, s in mp20.items() if s.composition.reduced_formula != "CuAu"]
+    structures = [cuau, cuau.copy(), cuau.copy(), *others]
+    mean = np.array([-0.05, -0.05, -0.05] + [-0.04] + [0.3] * (len(others) - 1))
+    std = np.full(len(structures), 0.02)
+    config = AcquisitionConfig(
+        strategy="greedy", budget=2, diversity=DiversityConfig(max_per_formula=1, similarity_penalty=0.0)
+    )
+    res = select_structures(structures=structures, mean=mean, std=std, config=config)
+    assert res.indices[0] in (0, 1, 2) and res.indices[1] == 3
+    plain = select_structures(structures=structures, mean=mean, std=std, config=cfg("greedy", budget=2))
+    assert set(plain.indices) <= {0, 1, 2}  # without diversity the budget goes on copies
+
+
+def test_similarity_penalty_avoids_copies(mp20: dict[str, Structure]) -> None:
+    cuau = mp20["mp-522"]
+    others = [s for s in mp20.values() if s.composition.reduced_formula != "CuAu"]
+    structures = [cuau, cuau.copy(), cuau.copy(), *others]
+    mean = np.array([-0.05, -0.05, -0.05] + [-0.04] + [0.3] * (len(others) - 1))
+    config = AcquisitionConfig(
+        strategy="greedy", budget=2, diversity=DiversityConfig(max_per_formula=None, similarity_penalty=0.5)
+    )
+    res = select_structures(
+        structures=structures, mean=mean, std=np.full(len(structures), 0.02), config=config
+    )
+    assert res.indices[0] in (0, 1, 2) and res.indices[1] == 3
+    # A structure labelled in an earlier round counts as already picked.
+    again = select_structures(
+        structures=structures, mean=mean, std=np.full(len(structures), 0.02), config=config, labelled=[cuau]
+    )
+    assert again.indices[0] == 3
+
+
+def test_polymorphs_allowed_up_to_cap(mp20: dict[str, Structure]) -> None:
+    polymorphs = [s for s in mp20.values() if s.composition.reduced_formula == "CuAu"]
+    assert len(polymorphs) == 2
+    structures = [*polymorphs, polymorphs[0].copy()]
+    config = AcquisitionConfig(
+        strategy="greedy", budget=3, diversity=DiversityConfig(max_per_formula=2, similarity_penalty=0.0)
+    )
+    res = select_structures(structures=structures, mean=[0.0, 0.01, -0.01], std=[0.1] * 3, config=config)
+    assert len(res.indices) == 2  # the third CuAu is over the cap and nothing else is left
+
+
+def test_structure_features_from_real_crystals(mp20: dict[str, Structure]) -> None:
+    structures = list(mp20.values())
+    feats = structure_features(structures)
+    assert feats.shape == (len(structures), 111)
+    np.testing.assert_allclose(feats[:, :103].sum(axis=1), 1.0)
+    si = next(s for s in structures if s.composition.reduced_formula == "Si")
+    row = feats[structures.index(si)]
+    assert row[13] == 1.0  # Z = 14
+    assert row[103] == pytest.approx(si.volume / len(si) / 20.0)
+    assert np.isfinite(feats).all()
+
+
+def test_select_on_hull_evaluated_candidates() -> None:
+    hull = OracleHull.from_entries(
+        [
+            HullEntry(entry_id="Cu", composition="Cu", energy_per_atom=-3.7),
+            HullEntry(entry_id="Au", composition="Au", energy_per_atom=-3.2),
+            HullEntry(entry_id="CuAu", composition="CuAu", energy_per_atom=-3.55),
+        ]
+    )
+    formulas = ["Cu3Au", "CuAu3", "CuAu", "Cu3Au"]
+    ev = hull.evaluate(formulas, [-3.66, -3.30, -3.50, -3.60], [0.02, 0.02, 0.02, 0.05])
+    res = select_queries(mean=ev.e_above_hull, std=ev.e_above_hull_std, config=cfg("greedy", budget=1))
+    assert formulas[res.indices[0]] == "Cu3Au" and ev.e_above_hull[res.indices[0]] < 0
+
+
+def test_hit_rate() -> None:
+    assert hit_rate([0.0, 0.05, 0.2, np.nan], threshold=0.1) == pytest.approx(0.5)
+    assert np.isnan(hit_rate([]))
+
+
+def test_bad_input_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="unknown acquisition strategy 'bogus'; choose one of"):
+        AcquisitionConfig(strategy="bogus")
+    with pytest.raises(ValidationError):
+        AcquisitionConfig(strategy="greedy", budgett=3)
+    with pytest.raises(ValidationError):
+        AcquisitionConfig(budget=0)
+    with pytest.raises(AcquisitionError, match="choose one of"):
+        get_strategy("bogus")
+    with pytest.raises(AcquisitionError, match="2 means but 3 stds"):
+        select_queries(mean=[0.1, 0.2], std=[0.1, 0.1, 0.1], config=AcquisitionConfig())
+    with pytest.raises(AcquisitionError, match="std must be >= 0"):
+        select_queries(mean=[0.1, 0.2], std=[0.1, -0.1], config=AcquisitionConfig())
+    with pytest.raises(AcquisitionError, match="features must have shape"):
+        candidate_matrix(3, np.zeros((2, 4)))
