@@ -1,0 +1,454 @@
+"""MLflow tracking of a campaign: one parent run per campaign, one nested run per round, both resumable.
+
+Only `loop` talks to MLflow. Without a configured tracking URI the store lives in the campaign workdir:
+`<workdir>/mlflow/mlflow.db` (sqlite backend) and `<workdir>/mlflow/artifacts/` (artifacts), so nothing needs a
+server. With `tracking_uri` set (e.g. `http://127.0.0.1:5000` for `mlflow server`, or a Postgres URI at scale) runs
+go there instead.
+
+Resuming: `start_campaign` and `start_round` return run ids for the campaign store. Passing an id back continues
+that run. Without an id they first look for an existing run with the same campaign tags (and `round_index`), so a
+process killed between creating a run and storing its id does not leave a duplicate behind.
+
+Metric steps are round indices. Params are write-once in MLflow: logging a key again with the same value is a
+no-op; a different value (a config changed on resume) keeps the original and records the new one as tag
+`param_changed.<key>`.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Set before mlflow is imported anywhere in this process; telemetry would try to reach the network.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import math
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from pydantic import BaseModel, ConfigDict
+
+ROLE_TAG = "matloop.role"
+CAMPAIGN_TAG = "matloop.campaign"
+CAMPAIGN_ID_TAG = "matloop.campaign_id"
+ROUND_TAG = "round_index"
+PARENT_TAG = "mlflow.parentRunId"
+UI_HOST = "127.0.0.1"
+
+_MAX_PARAM_LEN = 6000
+_MAX_BATCH_METRICS = 1000
+_MAX_BATCH_PARAMS = 100
+_BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-./ :]")
+_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+
+class TrackingError(ValueError):
+    """Tracking misuse or an unusable tracking store (unknown run id, bad status, remote store for `ui`)."""
+
+
+class TrackingConfig(BaseModel):
+    """Where and whether a campaign is tracked.
+
+    Attributes:
+        enabled: False turns every `Tracker` call into a no-op (run ids are then None).
+        tracking_uri: MLflow tracking URI; None means a local sqlite store under `<workdir>/mlflow/`.
+        experiment: Experiment name; None means the campaign name.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    tracking_uri: str | None = None
+    experiment: str | None = None
+
+
+def local_store(workdir: Path | str) -> tuple[str, str]:
+    """The campaign-local store: (sqlite tracking URI, artifact root URI) under `<workdir>/mlflow/`."""
+    root = Path(workdir).resolve() / "mlflow"
+    return f"sqlite:///{(root / 'mlflow.db').as_posix()}", (root / "artifacts").as_uri()
+
+
+def ui_command(workdir: Path | str, port: int = 5000, *, tracking_uri: str | None = None) -> list[str]:
+    """Command line for `matloop ui`: the MLflow UI on 127.0.0.1 over the campaign's store, one worker.
+
+    Run it with `ui_environment()` merged into the environment, e.g.
+    `subprocess.run(ui_command(workdir, port), env={**os.environ, **ui_environment()})`.
+
+    Raises:
+        TrackingError: The campaign tracks to a remote server (open that server instead) or the port is invalid.
+    """
+    if not 0 < int(port) < 65536:
+        raise TrackingError(f"port {port} is out of range; pass 1-65535")
+    if (
+        tracking_uri is not None
+        and not tracking_uri.startswith(("sqlite:", "file:"))
+        and "://" in tracking_uri
+    ):
+        raise TrackingError(
+            f"this campaign tracks to {tracking_uri}; open that server instead of starting a UI"
+        )
+    backend, artifacts = (tracking_uri, None) if tracking_uri is not None else local_store(workdir)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", backend]
+    if artifacts is not None:
+        cmd += ["--default-artifact-root", artifacts]
+    return [*cmd, "--host", UI_HOST, "--port", str(int(port)), "--workers", "1"]
+
+
+def ui_environment() -> dict[str, str]:
+    """Environment overrides for the `ui_command` process (merge into `os.environ`).
+
+    Telemetry off, and MLflow's background job runners off: they are not needed to browse runs, cost several
+    processes on a shared machine and outlive the UI if it is killed.
+    """
+    return {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def flatten(params: Mapping[str, Any], *, prefix: str = "", sep: str = ".") -> dict[str, str]:
+    """Flatten nested mappings (e.g. a pydantic `model_dump()`) into `a.b.c -> str(value)` for MLflow params."""
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flatten(value, prefix=name, sep=sep))
+        else:
+            out[name] = str(value)
+    return out
+
+
+def _key(name: str) -> str:
+    return _BAD_KEY_CHARS.sub("_", str(name))
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "\\'")
+
+
+class Tracker:
+    """Campaign tracking in MLflow through `MlflowClient` (no global active-run state, so it is thread-safe enough
+    for a daemon and never leaks runs between campaigns).
+
+    Args:
+        config: Tracking settings.
+        workdir: Campaign workdir (holds the local store when no tracking URI is configured).
+        campaign_name: Name of the campaign (parent run name, default experiment name, tag `matloop.campaign`).
+        campaign_id: Optional unique id of the campaign (tag `matloop.campaign_id`), used to find the parent run
+            on resume when no run id is passed; defaults to the campaign name.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: TrackingConfig,
+        workdir: Path | str,
+        campaign_name: str,
+        campaign_id: str | None = None,
+    ) -> None:
+        self.config = config
+        self.workdir = Path(workdir)
+        self.campaign_name = campaign_name
+        self.campaign_id = campaign_id or campaign_name
+        self.parent_run_id: str | None = None
+        self._client: MlflowClient | None = None
+        self._experiment_id: str | None = None
+        if config.tracking_uri is None:
+            self.tracking_uri, self._artifact_root = local_store(self.workdir)
+        else:
+            self.tracking_uri, self._artifact_root = config.tracking_uri, None
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.enabled
+
+    @property
+    def experiment_name(self) -> str:
+        return self.config.experiment or self.campaign_name
+
+    @property
+    def client(self) -> MlflowClient:
+        """The MLflow client (creates the local store on first use; sqlite creation takes several seconds)."""
+        if self._client is None:
+            if self.config.tracking_uri is None:
+                (self.workdir / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            exp = self.client.get_experiment_by_name(self.experiment_name)
+            if exp is None:
+                try:
+                    self._experiment_id = self.client.create_experiment(
+                        self.experiment_name, artifact_location=self._artifact_root
+                    )
+                except MlflowException:
+                    # Another process created it between our lookup and create.
+                    exp = self.client.get_experiment_by_name(self.experiment_name)
+                    if exp is None:
+                        raise
+                    self._experiment_id = exp.experiment_id
+            else:
+                if exp.lifecycle_stage == "deleted":
+                    raise TrackingError(
+                        f"MLflow experiment {self.experiment_name!r} is deleted; restore it or choose another name"
+                    )
+                self._experiment_id = exp.experiment_id
+        return self._experiment_id
+
+    # --- runs -----------------------------------------------------------------------------------------------------
+
+    def _find(self, filter_string: str) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=filter_string,
+            max_results=1,
+            order_by=["attributes.start_time ASC"],
+        )
+        return runs[0].info.run_id if runs else None
+
+    def _resume(self, run_id: str) -> str:
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            raise TrackingError(
+                f"no MLflow run {run_id!r} in {self.tracking_uri}; check the campaign store"
+            ) from None
+        if run.info.lifecycle_stage == "deleted":
+            raise TrackingError(f"MLflow run {run_id!r} is deleted; restore it or start a new campaign")
+        if run.info.status != "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+        return run_id
+
+    def start_campaign(
+        self, *, run_id: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> str | None:
+        """Start or resume the campaign's parent run; returns its id (None when tracking is disabled).
+
+        Args:
+            run_id: Id stored by an earlier process; that run is continued (set back to RUNNING).
+            tags: Extra tags for a newly created run.
+
+        Raises:
+            TrackingError: `run_id` does not exist in this store or is deleted.
+        """
+        if not self.enabled:
+            return None
+        if run_id is None:
+            run_id = self._find(
+                f"tags.`{ROLE_TAG}` = 'campaign' and tags.`{CAMPAIGN_ID_TAG}` = '{_quote(self.campaign_id)}'"
+            )
+        if run_id is not None:
+            self.parent_run_id = self._resume(run_id)
+            return self.parent_run_id
+        all_tags = {
+            ROLE_TAG: "campaign",
+            CAMPAIGN_TAG: self.campaign_name,
+            CAMPAIGN_ID_TAG: self.campaign_id,
+            **(tags or {}),
+        }
+        run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=self.campaign_name)
+        self.parent_run_id = run.info.run_id
+        return self.parent_run_id
+
+    def start_round(self, *, round_index: int, run_id: str | None = None) -> str | None:
+        """Start or resume the nested run of round `round_index`; returns its id (None when disabled).
+
+        Raises:
+            TrackingError: No campaign run was started, or `run_id` is unknown.
+        """
+        if not self.enabled:
+            return None
+        parent = self._require_parent()
+        if run_id is None:
+            run_id = self._find(
+                f"tags.`{PARENT_TAG}` = '{parent}' and tags.`{ROUND_TAG}` = '{int(round_index)}'"
+            )
+        if run_id is not None:
+            return self._resume(run_id)
+        tags = {
+            PARENT_TAG: parent,
+            ROLE_TAG: "round",
+            ROUND_TAG: str(int(round_index)),
+            CAMPAIGN_TAG: self.campaign_name,
+            CAMPAIGN_ID_TAG: self.campaign_id,
+        }
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"round-{int(round_index):03d}")
+        return run.info.run_id
+
+    def round_run_ids(self) -> dict[int, str]:
+        """Nested round runs of the campaign: round index -> run id."""
+        if not self.enabled:
+            return {}
+        parent = self._require_parent()
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'"
+        )
+        return {int(r.data.tags[ROUND_TAG]): r.info.run_id for r in runs if ROUND_TAG in r.data.tags}
+
+    def end_run(self, *, run_id: str | None = None, status: str = "FINISHED") -> None:
+        """Mark a run (default: the campaign run) FINISHED, FAILED or KILLED."""
+        if not self.enabled:
+            return
+        if status not in _STATUSES:
+            raise TrackingError(f"unknown run status {status!r}; use one of {', '.join(_STATUSES)}")
+        self.client.set_terminated(self._run(run_id), status=status)
+
+    def _require_parent(self) -> str:
+        if self.parent_run_id is None:
+            raise TrackingError("no campaign run; call start_campaign() before starting rounds or logging")
+        return self.parent_run_id
+
+    def _run(self, run_id: str | None) -> str:
+        return run_id if run_id is not None else self._require_parent()
+
+    # --- logging --------------------------------------------------------------------------------------------------
+
+    def log_params(self, params: Mapping[str, Any], *, run_id: str | None = None) -> None:
+        """Log params (nested mappings are flattened with dots; values become strings, cut at 6000 chars)."""
+        if not self.enabled:
+            return
+        rid = self._run(run_id)
+        existing = self.client.get_run(rid).data.params
+        new: list[Param] = []
+        changed: list[RunTag] = []
+        for key, value in flatten(params).items():
+            k, v = _key(key), value[:_MAX_PARAM_LEN]
+            if k not in existing:
+                new.append(Param(k, v))
+            elif existing[k] != v:
+                changed.append(RunTag(f"param_changed.{k}", v))
+        for i in range(0, len(new), _MAX_BATCH_PARAMS):
+            self.client.log_batch(rid, params=new[i : i + _MAX_BATCH_PARAMS])
+        if changed:
+            self.client.log_batch(rid, tags=changed)
+
+    def log_metrics(
+        self, metrics: Mapping[str, float], *, step: int | None = None, run_id: str | None = None
+    ) -> None:
+        """Log numeric metrics at `step` (the round index); nested mappings are flattened with dots.
+
+        Non-numeric values are skipped; NaN is stored as NaN.
+        """
+        if not self.enabled:
+            return
+        rid = self._run(run_id)
+        now = int(time.time() * 1000)
+        batch: list[Metric] = []
+        for key, value in flatten_numeric(metrics).items():
+            batch.append(Metric(_key(key), value, now, int(step or 0)))
+        for i in range(0, len(batch), _MAX_BATCH_METRICS):
+            self.client.log_batch(rid, metrics=batch[i : i + _MAX_BATCH_METRICS])
+
+    def log_metric(
+        self, key: str, value: float, *, step: int | None = None, run_id: str | None = None
+    ) -> None:
+        """Log one metric at `step` (the round index)."""
+        self.log_metrics({key: value}, step=step, run_id=run_id)
+
+    def set_tags(self, tags: Mapping[str, Any], *, run_id: str | None = None) -> None:
+        """Set tags (values become strings)."""
+        if not self.enabled:
+            return
+        self.client.log_batch(self._run(run_id), tags=[RunTag(_key(k), str(v)) for k, v in tags.items()])
+
+    def log_artifact(
+        self, path: Path | str, *, artifact_path: str | None = None, run_id: str | None = None
+    ) -> None:
+        """Copy one file into the run's artifacts (under `artifact_path` if given).
+
+        Raises:
+            TrackingError: The file does not exist.
+        """
+        if not self.enabled:
+            return
+        path = Path(path)
+        if not path.is_file():
+            raise TrackingError(
+                f"artifact {path} is not a file; pass an existing file (use log_artifacts for dirs)"
+            )
+        self.client.log_artifact(self._run(run_id), str(path), artifact_path=artifact_path)
+
+    def log_artifacts(
+        self, directory: Path | str, *, artifact_path: str | None = None, run_id: str | None = None
+    ) -> None:
+        """Copy a directory's contents (e.g. a checkpoint) into the run's artifacts."""
+        if not self.enabled:
+            return
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise TrackingError(f"artifact directory {directory} does not exist; pass an existing directory")
+        self.client.log_artifacts(self._run(run_id), str(directory), artifact_path=artifact_path)
+
+    def log_structures(
+        self,
+        structures: Mapping[str, Any] | Sequence[Any],
+        *,
+        artifact_path: str,
+        run_id: str | None = None,
+    ) -> list[str]:
+        """Write pymatgen structures as CIF files into the run's artifacts under `artifact_path`.
+
+        Args:
+            structures: id -> `Structure`, or a sequence (files are then numbered).
+            artifact_path: Artifact folder, e.g. "queried" or "discovered".
+
+        Returns:
+            The file names written (`<id>.cif`).
+        """
+        if not self.enabled:
+            return []
+        items: Iterable[tuple[str, Any]] = (
+            structures.items()
+            if isinstance(structures, Mapping)
+            else ((f"{i:05d}", s) for i, s in enumerate(structures))
+        )
+        names: list[str] = []
+        with tempfile.TemporaryDirectory(prefix="matloop-cif-") as tmp:
+            for ident, structure in items:
+                name = f"{_key(ident).replace('/', '_').replace(' ', '_')}.cif"
+                structure.to(filename=str(Path(tmp) / name), fmt="cif")
+                names.append(name)
+            if names:
+                self.client.log_artifacts(self._run(run_id), tmp, artifact_path=artifact_path)
+        return names
+
+    def log_figure(self, figure: Any, *, artifact_file: str, run_id: str | None = None) -> None:
+        """Save a matplotlib figure as an artifact (e.g. "plots/hull_round_003.png")."""
+        if not self.enabled:
+            return
+        self.client.log_figure(self._run(run_id), figure, artifact_file)
+
+    def artifact_uri(self, *, run_id: str | None = None) -> str | None:
+        """Where a run's artifacts are stored (None when disabled)."""
+        if not self.enabled:
+            return None
+        return self.client.get_run(self._run(run_id)).info.artifact_uri
+
+    def run_status(self, *, run_id: str | None = None) -> str | None:
+        """RUNNING, FINISHED, FAILED or KILLED (None when disabled)."""
+        if not self.enabled:
+            return None
+        return RunStatus.to_string(RunStatus.from_string(self.client.get_run(self._run(run_id)).info.status))
+
+
+def flatten_numeric(metrics: Mapping[str, Any], *, prefix: str = "") -> dict[str, float]:
+    """Flatten nested mappings to `a.b -> float`, dropping values that are not numbers (bools count as 0/1)."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flatten_numeric(value, prefix=name))
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        out[name] = number if not math.isinf(number) else math.copysign(sys.float_info.max, number)
+    return out
