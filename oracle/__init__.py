@@ -1,0 +1,53 @@
+"""The oracle room: label crystals with first-principles (or toy) calculations.
+
+Importing the package registers every implementation; calculator codes (GPAW, CP2K, ...) are imported only
+when a calculation runs, so ``import oracle`` is cheap and works where they are absent.
+"""
+
+from __future__ import annotations
+
+from oracle import emt_toy, gpaw_dft
+from oracle.ase_runner import AseOracle, AseOracleSettings, label_structures, niggli_reduce
+from oracle.base import (
+    CalculationFailed,
+    Oracle,
+    OracleError,
+    OracleResult,
+    OracleSettings,
+    OracleTimeout,
+    SCFError,
+    UnsupportedStructure,
+    get_oracle_class,
+    make_oracle,
+    oracle_names,
+    register,
+    settings_models,
+)
+from oracle.emt_toy import EMTOracle, EMTSettings
+from oracle.gpaw_dft import GPAWOracle, GPAWSettings
+
+__all__ = [
+    "AseOracle",
+    "AseOracleSettings",
+    "CalculationFailed",
+    "EMTOracle",
+    "EMTSettings",
+    "GPAWOracle",
+    "GPAWSettings",
+    "Oracle",
+    "OracleError",
+    "OracleResult",
+    "OracleSettings",
+    "OracleTimeout",
+    "SCFError",
+    "UnsupportedStructure",
+    "emt_toy",
+    "get_oracle_class",
+    "gpaw_dft",
+    "label_structures",
+    "make_oracle",
+    "niggli_reduce",
+    "oracle_names",
+    "register",
+    "settings_models",
+]

@@ -1,0 +1,405 @@
+"""Shared machinery of the ASE-based oracles: reduce, isolate, time out, retry, store.
+
+Every ASE oracle (GPAW, EMT, CP2K, Quantum ESPRESSO, VASP) labels a structure the same way:
+
+1. ``check()`` the structure (an unsupported one becomes a failed result inside ``label``).
+2. Return the result stored in ``<workdir>/result.json`` when it was made from the same structure with the
+   same physics settings (a failed one only when the attempt policy is also unchanged).
+3. Niggli-reduce the cell. The reduced lattice is an integer, unimodular combination of the input lattice
+   vectors in the *same Cartesian frame* and the sites keep their order, so energy, forces (per input site,
+   eV/Å) and stress (GPa) of the reduced cell are those of the input structure with no mapping needed.
+4. Run each attempt in a child process (``calc_worker.py``, its own process group) with a wall-time limit:
+   a segfault, an MPI abort or a hang kills only the child. Attempt ``k`` gets the implementation's fallback
+   settings for ``k`` (e.g. looser mixing, more SCF iterations).
+5. Write ``result.json`` atomically (temporary file + rename) and return the ``OracleResult``.
+
+Units: energy eV, eV/atom; forces eV/Å; stress GPa (Voigt xx, yy, zz, yz, xz, xy; ASE sign); lengths Å; time s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pymatgen.core import Lattice, Structure
+
+from oracle.base import Oracle, OracleResult, OracleSettings, UnsupportedStructure
+
+RESULT_FILE = "result.json"
+WORKER_SCRIPT = Path(__file__).with_name("calc_worker.py")
+_STORE_FORMAT = 1
+_KILL_GRACE_S = 3.0
+
+
+class AseOracleSettings(OracleSettings):
+    """Settings shared by the ASE-based oracles.
+
+    Attributes:
+        relax_steps: Ionic steps of an optional relaxation (positions and cell); 0 = single point.
+        relax_fmax: Force convergence of that relaxation, eV/Å.
+    """
+
+    relax_steps: int = 0
+    relax_fmax: float = 0.05
+
+    non_physics_fields: ClassVar[frozenset[str]] = frozenset({"max_attempts", "timeout_s"})
+
+    def settings_hash(self) -> str:
+        """Stable hash of every setting that changes the physics (used to key stored results)."""
+        payload = json.dumps(self.model_dump(exclude=set(self.non_physics_fields)), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def structure_fingerprint(structure: Structure) -> str:
+    """Hash of species, lattice (to 1e-5 Å) and fractional positions (to 1e-6), for cache validation."""
+    payload = {
+        "species": [site.species_string for site in structure],
+        "lattice": np.round(structure.lattice.matrix, 5).tolist(),
+        "frac": np.round(np.mod(structure.frac_coords, 1.0), 6).tolist(),
+    }
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
+
+
+def niggli_reduce(structure: Structure) -> Structure:
+    """Niggli-reduce `structure`, keeping the Cartesian frame and the site order.
+
+    Returns:
+        The reduced structure. Its lattice rows are integer combinations of the input rows (|det| = 1) and
+        site ``i`` is the periodic image of input site ``i``, so per-site forces and the stress tensor need
+        no mapping back to the input.
+
+    Raises:
+        UnsupportedStructure: if the reduction changed frame or order (never expected; guards a library change).
+    """
+    reduced = structure.get_reduced_structure("niggli")
+    transform = np.linalg.solve(structure.lattice.matrix.T, reduced.lattice.matrix.T).T
+    integer = np.round(transform)
+    same_sites = [a.species_string for a in reduced] == [b.species_string for b in structure]
+    shift = reduced.cart_coords - structure.cart_coords
+    shift_frac = structure.lattice.get_fractional_coords(shift)
+    if (
+        not np.allclose(transform, integer, atol=1e-6)
+        or not math.isclose(abs(np.linalg.det(integer)), 1.0, abs_tol=1e-6)
+        or not same_sites
+        or not np.allclose(shift_frac, np.round(shift_frac), atol=1e-6)
+    ):
+        raise UnsupportedStructure("Niggli reduction did not keep the frame/site order; pass a reduced cell")
+    return reduced
+
+
+def _atoms_spec(structure: Structure, magmoms: Sequence[float] | None) -> dict[str, Any]:
+    return {
+        "numbers": [site.specie.Z for site in structure],
+        "positions": structure.cart_coords.tolist(),
+        "cell": structure.lattice.matrix.tolist(),
+        "pbc": [True, True, True],
+        "magmoms": list(magmoms) if magmoms is not None else None,
+    }
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir: Path) -> Iterator[None]:
+    """Exclusive lock so two workers handed the same structure never both run the calculation."""
+    with open(workdir / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate the child's whole process group (mpiexec ranks, cp2k_shell), then reap it."""
+    for sig, grace in ((signal.SIGTERM, _KILL_GRACE_S), (signal.SIGKILL, None)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=grace)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    # Ranks that outlived the leader are still in the group; make sure none is left behind.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def run_child(
+    command: list[str], *, cwd: Path, timeout_s: float, env: dict[str, str] | None = None
+) -> tuple[int | None, bool]:
+    """Run `command` in its own process group, killing the group after `timeout_s` s.
+
+    Returns:
+        (return code, timed out). The return code is negative for a signal (e.g. -11 segfault), None on timeout.
+    """
+    with open(cwd / "stdout.txt", "wb") as log:
+        proc = subprocess.Popen(
+            command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
+        (cwd / "child.pid").write_text(str(proc.pid))
+        try:
+            return proc.wait(timeout=timeout_s), False
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            return None, True
+        except BaseException:
+            # e.g. KeyboardInterrupt in the caller: never leave a calculation running unattended.
+            _kill_group(proc)
+            raise
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # One thread per process: the machine's cores are shared by MPI ranks and other workers.
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env.setdefault(key, "1")
+    return env
+
+
+class AseOracle(Oracle):
+    """Base of the oracles that run an ASE calculator in a child process.
+
+    Subclasses implement `calculator_job` (the worker's calculator name and keyword arguments for a given
+    attempt) and may override `launch_command` (e.g. for MPI) and `initial_magmoms`.
+    """
+
+    calculator: ClassVar[str]
+    settings: AseOracleSettings
+
+    @abstractmethod
+    def calculator_job(self, structure: Structure, *, attempt: int, directory: Path) -> dict[str, Any]:
+        """Keyword arguments of the ASE calculator for `attempt` (1-based), in the calculator's own units."""
+
+    def launch_command(self, job_file: Path) -> list[str]:
+        """The command that runs the worker on `job_file`."""
+        return [sys.executable, str(WORKER_SCRIPT), str(job_file)]
+
+    def initial_magmoms(self, structure: Structure) -> list[float] | None:
+        """Initial magnetic moments per site, μB (None: non-spin-polarised)."""
+        return None
+
+    def code_version(self) -> str:
+        return self.name
+
+    def _failed(self, reason: str, *, t0: float, attempts: int, metadata: dict[str, Any]) -> OracleResult:
+        return OracleResult(
+            status="failed",
+            reason=reason,
+            wall_time=time.perf_counter() - t0,
+            attempts=attempts,
+            settings=self.settings.model_dump(),
+            metadata=metadata,
+        )
+
+    def _stored(self, workdir: Path, fingerprint: str) -> OracleResult | None:
+        path = workdir / RESULT_FILE
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if (
+            stored.get("format") != _STORE_FORMAT
+            or stored.get("settings_hash") != self.settings.settings_hash()
+            or stored.get("structure_fingerprint") != fingerprint
+        ):
+            return None
+        result = OracleResult.from_dict(stored["result"])
+        policy = {"max_attempts": self.settings.max_attempts, "timeout_s": self.settings.timeout_s}
+        if not result.ok and stored.get("policy") != policy:
+            return None  # a failure under a different attempt policy deserves a new try
+        result.metadata["from_store"] = True
+        return result
+
+    def label(self, structure: Structure, *, workdir: Path) -> OracleResult:
+        """Label `structure` (see the module docstring); never raises for calculation faults.
+
+        Args:
+            structure: The crystal; results refer to its sites in its order and frame.
+            workdir: Directory for calculator files and ``result.json`` (created if needed).
+
+        Returns:
+            An ``OracleResult``: energy eV, energy_per_atom eV/atom, forces eV/Å (n_sites × 3), stress GPa.
+            ``metadata`` holds ``settings_hash``, ``code_version``, ``kpoints`` where relevant, ``n_scf``,
+            ``attempt_log`` and, after a relaxation, ``relaxed_structure`` (a pymatgen dict, same site order)
+            and ``initial`` (energy/forces/stress of the input geometry); ``from_store`` is True when the
+            result was read back from ``result.json`` instead of computed.
+        """
+        t0 = time.perf_counter()
+        workdir = Path(workdir).resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        fingerprint = structure_fingerprint(structure)
+        metadata: dict[str, Any] = {
+            "settings_hash": self.settings.settings_hash(),
+            "structure_fingerprint": fingerprint,
+            "oracle": self.name,
+            "is_dft": self.is_dft,
+        }
+        with _workdir_lock(workdir):
+            stored = self._stored(workdir, fingerprint)
+            if stored is not None:
+                return stored
+            result = self._compute(structure, workdir=workdir, t0=t0, metadata=metadata)
+            _write_json_atomic(
+                workdir / RESULT_FILE,
+                {
+                    "format": _STORE_FORMAT,
+                    "settings_hash": self.settings.settings_hash(),
+                    "structure_fingerprint": fingerprint,
+                    "policy": {
+                        "max_attempts": self.settings.max_attempts,
+                        "timeout_s": self.settings.timeout_s,
+                    },
+                    "result": result.to_dict(),
+                },
+            )
+            return result
+
+    def _compute(
+        self, structure: Structure, *, workdir: Path, t0: float, metadata: dict[str, Any]
+    ) -> OracleResult:
+        try:
+            self.check(structure)
+            reduced = niggli_reduce(structure)
+        except UnsupportedStructure as exc:
+            return self._failed(f"unsupported structure: {exc}", t0=t0, attempts=0, metadata=metadata)
+        if reduced.lattice.matrix.tolist() != structure.lattice.matrix.tolist():
+            metadata["reduced_lattice"] = reduced.lattice.matrix.tolist()
+        magmoms = self.initial_magmoms(reduced)
+        metadata["spin_polarized"] = magmoms is not None
+        log: list[dict[str, Any]] = []
+        metadata["attempt_log"] = log
+        reason = "no attempt made (max_attempts < 1)"
+        for attempt in range(1, self.settings.max_attempts + 1):
+            directory = workdir / f"attempt-{attempt}"
+            directory.mkdir(exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                (directory / "answer.json").unlink()
+            try:
+                params = self.calculator_job(reduced, attempt=attempt, directory=directory)
+            except UnsupportedStructure as exc:
+                return self._failed(f"unsupported structure: {exc}", t0=t0, attempts=0, metadata=metadata)
+            job = {
+                "calculator": self.calculator,
+                "params": params,
+                "atoms": _atoms_spec(reduced, magmoms),
+                "relax_steps": self.settings.relax_steps,
+                "relax_fmax": self.settings.relax_fmax,
+                "output": "answer.json",
+            }
+            job_file = directory / "job.json"
+            job_file.write_text(json.dumps(job, indent=1))
+            entry: dict[str, Any] = {"attempt": attempt, "params": params}
+            log.append(entry)
+            t_attempt = time.perf_counter()
+            try:
+                code, timed_out = run_child(
+                    self.launch_command(job_file),
+                    cwd=directory,
+                    timeout_s=self.settings.timeout_s,
+                    env=_child_env(),
+                )
+            except OSError as exc:  # launcher missing or not executable
+                reason = f"could not start the calculation: {exc}"
+                entry["outcome"] = reason
+                break
+            entry["wall_time"] = time.perf_counter() - t_attempt
+            answer = self._read_answer(directory)
+            if timed_out:
+                reason = f"timeout: attempt {attempt} exceeded {self.settings.timeout_s:g} s"
+            elif answer is None:
+                why = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                reason = f"calculator crashed ({why}) without an answer; see {directory.name}/stdout.txt"
+            elif answer.get("status") != "ok":
+                if answer.get("kind") == "scf":
+                    within = f" within {params['maxiter']} iterations" if "maxiter" in params else ""
+                    reason = f"SCF did not converge{within} ({answer.get('reason', '')})"
+                else:
+                    reason = f"calculator error: {answer.get('reason', '')}"
+            else:
+                entry["outcome"] = "ok"
+                return self._ok(answer, structure, reduced, t0=t0, attempts=attempt, metadata=metadata)
+            entry["outcome"] = reason
+            if timed_out:
+                break  # a slower retry of a run that hit the wall would only hit it again
+        return self._failed(reason, t0=t0, attempts=len(log), metadata=metadata)
+
+    @staticmethod
+    def _read_answer(directory: Path) -> dict[str, Any] | None:
+        try:
+            return json.loads((directory / "answer.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _ok(
+        self,
+        answer: dict[str, Any],
+        structure: Structure,
+        reduced: Structure,
+        *,
+        t0: float,
+        attempts: int,
+        metadata: dict[str, Any],
+    ) -> OracleResult:
+        n = len(structure)
+        metadata["code_version"] = answer.get("code_version", self.code_version())
+        metadata["n_scf"] = answer.get("n_scf")
+        if "relaxed" in answer:
+            relaxed = answer["relaxed"]
+            metadata["relaxed_structure"] = Structure(
+                Lattice(relaxed["cell"]),
+                reduced.species,
+                relaxed["positions"],
+                coords_are_cartesian=True,
+            ).as_dict()
+            metadata["relax_converged"] = relaxed["converged"]
+            metadata["relax_steps_taken"] = relaxed["steps"]
+            metadata["initial"] = answer["initial"]
+        energy = float(answer["energy"])
+        return OracleResult(
+            status="ok",
+            energy=energy,
+            energy_per_atom=energy / n,
+            forces=answer["forces"],
+            stress=answer["stress"],
+            wall_time=time.perf_counter() - t0,
+            attempts=attempts,
+            settings=self.settings.model_dump(),
+            metadata=metadata,
+        )
+
+
+def kpoint_mesh(structure: Structure, density: float) -> list[int]:
+    """Γ-centred Monkhorst-Pack mesh for a k-point density in Å⁻¹ (ASE's ``kptdensity`` convention).
+
+    ``n_i = max(1, ceil(2π |b_i| density))`` with ``b_i`` the reciprocal vectors without the 2π factor.
+    """
+    recip = np.linalg.inv(structure.lattice.matrix).T
+    return [max(1, math.ceil(2 * math.pi * float(np.linalg.norm(b)) * density - 1e-9)) for b in recip]
+
+
+def label_structures(
+    oracle: Oracle, structures: Sequence[Structure], *, workdir_for: Callable[[Structure], Path]
+) -> list[OracleResult]:
+    """Label each structure in turn in ``workdir_for(structure)``; failed labels come back as failed results."""
+    return [oracle.label(s, workdir=workdir_for(s)) for s in structures]

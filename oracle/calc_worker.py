@@ -1,0 +1,182 @@
+"""Child-process side of every ASE-based oracle: run one calculation described by a job file.
+
+Run as a script, ``python calc_worker.py JOB.json`` (or under ``mpiexec ... gpaw python``), never imported by
+the oracle package at run time. It deliberately imports nothing from matloop (and not pymatgen) so that the
+only start-up cost over a bare calculation is the interpreter itself: the parent decides every setting and
+this side only builds the ASE calculator by name, runs it and writes a JSON answer.
+
+Job file keys: ``calculator`` (gpaw, emt, cp2k, espresso, vasp), ``params`` (calculator keyword arguments,
+already in the calculator's own units), ``atoms`` (numbers, positions Å, cell Å, pbc, magmoms μB or null),
+``relax_steps`` (0 = single point), ``relax_fmax`` eV/Å, ``output`` (file name of the answer).
+
+Answer file: ``{"status": "ok", "energy": eV, "forces": eV/Å, "stress": GPa Voigt (ASE sign), ...}`` or
+``{"status": "failed", "kind": "scf" | "error", "reason": "..."}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+# Running this file as a script puts its own folder first on sys.path; drop it so that a sibling module can
+# never shadow a real package (e.g. ``gpaw``).
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
+EV_PER_A3_PER_GPA = 1.0 / 160.21766208  # 1 GPa in eV/Å³
+
+
+def _build_gpaw(params: dict[str, Any], directory: Path) -> Any:
+    from gpaw import GPAW
+
+    return GPAW(**params, txt=str(directory / "gpaw.txt"))
+
+
+def _build_emt(params: dict[str, Any], directory: Path) -> Any:
+    from ase.calculators.emt import EMT
+
+    return EMT(**params)
+
+
+def _build_cp2k(params: dict[str, Any], directory: Path) -> Any:
+    from ase.calculators.cp2k import CP2K
+
+    params = dict(params)
+    command = params.pop("command")
+    return CP2K(command=command, directory=str(directory), label="cp2k", **params)
+
+
+def _build_espresso(params: dict[str, Any], directory: Path) -> Any:
+    from ase.calculators.espresso import Espresso, EspressoProfile
+
+    params = dict(params)
+    profile = EspressoProfile(command=params.pop("command"), pseudo_dir=params.pop("pseudo_dir"))
+    return Espresso(profile=profile, directory=str(directory), **params)
+
+
+def _build_vasp(params: dict[str, Any], directory: Path) -> Any:
+    from ase.calculators.vasp import Vasp
+
+    return Vasp(directory=str(directory), **params)
+
+
+BUILDERS = {
+    "gpaw": _build_gpaw,
+    "emt": _build_emt,
+    "cp2k": _build_cp2k,
+    "espresso": _build_espresso,
+    "vasp": _build_vasp,
+}
+
+
+def _code_version(name: str) -> str:
+    try:
+        if name == "gpaw":
+            import gpaw
+
+            return f"gpaw {gpaw.__version__}"
+        import ase
+
+        return f"ase {ase.__version__} ({name})"
+    except Exception:  # a version string is nice to have, never worth failing a label for
+        return name
+
+
+def _rank() -> int:
+    try:
+        from ase.parallel import world
+
+        return int(world.rank)
+    except Exception:
+        return 0
+
+
+def _properties(atoms: Any) -> dict[str, Any]:
+    energy = float(atoms.get_potential_energy())
+    forces = atoms.get_forces().tolist()
+    stress = [float(x) / EV_PER_A3_PER_GPA for x in atoms.get_stress(voigt=True)]
+    return {"energy": energy, "forces": forces, "stress": stress}
+
+
+def _finite(values: dict[str, Any]) -> bool:
+    flat = [values["energy"], *values["stress"], *(x for row in values["forces"] for x in row)]
+    return all(math.isfinite(x) for x in flat)
+
+
+def _n_scf(calc: Any) -> int | None:
+    try:
+        return int(calc.get_number_of_iterations())
+    except Exception:
+        return None
+
+
+def run(job: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """Do the calculation of `job` in `directory` and return the answer dict (never raises)."""
+    from ase import Atoms
+
+    spec = job["atoms"]
+    atoms = Atoms(numbers=spec["numbers"], positions=spec["positions"], cell=spec["cell"], pbc=spec["pbc"])
+    if spec.get("magmoms") is not None:
+        atoms.set_initial_magnetic_moments(spec["magmoms"])
+    answer: dict[str, Any] = {"code_version": _code_version(job["calculator"])}
+    try:
+        atoms.calc = BUILDERS[job["calculator"]](job["params"], directory)
+        initial = _properties(atoms)
+        answer["n_scf"] = _n_scf(atoms.calc)
+        steps = int(job.get("relax_steps", 0))
+        if steps > 0:
+            from ase.filters import FrechetCellFilter
+            from ase.optimize import BFGS
+
+            opt = BFGS(FrechetCellFilter(atoms), logfile=str(directory / "relax.log"))
+            converged = bool(opt.run(fmax=float(job.get("relax_fmax", 0.05)), steps=steps))
+            final = _properties(atoms)
+            answer["initial"] = initial
+            answer["relaxed"] = {
+                "positions": atoms.get_positions().tolist(),
+                "cell": atoms.cell.array.tolist(),
+                "converged": converged,
+                "steps": int(opt.get_number_of_steps()),
+            }
+        else:
+            final = initial
+        if not _finite(final):
+            return {**answer, "status": "failed", "kind": "error", "reason": "calculator returned NaN/inf"}
+        return {**answer, **final, "status": "ok"}
+    except Exception as exc:
+        # GPAW raises KohnShamConvergenceError (a ConvergenceError); ASE optimisers and other codes use
+        # names with "Convergence" too, so classify by the class hierarchy's names.
+        names = [cls.__name__ for cls in type(exc).__mro__]
+        kind = "scf" if any("Convergence" in n for n in names) else "error"
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        (directory / "traceback.txt").write_text(traceback.format_exc())
+        reason = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+        return {**answer, "status": "failed", "kind": kind, "reason": reason[:300]}
+    finally:
+        close = getattr(atoms.calc, "close", None) if atoms.calc is not None else None
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
+
+
+def main(argv: list[str]) -> int:
+    job_path = Path(argv[1]).resolve()
+    job = json.loads(job_path.read_text())
+    directory = job_path.parent
+    answer = run(job, directory)
+    if _rank() == 0:
+        out = directory / job.get("output", "answer.json")
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(answer))
+        os.replace(tmp, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

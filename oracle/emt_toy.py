@@ -1,0 +1,51 @@
+"""A toy oracle: ASE's effective-medium theory potential. Not DFT; for fast tests and demos only.
+
+EMT knows 11 elements (Al, Cu, Ag, Au, Ni, Pd, Pt and, crudely, H, C, N, O); its energies are not comparable
+with any DFT code and must never enter a real campaign's hull. Units: eV, eV/Å, GPa (see `oracle.base`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pymatgen.core import Structure
+
+from oracle.ase_runner import AseOracle, AseOracleSettings
+from oracle.base import UnsupportedStructure, register
+
+
+def emt_elements() -> frozenset[str]:
+    """Elements that ASE's EMT has parameters for."""
+    from ase.calculators.emt import parameters
+
+    return frozenset(parameters)
+
+
+class EMTSettings(AseOracleSettings):
+    """EMT has no physics settings of its own; only the shared attempt/timeout/relaxation ones."""
+
+    kind: Literal["emt"] = "emt"
+    timeout_s: float = 300.0
+
+
+@register
+class EMTOracle(AseOracle):
+    """Toy potential (ASE EMT) through the same isolated runner as the DFT oracles; `is_dft` is False."""
+
+    name = "emt"
+    calculator = "emt"
+    Settings = EMTSettings
+    implemented_properties = ("energy", "forces", "stress")
+    is_dft = False
+
+    def check(self, structure: Structure) -> None:
+        """Raise `UnsupportedStructure` for elements EMT has no parameters for."""
+        bad = sorted({el.symbol for el in structure.composition.elements} - emt_elements())
+        if bad:
+            raise UnsupportedStructure(
+                f"emt (a toy potential) cannot treat {', '.join(bad)}; it knows only {', '.join(sorted(emt_elements()))}"
+            )
+
+    def calculator_job(self, structure: Structure, *, attempt: int, directory: Path) -> dict[str, Any]:
+        return {}

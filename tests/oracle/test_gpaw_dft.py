@@ -1,0 +1,148 @@
+"""GPAW oracle on real small cells: agreement with a bare GPAW run, storage, spin policy, input checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from oracle import GPAWOracle, GPAWSettings, UnsupportedStructure, make_oracle
+from oracle.ase_runner import RESULT_FILE
+
+CHEAP = {"cutoff": 400.0, "kpoint_density": 2.0, "smearing_width": 0.05}
+
+
+def bare_gpaw(structure: Structure, workdir: Path) -> tuple[float, np.ndarray, np.ndarray]:
+    """The same calculation written directly against gpaw's API: (eV/atom, forces eV/Å, stress eV/Å³)."""
+    from ase import Atoms
+    from gpaw import GPAW, PW
+
+    atoms = Atoms(
+        [site.specie.symbol for site in structure],
+        positions=structure.cart_coords,
+        cell=structure.lattice.matrix,
+        pbc=True,
+    )
+    atoms.calc = GPAW(
+        mode=PW(CHEAP["cutoff"]),
+        xc="PBE",
+        kpts={"density": CHEAP["kpoint_density"], "gamma": True},
+        occupations={"name": "fermi-dirac", "width": CHEAP["smearing_width"]},
+        txt=str(workdir / "bare.txt"),
+    )
+    return atoms.get_potential_energy() / len(atoms), atoms.get_forces(), atoms.get_stress()
+
+
+@pytest.fixture(scope="module")
+def si_labelled(si, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("si") / "oracle" / "si"
+    oracle = GPAWOracle(GPAWSettings(**CHEAP))
+    return oracle, workdir, oracle.label(si, workdir=workdir)
+
+
+def test_si_matches_bare_gpaw(si, si_labelled, tmp_path):
+    _, _, result = si_labelled
+    assert result.ok, result.reason
+    assert len(result.forces) == 2 and all(len(f) == 3 for f in result.forces)
+    assert len(result.stress) == 6
+    assert result.energy == pytest.approx(2 * result.energy_per_atom)
+    e_bare, _f_bare, s_bare = bare_gpaw(si, tmp_path)
+    assert result.energy_per_atom == pytest.approx(e_bare, abs=0.05)
+    np.testing.assert_allclose(np.sum(result.forces, axis=0), 0.0, atol=1e-3)
+    # eV/Å³ -> GPa; the oracle reports GPa with ASE's sign.
+    np.testing.assert_allclose(result.stress, s_bare * 160.21766208, atol=0.5)
+    assert result.metadata["code_version"].startswith("gpaw ")
+    assert result.metadata["n_scf"] > 0
+    assert result.settings["cutoff"] == 400.0
+    assert result.metadata["spin_polarized"] is False
+
+
+def test_second_label_reads_the_stored_result(si, si_labelled):
+    _oracle, workdir, first = si_labelled
+    stored = workdir / RESULT_FILE
+    mtime = stored.stat().st_mtime_ns
+    again = GPAWOracle(GPAWSettings(**CHEAP)).label(si, workdir=workdir)
+    assert again.metadata.get("from_store") is True
+    assert again.energy == first.energy and again.forces == first.forces
+    assert stored.stat().st_mtime_ns == mtime
+    assert sorted(p.name for p in workdir.glob("attempt-*")) == ["attempt-1"]
+
+
+def test_store_is_keyed_by_physics_settings(si, si_labelled):
+    _, workdir, first = si_labelled
+    # A different timeout or rank count does not change the physics: still served from the store.
+    same = GPAWOracle(GPAWSettings(**CHEAP, timeout_s=99.0, mpi_ranks=2)).label(si, workdir=workdir)
+    assert same.metadata.get("from_store") is True
+    # A different cutoff does: computed again, and the store now holds the new label.
+    other = GPAWOracle(GPAWSettings(**{**CHEAP, "cutoff": 450.0})).label(si, workdir=workdir)
+    assert other.ok and other.metadata.get("from_store") is None
+    assert other.energy != first.energy
+    assert other.metadata["settings_hash"] != first.metadata["settings_hash"]
+
+
+def test_nacl_forces_follow_input_site_order(nacl_rattled, tmp_path):
+    result = GPAWOracle(GPAWSettings(**CHEAP)).label(nacl_rattled, workdir=tmp_path / "nacl")
+    assert result.ok, result.reason
+    e_bare, f_bare, _ = bare_gpaw(nacl_rattled, tmp_path)
+    assert result.energy_per_atom == pytest.approx(e_bare, abs=0.05)
+    forces = np.array(result.forces)
+    assert np.abs(forces).max() > 0.01  # the rattle makes real forces
+    np.testing.assert_allclose(forces, f_bare, atol=0.02)
+    np.testing.assert_allclose(forces.sum(axis=0), 0.0, atol=2e-3)
+
+
+def test_mpi_two_ranks_agrees_with_serial(si, si_labelled, tmp_path):
+    _, _, serial = si_labelled
+    result = GPAWOracle(GPAWSettings(**CHEAP, mpi_ranks=2)).label(si, workdir=tmp_path / "mpi")
+    assert result.ok, result.reason
+    assert result.energy_per_atom == pytest.approx(serial.energy_per_atom, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_short_relaxation_lowers_forces(si, tmp_path):
+    rattled = si.copy()
+    rattled.translate_sites([0], [0.06, 0.0, -0.04], frac_coords=False)
+    result = GPAWOracle(GPAWSettings(**CHEAP, relax_steps=3)).label(rattled, workdir=tmp_path / "relax")
+    assert result.ok, result.reason
+    initial = np.abs(result.metadata["initial"]["forces"]).max()
+    final = np.abs(result.forces).max()
+    assert final < initial
+    assert result.energy <= result.metadata["initial"]["energy"] + 1e-3
+    relaxed = Structure.from_dict(result.metadata["relaxed_structure"])
+    assert [s.species_string for s in relaxed] == ["Si", "Si"]
+    assert 1 <= result.metadata["relax_steps_taken"] <= 3
+
+
+def test_check_rejects_elements_without_paw_setup():
+    technetium = Structure(Lattice.cubic(3.0), ["Tc"], [[0, 0, 0]])
+    oracle = GPAWOracle()
+    with pytest.raises(UnsupportedStructure, match="Tc"):
+        oracle.check(technetium)
+
+
+def test_label_turns_unsupported_element_into_failed_result(tmp_path):
+    technetium = Structure(Lattice.cubic(3.0), ["Tc"], [[0, 0, 0]])
+    result = GPAWOracle().label(technetium, workdir=tmp_path / "tc")
+    assert result.status == "failed" and "Tc" in result.reason
+    assert result.attempts == 0
+    assert not list((tmp_path / "tc").glob("attempt-*"))
+
+
+def test_spin_polarisation_auto_on_for_magnetic_elements():
+    feo = Structure(Lattice.cubic(4.3), ["Fe", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    oracle = GPAWOracle()
+    moments = oracle.initial_magmoms(feo)
+    assert moments is not None and moments[0] > 2.0 and moments[1] == 0.0
+    assert oracle.initial_magmoms(Structure(Lattice.cubic(5.4), ["Si"], [[0, 0, 0]])) is None
+    forced = GPAWOracle(GPAWSettings(spin_polarized=False))
+    assert forced.initial_magmoms(feo) is None
+
+
+def test_defaults_and_registry():
+    oracle = make_oracle(GPAWSettings())
+    assert isinstance(oracle, GPAWOracle) and oracle.is_dft
+    assert oracle.settings.cutoff == 700.0 and oracle.settings.mpi_ranks == 1
+    with pytest.raises(ValueError):
+        GPAWSettings(cutoff=500, unknown=1)
