@@ -46,17 +46,24 @@ def _existing_workdir(workdir: Path) -> Path:
     from loop.store import CampaignStore
 
     if not CampaignStore.exists_in(workdir):
-        _fail(f"{workdir}: no campaign here (no matloop.db); start one with `matloop run CONFIG --workdir {workdir}`")
+        _fail(
+            f"{workdir}: no campaign here (no matloop.db); start one with `matloop run CONFIG --workdir {workdir}`"
+        )
     return workdir
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 @app.command()
 def label(
-    files: Annotated[list[Path], typer.Argument(help="Structure files (CIF, POSCAR, extxyz, pymatgen JSON).")],
-    oracle: Annotated[str, typer.Option("--oracle", help="Oracle name (gpaw, emt, cp2k, espresso, vasp).")] = "gpaw",
+    files: Annotated[
+        list[Path], typer.Argument(help="Structure files (CIF, POSCAR, extxyz, pymatgen JSON).")
+    ],
+    oracle: Annotated[
+        str, typer.Option("--oracle", help="Oracle name (gpaw, emt, cp2k, espresso, vasp).")
+    ] = "gpaw",
     config: Annotated[
-        Path | None, typer.Option("--config", help="Campaign YAML whose `oracle:` section gives the settings.")
+        Path | None,
+        typer.Option("--config", help="Campaign YAML whose `oracle:` section gives the settings."),
     ] = None,
     workdir: Annotated[Path, typer.Option("--workdir", "-w", help="Where results are kept.")] = Path(
         "matloop-workdir"
@@ -74,7 +81,16 @@ def label(
     from rich.table import Table
 
     table = Table(title=f"oracle labels ({workdir})")
-    for col in ("structure", "formula", "status", "E (eV/atom)", "max |F| (eV/Å)", "P (GPa)", "time (s)", "cached"):
+    for col in (
+        "structure",
+        "formula",
+        "status",
+        "E (eV/atom)",
+        "max |F| (eV/Å)",
+        "P (GPa)",
+        "time (s)",
+        "cached",
+    ):
         table.add_column(col)
     for r in rows:
         table.add_row(
@@ -106,7 +122,9 @@ def status(workdir: WorkdirOpt, as_json: JsonOpt = False) -> None:
 def run(
     config: Annotated[Path, typer.Argument(help="Campaign YAML (see configs/).")],
     workdir: WorkdirOpt,
-    rounds: Annotated[int | None, typer.Option("--rounds", help="Rounds after round 0 (overrides the config).")] = None,
+    rounds: Annotated[
+        int | None, typer.Option("--rounds", help="Rounds after round 0 (overrides the config).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Start or resume a campaign in the foreground."""
@@ -143,7 +161,9 @@ def stop(workdir: WorkdirOpt) -> None:
 def export(
     workdir: WorkdirOpt,
     out: Annotated[Path, typer.Option("--out", help="Output folder (CIFs + summary.csv).")],
-    stable_only: Annotated[bool, typer.Option("--stable", help="Only stable and near-stable discoveries.")] = False,
+    stable_only: Annotated[
+        bool, typer.Option("--stable", help="Only stable and near-stable discoveries.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Write the campaign's labelled structures (or only discoveries) as CIFs plus a CSV summary."""
@@ -158,9 +178,12 @@ def export(
 
 @app.command()
 def predict(
-    files: Annotated[list[Path], typer.Argument(help="Structure files (CIF, POSCAR, extxyz, pymatgen JSON).")],
+    files: Annotated[
+        list[Path], typer.Argument(help="Structure files (CIF, POSCAR, extxyz, pymatgen JSON).")
+    ],
     checkpoint: Annotated[
-        Path | None, typer.Option("--checkpoint", help="Emulator checkpoint dir (default: pretrained ensemble).")
+        Path | None,
+        typer.Option("--checkpoint", help="Emulator checkpoint dir (default: pretrained ensemble)."),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -190,10 +213,14 @@ def generate(
     out: Annotated[Path, typer.Option("--out", help="An .extxyz file or a folder for CIFs.")],
     condition: Annotated[
         list[str] | None,
-        typer.Option("--condition", "-c", help="KEY=VALUE or KEY=LO:HI, e.g. chemical_system=Li-Fe-O, band_gap=1:3."),
+        typer.Option(
+            "--condition", "-c", help="KEY=VALUE or KEY=LO:HI, e.g. chemical_system=Li-Fe-O, band_gap=1:3."
+        ),
     ] = None,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Diffusion checkpoint.")] = None,
-    num_atoms: Annotated[int | None, typer.Option("--num-atoms", min=1, max=20, help="Atoms per cell.")] = None,
+    num_atoms: Annotated[
+        int | None, typer.Option("--num-atoms", min=1, max=20, help="Atoms per cell.")
+    ] = None,
     steps: Annotated[int | None, typer.Option("--steps", min=1, help="Sampler steps.")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     as_json: JsonOpt = False,
@@ -202,7 +229,13 @@ def generate(
     from loop.generate_cmd import generate_to_file
 
     info = generate_to_file(
-        n=n, out=out, conditions=condition or [], checkpoint=checkpoint, num_atoms=num_atoms, steps=steps, seed=seed
+        n=n,
+        out=out,
+        conditions=condition or [],
+        checkpoint=checkpoint,
+        num_atoms=num_atoms,
+        steps=steps,
+        seed=seed,
     )
     if as_json:
         _emit_json(info)

@@ -49,10 +49,16 @@ class GeneratorConfig(StrictModel):
         fine_tune_max_minutes: Wall-time bound of one generator fine-tune, minutes.
     """
 
-    mix: dict[str, int] = Field(default_factory=lambda: {"diffusion": 16, "substitution": 24, "random_search": 8})
+    mix: dict[str, int] = Field(
+        default_factory=lambda: {"diffusion": 16, "substitution": 24, "random_search": 8}
+    )
     diffusion: DiffusionSettings = Field(default_factory=lambda: DiffusionSettings(kind="diffusion"))
-    substitution: SubstitutionSettings = Field(default_factory=lambda: SubstitutionSettings(kind="substitution"))
-    random_search: RandomSearchSettings = Field(default_factory=lambda: RandomSearchSettings(kind="random_search"))
+    substitution: SubstitutionSettings = Field(
+        default_factory=lambda: SubstitutionSettings(kind="substitution")
+    )
+    random_search: RandomSearchSettings = Field(
+        default_factory=lambda: RandomSearchSettings(kind="random_search")
+    )
     funnel: FunnelConfig = Field(default_factory=FunnelConfig)
     fine_tune_weight: float = Field(default=4.0, ge=0.0)
     fine_tune_max_minutes: float = Field(default=1.0, gt=0.0)
@@ -103,7 +109,7 @@ class ExecutionConfig(StrictModel):
     """Where the work runs.
 
     Attributes:
-        kind: "local" (a Dask LocalCluster, no server), "scheduler" (connect to `scheduler_address`) or "slurm"/"pbs"
+        kind: "local" (a Dask LocalCluster, no server), "inline" (no Dask, for debugging), "scheduler" (connect to `scheduler_address`) or "slurm"/"pbs"
             (dask-jobqueue).
         n_workers: Worker processes (local) or jobs (jobqueue).
         threads_per_worker: Threads per worker; 1 is right for CHGNet and GPAW on small cells.
@@ -112,7 +118,7 @@ class ExecutionConfig(StrictModel):
         label_timeout_s: Wall-time allowance for one oracle label, s.
     """
 
-    kind: Literal["local", "scheduler", "slurm", "pbs"] = "local"
+    kind: Literal["local", "inline", "scheduler", "slurm", "pbs"] = "local"
     n_workers: int = Field(default=2, ge=1)
     threads_per_worker: int = Field(default=1, ge=1)
     scheduler_address: str | None = None
@@ -203,7 +209,9 @@ def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) ->
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise InputError(f"{path}: invalid YAML{where}; fix the syntax") from None
     if not isinstance(data, dict):
-        raise InputError(f"{path}: the config must be a mapping of sections (name, chemical_systems, oracle, ...)")
+        raise InputError(
+            f"{path}: the config must be a mapping of sections (name, chemical_systems, oracle, ...)"
+        )
     for key, value in (overrides or {}).items():
         data[key] = value
     return validate_config(data, source=str(path))

@@ -33,7 +33,7 @@ def oracle_settings_for(*, oracle_name: str, config_path: Path | None) -> Any:
         section = data.get("oracle") if isinstance(data, dict) else None
         if not isinstance(section, dict):
             raise InputError(f"{config_path}: no `oracle:` section with a `kind:`")
-        return validate_oracle_settings(section, source=f"{config_path}: oracle")
+        return validate_oracle_settings(section, source=str(config_path))
     return validate_oracle_settings({"kind": oracle_name}, source="--oracle")
 
 
@@ -70,6 +70,7 @@ def label_hashes(
     round: int | None = None,
     submit: Callable[..., Any] | None = None,
     as_completed: Callable[[Any], Any] | None = None,
+    on_commit: Callable[[], None] | None = None,
 ) -> dict[str, StoredResult]:
     """Label the structures `hashes` (already in the store), skipping every one that has a stored result.
 
@@ -78,6 +79,7 @@ def label_hashes(
 
     Args:
         submit / as_completed: A Dask client's `submit` and `distributed.as_completed`; None runs in this process.
+        on_commit: Called after each committed result (the campaign checks for stop requests there).
 
     Returns:
         The stored result of every hash.
@@ -88,14 +90,20 @@ def label_hashes(
     settings_dict = settings.model_dump()
 
     def commit(h: str, result: dict[str, Any]) -> None:
-        store.add_oracle_result(h, oracle=settings.kind, settings_hash=settings_hash, result=result, round=round)
+        store.add_oracle_result(
+            h, oracle=settings.kind, settings_hash=settings_hash, result=result, round=round
+        )
+        if on_commit is not None:
+            on_commit()
 
     if submit is None or as_completed is None:
         for h in todo:
             commit(h, run_label(settings_dict, structures[h].as_dict(), str(oracle_workdir(workdir, h))))
     else:
         futures = {
-            submit(run_label, settings_dict, structures[h].as_dict(), str(oracle_workdir(workdir, h)), pure=False): h
+            submit(
+                run_label, settings_dict, structures[h].as_dict(), str(oracle_workdir(workdir, h)), pure=False
+            ): h
             for h in todo
         }
         for future in as_completed(list(futures)):
@@ -108,7 +116,9 @@ def label_hashes(
     return results
 
 
-def summarize_result(name: str, structure: Structure, stored: StoredResult, *, cached: bool) -> dict[str, Any]:
+def summarize_result(
+    name: str, structure: Structure, stored: StoredResult, *, cached: bool
+) -> dict[str, Any]:
     """One printable row: energy per atom eV/atom, max force eV/Å, pressure GPa (−trace/3), wall time s."""
     forces = None if stored.forces is None else np.asarray(stored.forces)
     stress = None if stored.stress is None else np.asarray(stored.stress)
@@ -165,4 +175,11 @@ def label_files(
         store.close()
 
 
-__all__ = ["label_files", "label_hashes", "oracle_settings_for", "oracle_workdir", "run_label", "structure_hash"]
+__all__ = [
+    "label_files",
+    "label_hashes",
+    "oracle_settings_for",
+    "oracle_workdir",
+    "run_label",
+    "structure_hash",
+]

@@ -279,17 +279,23 @@ class CampaignStore:
     def all_structures(self, *, sources: Sequence[str] | None = None) -> dict[str, Structure]:
         if sources:
             marks = ",".join("?" * len(sources))
-            rows = self._query(f"SELECT hash, structure FROM structures WHERE source IN ({marks})", list(sources))
+            rows = self._query(
+                f"SELECT hash, structure FROM structures WHERE source IN ({marks})", list(sources)
+            )
         else:
             rows = self._query("SELECT hash, structure FROM structures")
         return {r["hash"]: structure_from_json(r["structure"]) for r in rows}
 
     # -- oracle results -----------------------------------------------------------------------------------------------
     def get_oracle_result(self, h: str, settings_hash: str) -> StoredResult | None:
-        rows = self._query("SELECT * FROM oracle_results WHERE hash = ? AND settings_hash = ?", (h, settings_hash))
+        rows = self._query(
+            "SELECT * FROM oracle_results WHERE hash = ? AND settings_hash = ?", (h, settings_hash)
+        )
         return self._to_result(rows[0]) if rows else None
 
-    def oracle_results(self, *, settings_hash: str | None = None, ok_only: bool = False) -> list[StoredResult]:
+    def oracle_results(
+        self, *, settings_hash: str | None = None, ok_only: bool = False
+    ) -> list[StoredResult]:
         sql = "SELECT * FROM oracle_results WHERE 1=1"
         params: list[Any] = []
         if settings_hash is not None:
@@ -356,7 +362,8 @@ class CampaignStore:
     def start_round(self, rnd: int) -> None:
         with self.transaction() as c:
             c.execute(
-                "INSERT OR IGNORE INTO rounds(round, status, started_at) VALUES (?, 'running', ?)", (rnd, time.time())
+                "INSERT OR IGNORE INTO rounds(round, status, started_at) VALUES (?, 'running', ?)",
+                (rnd, time.time()),
             )
 
     def finish_round(self, rnd: int, summary: dict[str, Any]) -> None:
@@ -466,7 +473,9 @@ class CampaignStore:
             if last is None:
                 return []
             rnd = last
-        return [dict(r) for r in self._query("SELECT * FROM stability WHERE round = ? ORDER BY e_hull", (rnd,))]
+        return [
+            dict(r) for r in self._query("SELECT * FROM stability WHERE round = ? ORDER BY e_hull", (rnd,))
+        ]
 
     # -- summaries ----------------------------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:

@@ -51,7 +51,9 @@ def _check_sane(structure: Structure, where: str) -> Structure:
     if len(structure) == 0:
         raise InputError(f"{where}: the structure has no atoms")
     if not structure.is_ordered:
-        raise InputError(f"{where}: partial occupancies are not supported; give an ordered cell (e.g. a supercell)")
+        raise InputError(
+            f"{where}: partial occupancies are not supported; give an ordered cell (e.g. a supercell)"
+        )
     if structure.volume <= 1e-3 or not np.isfinite(structure.volume):
         raise InputError(f"{where}: the cell has zero volume")
     return structure
@@ -70,7 +72,9 @@ def read_structures(paths: Iterable[str | Path]) -> list[tuple[str, Structure]]:
     for raw in paths:
         path = Path(raw)
         if not path.is_file():
-            raise InputError(f"{path}: no such file; give the path of a CIF, POSCAR, extxyz or pymatgen JSON file")
+            raise InputError(
+                f"{path}: no such file; give the path of a CIF, POSCAR, extxyz or pymatgen JSON file"
+            )
         suffix = path.suffix.lower()
         try:
             with warnings.catch_warnings():
@@ -100,7 +104,9 @@ def read_structures(paths: Iterable[str | Path]) -> list[tuple[str, Structure]]:
     return out
 
 
-def write_structures(structures: Sequence[Structure], out: Path, *, names: Sequence[str] | None = None) -> None:
+def write_structures(
+    structures: Sequence[Structure], out: Path, *, names: Sequence[str] | None = None
+) -> None:
     """Write structures to an extxyz file (`out` ends with .extxyz/.xyz) or into a folder of CIFs (anything else)."""
     out = Path(out)
     if out.suffix.lower() in (".extxyz", ".xyz"):

@@ -16,11 +16,22 @@ def discriminated_union(models: tuple[type[BaseModel], ...]) -> Any:
     return Annotated[Union[models], Field(discriminator="kind")]  # noqa: UP007  (a runtime tuple of models)
 
 
-def format_validation_error(exc: ValidationError, *, source: str) -> str:
-    """One line: the first error with its key path, and how many more there are."""
+TAGGED_SECTIONS = ("oracle", "emulator")
+
+
+def format_validation_error(exc: ValidationError, *, source: str, prefix: tuple[str, ...] = ()) -> str:
+    """One line: the first error with its key path, and how many more there are.
+
+    The tag pydantic inserts for a discriminated union (`oracle.gpaw.cutoff`) is dropped: users wrote
+    `oracle.cutoff`.
+    """
     errors = exc.errors()
     first = errors[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
+    parts = [*prefix, *first["loc"]]
+    parts = [
+        p for i, p in enumerate(parts) if not (i and parts[i - 1] in TAGGED_SECTIONS and isinstance(p, str))
+    ]
+    loc = ".".join(str(p) for p in parts if not str(p).startswith("function-"))
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key (check the spelling; configs/default.yaml lists the valid keys)"
@@ -30,7 +41,7 @@ def format_validation_error(exc: ValidationError, *, source: str) -> str:
     return f"{source}: {loc or '<top>'}: {msg}{more}"
 
 
-def validate_oracle_settings(data: dict[str, Any], *, source: str = "oracle") -> Any:
+def validate_oracle_settings(data: dict[str, Any], *, source: str = "config") -> Any:
     """Validate an `oracle:` section (a dict with `kind`) into that oracle's settings model.
 
     Raises:
@@ -41,8 +52,10 @@ def validate_oracle_settings(data: dict[str, Any], *, source: str = "oracle") ->
 
     kind = data.get("kind") if isinstance(data, dict) else None
     if kind not in oracle_names():
-        raise InputError(f"{source}: kind: unknown oracle {kind!r}; choose one of: {', '.join(oracle_names())}")
+        raise InputError(
+            f"{source}: oracle.kind: unknown oracle {kind!r}; choose one of: {', '.join(oracle_names())}"
+        )
     try:
         return TypeAdapter(discriminated_union(settings_models())).validate_python(data)
     except ValidationError as exc:
-        raise InputError(format_validation_error(exc, source=source)) from None
+        raise InputError(format_validation_error(exc, source=source, prefix=("oracle",))) from None

@@ -1,0 +1,472 @@
+"""The discovery loop: rounds of generate → funnel → screen → acquire → label → update → retrain → track.
+
+Every stage reads the campaign store, does its work, then writes its results and marks itself done in one
+transaction. A restarted process continues with the first stage not done; the label stage submits only the
+structures with no stored oracle result. Round 0 labels the references (elements and known compounds of the
+campaign's chemical systems) so the hull is built in the oracle's level of theory only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loop.config import CampaignConfig, load_config
+from loop.errors import InputError
+from loop.store import CampaignStore
+
+log = logging.getLogger("matloop")
+
+ROUND0_STAGES = ("references", "label", "update", "retrain", "track")
+ROUND_STAGES = ("generate", "funnel", "screen", "acquire", "label", "update", "retrain", "track")
+STOP_FILE = "stop.request"
+LOCK_FILE = "daemon.lock"
+
+
+def stages_of(rnd: int) -> tuple[str, ...]:
+    return ROUND0_STAGES if rnd == 0 else ROUND_STAGES
+
+
+def request_stop(workdir: Path) -> str:
+    """Ask a running campaign to stop after its current step (`matloop stop`)."""
+    (Path(workdir) / STOP_FILE).write_text(str(time.time()))
+    return f"stop requested: the campaign in {workdir} will stop after its current step"
+
+
+def tracking_ui_command(workdir: Path, *, port: int) -> list[str]:
+    """The `mlflow ui` command for a campaign's tracking store, bound to 127.0.0.1."""
+    from loop.tracking import ui_command
+
+    return ui_command(Path(workdir), port=port)
+
+
+class StopRequested(Exception):
+    """Raised between atomic steps when a stop was asked for (signal or `matloop stop`)."""
+
+
+@dataclass
+class _StopFlag:
+    workdir: Path
+    signalled: bool = False
+    reasons: list[str] = field(default_factory=list)
+
+    def __call__(self) -> bool:
+        return self.signalled or (self.workdir / STOP_FILE).exists()
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir: Path) -> Iterator[None]:
+    """One process per campaign: a second `run`/`daemon` on the same workdir fails fast instead of racing."""
+    path = workdir / LOCK_FILE
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise InputError(
+            f"{workdir}: another matloop process is running this campaign (see {path})"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _crash_point(stage: str, count: int) -> None:
+    """Fault injection for crash-consistency tests: MATLOOP_CRASH_AFTER=<stage>:<n> SIGKILLs this process right
+    after the n-th result of that stage was committed (never set in normal use)."""
+    spec = os.environ.get("MATLOOP_CRASH_AFTER")
+    if spec and spec == f"{stage}:{count}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Campaign:
+    """One campaign in one workdir.
+
+    Use `Campaign.open(config_path=..., workdir=...)` then `run()`.
+    """
+
+    def __init__(self, config: CampaignConfig, workdir: Path, *, max_rounds: int | None = None) -> None:
+        self.config = config
+        self.workdir = Path(workdir)
+        self.max_rounds = config.stop.max_rounds if max_rounds is None else max_rounds
+        self.store: CampaignStore | None = None
+        self._stop = _StopFlag(self.workdir)
+        self._executor: Any = None
+        self._known_index: Any = None
+
+    # -- opening ------------------------------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, *, config_path: Path, workdir: Path, max_rounds: int | None = None) -> Campaign:
+        """Validate the config (and its fit with an existing workdir) before anything is written.
+
+        Raises:
+            InputError: invalid config, or a workdir that holds a different campaign.
+        """
+        config = load_config(config_path)
+        if max_rounds is not None and max_rounds < 0:
+            raise InputError("--rounds must be >= 0")
+        workdir = Path(workdir)
+        if CampaignStore.exists_in(workdir):
+            store = CampaignStore.in_workdir(workdir)
+            try:
+                stored = store.get_meta("identity")
+            finally:
+                store.close()
+            mine = cls.identity(config)
+            if stored is not None and stored != mine:
+                diff = sorted(k for k in mine if mine.get(k) != stored.get(k))
+                raise InputError(
+                    f"{workdir}: holds a campaign with different {', '.join(diff)}; use a new --workdir "
+                    "(oracle settings and chemical systems cannot change inside one campaign)"
+                )
+        elif workdir.exists() and any(workdir.iterdir()):
+            raise InputError(
+                f"{workdir}: exists and is not a matloop campaign; choose an empty or new directory"
+            )
+        return cls(config, workdir, max_rounds=max_rounds)
+
+    @staticmethod
+    def identity(config: CampaignConfig) -> dict[str, Any]:
+        """What must not change inside one campaign (the hull's level of theory and the target)."""
+        return {
+            "name": config.name,
+            "chemical_systems": config.chemical_systems,
+            "oracle": config.oracle.settings_hash(),
+        }
+
+    # -- running ------------------------------------------------------------------------------------------------------
+    def run(self, *, daemon: bool = False) -> dict[str, Any]:
+        """Run (or resume) rounds until `max_rounds` or the stop rule; returns the campaign summary.
+
+        With `daemon=True`, SIGTERM/SIGINT finish the current atomic step, checkpoint and return normally.
+        """
+        from loop.execution import make_executor
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        _setup_logging(self.workdir / "logs" / "campaign.log")
+        with _workdir_lock(self.workdir):
+            (self.workdir / STOP_FILE).unlink(missing_ok=True)
+            self.store = CampaignStore.in_workdir(self.workdir)
+            self._init_meta()
+            previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)} if daemon else {}
+            if daemon:
+                for s in previous:
+                    signal.signal(s, self._on_signal)
+            try:
+                with make_executor(self.config.execution) as executor:
+                    self._executor = executor
+                    self._run_rounds()
+            except StopRequested:
+                log.info("stopped on request after a completed step; rerun to resume")
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
+                self._executor = None
+            from loop.report import campaign_status
+
+            summary = campaign_status(self.workdir, store=self.store)
+            self.store.close()
+            return summary
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        log.info("signal %s: finishing the current step, then stopping", signum)
+        self._stop.signalled = True
+
+    def _init_meta(self) -> None:
+        assert self.store is not None
+        if self.store.get_meta("identity") is None:
+            self.store.set_meta("identity", self.identity(self.config))
+            self.store.set_meta("started_at", time.time())
+        self.store.set_meta("config", self.config.model_dump(mode="json"))
+
+    def _should_stop_campaign(self, next_round: int) -> str | None:
+        """The stop rule, checked before a new round starts."""
+        assert self.store is not None
+        rule = self.config.stop
+        if next_round > self.max_rounds:
+            return f"reached {self.max_rounds} rounds"
+        if rule.max_oracle_calls is not None:
+            calls = len(self.store.oracle_results())
+            if calls >= rule.max_oracle_calls:
+                return f"reached {calls} oracle calls (max {rule.max_oracle_calls})"
+        if rule.max_hours is not None:
+            hours = (time.time() - float(self.store.get_meta("started_at", time.time()))) / 3600
+            if hours >= rule.max_hours:
+                return f"ran {hours:.2f} h (max {rule.max_hours})"
+        if rule.patience is not None and next_round > rule.patience:
+            recent = [
+                (r.get("summary") or {}).get("new_discoveries", 0)
+                for r in self.store.rounds()
+                if r["round"] >= next_round - rule.patience and r["round"] >= 1
+            ]
+            if len(recent) >= rule.patience and not any(recent):
+                return f"no new discoveries in {rule.patience} rounds"
+        return None
+
+    def _run_rounds(self) -> None:
+        assert self.store is not None
+        rnd = 0
+        while True:
+            stages = stages_of(rnd)
+            if not all(self.store.stage_done(rnd, s) for s in stages):
+                begun = any(self.store.stage_done(rnd, s) for s in stages)
+                # A round already under way is always finished; the stop rule is asked before a new one.
+                reason = None if (rnd == 0 or begun) else self._should_stop_campaign(rnd)
+                if reason:
+                    log.info("campaign stops: %s", reason)
+                    self.store.set_meta("stopped_because", reason)
+                    return
+                self._run_round(rnd)
+            rnd += 1
+
+    def _run_round(self, rnd: int) -> None:
+        assert self.store is not None
+        self.store.start_round(rnd)
+        for stage in stages_of(rnd):
+            if self.store.stage_done(rnd, stage):
+                continue
+            if self._stop():
+                raise StopRequested
+            log.info("round %d: %s", rnd, stage)
+            started = time.time()
+            getattr(self, f"_stage_{stage}")(rnd, started)
+            log.info("round %d: %s done in %.1f s", rnd, stage, time.time() - started)
+        self.store.finish_round(rnd, self._round_summary(rnd))
+
+    def _done(self, rnd: int, stage: str, result: dict[str, Any], started: float) -> None:
+        assert self.store is not None
+        result = {**result, "wall_time_s": round(time.time() - started, 3)}
+        self.store.mark_stage_done(rnd, stage, result, started_at=started)
+
+    # -- paths --------------------------------------------------------------------------------------------------------
+    def checkpoint_dir(self, rnd: int) -> Path:
+        return self.workdir / "checkpoints" / f"round_{rnd:03d}"
+
+    def emulator_checkpoint(self) -> Path | None:
+        assert self.store is not None
+        value = self.store.get_meta("emulator_checkpoint")
+        return None if value is None else self.workdir / value
+
+    def generator_checkpoint(self) -> Path | None:
+        assert self.store is not None
+        value = self.store.get_meta("generator_checkpoint")
+        return None if value is None else self.workdir / value
+
+    # -- stages -------------------------------------------------------------------------------------------------------
+    def _stage_references(self, rnd: int, started: float) -> None:
+        from loop import stages
+
+        assert self.store is not None
+        picks = stages.select_references(self.config, executor=self._executor)
+        with self.store.transaction():
+            hashes = []
+            for known, why in picks:
+                h = self.store.add_structure(
+                    known.structure,
+                    source="seed",
+                    parent=known.id,
+                    round=0,
+                    provenance={"material_id": known.id, "role": why, **known.properties},
+                )
+                hashes.append(h)
+            self.store.add_queries(0, [(h, "references", i, None) for i, h in enumerate(hashes)])
+            self._done(
+                rnd, "references", {"n_references": len(hashes), "ids": [k.id for k, _ in picks]}, started
+            )
+
+    def _stage_generate(self, rnd: int, started: float) -> None:
+        from loop import stages
+
+        assert self.store is not None
+        candidates, timings = stages.generate_candidates(
+            self.config,
+            store=self.store,
+            round=rnd,
+            generator_checkpoint=self.generator_checkpoint(),
+        )
+        per_source: dict[str, int] = {}
+        with self.store.transaction():
+            hashes = []
+            for cand in candidates:
+                h = self.store.add_structure(
+                    cand.structure, source=cand.source, parent=cand.parent, round=rnd, provenance=cand.info
+                )
+                hashes.append((h, cand.source))
+                per_source[cand.source] = per_source.get(cand.source, 0) + 1
+            self._done(
+                rnd,
+                "generate",
+                {
+                    "n_generated": len(hashes),
+                    "per_source": per_source,
+                    "timings_s": timings,
+                    "candidates": hashes,
+                },
+                started,
+            )
+
+    def _stage_funnel(self, rnd: int, started: float) -> None:
+        from loop import stages
+
+        assert self.store is not None
+        generated = (self.store.stage_result(rnd, "generate") or {}).get("candidates", [])
+        outcome, report = stages.run_funnel(self.config, store=self.store, round=rnd, candidates=generated)
+        with self.store.transaction():
+            self.store.add_candidates(rnd, outcome)
+            self._done(rnd, "funnel", report, started)
+
+    def _stage_screen(self, rnd: int, started: float) -> None:
+        from loop import stages
+
+        assert self.store is not None
+        passed = [c["hash"] for c in self.store.candidates(rnd, passed=True)]
+        rows, relaxed, report = stages.screen(
+            self.config,
+            store=self.store,
+            hashes=passed,
+            checkpoint=self.emulator_checkpoint(),
+            executor=self._executor,
+        )
+        with self.store.transaction():
+            for parent, structure in relaxed.items():
+                h = next(r["relaxed_hash"] for r in rows if r["hash"] == parent)
+                self.store.add_structure(
+                    structure,
+                    source="relaxed",
+                    parent=parent,
+                    round=rnd,
+                    provenance={"relaxed_by": "emulator"},
+                    hash=h,
+                )
+            self.store.add_predictions(rnd, rows)
+            self._done(rnd, "screen", report, started)
+
+    def _stage_acquire(self, rnd: int, started: float) -> None:
+        from loop import stages
+
+        assert self.store is not None
+        picks, report = stages.acquire(self.config, store=self.store, round=rnd)
+        with self.store.transaction():
+            self.store.add_queries(rnd, picks)
+            self._done(rnd, "acquire", report, started)
+
+    def _stage_label(self, rnd: int, started: float) -> None:
+        from loop.labelling import label_hashes
+
+        assert self.store is not None
+        hashes = [q["hash"] for q in self.store.queries(rnd)]
+        ex = self._executor
+        committed = 0
+
+        def on_commit() -> None:
+            nonlocal committed
+            committed += 1
+            _crash_point("label", committed)
+            if self._stop():
+                raise StopRequested
+
+        results = label_hashes(
+            self.store,
+            hashes,
+            settings=self.config.oracle,
+            workdir=self.workdir,
+            round=rnd,
+            submit=None if ex is None or ex.inline else ex.submit,
+            as_completed=None if ex is None or ex.inline else ex.as_completed,
+            on_commit=on_commit,
+        )
+        ok = sum(1 for r in results.values() if r.ok)
+        with self.store.transaction():
+            self._done(
+                rnd,
+                "label",
+                {
+                    "n_queried": len(hashes),
+                    "n_ok": ok,
+                    "n_failed": len(hashes) - ok,
+                    "oracle_wall_time_s": round(sum(r.wall_time for r in results.values()), 2),
+                    "failures": {h: r.reason for h, r in results.items() if not r.ok},
+                },
+                started,
+            )
+
+    def _stage_update(self, rnd: int, started: float) -> None:
+        from loop import stages
+
+        assert self.store is not None
+        verdicts, report = stages.update_hull(self.config, store=self.store, round=rnd)
+        with self.store.transaction():
+            self.store.set_stability(rnd, verdicts)
+            self._done(rnd, "update", report, started)
+
+    def _stage_retrain(self, rnd: int, started: float) -> None:
+        from loop import stages
+
+        assert self.store is not None
+        target = self.checkpoint_dir(rnd)
+        report = stages.retrain(
+            self.config,
+            store=self.store,
+            round=rnd,
+            emulator_in=self.emulator_checkpoint(),
+            generator_in=self.generator_checkpoint(),
+            out_dir=target,
+        )
+        with self.store.transaction():
+            for key in ("emulator_checkpoint", "generator_checkpoint"):
+                if report.get(key):
+                    self.store.set_meta(key, os.path.relpath(report[key], self.workdir))
+            self._done(rnd, "retrain", report, started)
+
+    def _stage_track(self, rnd: int, started: float) -> None:
+        from loop import stages
+
+        assert self.store is not None
+        report = stages.track_round(self.config, store=self.store, round=rnd, workdir=self.workdir)
+        with self.store.transaction():
+            self._done(rnd, "track", report, started)
+
+    def _round_summary(self, rnd: int) -> dict[str, Any]:
+        assert self.store is not None
+        update = self.store.stage_result(rnd, "update") or {}
+        label = self.store.stage_result(rnd, "label") or {}
+        return {
+            "queried": label.get("n_queried", 0),
+            "labelled": label.get("n_ok", 0),
+            "failed": label.get("n_failed", 0),
+            "stable": update.get("n_stable_new", 0),
+            "near_stable": update.get("n_near_stable_new", 0),
+            "new_discoveries": update.get("n_stable_new", 0) + update.get("n_near_stable_new", 0),
+            "hit_rate": update.get("hit_rate"),
+        }
+
+
+def _setup_logging(path: Path) -> None:
+    if any(isinstance(h, logging.FileHandler) and h.baseFilename == str(path) for h in log.handlers):
+        return
+    log.setLevel(logging.INFO)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    if not any(type(h) is logging.StreamHandler for h in log.handlers):
+        stream = logging.StreamHandler()
+        stream.setFormatter(logging.Formatter("[matloop] %(message)s"))
+        log.addHandler(stream)
+
+
+__all__ = ["Campaign", "request_stop", "stages_of", "tracking_ui_command"]

@@ -1,0 +1,145 @@
+"""Plain-data task functions for workers (Dask or this process) and thin adapters to the leaf rooms.
+
+Worker functions live in this importable module (not `__main__`) and take/return plain data (dicts, lists, paths),
+so they pickle cheaply and can run on any worker of a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pymatgen.core import Structure
+
+_EMULATORS: dict[tuple[str | None, str], Any] = {}
+
+
+def _pin_threads() -> None:
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+
+
+def load_emulator(settings: Any, checkpoint: str | Path | None) -> Any:
+    """The emulator of a checkpoint directory, or a fresh one from `settings`; cached per process (workers keep it
+    between chunks of one round, and a new checkpoint path means a new model)."""
+    import emulator  # noqa: F401  (registers the implementations)
+    from emulator.base import get_emulator_class
+
+    settings_dict = settings if isinstance(settings, dict) else settings.model_dump()
+    cls = get_emulator_class(settings_dict["kind"])
+    key = (None if checkpoint is None else str(checkpoint), repr(sorted(settings_dict.items())))
+    if key not in _EMULATORS:
+        _pin_threads()
+        if checkpoint is not None:
+            _EMULATORS.clear()
+            _EMULATORS[key] = cls.load(Path(checkpoint))
+        else:
+            _EMULATORS[key] = cls(settings=cls.Settings.model_validate(settings_dict))
+    return _EMULATORS[key]
+
+
+def relax_chunk(
+    structure_dicts: Sequence[dict[str, Any]],
+    checkpoint: str | None,
+    settings: dict[str, Any],
+    fmax: float,
+    steps: int,
+) -> list[dict[str, Any]]:
+    """Relax structures with the ensemble mean; plain dicts in, plain dicts out.
+
+    Returns:
+        Per structure: relaxed `structure` (as dict), `energy_per_atom` and `energy_per_atom_std` (eV/atom),
+        `n_steps`, `converged`, `collapsed` (atoms closer than 0.5 Å after relaxation).
+    """
+    if not structure_dicts:
+        return []
+    model = load_emulator(settings, checkpoint)
+    structures = [Structure.from_dict(d) for d in structure_dicts]
+    out = []
+    for res in model.relax(structures, fmax=fmax, steps=steps):
+        s = res.structure
+        dmin = float(np.min(s.distance_matrix[np.triu_indices(len(s), 1)])) if len(s) > 1 else np.inf
+        out.append(
+            {
+                "structure": s.as_dict(),
+                "energy_per_atom": float(res.energy_per_atom),
+                "energy_per_atom_std": float(res.energy_per_atom_std),
+                "n_steps": int(res.n_steps),
+                "converged": bool(res.converged),
+                "collapsed": bool(dmin < 0.5),
+            }
+        )
+    return out
+
+
+def predict_energies(
+    structures: Sequence[Structure], *, settings: Any, checkpoint: str | Path | None
+) -> list[float]:
+    """Ensemble-mean energies per atom (eV/atom) of structures."""
+    if not structures:
+        return []
+    model = load_emulator(settings, checkpoint)
+    pred = model.predict(list(structures), return_std=True)
+    return [float(e) for e in pred.energy_per_atom]
+
+
+def fine_tune_emulator(
+    data: Sequence[dict[str, Any]],
+    *,
+    settings: Any,
+    checkpoint_in: Path | None,
+    out_dir: Path,
+    epochs: int,
+    max_minutes: float,
+    seed: int,
+) -> tuple[Path, dict[str, Any]]:
+    """Refit references and fine-tune the ensemble on all oracle labels; save it to `out_dir`.
+
+    Args:
+        data: dicts with structure, energy (eV), forces (eV/Å) and stress (GPa, Voigt).
+
+    Returns:
+        The checkpoint directory and the fine-tuning metrics.
+    """
+    from emulator.base import LabelledStructure
+
+    model = load_emulator(settings, checkpoint_in)
+    labelled = [
+        LabelledStructure(
+            structure=d["structure"],
+            energy=float(d["energy"]),
+            forces=None if d.get("forces") is None else np.asarray(d["forces"], dtype=float),
+            stress=None if d.get("stress") is None else np.asarray(d["stress"], dtype=float),
+        )
+        for d in data
+    ]
+    metrics = model.fine_tune(labelled, epochs=epochs, max_minutes=max_minutes) if labelled else {}
+    model.save(out_dir)
+    _EMULATORS.clear()  # the in-memory model was mutated; later loads must come from the new checkpoint
+    return out_dir, dict(metrics)
+
+
+def fine_tune_generator(
+    structures: Sequence[Structure],
+    *,
+    settings: Any,
+    checkpoint_in: Path | None,
+    out_path: Path,
+    weight: float,
+    max_minutes: float,
+    seed: int,
+) -> tuple[Path, dict[str, Any]]:
+    """Continue training the diffusion model on discoveries (mixed with its original data); save to `out_path`."""
+    from generator.diffusion import DiffusionGenerator
+
+    if checkpoint_in is not None:
+        settings = settings.model_copy(update={"checkpoint": str(checkpoint_in)})
+    gen = DiffusionGenerator(settings)
+    metrics = gen.fine_tune(
+        list(structures), weight=weight, max_minutes=max_minutes, out_path=out_path, seed=seed
+    )
+    return out_path, dict(metrics)

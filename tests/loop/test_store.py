@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from pymatgen.core import Structure
+
+from loop.store import CampaignStore
+from loop.structures import structure_hash
+
+ROOT = Path(__file__).resolve().parents[2]
+NACL = Structure.from_file(ROOT / "configs" / "structures" / "NaCl_mp-22862.cif")
+SI = Structure.from_file(ROOT / "configs" / "structures" / "Si_mp-149.cif")
+
+RESULT = {
+    "status": "ok",
+    "energy": -10.5,
+    "energy_per_atom": -5.25,
+    "forces": [[0.0, 0.0, 0.1], [0.0, 0.0, -0.1]],
+    "stress": [1.0, 1.0, 1.0, 0.0, 0.0, 0.0],
+    "wall_time": 3.2,
+    "attempts": 1,
+    "settings": {"cutoff": 500},
+    "metadata": {},
+}
+
+
+def test_schema_is_wal_and_round_trips_structures(tmp_path):
+    store = CampaignStore.in_workdir(tmp_path)
+    h = store.add_structure(NACL, source="seed", parent="mp-22862", round=0, provenance={"role": "compound"})
+    assert h == structure_hash(NACL)
+    # The first provenance wins: re-adding the same crystal from another source keeps the original row.
+    assert store.add_structure(NACL.copy(), source="substitution", round=3) == h
+    rows = store.structure_rows()
+    assert len(rows) == 1 and rows[0]["source"] == "seed" and rows[0]["provenance"] == {"role": "compound"}
+    assert structure_hash(store.get_structure(h)) == h
+    mode = sqlite3.connect(tmp_path / "matloop.db").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_oracle_results_are_keyed_by_structure_and_settings(tmp_path):
+    store = CampaignStore.in_workdir(tmp_path)
+    h = store.add_structure(SI, source="user")
+    store.add_oracle_result(h, oracle="gpaw", settings_hash="aaa", result=RESULT, round=1)
+    store.add_oracle_result(h, oracle="gpaw", settings_hash="aaa", result={**RESULT, "energy": 99.0})
+    got = store.get_oracle_result(h, "aaa")
+    assert got is not None and got.energy == -10.5 and got.forces == RESULT["forces"] and got.round == 1
+    assert store.get_oracle_result(h, "other-settings") is None
+    store.add_oracle_result(
+        h, oracle="gpaw", settings_hash="bbb", result={"status": "failed", "reason": "SCF"}
+    )
+    assert [r.status for r in store.oracle_results()] == ["ok", "failed"]
+    assert store.counts()["labelled"] == 1 and store.counts()["failed"] == 1
+
+
+def test_stage_and_results_commit_together_or_not_at_all(tmp_path):
+    store = CampaignStore.in_workdir(tmp_path)
+    h = store.add_structure(SI, source="user")
+    with pytest.raises(RuntimeError), store.transaction():
+        store.add_queries(1, [(h, "max_std", 0, 0.3)])
+        store.mark_stage_done(1, "acquire", {"n": 1})
+        raise RuntimeError("killed mid-stage")
+    assert store.queries(1) == [] and not store.stage_done(1, "acquire")
+    with store.transaction():
+        store.add_queries(1, [(h, "max_std", 0, 0.3)])
+        store.mark_stage_done(1, "acquire", {"n": 1})
+    reopened = CampaignStore.in_workdir(tmp_path)
+    assert reopened.stage_done(1, "acquire") and reopened.stage_result(1, "acquire")["n"] == 1
+    assert [q["hash"] for q in reopened.queries(1)] == [h]
+    with pytest.raises(sqlite3.IntegrityError):
+        reopened.mark_stage_done(1, "acquire", {"n": 2})
+
+
+def test_stability_keeps_history_per_round(tmp_path):
+    store = CampaignStore.in_workdir(tmp_path)
+    store.set_stability(1, [("a", 0.0, True, True), ("b", 0.2, False, False)])
+    store.set_stability(2, [("a", 0.03, False, True), ("b", 0.2, False, False), ("c", 0.0, True, True)])
+    assert [r["hash"] for r in store.stability()] == ["c", "a", "b"]
+    assert [r["hash"] for r in store.stability(1)] == ["a", "b"]

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from loop.errors import InputError
+from loop.structures import read_structures, structure_hash, write_structures
+
+ROOT = Path(__file__).resolve().parents[2]
+NACL = ROOT / "configs" / "structures" / "NaCl_mp-22862.cif"
+SI = ROOT / "configs" / "structures" / "Si_mp-149.cif"
+
+
+def test_hash_is_invariant_to_translation_permutation_and_cell_choice():
+    s = Structure.from_file(NACL)
+    moved = s.copy()
+    moved.translate_sites(list(range(len(moved))), [0.13, 0.27, 0.61])
+    permuted = Structure.from_sites(list(reversed(s.sites)))
+    conventional = s.copy()
+    conventional.make_supercell([[1, 1, -1], [1, -1, 1], [-1, 1, 1]])  # same crystal, a 4x cell
+    h = structure_hash(s)
+    assert structure_hash(moved) == h
+    assert structure_hash(permuted) == h
+    # A supercell is a different concrete cell: the funnel's matcher, not the hash, calls it a duplicate.
+    assert structure_hash(conventional) != h
+
+
+def test_hash_tells_different_structures_apart():
+    s = Structure.from_file(NACL)
+    strained = s.copy()
+    strained.apply_strain(0.02)
+    swapped = s.copy()
+    swapped.replace_species({"Na": "K"})
+    assert len({structure_hash(s), structure_hash(strained), structure_hash(swapped)}) == 3
+
+
+def test_read_structures_formats(tmp_path):
+    s = Structure.from_file(SI)
+    s.to(filename=str(tmp_path / "POSCAR"))
+    (tmp_path / "si.json").write_text(s.to_json())
+    write_structures([s, Structure.from_file(NACL)], tmp_path / "two.extxyz")
+    named = read_structures([SI, tmp_path / "POSCAR", tmp_path / "si.json", tmp_path / "two.extxyz"])
+    assert [n for n, _ in named] == ["Si_mp-149.cif", "POSCAR", "si.json", "two.extxyz#0", "two.extxyz#1"]
+    hashes = {structure_hash(x) for _, x in named[:4]}
+    assert len(hashes) == 1
+    assert named[4][1].composition.reduced_formula == "NaCl"
+
+
+def test_read_structures_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.cif"
+    bad.write_text("data_x\n_cell_length_a 3\nthis is not a cif\n")
+    with pytest.raises(InputError, match="no such file") as missing:
+        read_structures([tmp_path / "nope.cif"])
+    with pytest.raises(InputError, match="bad.cif: not a readable crystal structure") as malformed:
+        read_structures([bad])
+    for exc in (missing, malformed):
+        assert "\n" not in str(exc.value)
+
+
+def test_write_cif_folder(tmp_path):
+    s = Structure(Lattice.cubic(3.6), ["Cu"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    write_structures([s], tmp_path / "cifs")
+    files = list((tmp_path / "cifs").glob("*.cif"))
+    assert len(files) == 1
+    assert structure_hash(Structure.from_file(files[0])) == structure_hash(s)
