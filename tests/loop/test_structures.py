@@ -53,7 +53,7 @@ def test_read_structures_errors_are_one_line(tmp_path):
     bad.write_text("data_x\n_cell_length_a 3\nthis is not a cif\n")
     with pytest.raises(InputError, match="no such file") as missing:
         read_structures([tmp_path / "nope.cif"])
-    with pytest.raises(InputError, match="bad.cif: not a readable crystal structure") as malformed:
+    with pytest.raises(InputError, match=r"bad\.cif: not a readable crystal structure") as malformed:
         read_structures([bad])
     for exc in (missing, malformed):
         assert "\n" not in str(exc.value)
