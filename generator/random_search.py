@@ -1,0 +1,194 @@
+"""AIRSS-like random search: symmetric random crystals for given compositions (pyxtal).
+
+Each candidate draws a number of formula units and a space group compatible with the resulting atom
+counts, places atoms on random Wyckoff positions, and takes its volume from pyxtal's atomic-radius
+estimate times `volume_factor`. Lengths in Å. Structures are unrelaxed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import lru_cache
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+from pymatgen.core import Composition, Structure
+from pyxtal import pyxtal
+from pyxtal.symmetry import Group
+
+from generator.base import (
+    Candidate,
+    GenerationContext,
+    Generator,
+    GeneratorError,
+    GeneratorSettings,
+    register,
+)
+from generator.chemistry import ChargeRule, enumerate_compositions, parse_chemical_system, parse_formula
+
+
+class RandomSearchSettings(GeneratorSettings):
+    """Settings of the random-search generator.
+
+    Attributes:
+        formulas: Explicit compositions such as "LiFePO4"; when empty, compositions are enumerated from the
+            context's chemical systems.
+        max_atoms: Most atoms in a generated cell.
+        max_formula_atoms: Most atoms per formula unit when enumerating compositions.
+        max_per_element: Largest count of one element per formula unit when enumerating.
+        max_compositions: Most enumerated compositions used per chemical system (fewest atoms first).
+        charge_rule: Charge-balance rule for enumeration ("common": SMACT-style; "pymatgen": ICSD states).
+        space_groups: Space groups to draw from (default: 2-230, i.e. all but P1).
+        volume_factor: Multiplier on pyxtal's volume estimate from atomic radii.
+        attempts_per_candidate: pyxtal attempts allowed per requested candidate before giving up.
+    """
+
+    kind: Literal["random_search"] = "random_search"
+    formulas: list[str] = Field(default_factory=list)
+    max_atoms: int = Field(20, ge=1)
+    max_formula_atoms: int = Field(10, ge=2)
+    max_per_element: int = Field(6, ge=1)
+    max_compositions: int = Field(8, ge=1)
+    charge_rule: ChargeRule = "common"
+    space_groups: list[int] | None = None
+    volume_factor: float = Field(1.1, gt=0.3, le=5.0)
+    attempts_per_candidate: int = Field(4, ge=1)
+
+    @field_validator("formulas")
+    @classmethod
+    def _parseable(cls, value: list[str]) -> list[str]:
+        for formula in value:
+            try:
+                parse_formula(formula)
+            except GeneratorError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("space_groups")
+    @classmethod
+    def _valid_groups(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None:
+            bad = [g for g in value if not 1 <= g <= 230]
+            if bad or not value:
+                raise ValueError(f"space groups must be a non-empty list of numbers 1-230, got {value}")
+        return value
+
+
+@lru_cache(maxsize=4096)
+def _compatible_groups(counts: tuple[int, ...], groups: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(g for g in groups if Group(g).check_compatible(list(counts))[0])
+
+
+class RandomSearchGenerator(Generator):
+    """Random symmetric structures for compositions from the settings or the context's chemical systems."""
+
+    name = "random_search"
+    Settings = RandomSearchSettings
+
+    def __init__(self, *, settings: RandomSearchSettings | None = None) -> None:
+        self.settings = settings or RandomSearchSettings()
+
+    def compositions(self, context: GenerationContext) -> list[Composition]:
+        """The compositions (formula units) this generator will sample for `context`.
+
+        Raises:
+            GeneratorError: If there are neither formulas nor chemical systems, or a system has no
+                charge-balanced composition within the limits.
+        """
+        cfg = self.settings
+        if cfg.formulas:
+            return [parse_formula(f).reduced_composition for f in cfg.formulas]
+        if not context.chemical_systems:
+            raise GeneratorError(
+                "random search needs settings.formulas or context.chemical_systems; give one"
+            )
+        out: list[Composition] = []
+        for system in context.chemical_systems:
+            elements = sorted(parse_chemical_system(system))
+            found = enumerate_compositions(
+                elements,
+                max_atoms=min(cfg.max_formula_atoms, cfg.max_atoms),
+                max_per_element=cfg.max_per_element,
+                rule=cfg.charge_rule,
+            )
+            if not found:
+                raise GeneratorError(
+                    f"no charge-balanced composition of {system} with <= {cfg.max_formula_atoms} atoms; "
+                    "raise max_formula_atoms or give settings.formulas"
+                )
+            out.extend(found[: cfg.max_compositions])
+        return out
+
+    def generate(self, *, n: int, context: GenerationContext, seed: int = 0) -> list[Candidate]:
+        """Propose up to `n` random symmetric crystals, cycling over the compositions.
+
+        Each candidate's `info` holds the formula, formula units, the space group drawn, and the volume
+        factor. Fewer than `n` come back only if pyxtal fails `attempts_per_candidate * n` times.
+
+        Raises:
+            GeneratorError: On a negative `n`, or see `compositions`.
+        """
+        if n < 0:
+            raise GeneratorError(f"n must be >= 0, got {n}")
+        cfg = self.settings
+        comps = self.compositions(context)
+        groups = tuple(cfg.space_groups or range(2, 231))
+        rng = np.random.default_rng(seed)
+        out: list[Candidate] = []
+        attempts = 0
+        while len(out) < n and attempts < cfg.attempts_per_candidate * max(n, 1):
+            comp = comps[attempts % len(comps)]
+            attempts += 1
+            structure_info = self._attempt(comp, groups, rng)
+            if structure_info is None:
+                continue
+            structure, info = structure_info
+            out.append(Candidate(structure=structure, source=self.name, parent=None, info=info))
+        return out
+
+    def _attempt(
+        self, comp: Composition, groups: tuple[int, ...], rng: np.random.Generator
+    ) -> tuple[Structure, dict] | None:
+        cfg = self.settings
+        symbols = [el.symbol for el in comp.elements]
+        unit = [round(comp[s]) for s in symbols]
+        max_z = cfg.max_atoms // sum(unit)
+        options = [
+            (z, allowed)
+            for z in range(1, max_z + 1)
+            if (allowed := _compatible_groups(tuple(z * u for u in unit), groups))
+        ]
+        if not options:
+            return None
+        z, allowed = options[int(rng.integers(len(options)))]
+        group = int(allowed[int(rng.integers(len(allowed)))])
+        crystal = pyxtal()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                crystal.from_random(
+                    3,
+                    group,
+                    symbols,
+                    [z * u for u in unit],
+                    factor=cfg.volume_factor,
+                    random_state=int(rng.integers(2**31 - 1)),
+                )
+        except Exception:
+            # pyxtal raises assorted errors when it cannot place atoms; that draw is just discarded
+            return None
+        if not crystal.valid:
+            return None
+        structure = crystal.to_pymatgen()
+        info = {
+            "operation": "random_search",
+            "formula": comp.reduced_formula,
+            "formula_units": z,
+            "space_group": group,
+            "volume_factor": cfg.volume_factor,
+        }
+        return structure, info
+
+
+register(RandomSearchGenerator)
