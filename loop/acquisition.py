@@ -236,12 +236,21 @@ def _select(
     nearest = np.full(n, np.inf)
     if use_features and labelled_features is not None and len(labelled_features):
         lab = np.asarray(labelled_features, dtype=float)
+        if lab.ndim != 2 or lab.shape[1] != X.shape[1] - 1:
+            raise AcquisitionError(
+                f"labelled features have shape {lab.shape} but candidates have {X.shape[1] - 1} feature columns; "
+                "compute both with structure_features"
+            )
         if lab.shape[1] == _N_ELEMENTS + 8:
             lab = lab.copy()
             lab[:, _N_ELEMENTS:] *= structure_weight
         nearest = pairwise_distances(feats, lab).min(axis=1)
     available = np.ones(n, dtype=bool)
-    per_group: dict[Any, int] = {}
+    # Integer codes so that capping a formula is one vectorised comparison.
+    codes = (
+        None if groups is None else np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)[1]
+    )
+    per_group: dict[int, int] = {}
     picked: list[int] = []
     for _ in range(n_instances):
         score = scaled - similarity_penalty * (1.0 / (1.0 + nearest)) if use_features else scaled.copy()
@@ -251,10 +260,11 @@ def _select(
             break  # every remaining candidate is capped out by its formula
         picked.append(best)
         available[best] = False
-        if groups is not None:
-            per_group[groups[best]] = per_group.get(groups[best], 0) + 1
-            if max_per_group is not None and per_group[groups[best]] >= max_per_group:
-                available &= np.array([g != groups[best] for g in groups])
+        if codes is not None:
+            code = int(codes[best])
+            per_group[code] = per_group.get(code, 0) + 1
+            if max_per_group is not None and per_group[code] >= max_per_group:
+                available &= codes != code
         if use_features:
             d = pairwise_distances(feats, feats[best : best + 1]).reshape(-1)
             nearest = np.minimum(nearest, d)

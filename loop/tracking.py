@@ -131,8 +131,10 @@ def _quote(value: str) -> str:
 
 
 class Tracker:
-    """Campaign tracking in MLflow through `MlflowClient` (no global active-run state, so it is thread-safe enough
-    for a daemon and never leaks runs between campaigns).
+    """Campaign tracking in MLflow through an explicit `MlflowClient` and run ids.
+
+    No global active run is used, so a daemon never leaks a run from one campaign or round into another. Logging
+    calls take `run_id`; None means the campaign's parent run (per-round time series go there with step = round).
 
     Args:
         config: Tracking settings.
@@ -439,12 +441,17 @@ class Tracker:
 
 
 def flatten_numeric(metrics: Mapping[str, Any], *, prefix: str = "") -> dict[str, float]:
-    """Flatten nested mappings to `a.b -> float`, dropping values that are not numbers (bools count as 0/1)."""
+    """Flatten nested mappings to `a.b -> float`, dropping values that are not numbers (bools count as 0/1).
+
+    Infinities are clamped to the largest float, because MLflow stores them unreliably across backends.
+    """
     out: dict[str, float] = {}
     for key, value in metrics.items():
         name = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, Mapping):
             out.update(flatten_numeric(value, prefix=name))
+            continue
+        if isinstance(value, str):
             continue
         try:
             number = float(value)

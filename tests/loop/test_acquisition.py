@@ -217,3 +217,15 @@ def test_bad_input_is_rejected() -> None:
         select_queries(mean=[0.1, 0.2], std=[0.1, -0.1], config=AcquisitionConfig())
     with pytest.raises(AcquisitionError, match="features must have shape"):
         candidate_matrix(3, np.zeros((2, 4)))
+
+
+def test_labelled_features_must_match(mp20: dict[str, Structure]) -> None:
+    structures = list(mp20.values())
+    with pytest.raises(AcquisitionError, match="labelled features have shape"):
+        select_queries(
+            mean=np.zeros(len(structures)),
+            std=np.full(len(structures), 0.1),
+            config=AcquisitionConfig(strategy="greedy"),
+            features=structure_features(structures),
+            labelled_features=np.zeros((2, 5)),
+        )
