@@ -19,6 +19,13 @@ def discriminated_union(models: tuple[type[BaseModel], ...]) -> Any:
 TAGGED_SECTIONS = ("oracle", "emulator")
 
 
+def _union_tags() -> set[str]:
+    from emulator.base import _REGISTRY as emulators
+    from oracle.base import oracle_names
+
+    return {*oracle_names(), *emulators}
+
+
 def format_validation_error(exc: ValidationError, *, source: str, prefix: tuple[str, ...] = ()) -> str:
     """One line: the first error with its key path, and how many more there are.
 
@@ -28,9 +35,8 @@ def format_validation_error(exc: ValidationError, *, source: str, prefix: tuple[
     errors = exc.errors()
     first = errors[0]
     parts = [*prefix, *first["loc"]]
-    parts = [
-        p for i, p in enumerate(parts) if not (i and parts[i - 1] in TAGGED_SECTIONS and isinstance(p, str))
-    ]
+    tags = _union_tags()
+    parts = [p for i, p in enumerate(parts) if not (i and parts[i - 1] in TAGGED_SECTIONS and p in tags)]
     loc = ".".join(str(p) for p in parts if not str(p).startswith("function-"))
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
