@@ -1,0 +1,447 @@
+"""A K-member CHGNet ensemble: shared pretrained trunk, K readout heads, oracle-level refits and fine-tuning.
+
+Design (see `emulator/prior.py` and `emulator/multihead.py`):
+* Members share CHGNet 0.3.0's message-passing trunk and differ in their readout heads, so a structure's graph
+  is built once and the trunk runs once for all members; the energy spread is nearly free, and per-member forces
+  and stresses cost one batched back-propagation per member (`derivative_std=False` skips them).
+* Round 0 (`design="distilled_heads"`): head 0 is the pretrained head, heads 1..K-1 are re-initialised and
+  distilled from it on bootstrap resamples of bundled MP crystals, so members disagree away from MP-like data.
+  The alternative `design="bootstrap_only"` starts all heads as the pretrained head (std = 0 until fine-tuned).
+* Fine-tuning: ridge refit of the per-element reference energies on oracle labels, then all members trained
+  together on all labels, member k's loss weighted by its own bootstrap resample.
+
+Units: energy per atom eV/atom, total energy eV, forces eV/Å, stress GPa (Voigt xx, yy, zz, yz, xz, xy, ASE sign).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import chgnet
+import numpy as np
+import torch
+from chgnet.graph import CrystalGraph
+from chgnet.model import CHGNet
+from pydantic import ConfigDict, Field, ValidationError
+from pymatgen.core import Structure
+
+from emulator.base import (
+    Emulator,
+    EmulatorError,
+    EmulatorSettings,
+    EnsemblePrediction,
+    LabelledStructure,
+    RelaxResult,
+    register,
+)
+from emulator.calibration import calibration_metrics
+from emulator.checkpoint import load_state, read_manifest, save_state, write_manifest
+from emulator.multihead import MultiHeadChgnet
+from emulator.prior import distil_heads
+from emulator.relaxation import relax_one
+from emulator.training import (
+    bootstrap_weights,
+    composition_fractions,
+    fine_tune_members,
+    matrix_to_voigt,
+    refit_reference_shift,
+    to_examples,
+)
+from emulator.validation import check_structures
+
+PRETRAINED = "0.3.0"
+CHECKPOINT_FORMAT = 1
+
+
+class ChgnetEnsembleSettings(EmulatorSettings):
+    """Settings of the CHGNet ensemble (units: minutes for time, eV/Å for fmax)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["chgnet_ensemble"] = "chgnet_ensemble"
+    n_members: int = Field(4, ge=2, le=16, description="K, number of members")
+    design: Literal["distilled_heads", "bootstrap_only"] = "distilled_heads"
+    seed: int = 0
+    batch_size: int = Field(4, ge=1, le=16, description="graphs per forward pass (CPU: 1-4)")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads of this process")
+    distill_steps: int = Field(300, ge=0, description="Adam steps per distilled round-0 head")
+    distill_structures: int | None = Field(
+        None, ge=8, description="bundled MP crystals used (None = all 256)"
+    )
+    ridge_alpha: float = Field(1e-3, gt=0, description="ridge penalty of the reference-energy refit")
+    epochs: int = Field(10, ge=0, description="fine-tuning epochs per call")
+    max_minutes: float = Field(10.0, gt=0, description="wall-clock bound of one fine-tuning call")
+    learning_rate: float = Field(1e-2, gt=0, description="Adam learning rate of heads and last block")
+    # Energies decide hull membership, so they weigh most; stress (GPa²) gets a small weight because oracle
+    # stresses of strained cells are tens of GPa and would otherwise dominate the loss.
+    energy_weight: float = Field(5.0, ge=0, description="weight of the energy MSE, per (eV/atom)²")
+    force_weight: float = Field(1.0, ge=0, description="weight of the force MSE, per (eV/Å)²")
+    stress_weight: float = Field(0.01, ge=0, description="weight of the stress MSE, per GPa²")
+    train_last_conv: bool = Field(True, description="also fine-tune the shared last interaction block")
+    bootstrap: bool = Field(True, description="member k trains on its own bootstrap resample")
+    optimizer: Literal["FIRE", "BFGS"] = "FIRE"
+    relax_cell: bool = True
+    derivative_std: bool = Field(True, description="per-member forces/stress for their std (K back-props)")
+
+
+def _quiet_chgnet() -> contextlib.AbstractContextManager[Any]:
+    # CHGNet prints a banner on every construction; library calls should not write to stdout.
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+def data_hash(data: Sequence[LabelledStructure]) -> str:
+    """Order-independent sha256 of labelled data (structures and energies)."""
+    rows = sorted(
+        json.dumps(
+            {
+                "species": [site.specie.symbol for site in item.structure],
+                "frac": np.round(item.structure.frac_coords, 6).tolist(),
+                "lattice": np.round(item.structure.lattice.matrix, 6).tolist(),
+                "energy": round(float(item.energy), 8),
+            }
+        )
+        for item in data
+    )
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
+
+@register
+class ChgnetEnsemble(Emulator):
+    """K CHGNet members (shared trunk, own readout heads) starting from the pretrained 0.3.0 weights."""
+
+    name: ClassVar[str] = "chgnet_ensemble"
+    Settings: ClassVar[type[EmulatorSettings]] = ChgnetEnsembleSettings
+    implemented_properties: ClassVar[tuple[str, ...]] = ("energy", "forces", "stress")
+
+    def __init__(self, *, settings: ChgnetEnsembleSettings | None = None) -> None:
+        """Build the round-0 ensemble from the pretrained CHGNet shipped in the chgnet wheel (no download)."""
+        self.settings = settings or ChgnetEnsembleSettings()
+        torch.set_num_threads(self.settings.torch_threads)
+        with _quiet_chgnet():
+            base = CHGNet.load(model_name=PRETRAINED, use_device="cpu", verbose=False)
+        self.model = MultiHeadChgnet.from_pretrained(base=base, n_heads=self.settings.n_members)
+        self.model.requires_grad_(False)
+        self.model.eval()
+        self.state: dict[str, Any] = {"n_fine_tunes": 0, "data_hash": None, "metrics": {}, "n_labels": 0}
+        if self.settings.design == "distilled_heads" and self.settings.distill_steps > 0:
+            metrics = distil_heads(
+                self.model,
+                seed=self.settings.seed,
+                n_steps=self.settings.distill_steps,
+                batch_size=self.settings.batch_size,
+                n_structures=self.settings.distill_structures,
+            )
+            self.model.requires_grad_(False)
+            self.state["metrics"] = metrics
+
+    # ------------------------------------------------------------------ graphs and raw predictions
+
+    def _graphs(self, structures: Sequence[Structure]) -> list[CrystalGraph]:
+        graphs = []
+        for index, s in enumerate(structures):
+            try:
+                graphs.append(self.model.base.graph_converter(s))
+            except Exception as err:
+                raise EmulatorError(
+                    f"structure #{index} ({s.composition.reduced_formula}) cannot be turned into a crystal graph: {err}"
+                ) from None
+        return graphs
+
+    def _raw(
+        self,
+        graphs: Sequence[CrystalGraph],
+        *,
+        forces: bool,
+        stress: bool,
+        per_member: bool,
+    ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None]:
+        """(K, n) eV/atom; n arrays (K or 1, n_atoms, 3) eV/Å; (K or 1, n, 3, 3) GPa."""
+        energies, all_forces, all_stress = [], [], []
+        bs = self.settings.batch_size
+        for start in range(0, len(graphs), bs):
+            chunk = graphs[start : start + bs]
+            if forces or stress:
+                out = self.model(
+                    chunk, compute_forces=forces, compute_stress=stress, per_member_derivatives=per_member
+                )
+            else:
+                with torch.no_grad():
+                    out = self.model(chunk, compute_forces=False, compute_stress=False)
+            energies.append(out.energy_per_atom.detach().numpy())
+            if out.forces is not None:
+                all_forces.extend(f.detach().numpy() for f in out.forces)
+            if out.stress is not None:
+                all_stress.append(out.stress.detach().numpy())
+        stress_arr = np.concatenate(all_stress, axis=1) if all_stress else None
+        return np.concatenate(energies, axis=1).astype(float), all_forces, stress_arr
+
+    # ------------------------------------------------------------------ protocol
+
+    def predict(
+        self,
+        structures: Sequence[Structure],
+        *,
+        return_std: bool = True,
+        forces: bool = True,
+        stress: bool = True,
+        derivative_std: bool | None = None,
+    ) -> EnsemblePrediction:
+        """Ensemble mean and spread of energy per atom (eV/atom), forces (eV/Å) and stress (GPa, Voigt).
+
+        Args:
+            structures: Crystals (pymatgen Structures or their dicts).
+            return_std: Fill the std fields (the energy std is always computed; it is nearly free).
+            forces: Compute forces.
+            stress: Compute stress.
+            derivative_std: Per-member forces/stress for their std (costs one back-propagation per member);
+                None uses the settings. If False, forces_std is an empty list and stress_std None.
+
+        Raises:
+            EmulatorError: Empty list, unreadable structure or unsupported element.
+        """
+        structs = check_structures(structures)
+        per_member = return_std and (
+            self.settings.derivative_std if derivative_std is None else derivative_std
+        )
+        e, f, s = self._raw(self._graphs(structs), forces=forces, stress=stress, per_member=per_member)
+        std_e = e.std(axis=0) if return_std else np.zeros(e.shape[1])
+        pred = EnsemblePrediction(
+            energy_per_atom=e.mean(axis=0), energy_per_atom_std=std_e, member_energy_per_atom=e
+        )
+        if forces:
+            pred.forces = [fi.mean(axis=0).astype(float) for fi in f]
+            if per_member:
+                pred.forces_std = [fi.std(axis=0).astype(float) for fi in f]
+        if stress and s is not None:
+            voigt = matrix_to_voigt(s).astype(float)
+            pred.stress = voigt.mean(axis=0)
+            if per_member:
+                pred.stress_std = voigt.std(axis=0)
+        return pred
+
+    def _mean_potential(self, structure: Structure) -> tuple[float, np.ndarray, np.ndarray]:
+        e, f, s = self._raw(self._graphs([structure]), forces=True, stress=True, per_member=False)
+        assert s is not None
+        return float(e.mean() * len(structure)), f[0][0].astype(float), s[0, 0].astype(float)
+
+    def relax(
+        self, structures: Sequence[Structure], *, fmax: float = 0.1, steps: int = 100
+    ) -> list[RelaxResult]:
+        """Relax cell and positions on the ensemble-mean potential (FIRE/BFGS + FrechetCellFilter).
+
+        Args:
+            structures: Crystals to relax.
+            fmax: Convergence threshold on the max force, eV/Å (the cell filter includes stress in it).
+            steps: Optimiser step budget per structure.
+
+        Returns:
+            One RelaxResult per structure, with ensemble-mean energy and std (eV/atom) at the relaxed geometry.
+        """
+        if fmax <= 0 or steps < 0:
+            raise EmulatorError(f"relax needs fmax > 0 eV/Å and steps >= 0 (got fmax={fmax}, steps={steps})")
+        structs = check_structures(structures)
+        self._graphs(structs)  # fail early and typed on structures CHGNet cannot featurise
+        relaxed = []
+        for s in structs:
+            out, n_steps, converged = relax_one(
+                s,
+                potential=self._mean_potential,
+                fmax=fmax,
+                steps=steps,
+                optimizer=self.settings.optimizer,
+                relax_cell=self.settings.relax_cell,
+            )
+            relaxed.append((out, n_steps, converged))
+        final = self.predict([r[0] for r in relaxed], forces=False, stress=False)
+        return [
+            RelaxResult(
+                structure=out,
+                energy_per_atom=float(final.energy_per_atom[i]),
+                energy_per_atom_std=float(final.energy_per_atom_std[i]),
+                n_steps=n_steps,
+                converged=converged,
+            )
+            for i, (out, n_steps, converged) in enumerate(relaxed)
+        ]
+
+    def _check_labels(self, data: Sequence[LabelledStructure]) -> list[Structure]:
+        if data is None or len(data) == 0:
+            raise EmulatorError(
+                "no labelled structures given: fine-tuning and calibration need at least one label"
+            )
+        for index, item in enumerate(data):
+            if not isinstance(item, LabelledStructure):
+                raise EmulatorError(f"label #{index} is a {type(item).__name__}, expected LabelledStructure")
+            if not np.isfinite(item.energy):
+                raise EmulatorError(f"label #{index} has a non-finite energy ({item.energy})")
+            n = len(item.structure)
+            if item.forces is not None and np.shape(item.forces) != (n, 3):
+                raise EmulatorError(
+                    f"label #{index}: forces have shape {np.shape(item.forces)}, expected ({n}, 3) eV/Å"
+                )
+            if item.stress is not None and np.shape(item.stress) != (6,):
+                raise EmulatorError(
+                    f"label #{index}: stress has shape {np.shape(item.stress)}, expected (6,) Voigt GPa"
+                )
+        return check_structures([item.structure for item in data])
+
+    def refit_references(self, data: Sequence[LabelledStructure]) -> dict[str, float]:
+        """Shift the per-element reference energies (AtomRef) to the oracle's level of theory (ridge fit).
+
+        Returns:
+            `refit_mae_before` and `refit_mae_after` of the ensemble mean on `data`, eV/atom; `refit_n_elements`.
+        """
+        structs = self._check_labels(data)
+        graphs = self._graphs(structs)
+        target = np.array([item.energy_per_atom for item in data])
+        before, _, _ = self._raw(graphs, forces=False, stress=False, per_member=False)
+        fractions = composition_fractions([np.array([site.specie.Z for site in s]) for s in structs])
+        shift = refit_reference_shift(
+            fractions=fractions, residuals=target - before.mean(axis=0), alpha=self.settings.ridge_alpha
+        )
+        fc = self.model.base.composition_model.fc
+        with torch.no_grad():
+            fc.weight += torch.as_tensor(shift, dtype=fc.weight.dtype).view_as(fc.weight)
+        after = before.mean(axis=0) + fractions @ shift
+        return {
+            "refit_mae_before": float(np.abs(before.mean(axis=0) - target).mean()),
+            "refit_mae_after": float(np.abs(after - target).mean()),
+            "refit_n_elements": float(np.count_nonzero(fractions.sum(axis=0))),
+        }
+
+    def fine_tune(self, data: Sequence[LabelledStructure], **kwargs: Any) -> dict[str, float]:
+        """Refit reference energies, then fine-tune all members on all oracle labels.
+
+        Pass *all* labels gathered so far (old and new): the old ones keep the members from forgetting. Training
+        resumes from the current weights (e.g. after `load`), and is bounded by `epochs` and `max_minutes`.
+
+        Args:
+            data: Labels: total energy eV, forces eV/Å (n, 3), stress GPa Voigt (6,); forces/stress optional.
+            **kwargs: Overrides of training settings for this call (`epochs`, `max_minutes`, `learning_rate`,
+                `batch_size`, weights, `train_last_conv`, `bootstrap`, `ridge_alpha`).
+
+        Returns:
+            Metrics: refit MAEs (eV/atom), epochs, steps, minutes, loss, `train_mae` (eV/atom) after training.
+        """
+        try:
+            cfg = ChgnetEnsembleSettings.model_validate({**self.settings.model_dump(), **kwargs})
+        except ValidationError as err:
+            first = err.errors()[0]
+            raise EmulatorError(f"bad fine-tuning option {first['loc']}: {first['msg']}") from None
+        previous, self.settings = self.settings, cfg
+        try:
+            metrics = self.refit_references(data)
+            structs = [item.structure for item in data]
+            examples = to_examples(data, self._graphs(structs))
+            round_seed = cfg.seed + 7919 * (self.state["n_fine_tunes"] + 1)
+            weights = bootstrap_weights(
+                n_members=self.model.n_heads, n_data=len(examples), seed=round_seed, bootstrap=cfg.bootstrap
+            )
+            if cfg.epochs > 0:
+                metrics |= fine_tune_members(
+                    self.model,
+                    examples,
+                    epochs=cfg.epochs,
+                    max_minutes=cfg.max_minutes,
+                    batch_size=cfg.batch_size,
+                    learning_rate=cfg.learning_rate,
+                    weights=weights,
+                    energy_weight=cfg.energy_weight,
+                    force_weight=cfg.force_weight,
+                    stress_weight=cfg.stress_weight,
+                    train_last_conv=cfg.train_last_conv,
+                    seed=round_seed,
+                )
+            pred = self.predict(structs, forces=False, stress=False)
+            target = np.array([item.energy_per_atom for item in data])
+            metrics["train_mae"] = float(np.abs(pred.energy_per_atom - target).mean())
+        finally:
+            self.settings = previous
+        self.state["n_fine_tunes"] += 1
+        self.state["data_hash"] = data_hash(data)
+        self.state["n_labels"] = len(data)
+        self.state["last_round_seed"] = round_seed
+        self.state["metrics"] = {**self.state["metrics"], **metrics}
+        return metrics
+
+    def calibration(self, data: Sequence[LabelledStructure]) -> dict[str, float]:
+        """Energy calibration on labels *not* used in fine-tuning: MAE (eV/atom), Spearman(std, |error|), 1σ/2σ."""
+        structs = self._check_labels(data)
+        pred = self.predict(structs, forces=False, stress=False)
+        return calibration_metrics(
+            predicted=pred.energy_per_atom,
+            std=pred.energy_per_atom_std,
+            target=np.array([item.energy_per_atom for item in data]),
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        """Write `trunk.pt`, `member_<k>.pt` (weights_only-safe) and `manifest.json`, each atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        files = {"trunk.pt": save_state(directory / "trunk.pt", self.model.base.state_dict())}
+        for k, head in enumerate(self.model.heads):
+            files[f"member_{k}.pt"] = save_state(directory / f"member_{k}.pt", head.state_dict())
+        manifest = {
+            "format": CHECKPOINT_FORMAT,
+            "kind": self.name,
+            "n_members": self.model.n_heads,
+            "chgnet_version": chgnet.__version__,
+            "pretrained_model": PRETRAINED,
+            "model_args": self.model.base.model_args,
+            "design": self.settings.design,
+            "seeds": {
+                "base": self.settings.seed,
+                "members": [self.settings.seed + k for k in range(self.model.n_heads)],
+                "last_round": self.state.get("last_round_seed"),
+            },
+            "settings": self.settings.model_dump(),
+            "data_hash": self.state["data_hash"],
+            "n_labels": self.state["n_labels"],
+            "n_fine_tunes": self.state["n_fine_tunes"],
+            "metrics": self.state["metrics"],
+            "files": files,
+        }
+        write_manifest(directory, json.loads(json.dumps(manifest, default=list)))
+        return manifest
+
+    @classmethod
+    def load(cls, directory: Path) -> ChgnetEnsemble:
+        """Rebuild an ensemble from `save` output (hash-checked, `torch.load(weights_only=True)`)."""
+        directory = Path(directory)
+        manifest = read_manifest(directory)
+        if manifest.get("kind") != cls.name or manifest.get("format") != CHECKPOINT_FORMAT:
+            raise EmulatorError(
+                f"{directory} holds a {manifest.get('kind')!r} checkpoint, not a {cls.name!r} one"
+            )
+        settings = ChgnetEnsembleSettings.model_validate(manifest["settings"])
+        torch.set_num_threads(settings.torch_threads)
+        with _quiet_chgnet():
+            base = CHGNet(**manifest["model_args"])
+        base.load_state_dict(load_state(directory, "trunk.pt", manifest["files"]["trunk.pt"]))
+        heads = []
+        for k in range(manifest["n_members"]):
+            head = copy.deepcopy(base.mlp)
+            head.load_state_dict(load_state(directory, f"member_{k}.pt", manifest["files"][f"member_{k}.pt"]))
+            heads.append(head)
+        self = cls.__new__(cls)
+        self.settings = settings
+        self.model = MultiHeadChgnet(base=base, heads=heads)
+        self.model.requires_grad_(False)
+        self.model.eval()
+        self.state = {
+            "n_fine_tunes": manifest["n_fine_tunes"],
+            "data_hash": manifest["data_hash"],
+            "metrics": manifest["metrics"],
+            "n_labels": manifest["n_labels"],
+            "last_round_seed": manifest["seeds"].get("last_round"),
+        }
+        return self
