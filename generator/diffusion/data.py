@@ -1,0 +1,239 @@
+"""Crystal datasets as packed tensors for the diffusion model.
+
+A crystal is stored as atomic numbers Z, fractional coordinates in [0, 1) and its symmetric lattice
+P = sqrtm(L Lᵀ) in Å (rows are lattice vectors; rotation-free). Labels: space group (from the structure),
+band gap (eV) and energy above hull (eV/atom) where the source data has them, HHI production score
+(pymatgen's table, computed from the composition) and the chemical system (from the composition).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from pymatgen.core import Lattice, Structure
+
+MAX_Z = 100
+DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "mp_20"
+_CACHE_VERSION = "v1"
+
+
+def cache_dir() -> Path:
+    """Where parsed datasets are cached (outside the repository); `MATLOOP_CACHE` overrides."""
+    root = os.environ.get("MATLOOP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "matloop")
+    path = Path(root) / "diffusion"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def symmetric_lattice(matrix: np.ndarray) -> np.ndarray:
+    """Return P = (L Lᵀ)^½ for a lattice matrix L with lattice vectors as rows (Å).
+
+    P has the same Gram matrix as L, so it describes the same crystal up to a rotation (or, for a
+    left-handed L, its mirror image) with the same fractional coordinates.
+    """
+    gram = matrix @ matrix.T
+    w, v = np.linalg.eigh(gram)
+    return (v * np.sqrt(np.clip(w, 1e-12, None))) @ v.T
+
+
+def hhi_score(structure_or_composition) -> float:
+    """HHI production score (0-10000) of a composition, from pymatgen's bundled table."""
+    from pymatgen.analysis.hhi import HHIModel
+
+    comp = getattr(structure_or_composition, "composition", structure_or_composition)
+    return float(_hhi_model(HHIModel).get_hhi_production(comp))
+
+
+_HHI = None
+
+
+def _hhi_model(cls):
+    global _HHI
+    if _HHI is None:
+        _HHI = cls()
+    return _HHI
+
+
+@dataclass
+class CrystalTensors:
+    """Packed crystals.
+
+    Attributes:
+        z: (total_atoms,) atomic numbers.
+        frac: (total_atoms, 3) fractional coordinates in [0, 1).
+        offsets: (n_crystals + 1,) start index of each crystal in `z`/`frac`.
+        lattice: (n_crystals, 3, 3) symmetric lattice P in Å.
+        spacegroup: (n_crystals,) space-group number, 0 when unknown.
+        band_gap: (n_crystals,) eV, NaN when unknown.
+        e_above_hull: (n_crystals,) eV/atom, NaN when unknown.
+        hhi: (n_crystals,) HHI production score, NaN when unknown.
+    """
+
+    z: torch.Tensor
+    frac: torch.Tensor
+    offsets: torch.Tensor
+    lattice: torch.Tensor
+    spacegroup: torch.Tensor
+    band_gap: torch.Tensor
+    e_above_hull: torch.Tensor
+    hhi: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.lattice.shape[0])
+
+    @property
+    def num_atoms(self) -> torch.Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def concat(cls, parts: Sequence[CrystalTensors]) -> CrystalTensors:
+        offs = [torch.zeros(1, dtype=torch.long)]
+        start = 0
+        for p in parts:
+            offs.append(p.offsets[1:] + start)
+            start += int(p.offsets[-1])
+        fields = {
+            k: torch.cat([getattr(p, k) for p in parts]) for k in cls.__dataclass_fields__ if k != "offsets"
+        }
+        return cls(offsets=torch.cat(offs), **fields)
+
+    def subset(self, idx: torch.Tensor) -> CrystalTensors:
+        parts_z, parts_f, counts = [], [], []
+        for i in idx.tolist():
+            a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+            parts_z.append(self.z[a:b])
+            parts_f.append(self.frac[a:b])
+            counts.append(b - a)
+        offsets = torch.zeros(len(counts) + 1, dtype=torch.long)
+        offsets[1:] = torch.cumsum(torch.tensor(counts, dtype=torch.long), 0)
+        return CrystalTensors(
+            z=torch.cat(parts_z),
+            frac=torch.cat(parts_f),
+            offsets=offsets,
+            lattice=self.lattice[idx],
+            spacegroup=self.spacegroup[idx],
+            band_gap=self.band_gap[idx],
+            e_above_hull=self.e_above_hull[idx],
+            hhi=self.hhi[idx],
+        )
+
+
+def structure_arrays(structure: Structure) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Niggli-reduce a structure; return (Z, fractional coords in [0,1), symmetric lattice P in Å)."""
+    reduced = structure.get_reduced_structure()
+    z = np.array([site.specie.Z for site in reduced], dtype=np.int64)
+    frac = np.mod(reduced.frac_coords, 1.0)
+    frac[frac >= 1.0] = 0.0
+    return z, frac, symmetric_lattice(reduced.lattice.matrix)
+
+
+def from_structures(
+    structures: Sequence[Structure],
+    *,
+    spacegroups: Sequence[int] | None = None,
+    band_gaps: Sequence[float] | None = None,
+    e_above_hull: Sequence[float] | None = None,
+) -> CrystalTensors:
+    """Pack pymatgen structures (ordered, ≤ MAX_Z) into tensors; labels default to unknown (NaN / 0)."""
+    zs, fracs, lats, hhis, sgs = [], [], [], [], []
+    for i, s in enumerate(structures):
+        z, f, p = structure_arrays(s)
+        zs.append(z)
+        fracs.append(f)
+        lats.append(p)
+        try:
+            hhis.append(hhi_score(s))
+        except Exception:
+            hhis.append(float("nan"))
+        if spacegroups is not None:
+            sgs.append(int(spacegroups[i]))
+        else:
+            try:
+                sgs.append(int(s.get_space_group_info(symprec=0.1)[1]))
+            except Exception:
+                sgs.append(0)
+    n = len(structures)
+    counts = torch.tensor([len(z) for z in zs], dtype=torch.long)
+    offsets = torch.zeros(n + 1, dtype=torch.long)
+    offsets[1:] = torch.cumsum(counts, 0)
+    nan = [float("nan")] * n
+    return CrystalTensors(
+        z=torch.from_numpy(np.concatenate(zs)),
+        frac=torch.from_numpy(np.concatenate(fracs)).float(),
+        offsets=offsets,
+        lattice=torch.from_numpy(np.stack(lats)).float(),
+        spacegroup=torch.tensor(sgs, dtype=torch.long),
+        band_gap=torch.tensor(list(band_gaps) if band_gaps is not None else nan, dtype=torch.float32),
+        e_above_hull=torch.tensor(
+            list(e_above_hull) if e_above_hull is not None else nan, dtype=torch.float32
+        ),
+        hhi=torch.tensor(hhis, dtype=torch.float32),
+    )
+
+
+def read_mp20_frame(split: str) -> pd.DataFrame:
+    """The bundled mp_20 table for `split` ("train" or "val")."""
+    return pd.read_csv(DATA_DIR / f"{split}.csv.gz")
+
+
+def _parse_frame(frame: pd.DataFrame) -> CrystalTensors:
+    structures = [Structure.from_str(c, fmt="cif") for c in frame["cif"]]
+    return from_structures(
+        structures,
+        spacegroups=frame["spacegroup.number"].tolist(),
+        band_gaps=frame["band_gap"].tolist(),
+        e_above_hull=frame["e_above_hull"].tolist(),
+    )
+
+
+def load_mp20(
+    split: str = "train", *, limit: int | None = None, rows: Sequence[int] | None = None
+) -> CrystalTensors:
+    """The bundled mp_20 split as tensors.
+
+    The whole split is parsed once and cached; with `limit` (first rows) or `rows` (row indices) and no
+    cache yet, only those rows are parsed, so small requests stay fast on a fresh machine.
+    """
+    path = DATA_DIR / f"{split}.csv.gz"
+    digest = hashlib.sha1(path.read_bytes()).hexdigest()[:12]
+    cached = cache_dir() / f"mp20_{split}_{digest}_{_CACHE_VERSION}.pt"
+    if rows is None and limit is not None:
+        rows = range(limit)
+    if cached.exists():
+        data = CrystalTensors(**torch.load(cached, weights_only=True))
+    elif rows is not None:
+        frame = read_mp20_frame(split)
+        keep = [i for i in rows if 0 <= i < len(frame)]
+        return _parse_frame(frame.iloc[keep])
+    else:
+        data = _parse_frame(read_mp20_frame(split))
+        tmp = cached.with_suffix(".tmp")
+        torch.save(data.to_dict(), tmp)
+        tmp.replace(cached)
+    if rows is not None:
+        keep = torch.tensor([i for i in rows if 0 <= i < len(data)], dtype=torch.long)
+        data = data.subset(keep)
+    return data
+
+
+def to_structure(z: Sequence[int], frac: np.ndarray, lattice: np.ndarray) -> Structure:
+    """Build a pymatgen Structure from atomic numbers, fractional coordinates and a lattice (Å)."""
+    return Structure(
+        Lattice(np.asarray(lattice, dtype=float)), [int(x) for x in z], np.asarray(frac, dtype=float)
+    )
+
+
+def mean_density(data: CrystalTensors) -> float:
+    """Mean atomic density of the data (atoms/Å³)."""
+    vol = torch.linalg.det(data.lattice.double()).abs()
+    return float((data.num_atoms.double() / vol).mean())

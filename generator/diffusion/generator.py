@@ -1,0 +1,298 @@
+"""The "diffusion" generator: sample crystals from the shipped (or a fine-tuned) checkpoint.
+
+Public entry points: `DiffusionSettings`, `DiffusionGenerator`, `sample_structures`, `iter_sample_batches`
+and `parse_conditions` (re-exported from `generator.diffusion.conditions`). Lengths in Å.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+from pymatgen.core import Element, Structure
+
+from generator.base import (
+    Candidate,
+    GenerationContext,
+    Generator,
+    GeneratorError,
+    GeneratorSettings,
+    register,
+)
+from generator.diffusion.conditions import Condition, validate_conditions
+from generator.diffusion.data import to_structure
+from generator.diffusion.denoiser import Denoiser
+from generator.diffusion.metrics import structurally_valid
+from generator.diffusion.noise import make_noise_processes
+from generator.diffusion.sampler import draw_num_atoms, sample_raw
+from generator.diffusion.training import fine_tune_checkpoint, load_checkpoint
+
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "diffusion_mp20.pt"
+MAX_ATOMS = 20
+
+
+class DiffusionSettings(GeneratorSettings):
+    """Settings of the diffusion generator.
+
+    Attributes:
+        checkpoint: Sampling checkpoint; None = the shipped mp_20 model.
+        steps: Predictor steps (each adds one corrector step; guidance doubles the evaluations).
+        guidance_scale: Classifier-free guidance scale used when conditions are given (1 = no extra guidance).
+        batch_size: Crystals denoised together.
+        conditions: Default conditions, e.g. {"band_gap": "1.5:3.0", "chemical_system": "Li-Fe-O"}.
+        num_atoms: Fixed atom count per crystal (1-20); None draws counts from the training distribution.
+        corrector_snr: Langevin corrector step as a fraction of σ².
+        filter_invalid: Drop crystals with a distance ≤ 0.5 Å or an absurd volume in `generate`.
+    """
+
+    kind: Literal["diffusion"] = "diffusion"
+    checkpoint: Path | None = None
+    steps: int = Field(default=100, ge=2, le=2000)
+    guidance_scale: float = Field(default=2.0, ge=0.0, le=20.0)
+    batch_size: int = Field(default=250, ge=1, le=5000)
+    conditions: dict[str, Any] = Field(default_factory=dict)
+    num_atoms: int | None = Field(default=None, ge=1, le=MAX_ATOMS)
+    corrector_snr: float = Field(default=0.2, ge=0.0, le=2.0)
+    filter_invalid: bool = True
+
+
+_MODELS: dict[tuple[str, float], tuple[Denoiser, dict[str, Any]]] = {}
+
+
+def _load(checkpoint: Path | str | None) -> tuple[Denoiser, dict[str, Any]]:
+    path = Path(checkpoint) if checkpoint is not None else SHIPPED_CHECKPOINT
+    if not path.is_file():
+        raise GeneratorError(f"diffusion checkpoint {path} not found; pass an existing --checkpoint file")
+    key = (str(path.resolve()), path.stat().st_mtime)
+    if key not in _MODELS:
+        try:
+            _MODELS[key] = load_checkpoint(path)
+        except Exception as exc:
+            raise GeneratorError(
+                f"{path} is not a loadable diffusion checkpoint ({exc.__class__.__name__})"
+            ) from None
+    return _MODELS[key]
+
+
+def _check_request(conditions: dict[str, Condition], num_atoms: int | None, payload: dict[str, Any]) -> int:
+    """Validate a request against the model; returns the minimum atom count."""
+    minimum = 1
+    if "chemical_system" in conditions:
+        els = conditions["chemical_system"].elements
+        unseen = [Element.from_Z(z).symbol for z in els if z not in set(payload["stats"]["allowed_z"])]
+        if unseen:
+            raise GeneratorError(
+                f"chemical_system: {', '.join(unseen)} never occur in the training data; choose other elements"
+            )
+        minimum = len(els)
+        if minimum > MAX_ATOMS:
+            raise GeneratorError(
+                f"chemical_system has {minimum} elements; at most {MAX_ATOMS} fit in one crystal"
+            )
+    if num_atoms is not None:
+        if not 1 <= num_atoms <= MAX_ATOMS:
+            raise GeneratorError(
+                f"num_atoms={num_atoms} is outside 1-{MAX_ATOMS}, the model's training range"
+            )
+        if num_atoms < minimum:
+            raise GeneratorError(
+                f"num_atoms={num_atoms} is too small for a {minimum}-element chemical system; use ≥ {minimum}"
+            )
+    return minimum
+
+
+def iter_sample_batches(
+    *,
+    n: int,
+    conditions: dict[str, Any] | None = None,
+    checkpoint: Path | str | None = None,
+    num_atoms: int | None = None,
+    seed: int = 0,
+    steps: int | None = None,
+    guidance_scale: float = 2.0,
+    batch_size: int = 250,
+    corrector_snr: float = 0.2,
+) -> Iterator[list[Structure]]:
+    """Yield sampled crystals batch by batch (for incremental writing); see `sample_structures`."""
+    if n < 0:
+        raise GeneratorError(f"n={n} is negative; ask for at least one crystal")
+    conds = validate_conditions(conditions)
+    model, payload = _load(checkpoint)
+    minimum = _check_request(conds, num_atoms, payload)
+    stats = payload["stats"]
+    noise = make_noise_processes(density=stats["density"], sigma_l=payload["train_config"]["sigma_l"])
+    gen = torch.Generator().manual_seed(int(seed))
+    done = 0
+    while done < n:
+        m = min(batch_size, n - done)
+        counts = (
+            [num_atoms] * m
+            if num_atoms is not None
+            else draw_num_atoms(stats["num_atoms_hist"], m, minimum=minimum, generator=gen)
+        )
+        raw = sample_raw(
+            model=model,
+            noise=noise,
+            num_atoms=counts,
+            allowed_z=stats["allowed_z"],
+            conditions=conds,
+            guidance=guidance_scale,
+            steps=steps or 100,
+            corrector_snr=corrector_snr,
+            generator=gen,
+        )
+        done += m
+        yield [to_structure(r.z, r.frac, r.lattice) for r in raw]
+
+
+def sample_structures(
+    *,
+    n: int,
+    conditions: dict[str, str] | None = None,
+    checkpoint: Path | str | None = None,
+    num_atoms: int | None = None,
+    seed: int = 0,
+    steps: int | None = None,
+    guidance_scale: float = 2.0,
+    batch_size: int = 250,
+    on_batch: Callable[[list[Structure]], None] | None = None,
+) -> list[Structure]:
+    """Sample `n` crystals (unfiltered) from a diffusion checkpoint.
+
+    Args:
+        n: Number of crystals.
+        conditions: {property: "VALUE" or "LO:HI"}; properties: chemical_system, space_group, band_gap (eV),
+            e_above_hull (eV/atom), hhi. Unknown properties, unknown elements or impossible ranges raise
+            `GeneratorError`.
+        checkpoint: Sampling checkpoint (default: the shipped mp_20 model).
+        num_atoms: Atoms per crystal (1-20); default draws from the training distribution.
+        seed: Random seed (same seed, same crystals).
+        steps: Predictor steps (default 100).
+        guidance_scale: Classifier-free guidance scale when conditions are given.
+        batch_size: Crystals per batch.
+        on_batch: Called with each finished batch (e.g. to append it to a file).
+
+    Returns:
+        The crystals, in sampling order.
+    """
+    out: list[Structure] = []
+    for batch in iter_sample_batches(
+        n=n,
+        conditions=conditions,
+        checkpoint=checkpoint,
+        num_atoms=num_atoms,
+        seed=seed,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        batch_size=batch_size,
+    ):
+        if on_batch is not None:
+            on_batch(batch)
+        out.extend(batch)
+    return out
+
+
+@register
+class DiffusionGenerator(Generator):
+    """Crystal diffusion model (mask D3PM types, wrapped-VE coordinates, VP symmetric lattice)."""
+
+    name: ClassVar[str] = "diffusion"
+    Settings: ClassVar[type[GeneratorSettings]] = DiffusionSettings
+    supports_conditions: ClassVar[bool] = True
+    supports_fine_tune: ClassVar[bool] = True
+
+    def __init__(self, settings: DiffusionSettings | None = None) -> None:
+        self.settings = settings or DiffusionSettings()
+
+    def generate(self, *, n: int, context: GenerationContext, seed: int = 0) -> list[Candidate]:
+        """Propose up to `n` structurally valid crystals honouring `context` (conditions, chemical systems).
+
+        Context conditions override the settings' defaults; several chemical systems share `n` round-robin.
+        """
+        s = self.settings
+        base = {**s.conditions, **dict(context.conditions)}
+        systems = list(context.chemical_systems) or [None]
+        shares = [n // len(systems) + (1 if i < n % len(systems) else 0) for i in range(len(systems))]
+        out: list[Candidate] = []
+        for k, (system, share) in enumerate(zip(systems, shares, strict=True)):
+            conds = dict(base)
+            if system is not None:
+                conds["chemical_system"] = system
+            got: list[Candidate] = []
+            attempt = 0
+            while len(got) < share and attempt < 3:
+                want = share - len(got)
+                ask = want if not s.filter_invalid else int(want * 1.1) + 2
+                structures = sample_structures(
+                    n=ask,
+                    conditions=conds,
+                    checkpoint=s.checkpoint,
+                    num_atoms=s.num_atoms,
+                    seed=seed * 1000 + k * 10 + attempt,
+                    steps=s.steps,
+                    guidance_scale=s.guidance_scale,
+                    batch_size=s.batch_size,
+                )
+                for st in structures:
+                    if s.filter_invalid and not structurally_valid(st):
+                        continue
+                    got.append(
+                        Candidate(
+                            structure=st,
+                            source=self.name,
+                            info={
+                                "conditions": {key: str(v) for key, v in conds.items()},
+                                "steps": s.steps,
+                                "guidance_scale": s.guidance_scale,
+                                "checkpoint": Path(s.checkpoint).name
+                                if s.checkpoint
+                                else SHIPPED_CHECKPOINT.name,
+                                "seed": seed,
+                            },
+                        )
+                    )
+                attempt += 1
+            out.extend(got[:share])
+        return out
+
+    def fine_tune(
+        self,
+        structures: Sequence[Structure],
+        *,
+        checkpoint_out: Path | str,
+        steps: int = 200,
+        max_minutes: float = 10.0,
+        mix_original: int = 2000,
+        batch_size: int = 32,
+        lr: float = 1e-4,
+        seed: int = 0,
+        work_dir: Path | str | None = None,
+        **_: Any,
+    ) -> dict[str, float]:
+        """Continue training on `structures` mixed with `mix_original` mp_20 crystals; save to `checkpoint_out`.
+
+        The generator samples from the new checkpoint afterwards. Bounded by `steps` and `max_minutes`.
+        Returns the final losses (train/val per field) and the number of steps.
+        """
+        parent = Path(self.settings.checkpoint) if self.settings.checkpoint else SHIPPED_CHECKPOINT
+        _load(parent)
+        out = Path(checkpoint_out)
+        with tempfile.TemporaryDirectory() as tmp:
+            metrics = fine_tune_checkpoint(
+                checkpoint=parent,
+                structures=structures,
+                out=out,
+                work_dir=Path(work_dir) if work_dir is not None else Path(tmp),
+                steps=steps,
+                max_minutes=max_minutes,
+                mix_original=mix_original,
+                batch_size=batch_size,
+                lr=lr,
+                seed=seed,
+            )
+        self.settings = self.settings.model_copy(update={"checkpoint": out})
+        return metrics

@@ -1,0 +1,98 @@
+"""Quality checks for generated crystals (structural and compositional validity, uniqueness, novelty).
+
+Distances in Å, volumes in Å³.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Composition, Element, Structure
+
+
+def structurally_valid(
+    structure: Structure, *, min_distance: float = 0.5, max_volume_per_atom: float = 200.0
+) -> bool:
+    """All interatomic distances (periodic) > `min_distance` Å and a sane volume (0.1–`max_volume_per_atom` Å³/atom)."""
+    vol = structure.volume
+    if not np.isfinite(vol) or vol <= 0.1 * len(structure) or vol / len(structure) > max_volume_per_atom:
+        return False
+    if len(structure) == 1:
+        return min(structure.lattice.abc) > min_distance
+    dm = structure.distance_matrix
+    np.fill_diagonal(dm, np.inf)
+    if dm.min() <= min_distance:
+        return False
+    # a site's own periodic images: the shortest lattice vector
+    return bool(min(structure.lattice.abc) > min_distance)
+
+
+_OXI_CACHE: dict[tuple[tuple[str, int], ...], bool] = {}
+
+
+def charge_balanced(composition: Composition) -> bool:
+    """SMACT-style test: some combination of common oxidation states sums to zero.
+
+    Pure elements and all-metal compositions (intermetallics) count as valid, as in the SMACT validity
+    metric used by CDVAE/DiffCSP/MatterGen; electronegativity ordering is not required.
+    """
+    comp = composition.reduced_composition
+    els = sorted(comp.elements, key=lambda e: e.symbol)
+    if len(els) == 1:
+        return True
+    if all(e.is_metal for e in els):
+        return True
+    key = tuple((e.symbol, round(comp[e])) for e in els)
+    if key in _OXI_CACHE:
+        return _OXI_CACHE[key]
+    counts = [round(comp[e]) for e in els]
+    choices = []
+    for e in els:
+        states = set(Element(e.symbol).common_oxidation_states) or set(Element(e.symbol).oxidation_states)
+        choices.append(sorted(states) or [0])
+    ok = any(
+        sum(q * c for q, c in zip(combo, counts, strict=True)) == 0 for combo in itertools.product(*choices)
+    )
+    _OXI_CACHE[key] = ok
+    return ok
+
+
+def _bucket(structures: Sequence[Structure]) -> dict[str, list[int]]:
+    buckets: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(structures):
+        buckets[s.composition.reduced_formula].append(i)
+    return buckets
+
+
+def unique_mask(structures: Sequence[Structure], *, matcher: StructureMatcher | None = None) -> list[bool]:
+    """True for the first of each group of matching structures (StructureMatcher within formula buckets)."""
+    matcher = matcher or StructureMatcher()
+    keep = [True] * len(structures)
+    for idx in _bucket(structures).values():
+        reps: list[int] = []
+        for i in idx:
+            if any(matcher.fit(structures[i], structures[j]) for j in reps):
+                keep[i] = False
+            else:
+                reps.append(i)
+    return keep
+
+
+def novel_mask(
+    structures: Sequence[Structure],
+    reference: Sequence[Structure],
+    *,
+    matcher: StructureMatcher | None = None,
+) -> list[bool]:
+    """True where no reference structure of the same reduced formula matches."""
+    matcher = matcher or StructureMatcher()
+    ref = _bucket(reference)
+    out = []
+    for s in structures:
+        cands = ref.get(s.composition.reduced_formula, [])
+        out.append(not any(matcher.fit(s, reference[j]) for j in cands))
+    return out
