@@ -33,6 +33,8 @@ from pymatgen.core import Structure
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.metrics import pairwise_distances
 
+from loop.errors import InputError
+
 # Floor on the ensemble spread, eV/atom: a zero std would make the Gaussian probability a step function (0/0 at the
 # threshold) and tells nothing more than "very sure".
 _MIN_STD = 1e-6
@@ -40,7 +42,7 @@ _MIN_STD = 1e-6
 _N_ELEMENTS = 103
 
 
-class AcquisitionError(ValueError):
+class AcquisitionError(InputError, ValueError):
     """Bad input for acquisition (unknown strategy, mismatched array lengths, malformed candidate matrix)."""
 
 

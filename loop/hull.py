@@ -27,11 +27,13 @@ from pymatgen.analysis.phase_diagram import PhaseDiagram
 from pymatgen.core import Composition, DummySpecies, Element
 from pymatgen.entries.computed_entries import ComputedEntry
 
+from loop.errors import InputError
+
 # Entries within this distance of the hull count as on it (numerical noise of qhull, eV/atom).
 _ON_HULL_TOL = 1e-6
 
 
-class HullError(ValueError):
+class HullError(InputError, ValueError):
     """Bad input for the hull (no entries, duplicate id, non-finite energy, unreadable composition)."""
 
 

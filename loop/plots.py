@@ -16,12 +16,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from pymatgen.core import Composition, Element
 
+from loop.errors import InputError
 from loop.hull import HullError, OracleHull
 
 DEFAULT_STAGES = ("generated", "passed_funnel", "queried", "stable")
 
 
-class PlotError(ValueError):
+class PlotError(InputError, ValueError):
     """Bad input for a plot (mismatched lengths, empty data, unknown chemical system)."""
 
 

@@ -35,6 +35,8 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, ConfigDict
 
+from loop.errors import InputError
+
 ROLE_TAG = "matloop.role"
 CAMPAIGN_TAG = "matloop.campaign"
 CAMPAIGN_ID_TAG = "matloop.campaign_id"
@@ -49,7 +51,7 @@ _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-./ :]")
 _STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 
-class TrackingError(ValueError):
+class TrackingError(InputError, ValueError):
     """Tracking misuse or an unusable tracking store (unknown run id, bad status, remote store for `ui`)."""
 
 

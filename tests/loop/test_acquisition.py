@@ -24,6 +24,7 @@ from loop.acquisition import (
     strategy_names,
     structure_features,
 )
+from loop.errors import InputError
 from loop.hull import HullEntry, OracleHull
 
 MP20_VAL = Path(__file__).resolve().parents[2] / "generator" / "data" / "mp_20" / "val.csv.gz"
@@ -209,7 +210,7 @@ def test_bad_input_is_rejected() -> None:
         AcquisitionConfig(strategy="greedy", budgett=3)
     with pytest.raises(ValidationError):
         AcquisitionConfig(budget=0)
-    with pytest.raises(AcquisitionError, match="choose one of"):
+    with pytest.raises(InputError, match="choose one of"):
         get_strategy("bogus")
     with pytest.raises(AcquisitionError, match="2 means but 3 stds"):
         select_queries(mean=[0.1, 0.2], std=[0.1, 0.1, 0.1], config=AcquisitionConfig())

@@ -8,6 +8,7 @@ from pymatgen.analysis.phase_diagram import PhaseDiagram
 from pymatgen.core import Composition
 from pymatgen.entries.computed_entries import ComputedEntry
 
+from loop.errors import InputError
 from loop.hull import HullEntry, HullError, MissingReferenceError, OracleHull
 
 # Made-up but physical oracle energies (eV per formula unit of the given cell), Li-O and Li-Fe-O.
@@ -126,5 +127,5 @@ def test_bad_input_raises_typed_error(entries: list[HullEntry], message: str) ->
 
 
 def test_evaluate_length_mismatch(li_o: OracleHull) -> None:
-    with pytest.raises(HullError, match="one energy per candidate"):
+    with pytest.raises(InputError, match="one energy per candidate"):  # the CLI's exit-code-2 family
         li_o.evaluate(["Li2O", "LiO2"], [-4.0])

@@ -8,6 +8,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from pymatgen.core import Composition
 
+from loop.errors import InputError
 from loop.hull import HullEntry, OracleHull
 from loop.plots import PlotError, plot_convex_hull, plot_parity, plot_source_yield
 
@@ -110,7 +111,7 @@ def test_parity_plot(tmp_path: Path) -> None:
 def test_parity_rejects_bad_input() -> None:
     with pytest.raises(PlotError, match="one value per structure"):
         plot_parity(predicted=[1.0, 2.0], oracle=[1.0])
-    with pytest.raises(PlotError, match="no finite"):
+    with pytest.raises(InputError, match="no finite"):
         plot_parity(predicted=[np.nan], oracle=[1.0])
 
 

@@ -14,6 +14,7 @@ import pytest
 from matplotlib.figure import Figure
 from pymatgen.core import Structure
 
+from loop.errors import InputError
 from loop.tracking import (
     PARENT_TAG,
     ROUND_TAG,
@@ -161,7 +162,7 @@ def test_unknown_run_and_misuse_raise(tracker: Tracker, workdir: Path) -> None:
     t = Tracker(config=TrackingConfig(), workdir=workdir, campaign_name="li-o-demo")
     with pytest.raises(TrackingError, match="start_campaign"):
         t.start_round(round_index=0)
-    with pytest.raises(TrackingError, match="no MLflow run"):
+    with pytest.raises(InputError, match="no MLflow run"):
         t.start_campaign(run_id="0123456789abcdef0123456789abcdef")
     with pytest.raises(TrackingError, match="unknown run status"):
         tracker.end_run(status="DONE")
