@@ -38,6 +38,8 @@ from loop.errors import InputError
 # Floor on the ensemble spread, eV/atom: a zero std would make the Gaussian probability a step function (0/0 at the
 # threshold) and tells nothing more than "very sure".
 _MIN_STD = 1e-6
+# 1 amu / 1 Å^3 in g/cm^3.
+_AMU_G_PER_CM3_A3 = 1.66053906660
 # Highest atomic number in the composition block of the feature vector.
 _N_ELEMENTS = 103
 
@@ -173,13 +175,19 @@ def structure_features(structures: Sequence[Structure]) -> np.ndarray:
         angles = np.radians(np.asarray(s.lattice.angles))
         feats[i, _N_ELEMENTS:] = [
             s.volume / len(s) / 20.0,
-            float(s.density) / 5.0,
+            _density(s) / 5.0,
             np.log10(len(s)),
             lengths[0] / lengths[2],
             lengths[1] / lengths[2],
             *np.abs(np.cos(angles)),
         ]
     return feats
+
+
+def _density(structure: Structure) -> float:
+    """Mass density in g/cm^3 (pymatgen's `Structure.density` goes through its unit machinery, ~1 ms each)."""
+    mass_amu = sum(float(el.atomic_mass) * amt for el, amt in structure.composition.items())
+    return mass_amu * _AMU_G_PER_CM3_A3 / structure.volume
 
 
 def candidate_matrix(n_candidates: int, features: np.ndarray | None = None) -> np.ndarray:

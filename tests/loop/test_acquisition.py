@@ -181,6 +181,7 @@ def test_structure_features_from_real_crystals(mp20: dict[str, Structure]) -> No
     row = feats[structures.index(si)]
     assert row[13] == 1.0  # Z = 14
     assert row[103] == pytest.approx(si.volume / len(si) / 20.0)
+    assert row[104] == pytest.approx(float(si.density) / 5.0)
     assert np.isfinite(feats).all()
 
 
