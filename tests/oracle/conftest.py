@@ -1,14 +1,16 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import numpy as np
-import pytest
-from pymatgen.core import Lattice, Structure
-
+# Before numpy loads its BLAS: the 2-core test machine is shared, threads would oversubscribe it.
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from pymatgen.core import Lattice, Structure  # noqa: E402
 
 STRUCTURES = Path(__file__).resolve().parents[2] / "configs" / "structures"
 

@@ -18,6 +18,7 @@ def bare_gpaw(structure: Structure, workdir: Path) -> tuple[float, np.ndarray, n
     """The same calculation written directly against gpaw's API: (eV/atom, forces eV/Å, stress eV/Å³)."""
     from ase import Atoms
     from gpaw import GPAW, PW
+    from threadpoolctl import threadpool_limits
 
     atoms = Atoms(
         [site.specie.symbol for site in structure],
@@ -32,7 +33,9 @@ def bare_gpaw(structure: Structure, workdir: Path) -> tuple[float, np.ndarray, n
         occupations={"name": "fermi-dirac", "width": CHEAP["smearing_width"]},
         txt=str(workdir / "bare.txt"),
     )
-    return atoms.get_potential_energy() / len(atoms), atoms.get_forces(), atoms.get_stress()
+    # In-process, so pin BLAS to one thread as the oracle's child process does.
+    with threadpool_limits(limits=1):
+        return atoms.get_potential_energy() / len(atoms), atoms.get_forces(), atoms.get_stress()
 
 
 @pytest.fixture(scope="module")
