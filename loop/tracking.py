@@ -80,24 +80,26 @@ def local_store(workdir: Path | str) -> tuple[str, str]:
 def ui_command(workdir: Path | str, port: int = 5000, *, tracking_uri: str | None = None) -> list[str]:
     """Command line for `matloop ui`: the MLflow UI on 127.0.0.1 over the campaign's store, one worker.
 
-    Run it with `ui_environment()` merged into the environment, e.g.
-    `subprocess.run(ui_command(workdir, port), env={**os.environ, **ui_environment()})`.
+    The command starts with `env` and the `ui_environment()` settings, so it can be exec'd as it is
+    (`os.execvp(cmd[0], cmd)`).
+
+    Args:
+        workdir: Campaign workdir (its local store is used when `tracking_uri` is None).
+        port: Port on 127.0.0.1.
+        tracking_uri: The campaign's configured tracking URI, if any (sqlite, Postgres, ... database URIs).
 
     Raises:
-        TrackingError: The campaign tracks to a remote server (open that server instead) or the port is invalid.
+        TrackingError: The campaign tracks to a tracking server (open that server instead) or the port is invalid.
     """
     if not 0 < int(port) < 65536:
         raise TrackingError(f"port {port} is out of range; pass 1-65535")
-    if (
-        tracking_uri is not None
-        and not tracking_uri.startswith(("sqlite:", "file:"))
-        and "://" in tracking_uri
-    ):
+    if tracking_uri is not None and tracking_uri.startswith(("http://", "https://", "databricks")):
         raise TrackingError(
             f"this campaign tracks to {tracking_uri}; open that server instead of starting a UI"
         )
     backend, artifacts = (tracking_uri, None) if tracking_uri is not None else local_store(workdir)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", backend]
+    env = ["env", *(f"{k}={v}" for k, v in ui_environment().items())]
+    cmd = [*env, sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", backend]
     if artifacts is not None:
         cmd += ["--default-artifact-root", artifacts]
     return [*cmd, "--host", UI_HOST, "--port", str(int(port)), "--workers", "1"]

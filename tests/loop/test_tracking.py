@@ -24,7 +24,6 @@ from loop.tracking import (
     flatten,
     local_store,
     ui_command,
-    ui_environment,
 )
 
 MP20_VAL = Path(__file__).resolve().parents[2] / "generator" / "data" / "mp_20" / "val.csv.gz"
@@ -210,13 +209,16 @@ def test_flatten_and_config_validation() -> None:
 
 def test_ui_command_shape(workdir: Path) -> None:
     cmd = ui_command(workdir, 5123)
-    assert cmd[1:4] == ["-m", "mlflow", "ui"]
+    assert cmd[0] == "env" and "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" in cmd
+    assert cmd[cmd.index("-m") : cmd.index("-m") + 3] == ["-m", "mlflow", "ui"]
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
     assert cmd[cmd.index("--port") + 1] == "5123"
     assert cmd[cmd.index("--workers") + 1] == "1"
     assert cmd[cmd.index("--backend-store-uri") + 1] == local_store(workdir)[0]
     with pytest.raises(TrackingError, match="open that server"):
         ui_command(workdir, 5123, tracking_uri="http://10.0.0.2:5000")
+    pg = ui_command(workdir, 5123, tracking_uri="postgresql://user@db/mlflow")
+    assert pg[pg.index("--backend-store-uri") + 1] == "postgresql://user@db/mlflow"
     with pytest.raises(TrackingError, match="out of range"):
         ui_command(workdir, 0)
 
@@ -232,7 +234,6 @@ def test_ui_serves_the_campaign_store(tracker: Tracker, workdir: Path) -> None:
     port = _free_port()
     proc = subprocess.Popen(
         ui_command(workdir, port),
-        env={**os.environ, **ui_environment()},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
