@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +160,9 @@ class Campaign:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
         _setup_logging(self.workdir / "logs" / "campaign.log")
+        # Library warnings (torch/CHGNet/pymatgen internals) would drown the progress lines; they go to the log.
+        logging.captureWarnings(True)
+        warnings.simplefilter("ignore", UserWarning)
         with _workdir_lock(self.workdir):
             (self.workdir / STOP_FILE).unlink(missing_ok=True)
             self.store = CampaignStore.in_workdir(self.workdir)

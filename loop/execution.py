@@ -71,6 +71,7 @@ def make_executor(execution: Any) -> Iterator[Executor]:
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
+            worker_dashboard_address=None,
             silence_logs=40,
         )
         client = Client(cluster)

@@ -107,22 +107,12 @@ def render_status(info: dict[str, Any]) -> None:
     )
     counts = info["counts"]
     console.print(", ".join(f"{k} {v}" for k, v in counts.items()))
-    table = Table(title="rounds")
-    cols = (
-        "round",
-        "generated",
-        "passed_funnel",
-        "queried",
-        "labelled",
-        "failed",
-        "stable",
-        "near_stable",
-        "hit_rate",
-        "emulator_mae",
-        "wall_time_s",
-    )
-    for c in cols:
-        table.add_column(c)
+    table = Table(title="rounds (E in eV/atom)")
+    cols = ("round", "generated", "passed_funnel", "queried", "labelled", "failed", "stable", "near_stable")
+    cols += ("hit_rate", "emulator_mae", "wall_time_s")
+    heads = ("round", "gen", "funnel", "query", "ok", "fail", "stable", "near", "hit", "MAE", "time s")
+    for h in heads:
+        table.add_column(h, no_wrap=True)
     for r in info["rounds"]:
         table.add_row(*(_fmt(r.get(c)) for c in cols))
     console.print(table)

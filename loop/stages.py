@@ -142,7 +142,7 @@ def generate_candidates(
         if name == "diffusion" and generator_checkpoint is not None:
             settings = settings.model_copy(update={"checkpoint": str(generator_checkpoint)})
         started = time.time()
-        made = get_generator_class(name)(settings).generate(
+        made = get_generator_class(name)(settings=settings).generate(
             n=n, context=context, seed=config.seed * 1000 + round
         )
         timings[name] = round_(time.time() - started)
@@ -559,13 +559,15 @@ def _log_plots(
 
     hull = current_hull(config, store)
     queried = [q["hash"] for q in store.queries(round)]
-    try:
-        fig = plots.plot_convex_hull(
-            hull, highlight=queried, title=f"{config.name}: oracle hull after round {round}"
-        )
-        tracker.log_figure(fig, artifact_file=f"plots/hull_round_{round:03d}.png", run_id=run_id)
-    except plots.PlotError as exc:
-        log.info("no hull plot this round: %s", exc)
+    for system in config.chemical_systems:
+        try:
+            fig = plots.plot_convex_hull(
+                hull, chemsys=system.split("-"), highlight_ids=queried, threshold=config.near_stable
+            )
+        except plots.PlotError as exc:
+            log.info("no hull plot of %s this round: %s", system, exc)
+            continue
+        tracker.log_figure(fig, artifact_file=f"plots/hull_{system}_round_{round:03d}.png", run_id=run_id)
     if round > 0:
         settings_hash = config.oracle.settings_hash()
         preds = {r["relaxed_hash"]: r for r in store.predictions(round)}
@@ -576,11 +578,11 @@ def _log_plots(
         ]
         if pts:
             pred, std, true = zip(*pts, strict=True)
-            fig = plots.plot_parity(true, pred, std, title=f"emulator vs oracle, round {round}")
+            fig = plots.plot_parity(predicted=pred, oracle=true, predicted_std=std)
             tracker.log_figure(fig, artifact_file=f"plots/parity_round_{round:03d}.png", run_id=run_id)
         per_source = _source_yield(store, round)
         if per_source:
-            fig = plots.plot_source_yield(per_source, title=f"yield per source, round {round}")
+            fig = plots.plot_source_yield(per_source)
             tracker.log_figure(fig, artifact_file=f"plots/yield_round_{round:03d}.png", run_id=run_id)
 
 

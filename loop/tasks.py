@@ -133,13 +133,22 @@ def fine_tune_generator(
     max_minutes: float,
     seed: int,
 ) -> tuple[Path, dict[str, Any]]:
-    """Continue training the diffusion model on discoveries (mixed with its original data); save to `out_path`."""
+    """Continue training the diffusion model on discoveries mixed with its original data; save to `out_path`.
+
+    Args:
+        weight: Each discovery enters the fine-tuning set `round(weight)` times (at least once), so a handful of
+            discoveries is not drowned by the original crystals mixed in against forgetting.
+    """
     from generator.diffusion import DiffusionGenerator
 
     if checkpoint_in is not None:
         settings = settings.model_copy(update={"checkpoint": str(checkpoint_in)})
-    gen = DiffusionGenerator(settings)
+    gen = DiffusionGenerator(settings=settings)
+    copies = max(1, round(weight))
     metrics = gen.fine_tune(
-        list(structures), weight=weight, max_minutes=max_minutes, out_path=out_path, seed=seed
+        [s for s in structures for _ in range(copies)],
+        checkpoint_out=out_path,
+        max_minutes=max_minutes,
+        seed=seed,
     )
     return out_path, dict(metrics)
