@@ -13,6 +13,7 @@ Units: site energies eV.
 from __future__ import annotations
 
 import copy
+import warnings
 from functools import cache
 from importlib import resources
 
@@ -32,7 +33,10 @@ def prior_structures() -> tuple[Structure, ...]:
     """The bundled MP crystals used for head distillation (≤ 12 atoms each)."""
     with resources.files("emulator.data").joinpath(PRIOR_FILE).open("rb") as handle:
         frame = pd.read_csv(handle, compression="gzip")
-    return tuple(Structure.from_str(cif, fmt="cif") for cif in frame["cif"])
+    with warnings.catch_warnings():
+        # pymatgen notes every rounded fractional coordinate of these well-formed CIFs
+        warnings.simplefilter("ignore", UserWarning)
+        return tuple(Structure.from_str(cif, fmt="cif") for cif in frame["cif"])
 
 
 def reinitialise(head: nn.Module, *, seed: int) -> nn.Module:
