@@ -231,3 +231,17 @@ def test_labelled_features_must_match(mp20: dict[str, Structure]) -> None:
             features=structure_features(structures),
             labelled_features=np.zeros((2, 5)),
         )
+
+
+def test_regressor_is_sklearn_compatible() -> None:
+    from sklearn.base import clone
+
+    est = PrecomputedEnsembleRegressor(mean=np.array([0.1, -0.2, 0.3]), std=np.array([0.01, 0.02, 0.03]))
+    copy = clone(est)
+    X = candidate_matrix(3)
+    mean, std = copy.predict(X[[2, 0]], return_std=True)
+    np.testing.assert_allclose(mean, [0.3, 0.1])
+    np.testing.assert_allclose(std, [0.03, 0.01])
+    assert copy.score(X, np.array([0.1, -0.2, 0.3])) == pytest.approx(1.0)
+    with pytest.raises(AcquisitionError, match="out of range"):
+        copy.predict(np.array([[5.0]]))
