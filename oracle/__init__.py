@@ -6,7 +6,7 @@ when a calculation runs, so ``import oracle`` is cheap and works where they are 
 
 from __future__ import annotations
 
-from oracle import emt_toy, gpaw_dft
+from oracle import cp2k_dft, emt_toy, gpaw_dft
 from oracle.ase_runner import AseOracle, AseOracleSettings, label_structures, niggli_reduce
 from oracle.base import (
     CalculationFailed,
@@ -23,12 +23,15 @@ from oracle.base import (
     register,
     settings_models,
 )
+from oracle.cp2k_dft import CP2KOracle, CP2KSettings
 from oracle.emt_toy import EMTOracle, EMTSettings
 from oracle.gpaw_dft import GPAWOracle, GPAWSettings
 
 __all__ = [
     "AseOracle",
     "AseOracleSettings",
+    "CP2KOracle",
+    "CP2KSettings",
     "CalculationFailed",
     "EMTOracle",
     "EMTSettings",
@@ -41,6 +44,7 @@ __all__ = [
     "OracleTimeout",
     "SCFError",
     "UnsupportedStructure",
+    "cp2k_dft",
     "emt_toy",
     "get_oracle_class",
     "gpaw_dft",

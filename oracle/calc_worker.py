@@ -49,7 +49,12 @@ def _build_cp2k(params: dict[str, Any], directory: Path) -> Any:
 
     params = dict(params)
     command = params.pop("command")
-    return CP2K(command=command, directory=str(directory), label="cp2k", **params)
+    data_dir = params.pop("data_dir", None)
+    if data_dir:
+        os.environ["CP2K_DATA_DIR"] = data_dir
+    # CP2K truncates strings at 80 characters (PROJECT, file names): keep every path relative to the
+    # attempt folder, which is this process's working directory.
+    return CP2K(command=command, directory=".", label="cp2k", **params)
 
 
 def _build_espresso(params: dict[str, Any], directory: Path) -> Any:
@@ -65,6 +70,27 @@ def _build_vasp(params: dict[str, Any], directory: Path) -> Any:
 
     return Vasp(directory=str(directory), **params)
 
+
+class CP2KConvergenceError(RuntimeError):
+    """CP2K 2023 only warns when an SCF run stops unconverged; its output is checked instead."""
+
+
+def _cp2k_report(directory: Path) -> dict[str, Any]:
+    """Code version and SCF steps from ``cp2k.out``; raise if any SCF run there did not converge."""
+    import re
+
+    text = (directory / "cp2k.out").read_text(errors="replace")
+    if "SCF run NOT converged" in text:
+        raise CP2KConvergenceError("SCF run NOT converged (cp2k.out)")
+    report: dict[str, Any] = {}
+    if version := re.search(r"CP2K\| version string:\s+(.+)", text):
+        report["code_version"] = version.group(1).strip()
+    if steps := re.findall(r"SCF run converged in\s+(\d+) steps", text):
+        report["n_scf"] = int(steps[-1])
+    return report
+
+
+REPORTS = {"cp2k": _cp2k_report}
 
 BUILDERS = {
     "gpaw": _build_gpaw,
@@ -146,6 +172,8 @@ def run(job: dict[str, Any], directory: Path) -> dict[str, Any]:
             }
         else:
             final = initial
+        if job["calculator"] in REPORTS:
+            answer.update(REPORTS[job["calculator"]](directory))
         if not _finite(final):
             return {**answer, "status": "failed", "kind": "error", "reason": "calculator returned NaN/inf"}
         return {**answer, **final, "status": "ok"}
@@ -169,6 +197,7 @@ def main(argv: list[str]) -> int:
     job_path = Path(argv[1]).resolve()
     job = json.loads(job_path.read_text())
     directory = job_path.parent
+    os.chdir(directory)
     answer = run(job, directory)
     if _rank() == 0:
         out = directory / job.get("output", "answer.json")
