@@ -42,11 +42,19 @@ def request_stop(workdir: Path) -> str:
     return f"stop requested: the campaign in {workdir} will stop after its current step"
 
 
-def tracking_ui_command(workdir: Path, *, port: int) -> list[str]:
-    """The `mlflow ui` command for a campaign's tracking store, bound to 127.0.0.1."""
+def tracking_ui_command(workdir: Path, *, port: int) -> list[str] | str:
+    """The `mlflow ui` command for a campaign's tracking store, bound to 127.0.0.1, or the address of the MLflow
+    server the campaign reports to (which is its own dashboard)."""
     from loop.tracking import ui_command
 
-    return ui_command(Path(workdir), port=port)
+    store = CampaignStore.in_workdir(workdir)
+    try:
+        uri = ((store.get_meta("config") or {}).get("tracking") or {}).get("tracking_uri")
+    finally:
+        store.close()
+    if uri and uri.startswith(("http://", "https://")):
+        return uri
+    return ui_command(Path(workdir), port=port, tracking_uri=uri)
 
 
 class StopRequested(Exception):
@@ -86,11 +94,11 @@ def _workdir_lock(workdir: Path) -> Iterator[None]:
         handle.close()
 
 
-def _crash_point(stage: str, count: int) -> None:
-    """Fault injection for crash-consistency tests: MATLOOP_CRASH_AFTER=<stage>:<n> SIGKILLs this process right
-    after the n-th result of that stage was committed (never set in normal use)."""
+def _crash_point(stage: str, rnd: int, count: int) -> None:
+    """Fault injection for crash-consistency tests: MATLOOP_CRASH_AFTER=<stage>:<round>:<n> SIGKILLs this process
+    right after the n-th result of that stage of that round was committed (never set in normal use)."""
     spec = os.environ.get("MATLOOP_CRASH_AFTER")
-    if spec and spec == f"{stage}:{count}":
+    if spec and spec == f"{stage}:{rnd}:{count}":
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -380,7 +388,7 @@ class Campaign:
         def on_commit() -> None:
             nonlocal committed
             committed += 1
-            _crash_point("label", committed)
+            _crash_point("label", rnd, committed)
             if self._stop():
                 raise StopRequested
 

@@ -252,6 +252,9 @@ def ui(
     from loop.campaign import tracking_ui_command
 
     cmd = tracking_ui_command(_existing_workdir(workdir), port=port)
+    if isinstance(cmd, str):
+        typer.echo(f"this campaign reports to the MLflow server at {cmd}: open that address")
+        return
     typer.echo(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C to stop)")
     os.execvp(cmd[0], cmd)
 

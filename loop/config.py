@@ -44,9 +44,11 @@ class GeneratorConfig(StrictModel):
         mix: Candidates requested per round from each generator, by name (0 switches one off).
         diffusion / substitution / random_search: Each generator's own settings.
         funnel: Validity, charge balance, dedup, novelty and design-requirement filters.
-        fine_tune_weight: Weight of the campaign's discoveries relative to the original data when the diffusion
-            model is fine-tuned (0 switches generator fine-tuning off).
-        fine_tune_max_minutes: Wall-time bound of one generator fine-tune, minutes.
+        fine_tune_weight: Copies of each stable or near-stable structure of the campaign's oracle hull in the
+            generator's fine-tuning set, which also mixes in original training crystals (0 switches it off).
+        fine_tune_steps: Optimiser steps of one generator fine-tune.
+        fine_tune_max_minutes: Wall-time bound of one generator fine-tune, minutes (a run that hits it is no
+            longer reproducible step for step).
     """
 
     mix: dict[str, int] = Field(
@@ -61,6 +63,7 @@ class GeneratorConfig(StrictModel):
     )
     funnel: FunnelConfig = Field(default_factory=FunnelConfig)
     fine_tune_weight: float = Field(default=4.0, ge=0.0)
+    fine_tune_steps: int = Field(default=200, ge=1)
     fine_tune_max_minutes: float = Field(default=1.0, gt=0.0)
 
     @field_validator("mix")

@@ -468,6 +468,7 @@ def retrain(
             checkpoint_in=generator_in,
             out_path=out_dir / "generator.pt",
             weight=gen_cfg.fine_tune_weight,
+            steps=gen_cfg.fine_tune_steps,
             max_minutes=gen_cfg.fine_tune_max_minutes,
             seed=config.seed + round,
         )
@@ -491,7 +492,7 @@ def round_metrics(store: CampaignStore, round: int) -> dict[str, float]:
         for drop in ("candidates", "ids", "failures", "e_hull_of_queries"):
             result.pop(drop, None)
         metrics[f"time_{stage['stage']}_s"] = float(result.pop("wall_time_s", 0.0))
-        metrics.update(flatten_numeric(result, prefix=f"{stage['stage']}."))
+        metrics.update(flatten_numeric(result, prefix=stage["stage"]))
     return metrics
 
 

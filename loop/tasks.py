@@ -130,6 +130,7 @@ def fine_tune_generator(
     checkpoint_in: Path | None,
     out_path: Path,
     weight: float,
+    steps: int,
     max_minutes: float,
     seed: int,
 ) -> tuple[Path, dict[str, Any]]:
@@ -148,6 +149,7 @@ def fine_tune_generator(
     metrics = gen.fine_tune(
         [s for s in structures for _ in range(copies)],
         checkpoint_out=out_path,
+        steps=steps,
         max_minutes=max_minutes,
         seed=seed,
     )
