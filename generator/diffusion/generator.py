@@ -116,6 +116,8 @@ def iter_sample_batches(
     guidance_scale: float = 2.0,
     batch_size: int = 250,
     corrector_snr: float = 0.2,
+    mask_system: bool = True,
+    type_temperature: float = 1.0,
 ) -> Iterator[list[Structure]]:
     """Yield sampled crystals batch by batch (for incremental writing); see `sample_structures`."""
     if n < 0:
@@ -143,6 +145,8 @@ def iter_sample_batches(
             guidance=guidance_scale,
             steps=steps or 100,
             corrector_snr=corrector_snr,
+            mask_system=mask_system,
+            type_temperature=type_temperature,
             generator=gen,
         )
         done += m

@@ -49,6 +49,23 @@ def _wrapped_normal_score(delta: torch.Tensor, sigma: torch.Tensor, n_images: in
     return -(w * d).sum(-1) / sigma**2
 
 
+_LAMBDA_TABLE: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+def _lambda_table() -> tuple[torch.Tensor, torch.Tensor]:
+    """(log σ grid, E[(σ·score)²]) by Monte Carlo with a fixed seed, computed once per process."""
+    global _LAMBDA_TABLE
+    if _LAMBDA_TABLE is None:
+        gen = torch.Generator().manual_seed(0)
+        log_sig = torch.linspace(math.log(1e-4), math.log(4.0), 200)
+        sig = log_sig.exp().unsqueeze(1).double()
+        eps = torch.randn(200, 4000, generator=gen, dtype=torch.float64)
+        delta = torch.remainder(sig * eps + 0.5, 1.0) - 0.5
+        score = _wrapped_normal_score(delta, sig)
+        _LAMBDA_TABLE = (log_sig, ((sig * score) ** 2).mean(1).float().clamp_min(1e-8))
+    return _LAMBDA_TABLE
+
+
 class WrappedCoordinateDiffusion:
     """VE diffusion of fractional coordinates on the torus.
 
@@ -61,13 +78,7 @@ class WrappedCoordinateDiffusion:
     def __init__(self, *, sigma_min: float = 0.01, sigma_max: float = 1.5):
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
-        gen = torch.Generator().manual_seed(0)
-        self._log_sig_grid = torch.linspace(math.log(1e-4), math.log(4.0), 200)
-        sig = self._log_sig_grid.exp().unsqueeze(1)
-        eps = torch.randn(200, 4000, generator=gen, dtype=torch.float64)
-        delta = torch.remainder(sig.double() * eps + 0.5, 1.0) - 0.5
-        score = _wrapped_normal_score(delta, sig.double())
-        self._lam_grid = ((sig.double() * score) ** 2).mean(1).float().clamp_min(1e-8)
+        self._log_sig_grid, self._lam_grid = _lambda_table()
 
     def sigma(self, t: torch.Tensor, num_atoms: torch.Tensor) -> torch.Tensor:
         base = self.sigma_min ** (1 - t) * self.sigma_max**t

@@ -79,6 +79,8 @@ def sample_raw(
     guidance: float = 2.0,
     steps: int = 100,
     corrector_snr: float = 0.2,
+    mask_system: bool = True,
+    type_temperature: float = 1.0,
     generator: torch.Generator,
 ) -> list[RawSample]:
     """Sample one batch of crystals with the given atom counts.
@@ -92,6 +94,9 @@ def sample_raw(
         guidance: Classifier-free guidance scale (1 = plain conditional).
         steps: Number of predictor steps (each with one corrector step: 2 evaluations, ×2 with guidance).
         corrector_snr: Langevin step size as a fraction of σ_t².
+        mask_system: Enforce a requested chemical system exactly (type logits masked to its elements and
+            every element placed); False leaves adherence to guidance alone (for measuring it).
+        type_temperature: Softmax temperature for drawing atom types (< 1 favours likely elements).
         generator: Random generator.
 
     Returns:
@@ -106,7 +111,7 @@ def sample_raw(
     allowed = torch.zeros(N_TOKENS, dtype=torch.bool)
     allowed[list(allowed_z)] = True
     required: tuple[int, ...] = ()
-    if "chemical_system" in conditions:
+    if "chemical_system" in conditions and mask_system:
         required = conditions["chemical_system"].elements
         allowed = torch.zeros(N_TOKENS, dtype=torch.bool)
         allowed[list(required)] = True
@@ -168,7 +173,7 @@ def sample_raw(
             p_reveal = noise["types"].unmask_probability(t, s)
             reveal = masked & (torch.rand(total, generator=generator) < p_reveal)
             if reveal.any():
-                lg = logits.masked_fill(~allowed, float("-inf"))
+                lg = (logits / type_temperature).masked_fill(~allowed, float("-inf"))
                 drawn = torch.multinomial(torch.softmax(lg[reveal], dim=-1), 1, generator=generator).squeeze(
                     1
                 )

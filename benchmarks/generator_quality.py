@@ -1,0 +1,169 @@
+"""Quality of the shipped diffusion checkpoint: speed, validity, uniqueness, novelty, SUN-like rate.
+
+    OMP_NUM_THREADS=1 python benchmarks/generator_quality.py --n 1000 --threads 2 --sun-subset 150
+
+Structural validity: all periodic distances > 0.5 Å and 0.1-200 Å³/atom. Compositional validity: SMACT-style
+charge balance over common oxidation states (all-metal compositions count as valid). Uniqueness: among valid
+samples, StructureMatcher within reduced-formula buckets. Novelty: no StructureMatcher match among mp_20 train
+crystals of the same reduced formula. SUN-like: on a random subset of valid samples, relax briefly with
+CHGNet 0.3.0 (cell + positions, `--relax-steps` FIRE steps), then E_hull against a CHGNet hull of the mp_20
+training crystals in the sample's chemical (sub)systems (static CHGNet energies); counts samples that are
+unique, novel and ≤ 0.1 eV/atom above that hull. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+warnings.filterwarnings("ignore")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sun-subset", type=int, default=150, help="0 skips the CHGNet part")
+    parser.add_argument("--relax-steps", type=int, default=60)
+    parser.add_argument("--out", type=Path, default=None, help="also write the samples (extxyz) here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from generator.diffusion import sample_structures
+    from generator.diffusion.data import load_mp20, to_structure
+    from generator.diffusion.metrics import charge_balanced, novel_mask, structurally_valid, unique_mask
+
+    result: dict[str, object] = {
+        "load_before": os.getloadavg(),
+        "n": args.n,
+        "steps": args.steps,
+        "threads": args.threads,
+    }
+    t0 = time.monotonic()
+    samples = sample_structures(
+        n=args.n,
+        conditions={},
+        checkpoint=args.checkpoint,
+        seed=args.seed,
+        steps=args.steps,
+        batch_size=args.batch_size,
+    )
+    result["sampling_s"] = round(time.monotonic() - t0, 1)
+    result["load_after"] = os.getloadavg()
+    if args.out:
+        from ase.io import write
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        write(args.out, [AseAtomsAdaptor.get_atoms(s) for s in samples], format="extxyz")
+
+    valid = [structurally_valid(s) for s in samples]
+    comp = [charge_balanced(s.composition) for s in samples]
+    result["structural_validity"] = sum(valid) / len(samples)
+    result["compositional_validity"] = sum(comp) / len(samples)
+    result["n_valid"] = sum(valid)
+    vs = [s for s, ok in zip(samples, valid, strict=True) if ok]
+    t1 = time.monotonic()
+    matcher = StructureMatcher()
+    uniq = unique_mask(vs, matcher=matcher)
+    result["uniqueness_of_valid"] = sum(uniq) / max(1, len(vs))
+    train = load_mp20("train")
+    off = train.offsets.tolist()
+    wanted = {s.composition.reduced_formula for s in vs}
+    ref = []
+    for i in range(len(train)):
+        s = to_structure(
+            train.z[off[i] : off[i + 1]].tolist(),
+            train.frac[off[i] : off[i + 1]].numpy(),
+            train.lattice[i].numpy(),
+        )
+        ref.append(s)
+    ref_in = [s for s in ref if s.composition.reduced_formula in wanted]
+    novel = novel_mask(vs, ref_in, matcher=matcher)
+    result["novelty_of_valid"] = sum(novel) / max(1, len(vs))
+    result["valid_unique_novel"] = sum(u and n for u, n in zip(uniq, novel, strict=True)) / len(samples)
+    result["matching_s"] = round(time.monotonic() - t1, 1)
+    sizes = defaultdict(int)
+    for s in samples:
+        sizes[len(s.composition.elements)] += 1
+    result["n_elements_histogram"] = dict(sorted(sizes.items()))
+
+    if args.sun_subset > 0:
+        result.update(sun_like(vs, uniq, novel, ref, args))
+    result["git_commit"] = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    print(json.dumps(result, indent=1))
+
+
+def sun_like(vs, uniq, novel, ref, args) -> dict[str, object]:
+    """Relax a subset with CHGNet and place it on a CHGNet hull of the training crystals."""
+    from chgnet.model import CHGNet, StructOptimizer
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+
+    torch.set_num_threads(1)
+    t0 = time.monotonic()
+    rng = random.Random(args.seed)
+    idx = sorted(rng.sample(range(len(vs)), min(args.sun_subset, len(vs))))
+    model = CHGNet.load(verbose=False)
+    opt = StructOptimizer(model=model)
+    relaxed = {}
+    for i in idx:
+        try:
+            r = opt.relax(vs[i], steps=args.relax_steps, fmax=0.1, verbose=False)
+            relaxed[i] = (r["final_structure"], float(r["trajectory"].energies[-1]) / len(vs[i]))
+        except Exception:
+            continue
+    t_relax = time.monotonic() - t0
+    systems = {frozenset(e.symbol for e in vs[i].composition.elements) for i in relaxed}
+    need = [
+        s for s in ref if any(frozenset(e.symbol for e in s.composition.elements) <= sys for sys in systems)
+    ]
+    preds = model.predict_structure(need, task="e", batch_size=4) if need else []
+    entries = [PDEntry(s.composition, float(p["e"]) * len(s)) for s, p in zip(need, preds, strict=True)]
+    n_stable = n_sun = n_no_ref = 0
+    e_hulls = []
+    for i, (s, e_pa) in relaxed.items():
+        els = {e.symbol for e in s.composition.elements}
+        local = [e for e in entries if {x.symbol for x in e.composition.elements} <= els]
+        have = {x.symbol for e in local if len(e.composition.elements) == 1 for x in e.composition.elements}
+        if have != els:
+            n_no_ref += 1
+            continue
+        pd = PhaseDiagram(local)
+        e_hull = pd.get_e_above_hull(PDEntry(s.composition, e_pa * len(s)), allow_negative=True)
+        e_hulls.append(e_hull)
+        if e_hull <= 0.1:
+            n_stable += 1
+            if uniq[i] and novel[i]:
+                n_sun += 1
+    k = len(idx)
+    return {
+        "sun_subset": k,
+        "sun_relaxed": len(relaxed),
+        "sun_no_elemental_reference": n_no_ref,
+        "stable_like_rate": n_stable / k,
+        "sun_like_rate": n_sun / k,
+        "median_e_hull": sorted(e_hulls)[len(e_hulls) // 2] if e_hulls else None,
+        "sun_reference_crystals": len(need),
+        "sun_s": round(time.monotonic() - t0, 1),
+        "relax_s": round(t_relax, 1),
+    }
+
+
+if __name__ == "__main__":
+    main()
