@@ -6,7 +6,7 @@ when a calculation runs, so ``import oracle`` is cheap and works where they are 
 
 from __future__ import annotations
 
-from oracle import cp2k_dft, emt_toy, gpaw_dft
+from oracle import cp2k_dft, emt_toy, espresso_dft, gpaw_dft, vasp_dft
 from oracle.ase_runner import AseOracle, AseOracleSettings, label_structures, niggli_reduce
 from oracle.base import (
     CalculationFailed,
@@ -25,7 +25,9 @@ from oracle.base import (
 )
 from oracle.cp2k_dft import CP2KOracle, CP2KSettings
 from oracle.emt_toy import EMTOracle, EMTSettings
+from oracle.espresso_dft import EspressoOracle, EspressoSettings
 from oracle.gpaw_dft import GPAWOracle, GPAWSettings
+from oracle.vasp_dft import VaspOracle, VaspSettings
 
 __all__ = [
     "AseOracle",
@@ -35,6 +37,8 @@ __all__ = [
     "CalculationFailed",
     "EMTOracle",
     "EMTSettings",
+    "EspressoOracle",
+    "EspressoSettings",
     "GPAWOracle",
     "GPAWSettings",
     "Oracle",
@@ -44,8 +48,11 @@ __all__ = [
     "OracleTimeout",
     "SCFError",
     "UnsupportedStructure",
+    "VaspOracle",
+    "VaspSettings",
     "cp2k_dft",
     "emt_toy",
+    "espresso_dft",
     "get_oracle_class",
     "gpaw_dft",
     "label_structures",
@@ -54,4 +61,5 @@ __all__ = [
     "oracle_names",
     "register",
     "settings_models",
+    "vasp_dft",
 ]

@@ -100,7 +100,8 @@ def niggli_reduce(structure: Structure) -> Structure:
     return reduced
 
 
-def _atoms_spec(structure: Structure, magmoms: Sequence[float] | None) -> dict[str, Any]:
+def atoms_spec(structure: Structure, magmoms: Sequence[float] | None) -> dict[str, Any]:
+    """The worker's plain-JSON description of a periodic cell (Å, μB)."""
     return {
         "numbers": [site.specie.Z for site in structure],
         "positions": structure.cart_coords.tolist(),
@@ -202,6 +203,13 @@ class AseOracle(Oracle):
     def code_version(self) -> str:
         return self.name
 
+    def preflight(self) -> str | None:
+        """Why no calculation can start on this machine (e.g. executable missing), or None.
+
+        Such a failure says nothing about the structure, so it is returned but never stored.
+        """
+        return None
+
     def _failed(self, reason: str, *, t0: float, attempts: int, metadata: dict[str, Any]) -> OracleResult:
         return OracleResult(
             status="failed",
@@ -259,6 +267,9 @@ class AseOracle(Oracle):
             stored = self._stored(workdir, fingerprint)
             if stored is not None:
                 return stored
+            problem = self.preflight()
+            if problem is not None:
+                return self._failed(problem, t0=t0, attempts=0, metadata=metadata)
             result = self._compute(structure, workdir=workdir, t0=t0, metadata=metadata)
             _write_json_atomic(
                 workdir / RESULT_FILE,
@@ -302,7 +313,7 @@ class AseOracle(Oracle):
             job = {
                 "calculator": self.calculator,
                 "params": params,
-                "atoms": _atoms_spec(reduced, magmoms),
+                "atoms": atoms_spec(reduced, magmoms),
                 "relax_steps": self.settings.relax_steps,
                 "relax_fmax": self.settings.relax_fmax,
                 "output": "answer.json",

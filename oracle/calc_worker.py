@@ -142,14 +142,19 @@ def _n_scf(calc: Any) -> int | None:
         return None
 
 
-def run(job: dict[str, Any], directory: Path) -> dict[str, Any]:
-    """Do the calculation of `job` in `directory` and return the answer dict (never raises)."""
+def atoms_from_spec(spec: dict[str, Any]) -> Any:
+    """ASE Atoms from the job's plain-JSON cell description."""
     from ase import Atoms
 
-    spec = job["atoms"]
     atoms = Atoms(numbers=spec["numbers"], positions=spec["positions"], cell=spec["cell"], pbc=spec["pbc"])
     if spec.get("magmoms") is not None:
         atoms.set_initial_magnetic_moments(spec["magmoms"])
+    return atoms
+
+
+def run(job: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """Do the calculation of `job` in `directory` and return the answer dict (never raises)."""
+    atoms = atoms_from_spec(job["atoms"])
     answer: dict[str, Any] = {"code_version": _code_version(job["calculator"])}
     try:
         atoms.calc = BUILDERS[job["calculator"]](job["params"], directory)
