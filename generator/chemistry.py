@@ -60,6 +60,9 @@ def parse_formula(formula: str) -> Composition:
         raise ChemistryError(f"cannot parse formula {formula!r} ({exc}); write it like 'LiFePO4'") from None
     if comp.num_atoms <= 0:
         raise ChemistryError(f"formula {formula!r} has no atoms; write it like 'LiFePO4'")
+    for el in comp.elements:
+        if not Element.is_valid_symbol(str(getattr(el, "symbol", el))):
+            raise ChemistryError(f"unknown element {el} in formula {formula!r}; write it like 'LiFePO4'")
     return comp.element_composition
 
 

@@ -16,6 +16,7 @@ from pydantic import Field, field_validator
 from pymatgen.core import Composition, Structure
 from pyxtal import pyxtal
 from pyxtal.symmetry import Group
+from pyxtal.tolerance import Tol_matrix
 
 from generator.base import (
     Candidate,
@@ -41,6 +42,8 @@ class RandomSearchSettings(GeneratorSettings):
         charge_rule: Charge-balance rule for enumeration ("common": SMACT-style; "pymatgen": ICSD states).
         space_groups: Space groups to draw from (default: 2-230, i.e. all but P1).
         volume_factor: Multiplier on pyxtal's volume estimate from atomic radii.
+        distance_factor: Closest allowed contact as a multiple of half the sum of covalent radii (pyxtal's
+            default is 1.0, which lets e.g. Li-P sit at 1.2 Å).
         attempts_per_candidate: pyxtal attempts allowed per requested candidate before giving up.
     """
 
@@ -53,6 +56,7 @@ class RandomSearchSettings(GeneratorSettings):
     charge_rule: ChargeRule = "common"
     space_groups: list[int] | None = None
     volume_factor: float = Field(1.1, gt=0.3, le=5.0)
+    distance_factor: float = Field(1.2, gt=0, le=2.0)
     attempts_per_candidate: int = Field(4, ge=1)
 
     @field_validator("formulas")
@@ -78,6 +82,25 @@ class RandomSearchSettings(GeneratorSettings):
 @lru_cache(maxsize=4096)
 def _compatible_groups(counts: tuple[int, ...], groups: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(g for g in groups if Group(g).check_compatible(list(counts))[0])
+
+
+@lru_cache(maxsize=1)
+def _tolerances() -> Tol_matrix:
+    return Tol_matrix(prototype="atomic")
+
+
+def _too_close(structure: Structure, factor: float) -> bool:
+    """Whether any pair is closer than `factor` times pyxtal's own limit (half the covalent-radius sum).
+
+    Checked after the draw rather than passed to pyxtal: a stricter tolerance inside pyxtal makes its
+    placement loop retry far more often and runs ~10x slower.
+    """
+    tol = _tolerances()
+    symbols = [site.specie.symbol for site in structure]
+    limits = {(a, b): factor * tol.get_tol(a, b) for a in set(symbols) for b in set(symbols)}
+    cutoff = max(limits.values())
+    centres, neighbours, _, dists = structure.get_neighbor_list(cutoff)
+    return any(d < limits[symbols[i], symbols[j]] for i, j, d in zip(centres, neighbours, dists, strict=True))
 
 
 class RandomSearchGenerator(Generator):
@@ -181,6 +204,8 @@ class RandomSearchGenerator(Generator):
         if not crystal.valid:
             return None
         structure = crystal.to_pymatgen()
+        if _too_close(structure, cfg.distance_factor):
+            return None
         info = {
             "operation": "random_search",
             "formula": comp.reduced_formula,

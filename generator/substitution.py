@@ -10,6 +10,7 @@ charge-balanced results are returned. Structures are unrelaxed: lengths in Å ar
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -43,7 +44,8 @@ class SubstitutionSettings(GeneratorSettings):
         saps_fractions: Fractions of a Wyckoff orbit replaced in partial substitutions; () disables SAPS.
         saps_share: Share of each parent's candidates reserved for partial substitutions (if available).
         max_parent_sites: Parents with more sites are skipped.
-        symprec: Symmetry tolerance (Å) for finding Wyckoff orbits.
+        symprec: Symmetry tolerance (Å) for finding Wyckoff orbits; a partial substitution is kept only if
+            the child has fewer symmetry operations than the parent at this tolerance.
     """
 
     kind: Literal["substitution"] = "substitution"
@@ -78,6 +80,39 @@ def _integer_oxidation_states(reduced_formula: str) -> tuple[tuple[str, int], ..
     return None
 
 
+def _label(symbol: str, q: int) -> str:
+    return str(Species(symbol, q))
+
+
+@lru_cache(maxsize=4096)
+def _in_table(symbol: str, q: int) -> bool:
+    return Species(symbol, q) in _probability_model().species
+
+
+@lru_cache(maxsize=16384)
+def _substitutes(
+    symbol: str, q: int, allowed: frozenset[str] | None, threshold: float
+) -> tuple[tuple[str, int, float], ...]:
+    """Species (symbol, charge, P(new | old)) that may replace (symbol, q): same charge sign, another
+    element (inside `allowed` if given), probability >= threshold; most probable first."""
+    model = _probability_model()
+    old = Species(symbol, q)
+    out = [
+        (new.symbol, int(new.oxi_state), float(model.cond_prob(new, old)))
+        for new in _species_pool(allowed)
+        if new.symbol != symbol and _same_sign(new, old)
+    ]
+    return tuple(sorted((o for o in out if o[2] >= threshold), key=lambda t: (-t[2], t[0], t[1])))
+
+
+def _symmetry_dataset(structure: Structure, symprec: float):
+    try:
+        return SpacegroupAnalyzer(structure, symprec=symprec).get_symmetry_dataset()
+    except Exception:
+        # spglib fails on some degenerate cells; such structures get no partial substitutions
+        return None
+
+
 def _same_sign(a: Species, b: Species) -> bool:
     # cations replace cations and anions anions; the data-mined table has rare cross-sign pairs
     return (a.oxi_state > 0) == (b.oxi_state > 0) and (a.oxi_state < 0) == (b.oxi_state < 0)
@@ -90,6 +125,7 @@ class _Proposal:
     info: dict
 
 
+@lru_cache(maxsize=256)
 def _species_pool(allowed: frozenset[str] | None) -> list[Species]:
     model = _probability_model()
     pool = [sp for sp in model.species if isinstance(sp, Species) and sp.oxi_state is not None]
@@ -200,69 +236,73 @@ class SubstitutionGenerator(Generator):
         target: frozenset[str] | None,
         systems: list[frozenset[str]],
     ) -> list[_Proposal]:
-        model = _probability_model()
+        cfg = self.settings
         comp = structure.composition
-        olds = [Species(el, oxi[el]) for el in sorted(oxi)]
-        if any(sp not in model.species for sp in olds):
+        olds = [(el, oxi[el]) for el in sorted(oxi)]
+        if any(not _in_table(el, q) for el, q in olds):
             return []
-        amounts = [comp[sp.symbol] for sp in olds]
-        pool = _species_pool(target)
-        options: list[list[tuple[Species, float]]] = []
-        for old in olds:
-            opts = [(old, 1.0)] if target is None or old.symbol in target else []
-            opts += sorted(
-                (
-                    (new, model.cond_prob(new, old))
-                    for new in pool
-                    if new.symbol != old.symbol and _same_sign(new, old)
-                ),
-                key=lambda t: -t[1],
+        amounts = [round(comp[el]) for el, _ in olds]
+        must_change = [i for i, (el, _) in enumerate(olds) if target is not None and el not in target]
+        if len(must_change) > cfg.max_substituted_species:
+            return []
+        options = [_substitutes(el, q, target, cfg.threshold) for el, q in olds]
+        found: list[tuple[float, dict[int, tuple[str, int]]]] = []
+        free = [i for i in range(len(olds)) if i not in must_change]
+        for extra in range(cfg.max_substituted_species - len(must_change) + 1):
+            for more in itertools.combinations(free, extra):
+                positions = sorted([*must_change, *more])
+                if positions:
+                    self._expand(positions, 0, {}, 1.0, options, found)
+        proposals: list[_Proposal] = []
+        base_charge = {i: q * a for i, ((_, q), a) in enumerate(zip(olds, amounts, strict=True))}
+        for score, changes in sorted(found, key=lambda t: -t[0]):
+            symbols = [changes[i][0] if i in changes else el for i, (el, _) in enumerate(olds)]
+            if len(set(symbols)) != len(symbols):
+                continue
+            charge = sum(
+                changes[i][1] * amounts[i] if i in changes else base_charge[i] for i in range(len(olds))
             )
-            options.append([o for o in opts if o[1] >= self.settings.threshold])
-        max_changed = self.settings.max_substituted_species
-        results: list[_Proposal] = []
-
-        def recurse(i: int, chosen: list[tuple[Species, float]], score: float, changed: int) -> None:
-            if score < self.settings.threshold:
-                return
-            if i == len(olds):
-                if changed == 0:
-                    return
-                news = [c[0] for c in chosen]
-                symbols = [sp.symbol for sp in news]
-                if len(set(symbols)) != len(symbols):
-                    return
-                charge = sum(sp.oxi_state * a for sp, a in zip(news, amounts, strict=True))
-                if abs(charge) > 1e-6:
-                    return
-                if systems and not any(set(symbols) <= t for t in systems):
-                    return
-                mapping = {o.symbol: nw.symbol for o, nw in zip(olds, news, strict=True)}
-                new_structure = structure.copy()
-                new_structure.replace_species({o: nw for o, nw in mapping.items() if o != nw})
-                substitutions = {str(o): str(nw) for o, nw in zip(olds, news, strict=True) if o != nw}
-                results.append(
-                    _Proposal(
-                        score=score,
-                        structure=new_structure,
-                        info={
-                            "operation": "substitution",
-                            "substitutions": substitutions,
-                            "score": round(score, 6),
-                            "formula": new_structure.composition.reduced_formula,
-                        },
-                    )
+            if charge != 0:
+                continue
+            if systems and not any(set(symbols) <= t for t in systems):
+                continue
+            new_structure = structure.copy()
+            new_structure.replace_species({olds[i][0]: changes[i][0] for i in changes})
+            proposals.append(
+                _Proposal(
+                    score=score,
+                    structure=new_structure,
+                    info={
+                        "operation": "substitution",
+                        "substitutions": {_label(*olds[i]): _label(*changes[i]) for i in sorted(changes)},
+                        "score": round(score, 6),
+                        "formula": new_structure.composition.reduced_formula,
+                    },
                 )
-                return
-            for new, p in options[i]:
-                is_change = new != olds[i]
-                if is_change and changed >= max_changed:
-                    continue
-                recurse(i + 1, [*chosen, (new, p)], score * p, changed + int(is_change))
+            )
+            if len(proposals) >= cfg.max_candidates_per_parent:
+                break
+        return proposals
 
-        recurse(0, [], 1.0, 0)
-        results.sort(key=lambda r: -r.score)
-        return results
+    def _expand(
+        self,
+        positions: list[int],
+        k: int,
+        changes: dict[int, tuple[str, int]],
+        score: float,
+        options: list[tuple[tuple[str, int, float], ...]],
+        found: list[tuple[float, dict[int, tuple[str, int]]]],
+    ) -> None:
+        if k == len(positions):
+            found.append((score, dict(changes)))
+            return
+        i = positions[k]
+        for symbol, q, p in options[i]:
+            if score * p < self.settings.threshold:
+                break  # options are sorted by probability, so the rest score lower
+            changes[i] = (symbol, q)
+            self._expand(positions, k + 1, changes, score * p, options, found)
+            del changes[i]
 
     def _partial(
         self,
@@ -272,71 +312,67 @@ class SubstitutionGenerator(Generator):
         systems: list[frozenset[str]],
         rng: np.random.Generator,
     ) -> list[_Proposal]:
+        cfg = self.settings
         elements = set(oxi)
         if systems and not any(elements <= t for t in systems):
             # keeping part of every species means a parent outside the targets stays outside them
             return []
-        model = _probability_model()
-        try:
-            dataset = SpacegroupAnalyzer(structure, symprec=self.settings.symprec).get_symmetry_dataset()
-        except Exception:
-            # spglib fails on some degenerate cells; such parents simply give no partial substitutions
-            return []
+        dataset = _symmetry_dataset(structure, cfg.symprec)
         if dataset is None:
             return []
         labels = np.asarray(dataset.equivalent_atoms)
-        pool = _species_pool(target)
-        results: list[_Proposal] = []
-        seen: set[tuple] = set()
+        counts = structure.composition.element_composition.get_el_amt_dict()
+        specs: list[tuple[float, int, str, int, int, str, int]] = []
         for label in np.unique(labels):
+            m = int(np.sum(labels == label))
+            symbol = structure[int(label)].specie.symbol
+            if m < 2 or not _in_table(symbol, oxi[symbol]):
+                continue
+            best: dict[str, tuple[float, int]] = {}
+            for new_symbol, q, p in _substitutes(symbol, oxi[symbol], target, cfg.threshold):
+                best.setdefault(new_symbol, (p, q))  # most probable charge state per element
+            for new_symbol, (p, q) in best.items():
+                for k in sorted({max(1, round(f * m)) for f in cfg.saps_fractions}):
+                    if k < m:
+                        specs.append((p, int(label), new_symbol, q, k, symbol, m))
+        specs.sort(key=lambda t: (-t[0], t[1], t[2], t[4]))
+        results: list[_Proposal] = []
+        for p, label, new_symbol, q, k, symbol, m in specs:
+            new_counts = dict(counts)
+            new_counts[symbol] -= k
+            new_counts[new_symbol] = new_counts.get(new_symbol, 0) + k
+            if not is_charge_balanced(Composition(new_counts), allow_intermetallics=False):
+                continue
             sites = np.flatnonzero(labels == label)
-            m = len(sites)
-            if m < 2:
+            chosen = np.sort(rng.choice(sites, size=k, replace=False))
+            new_structure = structure.copy()
+            for idx in chosen:
+                new_structure.replace(int(idx), new_symbol)
+            child = _symmetry_dataset(new_structure, cfg.symprec)
+            if child is None or len(child.rotations) >= len(dataset.rotations):
+                # within the tolerance the child can look as symmetric as the parent (near-higher-symmetry
+                # parents); such a candidate is not a symmetry-lowering partial substitution
                 continue
-            symbol = structure[int(sites[0])].specie.symbol
-            old = Species(symbol, oxi[symbol])
-            if old not in model.species:
-                continue
-            best_by_element: dict[str, tuple[float, Species]] = {}
-            for new in pool:
-                if new.symbol == symbol or not _same_sign(new, old):
-                    continue
-                p = model.cond_prob(new, old)
-                if p >= self.settings.threshold and p > best_by_element.get(new.symbol, (0.0, None))[0]:
-                    best_by_element[new.symbol] = (p, new)
-            for p, new in sorted(best_by_element.values(), key=lambda t: -t[0]):
-                for fraction in self.settings.saps_fractions:
-                    k = max(1, round(fraction * m))
-                    if k >= m:
-                        continue
-                    key = (int(label), new.symbol, k)
-                    if key in seen:
-                        continue
-                    seen.add(key)
-                    chosen = np.sort(rng.choice(sites, size=k, replace=False))
-                    new_structure = structure.copy()
-                    for idx in chosen:
-                        new_structure.replace(int(idx), new.symbol)
-                    if not is_charge_balanced(new_structure.composition, allow_intermetallics=False):
-                        continue
-                    results.append(
-                        _Proposal(
-                            score=p,
-                            structure=new_structure,
-                            info={
-                                "operation": "saps",
-                                "substitutions": {str(old): str(new)},
-                                "score": round(p, 6),
-                                "wyckoff": f"{m}{dataset.wyckoffs[int(sites[0])]}",
-                                "orbit_size": m,
-                                "fraction": round(k / m, 4),
-                                "sites": [int(i) for i in chosen],
-                                "parent_spacegroup": int(dataset.number),
-                                "formula": new_structure.composition.reduced_formula,
-                            },
-                        )
-                    )
-        results.sort(key=lambda r: -r.score)
+            results.append(
+                _Proposal(
+                    score=p,
+                    structure=new_structure,
+                    info={
+                        "operation": "saps",
+                        "substitutions": {_label(symbol, oxi[symbol]): _label(new_symbol, q)},
+                        "score": round(p, 6),
+                        "wyckoff": f"{m}{dataset.wyckoffs[label]}",
+                        "orbit_size": m,
+                        "fraction": round(k / m, 4),
+                        "sites": [int(i) for i in chosen],
+                        "parent_spacegroup": int(dataset.number),
+                        "spacegroup": int(child.number),
+                        "formula": new_structure.composition.reduced_formula,
+                    },
+                )
+            )
+            if len(results) >= cfg.max_candidates_per_parent:
+                break
         return results
 
 

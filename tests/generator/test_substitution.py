@@ -1,0 +1,125 @@
+"""Substitution and SAPS candidates from real mp_20 parents."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Composition
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+from generator.base import GenerationContext, GeneratorError, get_generator_class
+from generator.seeds import load_seeds, seed_table
+from generator.substitution import SubstitutionGenerator, SubstitutionSettings, substitution_score
+from loop.funnel import Funnel, FunnelConfig, KnownIndex
+
+
+@pytest.fixture(scope="module")
+def parents():
+    return load_seeds(limit=100, seed=0)
+
+
+@pytest.fixture(scope="module")
+def candidates(parents):
+    return SubstitutionGenerator().generate(n=400, context=GenerationContext(known=parents), seed=0)
+
+
+def test_candidates_are_charge_balanced_with_provenance(parents, candidates):
+    assert len(candidates) >= 200
+    ids = {p.id for p in parents}
+    for cand in candidates:
+        assert cand.source == "substitution" and cand.parent in ids
+        assert cand.info["operation"] in {"substitution", "saps"} and cand.info["substitutions"]
+        comp = cand.structure.composition
+        assert comp.reduced_formula == cand.info["formula"]
+        # pymatgen's own oxidation-state search, independent of the generator's fast check
+        assert Composition(comp.reduced_formula).oxi_state_guesses(max_sites=-1), comp.reduced_formula
+    assert {c.info["operation"] for c in candidates} == {"substitution", "saps"}
+    assert len({c.parent for c in candidates}) >= 30
+
+
+def test_substitution_applies_the_recorded_species_map(parents, candidates):
+    by_id = {p.id: p.structure for p in parents}
+    for cand in candidates:
+        if cand.info["operation"] != "substitution":
+            continue
+        parent = by_id[cand.parent]
+        mapping = {
+            old.rstrip("+-0123456789"): new.rstrip("+-0123456789")
+            for old, new in cand.info["substitutions"].items()
+        }
+        expected = [mapping.get(site.specie.symbol, site.specie.symbol) for site in parent]
+        assert [site.specie.symbol for site in cand.structure] == expected
+        assert np.allclose(cand.structure.frac_coords, parent.frac_coords)
+        assert cand.info["score"] >= SubstitutionSettings().threshold
+
+
+def test_saps_keeps_lattice_and_lowers_symmetry(parents, candidates):
+    by_id = {p.id: p.structure for p in parents}
+    saps = [c for c in candidates if c.info["operation"] == "saps"]
+    assert len(saps) >= 50
+    for cand in saps[:60]:
+        parent = by_id[cand.parent]
+        assert np.allclose(cand.structure.lattice.matrix, parent.lattice.matrix)
+        changed = [
+            i for i, (a, b) in enumerate(zip(parent, cand.structure, strict=True)) if a.specie != b.specie
+        ]
+        assert changed == cand.info["sites"] and 0 < len(changed) < cand.info["orbit_size"]
+        parent_sga = SpacegroupAnalyzer(parent, symprec=0.1)
+        child_sga = SpacegroupAnalyzer(cand.structure, symprec=0.1)
+        assert len(child_sga.get_symmetry_operations()) < len(parent_sga.get_symmetry_operations())
+        assert child_sga.get_space_group_number() == cand.info["spacegroup"]
+
+
+def test_funnel_keeps_only_candidates_unlike_any_known_crystal(candidates):
+    table = seed_table()
+    formulas = {c.structure.composition.reduced_formula for c in candidates}
+    reduced = table["pretty_formula"].map(lambda f: Composition(f).reduced_formula)
+    same = load_seeds(exclude_ids=set(table["material_id"][~reduced.isin(formulas)]))
+    assert same, "some substitutions should recreate known mp_20 compounds"
+    index = KnownIndex()
+    index.add_known(same, origin="seed")
+    kept, report = Funnel(FunnelConfig(), known=index).run(candidates)
+    assert report.removed["not_novel"] > 0 and kept
+    matcher = StructureMatcher()
+    for cand in kept:
+        formula = cand.structure.composition.reduced_formula
+        for known in same:
+            if known.structure.composition.reduced_formula == formula:
+                assert not matcher.fit(cand.structure, known.structure), (cand.info, known.id)
+
+
+def test_target_chemical_system_is_respected():
+    target = {"Li", "Fe", "P", "O"}
+    parents = load_seeds(chemical_systems=["Li-Fe-P-O"], max_foreign_elements=2, limit=150)
+    out = SubstitutionGenerator().generate(
+        n=150, context=GenerationContext(known=parents, chemical_systems=["Li-Fe-P-O"]), seed=1
+    )
+    assert len(out) >= 50
+    assert all({e.symbol for e in c.structure.composition.elements} <= target for c in out)
+    by_id = {p.id: p for p in parents}
+    from_outside = [
+        c for c in out if not {e.symbol for e in by_id[c.parent].structure.composition.elements} <= target
+    ]
+    assert from_outside, "parents outside the system must be substituted into it"
+    assert any({e.symbol for e in c.structure.composition.elements} == target for c in out)
+
+
+def test_reproducible_registered_and_bad_input(parents):
+    gen = get_generator_class("substitution")(settings=SubstitutionSettings(saps_fractions=[0.5]))
+    a = gen.generate(n=30, context=GenerationContext(known=parents[:20]), seed=3)
+    b = gen.generate(n=30, context=GenerationContext(known=parents[:20]), seed=3)
+    assert [(c.parent, c.info) for c in a] == [(c.parent, c.info) for c in b]
+    assert all(c.info.get("fraction", 0.5) == 0.5 for c in a)
+    assert substitution_score("Mn2+", "Fe2+") > substitution_score("Mn2+", "Ba2+")
+    with pytest.raises(ValidationError):
+        SubstitutionSettings(saps_fractions=[1.5])
+    with pytest.raises(ValidationError):
+        SubstitutionSettings(treshold=0.1)
+    with pytest.raises(GeneratorError, match="unknown element"):
+        gen.generate(n=5, context=GenerationContext(known=parents, chemical_systems=["Li-Zz"]))
+    with pytest.raises(GeneratorError):
+        gen.generate(n=-1, context=GenerationContext(known=parents))
+    with pytest.raises(GeneratorError):
+        substitution_score("Fe9+", "Fe2+")
