@@ -4,9 +4,11 @@ Design (see `emulator/prior.py` and `emulator/multihead.py`):
 * Members share CHGNet 0.3.0's message-passing trunk and differ in their readout heads, so a structure's graph
   is built once and the trunk runs once for all members; the energy spread is nearly free, and per-member forces
   and stresses cost one batched back-propagation per member (`derivative_std=False` skips them).
-* Round 0 (`design="distilled_heads"`): head 0 is the pretrained head, heads 1..K-1 are re-initialised and
-  distilled from it on bootstrap resamples of bundled MP crystals, so members disagree away from MP-like data.
-  The alternative `design="bootstrap_only"` starts all heads as the pretrained head (std = 0 until fine-tuned).
+* Round 0 (`design="distilled_heads"`, the default): head 0 is the pretrained head, heads 1..K-1 are
+  re-initialised and distilled from it on bootstrap resamples of bundled MP crystals, so members agree on
+  MP-like data and disagree away from it. The alternative `design="bootstrap_only"` (kept for comparison in
+  `benchmarks/emulator_calibration.py`) starts all heads as the pretrained head: std = 0 until the first
+  fine-tune.
 * Fine-tuning: ridge refit of the per-element reference energies on oracle labels, then all members trained
   together on all labels, member k's loss weighted by its own bootstrap resample.
 
@@ -58,6 +60,21 @@ from emulator.validation import check_structures
 
 PRETRAINED = "0.3.0"
 CHECKPOINT_FORMAT = 1
+# Settings a single fine_tune call may override; the rest define the ensemble itself.
+TRAINING_OPTIONS = frozenset(
+    {
+        "epochs",
+        "max_minutes",
+        "learning_rate",
+        "batch_size",
+        "energy_weight",
+        "force_weight",
+        "stress_weight",
+        "train_last_conv",
+        "bootstrap",
+        "ridge_alpha",
+    }
+)
 
 
 class ChgnetEnsembleSettings(EmulatorSettings):
@@ -71,7 +88,7 @@ class ChgnetEnsembleSettings(EmulatorSettings):
     seed: int = 0
     batch_size: int = Field(4, ge=1, le=16, description="graphs per forward pass (CPU: 1-4)")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads of this process")
-    distill_steps: int = Field(300, ge=0, description="Adam steps per distilled round-0 head")
+    distill_steps: int = Field(300, ge=1, description="Adam steps per round-0 head (distillation)")
     distill_structures: int | None = Field(
         None, ge=8, description="bundled MP crystals used (None = all 256)"
     )
@@ -130,7 +147,7 @@ class ChgnetEnsemble(Emulator):
         self.model.requires_grad_(False)
         self.model.eval()
         self.state: dict[str, Any] = {"n_fine_tunes": 0, "data_hash": None, "metrics": {}, "n_labels": 0}
-        if self.settings.design == "distilled_heads" and self.settings.distill_steps > 0:
+        if self.settings.design != "bootstrap_only":
             metrics = distil_heads(
                 self.model,
                 seed=self.settings.seed,
@@ -330,6 +347,11 @@ class ChgnetEnsemble(Emulator):
         Returns:
             Metrics: refit MAEs (eV/atom), epochs, steps, minutes, loss, `train_mae` (eV/atom) after training.
         """
+        fixed = sorted(set(kwargs) - TRAINING_OPTIONS)
+        if fixed:
+            raise EmulatorError(
+                f"fine_tune cannot change {', '.join(fixed)}; options are: {', '.join(sorted(TRAINING_OPTIONS))}"
+            )
         try:
             cfg = ChgnetEnsembleSettings.model_validate({**self.settings.model_dump(), **kwargs})
         except ValidationError as err:

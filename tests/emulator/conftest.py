@@ -11,7 +11,7 @@ from pymatgen.core import Structure
 from emulator import ChgnetEnsemble, ChgnetEnsembleSettings, LabelledStructure
 from tests.emulator.emt_data import emt_cells
 
-# The machine is shared; CI and `make test` also export OMP_NUM_THREADS=1.
+# One intra-op thread per process: the machine is shared (the Makefile also exports OMP_NUM_THREADS=1).
 torch.set_num_threads(1)
 
 MP20_VAL = Path(__file__).resolve().parents[2] / "generator" / "data" / "mp_20" / "val.csv.gz"

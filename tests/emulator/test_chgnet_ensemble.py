@@ -118,6 +118,8 @@ def test_bad_input_raises_typed_one_line_errors(round0: ChgnetEnsemble, tmp_path
         round0.calibration([LabelledStructure(structure=cu, energy=-3.0, forces=np.zeros((2, 3)))])
     with pytest.raises(EmulatorError, match="bad fine-tuning option"):
         round0.fine_tune([LabelledStructure(structure=cu, energy=-3.0)], epochs=-1)
+    with pytest.raises(EmulatorError, match="cannot change n_members"):
+        round0.fine_tune([LabelledStructure(structure=cu, energy=-3.0)], n_members=8)
     with pytest.raises(EmulatorError, match="fmax"):
         round0.relax([cu], fmax=0.0)
     with pytest.raises(EmulatorError, match="missing"):
