@@ -6,9 +6,13 @@ Structural validity: all periodic distances > 0.5 Å and 0.1-200 Å³/atom. Comp
 charge balance over common oxidation states (all-metal compositions count as valid). Uniqueness: among valid
 samples, StructureMatcher within reduced-formula buckets. Novelty: no StructureMatcher match among mp_20 train
 crystals of the same reduced formula. SUN-like: on a random subset of valid samples, relax briefly with
-CHGNet 0.3.0 (cell + positions, `--relax-steps` FIRE steps), then E_hull against a CHGNet hull of the mp_20
-training crystals in the sample's chemical (sub)systems (static CHGNet energies); counts samples that are
+CHGNet 0.3.0 (cell + positions, `--relax-steps` FIRE steps), then E_hull against a CHGNet hull (static CHGNet
+energies of known crystals); counts samples that are
 unique, novel and ≤ 0.1 eV/atom above that hull. Prints one JSON object.
+
+The hull uses the mp_20 train+val crystals (both bundled) in each sample's chemical (sub)systems; elements with
+no elemental crystal there get a CHGNet-relaxed simple-prototype reference (see `_prototype_energy`), which
+makes the hull incomplete (E_hull optimistic) — MP's full hull is not available offline.
 """
 
 from __future__ import annotations
@@ -81,17 +85,17 @@ def main() -> None:
     matcher = StructureMatcher()
     uniq = unique_mask(vs, matcher=matcher)
     result["uniqueness_of_valid"] = sum(uniq) / max(1, len(vs))
-    train = load_mp20("train")
-    off = train.offsets.tolist()
     wanted = {s.composition.reduced_formula for s in vs}
-    ref = []
-    for i in range(len(train)):
-        s = to_structure(
-            train.z[off[i] : off[i + 1]].tolist(),
-            train.frac[off[i] : off[i + 1]].numpy(),
-            train.lattice[i].numpy(),
-        )
-        ref.append(s)
+    ref, hull_ref = [], []
+    for split in ("train", "val"):
+        data = load_mp20(split)
+        off = data.offsets.tolist()
+        for i in range(len(data)):
+            a, b = off[i], off[i + 1]
+            s = to_structure(data.z[a:b].tolist(), data.frac[a:b].numpy(), data.lattice[i].numpy())
+            hull_ref.append(s)
+            if split == "train":
+                ref.append(s)
     ref_in = [s for s in ref if s.composition.reduced_formula in wanted]
     novel = novel_mask(vs, ref_in, matcher=matcher)
     result["novelty_of_valid"] = sum(novel) / max(1, len(vs))
@@ -103,17 +107,47 @@ def main() -> None:
     result["n_elements_histogram"] = dict(sorted(sizes.items()))
 
     if args.sun_subset > 0:
-        result.update(sun_like(vs, uniq, novel, ref, args))
+        result.update(sun_like(vs, uniq, novel, hull_ref, args))
     result["git_commit"] = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     print(json.dumps(result, indent=1))
 
 
+def _prototype_energy(element: str, opt) -> float:
+    """Lowest CHGNet energy per atom (eV) over relaxed fcc/bcc/hcp/sc/diamond cells of `element`.
+
+    Used only for elements with no elemental crystal in mp_20 train+val; for elements whose ground state is
+    not a simple prototype (B, S, Mn) this reference is too high, which biases E_hull low.
+    """
+    from pymatgen.core import Element, Lattice, Structure
+
+    r = float(Element(element).atomic_radius or 1.5)
+    half = [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
+    cells = [
+        Structure(Lattice.cubic(2 * 2**0.5 * r), [element] * 4, half),
+        Structure(Lattice.cubic(4 * r / 3**0.5), [element] * 2, [[0, 0, 0], [0.5, 0.5, 0.5]]),
+        Structure(
+            Lattice.hexagonal(2 * r, 3.27 * r), [element] * 2, [[1 / 3, 2 / 3, 0.25], [2 / 3, 1 / 3, 0.75]]
+        ),
+        Structure(Lattice.cubic(2 * r), [element], [[0, 0, 0]]),
+        Structure(Lattice.cubic(8 * r / 3**0.5), [element] * 8, half + [[x + 0.25 for x in f] for f in half]),
+    ]
+    best = float("inf")
+    for cell in cells:
+        try:
+            res = opt.relax(cell.get_primitive_structure(), steps=150, fmax=0.05, verbose=False)
+            best = min(best, float(res["trajectory"].energies[-1]) / len(res["final_structure"]))
+        except Exception:
+            continue
+    return best
+
+
 def sun_like(vs, uniq, novel, ref, args) -> dict[str, object]:
     """Relax a subset with CHGNet and place it on a CHGNet hull of the training crystals."""
     from chgnet.model import CHGNet, StructOptimizer
     from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+    from pymatgen.core import Composition
 
     torch.set_num_threads(1)
     t0 = time.monotonic()
@@ -135,6 +169,10 @@ def sun_like(vs, uniq, novel, ref, args) -> dict[str, object]:
     ]
     preds = model.predict_structure(need, task="e", batch_size=4) if need else []
     entries = [PDEntry(s.composition, float(p["e"]) * len(s)) for s, p in zip(need, preds, strict=True)]
+    have = {e.composition.elements[0].symbol for e in entries if len(e.composition.elements) == 1}
+    missing = sorted(set().union(*systems) - have) if systems else []
+    for el in missing:
+        entries.append(PDEntry(Composition(el), _prototype_energy(el, opt)))
     n_stable = n_sun = n_no_ref = 0
     e_hulls = []
     for i, (s, e_pa) in relaxed.items():
@@ -160,6 +198,7 @@ def sun_like(vs, uniq, novel, ref, args) -> dict[str, object]:
         "sun_like_rate": n_sun / k,
         "median_e_hull": sorted(e_hulls)[len(e_hulls) // 2] if e_hulls else None,
         "sun_reference_crystals": len(need),
+        "prototype_elemental_references": missing,
         "sun_s": round(time.monotonic() - t0, 1),
         "relax_s": round(t_relax, 1),
     }

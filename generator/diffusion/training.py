@@ -338,13 +338,21 @@ def train(
     return metrics
 
 
-def export_from_state(work_dir: Path, path: Path) -> dict[str, float]:
-    """Export the EMA weights of a (possibly still running) training state as a sampling checkpoint."""
+def export_from_state(work_dir: Path, path: Path, *, validate: bool = False) -> dict[str, float]:
+    """Export the EMA weights of a (possibly still running) training state as a sampling checkpoint.
+
+    With `validate`, the losses on 512 mp_20 validation crystals are computed and stored as the metrics.
+    """
     state = torch.load(work_dir / "state.pt", weights_only=True)
     config = TrainConfig(**state["config"])
     model = build_model(config)
     model.load_state_dict(state["ema"])
     metrics = {"steps": float(state["step"])}
+    if validate:
+        noise = make_noise_processes(density=state["stats"]["density"], sigma_l=config.sigma_l)
+        metrics.update(
+            {f"val_{k}": v for k, v in evaluate(model, noise, load_mp20("val", limit=512)).items()}
+        )
     export_checkpoint(path, model=model, config=config, stats=state["stats"], metrics=metrics)
     return metrics
 
@@ -430,8 +438,18 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.add_argument("--train-limit", type=int, default=None)
             continue
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(field.default), default=field.default)
+    parser.add_argument(
+        "--export-only",
+        action="store_true",
+        help="export the saved state (EMA weights, val losses) without training",
+    )
     args = vars(parser.parse_args(argv))
-    work_dir, export = args.pop("work_dir"), args.pop("export")
+    work_dir, export, export_only = args.pop("work_dir"), args.pop("export"), args.pop("export_only")
+    if export_only:
+        if export is None:
+            parser.error("--export-only needs --export PATH")
+        print(json.dumps(export_from_state(work_dir, export, validate=True)))
+        return
     config = TrainConfig(**args)
     train(config=config, work_dir=work_dir, export=export)
 
