@@ -42,6 +42,8 @@ RESULT_FILE = "result.json"
 WORKER_SCRIPT = Path(__file__).with_name("calc_worker.py")
 _STORE_FORMAT = 1
 _KILL_GRACE_S = 3.0
+MIN_DISTANCE = 0.5
+"""Å; closer atoms make every code fail or lie, so such structures are rejected up front."""
 
 
 class AseOracleSettings(OracleSettings):
@@ -192,6 +194,25 @@ class AseOracle(Oracle):
     def calculator_job(self, structure: Structure, *, attempt: int, directory: Path) -> dict[str, Any]:
         """Keyword arguments of the ASE calculator for `attempt` (1-based), in the calculator's own units."""
 
+    def check(self, structure: Structure) -> None:
+        """Raise `UnsupportedStructure` for structures no ASE oracle can compute.
+
+        Rejects empty or disordered structures (partial occupancies) and atoms closer than `MIN_DISTANCE` Å;
+        subclasses add their element checks after calling this.
+        """
+        if len(structure) == 0:
+            raise UnsupportedStructure("the structure has no sites")
+        if not structure.is_ordered:
+            raise UnsupportedStructure(f"{self.name} needs an ordered structure (no partial occupancies)")
+        if len(structure) > 1:
+            dist = structure.distance_matrix + np.eye(len(structure)) * 1e9
+            if dist.min() < MIN_DISTANCE:
+                i, j = np.unravel_index(np.argmin(dist), dist.shape)
+                raise UnsupportedStructure(
+                    f"sites {i} and {j} are {dist[i, j]:.2f} Å apart (< {MIN_DISTANCE} Å); fix the structure"
+                )
+        super().check(structure)
+
     def launch_command(self, job_file: Path) -> list[str]:
         """The command that runs the worker on `job_file`."""
         return [sys.executable, str(WORKER_SCRIPT), str(job_file)]
@@ -317,6 +338,7 @@ class AseOracle(Oracle):
                 "relax_steps": self.settings.relax_steps,
                 "relax_fmax": self.settings.relax_fmax,
                 "output": "answer.json",
+                "parent_pid": os.getpid(),
             }
             job_file = directory / "job.json"
             job_file.write_text(json.dumps(job, indent=1))

@@ -198,9 +198,32 @@ def run(job: dict[str, Any], directory: Path) -> dict[str, Any]:
                 close()
 
 
+def _exit_with_parent(parent_pid: int, period_s: float = 2.0) -> None:
+    """Stop this calculation if the oracle process that launched it dies (e.g. kill -9 of a daemon).
+
+    An orphan would otherwise burn cores and race the relaunched calculation for the same folder.
+    """
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            time.sleep(period_s)
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                os._exit(3)
+            except PermissionError:  # alive, owned by someone else: not our concern
+                pass
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
     job_path = Path(argv[1]).resolve()
     job = json.loads(job_path.read_text())
+    if job.get("parent_pid"):
+        _exit_with_parent(int(job["parent_pid"]))
     directory = job_path.parent
     os.chdir(directory)
     answer = run(job, directory)

@@ -107,6 +107,7 @@ class CP2KOracle(AseOracle):
 
     def check(self, structure: Structure) -> None:
         """Raise `UnsupportedStructure` if CP2K, its data files, or a basis/potential for an element is missing."""
+        super().check(structure)
         s = self.settings
         if shutil.which(s.command.split()[0]) is None:
             raise UnsupportedStructure(f"cp2k executable {s.command.split()[0]!r} not found; install cp2k")

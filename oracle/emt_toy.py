@@ -41,6 +41,7 @@ class EMTOracle(AseOracle):
 
     def check(self, structure: Structure) -> None:
         """Raise `UnsupportedStructure` for elements EMT has no parameters for."""
+        super().check(structure)
         bad = sorted({el.symbol for el in structure.composition.elements} - emt_elements())
         if bad:
             raise UnsupportedStructure(

@@ -108,6 +108,7 @@ class EspressoOracle(AseOracle):
 
     def check(self, structure: Structure) -> None:
         """Raise `UnsupportedStructure` when an element has no UPF file (the binary is checked at run time)."""
+        super().check(structure)
         self.pseudopotentials(sorted({el.symbol for el in structure.composition.elements}))
 
     def preflight(self) -> str | None:

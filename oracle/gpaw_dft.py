@@ -144,6 +144,7 @@ class GPAWOracle(AseOracle):
 
     def check(self, structure: Structure) -> None:
         """Raise `UnsupportedStructure` if GPAW is absent or an element has no installed PAW setup."""
+        super().check(structure)
         if importlib.util.find_spec("gpaw") is None:
             raise UnsupportedStructure(
                 "gpaw is not installed; install matloop[gpaw] or choose another oracle"

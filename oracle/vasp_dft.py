@@ -98,6 +98,7 @@ class VaspOracle(AseOracle):
 
     def check(self, structure: Structure) -> None:
         """Raise `UnsupportedStructure` when a POTCAR is missing (the executable is checked at run time)."""
+        super().check(structure)
         self.potcars(sorted({el.symbol for el in structure.composition.elements}))
 
     def preflight(self) -> str | None:

@@ -4,15 +4,35 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
+from pymatgen.core import Lattice, Structure
 
-from oracle import GPAWOracle, GPAWSettings
+from oracle import EMTOracle, GPAWOracle, GPAWSettings, UnsupportedStructure
 from oracle.ase_runner import RESULT_FILE
 
 CHEAP = {"cutoff": 400.0, "kpoint_density": 2.0}
+
+
+def _live_workers(directory: Path) -> list[int]:
+    """PIDs of live (non-zombie) processes whose command line mentions `directory` (the job file)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if str(directory) in cmdline and state != "Z":
+            found.append(int(proc.name))
+    return found
 
 
 def _process_group_gone(pid: int) -> bool:
@@ -47,6 +67,41 @@ def test_timeout_kills_the_calculation(nacl_rattled, tmp_path):
     assert _process_group_gone(pid)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # reaped, not a zombie
+    assert _live_workers(tmp_path / "slow") == []
+
+
+def test_timeout_under_mpi_leaves_no_rank_behind(nacl_rattled, tmp_path):
+    settings = GPAWSettings(cutoff=600.0, kpoint_density=3.0, timeout_s=3.0, mpi_ranks=2)
+    result = GPAWOracle(settings).label(nacl_rattled, workdir=tmp_path / "mpi")
+    assert result.status == "failed" and result.reason.startswith("timeout")
+    assert _process_group_gone(int((tmp_path / "mpi" / "attempt-1" / "child.pid").read_text()))
+    assert _live_workers(tmp_path / "mpi") == []
+
+
+def test_calculation_stops_when_the_oracle_process_is_killed(nacl_rattled, tmp_path):
+    cif = tmp_path / "nacl.cif"
+    nacl_rattled.to(filename=str(cif))
+    workdir = tmp_path / "orphan"
+    code = (
+        "import sys; from pathlib import Path; from pymatgen.core import Structure;"
+        "from oracle import GPAWOracle, GPAWSettings;"
+        "GPAWOracle(GPAWSettings(cutoff=700.0, kpoint_density=4.0))"
+        ".label(Structure.from_file(sys.argv[1]), workdir=Path(sys.argv[2]))"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code, str(cif), str(workdir)])
+    pid_file = workdir / "attempt-1" / "child.pid"
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _live_workers(workdir), "the calculation did not start"
+    parent.kill()  # like kill -9 of a daemon: no chance to clean up
+    parent.wait()
+    # The worker notices within ~2 s; the calculation alone would run far longer than this wait.
+    deadline = time.monotonic() + 10
+    while _live_workers(workdir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _live_workers(workdir) == []
+    assert not (workdir / RESULT_FILE).exists()
 
 
 def test_a_crashing_calculator_becomes_a_failed_result(nacl_rattled, tmp_path):
@@ -68,6 +123,18 @@ def test_a_crashing_calculator_becomes_a_failed_result(nacl_rattled, tmp_path):
     assert result.status == "failed"
     assert "crashed" in result.reason and "signal 11" in result.reason
     assert _process_group_gone(int(pid_file.read_text()))
+    assert _live_workers(workdir) == []
+
+
+def test_check_rejects_disordered_and_overlapping_structures(tmp_path):
+    disordered = Structure(Lattice.cubic(3.6), [{"Cu": 0.5, "Au": 0.5}], [[0, 0, 0]])
+    with pytest.raises(UnsupportedStructure, match="ordered"):
+        EMTOracle().check(disordered)
+    overlapping = Structure(Lattice.cubic(3.6), ["Cu", "Cu"], [[0, 0, 0], [0.05, 0, 0]])
+    with pytest.raises(UnsupportedStructure, match=r"sites 0 and 1 are 0\.18 Å apart"):
+        GPAWOracle().check(overlapping)
+    result = EMTOracle().label(overlapping, workdir=tmp_path / "overlap")
+    assert result.status == "failed" and "apart" in result.reason and result.attempts == 0
 
 
 def test_failed_result_is_retried_under_a_new_attempt_policy(si, tmp_path):
