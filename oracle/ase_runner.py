@@ -231,7 +231,13 @@ class AseOracle(Oracle):
         """
         return None
 
-    def _failed(self, reason: str, *, t0: float, attempts: int, metadata: dict[str, Any]) -> OracleResult:
+    def _failed(
+        self, reason: str, *, t0: float, attempts: int, metadata: dict[str, Any], transient: bool = False
+    ) -> OracleResult:
+        if transient:
+            # Decided before any calculation ran (unsupported input, machine set-up, internal fault): cheap to
+            # decide again and possibly fixed by then, so never stored.
+            metadata["transient"] = True
         return OracleResult(
             status="failed",
             reason=reason,
@@ -269,10 +275,12 @@ class AseOracle(Oracle):
 
         Returns:
             An ``OracleResult``: energy eV, energy_per_atom eV/atom, forces eV/Å (n_sites × 3), stress GPa.
-            ``metadata`` holds ``settings_hash``, ``code_version``, ``kpoints`` where relevant, ``n_scf``,
-            ``attempt_log`` and, after a relaxation, ``relaxed_structure`` (a pymatgen dict, same site order)
+            ``metadata`` holds ``settings_hash``, ``code_version``, ``n_scf``, ``attempt_log`` (the calculator
+            parameters of each attempt, k-mesh included), ``reduced_lattice`` if Niggli changed the cell, and, after a relaxation, ``relaxed_structure`` (a pymatgen dict, same site order)
             and ``initial`` (energy/forces/stress of the input geometry); ``from_store`` is True when the
-            result was read back from ``result.json`` instead of computed.
+            result was read back from ``result.json`` instead of computed; ``transient`` is True on failures
+            decided before any calculation ran (unsupported structure, executable missing, internal fault),
+            which are not stored.
         """
         t0 = time.perf_counter()
         workdir = Path(workdir).resolve()
@@ -290,8 +298,14 @@ class AseOracle(Oracle):
                 return stored
             problem = self.preflight()
             if problem is not None:
-                return self._failed(problem, t0=t0, attempts=0, metadata=metadata)
-            result = self._compute(structure, workdir=workdir, t0=t0, metadata=metadata)
+                return self._failed(problem, t0=t0, attempts=0, metadata=metadata, transient=True)
+            try:
+                result = self._compute(structure, workdir=workdir, t0=t0, metadata=metadata)
+            except Exception as exc:  # the caller's loop must survive any fault of ours, too
+                reason = f"internal error: {type(exc).__name__}: {exc}".splitlines()[0][:300]
+                return self._failed(reason, t0=t0, attempts=0, metadata=metadata, transient=True)
+            if result.metadata.get("transient"):
+                return result
             _write_json_atomic(
                 workdir / RESULT_FILE,
                 {
@@ -314,7 +328,9 @@ class AseOracle(Oracle):
             self.check(structure)
             reduced = niggli_reduce(structure)
         except UnsupportedStructure as exc:
-            return self._failed(f"unsupported structure: {exc}", t0=t0, attempts=0, metadata=metadata)
+            return self._failed(
+                f"unsupported structure: {exc}", t0=t0, attempts=0, metadata=metadata, transient=True
+            )
         if reduced.lattice.matrix.tolist() != structure.lattice.matrix.tolist():
             metadata["reduced_lattice"] = reduced.lattice.matrix.tolist()
         magmoms = self.initial_magmoms(reduced)
@@ -330,7 +346,9 @@ class AseOracle(Oracle):
             try:
                 params = self.calculator_job(reduced, attempt=attempt, directory=directory)
             except UnsupportedStructure as exc:
-                return self._failed(f"unsupported structure: {exc}", t0=t0, attempts=0, metadata=metadata)
+                return self._failed(
+                    f"unsupported structure: {exc}", t0=t0, attempts=0, metadata=metadata, transient=True
+                )
             job = {
                 "calculator": self.calculator,
                 "params": params,
@@ -355,7 +373,7 @@ class AseOracle(Oracle):
             except OSError as exc:  # launcher missing or not executable
                 reason = f"could not start the calculation: {exc}"
                 entry["outcome"] = reason
-                break
+                return self._failed(reason, t0=t0, attempts=attempt, metadata=metadata, transient=True)
             entry["wall_time"] = time.perf_counter() - t_attempt
             answer = self._read_answer(directory)
             if timed_out:

@@ -129,8 +129,9 @@ def test_label_turns_unsupported_element_into_failed_result(tmp_path):
     technetium = Structure(Lattice.cubic(3.0), ["Tc"], [[0, 0, 0]])
     result = GPAWOracle().label(technetium, workdir=tmp_path / "tc")
     assert result.status == "failed" and "Tc" in result.reason
-    assert result.attempts == 0
+    assert result.attempts == 0 and result.metadata["transient"] is True
     assert not list((tmp_path / "tc").glob("attempt-*"))
+    assert not (tmp_path / "tc" / RESULT_FILE).exists()
 
 
 def test_spin_polarisation_auto_on_for_magnetic_elements():
