@@ -228,19 +228,20 @@ class ChgnetEnsemble(Emulator):
             self.settings.derivative_std if derivative_std is None else derivative_std
         )
         e, f, s = self._raw(self._graphs(structs), forces=forces, stress=stress, per_member=per_member)
-        std_e = e.std(axis=0) if return_std else np.zeros(e.shape[1])
+        scale = self.std_scale
+        std_e = scale * e.std(axis=0) if return_std else np.zeros(e.shape[1])
         pred = EnsemblePrediction(
             energy_per_atom=e.mean(axis=0), energy_per_atom_std=std_e, member_energy_per_atom=e
         )
         if forces:
             pred.forces = [fi.mean(axis=0).astype(float) for fi in f]
             if per_member:
-                pred.forces_std = [fi.std(axis=0).astype(float) for fi in f]
+                pred.forces_std = [scale * fi.std(axis=0).astype(float) for fi in f]
         if stress and s is not None:
             voigt = matrix_to_voigt(s).astype(float)
             pred.stress = voigt.mean(axis=0)
             if per_member:
-                pred.stress_std = voigt.std(axis=0)
+                pred.stress_std = scale * voigt.std(axis=0)
         return pred
 
     def _mean_potential(self, structure: Structure) -> tuple[float, np.ndarray, np.ndarray]:
@@ -393,15 +394,39 @@ class ChgnetEnsemble(Emulator):
         self.state["metrics"] = {**self.state["metrics"], **metrics}
         return metrics
 
-    def calibration(self, data: Sequence[LabelledStructure]) -> dict[str, float]:
-        """Energy calibration on labels *not* used in fine-tuning: MAE (eV/atom), Spearman(std, |error|), 1σ/2σ."""
+    @property
+    def std_scale(self) -> float:
+        """Multiplier applied to every reported std (1 until `calibration(..., update_std_scale=True)`)."""
+        return float(self.state.get("std_scale", 1.0))
+
+    def calibration(
+        self, data: Sequence[LabelledStructure], *, update_std_scale: bool = False
+    ) -> dict[str, float]:
+        """Energy calibration on labels *not* used in fine-tuning.
+
+        Args:
+            data: Held-out oracle labels (e.g. a round's new labels, before retraining on them).
+            update_std_scale: Also adopt `std_scale_fit` as the ensemble's std multiplier (saved with it).
+
+        Returns:
+            `calibration_metrics` of the reported (scaled) std: `mae` (eV/atom), `mean_std`,
+            `spearman_std_abs_error`, `frac_within_1sigma`, `frac_within_2sigma`, ...; plus `std_scale` (in
+            use) and `std_scale_fit`, the multiplier of the raw member spread that would put 68.3 % of these
+            errors within 1σ (a quantile, so a few wild errors do not dominate it).
+        """
         structs = self._check_labels(data)
         pred = self.predict(structs, forces=False, stress=False)
-        return calibration_metrics(
-            predicted=pred.energy_per_atom,
-            std=pred.energy_per_atom_std,
-            target=np.array([item.energy_per_atom for item in data]),
+        target = np.array([item.energy_per_atom for item in data])
+        metrics = calibration_metrics(
+            predicted=pred.energy_per_atom, std=pred.energy_per_atom_std, target=target
         )
+        raw_std = np.maximum(pred.energy_per_atom_std / self.std_scale, 1e-6)
+        fit = float(np.quantile(np.abs(pred.energy_per_atom - target) / raw_std, 0.683))
+        metrics["std_scale"] = self.std_scale
+        metrics["std_scale_fit"] = fit
+        if update_std_scale:
+            self.state["std_scale"] = max(fit, 1e-3)
+        return metrics
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -428,6 +453,7 @@ class ChgnetEnsemble(Emulator):
             "settings": self.settings.model_dump(),
             "data_hash": self.state["data_hash"],
             "n_labels": self.state["n_labels"],
+            "std_scale": self.std_scale,
             "n_fine_tunes": self.state["n_fine_tunes"],
             "metrics": self.state["metrics"],
             "files": files,
@@ -465,5 +491,6 @@ class ChgnetEnsemble(Emulator):
             "metrics": manifest["metrics"],
             "n_labels": manifest["n_labels"],
             "last_round_seed": manifest["seeds"].get("last_round"),
+            "std_scale": manifest.get("std_scale", 1.0),
         }
         return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -58,6 +59,23 @@ def test_fine_tuned_members_disagree_more_on_compressed_cells(
     assert np.median(std_out) > 2 * np.median(std_in)
     # The spread also tracks the error there: compressed cells are predicted worse.
     assert ens.calibration(squeezed)["mae"] > tuned["stages"]["tuned"]["mae"]
+
+
+@pytest.mark.slow
+def test_std_recalibration_on_held_out_labels(
+    tuned: dict, emt_held: list[LabelledStructure], tmp_path
+) -> None:
+    ens = copy.deepcopy(tuned["ensemble"])
+    before = ens.calibration(emt_held, update_std_scale=True)
+    assert before["std_scale"] == 1.0 and before["std_scale_fit"] > 0
+    after = ens.calibration(emt_held)
+    assert after["std_scale"] == pytest.approx(before["std_scale_fit"])
+    # The fitted multiplier puts about 68 % of these errors within 1σ (16 cells: one cell is 6 %).
+    assert abs(after["frac_within_1sigma"] - 0.683) <= 1 / 16 + 1e-9
+    assert after["spearman_std_abs_error"] == pytest.approx(before["spearman_std_abs_error"])
+    assert after["mean_std"] == pytest.approx(before["mean_std"] * before["std_scale_fit"])
+    ens.save(tmp_path / "scaled")
+    assert ChgnetEnsemble.load(tmp_path / "scaled").std_scale == pytest.approx(before["std_scale_fit"])
 
 
 @pytest.mark.slow
