@@ -22,6 +22,7 @@ from pymatgen.core import Element, Structure
 
 from generator.base import Candidate, GeneratorError, KnownStructure
 from generator.chemistry import is_charge_balanced, parse_chemical_system, parse_element
+from generator.seeds import SPLITS, seed_loaders
 from loop.fingerprint import Fingerprint, fingerprint
 
 FILTERS = (
@@ -29,6 +30,7 @@ FILTERS = (
     "chemical_system",
     "max_atoms",
     "hhi",
+    "invalid_structure",
     "volume",
     "min_distance",
     "charge_balance",
@@ -137,7 +139,7 @@ class FunnelConfig(BaseModel):
 class _Entry:
     id: str
     origin: str
-    fingerprint: Fingerprint
+    fingerprint: Fingerprint | None  # None: computed when the entry's bucket is first searched
     source: Structure | Callable[[], Structure]
     reduced: Structure | None = None
 
@@ -148,6 +150,8 @@ class KnownIndex:
     Entries carry an origin: "seed" (the seed data; a match means "not novel") or anything else such as
     "campaign" (a match means "already known"). Structures may be given lazily as zero-argument callables
     (e.g. reading from the campaign store); they are loaded only when a candidate lands in their bucket.
+    With `add_lazy` even the fingerprint waits until then, so indexing all ~22k seed crystals
+    (`from_seed_data`) costs about a second and only the CIFs of candidates' formulas are ever parsed.
     """
 
     def __init__(self, *, matcher: MatcherSettings | None = None) -> None:
@@ -156,9 +160,41 @@ class KnownIndex:
         self._entries: list[_Entry] = []
         self._buckets: dict[str, list[int]] = {}
         self._vectors: dict[str, np.ndarray] = {}
+        self.n_loaded = 0  # lazily given structures loaded so far
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @classmethod
+    def from_seed_data(
+        cls, *, splits: Sequence[str] = SPLITS, matcher: MatcherSettings | None = None
+    ) -> KnownIndex:
+        """Index every bundled mp_20 crystal (origin "seed") without parsing any CIF up front."""
+        index = cls(matcher=matcher)
+        for ident, formula, loader in seed_loaders(splits=splits):
+            index.add_lazy(id=ident, formula=formula, loader=loader, origin="seed")
+        return index
+
+    def add_lazy(
+        self, *, id: str, formula: str, loader: Callable[[], Structure], origin: str = "campaign"
+    ) -> None:
+        """Add a structure known only by its reduced formula until a candidate with that formula arrives.
+
+        Args:
+            id: Its id.
+            formula: Its pymatgen reduced formula (the bucket key).
+            loader: Zero-argument callable returning the structure.
+            origin: "seed" for seed data, else e.g. "campaign".
+        """
+        self._entries.append(_Entry(id=id, origin=origin, fingerprint=None, source=loader))
+        self._buckets.setdefault(formula, []).append(len(self._entries) - 1)
+        self._vectors.pop(formula, None)
+
+    def _load(self, entry: _Entry) -> Structure:
+        if callable(entry.source):
+            entry.source = entry.source()
+            self.n_loaded += 1
+        return entry.source
 
     def add(
         self,
@@ -199,9 +235,7 @@ class KnownIndex:
 
     def _reduced(self, entry: _Entry) -> Structure:
         if entry.reduced is None:
-            structure = entry.source() if callable(entry.source) else entry.source
-            entry.reduced = reduce_for_matching(structure, self._matcher)
-            entry.source = structure
+            entry.reduced = reduce_for_matching(self._load(entry), self._matcher)
         return entry.reduced
 
     def find(
@@ -224,6 +258,10 @@ class KnownIndex:
             return None
         vectors = self._vectors.get(fp.formula)
         if vectors is None:
+            for i in bucket:
+                entry = self._entries[i]
+                if entry.fingerprint is None:
+                    entry.fingerprint = fingerprint(self._load(entry))
             width = max(len(self._entries[i].fingerprint.vector) for i in bucket)
             vectors = np.full((len(bucket), width), np.inf)
             for row, i in enumerate(bucket):
@@ -434,7 +472,11 @@ class Funnel:
         cfg = self.config
         n = len(structure)
         if n == 0:
-            return "volume", "empty structure"
+            return "invalid_structure", "empty structure"
+        if not structure.is_ordered:
+            return "invalid_structure", "partial occupancies; give an ordered structure"
+        if not (np.all(np.isfinite(structure.lattice.matrix)) and np.all(np.isfinite(structure.frac_coords))):
+            return "invalid_structure", "non-finite lattice or coordinates"
         vpa = structure.volume / n
         low, high = cfg.volume_per_atom
         if not low <= vpa <= high:

@@ -13,7 +13,7 @@ from pymatgen.core import Lattice, Structure
 from scipy.spatial.transform import Rotation
 
 from generator.base import Candidate
-from generator.seeds import load_seeds
+from generator.seeds import load_seeds, seed_loaders
 from loop.fingerprint import Fingerprint, FingerprintError, fingerprint
 from loop.funnel import FILTERS, Funnel, FunnelConfig, FunnelError, KnownIndex
 
@@ -130,11 +130,15 @@ def test_structural_validity_filters(seeds):
     )
     swollen = good.copy()
     swollen.scale_lattice(good.volume * 20)
-    kept, report = Funnel(permissive()).run(cands([good, squeezed, swollen]))
+    disordered = good.copy()
+    disordered.replace_species({good[0].specie: {good[0].specie: 0.5}})
+    kept, report = Funnel(permissive()).run(cands([good, squeezed, swollen, disordered]))
     assert [c.structure for c in kept] == [good]
-    assert report.removed["min_distance"] == 1 and report.removed["volume"] == 1
+    assert (
+        report.removed["min_distance"] == report.removed["volume"] == report.removed["invalid_structure"] == 1
+    )
     reasons = {r.index: r.reason for r in report.rejections}
-    assert "distance" in reasons[1] and "Å³/atom" in reasons[2]
+    assert "distance" in reasons[1] and "Å³/atom" in reasons[2] and "occupanc" in reasons[3]
 
 
 def _rocksalt(a: str, b: str, lattice: float) -> Structure:
@@ -220,3 +224,16 @@ def test_fingerprint_is_invariant_and_round_trips(seeds):
         assert Fingerprint.from_str(fp.to_str()).distance(fp) < 1e-4
     with pytest.raises(FingerprintError):
         Fingerprint.from_str("no separator here")
+
+
+def test_lazy_index_over_all_seed_data_parses_only_needed_cifs(seeds):
+    index = KnownIndex.from_seed_data()
+    assert len(index) > 20000 and index.n_loaded == 0
+    picks = [k for k in seeds[:30] if k.structure.composition.reduced_formula != "SiO2"][:5]
+    kept, report = Funnel(permissive(), known=index).run(
+        cands([disguise(k.structure, seed=4) for k in picks])
+    )
+    assert kept == [] and report.removed["not_novel"] == 5
+    formulas = {k.structure.composition.reduced_formula for k in picks}
+    same_formula = sum(1 for _, formula, _ in seed_loaders() if formula in formulas)
+    assert 5 <= index.n_loaded <= same_formula < 200
