@@ -13,7 +13,7 @@ from generator.chemistry import enumerate_compositions, is_charge_balanced
 from generator.random_search import RandomSearchGenerator, RandomSearchSettings
 from loop.funnel import Funnel, FunnelConfig
 
-FORMULAS = ["Li3PS4", "LiFePO4", "NaAlSiO4"]
+FORMULAS = ["Li3PS4", "LiFePO4", "SrTiO3"]
 
 
 @pytest.fixture(scope="module")
