@@ -309,7 +309,8 @@ class Rejection:
         index: Position of the candidate in the input batch.
         filter: Name of the filter (one of `FILTERS`).
         reason: Human-readable detail.
-        match_id: Id of the matching structure for duplicate/novelty rejections.
+        match_id: Id of the matching structure for "known"/"not_novel"; for "duplicate_in_batch", the input
+            position (as text) of the earlier candidate that was kept.
     """
 
     index: int
