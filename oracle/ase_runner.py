@@ -415,6 +415,8 @@ class AseOracle(Oracle):
         n = len(structure)
         metadata["code_version"] = answer.get("code_version", self.code_version())
         metadata["n_scf"] = answer.get("n_scf")
+        if "magnetic_moment" in answer:
+            metadata["magnetic_moment"] = answer["magnetic_moment"]  # μB per cell
         if "relaxed" in answer:
             relaxed = answer["relaxed"]
             metadata["relaxed_structure"] = Structure(

@@ -177,6 +177,9 @@ def run(job: dict[str, Any], directory: Path) -> dict[str, Any]:
             }
         else:
             final = initial
+        if job["atoms"].get("magmoms") is not None:
+            with contextlib.suppress(Exception):  # not every calculator reports a moment
+                answer["magnetic_moment"] = float(atoms.get_magnetic_moment())
         if job["calculator"] in REPORTS:
             answer.update(REPORTS[job["calculator"]](directory))
         if not _finite(final):

@@ -44,8 +44,8 @@ class CP2KSettings(AseOracleSettings):
         added_mos: Extra empty orbitals for the smearing.
         uks: Unrestricted Kohn-Sham: "auto" (on with a magnetic element present) or forced on/off.
         eps_scf: SCF convergence, CP2K's ``EPS_SCF`` (Hartree-based density error).
-        max_scf: SCF iterations of the first attempt (later attempts double it).
-        mixing_alpha: Broyden mixing fraction of the first attempt (later attempts halve it).
+        max_scf: SCF iterations of the first attempt (attempt k uses k times as many).
+        mixing_alpha: Broyden mixing fraction of the first attempt (attempt k uses it divided by 2^(k-1)).
     """
 
     kind: Literal["cp2k"] = "cp2k"

@@ -37,8 +37,8 @@ class EspressoSettings(AseOracleSettings):
         smearing_width: Smearing width, eV.
         spin_polarized: "auto" (on with a magnetic element present) or forced on/off.
         conv_thr: SCF convergence, Ry (pw.x ``conv_thr``).
-        electron_maxstep: SCF iterations of the first attempt (later attempts double it).
-        mixing_beta: Mixing of the first attempt (later attempts halve it).
+        electron_maxstep: SCF iterations of the first attempt (attempt k uses k times as many).
+        mixing_beta: Mixing of the first attempt (attempt k uses it divided by 2^(k-1)).
     """
 
     kind: Literal["espresso"] = "espresso"

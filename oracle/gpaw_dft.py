@@ -86,8 +86,8 @@ class GPAWSettings(AseOracleSettings):
         initial_magmoms: Per-element initial moments, μB, overriding the built-in defaults.
         scf_energy_tol: SCF energy convergence, eV per valence electron.
         scf_density_tol: SCF density convergence (electrons per valence electron).
-        maxiter: SCF iterations of the first attempt (later attempts double it).
-        mixer_beta: Density mixing fraction of the first attempt (later attempts use a smaller one).
+        maxiter: SCF iterations of the first attempt (attempt k uses k times as many).
+        mixer_beta: Density mixing fraction of the first attempt (attempt k uses it divided by 2^(k-1), at least 0.01).
         mixer_history: Number of old densities in the Pulay mixer.
         mixer_weight: Mixer metric weight.
         mpi_ranks: MPI processes per calculation; >1 runs ``mpiexec -n N gpaw python``.

@@ -36,8 +36,8 @@ class VaspSettings(AseOracleSettings):
         smearing_width: SIGMA, eV.
         spin_polarized: "auto" (on with a magnetic element present) or forced on/off.
         ediff: SCF convergence, eV.
-        nelm: SCF iterations of the first attempt (later attempts double it).
-        amix: Mixing of the first attempt (later attempts halve it).
+        nelm: SCF iterations of the first attempt (attempt k uses k times as many).
+        amix: Mixing of the first attempt (attempt k uses it divided by 2^(k-1)).
     """
 
     kind: Literal["vasp"] = "vasp"

@@ -20,7 +20,6 @@ def si_rattled(si) -> Structure:
     return s
 
 
-@pytest.mark.slow
 def test_cp2k_si_forces_agree_with_gpaw(si_rattled, tmp_path):
     result = CP2KOracle(CP2KSettings(kpoint_density=1.5)).label(si_rattled, workdir=tmp_path / "cp2k")
     assert result.ok, result.reason

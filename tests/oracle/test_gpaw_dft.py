@@ -103,7 +103,6 @@ def test_mpi_two_ranks_agrees_with_serial(si, si_labelled, tmp_path):
     assert result.energy_per_atom == pytest.approx(serial.energy_per_atom, abs=1e-4)
 
 
-@pytest.mark.slow
 def test_short_relaxation_lowers_forces(si, tmp_path):
     rattled = si.copy()
     rattled.translate_sites([0], [0.06, 0.0, -0.04], frac_coords=False)
@@ -150,3 +149,14 @@ def test_defaults_and_registry():
     assert oracle.settings.cutoff == 700.0 and oracle.settings.mpi_ranks == 1
     with pytest.raises(ValueError):
         GPAWSettings(cutoff=500, unknown=1)
+
+
+def test_iron_comes_out_magnetic(tmp_path):
+    fe = Structure.from_spacegroup(
+        "Im-3m", Lattice.cubic(2.83), ["Fe"], [[0, 0, 0]]
+    ).get_primitive_structure()
+    settings = GPAWSettings(cutoff=350.0, kpoint_density=1.5, smearing_width=0.1)
+    result = GPAWOracle(settings).label(fe, workdir=tmp_path / "fe")
+    assert result.ok, result.reason
+    assert result.metadata["spin_polarized"] is True
+    assert 1.5 < result.metadata["magnetic_moment"] < 3.0  # bcc Fe, PBE: ≈2.2-2.3 μB
