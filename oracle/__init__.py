@@ -2,6 +2,16 @@
 
 Importing the package registers every implementation; calculator codes (GPAW, CP2K, ...) are imported only
 when a calculation runs, so ``import oracle`` is cheap and works where they are absent.
+
+Typical use (units: eV, eV/atom, eV/Å, GPa)::
+
+    oracle = make_oracle(GPAWSettings(cutoff=700))
+    oracle.check(structure)  # raises UnsupportedStructure up front
+    result = oracle.label(structure, workdir=campaign / "oracle" / structure_hash)
+    if result.ok:
+        result.energy_per_atom, result.forces, result.stress
+    else:
+        result.reason
 """
 
 from __future__ import annotations

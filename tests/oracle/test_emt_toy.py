@@ -76,3 +76,12 @@ def test_emt_relaxation_reduces_forces(cu_rattled, tmp_path):
     assert len(relaxed) == 4
     energy, _, _ = _direct_emt(relaxed)
     assert result.energy == pytest.approx(energy, abs=1e-5)
+
+
+def test_a_different_structure_in_the_same_workdir_is_recomputed(cu_rattled, tmp_path):
+    first = EMTOracle().label(cu_rattled, workdir=tmp_path / "shared")
+    gold = _fcc("Au", 4.10)
+    second = EMTOracle().label(gold, workdir=tmp_path / "shared")
+    assert second.metadata.get("from_store") is None
+    assert second.energy == pytest.approx(_direct_emt(gold)[0], abs=1e-6)
+    assert second.metadata["structure_fingerprint"] != first.metadata["structure_fingerprint"]
