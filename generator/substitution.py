@@ -5,7 +5,8 @@ substitution probabilities of Hautier et al. (Inorg. Chem. 50, 656 (2011), shipp
 is the product over replaced species of P(new species | old species) (`SubstitutionProbability.cond_prob(new,
 old)`); unchanged species contribute 1. Partial substitution (SAPS, as in GNoME) replaces a fraction of one
 Wyckoff orbit, keeping the parent's lattice and the other sites, which lowers the symmetry. Only
-charge-balanced results are returned. Structures are unrelaxed: lengths in Å are the parent's.
+charge-balanced results are returned, except that intermetallic parents (all metals) give intermetallic
+children without a charge check (each metal is looked up in the table as its common cation). Structures are unrelaxed: lengths in Å are the parent's.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from generator.base import (
     KnownStructure,
     register,
 )
-from generator.chemistry import is_charge_balanced, parse_chemical_system
+from generator.chemistry import is_charge_balanced, is_intermetallic, parse_chemical_system
 
 
 class SubstitutionSettings(GeneratorSettings):
@@ -116,6 +117,25 @@ def _symmetry_dataset(structure: Structure, symprec: float):
 def _same_sign(a: Species, b: Species) -> bool:
     # cations replace cations and anions anions; the data-mined table has rare cross-sign pairs
     return (a.oxi_state > 0) == (b.oxi_state > 0) and (a.oxi_state < 0) == (b.oxi_state < 0)
+
+
+@lru_cache(maxsize=4096)
+def _metallic_states(reduced_formula: str) -> tuple[tuple[str, int], ...] | None:
+    """For an all-metal composition: each metal's most common positive oxidation state in the table.
+
+    Used only to look up substitution probabilities between metals (the table is of ions).
+    """
+    out = []
+    for el in Composition(reduced_formula).elements:
+        states = [
+            q
+            for q in (*el.common_oxidation_states, *el.oxidation_states)
+            if q > 0 and _in_table(el.symbol, q)
+        ]
+        if not states:
+            return None
+        out.append((el.symbol, int(states[0])))
+    return tuple(sorted(out))
 
 
 @dataclass
@@ -215,13 +235,20 @@ class SubstitutionGenerator(Generator):
     ) -> list[_Proposal]:
         structure = parent.structure.copy()
         structure.remove_oxidation_states()
-        states = _integer_oxidation_states(structure.composition.reduced_formula)
+        comp = structure.composition
+        metallic = is_intermetallic(comp)
+        states = _metallic_states(comp.reduced_formula) if metallic else None
+        states = states or _integer_oxidation_states(comp.reduced_formula)
         if states is None:
             return []
         oxi = dict(states)
         cap = self.settings.max_candidates_per_parent
-        full = self._full(structure, oxi, target, systems)
-        partial = self._partial(structure, oxi, target, systems, rng) if self.settings.saps_fractions else []
+        full = self._full(structure, oxi, target, systems, metallic=metallic)
+        partial = (
+            self._partial(structure, oxi, target, systems, rng, metallic=metallic)
+            if self.settings.saps_fractions
+            else []
+        )
         n_partial = min(len(partial), round(cap * self.settings.saps_share))
         n_full = min(len(full), cap - n_partial)
         # give unused slots of one kind to the other
@@ -235,6 +262,8 @@ class SubstitutionGenerator(Generator):
         oxi: dict[str, int],
         target: frozenset[str] | None,
         systems: list[frozenset[str]],
+        *,
+        metallic: bool,
     ) -> list[_Proposal]:
         cfg = self.settings
         comp = structure.composition
@@ -262,9 +291,10 @@ class SubstitutionGenerator(Generator):
             charge = sum(
                 changes[i][1] * amounts[i] if i in changes else base_charge[i] for i in range(len(olds))
             )
-            if charge != 0:
-                continue
             if systems and not any(set(symbols) <= t for t in systems):
+                continue
+            if charge != 0 and not (metallic and is_intermetallic(Composition(dict.fromkeys(symbols, 1)))):
+                # intermetallic parents give intermetallic children: formal charges do not apply
                 continue
             new_structure = structure.copy()
             new_structure.replace_species({olds[i][0]: changes[i][0] for i in changes})
@@ -311,6 +341,8 @@ class SubstitutionGenerator(Generator):
         target: frozenset[str] | None,
         systems: list[frozenset[str]],
         rng: np.random.Generator,
+        *,
+        metallic: bool,
     ) -> list[_Proposal]:
         cfg = self.settings
         elements = set(oxi)
@@ -341,7 +373,7 @@ class SubstitutionGenerator(Generator):
             new_counts = dict(counts)
             new_counts[symbol] -= k
             new_counts[new_symbol] = new_counts.get(new_symbol, 0) + k
-            if not is_charge_balanced(Composition(new_counts), allow_intermetallics=False):
+            if not is_charge_balanced(Composition(new_counts), allow_intermetallics=metallic):
                 continue
             sites = np.flatnonzero(labels == label)
             chosen = np.sort(rng.choice(sites, size=k, replace=False))

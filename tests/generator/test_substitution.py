@@ -33,8 +33,12 @@ def test_candidates_are_charge_balanced_with_provenance(parents, candidates):
         assert cand.info["operation"] in {"substitution", "saps"} and cand.info["substitutions"]
         comp = cand.structure.composition
         assert comp.reduced_formula == cand.info["formula"]
-        # pymatgen's own oxidation-state search, independent of the generator's fast check
-        assert Composition(comp.reduced_formula).oxi_state_guesses(max_sites=-1), comp.reduced_formula
+        # pymatgen's own oxidation-state search, independent of the generator's fast check;
+        # intermetallic parents give intermetallic children, where formal charges do not apply
+        metallic = all(el.is_metal for el in comp.elements)
+        assert metallic or Composition(comp.reduced_formula).oxi_state_guesses(max_sites=-1), (
+            comp.reduced_formula
+        )
     assert {c.info["operation"] for c in candidates} == {"substitution", "saps"}
     assert len({c.parent for c in candidates}) >= 30
 
@@ -123,3 +127,16 @@ def test_reproducible_registered_and_bad_input(parents):
         gen.generate(n=-1, context=GenerationContext(known=parents))
     with pytest.raises(GeneratorError):
         substitution_score("Fe9+", "Fe2+")
+
+
+def test_intermetallic_parents_give_intermetallic_candidates():
+    parents = load_seeds(chemical_systems=["Cu-Au"], max_foreign_elements=1, limit=120)
+    out = SubstitutionGenerator().generate(
+        n=20, context=GenerationContext(known=parents, chemical_systems=["Cu-Au"]), seed=0
+    )
+    assert len(out) == 20
+    by_id = {p.id: p.structure for p in parents}
+    for cand in out:
+        assert {e.symbol for e in cand.structure.composition.elements} <= {"Cu", "Au"}
+        assert cand.structure.composition != by_id[cand.parent].composition
+    assert any(len(c.structure.composition.elements) == 2 for c in out)
