@@ -239,7 +239,13 @@ class KnownIndex:
         return entry.reduced
 
     def find(
-        self, structure: Structure, *, fp: Fingerprint | None = None, cache: dict[str, Any] | None = None
+        self,
+        structure: Structure,
+        *,
+        fp: Fingerprint | None = None,
+        cache: dict[str, Any] | None = None,
+        seed: bool = True,
+        other: bool = True,
     ) -> tuple[str, str] | None:
         """Find a known structure matching `structure`.
 
@@ -248,6 +254,8 @@ class KnownIndex:
             fp: Its fingerprint, if already computed.
             cache: A dict kept by the caller across lookups of the same query; holds its reduced form
                 under "reduced" so it is computed at most once.
+            seed: Search entries of origin "seed".
+            other: Search entries of any other origin.
 
         Returns:
             (id, origin) of the first match, closest fingerprint first, or None.
@@ -282,6 +290,8 @@ class KnownIndex:
             if dist[row] > tol:
                 break
             entry = self._entries[bucket[row]]
+            if not (seed if entry.origin == "seed" else other):
+                continue
             if "reduced" not in cache:
                 cache["reduced"] = reduce_for_matching(structure, self._matcher)
             reduced = cache["reduced"]
@@ -422,15 +432,16 @@ class Funnel:
                             index, "duplicate_in_batch", f"same structure as candidate {hit[0]}", hit[0]
                         )
                         continue
-                hit = self.known.find(cand.structure, fp=fp, cache=cache)
+                hit = self.known.find(
+                    cand.structure, fp=fp, cache=cache, seed=cfg.require_novel, other=cfg.deduplicate
+                )
                 if hit is not None:
                     match_id, origin = hit
-                    if origin == "seed" and cfg.require_novel:
+                    if origin == "seed":
                         report.reject(index, "not_novel", f"matches seed structure {match_id}", match_id)
-                        continue
-                    if origin != "seed" and cfg.deduplicate:
+                    else:
                         report.reject(index, "known", f"matches known structure {match_id}", match_id)
-                        continue
+                    continue
                 batch.add(
                     id=str(index),
                     structure=cand.structure,

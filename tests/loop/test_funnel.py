@@ -79,6 +79,10 @@ def test_unseen_crystals_pass_and_campaign_matches_are_known_not_seed(seeds):
     kept, report = Funnel(permissive(), known=index).run(cands(again))
     assert kept == [] and report.removed["known"] == 10 and report.removed["not_novel"] == 0
     assert all(r.match_id.startswith("round1-") for r in report.rejections)
+    # switching novelty off lets seed look-alikes through but still catches campaign duplicates
+    seed_copy = disguise(seeds[0].structure, seed=5)
+    kept, report = Funnel(permissive(require_novel=False), known=index).run(cands([seed_copy, again[0]]))
+    assert [c.structure for c in kept] == [seed_copy] and report.removed["known"] == 1
 
 
 def test_distinct_polymorphs_are_not_merged():
