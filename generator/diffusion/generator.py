@@ -45,7 +45,8 @@ class DiffusionSettings(GeneratorSettings):
         batch_size: Crystals denoised together.
         conditions: Default conditions, e.g. {"band_gap": "1.5:3.0", "chemical_system": "Li-Fe-O"}.
         num_atoms: Fixed atom count per crystal (1-20); None draws counts from the training distribution.
-        corrector_snr: Langevin corrector step as a fraction of σ².
+        corrector_snr: Langevin corrector step as a fraction of σ² (0 = predictor only).
+        min_distance: Atom pairs closer than this (Å) are pushed apart late in sampling (0 = off).
         filter_invalid: Drop crystals with a distance ≤ 0.5 Å or an absurd volume in `generate`.
     """
 
@@ -56,7 +57,8 @@ class DiffusionSettings(GeneratorSettings):
     batch_size: int = Field(default=250, ge=1, le=5000)
     conditions: dict[str, Any] = Field(default_factory=dict)
     num_atoms: int | None = Field(default=None, ge=1, le=MAX_ATOMS)
-    corrector_snr: float = Field(default=0.2, ge=0.0, le=2.0)
+    corrector_snr: float = Field(default=0.1, ge=0.0, le=2.0)
+    min_distance: float = Field(default=0.7, ge=0.0, le=2.0)
     filter_invalid: bool = True
 
 
@@ -115,9 +117,10 @@ def iter_sample_batches(
     steps: int | None = None,
     guidance_scale: float = 2.0,
     batch_size: int = 250,
-    corrector_snr: float = 0.2,
+    corrector_snr: float = 0.1,
     mask_system: bool = True,
     type_temperature: float = 1.0,
+    min_distance: float = 0.7,
 ) -> Iterator[list[Structure]]:
     """Yield sampled crystals batch by batch (for incremental writing); see `sample_structures`."""
     if n < 0:
@@ -147,6 +150,7 @@ def iter_sample_batches(
             corrector_snr=corrector_snr,
             mask_system=mask_system,
             type_temperature=type_temperature,
+            min_distance=min_distance,
             generator=gen,
         )
         done += m
@@ -163,6 +167,8 @@ def sample_structures(
     steps: int | None = None,
     guidance_scale: float = 2.0,
     batch_size: int = 250,
+    min_distance: float = 0.7,
+    corrector_snr: float = 0.1,
     on_batch: Callable[[list[Structure]], None] | None = None,
 ) -> list[Structure]:
     """Sample `n` crystals (unfiltered) from a diffusion checkpoint.
@@ -178,6 +184,8 @@ def sample_structures(
         steps: Predictor steps (default 100).
         guidance_scale: Classifier-free guidance scale when conditions are given.
         batch_size: Crystals per batch.
+        min_distance: Pairs closer than this (Å) are pushed apart late in sampling; 0 = raw model output.
+        corrector_snr: Langevin corrector step as a fraction of σ² (0 = predictor only, half the cost).
         on_batch: Called with each finished batch (e.g. to append it to a file).
 
     Returns:
@@ -193,6 +201,8 @@ def sample_structures(
         steps=steps,
         guidance_scale=guidance_scale,
         batch_size=batch_size,
+        min_distance=min_distance,
+        corrector_snr=corrector_snr,
     ):
         if on_batch is not None:
             on_batch(batch)
@@ -240,6 +250,8 @@ class DiffusionGenerator(Generator):
                     steps=s.steps,
                     guidance_scale=s.guidance_scale,
                     batch_size=s.batch_size,
+                    min_distance=s.min_distance,
+                    corrector_snr=s.corrector_snr,
                 )
                 for st in structures:
                     if s.filter_invalid and not structurally_valid(st):

@@ -81,6 +81,7 @@ def sample_raw(
     corrector_snr: float = 0.2,
     mask_system: bool = True,
     type_temperature: float = 1.0,
+    min_distance: float = 0.0,
     generator: torch.Generator,
 ) -> list[RawSample]:
     """Sample one batch of crystals with the given atom counts.
@@ -97,6 +98,8 @@ def sample_raw(
         mask_system: Enforce a requested chemical system exactly (type logits masked to its elements and
             every element placed); False leaves adherence to guidance alone (for measuring it).
         type_temperature: Softmax temperature for drawing atom types (< 1 favours likely elements).
+        min_distance: If > 0 (Å), pairs closer than this are pushed apart (a projection, applied during the
+            last 20% of the steps and after the last one); 0 leaves the coordinates to the model alone.
         generator: Random generator.
 
     Returns:
@@ -159,6 +162,8 @@ def sample_raw(
         if k > 1:
             x = x + dvar.sqrt() * torch.randn(x.shape, generator=generator)
         x = torch.remainder(x, 1.0)
+        if min_distance > 0 and t <= 0.2:
+            x = separate_close_atoms(x, lat.decode(y, n), n, min_distance=min_distance, iterations=3)
         # lattice: DDPM ancestral step
         ab_t = lat.alpha_bar(torch.tensor(t))
         ab_s = lat.alpha_bar(torch.tensor(s)) if k > 1 else torch.tensor(1.0)
@@ -185,6 +190,8 @@ def sample_raw(
                     _enforce_system(tok_np, reveal.numpy(), offsets, required, order)
                     tokens = torch.from_numpy(tok_np)
     lattice = lat.decode(y, n)
+    if min_distance > 0:
+        x = separate_close_atoms(x, lattice, n, min_distance=min_distance, iterations=20)
     out = []
     for c in range(b):
         a, e = offsets[c], offsets[c + 1]
@@ -192,6 +199,48 @@ def sample_raw(
             RawSample(z=tokens[a:e].numpy().copy(), frac=x[a:e].numpy().copy(), lattice=lattice[c].numpy())
         )
     return out
+
+
+def separate_close_atoms(
+    frac: torch.Tensor,
+    lattice: torch.Tensor,
+    num_atoms: torch.Tensor,
+    *,
+    min_distance: float,
+    iterations: int,
+) -> torch.Tensor:
+    """Push apart atom pairs closer than `min_distance` Å (minimum image of the wrapped fractional difference).
+
+    Each violating pair moves symmetrically along its separation vector by half the violation per iteration;
+    returns new fractional coordinates in [0, 1).
+    """
+    b = num_atoms.shape[0]
+    offsets = torch.cumsum(num_atoms, 0) - num_atoms
+    src_l, dst_l, eb_l = [], [], []
+    for c in range(b):
+        i, j = torch.triu_indices(int(num_atoms[c]), int(num_atoms[c]), offset=1)
+        src_l.append(i + offsets[c])
+        dst_l.append(j + offsets[c])
+        eb_l.append(torch.full((i.shape[0],), c))
+    src, dst, eb = torch.cat(src_l), torch.cat(dst_l), torch.cat(eb_l)
+    if src.numel() == 0:
+        return frac
+    inv = torch.linalg.inv(lattice)
+    x = frac.clone()
+    for _ in range(iterations):
+        delta = torch.remainder(x[dst] - x[src] + 0.5, 1.0) - 0.5
+        cart = torch.einsum("ei,eij->ej", delta, lattice[eb])
+        d = cart.norm(dim=-1)
+        viol = (min_distance - d).clamp_min(0)
+        if not (viol > 0).any():
+            break
+        # coincident atoms: separate along an arbitrary fixed direction
+        direction = torch.where(
+            d[:, None] > 1e-6, cart / d.clamp_min(1e-6)[:, None], torch.tensor([1.0, 0.0, 0.0])
+        )
+        shift = torch.einsum("ej,eji->ei", 0.5 * viol[:, None] * direction, inv[eb])
+        x = x.index_add(0, dst, shift).index_add(0, src, -shift)
+    return torch.remainder(x, 1.0)
 
 
 def draw_num_atoms(

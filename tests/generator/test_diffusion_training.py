@@ -134,3 +134,22 @@ def test_generator_fine_tunes_and_samples_from_new_checkpoint(tiny_checkpoint, t
     assert len(cands) == 3 and all(c.source == "diffusion" for c in cands)
     assert all({e.symbol for e in c.structure.composition.elements} == {"Na", "Cl"} for c in cands)
     assert cands[0].info["checkpoint"] == "round1.pt"
+
+
+def test_close_atoms_are_pushed_apart():
+    from generator.diffusion.sampler import separate_close_atoms
+
+    lattice = torch.diag(torch.tensor([4.0, 5.0, 6.0]))[None].repeat(2, 1, 1)
+    frac = torch.tensor(
+        [[0.0, 0.0, 0.0], [0.99, 0.01, 0.0], [0.5, 0.5, 0.5], [0.5, 0.5, 0.5], [0.1, 0.8, 0.3]]
+    )
+    n = torch.tensor([2, 3])
+    out = separate_close_atoms(frac, lattice, n, min_distance=0.7, iterations=50)
+    assert ((out >= 0) & (out < 1)).all()
+    s1 = Structure(lattice[0].numpy(), ["Na", "Cl"], out[:2].numpy())
+    s2 = Structure(lattice[1].numpy(), ["O", "O", "Ti"], out[2:].numpy())
+    for s in (s1, s2):
+        dm = s.distance_matrix + np.eye(len(s)) * 10
+        assert dm.min() > 0.69  # across the periodic boundary and for coincident atoms too
+    # far-apart atoms are not moved
+    assert torch.allclose(out[4], frac[4])
