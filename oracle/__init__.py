@@ -17,7 +17,14 @@ Typical use (units: eV, eV/atom, eV/Å, GPa)::
 from __future__ import annotations
 
 from oracle import cp2k_dft, emt_toy, espresso_dft, gpaw_dft, vasp_dft
-from oracle.ase_runner import AseOracle, AseOracleSettings, label_structures, niggli_reduce
+from oracle.ase_runner import (
+    AseOracle,
+    AseOracleSettings,
+    kpoint_mesh,
+    label_structures,
+    niggli_reduce,
+    structure_fingerprint,
+)
 from oracle.base import (
     CalculationFailed,
     Oracle,
@@ -65,11 +72,13 @@ __all__ = [
     "espresso_dft",
     "get_oracle_class",
     "gpaw_dft",
+    "kpoint_mesh",
     "label_structures",
     "make_oracle",
     "niggli_reduce",
     "oracle_names",
     "register",
     "settings_models",
+    "structure_fingerprint",
     "vasp_dft",
 ]
