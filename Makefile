@@ -14,7 +14,10 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
 
 demo: install
-	$(BIN)/matloop label configs/structures/Si_mp-149.cif configs/structures/NaCl_mp-22862.cif --workdir runs/demo
+	$(BIN)/matloop run configs/demo.yaml --workdir runs/demo
+
+smoke: install
+	$(BIN)/matloop run configs/smoke.yaml --workdir runs/smoke
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -191,9 +191,13 @@ def predict(
     from loop.structures import read_structures
 
     named = read_structures(files)
-    from emulator.predict import predict_summary
+    from emulator.tasks import predict_table
 
-    rows = predict_summary([s for _, s in named], checkpoint=checkpoint)
+    if checkpoint is not None and not checkpoint.is_dir():
+        _fail(
+            f"{checkpoint}: no such emulator checkpoint directory (e.g. <workdir>/checkpoints/round_001/emulator)"
+        )
+    rows = predict_table([s for _, s in named], checkpoint_dir=checkpoint)
     for (name, _), row in zip(named, rows, strict=True):
         row["structure"] = name
     if as_json:
@@ -203,7 +207,7 @@ def predict(
         typer.echo(
             f"{r['structure']}: E = {r['energy_per_atom']:.4f} ± {r['energy_per_atom_std']:.4f} eV/atom, "
             f"max|F| = {r['max_force']:.3f} ± {r['max_force_std']:.3f} eV/Å, "
-            f"P = {r['pressure']:.2f} ± {r['pressure_std']:.2f} GPa"
+            f"P = {r['pressure']:.2f} GPa (max stress std {max(r['stress_std']):.2f} GPa)"
         )
 
 
@@ -261,8 +265,13 @@ def ui(
 
 def main() -> None:
     """Console entry point: typed input errors become one line on stderr and exit code 2."""
+    import warnings
+
     from loop.errors import InputError
 
+    # Library warnings (torch, CHGNet, pymatgen internals) are noise on a command line; results are unaffected.
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     expected: tuple[type[BaseException], ...] = (InputError,)
     try:
         from emulator.base import EmulatorError

@@ -82,17 +82,25 @@ def label_hashes(
         on_commit: Called after each committed result (the campaign checks for stop requests there).
 
     Returns:
-        The stored result of every hash.
+        The result of every hash: the stored one, or for a transient failure (nothing computed, not stored, so
+        retried next time) the failure itself.
     """
     settings_hash = settings.settings_hash()
     todo = [h for h in dict.fromkeys(hashes) if store.get_oracle_result(h, settings_hash) is None]
     structures = store.get_structures(todo)
     settings_dict = settings.model_dump()
 
+    transient: dict[str, dict[str, Any]] = {}
+
     def commit(h: str, result: dict[str, Any]) -> None:
-        store.add_oracle_result(
-            h, oracle=settings.kind, settings_hash=settings_hash, result=result, round=round
-        )
+        # A failure decided before any calculation ran (missing executable, unsupported input) is not a label:
+        # keep it out of the store so a later round or run can try again.
+        if result.get("status") != "ok" and (result.get("metadata") or {}).get("transient"):
+            transient[h] = result
+        else:
+            store.add_oracle_result(
+                h, oracle=settings.kind, settings_hash=settings_hash, result=result, round=round
+            )
         if on_commit is not None:
             on_commit()
 
@@ -111,9 +119,29 @@ def label_hashes(
     results = {}
     for h in hashes:
         stored = store.get_oracle_result(h, settings_hash)
-        assert stored is not None
+        if stored is None:
+            stored = _as_stored(h, settings, transient[h])
         results[h] = stored
     return results
+
+
+def _as_stored(h: str, settings: Any, result: dict[str, Any]) -> StoredResult:
+    return StoredResult(
+        hash=h,
+        oracle=settings.kind,
+        settings_hash=settings.settings_hash(),
+        status=result["status"],
+        energy=None,
+        energy_per_atom=None,
+        forces=None,
+        stress=None,
+        reason=result.get("reason"),
+        wall_time=float(result.get("wall_time") or 0.0),
+        attempts=int(result.get("attempts") or 0),
+        settings=result.get("settings") or {},
+        metadata=result.get("metadata") or {},
+        round=None,
+    )
 
 
 def summarize_result(

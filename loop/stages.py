@@ -168,12 +168,11 @@ def run_funnel(
         Per-candidate (hash, source, passed, reason) and the funnel report (counts per filter and per source).
     """
     from generator.base import Candidate
-    from generator.seeds import load_seeds
     from loop.funnel import Funnel, KnownIndex
 
     funnel_cfg = config.generator.funnel
-    known = KnownIndex(matcher=funnel_cfg.matcher)
-    known.add_known(load_seeds(chemical_systems=config.chemical_systems), origin="seed")
+    # Novelty is judged against every bundled seed crystal; the index parses a CIF only on a formula hit.
+    known = KnownIndex.from_seed_data(matcher=funnel_cfg.matcher)
     earlier = [r for r in store.structure_rows(where="round < ? OR round IS NULL", params=(round,))]
     earlier_structures = store.get_structures([r["hash"] for r in earlier])
     for r in earlier:
@@ -444,6 +443,7 @@ def retrain(
     ]
     train = config.emulator_training
     report: dict[str, Any] = {"n_training_labels": len(data)}
+    new = {q["hash"] for q in store.queries(round)} if round > 0 else set()
     started = time.time()
     emu_path, emu_metrics = fine_tune_emulator(
         data,
@@ -453,6 +453,7 @@ def retrain(
         epochs=train.fine_tune_epochs,
         max_minutes=train.fine_tune_max_minutes,
         seed=config.seed + round,
+        calibrate_on=[d for d, r in zip(data, results, strict=True) if r.hash in new],
     )
     report["emulator_checkpoint"] = str(emu_path)
     report["emulator_fine_tune_s"] = round_(time.time() - started)

@@ -96,31 +96,43 @@ def fine_tune_emulator(
     epochs: int,
     max_minutes: float,
     seed: int,
+    calibrate_on: Sequence[dict[str, Any]] = (),
 ) -> tuple[Path, dict[str, Any]]:
     """Refit references and fine-tune the ensemble on all oracle labels; save it to `out_dir`.
 
     Args:
         data: dicts with structure, energy (eV), forces (eV/Å) and stress (GPa, Voigt).
+        calibrate_on: This round's new labels, not yet trained on: the ensemble's std is recalibrated on them
+            (where the emulator supports it) before fine-tuning, and the calibration metrics are returned with
+            the prefix `calibration_`.
 
     Returns:
-        The checkpoint directory and the fine-tuning metrics.
+        The checkpoint directory and the metrics.
     """
     from emulator.base import LabelledStructure
 
+    def labelled(rows: Sequence[dict[str, Any]]) -> list[LabelledStructure]:
+        return [
+            LabelledStructure(
+                structure=d["structure"],
+                energy=float(d["energy"]),
+                forces=None if d.get("forces") is None else np.asarray(d["forces"], dtype=float),
+                stress=None if d.get("stress") is None else np.asarray(d["stress"], dtype=float),
+            )
+            for d in rows
+        ]
+
     model = load_emulator(settings, checkpoint_in)
-    labelled = [
-        LabelledStructure(
-            structure=d["structure"],
-            energy=float(d["energy"]),
-            forces=None if d.get("forces") is None else np.asarray(d["forces"], dtype=float),
-            stress=None if d.get("stress") is None else np.asarray(d["stress"], dtype=float),
-        )
-        for d in data
-    ]
-    metrics = model.fine_tune(labelled, epochs=epochs, max_minutes=max_minutes) if labelled else {}
+    metrics: dict[str, Any] = {}
+    if calibrate_on and hasattr(model, "calibration"):
+        calib = model.calibration(labelled(calibrate_on), update_std_scale=True)
+        metrics |= {f"calibration_{k}": v for k, v in calib.items()}
+    train = labelled(data)
+    if train:
+        metrics |= model.fine_tune(train, epochs=epochs, max_minutes=max_minutes)
     model.save(out_dir)
     _EMULATORS.clear()  # the in-memory model was mutated; later loads must come from the new checkpoint
-    return out_dir, dict(metrics)
+    return out_dir, metrics
 
 
 def fine_tune_generator(

@@ -39,6 +39,7 @@ from pymatgen.core import Lattice, Structure
 from oracle.base import Oracle, OracleResult, OracleSettings, UnsupportedStructure
 
 RESULT_FILE = "result.json"
+CALLS_FILE = "calls.jsonl"
 WORKER_SCRIPT = Path(__file__).with_name("calc_worker.py")
 _STORE_FORMAT = 1
 _KILL_GRACE_S = 3.0
@@ -111,6 +112,17 @@ def atoms_spec(structure: Structure, magmoms: Sequence[float] | None) -> dict[st
         "pbc": [True, True, True],
         "magmoms": list(magmoms) if magmoms is not None else None,
     }
+
+
+def _audit(workdir: Path, **fields: Any) -> None:
+    """Append one line to the work dir's calculation log (`calls.jsonl`), kept across processes.
+
+    Every attempt writes "started" before the calculator runs and "finished" after it returns, so one can check
+    that a killed and resumed campaign never completed the same calculation twice; a "started" without
+    "finished" is a calculation that was in flight when its process died.
+    """
+    with (workdir / CALLS_FILE).open("a") as log:
+        log.write(json.dumps({**fields, "pid": os.getpid(), "time": time.time()}) + "\n")
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -362,6 +374,7 @@ class AseOracle(Oracle):
             job_file.write_text(json.dumps(job, indent=1))
             entry: dict[str, Any] = {"attempt": attempt, "params": params}
             log.append(entry)
+            _audit(workdir, attempt=attempt, event="started")
             t_attempt = time.perf_counter()
             try:
                 code, timed_out = run_child(
@@ -376,6 +389,9 @@ class AseOracle(Oracle):
                 return self._failed(reason, t0=t0, attempts=attempt, metadata=metadata, transient=True)
             entry["wall_time"] = time.perf_counter() - t_attempt
             answer = self._read_answer(directory)
+            _audit(
+                workdir, attempt=attempt, event="finished", ok=bool(answer and answer.get("status") == "ok")
+            )
             if timed_out:
                 reason = f"timeout: attempt {attempt} exceeded {self.settings.timeout_s:g} s"
             elif answer is None:

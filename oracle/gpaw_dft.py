@@ -175,7 +175,7 @@ class GPAWOracle(AseOracle):
         beta = s.mixer_beta if attempt == 1 else max(0.01, s.mixer_beta / (2 ** (attempt - 1)))
         history = s.mixer_history if attempt == 1 else max(s.mixer_history, 8)
         maxiter = s.maxiter * attempt
-        return {
+        params = {
             "mode": {"name": "pw", "ecut": s.cutoff},
             "xc": s.xc,
             "kpts": {"size": kpoint_mesh(structure, s.kpoint_density), "gamma": True},
@@ -184,6 +184,11 @@ class GPAWOracle(AseOracle):
             "maxiter": maxiter,
             "mixer": {"beta": beta, "nmaxold": history, "weight": s.mixer_weight},
         }
+        if attempt > 1:
+            # GPAW's symmetry analysis fails on some nearly-symmetric cells ("SymmetryAnalysisBug"); the full
+            # k-mesh without symmetry reduction gives the same energy, only slower.
+            params["symmetry"] = "off"
+        return params
 
     def launch_command(self, job_file: Path) -> list[str]:
         if self.settings.mpi_ranks == 1:
