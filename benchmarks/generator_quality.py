@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sun-subset", type=int, default=150, help="0 skips the CHGNet part")
     parser.add_argument("--relax-steps", type=int, default=60)
+    parser.add_argument("--min-distance", type=float, default=0.7, help="Å; 0 = raw model coordinates")
+    parser.add_argument("--corrector-snr", type=float, default=0.1)
     parser.add_argument("--out", type=Path, default=None, help="also write the samples (extxyz) here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -57,8 +59,11 @@ def main() -> None:
         "n": args.n,
         "steps": args.steps,
         "threads": args.threads,
+        "min_distance": args.min_distance,
+        "corrector_snr": args.corrector_snr,
     }
     t0 = time.monotonic()
+    c0 = time.process_time()
     samples = sample_structures(
         n=args.n,
         conditions={},
@@ -66,8 +71,11 @@ def main() -> None:
         seed=args.seed,
         steps=args.steps,
         batch_size=args.batch_size,
+        min_distance=args.min_distance,
+        corrector_snr=args.corrector_snr,
     )
     result["sampling_s"] = round(time.monotonic() - t0, 1)
+    result["sampling_cpu_s"] = round(time.process_time() - c0, 1)
     result["load_after"] = os.getloadavg()
     if args.out:
         from ase.io import write
@@ -115,31 +123,40 @@ def main() -> None:
 
 
 def _prototype_energy(element: str, opt) -> float:
-    """Lowest CHGNet energy per atom (eV) over relaxed fcc/bcc/hcp/sc/diamond cells of `element`.
+    """Lowest CHGNet energy per atom (eV) over relaxed fcc/bcc/hcp cells of `element` (cached on disk).
 
     Used only for elements with no elemental crystal in mp_20 train+val; for elements whose ground state is
-    not a simple prototype (B, S, Mn) this reference is too high, which biases E_hull low.
+    not a close-packed/bcc metal (B, S, Mn) this reference is too high, which biases E_hull low.
     """
     from pymatgen.core import Element, Lattice, Structure
 
+    from generator.diffusion.data import cache_dir
+
+    cache = cache_dir() / "prototype_references.json"
+    known = json.loads(cache.read_text()) if cache.exists() else {}
+    if element in known:
+        return float(known[element])
     r = float(Element(element).atomic_radius or 1.5)
-    half = [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
     cells = [
-        Structure(Lattice.cubic(2 * 2**0.5 * r), [element] * 4, half),
+        Structure(
+            Lattice.cubic(2 * 2**0.5 * r),
+            [element] * 4,
+            [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
+        ),
         Structure(Lattice.cubic(4 * r / 3**0.5), [element] * 2, [[0, 0, 0], [0.5, 0.5, 0.5]]),
         Structure(
             Lattice.hexagonal(2 * r, 3.27 * r), [element] * 2, [[1 / 3, 2 / 3, 0.25], [2 / 3, 1 / 3, 0.75]]
         ),
-        Structure(Lattice.cubic(2 * r), [element], [[0, 0, 0]]),
-        Structure(Lattice.cubic(8 * r / 3**0.5), [element] * 8, half + [[x + 0.25 for x in f] for f in half]),
     ]
     best = float("inf")
     for cell in cells:
         try:
-            res = opt.relax(cell.get_primitive_structure(), steps=150, fmax=0.05, verbose=False)
+            res = opt.relax(cell.get_primitive_structure(), steps=80, fmax=0.05, verbose=False)
             best = min(best, float(res["trajectory"].energies[-1]) / len(res["final_structure"]))
         except Exception:
             continue
+    known[element] = best
+    cache.write_text(json.dumps(known))
     return best
 
 

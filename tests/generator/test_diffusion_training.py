@@ -119,7 +119,6 @@ def test_make_stats_counts_atoms(crystals):
     assert 0.01 < stats["density"] < 0.2
 
 
-@pytest.mark.slow
 def test_generator_fine_tunes_and_samples_from_new_checkpoint(tiny_checkpoint, tmp_path):
     work, _ = tiny_checkpoint
     cls = get_generator_class("diffusion")
