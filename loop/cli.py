@@ -282,7 +282,10 @@ def main() -> None:
     except ImportError:  # pragma: no cover - a broken install still reports input errors cleanly
         pass
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns (rather than raises) the code of a typer.Exit.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except expected as exc:
         typer.echo(f"matloop: error: {exc}", err=True)
         sys.exit(2)

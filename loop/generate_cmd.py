@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pymatgen.core import Structure
+
 from loop.errors import InputError
 from loop.structures import append_extxyz
 
@@ -29,9 +31,9 @@ def generate_to_file(
     killed run keeps every finished batch.
 
     Raises:
-        InputError: `out` already exists, a checkpoint is missing, or a condition is invalid.
+        InputError: `out` already exists or a checkpoint is missing (conditions raise `GeneratorError`).
     """
-    from generator.diffusion import parse_conditions, sample_structures
+    from generator.diffusion import iter_sample_batches, parse_conditions, validate_conditions
 
     out = Path(out)
     if out.exists():
@@ -39,33 +41,35 @@ def generate_to_file(
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise InputError(f"{checkpoint}: no such checkpoint file")
     parsed = parse_conditions(list(conditions))
-    # Sample a first batch before creating `out`: a condition the model cannot honour fails here, with nothing written.
+    validate_conditions(parsed)
     started = time.time()
     written = 0
     as_cifs = out.suffix.lower() not in (".extxyz", ".xyz")
-    batch_index = 0
-    while written < n:
-        size = min(BATCH, n - written)
-        structures = sample_structures(
-            n=size,
-            conditions=parsed,
-            checkpoint=checkpoint,
-            num_atoms=num_atoms,
-            seed=seed + batch_index,
-            steps=steps,
-        )
+
+    def write(batch: list[Structure]) -> None:
+        nonlocal written
         if as_cifs:
             out.mkdir(parents=True, exist_ok=True)
-            for i, s in enumerate(structures):
+            for i, s in enumerate(batch):
                 s.to(filename=str(out / f"{written + i:06d}_{s.composition.reduced_formula}.cif"))
         else:
             out.parent.mkdir(parents=True, exist_ok=True)
-            append_extxyz(structures, out)
-        written += len(structures)
-        batch_index += 1
+            append_extxyz(batch, out)
+        written += len(batch)
+
+    for batch in iter_sample_batches(
+        n=n,
+        conditions=parsed,
+        checkpoint=checkpoint,
+        num_atoms=num_atoms,
+        seed=seed,
+        steps=steps,
+        batch_size=BATCH,
+    ):
+        write(batch)
     return {
         "n_written": written,
         "out": str(out),
         "seconds": time.time() - started,
-        "conditions": list(conditions),
+        "conditions": dict(parsed),
     }

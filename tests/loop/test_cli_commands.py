@@ -1,0 +1,104 @@
+"""The other CLI commands through the console entry point: help, generate, predict, and bad-input handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SI = ROOT / "configs" / "structures" / "Si_mp-149.cif"
+NACL = ROOT / "configs" / "structures" / "NaCl_mp-22862.cif"
+COMMANDS = ("run", "daemon", "stop", "status", "generate", "predict", "label", "export", "ui")
+
+
+def matloop(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.run(
+        [sys.executable, "-m", "loop.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=900,
+    )
+
+
+def test_every_command_has_help():
+    top = matloop("--help")
+    assert top.returncode == 0
+    for command in COMMANDS:
+        assert command in top.stdout
+        sub = matloop(command, "--help")
+        assert sub.returncode == 0 and "Usage" in sub.stdout, command
+
+
+def test_generate_writes_conditioned_crystals_to_extxyz_and_cifs(tmp_path):
+    from ase.io import read
+
+    out = tmp_path / "samples.extxyz"
+    proc = matloop("generate", "--n", 8, "--condition", "chemical_system=Li-Fe-O", "--out", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["n_written"] == 8
+    frames = read(out, index=":")
+    assert len(frames) == 8
+    assert all(set(a.get_chemical_symbols()) <= {"Li", "Fe", "O"} for a in frames)
+    folder = tmp_path / "cifs"
+    assert matloop("generate", "--n", 3, "--num-atoms", 6, "--out", folder).returncode == 0
+    cifs = sorted(folder.glob("*.cif"))
+    assert len(cifs) == 3
+    from pymatgen.core import Structure
+
+    assert all(len(Structure.from_file(c)) == 6 for c in cifs)
+
+
+@pytest.mark.parametrize(
+    ("condition", "message"),
+    [
+        ("colour=red", "colour"),
+        ("chemical_system=Li-Qq", "unknown element 'Qq'"),
+        ("band_gap=3:1", "low > high"),
+        ("band_gap", "KEY=VALUE"),
+    ],
+)
+def test_generate_rejects_bad_conditions_and_writes_nothing(tmp_path, condition, message):
+    out = tmp_path / "never.extxyz"
+    proc = matloop("generate", "--n", 4, "--condition", condition, "--out", out)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not out.exists()
+
+
+def test_predict_gives_mean_and_spread(tmp_path):
+    proc = matloop("predict", SI, NACL, "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [r["structure"] for r in rows] == [SI.name, NACL.name]
+    for r in rows:
+        assert r["energy_per_atom"] < 0 and r["energy_per_atom_std"] >= 0 and len(r["stress"]) == 6
+    # Pretrained CHGNet knows Si well: about -5.4 eV/atom in MP's (PBE) level of theory.
+    assert abs(rows[0]["energy_per_atom"] + 5.42) < 0.15
+
+
+def test_workdir_commands_refuse_a_directory_without_a_campaign(tmp_path):
+    for args in (("status",), ("export", "--out", tmp_path / "x"), ("stop",), ("ui",)):
+        proc = matloop(*args, "--workdir", tmp_path / "none")
+        assert proc.returncode == 2 and "no campaign here" in proc.stderr, args
+    assert not (tmp_path / "none").exists()
+
+
+def test_run_rejects_invalid_config_and_foreign_workdir(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nchemical_systems: [Cu-Au]\noracle: {kind: emt, cutoff: 3}\n")
+    proc = matloop("run", bad, "--workdir", tmp_path / "w")
+    assert proc.returncode == 2 and "oracle.cutoff: unknown key" in proc.stderr
+    assert not (tmp_path / "w").exists()
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    proc = matloop("run", ROOT / "configs" / "smoke.yaml", "--workdir", tmp_path / "busy")
+    assert proc.returncode == 2 and "not a matloop campaign" in proc.stderr
