@@ -187,7 +187,8 @@ def label_files(
         try:
             oracle.check(s)
         except UnsupportedStructure as exc:
-            raise InputError(f"{name}: {exc}; choose another --oracle or remove the structure") from None
+            hint = "" if "choose" in str(exc) else "; choose another --oracle or remove the structure"
+            raise InputError(f"{name}: {exc}{hint}") from None
 
     store = CampaignStore.in_workdir(workdir)
     try:

@@ -57,6 +57,7 @@ def test_label_emt_twice_computes_once(tmp_path):
         (["missing.cif", "--oracle", "emt"], "no such file"),
         (["bad.cif", "--oracle", "emt"], "not a readable crystal structure"),
         ([str(SI), "--oracle", "emt"], "cannot treat Si"),
+        (["tc.cif", "--oracle", "gpaw"], "no PBE PAW setup for Tc"),
         ([str(SI), "--oracle", "nonsense"], "unknown oracle"),
         ([str(SI), "--config", "bad_key.yaml"], "oracle.cutof"),
     ],
@@ -64,6 +65,9 @@ def test_label_emt_twice_computes_once(tmp_path):
 def test_label_bad_input_is_one_line_exit_2_nothing_written(tmp_path, args, message):
     (tmp_path / "bad.cif").write_text("data_broken\nloop_\n_atom_site_label\nnot a structure\n")
     (tmp_path / "bad_key.yaml").write_text("oracle:\n  kind: gpaw\n  cutof: 400\n")
+    from pymatgen.core import Lattice, Structure
+
+    Structure(Lattice.cubic(3.1), ["Tc"], [[0, 0, 0]]).to(filename=str(tmp_path / "tc.cif"))
     work = tmp_path / "work"
     proc = matloop("label", *args, "--workdir", work, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
