@@ -44,11 +44,12 @@ def symmetric_lattice(matrix: np.ndarray) -> np.ndarray:
 
 
 def hhi_score(structure_or_composition) -> float:
-    """HHI production score (0-10000) of a composition, from pymatgen's bundled table."""
+    """HHI production score (0-10000) of a composition, from pymatgen's bundled table; NaN if an element has none."""
     from pymatgen.analysis.hhi import HHIModel
 
     comp = getattr(structure_or_composition, "composition", structure_or_composition)
-    return float(_hhi_model(HHIModel).get_hhi_production(comp))
+    value = _hhi_model(HHIModel).get_hhi_production(comp)
+    return float("nan") if value is None else float(value)
 
 
 _HHI = None
