@@ -39,3 +39,12 @@ def test_generator_honours_chemical_systems_and_conditions():
     assert systems.count({"Li", "Fe", "O"}) == 3 and systems.count({"Na", "Cl"}) == 3
     assert all(structurally_valid(c.structure) for c in cands)
     assert cands[0].info["conditions"]["space_group"] == "225"
+
+
+def test_generator_can_require_charge_balance():
+    from generator.diffusion.metrics import charge_balanced
+
+    gen = get_generator_class("diffusion")(DiffusionSettings(steps=30, require_charge_balance=True))
+    cands = gen.generate(n=5, context=GenerationContext(), seed=4)
+    assert len(cands) == 5
+    assert all(charge_balanced(c.structure.composition) for c in cands)
