@@ -7,6 +7,7 @@ so they pickle cheaply and can run on any worker of a cluster.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,8 @@ def relax_chunk(
     """
     if not structure_dicts:
         return []
+    # Worker processes do not inherit the CLI's warning filters; torch/CHGNet internals warn on every call.
+    warnings.filterwarnings("ignore", category=UserWarning)
     model = load_emulator(settings, checkpoint)
     structures = [Structure.from_dict(d) for d in structure_dicts]
     out = []
