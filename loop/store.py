@@ -303,7 +303,12 @@ class CampaignStore:
             params.append(settings_hash)
         if ok_only:
             sql += " AND status = 'ok'"
-        return [self._to_result(r) for r in self._query(sql + " ORDER BY created_at", params)]
+        # Canonical order (round, then hash), not completion order: a resumed campaign commits results in another
+        # order than an uninterrupted one, and everything trained on them must come out the same.
+        return [
+            self._to_result(r)
+            for r in self._query(sql + " ORDER BY COALESCE(round, -1), hash, settings_hash", params)
+        ]
 
     def add_oracle_result(
         self,
@@ -474,7 +479,8 @@ class CampaignStore:
                 return []
             rnd = last
         return [
-            dict(r) for r in self._query("SELECT * FROM stability WHERE round = ? ORDER BY e_hull", (rnd,))
+            dict(r)
+            for r in self._query("SELECT * FROM stability WHERE round = ? ORDER BY e_hull, hash", (rnd,))
         ]
 
     # -- summaries ----------------------------------------------------------------------------------------------------

@@ -50,7 +50,8 @@ def test_oracle_results_are_keyed_by_structure_and_settings(tmp_path):
     store.add_oracle_result(
         h, oracle="gpaw", settings_hash="bbb", result={"status": "failed", "reason": "SCF"}
     )
-    assert [r.status for r in store.oracle_results()] == ["ok", "failed"]
+    # Canonical order: by round (unknown first), then hash, then settings.
+    assert [(r.settings_hash, r.status) for r in store.oracle_results()] == [("bbb", "failed"), ("aaa", "ok")]
     assert store.counts()["labelled"] == 1 and store.counts()["failed"] == 1
 
 
