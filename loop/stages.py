@@ -24,6 +24,7 @@ from loop.structures import structure_hash
 log = logging.getLogger("matloop")
 
 ON_HULL_TOL = 1e-6  # eV/atom: on the hull within float noise
+RELAX_CHUNK = 4  # structures per screening task
 
 
 # -- references (round 0) ---------------------------------------------------------------------------------------------
@@ -238,9 +239,9 @@ def screen(
 
     structures = store.get_structures(list(hashes))
     ordered = [structures[h].as_dict() for h in hashes]
-    n_chunks = max(1, min(len(ordered), 4 * (executor.n_workers if executor is not None else 1)))
-    chunks = [ordered[i::n_chunks] for i in range(n_chunks)] if ordered else []
-    index_chunks = [list(range(len(ordered)))[i::n_chunks] for i in range(n_chunks)] if ordered else []
+    # Fixed-size contiguous chunks, whatever the number of workers: the emulator evaluates a chunk's final energies
+    # as one batch, so the chunking must not depend on how many workers happen to be up (reproducible resumes).
+    chunks = [ordered[i : i + RELAX_CHUNK] for i in range(0, len(ordered), RELAX_CHUNK)]
     train = config.emulator_training
     started = time.time()
     args = (
@@ -250,13 +251,9 @@ def screen(
         train.relax_steps,
     )
     if executor is None:
-        flat = [item for chunk in chunks for item in relax_chunk(chunk, *args)]
+        results = [item for chunk in chunks for item in relax_chunk(chunk, *args)]
     else:
-        flat = executor.map_chunks(relax_chunk, chunks, *args)
-    order = [i for chunk in index_chunks for i in chunk]
-    results: list[dict[str, Any]] = [None] * len(ordered)  # type: ignore[list-item]
-    for i, res in zip(order, flat, strict=True):
-        results[i] = res
+        results = executor.map_chunks(relax_chunk, chunks, *args)
     relax_time = time.time() - started
 
     hull = current_hull(config, store)
