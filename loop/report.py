@@ -55,9 +55,7 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
                     else round(r["finished_at"] - r["started_at"], 1),
                 }
             )
-        query_round = {}
-        for q in store.queries():
-            query_round.setdefault(q["hash"], q["round"])
+        query_round = store.first_query_rounds()
         rows = {r["hash"]: r for r in store.structure_rows()}
         discoveries = []
         for s in store.stability():
@@ -155,9 +153,7 @@ def export_discoveries(workdir: Path, *, out: Path, stable_only: bool) -> dict[s
     store = CampaignStore.in_workdir(workdir)
     try:
         verdicts = {s["hash"]: s for s in store.stability()}
-        query_round = {}
-        for q in store.queries():
-            query_round.setdefault(q["hash"], q["round"])
+        query_round = store.first_query_rounds()
         rows = {r["hash"]: r for r in store.structure_rows()}
         results = [r for r in store.oracle_results(ok_only=True)]
         chosen = []

@@ -396,7 +396,8 @@ def update_hull(
         "e_hull_of_queries": {h: round_(e, 5) for h, e in this_round.items()},
     }
     if round > 0:
-        discovered = [v for v in verdicts if v[3] and _round_of_query(store, v[0]) >= 1]
+        first_query = store.first_query_rounds()
+        discovered = [v for v in verdicts if v[3] and first_query.get(v[0], -1) >= 1]
         report["cumulative_stable"] = sum(1 for v in discovered if v[2])
         report["cumulative_near_stable"] = len(discovered)
         preds = {r["relaxed_hash"]: r for r in store.predictions(round)}
@@ -407,11 +408,6 @@ def update_hull(
         ]
         report.update(emulator_metrics(pairs))
     return verdicts, report
-
-
-def _round_of_query(store: CampaignStore, h: str) -> int:
-    rows = [q["round"] for q in store.queries() if q["hash"] == h]
-    return min(rows) if rows else -1
 
 
 # -- retrain ----------------------------------------------------------------------------------------------------------

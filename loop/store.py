@@ -462,6 +462,11 @@ class CampaignStore:
             return [dict(r) for r in self._query("SELECT * FROM queries ORDER BY round, rank")]
         return [dict(r) for r in self._query("SELECT * FROM queries WHERE round = ? ORDER BY rank", (rnd,))]
 
+    def first_query_rounds(self) -> dict[str, int]:
+        """The round in which each queried structure was first sent to the oracle (0 = a round-0 reference)."""
+        rows = self._query("SELECT hash, MIN(round) AS round FROM queries GROUP BY hash")
+        return {r["hash"]: r["round"] for r in rows}
+
     def set_stability(self, rnd: int, rows: Sequence[tuple[str, float, bool, bool]]) -> None:
         """The hull verdicts at the end of round `rnd`: (hash, e_hull eV/atom, stable, near_stable)."""
         with self.transaction() as c:
