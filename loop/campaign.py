@@ -16,7 +16,7 @@ import signal
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,6 @@ class StopRequested(Exception):
 class _StopFlag:
     workdir: Path
     signalled: bool = False
-    reasons: list[str] = field(default_factory=list)
 
     def __call__(self) -> bool:
         return self.signalled or (self.workdir / STOP_FILE).exists()
@@ -115,7 +114,6 @@ class Campaign:
         self.store: CampaignStore | None = None
         self._stop = _StopFlag(self.workdir)
         self._executor: Any = None
-        self._known_index: Any = None
 
     # -- opening ------------------------------------------------------------------------------------------------------
     @classmethod

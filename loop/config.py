@@ -118,7 +118,6 @@ class ExecutionConfig(StrictModel):
         threads_per_worker: Threads per worker; 1 is right for CHGNet and GPAW on small cells.
         scheduler_address: e.g. "tcp://10.0.0.1:8786" when kind is "scheduler".
         jobqueue: Keyword arguments for the dask-jobqueue cluster (cores, memory, walltime, queue, account, ...).
-        label_timeout_s: Wall-time allowance for one oracle label, s.
     """
 
     kind: Literal["local", "inline", "scheduler", "slurm", "pbs"] = "local"

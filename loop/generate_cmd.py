@@ -10,7 +10,7 @@ from typing import Any
 from pymatgen.core import Structure
 
 from loop.errors import InputError
-from loop.structures import append_extxyz
+from loop.structures import write_structures
 
 BATCH = 100
 
@@ -44,17 +44,12 @@ def generate_to_file(
     validate_conditions(parsed)
     started = time.time()
     written = 0
-    as_cifs = out.suffix.lower() not in (".extxyz", ".xyz")
 
     def write(batch: list[Structure]) -> None:
         nonlocal written
-        if as_cifs:
-            out.mkdir(parents=True, exist_ok=True)
-            for i, s in enumerate(batch):
-                s.to(filename=str(out / f"{written + i:06d}_{s.composition.reduced_formula}.cif"))
-        else:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            append_extxyz(batch, out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        names = [f"{written + i:06d}_{s.composition.reduced_formula}" for i, s in enumerate(batch)]
+        write_structures(batch, out, names=names)  # appends to an extxyz file, or adds CIFs to the folder
         written += len(batch)
 
     for batch in iter_sample_batches(

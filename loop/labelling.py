@@ -12,7 +12,7 @@ from pymatgen.core import Structure
 
 from loop.errors import InputError
 from loop.store import CampaignStore, StoredResult
-from loop.structures import read_structures, structure_hash
+from loop.structures import read_structures
 
 
 def oracle_settings_for(*, oracle_name: str, config_path: Path | None) -> Any:
@@ -202,13 +202,3 @@ def label_files(
         ]
     finally:
         store.close()
-
-
-__all__ = [
-    "label_files",
-    "label_hashes",
-    "oracle_settings_for",
-    "oracle_workdir",
-    "run_label",
-    "structure_hash",
-]
