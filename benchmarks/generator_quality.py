@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 python benchmarks/generator_quality.py --n 1000 --threads 2 --sun-subset 150
 
 Structural validity: all periodic distances > 0.5 Å and 0.1-200 Å³/atom. Compositional validity: SMACT-style
-charge balance over common oxidation states (all-metal compositions count as valid). Uniqueness: among valid
+charge balance over common oxidation states (all-metal compositions count as valid); by default the sampler's
+constrained type decoding is on, `--no-charge-balance` measures the raw model. Uniqueness: among valid
 samples, StructureMatcher within reduced-formula buckets. Novelty: no StructureMatcher match among mp_20 train
 crystals of the same reduced formula. SUN-like: on a random subset of valid samples, relax briefly with
 CHGNet 0.3.0 (cell + positions, `--relax-steps` FIRE steps), then E_hull against a CHGNet hull (static CHGNet
@@ -44,6 +45,9 @@ def main() -> None:
     parser.add_argument("--relax-steps", type=int, default=60)
     parser.add_argument("--min-distance", type=float, default=0.7, help="Å; 0 = raw model coordinates")
     parser.add_argument("--corrector-snr", type=float, default=0.1)
+    parser.add_argument(
+        "--no-charge-balance", action="store_true", help="raw model types (no constrained type decoding)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the samples (extxyz) here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -61,6 +65,7 @@ def main() -> None:
         "threads": args.threads,
         "min_distance": args.min_distance,
         "corrector_snr": args.corrector_snr,
+        "charge_balance_decoding": not args.no_charge_balance,
     }
     t0 = time.monotonic()
     c0 = time.process_time()
@@ -73,6 +78,7 @@ def main() -> None:
         batch_size=args.batch_size,
         min_distance=args.min_distance,
         corrector_snr=args.corrector_snr,
+        charge_balance=not args.no_charge_balance,
     )
     result["sampling_s"] = round(time.monotonic() - t0, 1)
     result["sampling_cpu_s"] = round(time.process_time() - c0, 1)

@@ -227,6 +227,13 @@ def generate(
     ] = None,
     steps: Annotated[int | None, typer.Option("--steps", min=1, help="Sampler steps.")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    charge_balance: Annotated[
+        bool,
+        typer.Option(
+            "--charge-balance/--no-charge-balance",
+            help="Constrained type decoding that keeps compositions charge-balanced (off: raw model types).",
+        ),
+    ] = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Sample crystals from the diffusion model (written batch by batch, so a kill loses at most one batch)."""
@@ -240,6 +247,7 @@ def generate(
         num_atoms=num_atoms,
         steps=steps,
         seed=seed,
+        charge_balance=charge_balance,
     )
     if as_json:
         _emit_json(info)

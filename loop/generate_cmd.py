@@ -24,6 +24,7 @@ def generate_to_file(
     num_atoms: int | None,
     steps: int | None,
     seed: int,
+    charge_balance: bool = True,
 ) -> dict[str, Any]:
     """Sample `n` crystals into `out` (an .extxyz file, or a folder of CIFs for any other name).
 
@@ -60,6 +61,7 @@ def generate_to_file(
         seed=seed,
         steps=steps,
         batch_size=BATCH,
+        charge_balance=charge_balance,
     ):
         write(batch)
     return {

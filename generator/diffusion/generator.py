@@ -23,12 +23,14 @@ from generator.base import (
     GeneratorSettings,
     register,
 )
+from generator.diffusion.charge import CompositionConstraint
 from generator.diffusion.conditions import Condition, validate_conditions
 from generator.diffusion.data import to_structure
 from generator.diffusion.denoiser import Denoiser
 from generator.diffusion.metrics import charge_balanced, structurally_valid
 from generator.diffusion.noise import make_noise_processes
 from generator.diffusion.sampler import draw_num_atoms, sample_raw
+from generator.diffusion.symmetry import build_template, templates_for
 from generator.diffusion.training import fine_tune_checkpoint, load_checkpoint
 
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "diffusion_mp20.pt"
@@ -48,8 +50,12 @@ class DiffusionSettings(GeneratorSettings):
         corrector_snr: Langevin corrector step as a fraction of σ² (0 = predictor only).
         min_distance: Atom pairs closer than this (Å) are pushed apart late in sampling (0 = off).
         filter_invalid: Drop crystals with a distance ≤ 0.5 Å or an absurd volume in `generate`.
-        require_charge_balance: Also drop compositions that are not charge-balanced (SMACT-style; all-metal
-            compositions pass) in `generate`; about 40 % of unconditional samples pass, so this oversamples.
+        charge_balance: Constrained type decoding that keeps every composition charge-balanced (SMACT-style;
+            all-metal compositions pass); False samples the model's types unconstrained (≈ 40 % pass).
+        space_group_templates: Honour a space_group condition exactly by sampling inside Wyckoff templates of
+            training crystals of that group; False leaves it to guidance alone.
+        require_charge_balance: Also drop compositions that are not charge-balanced in `generate` (only
+            matters with `charge_balance` off; then it oversamples threefold).
     """
 
     kind: Literal["diffusion"] = "diffusion"
@@ -62,6 +68,8 @@ class DiffusionSettings(GeneratorSettings):
     corrector_snr: float = Field(default=0.1, ge=0.0, le=2.0)
     min_distance: float = Field(default=0.7, ge=0.0, le=2.0)
     filter_invalid: bool = True
+    charge_balance: bool = True
+    space_group_templates: bool = True
     require_charge_balance: bool = False
 
 
@@ -124,8 +132,32 @@ def iter_sample_batches(
     mask_system: bool = True,
     type_temperature: float = 1.0,
     min_distance: float = 0.7,
+    charge_balance: bool = True,
+    space_group_templates: bool = True,
 ) -> Iterator[list[Structure]]:
-    """Yield sampled crystals batch by batch (for incremental writing); see `sample_structures`."""
+    """Sample `n` crystals (unfiltered) from a diffusion checkpoint, yielding them batch by batch.
+
+    Args:
+        n: Number of crystals.
+        conditions: {property: "VALUE" or "LO:HI"}; properties: chemical_system, space_group, band_gap (eV),
+            e_above_hull (eV/atom), hhi. Unknown properties, unknown elements or impossible ranges raise
+            `GeneratorError`.
+        checkpoint: Sampling checkpoint (default: the shipped mp_20 model).
+        num_atoms: Atoms per crystal (1-20); default draws from the training distribution (or, with a space
+            group, from its templates).
+        seed: Random seed (same seed, same crystals).
+        steps: Predictor steps (default 100).
+        guidance_scale: Classifier-free guidance scale when conditions are given.
+        batch_size: Crystals per batch.
+        corrector_snr: Langevin corrector step as a fraction of σ² (0 = predictor only, half the cost).
+        mask_system: Enforce a requested chemical system exactly (False: guidance only).
+        type_temperature: Softmax temperature of the type draws.
+        min_distance: Pairs closer than this (Å) are pushed apart late in sampling; 0 = raw model output.
+        charge_balance: Constrained type decoding that keeps a charge-balanced completion possible
+            (`generator.diffusion.charge`); False samples the model's types unconstrained.
+        space_group_templates: With a space_group condition, sample inside Wyckoff templates of training
+            crystals of that group (exact symmetry); False leaves the request to guidance alone.
+    """
     if n < 0:
         raise GeneratorError(f"n={n} is negative; ask for at least one crystal")
     conds = validate_conditions(conditions)
@@ -134,14 +166,53 @@ def iter_sample_batches(
     stats = payload["stats"]
     noise = make_noise_processes(density=stats["density"], sigma_l=payload["train_config"]["sigma_l"])
     gen = torch.Generator().manual_seed(int(seed))
+    chem = conds.get("chemical_system") if mask_system else None
+    constraint = (
+        CompositionConstraint(
+            allowed_z=chem.elements if chem else stats["allowed_z"], required=chem.elements if chem else ()
+        )
+        if charge_balance
+        else None
+    )
+    what = f"{conds['chemical_system'].describe()} " if chem else ""
+    rows = None
+    hist = list(stats["num_atoms_hist"])
+    if "space_group" in conds and space_group_templates:
+        rows = templates_for(
+            int(conds["space_group"].value or 0),
+            num_atoms=num_atoms,
+            min_orbits=minimum,
+            n_species=len(chem.elements) if chem else None,
+            max_atoms=MAX_ATOMS,
+        )
+        if constraint is not None:
+            rows = [r for r in rows if constraint.feasible({}, _multiplicities(r))]
+            if not rows:
+                raise GeneratorError(
+                    f"no Wyckoff template of space group {int(conds['space_group'].value or 0)} admits a "
+                    f"charge-balanced {what}composition; drop a condition or use --no-charge-balance"
+                )
+    elif constraint is not None:
+        sizes = [num_atoms] if num_atoms is not None else range(1, len(hist))
+        ok = [k for k in sizes if constraint.feasible({}, [1] * k)]
+        if not ok:
+            raise GeneratorError(
+                f"no charge-balanced {what}composition has {num_atoms} atoms; choose another num_atoms "
+                "or use --no-charge-balance"
+            )
+        hist = [p if k in ok else 0.0 for k, p in enumerate(hist)]
     done = 0
     while done < n:
         m = min(batch_size, n - done)
-        counts = (
-            [num_atoms] * m
-            if num_atoms is not None
-            else draw_num_atoms(stats["num_atoms_hist"], m, minimum=minimum, generator=gen)
-        )
+        templates = None
+        if rows is not None:
+            pick = torch.randint(len(rows), (m,), generator=gen).tolist()
+            templates = [build_template(rows[i]["sg"], rows[i]["wyckoff"], rows[i]["z"]) for i in pick]
+            counts = [tpl.num_atoms for tpl in templates]
+        elif num_atoms is not None:
+            counts = [num_atoms] * m
+        else:
+            counts = draw_num_atoms(hist, m, minimum=minimum, generator=gen)
         raw = sample_raw(
             model=model,
             noise=noise,
@@ -154,59 +225,29 @@ def iter_sample_batches(
             mask_system=mask_system,
             type_temperature=type_temperature,
             min_distance=min_distance,
+            charge_balance=charge_balance,
+            templates=templates,
             generator=gen,
         )
         done += m
         yield [to_structure(r.z, r.frac, r.lattice) for r in raw]
 
 
+def _multiplicities(row: dict) -> list[int]:
+    return [orb.multiplicity for orb in build_template(row["sg"], row["wyckoff"], row["z"]).orbits]
+
+
 def sample_structures(
-    *,
-    n: int,
-    conditions: dict[str, str] | None = None,
-    checkpoint: Path | str | None = None,
-    num_atoms: int | None = None,
-    seed: int = 0,
-    steps: int | None = None,
-    guidance_scale: float = 2.0,
-    batch_size: int = 250,
-    min_distance: float = 0.7,
-    corrector_snr: float = 0.1,
-    on_batch: Callable[[list[Structure]], None] | None = None,
+    *, on_batch: Callable[[list[Structure]], None] | None = None, **options: Any
 ) -> list[Structure]:
-    """Sample `n` crystals (unfiltered) from a diffusion checkpoint.
+    """Sample crystals (unfiltered) and return them in sampling order.
 
     Args:
-        n: Number of crystals.
-        conditions: {property: "VALUE" or "LO:HI"}; properties: chemical_system, space_group, band_gap (eV),
-            e_above_hull (eV/atom), hhi. Unknown properties, unknown elements or impossible ranges raise
-            `GeneratorError`.
-        checkpoint: Sampling checkpoint (default: the shipped mp_20 model).
-        num_atoms: Atoms per crystal (1-20); default draws from the training distribution.
-        seed: Random seed (same seed, same crystals).
-        steps: Predictor steps (default 100).
-        guidance_scale: Classifier-free guidance scale when conditions are given.
-        batch_size: Crystals per batch.
-        min_distance: Pairs closer than this (Å) are pushed apart late in sampling; 0 = raw model output.
-        corrector_snr: Langevin corrector step as a fraction of σ² (0 = predictor only, half the cost).
         on_batch: Called with each finished batch (e.g. to append it to a file).
-
-    Returns:
-        The crystals, in sampling order.
+        **options: Keyword arguments of `iter_sample_batches` (n, conditions, checkpoint, seed, ...).
     """
     out: list[Structure] = []
-    for batch in iter_sample_batches(
-        n=n,
-        conditions=conditions,
-        checkpoint=checkpoint,
-        num_atoms=num_atoms,
-        seed=seed,
-        steps=steps,
-        guidance_scale=guidance_scale,
-        batch_size=batch_size,
-        min_distance=min_distance,
-        corrector_snr=corrector_snr,
-    ):
+    for batch in iter_sample_batches(**options):
         if on_batch is not None:
             on_batch(batch)
         out.extend(batch)
@@ -258,6 +299,8 @@ class DiffusionGenerator(Generator):
                     batch_size=s.batch_size,
                     min_distance=s.min_distance,
                     corrector_snr=s.corrector_snr,
+                    charge_balance=s.charge_balance,
+                    space_group_templates=s.space_group_templates,
                 )
                 for st in structures:
                     if s.filter_invalid and not structurally_valid(st):

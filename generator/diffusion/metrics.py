@@ -5,13 +5,14 @@ Distances in Å, volumes in Å³.
 
 from __future__ import annotations
 
-import itertools
 from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
 from pymatgen.analysis.structure_matcher import StructureMatcher
-from pymatgen.core import Composition, Element, Structure
+from pymatgen.core import Composition, Structure
+
+from generator.diffusion.charge import charge_balanced_counts
 
 
 def structurally_valid(
@@ -31,9 +32,6 @@ def structurally_valid(
     return bool(min(structure.lattice.abc) > min_distance)
 
 
-_OXI_CACHE: dict[tuple[tuple[str, int], ...], bool] = {}
-
-
 def charge_balanced(composition: Composition) -> bool:
     """SMACT-style test: some combination of common oxidation states sums to zero.
 
@@ -41,24 +39,7 @@ def charge_balanced(composition: Composition) -> bool:
     metric used by CDVAE/DiffCSP/MatterGen; electronegativity ordering is not required.
     """
     comp = composition.reduced_composition
-    els = sorted(comp.elements, key=lambda e: e.symbol)
-    if len(els) == 1:
-        return True
-    if all(e.is_metal for e in els):
-        return True
-    key = tuple((e.symbol, round(comp[e])) for e in els)
-    if key in _OXI_CACHE:
-        return _OXI_CACHE[key]
-    counts = [round(comp[e]) for e in els]
-    choices = []
-    for e in els:
-        states = set(Element(e.symbol).common_oxidation_states) or set(Element(e.symbol).oxidation_states)
-        choices.append(sorted(states) or [0])
-    ok = any(
-        sum(q * c for q, c in zip(combo, counts, strict=True)) == 0 for combo in itertools.product(*choices)
-    )
-    _OXI_CACHE[key] = ok
-    return ok
+    return charge_balanced_counts({el.Z: round(comp[el]) for el in comp.elements})
 
 
 def _bucket(structures: Sequence[Structure]) -> dict[str, list[int]]:

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from generator.diffusion.charge import CompositionConstraint
 from generator.diffusion.conditions import Condition, encode_batch
 from generator.diffusion.denoiser import N_TOKENS, Denoiser
 from generator.diffusion.noise import MASK
+from generator.diffusion.symmetry import BatchSymmetry, Template
 
 
 @dataclass
@@ -36,38 +38,6 @@ def _guided(model: Denoiser, guidance: float, cond, uncond, **inputs):
     return tuple(u + guidance * (c - u) for c, u in zip(out_c, out_u, strict=True))
 
 
-def _enforce_system(
-    tokens: np.ndarray, new: np.ndarray, offsets: np.ndarray, required: Sequence[int], order: np.ndarray
-) -> None:
-    """Reassign newly revealed atoms so every required element can still appear (in place).
-
-    Keeps #missing elements ≤ #still-masked atoms in each crystal; `order` ranks elements per atom
-    (most likely first) to pick which missing element a reassigned atom takes.
-    """
-    req = set(required)
-    for c in range(len(offsets) - 1):
-        a, b = offsets[c], offsets[c + 1]
-        tok = tokens[a:b]
-        masked = int((tok == MASK).sum())
-        present = [int(x) for x in tok if x != MASK]
-        missing = [e for e in required if e not in present]
-        need = len(missing) - masked
-        if need <= 0:
-            continue
-        for i in np.nonzero(new[a:b])[0]:
-            if need <= 0:
-                break
-            el = int(tok[i])
-            if present.count(el) > 1 or el not in req:
-                ranked = [e for e in order[a + i] if e in missing]
-                target = ranked[0] if ranked else missing[0]
-                present.remove(el)
-                present.append(target)
-                tok[i] = target
-                missing.remove(target)
-                need -= 1
-
-
 @torch.no_grad()
 def sample_raw(
     *,
@@ -82,6 +52,8 @@ def sample_raw(
     mask_system: bool = True,
     type_temperature: float = 1.0,
     min_distance: float = 0.0,
+    charge_balance: bool = False,
+    templates: Sequence[Template | None] | None = None,
     generator: torch.Generator,
 ) -> list[RawSample]:
     """Sample one batch of crystals with the given atom counts.
@@ -100,6 +72,11 @@ def sample_raw(
         type_temperature: Softmax temperature for drawing atom types (< 1 favours likely elements).
         min_distance: If > 0 (Å), pairs closer than this are pushed apart (a projection, applied during the
             last 20% of the steps and after the last one); 0 leaves the coordinates to the model alone.
+        charge_balance: Reveal types only where a charge-balanced completion stays possible (constrained
+            decoding, see `generator.diffusion.charge`); False samples the model's types as they come.
+        templates: Per crystal, a Wyckoff template (space group) to sample inside, or None for free sampling;
+            a templated crystal's atom count must equal the template's. Its orbits share one element and
+            are kept on exact symmetric images at every step, its lattice in the group's crystal family.
         generator: Random generator.
 
     Returns:
@@ -122,10 +99,25 @@ def sample_raw(
     cond = encode_batch(conditions, b, generator=generator) if conditions else {}
     uncond = {} if conditions and guidance != 1.0 else None
 
+    templates = list(templates) if templates is not None else [None] * b
+    sym = BatchSymmetry.from_templates(templates, n.tolist()) if any(templates) else None
+    units = _type_units(templates, n.tolist())
+    constraint = (
+        CompositionConstraint(
+            allowed_z=torch.nonzero(allowed).squeeze(1).tolist(),
+            required=required,
+            charge_balance=charge_balance,
+        )
+        if charge_balance or required
+        else None
+    )
+
     coords, lat = noise["coords"], noise["lattice"]
     tokens = torch.full((total,), MASK, dtype=torch.long)
     x = coords.prior(total, generator=generator)
     y = lat.prior(b, generator=generator)
+    if sym is not None:
+        x = sym.project_coords(x)
 
     def evaluate(t: float):
         tt = torch.full((b,), t)
@@ -154,6 +146,8 @@ def sample_raw(
             x = torch.remainder(
                 x + step * score + (2 * step).sqrt() * torch.randn(x.shape, generator=generator), 1.0
             )
+            if sym is not None:
+                x = sym.project_coords(x)
         logits, c_out, eps = evaluate(t)
         # predictor: reverse VE step on the torus
         score = coords.score_from_output(c_out, sig_t)
@@ -164,34 +158,38 @@ def sample_raw(
         x = torch.remainder(x, 1.0)
         if min_distance > 0 and t <= 0.2:
             x = separate_close_atoms(x, lat.decode(y, n), n, min_distance=min_distance, iterations=3)
+        if sym is not None:
+            x = sym.project_coords(x)
         # lattice: DDPM ancestral step
         ab_t = lat.alpha_bar(torch.tensor(t))
         ab_s = lat.alpha_bar(torch.tensor(s)) if k > 1 else torch.tensor(1.0)
         y0 = ((y - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()).clamp(-8, 8)
+        if sym is not None:
+            # x₀-projection: the clean-lattice estimate is put into the crystal family
+            y0 = lat.encode(sym.project_lattice(lat.decode(y0, n)), n)
         a_ts = ab_t / ab_s
         mean = (ab_s.sqrt() * (1 - a_ts) * y0 + a_ts.sqrt() * (1 - ab_s) * y) / (1 - ab_t)
         var = (1 - a_ts) * (1 - ab_s) / (1 - ab_t)
         y = mean + var.clamp_min(0).sqrt() * torch.randn(y.shape, generator=generator) if k > 1 else y0
-        # types: reveal masked atoms
-        masked = tokens == MASK
-        if masked.any():
+        # types: reveal masked units (atoms, or whole Wyckoff orbits)
+        if (tokens == MASK).any():
             p_reveal = noise["types"].unmask_probability(t, s)
-            reveal = masked & (torch.rand(total, generator=generator) < p_reveal)
-            if reveal.any():
-                lg = (logits / type_temperature).masked_fill(~allowed, float("-inf"))
-                drawn = torch.multinomial(torch.softmax(lg[reveal], dim=-1), 1, generator=generator).squeeze(
-                    1
-                )
-                tokens = tokens.clone()
-                tokens[reveal] = drawn
-                if required:
-                    tok_np = tokens.numpy().copy()
-                    order = torch.argsort(lg, dim=-1, descending=True)[:, : len(required)].numpy()
-                    _enforce_system(tok_np, reveal.numpy(), offsets, required, order)
-                    tokens = torch.from_numpy(tok_np)
+            lg = (logits / type_temperature).masked_fill(~allowed, float("-inf"))
+            tokens = _reveal_types(
+                tokens=tokens,
+                logp=torch.log_softmax(lg, dim=-1),
+                units=units,
+                p_reveal=p_reveal,
+                constraint=constraint,
+                generator=generator,
+            )
     lattice = lat.decode(y, n)
     if min_distance > 0:
-        x = separate_close_atoms(x, lattice, n, min_distance=min_distance, iterations=20)
+        rounds = 3 if sym is not None else 1
+        for _ in range(rounds):
+            x = separate_close_atoms(x, lattice, n, min_distance=min_distance, iterations=20 // rounds + 1)
+            if sym is not None:
+                x = sym.project_coords(x)
     out = []
     for c in range(b):
         a, e = offsets[c], offsets[c + 1]
@@ -199,6 +197,125 @@ def sample_raw(
             RawSample(z=tokens[a:e].numpy().copy(), frac=x[a:e].numpy().copy(), lattice=lattice[c].numpy())
         )
     return out
+
+
+def _type_units(
+    templates: Sequence[Template | None], num_atoms: Sequence[int]
+) -> list[tuple[list[np.ndarray], list[int]]]:
+    """Per crystal, the groups of atoms that share one element and a species label per group.
+
+    Free crystals: single atoms, all labelled 0 (no restriction). Templates: one group per orbit, labelled
+    with the element the orbit had in the template's source crystal.
+    """
+    out: list[tuple[list[np.ndarray], list[int]]] = []
+    start = 0
+    for tpl, count in zip(templates, num_atoms, strict=True):
+        if tpl is None:
+            out.append(([np.array([start + i]) for i in range(count)], [0] * count))
+        else:
+            units, a = [], start
+            for orb in tpl.orbits:
+                units.append(np.arange(a, a + orb.multiplicity))
+                a += orb.multiplicity
+            labels = list(tpl.source_z) if len(tpl.source_z) == len(units) else [0] * len(units)
+            out.append((units, labels))
+        start += count
+    return out
+
+
+def _reveal_types(
+    *,
+    tokens: torch.Tensor,
+    logp: torch.Tensor,
+    units: list[tuple[list[np.ndarray], list[int]]],
+    p_reveal: float,
+    constraint: CompositionConstraint | None,
+    generator: torch.Generator,
+    max_candidates: int = 24,
+) -> torch.Tensor:
+    """Reveal each still-masked unit with probability `p_reveal`; returns the new token tensor.
+
+    A unit's element is drawn from the product of its atoms' predicted type distributions, restricted to
+    the elements `constraint` deems completable (its most likely `max_candidates` first, then all of them);
+    if none is, the unconstrained draw stands and the crystal will fail the constraint. Orbits whose source
+    species differ in the template do not take the same element (when another is possible): merging them
+    would usually create a higher symmetry than the one requested (e.g. rock salt with one element).
+    """
+    tok = tokens.numpy().copy()
+    lp = logp.numpy()
+    n_units = sum(len(u) for u, _ in units)
+    u_reveal = torch.rand(n_units, generator=generator).numpy()
+    u_draw = torch.rand(n_units, generator=generator).numpy()
+    j = 0
+    for crystal, labels in units:
+        label_of = {int(unit[0]): lab for unit, lab in zip(crystal, labels, strict=True)}
+        masked = [unit for unit in crystal if tok[unit[0]] == MASK]
+        flags = u_reveal[j : j + len(crystal)]
+        draws = u_draw[j : j + len(crystal)]
+        j += len(crystal)
+        chosen = [
+            (unit, d)
+            for unit, f, d in zip(crystal, flags, draws, strict=True)
+            if tok[unit[0]] == MASK and f < p_reveal
+        ]
+        if not chosen:
+            continue
+        remaining = [len(unit) for unit in masked]
+        counts: dict[int, int] = {}
+        for unit in crystal:
+            if tok[unit[0]] != MASK:
+                z = int(tok[unit[0]])
+                counts[z] = counts.get(z, 0) + len(unit)
+        for unit, d in chosen:
+            remaining.remove(len(unit))
+            score = lp[unit].sum(0)
+            taken = {
+                int(tok[other[0]])
+                for other in crystal
+                if tok[other[0]] != MASK and label_of[int(other[0])] != label_of[int(unit[0])]
+            }
+            cand = np.nonzero(np.isfinite(score))[0]
+            if taken and len(set(cand.tolist()) - taken) > 0:
+                cand = np.array([c for c in cand if int(c) not in taken])
+            prob = np.exp(score[cand] - score[cand].max())
+            prob /= prob.sum()
+            z = _draw(cand, prob, d)
+            if constraint is not None:
+                order = np.argsort(-prob)
+                ok = _first_feasible(
+                    constraint, counts, len(unit), remaining, cand, prob, order, d, max_candidates
+                )
+                if ok is not None:
+                    z = ok
+            tok[unit] = z
+            counts[z] = counts.get(z, 0) + len(unit)
+    return torch.from_numpy(tok)
+
+
+def _draw(cand: np.ndarray, prob: np.ndarray, u: float) -> int:
+    idx = min(int(np.searchsorted(np.cumsum(prob), u * prob.sum())), len(cand) - 1)
+    return int(cand[idx])
+
+
+def _first_feasible(
+    constraint: CompositionConstraint,
+    counts: dict[int, int],
+    multiplicity: int,
+    remaining: list[int],
+    cand: np.ndarray,
+    prob: np.ndarray,
+    order: np.ndarray,
+    u: float,
+    max_candidates: int,
+) -> int | None:
+    """Draw among the feasible candidates (renormalised), checking the likeliest first."""
+    for chunk in (order[:max_candidates], order[max_candidates:]):
+        if len(chunk) == 0:
+            continue
+        ok = np.array(constraint.allowed_for(counts, multiplicity, remaining, [int(c) for c in cand[chunk]]))
+        if ok.any():
+            return _draw(cand[chunk][ok], prob[chunk][ok], u)
+    return None
 
 
 def separate_close_atoms(

@@ -1,0 +1,151 @@
+"""Charge balance: the SMACT-style test and a feasibility check for constrained type decoding.
+
+The test (`charge_balanced_counts`) is the compositional-validity metric: a composition passes if it is a pure
+element, if all its elements are metals (intermetallics), or if some choice of one common oxidation state per
+element makes the formal charges sum to zero.
+
+`CompositionConstraint` lets the sampler reveal atom types so that the finished crystal can still pass: before
+an atom (or a whole Wyckoff orbit) takes an element, it checks that the atoms still masked could complete a
+charge-balanced composition that contains every required element. With few allowed elements (a requested
+chemical system) every completion is enumerated, so the check is exact. Otherwise it is exact for the last
+unit and a relaxation before it (each remaining unit may take any oxidation state offered by the allowed
+elements): it never rejects a completable choice, and dead ends are rare because many elements share each
+oxidation state.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+
+from pymatgen.core import Element
+
+
+@functools.cache
+def oxidation_states(z: int) -> tuple[int, ...]:
+    """Common oxidation states of element `z` (all known states if it has no common one; (0,) if none)."""
+    el = Element.from_Z(z)
+    states = set(el.common_oxidation_states) or set(el.oxidation_states)
+    return tuple(sorted(states)) or (0,)
+
+
+@functools.cache
+def is_metal(z: int) -> bool:
+    return bool(Element.from_Z(z).is_metal)
+
+
+@functools.lru_cache(maxsize=200_000)
+def _charges(key: tuple[tuple[int, int], ...]) -> frozenset[int]:
+    """All total formal charges reachable with one oxidation state per element for (z, count) pairs."""
+    sums = {0}
+    for z, count in key:
+        sums = {s + count * q for s in sums for q in oxidation_states(z)}
+    return frozenset(sums)
+
+
+def _key(counts: Mapping[int, int]) -> tuple[tuple[int, int], ...]:
+    return tuple(sorted((int(z), int(c)) for z, c in counts.items() if c > 0))
+
+
+def charge_balanced_counts(counts: Mapping[int, int]) -> bool:
+    """SMACT-style charge balance of a composition given as {atomic number: count}."""
+    key = _key(counts)
+    if len(key) <= 1:
+        return True
+    if all(is_metal(z) for z, _ in key):
+        return True
+    return 0 in _charges(key)
+
+
+class CompositionConstraint:
+    """Which elements a unit (an atom or a Wyckoff orbit) may take so the crystal can still be completed.
+
+    Args:
+        allowed_z: Elements the sampler may emit.
+        required: Elements that must all appear (a requested chemical system).
+        charge_balance: Also require that a charge-balanced completion exists.
+    """
+
+    exact_max_elements = 4  # up to this many allowed elements, completions are enumerated exactly
+
+    def __init__(
+        self, *, allowed_z: Iterable[int], required: Sequence[int] = (), charge_balance: bool = True
+    ):
+        self.allowed = tuple(sorted(int(z) for z in allowed_z))
+        self.required = tuple(int(z) for z in required)
+        self.charge_balance = charge_balance
+        self._unit_charges = tuple(sorted({q for z in self.allowed for q in oxidation_states(z)}))
+        self._any_metal = any(is_metal(z) for z in self.allowed)
+
+    @functools.lru_cache(maxsize=20_000)  # noqa: B019 - one instance per sampling call, bounded cache
+    def _exact(self, key: tuple[tuple[int, int], ...], remaining: tuple[int, ...]) -> bool:
+        """Try every way of giving the remaining units elements (few allowed elements only)."""
+        fills: set[tuple[int, ...]] = {(0,) * len(self.allowed)}
+        for m in remaining:
+            fills = {(*f[:i], f[i] + m, *f[i + 1 :]) for f in fills for i in range(len(self.allowed))}
+        base = dict(key)
+        for fill in fills:
+            total = dict(base)
+            for z, extra in zip(self.allowed, fill, strict=True):
+                total[z] = total.get(z, 0) + extra
+            if all(total.get(z, 0) > 0 for z in self.required) and charge_balanced_counts(total):
+                return True
+        return False
+
+    @functools.lru_cache(maxsize=20_000)  # noqa: B019 - one instance per sampling call, bounded cache
+    def _remaining_sums(self, remaining: tuple[int, ...]) -> frozenset[int]:
+        sums = {0}
+        for m in remaining:
+            sums = {s + m * q for s in sums for q in self._unit_charges}
+        return frozenset(sums)
+
+    def feasible(self, counts: Mapping[int, int], remaining: Sequence[int]) -> bool:
+        """Whether `counts` (revealed atoms) can be completed by units of multiplicities `remaining`."""
+        present = {z for z, c in counts.items() if c > 0}
+        missing = [z for z in self.required if z not in present]
+        if len(missing) > len(remaining):
+            return False
+        if not self.charge_balance:
+            return True
+        if not remaining:
+            return charge_balanced_counts(counts)
+        if len(present | set(missing)) <= 1:  # fill up with the one element: a pure element passes
+            return True
+        if len(self.allowed) <= self.exact_max_elements:
+            return self._exact(_key(counts), tuple(sorted(remaining)))
+        # all-metal completion (intermetallic) — needs every missing required element to be a metal too
+        if all(is_metal(z) for z in present) and all(is_metal(z) for z in missing) and self._any_metal:
+            return True
+        reach = self._remaining_sums(tuple(sorted(remaining)))
+        return any(-q in reach for q in _charges(_key(counts)))
+
+    def allowed_for(
+        self,
+        counts: Mapping[int, int],
+        multiplicity: int,
+        remaining: Sequence[int],
+        candidates: Sequence[int],
+    ) -> list[bool]:
+        """Feasibility of giving each candidate element to a unit of `multiplicity` atoms."""
+        out = []
+        for z in candidates:
+            nxt = dict(counts)
+            nxt[z] = nxt.get(z, 0) + multiplicity
+            out.append(self.feasible(nxt, remaining))
+        return out
+
+
+def counts_of(zs: Iterable[int]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for z in zs:
+        out[int(z)] = out.get(int(z), 0) + 1
+    return out
+
+
+__all__ = [
+    "CompositionConstraint",
+    "charge_balanced_counts",
+    "counts_of",
+    "is_metal",
+    "oxidation_states",
+]
