@@ -253,6 +253,10 @@ def generate(
         _emit_json(info)
     else:
         typer.echo(f"wrote {info['n_written']} structures to {out} in {info['seconds']:.1f} s")
+        from generator.diffusion.adherence import describe_summary
+
+        for line in describe_summary(info["adherence"]):
+            typer.echo(f"  {line}")
 
 
 @app.command()

@@ -35,6 +35,7 @@ def generate_to_file(
         InputError: `out` already exists or a checkpoint is missing (conditions raise `GeneratorError`).
     """
     from generator.diffusion import iter_sample_batches, parse_conditions, validate_conditions
+    from generator.diffusion.adherence import AdherenceTally
 
     out = Path(out)
     if out.exists():
@@ -42,7 +43,7 @@ def generate_to_file(
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise InputError(f"{checkpoint}: no such checkpoint file")
     parsed = parse_conditions(list(conditions))
-    validate_conditions(parsed)
+    tally = AdherenceTally(conditions=validate_conditions(parsed))
     started = time.time()
     written = 0
 
@@ -52,6 +53,7 @@ def generate_to_file(
         names = [f"{written + i:06d}_{s.composition.reduced_formula}" for i, s in enumerate(batch)]
         write_structures(batch, out, names=names)  # appends to an extxyz file, or adds CIFs to the folder
         written += len(batch)
+        tally.add(batch)
 
     for batch in iter_sample_batches(
         n=n,
@@ -69,4 +71,5 @@ def generate_to_file(
         "out": str(out),
         "seconds": time.time() - started,
         "conditions": dict(parsed),
+        "adherence": tally.summary(),
     }

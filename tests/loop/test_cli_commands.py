@@ -43,7 +43,9 @@ def test_generate_writes_conditioned_crystals_to_extxyz_and_cifs(tmp_path):
     out = tmp_path / "samples.extxyz"
     proc = matloop("generate", "--n", 8, "--condition", "chemical_system=Li-Fe-O", "--out", out, "--json")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["n_written"] == 8
+    info = json.loads(proc.stdout)
+    assert info["n_written"] == 8
+    assert info["adherence"]["chemical_system"]["honoured"] == 1.0
     frames = read(out, index=":")
     assert len(frames) == 8
     assert all(set(a.get_chemical_symbols()) <= {"Li", "Fe", "O"} for a in frames)
