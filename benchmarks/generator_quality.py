@@ -45,6 +45,10 @@ def main() -> None:
     parser.add_argument("--relax-steps", type=int, default=60)
     parser.add_argument("--min-distance", type=float, default=0.7, help="Å; 0 = raw model coordinates")
     parser.add_argument("--corrector-snr", type=float, default=0.1)
+    parser.add_argument("--type-temperature", type=float, default=1.0)
+    parser.add_argument(
+        "--condition", action="append", default=[], help="KEY=VALUE or KEY=LO:HI (repeatable); default none"
+    )
     parser.add_argument(
         "--no-charge-balance", action="store_true", help="raw model types (no constrained type decoding)"
     )
@@ -66,12 +70,16 @@ def main() -> None:
         "min_distance": args.min_distance,
         "corrector_snr": args.corrector_snr,
         "charge_balance_decoding": not args.no_charge_balance,
+        "type_temperature": args.type_temperature,
+        "conditions": args.condition,
     }
     t0 = time.monotonic()
     c0 = time.process_time()
+    from generator.diffusion import parse_conditions
+
     samples = sample_structures(
         n=args.n,
-        conditions={},
+        conditions=parse_conditions(args.condition),
         checkpoint=args.checkpoint,
         seed=args.seed,
         steps=args.steps,
@@ -79,6 +87,7 @@ def main() -> None:
         min_distance=args.min_distance,
         corrector_snr=args.corrector_snr,
         charge_balance=not args.no_charge_balance,
+        type_temperature=args.type_temperature,
     )
     result["sampling_s"] = round(time.monotonic() - t0, 1)
     result["sampling_cpu_s"] = round(time.process_time() - c0, 1)

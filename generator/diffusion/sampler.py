@@ -119,6 +119,11 @@ def sample_raw(
     if sym is not None:
         x = sym.project_coords(x)
 
+    def draw_noise() -> torch.Tensor:
+        if sym is None:
+            return torch.randn(x.shape, generator=generator)
+        return sym.noise(total, generator=generator)
+
     def evaluate(t: float):
         tt = torch.full((b,), t)
         return _guided(
@@ -143,9 +148,7 @@ def sample_raw(
             _, c_out, _ = evaluate(t)
             score = coords.score_from_output(c_out, sig_t)
             step = corrector_snr * sig_t**2
-            x = torch.remainder(
-                x + step * score + (2 * step).sqrt() * torch.randn(x.shape, generator=generator), 1.0
-            )
+            x = torch.remainder(x + step * score + (2 * step).sqrt() * draw_noise(), 1.0)
             if sym is not None:
                 x = sym.project_coords(x)
         logits, c_out, eps = evaluate(t)
@@ -154,7 +157,7 @@ def sample_raw(
         dvar = (sig_t**2 - sig_s**2).clamp_min(0)
         x = x + dvar * score
         if k > 1:
-            x = x + dvar.sqrt() * torch.randn(x.shape, generator=generator)
+            x = x + dvar.sqrt() * draw_noise()
         x = torch.remainder(x, 1.0)
         if min_distance > 0 and t <= 0.2:
             x = separate_close_atoms(x, lat.decode(y, n), n, min_distance=min_distance, iterations=3)

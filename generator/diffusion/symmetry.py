@@ -339,6 +339,21 @@ class BatchSymmetry:
         out[sel] = torch.einsum("aij,aj->ai", self.rot[sel], rep[idx]) + self.trans[sel]
         return torch.remainder(out, 1.0)
 
+    def noise(self, n_atoms: int, *, generator: torch.Generator) -> torch.Tensor:
+        """Standard normal noise (n_atoms, 3) that moves each orbit rigidly along its free directions.
+
+        A templated atom gets its orbit's representative noise mapped by its operation g_j (so the orbit stays
+        symmetric) with full per-atom variance along the free directions: averaging independent per-atom noise
+        over an orbit would shrink it by the multiplicity and bias sampling towards special positions.
+        """
+        eps = torch.randn(n_atoms, 3, generator=generator)
+        if self.n_orbits == 0:
+            return eps
+        rep = torch.einsum("oij,oj->oi", self.orbit_proj, torch.randn(self.n_orbits, 3, generator=generator))
+        sel = self.atom_orbit >= 0
+        eps[sel] = torch.einsum("aij,aj->ai", self.rot[sel], rep[self.atom_orbit[sel]])
+        return eps
+
     def project_lattice(self, lattice: torch.Tensor) -> torch.Tensor:
         """Symmetric lattices (B,3,3, Å) with metrics projected onto each template's crystal family."""
         out = lattice.clone()
