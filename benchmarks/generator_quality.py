@@ -47,6 +47,9 @@ def main() -> None:
     parser.add_argument("--corrector-snr", type=float, default=0.1)
     parser.add_argument("--type-temperature", type=float, default=1.0)
     parser.add_argument(
+        "--no-species-prior", action="store_true", help="do not cap the number of elements per crystal"
+    )
+    parser.add_argument(
         "--condition", action="append", default=[], help="KEY=VALUE or KEY=LO:HI (repeatable); default none"
     )
     parser.add_argument(
@@ -72,6 +75,7 @@ def main() -> None:
         "charge_balance_decoding": not args.no_charge_balance,
         "type_temperature": args.type_temperature,
         "conditions": args.condition,
+        "species_prior": not args.no_species_prior,
     }
     t0 = time.monotonic()
     c0 = time.process_time()
@@ -88,6 +92,7 @@ def main() -> None:
         corrector_snr=args.corrector_snr,
         charge_balance=not args.no_charge_balance,
         type_temperature=args.type_temperature,
+        species_prior=not args.no_species_prior,
     )
     result["sampling_s"] = round(time.monotonic() - t0, 1)
     result["sampling_cpu_s"] = round(time.process_time() - c0, 1)

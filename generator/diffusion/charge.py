@@ -78,15 +78,17 @@ class CompositionConstraint:
         self._any_metal = any(is_metal(z) for z in self.allowed)
 
     @functools.lru_cache(maxsize=20_000)  # noqa: B019 - one instance per sampling call, bounded cache
-    def _exact(self, key: tuple[tuple[int, int], ...], remaining: tuple[int, ...]) -> bool:
-        """Try every way of giving the remaining units elements (few allowed elements only)."""
-        fills: set[tuple[int, ...]] = {(0,) * len(self.allowed)}
+    def _exact(
+        self, key: tuple[tuple[int, int], ...], remaining: tuple[int, ...], pool: tuple[int, ...]
+    ) -> bool:
+        """Try every way of giving the remaining units elements of `pool` (a few elements only)."""
+        fills: set[tuple[int, ...]] = {(0,) * len(pool)}
         for m in remaining:
-            fills = {(*f[:i], f[i] + m, *f[i + 1 :]) for f in fills for i in range(len(self.allowed))}
+            fills = {(*f[:i], f[i] + m, *f[i + 1 :]) for f in fills for i in range(len(pool))}
         base = dict(key)
         for fill in fills:
             total = dict(base)
-            for z, extra in zip(self.allowed, fill, strict=True):
+            for z, extra in zip(pool, fill, strict=True):
                 total[z] = total.get(z, 0) + extra
             if all(total.get(z, 0) > 0 for z in self.required) and charge_balanced_counts(total):
                 return True
@@ -99,11 +101,19 @@ class CompositionConstraint:
             sums = {s + m * q for s in sums for q in self._unit_charges}
         return frozenset(sums)
 
-    def feasible(self, counts: Mapping[int, int], remaining: Sequence[int]) -> bool:
-        """Whether `counts` (revealed atoms) can be completed by units of multiplicities `remaining`."""
+    def feasible(
+        self, counts: Mapping[int, int], remaining: Sequence[int], *, max_species: int | None = None
+    ) -> bool:
+        """Whether `counts` (revealed atoms) can be completed by units of multiplicities `remaining`.
+
+        With `max_species`, a crystal that already has that many elements must be completed with them.
+        """
         present = {z for z, c in counts.items() if c > 0}
         missing = [z for z in self.required if z not in present]
         if len(missing) > len(remaining):
+            return False
+        full = max_species is not None and len(present) >= max_species
+        if full and missing:
             return False
         if not self.charge_balance:
             return True
@@ -111,8 +121,10 @@ class CompositionConstraint:
             return charge_balanced_counts(counts)
         if len(present | set(missing)) <= 1:  # fill up with the one element: a pure element passes
             return True
+        if full:
+            return self._exact(_key(counts), tuple(sorted(remaining)), tuple(sorted(present)))
         if len(self.allowed) <= self.exact_max_elements:
-            return self._exact(_key(counts), tuple(sorted(remaining)))
+            return self._exact(_key(counts), tuple(sorted(remaining)), self.allowed)
         # all-metal completion (intermetallic) — needs every missing required element to be a metal too
         if all(is_metal(z) for z in present) and all(is_metal(z) for z in missing) and self._any_metal:
             return True
@@ -125,13 +137,15 @@ class CompositionConstraint:
         multiplicity: int,
         remaining: Sequence[int],
         candidates: Sequence[int],
+        *,
+        max_species: int | None = None,
     ) -> list[bool]:
         """Feasibility of giving each candidate element to a unit of `multiplicity` atoms."""
         out = []
         for z in candidates:
             nxt = dict(counts)
             nxt[z] = nxt.get(z, 0) + multiplicity
-            out.append(self.feasible(nxt, remaining))
+            out.append(self.feasible(nxt, remaining, max_species=max_species))
         return out
 
 

@@ -6,6 +6,7 @@ and `parse_conditions` (re-exported from `generator.diffusion.conditions`). Leng
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -30,7 +31,7 @@ from generator.diffusion.denoiser import Denoiser
 from generator.diffusion.metrics import charge_balanced, structurally_valid
 from generator.diffusion.noise import make_noise_processes
 from generator.diffusion.sampler import draw_num_atoms, sample_raw
-from generator.diffusion.symmetry import build_template, templates_for
+from generator.diffusion.symmetry import build_template, template_rows, templates_for
 from generator.diffusion.training import fine_tune_checkpoint, load_checkpoint
 
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "diffusion_mp20.pt"
@@ -134,6 +135,7 @@ def iter_sample_batches(
     min_distance: float = 0.7,
     charge_balance: bool = True,
     space_group_templates: bool = True,
+    species_prior: bool = True,
 ) -> Iterator[list[Structure]]:
     """Sample `n` crystals (unfiltered) from a diffusion checkpoint, yielding them batch by batch.
 
@@ -157,6 +159,9 @@ def iter_sample_batches(
             (`generator.diffusion.charge`); False samples the model's types unconstrained.
         space_group_templates: With a space_group condition, sample inside Wyckoff templates of training
             crystals of that group (exact symmetry); False leaves the request to guidance alone.
+        species_prior: Cap each free crystal's number of distinct elements at a draw from the training
+            distribution for its atom count (the model alone puts 5+ elements in 1 of 5 crystals, the data
+            in 1 of 35); False leaves the count to the model.
     """
     if n < 0:
         raise GeneratorError(f"n={n} is negative; ask for at least one crystal")
@@ -213,6 +218,7 @@ def iter_sample_batches(
             counts = [num_atoms] * m
         else:
             counts = draw_num_atoms(hist, m, minimum=minimum, generator=gen)
+        caps = _draw_species_caps(counts, minimum, gen) if species_prior and templates is None else None
         raw = sample_raw(
             model=model,
             noise=noise,
@@ -227,10 +233,37 @@ def iter_sample_batches(
             min_distance=min_distance,
             charge_balance=charge_balance,
             templates=templates,
+            max_species=caps,
             generator=gen,
         )
         done += m
         yield [to_structure(r.z, r.frac, r.lattice) for r in raw]
+
+
+@functools.lru_cache(maxsize=1)
+def _species_table() -> dict[int, list[float]]:
+    """P(number of elements | atom count) of the training crystals, from the shipped template table."""
+    counts: dict[int, list[float]] = {}
+    for row in template_rows():
+        k = len(set(row["z"]))
+        hist = counts.setdefault(int(row["n"]), [0.0] * 9)
+        hist[min(k, 8)] += 1.0
+    return counts
+
+
+def _draw_species_caps(num_atoms: Sequence[int], minimum: int, generator: torch.Generator) -> list[int]:
+    table = _species_table()
+    overall = [sum(h[k] for h in table.values()) for k in range(9)]
+    caps = []
+    for n in num_atoms:
+        hist = torch.tensor(table.get(int(n), overall))
+        hist[min(int(n), 8) + 1 :] = 0.0  # no more elements than atoms
+        if hist.sum() <= 0:
+            caps.append(max(minimum, 1))
+            continue
+        k = int(torch.multinomial(hist / hist.sum(), 1, generator=generator))
+        caps.append(max(k, minimum))
+    return caps
 
 
 def _multiplicities(row: dict) -> list[int]:

@@ -54,6 +54,7 @@ def sample_raw(
     min_distance: float = 0.0,
     charge_balance: bool = False,
     templates: Sequence[Template | None] | None = None,
+    max_species: Sequence[int | None] | None = None,
     generator: torch.Generator,
 ) -> list[RawSample]:
     """Sample one batch of crystals with the given atom counts.
@@ -77,6 +78,7 @@ def sample_raw(
         templates: Per crystal, a Wyckoff template (space group) to sample inside, or None for free sampling;
             a templated crystal's atom count must equal the template's. Its orbits share one element and
             are kept on exact symmetric images at every step, its lattice in the group's crystal family.
+        max_species: Per crystal, the most distinct elements it may take (None: no cap).
         generator: Random generator.
 
     Returns:
@@ -183,6 +185,7 @@ def sample_raw(
                 logp=torch.log_softmax(lg, dim=-1),
                 units=units,
                 p_reveal=p_reveal,
+                caps=max_species,
                 constraint=constraint,
                 generator=generator,
             )
@@ -232,6 +235,7 @@ def _reveal_types(
     logp: torch.Tensor,
     units: list[tuple[list[np.ndarray], list[int]]],
     p_reveal: float,
+    caps: Sequence[int | None] | None = None,
     constraint: CompositionConstraint | None,
     generator: torch.Generator,
     max_candidates: int = 24,
@@ -243,6 +247,7 @@ def _reveal_types(
     if none is, the unconstrained draw stands and the crystal will fail the constraint. Orbits whose source
     species differ in the template do not take the same element (when another is possible): merging them
     would usually create a higher symmetry than the one requested (e.g. rock salt with one element).
+    A crystal with a cap in `caps` takes no new element once it has that many (unless nothing else works).
     """
     tok = tokens.numpy().copy()
     lp = logp.numpy()
@@ -250,7 +255,7 @@ def _reveal_types(
     u_reveal = torch.rand(n_units, generator=generator).numpy()
     u_draw = torch.rand(n_units, generator=generator).numpy()
     j = 0
-    for crystal, labels in units:
+    for (crystal, labels), cap in zip(units, caps or [None] * len(units), strict=True):
         label_of = {int(unit[0]): lab for unit, lab in zip(crystal, labels, strict=True)}
         masked = [unit for unit in crystal if tok[unit[0]] == MASK]
         flags = u_reveal[j : j + len(crystal)]
@@ -280,16 +285,29 @@ def _reveal_types(
             cand = np.nonzero(np.isfinite(score))[0]
             if taken and len(set(cand.tolist()) - taken) > 0:
                 cand = np.array([c for c in cand if int(c) not in taken])
-            prob = np.exp(score[cand] - score[cand].max())
-            prob /= prob.sum()
-            z = _draw(cand, prob, d)
-            if constraint is not None:
+            # with a species cap: first the capped choices under a cap-aware check, then without the cap
+            pools: list[tuple[np.ndarray, int | None]] = []
+            if cap is not None:
+                capped = cand if len(counts) < cap else np.array([c for c in cand if int(c) in counts])
+                if len(capped):
+                    pools.append((capped, cap))
+            pools.append((cand, None))
+            z = None
+            for pool, pool_cap in pools:
+                prob = np.exp(score[pool] - score[pool].max())
+                prob /= prob.sum()
+                if constraint is None:
+                    z = _draw(pool, prob, d)
+                    break
                 order = np.argsort(-prob)
-                ok = _first_feasible(
-                    constraint, counts, len(unit), remaining, cand, prob, order, d, max_candidates
+                z = _first_feasible(
+                    constraint, counts, len(unit), remaining, pool, prob, order, d, max_candidates, pool_cap
                 )
-                if ok is not None:
-                    z = ok
+                if z is not None:
+                    break
+            if z is None:  # a dead end: the crystal will fail the constraint
+                prob = np.exp(score[cand] - score[cand].max())
+                z = _draw(cand, prob / prob.sum(), d)
             tok[unit] = z
             counts[z] = counts.get(z, 0) + len(unit)
     return torch.from_numpy(tok)
@@ -310,12 +328,17 @@ def _first_feasible(
     order: np.ndarray,
     u: float,
     max_candidates: int,
+    max_species: int | None = None,
 ) -> int | None:
     """Draw among the feasible candidates (renormalised), checking the likeliest first."""
     for chunk in (order[:max_candidates], order[max_candidates:]):
         if len(chunk) == 0:
             continue
-        ok = np.array(constraint.allowed_for(counts, multiplicity, remaining, [int(c) for c in cand[chunk]]))
+        ok = np.array(
+            constraint.allowed_for(
+                counts, multiplicity, remaining, [int(c) for c in cand[chunk]], max_species=max_species
+            )
+        )
         if ok.any():
             return _draw(cand[chunk][ok], prob[chunk][ok], u)
     return None

@@ -214,6 +214,11 @@ def build_template_file(*, out: Path, splits: Sequence[str] = ("train",), tol: f
     return {"templates": len(rows), "failed": failed}
 
 
+def template_rows() -> tuple[dict, ...]:
+    """All shipped templates: dicts with sg, wyckoff (letters), z (element per orbit), n (atoms), id."""
+    return _template_rows()
+
+
 @functools.lru_cache(maxsize=1)
 def _template_rows() -> tuple[dict, ...]:
     if not TEMPLATE_FILE.is_file():

@@ -81,3 +81,14 @@ def test_impossible_charge_balanced_requests_are_rejected():
         n=2, conditions={"chemical_system": "Li-Fe-O"}, num_atoms=6, steps=10, charge_balance=False
     )
     assert all(len(s) == 6 for s in out)
+
+
+def test_species_prior_brings_element_counts_near_the_data():
+    def many(structures):
+        return sum(len(s.composition.elements) >= 5 for s in structures) / len(structures)
+
+    capped = sample_structures(n=60, seed=2, steps=20, batch_size=60)
+    free = sample_structures(n=60, seed=2, steps=20, batch_size=60, species_prior=False)
+    # mp_20 training crystals: 2.7 % have five or more elements
+    assert many(capped) <= 0.1 < many(free)
+    assert all(charge_balanced(s.composition) for s in capped)
