@@ -55,6 +55,7 @@ class DiffusionSettings(GeneratorSettings):
             all-metal compositions pass); False samples the model's types unconstrained (≈ 40 % pass).
         space_group_templates: Honour a space_group condition exactly by sampling inside Wyckoff templates of
             training crystals of that group; False leaves it to guidance alone.
+        species_prior: Cap each crystal's number of elements at a draw from the training distribution.
         require_charge_balance: Also drop compositions that are not charge-balanced in `generate` (only
             matters with `charge_balance` off; then it oversamples threefold).
     """
@@ -71,6 +72,7 @@ class DiffusionSettings(GeneratorSettings):
     filter_invalid: bool = True
     charge_balance: bool = True
     space_group_templates: bool = True
+    species_prior: bool = True
     require_charge_balance: bool = False
 
 
@@ -334,6 +336,7 @@ class DiffusionGenerator(Generator):
                     corrector_snr=s.corrector_snr,
                     charge_balance=s.charge_balance,
                     space_group_templates=s.space_group_templates,
+                    species_prior=s.species_prior,
                 )
                 for st in structures:
                     if s.filter_invalid and not structurally_valid(st):
