@@ -8,9 +8,14 @@ Supported properties and where their training labels come from:
 * `band_gap` (eV): Materials Project DFT-PBE values, present for part of mp_20; missing labels train the null token.
 * `e_above_hull` (eV/atom): Materials Project values, present for the same part of mp_20.
 * `hhi` (0-10000): HHI production score of the composition (pymatgen's bundled table).
+* `magnetic_density` (μB/Å³): ML label, Σ|m_i|/V from pretrained CHGNet 0.3.0 site magnetic moments on the
+  DFT-relaxed mp_20 structure (`generator.diffusion.chgnet_labels`).
+* `bulk_modulus` (GPa): ML label, clamped-ion bulk modulus from a CHGNet 0.3.0 energy-volume fit (isotropic
+  ±5 % volume strains, fractional coordinates fixed, no relaxation); NaN where the fit is not sane.
 
-`magnetic_density` and `bulk_modulus` are recognised but not trained (no labels were derived for the
-shipped model), so requesting them raises `GeneratorError` rather than silently ignoring them.
+Checkpoints record the conditions they were trained with (`checkpoint_conditions`); older checkpoints know
+only `BASE_CONDITIONS`, and requests for a condition a checkpoint lacks raise `GeneratorError`
+(`check_supported`).
 """
 
 from __future__ import annotations
@@ -29,9 +34,14 @@ SCALAR_RANGES: dict[str, tuple[float, float]] = {
     "band_gap": (0.0, 10.0),
     "e_above_hull": (0.0, 1.0),
     "hhi": (0.0, 10000.0),
+    # CHGNet labels of mp_20 train+val: median 0.0008, 99 % below 0.14, max 0.23 μB/Å³ (bcc Fe ≈ 0.19)
+    "magnetic_density": (0.0, 0.3),
+    # CHGNet clamped-ion labels of mp_20 train+val: median 89, 99 % below 260, max 498 GPa
+    "bulk_modulus": (0.0, 500.0),
 }
-UNTRAINED = ("magnetic_density", "bulk_modulus")
 KNOWN = ("chemical_system", "space_group", *SCALAR_RANGES)
+# what checkpoints in format matloop-diffusion/1 without a `conditions` entry were trained with
+BASE_CONDITIONS = ("chemical_system", "space_group", "band_gap", "e_above_hull", "hhi")
 ALIASES = {
     "chemsys": "chemical_system",
     "spacegroup": "space_group",
@@ -135,11 +145,6 @@ def _parse_chemsys(value: Any) -> tuple[int, ...]:
 def validate_condition(key: str, value: Any) -> Condition:
     """Validate one condition; `value` may be a string ("1.5", "1.5:3.0", "Li-O"), a number or a (lo, hi) pair."""
     name = ALIASES.get(str(key).strip().lower(), str(key).strip().lower())
-    if name in UNTRAINED:
-        raise GeneratorError(
-            f"{name} conditioning is not available: the shipped diffusion model has no {name} labels; "
-            f"use one of: {', '.join(KNOWN)}"
-        )
     if name not in KNOWN:
         raise GeneratorError(f"unknown property {key!r}; use one of: {', '.join(KNOWN)}")
     if name == "chemical_system":
@@ -184,6 +189,27 @@ def validate_conditions(conditions: dict[str, Any] | None) -> dict[str, Conditio
             raise GeneratorError(f"condition {cond.name!r} given twice; give each property once")
         out[cond.name] = cond
     return out
+
+
+def checkpoint_conditions(payload: dict[str, Any]) -> tuple[str, ...]:
+    """Conditions a checkpoint payload was trained with (`BASE_CONDITIONS` for checkpoints that predate the list)."""
+    return tuple(payload.get("conditions", BASE_CONDITIONS))
+
+
+def check_supported(conditions: dict[str, Condition], payload: dict[str, Any]) -> None:
+    """Raise `GeneratorError` if a validated request uses a condition the checkpoint was not trained with.
+
+    Args:
+        conditions: Output of `validate_conditions`.
+        payload: Checkpoint payload (as returned by `training.load_checkpoint`).
+    """
+    supported = checkpoint_conditions(payload)
+    missing = [name for name in conditions if name not in supported]
+    if missing:
+        raise GeneratorError(
+            f"{', '.join(missing)} conditioning is not available: this diffusion checkpoint was not trained with "
+            f"{' or '.join(missing)} labels; it supports: {', '.join(supported)}"
+        )
 
 
 def encode_batch(

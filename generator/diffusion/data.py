@@ -3,7 +3,9 @@
 A crystal is stored as atomic numbers Z, fractional coordinates in [0, 1) and its symmetric lattice
 P = sqrtm(L Lᵀ) in Å (rows are lattice vectors; rotation-free). Labels: space group (from the structure),
 band gap (eV) and energy above hull (eV/atom) where the source data has them, HHI production score
-(pymatgen's table, computed from the composition) and the chemical system (from the composition).
+(pymatgen's table, computed from the composition), the chemical system (from the composition) and the CHGNet
+0.3.0 ML labels magnetic density (μB/Å³) and bulk modulus (GPa) from `chgnet_labels.csv.gz` where present
+(see `generator.diffusion.chgnet_labels`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from pymatgen.core import Lattice, Structure
 
 MAX_Z = 100
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "mp_20"
+CHGNET_LABELS = DATA_DIR / "chgnet_labels.csv.gz"
 _CACHE_VERSION = "v1"
 
 
@@ -75,6 +78,8 @@ class CrystalTensors:
         band_gap: (n_crystals,) eV, NaN when unknown.
         e_above_hull: (n_crystals,) eV/atom, NaN when unknown.
         hhi: (n_crystals,) HHI production score, NaN when unknown.
+        magnetic_density: (n_crystals,) μB/Å³ (CHGNet label), NaN when unknown; omitted means all unknown.
+        bulk_modulus: (n_crystals,) GPa (CHGNet label), NaN when unknown; omitted means all unknown.
     """
 
     z: torch.Tensor
@@ -85,6 +90,16 @@ class CrystalTensors:
     band_gap: torch.Tensor
     e_above_hull: torch.Tensor
     hhi: torch.Tensor
+    # optional so that tensors cached before these labels existed still load
+    magnetic_density: torch.Tensor | None = field(default=None)
+    bulk_modulus: torch.Tensor | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        n = int(self.lattice.shape[0])
+        if self.magnetic_density is None:
+            self.magnetic_density = torch.full((n,), float("nan"))
+        if self.bulk_modulus is None:
+            self.bulk_modulus = torch.full((n,), float("nan"))
 
     def __len__(self) -> int:
         return int(self.lattice.shape[0])
@@ -126,6 +141,8 @@ class CrystalTensors:
             band_gap=self.band_gap[idx],
             e_above_hull=self.e_above_hull[idx],
             hhi=self.hhi[idx],
+            magnetic_density=self.magnetic_density[idx],
+            bulk_modulus=self.bulk_modulus[idx],
         )
 
 
@@ -144,8 +161,13 @@ def from_structures(
     spacegroups: Sequence[int] | None = None,
     band_gaps: Sequence[float] | None = None,
     e_above_hull: Sequence[float] | None = None,
+    magnetic_density: Sequence[float] | None = None,
+    bulk_modulus: Sequence[float] | None = None,
 ) -> CrystalTensors:
-    """Pack pymatgen structures (ordered, ≤ MAX_Z) into tensors; labels default to unknown (NaN / 0)."""
+    """Pack pymatgen structures (ordered, ≤ MAX_Z) into tensors; labels default to unknown (NaN / 0).
+
+    Units: band gap eV, energy above hull eV/atom, magnetic density μB/Å³, bulk modulus GPa.
+    """
     zs, fracs, lats, hhis, sgs = [], [], [], [], []
     for i, s in enumerate(structures):
         z, f, p = structure_arrays(s)
@@ -179,6 +201,12 @@ def from_structures(
             list(e_above_hull) if e_above_hull is not None else nan, dtype=torch.float32
         ),
         hhi=torch.tensor(hhis, dtype=torch.float32),
+        magnetic_density=torch.tensor(
+            list(magnetic_density) if magnetic_density is not None else nan, dtype=torch.float32
+        ),
+        bulk_modulus=torch.tensor(
+            list(bulk_modulus) if bulk_modulus is not None else nan, dtype=torch.float32
+        ),
     )
 
 
@@ -195,6 +223,29 @@ def _parse_frame(frame: pd.DataFrame) -> CrystalTensors:
         band_gaps=frame["band_gap"].tolist(),
         e_above_hull=frame["e_above_hull"].tolist(),
     )
+
+
+def chgnet_label_columns(
+    material_ids: Sequence[str], *, path: Path = CHGNET_LABELS
+) -> tuple[np.ndarray, np.ndarray]:
+    """CHGNet labels for `material_ids` from the bundled table: (magnetic density μB/Å³, bulk modulus GPa), NaN if absent."""
+    n = len(material_ids)
+    if not path.exists():
+        return np.full(n, np.nan), np.full(n, np.nan)
+    table = pd.read_csv(path).drop_duplicates("material_id").set_index("material_id")
+    table = table.reindex(list(material_ids))
+    return table["magnetic_density"].to_numpy(float), table["bulk_modulus"].to_numpy(float)
+
+
+def _attach_chgnet_labels(data: CrystalTensors, split: str, rows: Sequence[int] | None) -> CrystalTensors:
+    # labels live in their own small table (not in the parsed-structure cache), so new labels need no re-parse
+    ids = pd.read_csv(DATA_DIR / f"{split}.csv.gz", usecols=["material_id"])["material_id"].tolist()
+    if rows is not None:
+        ids = [ids[i] for i in rows if 0 <= i < len(ids)]
+    mag, bulk = chgnet_label_columns(ids)
+    data.magnetic_density = torch.tensor(mag, dtype=torch.float32)
+    data.bulk_modulus = torch.tensor(bulk, dtype=torch.float32)
+    return data
 
 
 def load_mp20(
@@ -215,12 +266,13 @@ def load_mp20(
     elif rows is not None:
         frame = read_mp20_frame(split)
         keep = [i for i in rows if 0 <= i < len(frame)]
-        return _parse_frame(frame.iloc[keep])
+        return _attach_chgnet_labels(_parse_frame(frame.iloc[keep]), split, keep)
     else:
         data = _parse_frame(read_mp20_frame(split))
         tmp = cached.with_suffix(".tmp")
         torch.save(data.to_dict(), tmp)
         tmp.replace(cached)
+    data = _attach_chgnet_labels(data, split, None)
     if rows is not None:
         keep = torch.tensor([i for i in rows if 0 <= i < len(data)], dtype=torch.long)
         data = data.subset(keep)

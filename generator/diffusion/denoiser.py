@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from generator.diffusion.conditions import MAX_Z, SCALAR_RANGES
+from generator.base import GeneratorError
+from generator.diffusion.conditions import KNOWN, MAX_Z, SCALAR_RANGES
 
 N_TOKENS = MAX_Z + 1  # 0 = mask token, 1..MAX_Z = atomic numbers
 
@@ -36,21 +38,40 @@ def time_features(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class ConditionEmbedding(nn.Module):
-    """Sum of per-property embeddings; each property has a learned null vector used when it is absent."""
+    """Sum of per-property embeddings; each property has a learned null vector used when it is absent.
 
-    def __init__(self, *, hidden: int, n_rbf: int = 16):
+    Args:
+        hidden: Embedding width.
+        n_rbf: Radial-basis size for scalar properties.
+        conditions: Properties this model is conditioned on (default: all of `conditions.KNOWN`).
+    """
+
+    def __init__(self, *, hidden: int, n_rbf: int = 16, conditions: Sequence[str] | None = None):
         super().__init__()
+        names = tuple(KNOWN if conditions is None else conditions)
+        unknown = [n for n in names if n not in KNOWN]
+        if unknown:
+            raise ValueError(f"unknown conditions {unknown}; known: {KNOWN}")
+        # canonical order, so the summation order (and the state-dict layout) does not depend on the caller
+        self.names = tuple(n for n in KNOWN if n in names)
         self.n_rbf = n_rbf
         self.chemsys = nn.Linear(N_TOKENS, hidden)
         self.space_group = nn.Embedding(231, hidden)
-        self.scalars = nn.ModuleDict({k: _mlp([n_rbf, hidden, hidden]) for k in SCALAR_RANGES})
-        self.null = nn.ParameterDict(
-            {k: nn.Parameter(torch.zeros(hidden)) for k in ("chemical_system", "space_group", *SCALAR_RANGES)}
+        self.scalars = nn.ModuleDict(
+            {k: _mlp([n_rbf, hidden, hidden]) for k in SCALAR_RANGES if k in self.names}
         )
+        self.null = nn.ParameterDict({k: nn.Parameter(torch.zeros(hidden)) for k in self.names})
 
     def forward(
         self, conditions: dict[str, tuple[torch.Tensor, torch.Tensor]], batch_size: int
     ) -> torch.Tensor:
+        # a request the model was not trained for must fail loudly, not be ignored silently
+        extra = [name for name in conditions if name not in self.null]
+        if extra:
+            raise GeneratorError(
+                f"{', '.join(extra)} conditioning is not available: this diffusion checkpoint was not trained "
+                f"with it; it supports: {', '.join(self.names)}"
+            )
         out = torch.zeros(batch_size, self.null["space_group"].shape[0])
         for name, null in self.null.items():
             if name not in conditions:
@@ -64,7 +85,7 @@ class ConditionEmbedding(nn.Module):
             else:
                 lo, hi = SCALAR_RANGES[name]
                 x = ((values.float() - lo) / (hi - lo)).nan_to_num(0.0)
-                if name in ("band_gap", "e_above_hull"):
+                if name in ("band_gap", "e_above_hull", "magnetic_density"):
                     # most labels sit near zero: a square-root scale spreads them over the basis
                     x = x.clamp_min(0).sqrt()
                 centres = torch.linspace(0, 1, self.n_rbf)
@@ -102,7 +123,15 @@ class Denoiser(nn.Module):
         n_rbf: Radial basis size for distances (0-8 Å).
     """
 
-    def __init__(self, *, hidden: int = 128, layers: int = 4, n_freq: int = 8, n_rbf: int = 16):
+    def __init__(
+        self,
+        *,
+        hidden: int = 128,
+        layers: int = 4,
+        n_freq: int = 8,
+        n_rbf: int = 16,
+        conditions: Sequence[str] | None = None,
+    ):
         super().__init__()
         self.hparams = {"hidden": hidden, "layers": layers, "n_freq": n_freq, "n_rbf": n_rbf}
         self.n_freq = n_freq
@@ -110,7 +139,8 @@ class Denoiser(nn.Module):
         self.type_emb = nn.Embedding(N_TOKENS, hidden)
         self.time_mlp = _mlp([64, hidden, hidden])
         self.lat_mlp = _mlp([6 + 1, hidden, hidden])
-        self.cond = ConditionEmbedding(hidden=hidden)
+        self.cond = ConditionEmbedding(hidden=hidden, conditions=conditions)
+        self.conditions = self.cond.names
         edge_dim = 6 * n_freq + n_rbf + 6
         self.layers = nn.ModuleList([DenoiserLayer(hidden, edge_dim) for _ in range(layers)])
         self.film = nn.ModuleList([nn.Linear(hidden, hidden) for _ in range(layers)])

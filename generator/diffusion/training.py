@@ -7,6 +7,10 @@ Run in the background on mp_20, e.g.::
 
 The work directory holds `state.pt` (model, EMA weights, optimizer, scheduler, step, RNG states) and
 `train_log.jsonl` (one JSON line per logged step). Running the same command again resumes.
+
+`--init-from CHECKPOINT` starts a new work directory from a sampling checkpoint (MatterGen-style fine-tuning):
+its weights are copied, and embeddings of conditions the parent was not trained with are added with their
+output layer and null vector at zero, so the fine-tuned model starts out exactly as the parent.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from pymatgen.core import Structure
 
-from generator.diffusion.conditions import MAX_Z
+from generator.diffusion.conditions import BASE_CONDITIONS, KNOWN, MAX_Z, checkpoint_conditions
 from generator.diffusion.data import CrystalTensors, from_structures, load_mp20, mean_density, read_mp20_frame
 from generator.diffusion.denoiser import Denoiser
 from generator.diffusion.noise import make_noise_processes
@@ -54,6 +58,8 @@ class TrainConfig(BaseModel):
     save_every: int = 200
     seed: int = 0
     train_limit: int | None = None
+    # None = all known conditions; checkpoints written before this field existed used BASE_CONDITIONS
+    conditions: list[str] | None = None
 
 
 def num_atoms_histogram(data: CrystalTensors) -> list[float]:
@@ -97,6 +103,8 @@ def training_conditions(
         "band_gap": (batch.band_gap, keep(~batch.band_gap.isnan())),
         "e_above_hull": (batch.e_above_hull, keep(~batch.e_above_hull.isnan())),
         "hhi": (batch.hhi, keep(~batch.hhi.isnan())),
+        "magnetic_density": (batch.magnetic_density, keep(~batch.magnetic_density.isnan())),
+        "bulk_modulus": (batch.bulk_modulus, keep(~batch.bulk_modulus.isnan())),
     }
 
 
@@ -131,7 +139,7 @@ def diffusion_loss(
         lattice=lat.decode(yt, n),
         num_atoms=n,
         t=t,
-        conditions=training_conditions(batch, p_keep=p_keep, generator=generator),
+        conditions=_model_conditions(model, training_conditions(batch, p_keep=p_keep, generator=generator)),
     )
     type_loss = F.cross_entropy(logits[mask], batch.z[mask]) if mask.any() else logits.sum() * 0.0
     coord_loss = F.mse_loss(coord_out, coord_target)
@@ -144,8 +152,47 @@ def diffusion_loss(
     }
 
 
+def _model_conditions(
+    model: Denoiser, conditions: dict[str, tuple[torch.Tensor, torch.Tensor]]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    # the random draws above happen for every property, so the RNG stream does not depend on the model's list
+    return {k: v for k, v in conditions.items() if k in model.conditions}
+
+
 def build_model(config: TrainConfig) -> Denoiser:
-    return Denoiser(hidden=config.hidden, layers=config.layers, n_freq=config.n_freq)
+    return Denoiser(
+        hidden=config.hidden, layers=config.layers, n_freq=config.n_freq, conditions=config.conditions
+    )
+
+
+def init_from_parent(model: Denoiser, parent: Denoiser) -> list[str]:
+    """Copy a parent's weights into `model`, which may have conditions the parent lacks.
+
+    New conditions get a zero null vector and a zero output layer in their embedding, so a present label
+    initially contributes exactly what an absent one does and the model starts as the parent.
+
+    Returns:
+        The names of the added conditions.
+    """
+    if model.hparams != parent.hparams:
+        raise ValueError(f"architecture mismatch: {model.hparams} vs parent {parent.hparams}")
+    lost = [c for c in parent.conditions if c not in model.conditions]
+    if lost:
+        raise ValueError(f"the parent is conditioned on {lost}, which the new model drops")
+    added = [c for c in model.conditions if c not in parent.conditions]
+    result = model.load_state_dict(parent.state_dict(), strict=False)
+    allowed = {f"cond.scalars.{c}." for c in added} | {f"cond.null.{c}" for c in added}
+    stray = [k for k in result.missing_keys if not any(k == a or k.startswith(a) for a in allowed)]
+    if stray or result.unexpected_keys:
+        raise ValueError(f"parent weights do not fit: missing {stray}, unexpected {result.unexpected_keys}")
+    with torch.no_grad():
+        for c in added:
+            model.cond.null[c].zero_()
+            if c in model.cond.scalars:
+                last = model.cond.scalars[c][-1]
+                last.weight.zero_()
+                last.bias.zero_()
+    return added
 
 
 def export_checkpoint(
@@ -156,6 +203,7 @@ def export_checkpoint(
     payload = {
         "format": CHECKPOINT_FORMAT,
         "model": dict(model.hparams),
+        "conditions": list(model.conditions),
         "train_config": config.model_dump(),
         "stats": stats,
         "metrics": {k: float(v) for k, v in metrics.items()},
@@ -167,11 +215,15 @@ def export_checkpoint(
 
 
 def load_checkpoint(path: Path | str) -> tuple[Denoiser, dict[str, Any]]:
-    """Load a sampling checkpoint; returns (model in eval mode, payload without weights)."""
+    """Load a sampling checkpoint; returns (model in eval mode, payload without weights).
+
+    Checkpoints without a `conditions` entry predate it and hold the `BASE_CONDITIONS` embeddings only; the
+    model then rejects the other conditions (see `conditions.check_supported`).
+    """
     payload = torch.load(Path(path), weights_only=True, map_location="cpu")
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a matloop diffusion checkpoint")
-    model = Denoiser(**payload["model"])
+    model = Denoiser(**payload["model"], conditions=checkpoint_conditions(payload))
     model.load_state_dict(payload.pop("state_dict"))
     model.eval()
     return model, payload
@@ -197,6 +249,13 @@ def evaluate(
         nb += 1
     model.train(was_training)
     return {k: v / nb for k, v in sums.items()}
+
+
+def _state_conditions(state: dict[str, Any]) -> list[str]:
+    if "conditions" not in state["config"]:
+        return list(BASE_CONDITIONS)  # saved before the field existed
+    saved = state["config"]["conditions"]
+    return list(KNOWN if saved is None else saved)
 
 
 def _lr_lambda(config: TrainConfig):
@@ -241,18 +300,23 @@ def train(
     if stats is None:
         stats = make_stats(data)
     noise = make_noise_processes(density=stats["density"], sigma_l=config.sigma_l)
+    state_path = work_dir / "state.pt"
+    state = torch.load(state_path, weights_only=True) if state_path.exists() else None
+    if state is not None:
+        # a resumed run keeps the conditions it was started with (states from before the list: the base set)
+        config = config.model_copy(update={"conditions": _state_conditions(state)})
     model = build_model(config)
-    if init_from is not None:
+    if init_from is not None and not state_path.exists():
         parent, _ = load_checkpoint(init_from)
-        model.load_state_dict(parent.state_dict())
+        added = init_from_parent(model, parent)
+        if log and added:
+            print(json.dumps({"init_from": str(init_from), "added_conditions": added}), flush=True)
     ema = copy.deepcopy(model)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-5)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config))
     gen = torch.Generator().manual_seed(config.seed)
     step = 0
-    state_path = work_dir / "state.pt"
-    if state_path.exists():
-        state = torch.load(state_path, weights_only=True)
+    if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
@@ -338,13 +402,23 @@ def train(
     return metrics
 
 
+def evaluate_checkpoint(path: Path) -> dict[str, float]:
+    """Validation losses of a sampling checkpoint: the routine of `train` (512 mp_20 val crystals, fixed times/seed)."""
+    torch.set_num_threads(1)
+    model, payload = load_checkpoint(path)
+    noise = make_noise_processes(
+        density=payload["stats"]["density"], sigma_l=payload["train_config"]["sigma_l"]
+    )
+    return {f"val_{k}": v for k, v in evaluate(model, noise, load_mp20("val", limit=512)).items()}
+
+
 def export_from_state(work_dir: Path, path: Path, *, validate: bool = False) -> dict[str, float]:
     """Export the EMA weights of a (possibly still running) training state as a sampling checkpoint.
 
     With `validate`, the losses on 512 mp_20 validation crystals are computed and stored as the metrics.
     """
     state = torch.load(work_dir / "state.pt", weights_only=True)
-    config = TrainConfig(**state["config"])
+    config = TrainConfig(**{**state["config"], "conditions": _state_conditions(state)})
     model = build_model(config)
     model.load_state_dict(state["ema"])
     metrics = {"steps": float(state["step"])}
@@ -401,6 +475,8 @@ def fine_tune_checkpoint(
             "val_every": 10**9,
             "save_every": max(1, min(200, steps)),
             "ema_decay": 0.99,
+            # discoveries carry structure-derived labels only: keep exactly the parent's conditions
+            "conditions": list(checkpoint_conditions(payload)),
         }
     )
     parts = []
@@ -431,11 +507,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Train the matloop diffusion generator on mp_20 (resumable)."
     )
-    parser.add_argument("--work-dir", type=Path, required=True)
+    parser.add_argument("--work-dir", type=Path, default=None, help="required unless --evaluate")
     parser.add_argument("--export", type=Path, default=None)
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="start a new work directory from this sampling checkpoint (fine-tuning; ignored when resuming)",
+    )
+    parser.add_argument(
+        "--evaluate",
+        type=Path,
+        default=None,
+        metavar="CHECKPOINT",
+        help="print the validation losses of a sampling checkpoint and exit (same routine as training)",
+    )
+    parser.add_argument(
+        "--stats-from-parent",
+        action="store_true",
+        help="with --init-from: keep the parent's sampling statistics (density, atom counts, elements)",
+    )
     for name, field in TrainConfig.model_fields.items():
         if name == "train_limit":
             parser.add_argument("--train-limit", type=int, default=None)
+            continue
+        if name == "conditions":
+            parser.add_argument("--conditions", nargs="+", choices=KNOWN, default=None)
             continue
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(field.default), default=field.default)
     parser.add_argument(
@@ -445,13 +542,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = vars(parser.parse_args(argv))
     work_dir, export, export_only = args.pop("work_dir"), args.pop("export"), args.pop("export_only")
+    init_from, stats_from_parent = args.pop("init_from"), args.pop("stats_from_parent")
+    evaluate_path = args.pop("evaluate")
+    if evaluate_path is not None:
+        print(json.dumps(evaluate_checkpoint(evaluate_path)))
+        return
+    if work_dir is None:
+        parser.error("--work-dir is required")
     if export_only:
         if export is None:
             parser.error("--export-only needs --export PATH")
         print(json.dumps(export_from_state(work_dir, export, validate=True)))
         return
     config = TrainConfig(**args)
-    train(config=config, work_dir=work_dir, export=export)
+    stats = load_checkpoint(init_from)[1]["stats"] if init_from is not None and stats_from_parent else None
+    train(config=config, work_dir=work_dir, export=export, init_from=init_from, stats=stats)
 
 
 if __name__ == "__main__":

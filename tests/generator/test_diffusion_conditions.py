@@ -48,8 +48,8 @@ def test_ranges_draw_targets_inside_the_range():
         ({"e_above_hull": "nan"}, "not a finite number"),
         ({"space_group": "231"}, "1-230"),
         ({"space_group": "Fm-3m"}, "1-230"),
-        ({"magnetic_density": "0.1"}, "not available"),
-        ({"bulk_modulus": "100:200"}, "not available"),
+        ({"magnetic_density": "0.5:0.9"}, "impossible"),
+        ({"bulk_modulus": "-100:-1"}, "impossible"),
     ],
 )
 def test_bad_conditions_are_rejected_with_one_line(conditions, message):
