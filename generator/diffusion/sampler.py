@@ -282,16 +282,20 @@ def _reveal_types(
                 for other in crystal
                 if tok[other[0]] != MASK and label_of[int(other[0])] != label_of[int(unit[0])]
             }
-            cand = np.nonzero(np.isfinite(score))[0]
+            everything = np.nonzero(np.isfinite(score))[0]
+            cand = everything
             if taken and len(set(cand.tolist()) - taken) > 0:
                 cand = np.array([c for c in cand if int(c) not in taken])
-            # with a species cap: first the capped choices under a cap-aware check, then without the cap
+            # preference order: capped choices under a cap-aware check, then uncapped, then ignoring the
+            # template's species pattern; a unit falls back only when the stricter pool has no feasible element
             pools: list[tuple[np.ndarray, int | None]] = []
             if cap is not None:
                 capped = cand if len(counts) < cap else np.array([c for c in cand if int(c) in counts])
                 if len(capped):
                     pools.append((capped, cap))
             pools.append((cand, None))
+            if len(cand) < len(everything):
+                pools.append((everything, None))
             z = None
             for pool, pool_cap in pools:
                 prob = np.exp(score[pool] - score[pool].max())
