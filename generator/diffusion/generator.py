@@ -25,7 +25,7 @@ from generator.base import (
     register,
 )
 from generator.diffusion.charge import CompositionConstraint
-from generator.diffusion.conditions import Condition, validate_conditions
+from generator.diffusion.conditions import Condition, check_supported, validate_conditions
 from generator.diffusion.data import to_structure
 from generator.diffusion.denoiser import Denoiser
 from generator.diffusion.metrics import charge_balanced, structurally_valid
@@ -96,6 +96,7 @@ def _load(checkpoint: Path | str | None) -> tuple[Denoiser, dict[str, Any]]:
 
 def _check_request(conditions: dict[str, Condition], num_atoms: int | None, payload: dict[str, Any]) -> int:
     """Validate a request against the model; returns the minimum atom count."""
+    check_supported(conditions, payload)
     minimum = 1
     if "chemical_system" in conditions:
         els = conditions["chemical_system"].elements
