@@ -227,6 +227,15 @@ def generate(
     ] = None,
     steps: Annotated[int | None, typer.Option("--steps", min=1, help="Sampler steps.")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    guidance: Annotated[
+        float,
+        typer.Option(
+            "--guidance",
+            min=0.0,
+            max=20.0,
+            help="Classifier-free guidance scale for the conditions (1 = none extra).",
+        ),
+    ] = 2.0,
     charge_balance: Annotated[
         bool,
         typer.Option(
@@ -247,6 +256,7 @@ def generate(
         num_atoms=num_atoms,
         steps=steps,
         seed=seed,
+        guidance_scale=guidance,
         charge_balance=charge_balance,
     )
     if as_json:
