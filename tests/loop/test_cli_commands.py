@@ -41,9 +41,8 @@ def test_generate_writes_conditioned_crystals_to_extxyz_and_cifs(tmp_path):
     from ase.io import read
 
     out = tmp_path / "samples.extxyz"
-    proc = matloop(
-        "generate", "--n", 8, "--condition", "chemical_system=Li-Fe-O", "--guidance", 3, "--out", out, "--json"
-    )
+    request = ("--condition", "chemical_system=Li-Fe-O", "--guidance", 3)
+    proc = matloop("generate", "--n", 8, *request, "--out", out, "--json")
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert info["n_written"] == 8
