@@ -5,8 +5,9 @@
 Chemical system: fraction whose element set equals the request, with exact logit masking (default) and with
 guidance alone (guidance-only rows also switch off charge-balance decoding and the species cap, so they measure
 the model by itself). Space group: fraction whose spglib space group (symprec 0.1 Å) equals the target, with Wyckoff
-templates (default) and with guidance alone, vs the unconditional rate of that space group; also the fraction
-found groups are listed (a higher symmetry than requested counts as a miss). HHI: fraction inside the requested range and the mean, vs unconditional.
+templates (default) and with guidance alone, vs the unconditional rate of that space group; the groups found are
+listed (a higher symmetry than requested counts as a miss). HHI: fraction inside the requested range and the
+mean, vs unconditional.
 Several conditions at once: each condition's adherence. Band gap and energy above hull are conditioned on but not
 measured here (no offline band-gap model; a CHGNet hull per sample is the quality benchmark's job).
 Prints one JSON object.
@@ -39,7 +40,7 @@ def main() -> None:
     parser.add_argument("--n-uncond", type=int, default=256)
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--guidance", type=float, default=2.0)
+    parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

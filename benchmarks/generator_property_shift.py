@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--n-uncond", type=int, default=200)
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--guidance", type=float, default=2.0)
+    parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--relax-steps", type=int, default=40)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)

@@ -47,6 +47,9 @@ def main() -> None:
     parser.add_argument("--corrector-snr", type=float, default=0.1)
     parser.add_argument("--type-temperature", type=float, default=1.0)
     parser.add_argument(
+        "--guidance", type=float, default=4.0, help="guidance scale (matters with --condition)"
+    )
+    parser.add_argument(
         "--no-species-prior", action="store_true", help="do not cap the number of elements per crystal"
     )
     parser.add_argument(
@@ -75,6 +78,7 @@ def main() -> None:
         "charge_balance_decoding": not args.no_charge_balance,
         "type_temperature": args.type_temperature,
         "conditions": args.condition,
+        "guidance": args.guidance,
         "species_prior": not args.no_species_prior,
     }
     t0 = time.monotonic()
@@ -93,6 +97,7 @@ def main() -> None:
         charge_balance=not args.no_charge_balance,
         type_temperature=args.type_temperature,
         species_prior=not args.no_species_prior,
+        guidance_scale=args.guidance,
     )
     result["sampling_s"] = round(time.monotonic() - t0, 1)
     result["sampling_cpu_s"] = round(time.process_time() - c0, 1)

@@ -228,14 +228,14 @@ def generate(
     steps: Annotated[int | None, typer.Option("--steps", min=1, help="Sampler steps.")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     guidance: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--guidance",
             min=0.0,
             max=20.0,
-            help="Classifier-free guidance scale for the conditions (1 = none extra).",
+            help="Classifier-free guidance scale for the conditions (default 4; 1 = none extra).",
         ),
-    ] = 2.0,
+    ] = None,
     charge_balance: Annotated[
         bool,
         typer.Option(

@@ -24,7 +24,7 @@ def generate_to_file(
     num_atoms: int | None,
     steps: int | None,
     seed: int,
-    guidance_scale: float = 2.0,
+    guidance_scale: float | None = None,
     charge_balance: bool = True,
 ) -> dict[str, Any]:
     """Sample `n` crystals into `out` (an .extxyz file, or a folder of CIFs for any other name).
@@ -64,7 +64,7 @@ def generate_to_file(
         seed=seed,
         steps=steps,
         batch_size=BATCH,
-        guidance_scale=guidance_scale,
+        **({} if guidance_scale is None else {"guidance_scale": guidance_scale}),
         charge_balance=charge_balance,
     ):
         write(batch)

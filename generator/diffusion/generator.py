@@ -30,7 +30,7 @@ from generator.diffusion.data import to_structure
 from generator.diffusion.denoiser import Denoiser
 from generator.diffusion.metrics import charge_balanced, structurally_valid
 from generator.diffusion.noise import make_noise_processes
-from generator.diffusion.sampler import draw_num_atoms, sample_raw
+from generator.diffusion.sampler import DEFAULT_GUIDANCE, draw_num_atoms, sample_raw
 from generator.diffusion.symmetry import build_template, template_rows, templates_for
 from generator.diffusion.training import fine_tune_checkpoint, load_checkpoint
 
@@ -63,7 +63,7 @@ class DiffusionSettings(GeneratorSettings):
     kind: Literal["diffusion"] = "diffusion"
     checkpoint: Path | None = None
     steps: int = Field(default=100, ge=2, le=2000)
-    guidance_scale: float = Field(default=2.0, ge=0.0, le=20.0)
+    guidance_scale: float = Field(default=DEFAULT_GUIDANCE, ge=0.0, le=20.0)
     batch_size: int = Field(default=250, ge=1, le=5000)
     conditions: dict[str, Any] = Field(default_factory=dict)
     num_atoms: int | None = Field(default=None, ge=1, le=MAX_ATOMS)
@@ -130,7 +130,7 @@ def iter_sample_batches(
     num_atoms: int | None = None,
     seed: int = 0,
     steps: int | None = None,
-    guidance_scale: float = 2.0,
+    guidance_scale: float = DEFAULT_GUIDANCE,
     batch_size: int = 250,
     corrector_snr: float = 0.1,
     mask_system: bool = True,
