@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,14 +197,13 @@ def checkpoint_conditions(payload: dict[str, Any]) -> tuple[str, ...]:
     return tuple(payload.get("conditions", BASE_CONDITIONS))
 
 
-def check_supported(conditions: dict[str, Condition], payload: dict[str, Any]) -> None:
-    """Raise `GeneratorError` if a validated request uses a condition the checkpoint was not trained with.
+def check_supported(conditions: Iterable[str], supported: Sequence[str]) -> None:
+    """Raise `GeneratorError` if a request uses a condition a model was not trained with.
 
     Args:
-        conditions: Output of `validate_conditions`.
-        payload: Checkpoint payload (as returned by `training.load_checkpoint`).
+        conditions: Requested condition names (e.g. the keys of `validate_conditions`' result).
+        supported: The model's conditions (`checkpoint_conditions(payload)`, or a denoiser's `conditions`).
     """
-    supported = checkpoint_conditions(payload)
     missing = [name for name in conditions if name not in supported]
     if missing:
         raise GeneratorError(

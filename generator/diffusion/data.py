@@ -237,12 +237,9 @@ def chgnet_label_columns(
     return table["magnetic_density"].to_numpy(float), table["bulk_modulus"].to_numpy(float)
 
 
-def _attach_chgnet_labels(data: CrystalTensors, split: str, rows: Sequence[int] | None) -> CrystalTensors:
+def _attach_chgnet_labels(data: CrystalTensors, material_ids: Sequence[str]) -> CrystalTensors:
     # labels live in their own small table (not in the parsed-structure cache), so new labels need no re-parse
-    ids = pd.read_csv(DATA_DIR / f"{split}.csv.gz", usecols=["material_id"])["material_id"].tolist()
-    if rows is not None:
-        ids = [ids[i] for i in rows if 0 <= i < len(ids)]
-    mag, bulk = chgnet_label_columns(ids)
+    mag, bulk = chgnet_label_columns(material_ids)
     data.magnetic_density = torch.tensor(mag, dtype=torch.float32)
     data.bulk_modulus = torch.tensor(bulk, dtype=torch.float32)
     return data
@@ -263,16 +260,19 @@ def load_mp20(
         rows = range(limit)
     if cached.exists():
         data = CrystalTensors(**torch.load(cached, weights_only=True))
+        ids = pd.read_csv(path, usecols=["material_id"])["material_id"].tolist()
     elif rows is not None:
         frame = read_mp20_frame(split)
-        keep = [i for i in rows if 0 <= i < len(frame)]
-        return _attach_chgnet_labels(_parse_frame(frame.iloc[keep]), split, keep)
+        part = frame.iloc[[i for i in rows if 0 <= i < len(frame)]]
+        return _attach_chgnet_labels(_parse_frame(part), part["material_id"].tolist())
     else:
-        data = _parse_frame(read_mp20_frame(split))
+        frame = read_mp20_frame(split)
+        data = _parse_frame(frame)
         tmp = cached.with_suffix(".tmp")
         torch.save(data.to_dict(), tmp)
         tmp.replace(cached)
-    data = _attach_chgnet_labels(data, split, None)
+        ids = frame["material_id"].tolist()
+    data = _attach_chgnet_labels(data, ids)
     if rows is not None:
         keep = torch.tensor([i for i in rows if 0 <= i < len(data)], dtype=torch.long)
         data = data.subset(keep)

@@ -17,8 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from generator.base import GeneratorError
-from generator.diffusion.conditions import KNOWN, MAX_Z, SCALAR_RANGES
+from generator.diffusion.conditions import KNOWN, MAX_Z, SCALAR_RANGES, check_supported
 
 N_TOKENS = MAX_Z + 1  # 0 = mask token, 1..MAX_Z = atomic numbers
 
@@ -66,12 +65,7 @@ class ConditionEmbedding(nn.Module):
         self, conditions: dict[str, tuple[torch.Tensor, torch.Tensor]], batch_size: int
     ) -> torch.Tensor:
         # a request the model was not trained for must fail loudly, not be ignored silently
-        extra = [name for name in conditions if name not in self.null]
-        if extra:
-            raise GeneratorError(
-                f"{', '.join(extra)} conditioning is not available: this diffusion checkpoint was not trained "
-                f"with it; it supports: {', '.join(self.names)}"
-            )
+        check_supported(conditions, self.names)
         out = torch.zeros(batch_size, self.null["space_group"].shape[0])
         for name, null in self.null.items():
             if name not in conditions:

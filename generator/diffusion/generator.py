@@ -25,7 +25,12 @@ from generator.base import (
     register,
 )
 from generator.diffusion.charge import CompositionConstraint
-from generator.diffusion.conditions import Condition, check_supported, validate_conditions
+from generator.diffusion.conditions import (
+    Condition,
+    check_supported,
+    checkpoint_conditions,
+    validate_conditions,
+)
 from generator.diffusion.data import to_structure
 from generator.diffusion.denoiser import Denoiser
 from generator.diffusion.metrics import charge_balanced, structurally_valid
@@ -96,7 +101,7 @@ def _load(checkpoint: Path | str | None) -> tuple[Denoiser, dict[str, Any]]:
 
 def _check_request(conditions: dict[str, Condition], num_atoms: int | None, payload: dict[str, Any]) -> int:
     """Validate a request against the model; returns the minimum atom count."""
-    check_supported(conditions, payload)
+    check_supported(conditions, checkpoint_conditions(payload))
     minimum = 1
     if "chemical_system" in conditions:
         els = conditions["chemical_system"].elements
@@ -175,11 +180,14 @@ def iter_sample_batches(
     noise = make_noise_processes(density=stats["density"], sigma_l=payload["train_config"]["sigma_l"])
     gen = torch.Generator().manual_seed(int(seed))
     chem = conds.get("chemical_system") if mask_system else None
+    # one constraint for the whole request: it vets atom counts and templates here, then decodes the types
     constraint = (
         CompositionConstraint(
-            allowed_z=chem.elements if chem else stats["allowed_z"], required=chem.elements if chem else ()
+            allowed_z=chem.elements if chem else stats["allowed_z"],
+            required=chem.elements if chem else (),
+            charge_balance=charge_balance,
         )
-        if charge_balance
+        if charge_balance or chem
         else None
     )
     what = f"{conds['chemical_system'].describe()} " if chem else ""
@@ -234,7 +242,7 @@ def iter_sample_batches(
             mask_system=mask_system,
             type_temperature=type_temperature,
             min_distance=min_distance,
-            charge_balance=charge_balance,
+            constraint=constraint,
             templates=templates,
             max_species=caps,
             generator=gen,

@@ -56,7 +56,7 @@ def sample_raw(
     mask_system: bool = True,
     type_temperature: float = 1.0,
     min_distance: float = 0.0,
-    charge_balance: bool = False,
+    constraint: CompositionConstraint | None = None,
     templates: Sequence[Template | None] | None = None,
     max_species: Sequence[int | None] | None = None,
     generator: torch.Generator,
@@ -72,13 +72,14 @@ def sample_raw(
         guidance: Classifier-free guidance scale (1 = plain conditional).
         steps: Number of predictor steps (each with one corrector step: 2 evaluations, ×2 with guidance).
         corrector_snr: Langevin step size as a fraction of σ_t².
-        mask_system: Enforce a requested chemical system exactly (type logits masked to its elements and
-            every element placed); False leaves adherence to guidance alone (for measuring it).
+        mask_system: Mask the type logits to a requested chemical system's elements (the caller's
+            `constraint` makes every element appear); False leaves adherence to guidance alone.
         type_temperature: Softmax temperature for drawing atom types (< 1 favours likely elements).
         min_distance: If > 0 (Å), pairs closer than this are pushed apart (a projection, applied during the
             last 20% of the steps and after the last one); 0 leaves the coordinates to the model alone.
-        charge_balance: Reveal types only where a charge-balanced completion stays possible (constrained
-            decoding, see `generator.diffusion.charge`); False samples the model's types as they come.
+        constraint: Reveal types only where the constraint says the crystal can still be completed (its
+            required elements, and charge balance if it checks that; see `generator.diffusion.charge`); None
+            samples the model's types as they come.
         templates: Per crystal, a Wyckoff template (space group) to sample inside, or None for free sampling;
             a templated crystal's atom count must equal the template's. Its orbits share one element and
             are kept on exact symmetric images at every step, its lattice in the group's crystal family.
@@ -94,13 +95,10 @@ def sample_raw(
     n_atom = torch.repeat_interleave(n, n)
     offsets = np.concatenate([[0], np.cumsum(n.numpy())])
 
+    if "chemical_system" in conditions and mask_system:
+        allowed_z = conditions["chemical_system"].elements
     allowed = torch.zeros(N_TOKENS, dtype=torch.bool)
     allowed[list(allowed_z)] = True
-    required: tuple[int, ...] = ()
-    if "chemical_system" in conditions and mask_system:
-        required = conditions["chemical_system"].elements
-        allowed = torch.zeros(N_TOKENS, dtype=torch.bool)
-        allowed[list(required)] = True
     allowed[MASK] = False
     cond = encode_batch(conditions, b, generator=generator) if conditions else {}
     uncond = {} if conditions and guidance != 1.0 else None
@@ -108,15 +106,6 @@ def sample_raw(
     templates = list(templates) if templates is not None else [None] * b
     sym = BatchSymmetry.from_templates(templates, n.tolist()) if any(templates) else None
     units = _type_units(templates, n.tolist())
-    constraint = (
-        CompositionConstraint(
-            allowed_z=torch.nonzero(allowed).squeeze(1).tolist(),
-            required=required,
-            charge_balance=charge_balance,
-        )
-        if charge_balance or required
-        else None
-    )
 
     coords, lat = noise["coords"], noise["lattice"]
     tokens = torch.full((total,), MASK, dtype=torch.long)

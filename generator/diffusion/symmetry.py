@@ -214,13 +214,9 @@ def build_template_file(*, out: Path, splits: Sequence[str] = ("train",), tol: f
     return {"templates": len(rows), "failed": failed}
 
 
+@functools.lru_cache(maxsize=1)
 def template_rows() -> tuple[dict, ...]:
     """All shipped templates: dicts with sg, wyckoff (letters), z (element per orbit), n (atoms), id."""
-    return _template_rows()
-
-
-@functools.lru_cache(maxsize=1)
-def _template_rows() -> tuple[dict, ...]:
     if not TEMPLATE_FILE.is_file():
         raise GeneratorError(
             f"{TEMPLATE_FILE.name} is missing; rebuild it with python -m generator.diffusion.symmetry"
@@ -244,14 +240,14 @@ def templates_for(
     """
     rows = [
         r
-        for r in _template_rows()
+        for r in template_rows()
         if r["sg"] == space_group
         and r["n"] <= max_atoms
         and len(r["wyckoff"]) >= min_orbits
         and (num_atoms is None or r["n"] == num_atoms)
     ]
     if not rows:
-        have = sorted({r["sg"] for r in _template_rows()})
+        have = sorted({r["sg"] for r in template_rows()})
         what = f" with {num_atoms} atoms" if num_atoms is not None else ""
         what += f" and ≥ {min_orbits} Wyckoff orbits" if min_orbits > 1 else ""
         raise GeneratorError(

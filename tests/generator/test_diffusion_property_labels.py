@@ -10,7 +10,13 @@ from pymatgen.core import Structure
 
 from generator.base import GeneratorError
 from generator.diffusion import sample_structures, validate_conditions
-from generator.diffusion.conditions import BASE_CONDITIONS, KNOWN, check_supported, encode_batch
+from generator.diffusion.conditions import (
+    BASE_CONDITIONS,
+    KNOWN,
+    check_supported,
+    checkpoint_conditions,
+    encode_batch,
+)
 from generator.diffusion.data import load_mp20, read_mp20_frame
 from generator.diffusion.denoiser import Denoiser
 from generator.diffusion.training import export_checkpoint, init_from_parent, load_checkpoint
@@ -144,7 +150,7 @@ def test_old_format_checkpoint_loads_and_rejects_new_conditions(tmp_path):
     model, loaded = load_checkpoint(path)
     assert model.conditions == BASE_CONDITIONS
     with pytest.raises(GeneratorError, match="bulk_modulus conditioning is not available") as info:
-        check_supported(validate_conditions({"bulk_modulus": "100:200"}), loaded)
+        check_supported(validate_conditions({"bulk_modulus": "100:200"}), checkpoint_conditions(loaded))
     assert "\n" not in str(info.value)
     with pytest.raises(GeneratorError, match="magnetic_density conditioning is not available"):
         sample_structures(n=2, conditions={"magnetic_density": "0.1:0.2"}, checkpoint=path, steps=3)
@@ -157,7 +163,8 @@ def test_shipped_checkpoint_samples_with_new_conditions():
 
     payload = torch.load(SHIPPED_CHECKPOINT, weights_only=True)
     assert set(payload["conditions"]) == set(KNOWN)
-    check_supported(validate_conditions({"magnetic_density": "0.05:0.3", "bulk_modulus": "200:500"}), payload)
+    request = validate_conditions({"magnetic_density": "0.05:0.3", "bulk_modulus": "200:500"})
+    check_supported(request, checkpoint_conditions(payload))
     out = sample_structures(
         n=4, conditions={"magnetic_density": "0.05:0.3", "bulk_modulus": "150:300"}, seed=0, steps=30
     )
