@@ -24,14 +24,9 @@ from pathlib import Path
 
 import torch
 
+from generator.diffusion.sampler import DEFAULT_GUIDANCE
+
 warnings.filterwarnings("ignore")
-
-
-def _sg(s) -> int:
-    try:
-        return int(s.get_space_group_info(symprec=0.1)[1])
-    except Exception:
-        return 0
 
 
 def main() -> None:
@@ -40,21 +35,21 @@ def main() -> None:
     parser.add_argument("--n-uncond", type=int, default=256)
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    from generator.diffusion.adherence import space_group_number as _sg
     from generator.diffusion.conditions import validate_conditions
     from generator.diffusion.data import hhi_score
-    from generator.diffusion.generator import iter_sample_batches
+    from generator.diffusion.generator import sample_structures
     from generator.diffusion.metrics import charge_balanced, structurally_valid
 
     def draw(conditions, n, *, mask_system=True, seed=1, templates=True):
         # guidance-only rows measure the model's own adherence: no constrained decoding of any kind
         constrained = mask_system and templates
-        out = []
-        for batch in iter_sample_batches(
+        return sample_structures(
             n=n,
             conditions=conditions,
             checkpoint=args.checkpoint,
@@ -66,9 +61,7 @@ def main() -> None:
             space_group_templates=templates,
             charge_balance=constrained,
             species_prior=constrained,
-        ):
-            out.extend(batch)
-        return out
+        )
 
     t0 = time.monotonic()
     report: dict[str, object] = {

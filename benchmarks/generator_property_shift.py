@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from generator.diffusion.sampler import DEFAULT_GUIDANCE
+
 warnings.filterwarnings("ignore")
 
 REQUESTS: dict[str, tuple[str, str]] = {
@@ -43,72 +45,21 @@ REQUESTS: dict[str, tuple[str, str]] = {
 }
 
 
-def relax_all(structures, *, opt, steps: int) -> list[tuple[object, float] | None]:
-    """Relax each structure briefly with CHGNet; (relaxed structure, energy per atom eV) or None on failure."""
-    out: list[tuple[object, float] | None] = []
-    for s in structures:
-        try:
-            r = opt.relax(s, steps=steps, fmax=0.1, verbose=False)
-            final = r["final_structure"]
-            out.append((final, float(r["trajectory"].energies[-1]) / len(final)))
-        except Exception:
-            out.append(None)
-    return out
-
-
-def hull_energies(relaxed: list[tuple[object, float]], *, model, opt) -> list[float]:
-    """CHGNet energy above a CHGNet hull of mp_20 train+val crystals (eV/atom); NaN without references."""
-    from generator_quality import _prototype_energy
-    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
-    from pymatgen.core import Composition, Element
-
-    from generator.diffusion.data import load_mp20, to_structure
-
-    systems = [frozenset(e.symbol for e in s.composition.elements) for s, _ in relaxed]
-    union = set().union(*systems) if systems else set()
-    refs = []
-    for split in ("train", "val"):
-        data = load_mp20(split)
-        for i in range(len(data)):
-            a, b = int(data.offsets[i]), int(data.offsets[i + 1])
-            els = frozenset(Element.from_Z(int(z)).symbol for z in data.z[a:b].unique())
-            # only crystals inside some sample's chemical system can be on that sample's hull
-            if els <= union and any(els <= sys_ for sys_ in systems):
-                refs.append(
-                    (els, to_structure(data.z[a:b].tolist(), data.frac[a:b].numpy(), data.lattice[i].numpy()))
-                )
-    preds = model.predict_structure([s for _, s in refs], task="e", batch_size=16) if refs else []
-    preds = [preds] if isinstance(preds, dict) else preds  # CHGNet returns a bare dict for one structure
-    entries = [
-        (els, PDEntry(s.composition, float(p["e"]) * len(s))) for (els, s), p in zip(refs, preds, strict=True)
-    ]
-    have = {next(iter(els)) for els, _ in entries if len(els) == 1}
-    for el in sorted(union - have):
-        energy = _prototype_energy(el, opt)
-        if math.isfinite(energy):
-            entries.append((frozenset([el]), PDEntry(Composition(el), energy)))
-    out = []
-    for (s, e_pa), els in zip(relaxed, systems, strict=True):
-        local = [e for ref_els, e in entries if ref_els <= els]
-        if {next(iter(r)) for r, _ in entries if len(r) == 1 and r <= els} != set(els):
-            out.append(float("nan"))
-            continue
-        pd = PhaseDiagram(local)
-        out.append(float(pd.get_e_above_hull(PDEntry(s.composition, e_pa * len(s)), allow_negative=True)))
-    return out
-
-
 def judge(structures, *, model, opt, relax_steps: int, with_hull: bool) -> dict[str, list[float]]:
     """CHGNet properties of the relaxed valid samples (NaN where a step failed)."""
+    from generator_quality import hull_distances, mp20_structures, relax_briefly
+
     from generator.diffusion.chgnet_labels import bulk_moduli, magnetic_densities
 
-    relaxed = [r for r in relax_all(structures, opt=opt, steps=relax_steps) if r is not None]
+    relaxed = [r for r in relax_briefly(structures, opt=opt, steps=relax_steps) if r is not None]
     final = [s for s, _ in relaxed]
     mag, e0 = magnetic_densities(final, model=model) if final else ([], [])
     bulk = bulk_moduli(final, model=model, energies0=e0) if final else []
-    hull = (
-        hull_energies(relaxed, model=model, opt=opt) if with_hull and relaxed else [math.nan] * len(relaxed)
-    )
+    if with_hull and relaxed:
+        references = mp20_structures("train") + mp20_structures("val")
+        hull = hull_distances(relaxed, references, model=model, opt=opt)[0]
+    else:
+        hull = [math.nan] * len(relaxed)
     return {"magnetic_density": mag, "bulk_modulus": bulk, "e_above_hull": hull}
 
 
@@ -130,7 +81,7 @@ def main() -> None:
     parser.add_argument("--n-uncond", type=int, default=200)
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     parser.add_argument("--relax-steps", type=int, default=40)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)

@@ -19,7 +19,9 @@ makes the hull incomplete (E_hull optimistic) — MP's full hull is not availabl
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import os
 import random
 import subprocess
@@ -29,6 +31,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+
+from generator.diffusion.sampler import DEFAULT_GUIDANCE
 
 warnings.filterwarnings("ignore")
 
@@ -47,7 +51,7 @@ def main() -> None:
     parser.add_argument("--corrector-snr", type=float, default=0.1)
     parser.add_argument("--type-temperature", type=float, default=1.0)
     parser.add_argument(
-        "--guidance", type=float, default=4.0, help="guidance scale (matters with --condition)"
+        "--guidance", type=float, default=DEFAULT_GUIDANCE, help="guidance scale (matters with --condition)"
     )
     parser.add_argument(
         "--no-species-prior", action="store_true", help="do not cap the number of elements per crystal"
@@ -65,7 +69,6 @@ def main() -> None:
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
     from generator.diffusion import sample_structures
-    from generator.diffusion.data import load_mp20, to_structure
     from generator.diffusion.metrics import charge_balanced, novel_mask, structurally_valid, unique_mask
 
     result: dict[str, object] = {
@@ -119,16 +122,8 @@ def main() -> None:
     uniq = unique_mask(vs, matcher=matcher)
     result["uniqueness_of_valid"] = sum(uniq) / max(1, len(vs))
     wanted = {s.composition.reduced_formula for s in vs}
-    ref, hull_ref = [], []
-    for split in ("train", "val"):
-        data = load_mp20(split)
-        off = data.offsets.tolist()
-        for i in range(len(data)):
-            a, b = off[i], off[i + 1]
-            s = to_structure(data.z[a:b].tolist(), data.frac[a:b].numpy(), data.lattice[i].numpy())
-            hull_ref.append(s)
-            if split == "train":
-                ref.append(s)
+    ref = mp20_structures("train")
+    hull_ref = ref + mp20_structures("val")
     ref_in = [s for s in ref if s.composition.reduced_formula in wanted]
     novel = novel_mask(vs, ref_in, matcher=matcher)
     result["novelty_of_valid"] = sum(novel) / max(1, len(vs))
@@ -185,11 +180,73 @@ def _prototype_energy(element: str, opt) -> float:
     return best
 
 
+def mp20_structures(split: str) -> list:
+    """The bundled mp_20 crystals of `split` as pymatgen structures."""
+    from generator.diffusion.data import load_mp20, to_structure
+
+    data = load_mp20(split)
+    off = data.offsets.tolist()
+    return [
+        to_structure(data.z[a:b].tolist(), data.frac[a:b].numpy(), data.lattice[i].numpy())
+        for i, (a, b) in enumerate(itertools.pairwise(off))
+    ]
+
+
+def relax_briefly(structures, *, opt, steps: int) -> list:
+    """Relax each structure with CHGNet (cell + positions, fmax 0.1 eV/Å, at most `steps` FIRE steps).
+
+    Returns per structure (relaxed structure, energy per atom in eV), or None where the relaxation failed.
+    """
+    out = []
+    for s in structures:
+        try:
+            r = opt.relax(s, steps=steps, fmax=0.1, verbose=False)
+            final = r["final_structure"]
+            out.append((final, float(r["trajectory"].energies[-1]) / len(final)))
+        except Exception:  # a sample CHGNet cannot relax simply gets no verdict
+            out.append(None)
+    return out
+
+
+def hull_distances(relaxed, references, *, model, opt) -> tuple[list[float], dict[str, object]]:
+    """Energy above a CHGNet hull (eV/atom) for (structure, energy per atom) pairs.
+
+    The hull holds static CHGNet energies of the `references` inside the samples' chemical (sub)systems, plus
+    `_prototype_energy` references for elements with no elemental crystal there; a sample whose elements
+    still lack a reference gets NaN. Also returns how many reference crystals were used and which elements
+    needed a prototype.
+    """
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+    from pymatgen.core import Composition
+
+    def elements(s) -> frozenset[str]:
+        return frozenset(e.symbol for e in s.composition.elements)
+
+    systems = [elements(s) for s, _ in relaxed]
+    need = [r for r in references if any(elements(r) <= sys_ for sys_ in set(systems))]
+    preds = model.predict_structure(need, task="e", batch_size=4) if need else []
+    preds = [preds] if isinstance(preds, dict) else preds  # CHGNet returns a bare dict for one structure
+    entries = [PDEntry(s.composition, float(p["e"]) * len(s)) for s, p in zip(need, preds, strict=True)]
+    have = {e.composition.elements[0].symbol for e in entries if len(e.composition.elements) == 1}
+    missing = sorted(set().union(*systems) - have) if systems else []
+    for el in missing:
+        energy = _prototype_energy(el, opt)
+        if math.isfinite(energy):
+            entries.append(PDEntry(Composition(el), energy))
+    out = []
+    for (s, e_pa), els in zip(relaxed, systems, strict=True):
+        local = [e for e in entries if {x.symbol for x in e.composition.elements} <= els]
+        if {e.composition.elements[0].symbol for e in local if len(e.composition.elements) == 1} != els:
+            out.append(float("nan"))
+            continue
+        pd = PhaseDiagram(local)
+        out.append(float(pd.get_e_above_hull(PDEntry(s.composition, e_pa * len(s)), allow_negative=True)))
+    return out, {"n_references": len(need), "prototype_elements": missing}
+
+
 def sun_like(vs, uniq, novel, ref, args) -> dict[str, object]:
     """Relax a subset with CHGNet and place it on a CHGNet hull of the training crystals."""
     from chgnet.model import CHGNet, StructOptimizer
-    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
-    from pymatgen.core import Composition
 
     torch.set_num_threads(1)
     t0 = time.monotonic()
@@ -197,50 +254,27 @@ def sun_like(vs, uniq, novel, ref, args) -> dict[str, object]:
     idx = sorted(rng.sample(range(len(vs)), min(args.sun_subset, len(vs))))
     model = CHGNet.load(verbose=False)
     opt = StructOptimizer(model=model)
-    relaxed = {}
-    for i in idx:
-        try:
-            r = opt.relax(vs[i], steps=args.relax_steps, fmax=0.1, verbose=False)
-            relaxed[i] = (r["final_structure"], float(r["trajectory"].energies[-1]) / len(vs[i]))
-        except Exception:
-            continue
+    results = relax_briefly([vs[i] for i in idx], opt=opt, steps=args.relax_steps)
+    relaxed = {i: r for i, r in zip(idx, results, strict=True) if r is not None}
     t_relax = time.monotonic() - t0
-    systems = {frozenset(e.symbol for e in vs[i].composition.elements) for i in relaxed}
-    need = [
-        s for s in ref if any(frozenset(e.symbol for e in s.composition.elements) <= sys for sys in systems)
-    ]
-    preds = model.predict_structure(need, task="e", batch_size=4) if need else []
-    entries = [PDEntry(s.composition, float(p["e"]) * len(s)) for s, p in zip(need, preds, strict=True)]
-    have = {e.composition.elements[0].symbol for e in entries if len(e.composition.elements) == 1}
-    missing = sorted(set().union(*systems) - have) if systems else []
-    for el in missing:
-        entries.append(PDEntry(Composition(el), _prototype_energy(el, opt)))
-    n_stable = n_sun = n_no_ref = 0
-    e_hulls = []
-    for i, (s, e_pa) in relaxed.items():
-        els = {e.symbol for e in s.composition.elements}
-        local = [e for e in entries if {x.symbol for x in e.composition.elements} <= els]
-        have = {x.symbol for e in local if len(e.composition.elements) == 1 for x in e.composition.elements}
-        if have != els:
-            n_no_ref += 1
-            continue
-        pd = PhaseDiagram(local)
-        e_hull = pd.get_e_above_hull(PDEntry(s.composition, e_pa * len(s)), allow_negative=True)
-        e_hulls.append(e_hull)
-        if e_hull <= 0.1:
+    e_hulls, info = hull_distances(list(relaxed.values()), ref, model=model, opt=opt)
+    n_stable = n_sun = 0
+    for i, e_hull in zip(relaxed, e_hulls, strict=True):
+        if e_hull <= 0.1:  # NaN (no elemental reference) compares False
             n_stable += 1
             if uniq[i] and novel[i]:
                 n_sun += 1
+    known = sorted(e for e in e_hulls if math.isfinite(e))
     k = len(idx)
     return {
         "sun_subset": k,
         "sun_relaxed": len(relaxed),
-        "sun_no_elemental_reference": n_no_ref,
+        "sun_no_elemental_reference": len(e_hulls) - len(known),
         "stable_like_rate": n_stable / k,
         "sun_like_rate": n_sun / k,
-        "median_e_hull": sorted(e_hulls)[len(e_hulls) // 2] if e_hulls else None,
-        "sun_reference_crystals": len(need),
-        "prototype_elemental_references": missing,
+        "median_e_hull": known[len(known) // 2] if known else None,
+        "sun_reference_crystals": info["n_references"],
+        "prototype_elemental_references": info["prototype_elements"],
         "sun_s": round(time.monotonic() - t0, 1),
         "relax_s": round(t_relax, 1),
     }

@@ -20,7 +20,8 @@ from generator.diffusion.data import hhi_score
 STRUCTURAL = ("chemical_system", "space_group", "hhi")
 
 
-def _space_group(structure: Structure, symprec: float) -> int:
+def space_group_number(structure: Structure, *, symprec: float = 0.1) -> int:
+    """spglib space-group number of a structure at `symprec` (Å); 0 where spglib cannot decide."""
     try:
         return int(structure.get_space_group_info(symprec=symprec)[1])
     except Exception:  # spglib gives up on badly distorted cells: such a sample honours no group
@@ -55,7 +56,7 @@ class AdherenceTally:
         if name == "chemical_system":
             return {el.Z for el in s.composition.elements} == set(cond.elements)
         if name == "space_group":
-            return _space_group(s, self.symprec) == int(cond.value or 0)
+            return space_group_number(s, symprec=self.symprec) == int(cond.value or 0)
         value = hhi_score(s)
         self.values.setdefault(name, []).append(value)
         if value != value:  # an element without HHI data
