@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,9 @@ from pymatgen.core import Structure
 from loop.errors import InputError
 from loop.store import CampaignStore, StoredResult
 from loop.structures import read_structures
+from oracle.base import OracleError, OracleResult, make_oracle
+
+log = logging.getLogger("matloop")
 
 
 def oracle_settings_for(*, oracle_name: str, config_path: Path | None) -> Any:
@@ -54,11 +58,40 @@ def run_label(settings_dict: dict[str, Any], structure_dict: dict[str, Any], wor
         `OracleResult.to_dict()`.
     """
     from loop.validation import validate_oracle_settings
-    from oracle.base import make_oracle
 
     settings = validate_oracle_settings(settings_dict)
     result = make_oracle(settings).label(Structure.from_dict(structure_dict), workdir=Path(workdir))
     return result.to_dict()
+
+
+def find_duplicate(store: CampaignStore, h: str, final: Structure, *, settings_hash: str) -> str | None:
+    """The earlier label whose final structure is the same crystal as `final` (StructureMatcher), or None.
+
+    Compared with the final (oracle-relaxed) structures of every successful label under `settings_hash` except
+    `h` itself; a match that is itself a duplicate resolves to its original, so every duplicate names the first.
+    """
+    labelled = {r.structure_hash: r for r in store.oracle_results(settings_hash=settings_hash, ok_only=True)}
+    labelled = {k: r for k, r in labelled.items() if r.hash != h}
+    if not labelled:
+        return None
+    formula = final.composition.reduced_formula
+    marks = ",".join("?" * len(labelled))
+    rows = store.structure_rows(
+        where=f"reduced_formula = ? AND hash IN ({marks})", params=[formula, *labelled]
+    )
+    if not rows:
+        return None
+    # loop.funnel pulls in the generator room (torch): only when there is something to match.
+    from loop.funnel import KnownIndex
+
+    index = KnownIndex()
+    for row in rows:
+        index.add_lazy(id=row["hash"], formula=formula, loader=lambda k=row["hash"]: store.get_structure(k))
+    match = index.find(final, seed=False)
+    if match is None:
+        return None
+    earlier = labelled[match[0]]
+    return earlier.duplicate_of or earlier.hash
 
 
 def label_hashes(
@@ -74,8 +107,12 @@ def label_hashes(
 ) -> dict[str, StoredResult]:
     """Label the structures `hashes` (already in the store), skipping every one that has a stored result.
 
-    Results are committed one by one as they complete, so a kill loses at most the calculations in flight (and the
-    oracle's own result file in the structure's work dir keeps even those).
+    Every structure is checked first (`Oracle.check`: the size guard and the input checks), so a cell the oracle
+    refuses, e.g. one too large for its `max_atoms` or memory estimate, is never submitted: its query is stored as
+    failed with the typed reason. Results are committed one by one as they complete, so a kill loses at most the
+    calculations in flight (and the oracle's own result file in the structure's work dir keeps even those). A
+    successful result's final (oracle-relaxed) structure is stored and compared with the final structures labelled
+    before; a match is recorded as `duplicate_of`.
 
     Args:
         submit / as_completed: A Dask client's `submit` and `distributed.as_completed`; None runs in this process.
@@ -89,30 +126,58 @@ def label_hashes(
     todo = [h for h in dict.fromkeys(hashes) if store.get_oracle_result(h, settings_hash) is None]
     structures = store.get_structures(todo)
     settings_dict = settings.model_dump()
+    oracle = make_oracle(settings)
 
     transient: dict[str, dict[str, Any]] = {}
 
     def commit(h: str, result: dict[str, Any]) -> None:
-        # A failure decided before any calculation ran (missing executable, unsupported input) is not a label:
-        # keep it out of the store so a later round or run can try again.
-        if result.get("status") != "ok" and (result.get("metadata") or {}).get("transient"):
+        # A failure that says nothing lasting about the structure (missing executable, internal fault) is not a
+        # label: keep it out of the store so a later round or run can try again.
+        if result.get("status") != "ok" and result.get("transient"):
             transient[h] = result
         else:
+            final = result.get("final_structure")
+            duplicate_of = (
+                find_duplicate(store, h, Structure.from_dict(final), settings_hash=settings_hash)
+                if result.get("status") == "ok" and final is not None
+                else None
+            )
+            if duplicate_of is not None:
+                log.info("oracle label of %s relaxed onto the crystal of %s (duplicate)", h, duplicate_of)
             store.add_oracle_result(
-                h, oracle=settings.kind, settings_hash=settings_hash, result=result, round=round
+                h,
+                oracle=settings.kind,
+                settings_hash=settings_hash,
+                result=result,
+                round=round,
+                duplicate_of=duplicate_of,
             )
         if on_commit is not None:
             on_commit()
 
+    runnable = []
+    for h in todo:
+        try:
+            oracle.check(structures[h])
+        except OracleError as exc:
+            commit(
+                h,
+                OracleResult.failure(
+                    exc, wall_time=0.0, attempts=0, settings=settings_dict, metadata={}
+                ).to_dict(),
+            )
+        else:
+            runnable.append(h)
+
     if submit is None or as_completed is None:
-        for h in todo:
+        for h in runnable:
             commit(h, run_label(settings_dict, structures[h].as_dict(), str(oracle_workdir(workdir, h))))
     else:
         futures = {
             submit(
                 run_label, settings_dict, structures[h].as_dict(), str(oracle_workdir(workdir, h)), pure=False
             ): h
-            for h in todo
+            for h in runnable
         }
         for future in as_completed(list(futures)):
             commit(futures[future], future.result())
@@ -141,13 +206,18 @@ def _as_stored(h: str, settings: Any, result: dict[str, Any]) -> StoredResult:
         settings=result.get("settings") or {},
         metadata=result.get("metadata") or {},
         round=None,
+        failure_kind=result.get("failure_kind"),
     )
 
 
 def summarize_result(
     name: str, structure: Structure, stored: StoredResult, *, cached: bool
 ) -> dict[str, Any]:
-    """One printable row: energy per atom eV/atom, max force eV/Å, pressure GPa (−trace/3), wall time s."""
+    """One printable row: energy per atom eV/atom, max force eV/Å, pressure GPa (−trace/3), wall time s.
+
+    The numbers belong to the oracle's final structure (`final_hash`): after a relaxation (`relax_steps` taken,
+    `relax_converged`), the relaxed geometry.
+    """
     forces = None if stored.forces is None else np.asarray(stored.forces)
     stress = None if stored.stress is None else np.asarray(stored.stress)
     return {
@@ -166,6 +236,10 @@ def summarize_result(
         "stress": stored.stress,
         "wall_time": stored.wall_time,
         "attempts": stored.attempts,
+        "failure_kind": stored.failure_kind,
+        "final_hash": stored.final_hash,
+        "relax_steps": stored.metadata.get("relax_steps_taken"),
+        "relax_converged": stored.metadata.get("relax_converged"),
         "cached": cached,
     }
 
@@ -178,17 +252,15 @@ def label_files(
     Raises:
         InputError: missing/malformed file, unknown oracle, invalid settings, an element the oracle cannot treat.
     """
-    from oracle.base import UnsupportedStructure, make_oracle
-
     named = read_structures(files)
     settings = oracle_settings_for(oracle_name=oracle_name, config_path=config_path)
     oracle = make_oracle(settings)
     for name, s in named:
         try:
             oracle.check(s)
-        except UnsupportedStructure as exc:
-            hint = "" if "choose" in str(exc) else "; choose another --oracle or remove the structure"
-            raise InputError(f"{name}: {exc}{hint}") from None
+        except OracleError as exc:
+            fix = exc.fix or "choose another --oracle or remove the structure"
+            raise InputError(f"{name}: {exc.reason}; {fix}") from None
 
     store = CampaignStore.in_workdir(workdir)
     try:

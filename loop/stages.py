@@ -411,6 +411,59 @@ def update_hull(
 
 
 # -- retrain ----------------------------------------------------------------------------------------------------------
+def training_labels(config: CampaignConfig, store: CampaignStore, *, frames: int = 0) -> list[dict[str, Any]]:
+    """The emulator's training data: every successful oracle label of this campaign's oracle settings.
+
+    Each label pairs the oracle's energy, forces and stress with the structure they belong to: the oracle's final
+    (relaxed) structure, never the queried input. Labels whose final structure duplicates an earlier one's are
+    kept (a second, independent sample of the same minimum costs nothing and weighs it as observed).
+
+    Args:
+        config: The campaign config (its oracle settings select the labels).
+        store: The campaign store.
+        frames: Also add up to this many intermediate relaxation frames per label (evenly spaced, the input
+            geometry first, the final frame excluded as it is the label itself); 0 = final structures only.
+
+    Returns:
+        Dicts with `structure` (pymatgen), `energy` eV, `forces` eV/Å, `stress` GPa, `hash` (the labelled
+        structure, so callers can select e.g. this round's labels) and `kind` ("final" or "frame"), in the
+        store's canonical order (round, hash), frames after their label.
+    """
+    settings_hash = config.oracle.settings_hash()
+    results = store.oracle_results(settings_hash=settings_hash, ok_only=True)
+    structures = store.get_structures([r.structure_hash for r in results])
+    data: list[dict[str, Any]] = []
+    for r in results:
+        data.append(
+            {
+                "structure": structures[r.structure_hash],
+                "energy": r.energy,
+                "forces": r.forces,
+                "stress": r.stress,
+                "hash": r.hash,
+                "kind": "final",
+            }
+        )
+        if frames <= 0:
+            continue
+        steps = store.oracle_frames(r.hash, settings_hash)[:-1]
+        if not steps:
+            continue
+        picks = sorted({round(i) for i in np.linspace(0, len(steps) - 1, min(frames, len(steps)))})
+        data.extend(
+            {
+                "structure": steps[i].structure,
+                "energy": steps[i].energy,
+                "forces": steps[i].forces,
+                "stress": steps[i].stress,
+                "hash": r.hash,
+                "kind": "frame",
+            }
+            for i in picks
+        )
+    return data
+
+
 def retrain(
     config: CampaignConfig,
     *,
@@ -428,12 +481,7 @@ def retrain(
     from loop.tasks import fine_tune_emulator, fine_tune_generator
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = store.oracle_results(settings_hash=config.oracle.settings_hash(), ok_only=True)
-    structures = store.get_structures([r.hash for r in results])
-    data = [
-        {"structure": structures[r.hash], "energy": r.energy, "forces": r.forces, "stress": r.stress}
-        for r in results
-    ]
+    data = training_labels(config, store)
     train = config.emulator_training
     report: dict[str, Any] = {"n_training_labels": len(data)}
     new = {q["hash"] for q in store.queries(round)} if round > 0 else set()
@@ -446,7 +494,7 @@ def retrain(
         epochs=train.fine_tune_epochs,
         max_minutes=train.fine_tune_max_minutes,
         seed=config.seed + round,
-        calibrate_on=[d for d, r in zip(data, results, strict=True) if r.hash in new],
+        calibrate_on=[d for d in data if d["hash"] in new and d["kind"] == "final"],
     )
     report["emulator_checkpoint"] = str(emu_path)
     report["emulator_fine_tune_s"] = round_(time.time() - started)

@@ -87,7 +87,20 @@ CREATE TABLE IF NOT EXISTS oracle_results (
     metadata TEXT NOT NULL,
     round INTEGER,
     created_at REAL NOT NULL,
+    final_hash TEXT,                  -- the geometry energy/forces/stress belong to (oracle-relaxed), in `structures`
+    failure_kind TEXT,                -- oracle.base.FailureKind of a failed label
+    duplicate_of TEXT,                -- an earlier labelled hash whose final structure matches this one's
     PRIMARY KEY (hash, settings_hash)
+);
+CREATE TABLE IF NOT EXISTS oracle_frames (
+    hash TEXT NOT NULL,               -- the labelled (queried) structure
+    settings_hash TEXT NOT NULL,
+    step INTEGER NOT NULL,            -- 0 = the input geometry
+    structure TEXT NOT NULL,          -- pymatgen JSON
+    energy REAL NOT NULL,             -- eV
+    forces TEXT NOT NULL,             -- JSON (n, 3), eV/Å
+    stress TEXT NOT NULL,             -- JSON Voigt (6,), GPa
+    PRIMARY KEY (hash, settings_hash, step)
 );
 CREATE TABLE IF NOT EXISTS stability (
     round INTEGER NOT NULL,           -- the hull of the end of this round
@@ -116,9 +129,22 @@ CREATE TABLE IF NOT EXISTS stages (
 """
 
 
+# Columns added after the first release of a table: (table, column, SQL type), added to older stores on open.
+_ADDED_COLUMNS = (
+    ("oracle_results", "final_hash", "TEXT"),
+    ("oracle_results", "failure_kind", "TEXT"),
+    ("oracle_results", "duplicate_of", "TEXT"),
+)
+
+
 @dataclass
 class StoredResult:
-    """An oracle result as stored. Units: eV, eV/atom, eV/Å, GPa, s."""
+    """An oracle result as stored. Units: eV, eV/atom, eV/Å, GPa, s.
+
+    Energy, forces and stress belong to the structure `final_hash` (the oracle-relaxed geometry, or the labelled
+    structure itself after a single point); `duplicate_of` names an earlier label whose final structure is the
+    same crystal (StructureMatcher), so this one is not a new discovery; `failure_kind` types a failure.
+    """
 
     hash: str
     oracle: str
@@ -134,10 +160,29 @@ class StoredResult:
     settings: dict[str, Any]
     metadata: dict[str, Any]
     round: int | None
+    final_hash: str | None = None
+    failure_kind: str | None = None
+    duplicate_of: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def structure_hash(self) -> str:
+        """The structure the energy, forces and stress belong to (the final one when known)."""
+        return self.final_hash or self.hash
+
+
+@dataclass
+class StoredFrame:
+    """One ionic step of an oracle relaxation. Units: eV, eV/Å, GPa."""
+
+    step: int
+    structure: Structure
+    energy: float
+    forces: list[list[float]]
+    stress: list[float]
 
 
 def _loads(text: str | None) -> Any:
@@ -166,6 +211,10 @@ class CampaignStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     c.execute(statement)
+            for table, column, kind in _ADDED_COLUMNS:
+                have = {row["name"] for row in c.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    c.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         if self.get_meta("schema_version") is None:
             self.set_meta("schema_version", SCHEMA_VERSION)
 
@@ -318,13 +367,36 @@ class CampaignStore:
         settings_hash: str,
         result: dict[str, Any],
         round: int | None = None,
+        duplicate_of: str | None = None,
     ) -> None:
-        """Store one oracle result (an `OracleResult.to_dict()`); an existing result for the same key is kept."""
+        """Store one oracle result (an `OracleResult.to_dict()`) in one transaction; an existing result for the
+        same key is kept.
+
+        The result's final structure (when it has one) is stored as a structure of its own (source
+        "oracle_relaxed", parent `h`) unless it is the labelled structure itself, and linked as `final_hash`;
+        relaxation frames go to `oracle_frames`.
+        """
+        final = result.get("final_structure")
         with self.transaction() as c:
+            if self.get_oracle_result(h, settings_hash) is not None:
+                return
+            final_hash = None
+            if final is not None:
+                structure = final if isinstance(final, Structure) else Structure.from_dict(final)
+                final_hash = structure_hash(structure)
+                if final_hash != h:
+                    self.add_structure(
+                        structure,
+                        source="oracle_relaxed",
+                        parent=h,
+                        round=round,
+                        provenance={"relaxed_by": oracle, "settings_hash": settings_hash},
+                        hash=final_hash,
+                    )
             c.execute(
-                "INSERT OR IGNORE INTO oracle_results(hash, settings_hash, oracle, status, energy, energy_per_atom,"
-                " forces, stress, reason, wall_time, attempts, settings, metadata, round, created_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO oracle_results(hash, settings_hash, oracle, status, energy, energy_per_atom,"
+                " forces, stress, reason, wall_time, attempts, settings, metadata, round, created_at, final_hash,"
+                " failure_kind, duplicate_of) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     h,
                     settings_hash,
@@ -341,8 +413,46 @@ class CampaignStore:
                     json.dumps(result.get("metadata") or {}, default=str),
                     round,
                     time.time(),
+                    final_hash,
+                    result.get("failure_kind"),
+                    duplicate_of,
                 ),
             )
+            c.executemany(
+                "INSERT INTO oracle_frames(hash, settings_hash, step, structure, energy, forces, stress)"
+                " VALUES (?,?,?,?,?,?,?)",
+                [
+                    (
+                        h,
+                        settings_hash,
+                        step,
+                        json.dumps(frame["structure"])
+                        if isinstance(frame["structure"], dict)
+                        else structure_to_json(frame["structure"]),
+                        float(frame["energy"]),
+                        json.dumps(frame["forces"]),
+                        json.dumps(frame["stress"]),
+                    )
+                    for step, frame in enumerate(result.get("frames") or [])
+                ],
+            )
+
+    def oracle_frames(self, h: str, settings_hash: str) -> list[StoredFrame]:
+        """The relaxation frames of the label of `h` under `settings_hash`, in step order (empty: single point)."""
+        rows = self._query(
+            "SELECT * FROM oracle_frames WHERE hash = ? AND settings_hash = ? ORDER BY step",
+            (h, settings_hash),
+        )
+        return [
+            StoredFrame(
+                step=r["step"],
+                structure=structure_from_json(r["structure"]),
+                energy=r["energy"],
+                forces=json.loads(r["forces"]),
+                stress=json.loads(r["stress"]),
+            )
+            for r in rows
+        ]
 
     @staticmethod
     def _to_result(r: sqlite3.Row) -> StoredResult:
@@ -361,6 +471,9 @@ class CampaignStore:
             settings=json.loads(r["settings"]),
             metadata=json.loads(r["metadata"]),
             round=r["round"],
+            final_hash=r["final_hash"],
+            failure_kind=r["failure_kind"],
+            duplicate_of=r["duplicate_of"],
         )
 
     # -- rounds and stages --------------------------------------------------------------------------------------------

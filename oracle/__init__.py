@@ -6,17 +6,20 @@ when a calculation runs, so ``import oracle`` is cheap and works where they are 
 Typical use (units: eV, eV/atom, eV/Å, GPa)::
 
     oracle = make_oracle(GPAWSettings(cutoff=700))
-    oracle.check(structure)  # raises UnsupportedStructure up front
+    oracle.check(structure)  # raises UnsupportedStructure (StructureTooLarge: the size guard) up front
     result = oracle.label(structure, workdir=campaign / "oracle" / structure_hash)
     if result.ok:
-        result.energy_per_atom, result.forces, result.stress
+        result.final_structure, result.energy_per_atom, result.forces, result.stress  # of the final structure
     else:
-        result.reason
+        result.failure_kind, result.transient, result.reason
+
+A new oracle is a subclass of `Oracle` (or `AseOracle` for an ASE calculator) with a `Settings` model
+(`kind: Literal["name"]`), `@register`, a `max_atoms` default and a `memory_estimate_gb` for the size guard.
 """
 
 from __future__ import annotations
 
-from oracle import cp2k_dft, emt_toy, espresso_dft, gpaw_dft, vasp_dft
+from oracle import cost, cp2k_dft, emt_toy, espresso_dft, gpaw_dft, vasp_dft
 from oracle.ase_runner import (
     AseOracle,
     AseOracleSettings,
@@ -27,12 +30,17 @@ from oracle.ase_runner import (
 )
 from oracle.base import (
     CalculationFailed,
+    FailureKind,
+    InternalFault,
     Oracle,
     OracleError,
     OracleResult,
     OracleSettings,
     OracleTimeout,
+    OracleUnavailable,
+    RelaxationFrame,
     SCFError,
+    StructureTooLarge,
     UnsupportedStructure,
     get_oracle_class,
     make_oracle,
@@ -56,17 +64,23 @@ __all__ = [
     "EMTSettings",
     "EspressoOracle",
     "EspressoSettings",
+    "FailureKind",
     "GPAWOracle",
     "GPAWSettings",
+    "InternalFault",
     "Oracle",
     "OracleError",
     "OracleResult",
     "OracleSettings",
     "OracleTimeout",
+    "OracleUnavailable",
+    "RelaxationFrame",
     "SCFError",
+    "StructureTooLarge",
     "UnsupportedStructure",
     "VaspOracle",
     "VaspSettings",
+    "cost",
     "cp2k_dft",
     "emt_toy",
     "espresso_dft",

@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import signal
@@ -34,9 +35,24 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import Field
 from pymatgen.core import Lattice, Structure
 
-from oracle.base import Oracle, OracleResult, OracleSettings, UnsupportedStructure
+from oracle.base import (
+    CalculationFailed,
+    InternalFault,
+    Oracle,
+    OracleError,
+    OracleResult,
+    OracleSettings,
+    OracleTimeout,
+    OracleUnavailable,
+    RelaxationFrame,
+    SCFError,
+    UnsupportedStructure,
+)
+
+log = logging.getLogger("matloop.oracle")
 
 RESULT_FILE = "result.json"
 CALLS_FILE = "calls.jsonl"
@@ -51,19 +67,14 @@ class AseOracleSettings(OracleSettings):
     """Settings shared by the ASE-based oracles.
 
     Attributes:
-        relax_steps: Ionic steps of an optional relaxation (positions and cell); 0 = single point.
-        relax_fmax: Force convergence of that relaxation, eV/Å.
+        relax_steps: Ionic steps of the oracle's own relaxation of positions and cell (ASE BFGS on a
+            `FrechetCellFilter`); 0 = single point. The verdict, the stored structure and the training label all
+            come from the final step.
+        relax_fmax: Force convergence of that relaxation, eV/Å (the cell filter scales stresses to the same unit).
     """
 
-    relax_steps: int = 0
-    relax_fmax: float = 0.05
-
-    non_physics_fields: ClassVar[frozenset[str]] = frozenset({"max_attempts", "timeout_s"})
-
-    def settings_hash(self) -> str:
-        """Stable hash of every setting that changes the physics (used to key stored results)."""
-        payload = json.dumps(self.model_dump(exclude=set(self.non_physics_fields)), sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    relax_steps: int = Field(0, ge=0)
+    relax_fmax: float = Field(0.05, gt=0)
 
 
 def structure_fingerprint(structure: Structure) -> str:
@@ -209,9 +220,11 @@ class AseOracle(Oracle):
     def check(self, structure: Structure) -> None:
         """Raise `UnsupportedStructure` for structures no ASE oracle can compute.
 
-        Rejects empty or disordered structures (partial occupancies) and atoms closer than `MIN_DISTANCE` Å;
-        subclasses add their element checks after calling this.
+        The size guard first (`StructureTooLarge`, before any O(n²) work), then empty or disordered structures
+        (partial occupancies) and atoms closer than `MIN_DISTANCE` Å; subclasses add their element checks after
+        calling this.
         """
+        self.check_size(structure)
         if len(structure) == 0:
             raise UnsupportedStructure("the structure has no sites")
         if not structure.is_ordered:
@@ -221,7 +234,8 @@ class AseOracle(Oracle):
             if dist.min() < MIN_DISTANCE:
                 i, j = np.unravel_index(np.argmin(dist), dist.shape)
                 raise UnsupportedStructure(
-                    f"sites {i} and {j} are {dist[i, j]:.2f} Å apart (< {MIN_DISTANCE} Å); fix the structure"
+                    f"sites {i} and {j} are {dist[i, j]:.2f} Å apart (< {MIN_DISTANCE} Å)",
+                    fix="fix the structure",
                 )
         super().check(structure)
 
@@ -236,63 +250,71 @@ class AseOracle(Oracle):
     def code_version(self) -> str:
         return self.name
 
-    def preflight(self) -> str | None:
-        """Why no calculation can start on this machine (e.g. executable missing), or None.
+    def preflight(self) -> None:
+        """Raise `OracleUnavailable` when no calculation can start on this machine (e.g. executable missing).
 
-        Such a failure says nothing about the structure, so it is returned but never stored.
+        Such a failure says nothing about the structure, so it is transient: returned but never stored.
         """
-        return None
-
-    def _failed(
-        self, reason: str, *, t0: float, attempts: int, metadata: dict[str, Any], transient: bool = False
-    ) -> OracleResult:
-        if transient:
-            # Decided before any calculation ran (unsupported input, machine set-up, internal fault): cheap to
-            # decide again and possibly fixed by then, so never stored.
-            metadata["transient"] = True
-        return OracleResult(
-            status="failed",
-            reason=reason,
-            wall_time=time.perf_counter() - t0,
-            attempts=attempts,
-            settings=self.settings.model_dump(),
-            metadata=metadata,
-        )
 
     def _stored(self, workdir: Path, fingerprint: str) -> OracleResult | None:
+        """The result kept in ``result.json`` for this structure and these settings, if any.
+
+        A file that exists but cannot be read back as a result (truncated write, garbage, missing fields, wrong
+        shapes) is moved aside to ``result.json.corrupt-<n>``, logged to ``calls.jsonl`` and to the
+        ``matloop.oracle`` logger, and the label is computed again.
+        """
         path = workdir / RESULT_FILE
+        if not path.exists():
+            return None
         try:
             stored = json.loads(path.read_text())
-        except (OSError, ValueError):
+            if stored.get("format") != _STORE_FORMAT:
+                return None
+            if (
+                stored.get("settings_hash") != self.settings.settings_hash()
+                or stored.get("structure_fingerprint") != fingerprint
+            ):
+                return None
+            result = OracleResult.from_dict(stored["result"])
+            _validate(result)
+        except Exception as exc:  # any unreadable content is one fault: a corrupt file
+            self._set_aside(path, f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
             return None
-        if (
-            stored.get("format") != _STORE_FORMAT
-            or stored.get("settings_hash") != self.settings.settings_hash()
-            or stored.get("structure_fingerprint") != fingerprint
-        ):
-            return None
-        result = OracleResult.from_dict(stored["result"])
         policy = {"max_attempts": self.settings.max_attempts, "timeout_s": self.settings.timeout_s}
         if not result.ok and stored.get("policy") != policy:
             return None  # a failure under a different attempt policy deserves a new try
         result.metadata["from_store"] = True
         return result
 
+    @staticmethod
+    def _set_aside(path: Path, why: str) -> None:
+        n = 1
+        while path.with_name(f"{path.name}.corrupt-{n}").exists():
+            n += 1
+        aside = path.with_name(f"{path.name}.corrupt-{n}")
+        os.replace(path, aside)
+        _audit(path.parent, event="corrupt_result", file=aside.name, why=why)
+        log.warning(
+            "corrupt oracle result %s (%s): moved to %s, computing the label again", path, why, aside.name
+        )
+
     def label(self, structure: Structure, *, workdir: Path) -> OracleResult:
         """Label `structure` (see the module docstring); never raises for calculation faults.
 
         Args:
-            structure: The crystal; results refer to its sites in its order and frame.
+            structure: The crystal; results refer to its sites in its order.
             workdir: Directory for calculator files and ``result.json`` (created if needed).
 
         Returns:
-            An ``OracleResult``: energy eV, energy_per_atom eV/atom, forces eV/Å (n_sites × 3), stress GPa.
-            ``metadata`` holds ``settings_hash``, ``code_version``, ``n_scf``, ``attempt_log`` (the calculator
-            parameters of each attempt, k-mesh included), ``reduced_lattice`` if Niggli changed the cell, and, after a relaxation, ``relaxed_structure`` (a pymatgen dict, same site order)
-            and ``initial`` (energy/forces/stress of the input geometry); ``from_store`` is True when the
-            result was read back from ``result.json`` instead of computed; ``transient`` is True on failures
-            decided before any calculation ran (unsupported structure, executable missing, internal fault),
-            which are not stored.
+            An ``OracleResult``: energy eV, energy_per_atom eV/atom, forces eV/Å (n_sites × 3), stress GPa, all of
+            ``final_structure`` (the relaxed geometry when ``relax_steps`` > 0, else the input structure),
+            ``frames`` of a relaxation. ``metadata`` holds ``settings_hash``, ``code_version``, ``n_scf``,
+            ``attempt_log`` (the calculator parameters of each attempt, k-mesh included), ``reduced_lattice`` if
+            Niggli changed the cell, ``relax_converged`` and ``relax_steps_taken`` after a relaxation;
+            ``from_store`` is True when the result was read back from ``result.json``. A typed fault
+            (`OracleError`) comes back as a failed result with its ``failure_kind``; ``transient`` failures
+            (machine set-up, internal faults) are not stored in ``result.json``, nor are faults decided before
+            any calculation ran (unsupported or too large: cheap to decide again).
         """
         t0 = time.perf_counter()
         workdir = Path(workdir).resolve()
@@ -304,20 +326,35 @@ class AseOracle(Oracle):
             "oracle": self.name,
             "is_dft": self.is_dft,
         }
+        attempts: list[dict[str, Any]] = []
+        metadata["attempt_log"] = attempts
         with _workdir_lock(workdir):
             stored = self._stored(workdir, fingerprint)
             if stored is not None:
                 return stored
-            problem = self.preflight()
-            if problem is not None:
-                return self._failed(problem, t0=t0, attempts=0, metadata=metadata, transient=True)
             try:
-                result = self._compute(structure, workdir=workdir, t0=t0, metadata=metadata)
+                self.check(structure)
+                self.preflight()
+                result = self.compute(structure, workdir=workdir, metadata=metadata)
+            except OracleError as exc:
+                result = OracleResult.failure(
+                    exc,
+                    wall_time=time.perf_counter() - t0,
+                    attempts=len(attempts),
+                    settings=self.settings.model_dump(),
+                    metadata=metadata,
+                )
+                if result.transient or not attempts:
+                    return result
             except Exception as exc:  # the caller's loop must survive any fault of ours, too
-                reason = f"internal error: {type(exc).__name__}: {exc}".splitlines()[0][:300]
-                return self._failed(reason, t0=t0, attempts=0, metadata=metadata, transient=True)
-            if result.metadata.get("transient"):
-                return result
+                return OracleResult.failure(
+                    InternalFault(f"internal error: {type(exc).__name__}: {exc}".splitlines()[0][:300]),
+                    wall_time=time.perf_counter() - t0,
+                    attempts=len(attempts),
+                    settings=self.settings.model_dump(),
+                    metadata=metadata,
+                )
+            result.wall_time = time.perf_counter() - t0
             _write_json_atomic(
                 workdir / RESULT_FILE,
                 {
@@ -333,34 +370,29 @@ class AseOracle(Oracle):
             )
             return result
 
-    def _compute(
-        self, structure: Structure, *, workdir: Path, t0: float, metadata: dict[str, Any]
-    ) -> OracleResult:
-        try:
-            self.check(structure)
-            reduced = niggli_reduce(structure)
-        except UnsupportedStructure as exc:
-            return self._failed(
-                f"unsupported structure: {exc}", t0=t0, attempts=0, metadata=metadata, transient=True
-            )
+    def compute(self, structure: Structure, *, workdir: Path, metadata: dict[str, Any]) -> OracleResult:
+        """Run the calculation (attempts with fallbacks) and return the successful result.
+
+        Raises:
+            UnsupportedStructure: the cell cannot be reduced or the calculator refuses its settings.
+            SCFError: the SCF did not converge in any attempt.
+            OracleTimeout: an attempt exceeded ``timeout_s`` (no slower retry follows).
+            CalculationFailed: the calculator crashed or returned no usable numbers.
+            OracleUnavailable: the calculation could not be started (launcher missing).
+        """
+        reduced = niggli_reduce(structure)
         if reduced.lattice.matrix.tolist() != structure.lattice.matrix.tolist():
             metadata["reduced_lattice"] = reduced.lattice.matrix.tolist()
         magmoms = self.initial_magmoms(reduced)
         metadata["spin_polarized"] = magmoms is not None
-        log: list[dict[str, Any]] = []
-        metadata["attempt_log"] = log
-        reason = "no attempt made (max_attempts < 1)"
+        log: list[dict[str, Any]] = metadata["attempt_log"]
+        failure: OracleError = CalculationFailed("no attempt made", fix="set max_attempts >= 1")
         for attempt in range(1, self.settings.max_attempts + 1):
             directory = workdir / f"attempt-{attempt}"
             directory.mkdir(exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 (directory / "answer.json").unlink()
-            try:
-                params = self.calculator_job(reduced, attempt=attempt, directory=directory)
-            except UnsupportedStructure as exc:
-                return self._failed(
-                    f"unsupported structure: {exc}", t0=t0, attempts=0, metadata=metadata, transient=True
-                )
+            params = self.calculator_job(reduced, attempt=attempt, directory=directory)
             job = {
                 "calculator": self.calculator,
                 "params": params,
@@ -384,32 +416,33 @@ class AseOracle(Oracle):
                     env=_child_env(),
                 )
             except OSError as exc:  # launcher missing or not executable
-                reason = f"could not start the calculation: {exc}"
-                entry["outcome"] = reason
-                return self._failed(reason, t0=t0, attempts=attempt, metadata=metadata, transient=True)
+                entry["outcome"] = f"could not start the calculation: {exc}"
+                raise OracleUnavailable(entry["outcome"]) from None
             entry["wall_time"] = time.perf_counter() - t_attempt
             answer = self._read_answer(directory)
             _audit(
                 workdir, attempt=attempt, event="finished", ok=bool(answer and answer.get("status") == "ok")
             )
             if timed_out:
-                reason = f"timeout: attempt {attempt} exceeded {self.settings.timeout_s:g} s"
+                failure = OracleTimeout(f"timeout: attempt {attempt} exceeded {self.settings.timeout_s:g} s")
             elif answer is None:
                 why = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-                reason = f"calculator crashed ({why}) without an answer; see {directory.name}/stdout.txt"
+                failure = CalculationFailed(
+                    f"calculator crashed ({why}) without an answer; see {directory.name}/stdout.txt"
+                )
             elif answer.get("status") != "ok":
                 if answer.get("kind") == "scf":
                     within = f" within {params['maxiter']} iterations" if "maxiter" in params else ""
-                    reason = f"SCF did not converge{within} ({answer.get('reason', '')})"
+                    failure = SCFError(f"SCF did not converge{within} ({answer.get('reason', '')})")
                 else:
-                    reason = f"calculator error: {answer.get('reason', '')}"
+                    failure = CalculationFailed(f"calculator error: {answer.get('reason', '')}")
             else:
                 entry["outcome"] = "ok"
-                return self._ok(answer, structure, reduced, t0=t0, attempts=attempt, metadata=metadata)
-            entry["outcome"] = reason
+                return self._ok(answer, structure, reduced, attempts=attempt, metadata=metadata)
+            entry["outcome"] = failure.reason
             if timed_out:
                 break  # a slower retry of a run that hit the wall would only hit it again
-        return self._failed(reason, t0=t0, attempts=len(log), metadata=metadata)
+        raise failure
 
     @staticmethod
     def _read_answer(directory: Path) -> dict[str, Any] | None:
@@ -424,7 +457,6 @@ class AseOracle(Oracle):
         structure: Structure,
         reduced: Structure,
         *,
-        t0: float,
         attempts: int,
         metadata: dict[str, Any],
     ) -> OracleResult:
@@ -433,29 +465,65 @@ class AseOracle(Oracle):
         metadata["n_scf"] = answer.get("n_scf")
         if "magnetic_moment" in answer:
             metadata["magnetic_moment"] = answer["magnetic_moment"]  # μB per cell
+
+        def geometry(cell: list[list[float]], positions: list[list[float]]) -> Structure:
+            return Structure(Lattice(cell), reduced.species, positions, coords_are_cartesian=True)
+
+        # A single point's numbers belong to the input structure as given (the reduced cell is the same crystal in
+        # the same frame and site order); a relaxation's to its final geometry, in the reduced cell.
+        final = structure
+        frames: list[RelaxationFrame] = []
         if "relaxed" in answer:
             relaxed = answer["relaxed"]
-            metadata["relaxed_structure"] = Structure(
-                Lattice(relaxed["cell"]),
-                reduced.species,
-                relaxed["positions"],
-                coords_are_cartesian=True,
-            ).as_dict()
+            final = geometry(relaxed["cell"], relaxed["positions"])
             metadata["relax_converged"] = relaxed["converged"]
             metadata["relax_steps_taken"] = relaxed["steps"]
-            metadata["initial"] = answer["initial"]
+            frames = [
+                RelaxationFrame(
+                    structure=geometry(f["cell"], f["positions"]),
+                    energy=float(f["energy"]),
+                    forces=f["forces"],
+                    stress=f["stress"],
+                )
+                for f in answer.get("frames", [])
+            ]
         energy = float(answer["energy"])
-        return OracleResult(
+        result = OracleResult(
             status="ok",
             energy=energy,
             energy_per_atom=energy / n,
             forces=answer["forces"],
             stress=answer["stress"],
-            wall_time=time.perf_counter() - t0,
+            final_structure=final,
+            frames=frames,
             attempts=attempts,
             settings=self.settings.model_dump(),
             metadata=metadata,
         )
+        _validate(result)
+        return result
+
+
+def _validate(result: OracleResult) -> None:
+    """Raise `CalculationFailed` unless a result is internally consistent (finite numbers, matching shapes)."""
+    if result.status not in ("ok", "failed"):
+        raise CalculationFailed(f"unknown status {result.status!r}")
+    if not result.ok:
+        return
+    if (
+        result.final_structure is None
+        or result.forces is None
+        or result.stress is None
+        or result.energy is None
+    ):
+        raise CalculationFailed("an ok result without final structure, energy, forces or stress")
+    n = len(result.final_structure)
+    forces = np.asarray(result.forces, dtype=float)
+    stress = np.asarray(result.stress, dtype=float)
+    if forces.shape != (n, 3) or stress.shape != (6,):
+        raise CalculationFailed(f"forces {forces.shape} / stress {stress.shape} do not fit {n} sites")
+    if not (math.isfinite(result.energy) and np.isfinite(forces).all() and np.isfinite(stress).all()):
+        raise CalculationFailed("non-finite energy, forces or stress")
 
 
 def kpoint_mesh(structure: Structure, density: float) -> list[int]:

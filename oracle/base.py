@@ -9,54 +9,157 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from pymatgen.core import Structure
+
+FailureKind = Literal[
+    "unsupported", "too_large", "unavailable", "scf", "timeout", "crashed", "internal", "lost"
+]
+"""Why a label failed, as stored with the result (`OracleResult.failure_kind`); "lost" is for the executor (a
+worker that died with the task), the others are the `kind` of the `OracleError` subclasses below."""
 
 
 class OracleError(Exception):
-    """Base class of oracle faults that the caller may want to tell apart."""
+    """Base class of the oracle's typed faults.
+
+    Args:
+        reason: What went wrong, one line.
+        fix: What the user can do about it, one line (None when nothing obvious).
+
+    Class attributes:
+        kind: The `FailureKind` a failed `OracleResult` records for this fault.
+        transient: True when the fault says nothing lasting about the structure (machine set-up, internal fault),
+            so a failed label of this kind is never stored and the structure is tried again later.
+    """
+
+    kind: ClassVar[FailureKind] = "internal"
+    transient: ClassVar[bool] = False
+
+    def __init__(self, reason: str, *, fix: str | None = None) -> None:
+        self.reason = reason
+        self.fix = fix
+        super().__init__(f"{reason}; {fix}" if fix else reason)
 
 
 class UnsupportedStructure(OracleError):
-    """The oracle cannot treat this structure at all (e.g. an element with no pseudopotential/setup)."""
+    """The oracle cannot treat this structure with these settings (element without a pseudopotential, disorder,
+    overlapping atoms); decided before any calculation runs."""
+
+    kind: ClassVar[FailureKind] = "unsupported"
+
+
+class StructureTooLarge(UnsupportedStructure):
+    """The cell has more atoms than the oracle's `max_atoms`, or its estimated memory exceeds `max_memory_gb`."""
+
+    kind: ClassVar[FailureKind] = "too_large"
+
+
+class OracleUnavailable(OracleError):
+    """This machine cannot run the oracle now (code or executable missing): nothing about the structure."""
+
+    kind: ClassVar[FailureKind] = "unavailable"
+    transient: ClassVar[bool] = True
+
+
+class InternalFault(OracleError):
+    """A fault of matloop's own code around the calculation (a bug): nothing about the structure."""
+
+    kind: ClassVar[FailureKind] = "internal"
+    transient: ClassVar[bool] = True
 
 
 class CalculationFailed(OracleError):
     """The calculator ran but produced no usable result (crash, non-zero exit, NaN)."""
 
+    kind: ClassVar[FailureKind] = "crashed"
+
 
 class SCFError(CalculationFailed):
     """The self-consistent field cycle did not converge."""
+
+    kind: ClassVar[FailureKind] = "scf"
 
 
 class OracleTimeout(CalculationFailed):
     """The calculation exceeded its wall-time allowance."""
 
+    kind: ClassVar[FailureKind] = "timeout"
+
 
 class OracleSettings(BaseModel):
-    """Settings common to every oracle; each implementation subclasses this with `kind: Literal[...]`."""
+    """Settings common to every oracle; each implementation subclasses this with `kind: Literal[...]`.
+
+    Attributes:
+        max_attempts: Attempts per structure; later attempts use the implementation's fallback (e.g. looser mixing).
+        timeout_s: Wall-time allowance per attempt, s.
+        max_atoms: Largest cell (atoms) the oracle accepts; larger ones fail before any calculation starts.
+        max_memory_gb: Largest estimated memory of one calculation, GB (all MPI ranks together); a cell whose
+            estimate is larger fails before any calculation starts.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     kind: str
     max_attempts: int = 2
-    """Attempts per structure; later attempts use the implementation's fallback (e.g. looser mixing)."""
     timeout_s: float = 3600.0
-    """Wall-time allowance per attempt, in s."""
+    max_atoms: int = Field(200, ge=1)
+    max_memory_gb: float = Field(8.0, gt=0)
+
+    non_physics_fields: ClassVar[frozenset[str]] = frozenset(
+        {"max_attempts", "timeout_s", "max_atoms", "max_memory_gb"}
+    )
+    """Fields that decide whether or how hard to try, not the answer: left out of `settings_hash`."""
 
     def settings_hash(self) -> str:
         """Stable hash of every setting that changes the physics (used to key stored results)."""
-        payload = json.dumps(self.model_dump(exclude={"max_attempts", "timeout_s"}), sort_keys=True)
+        payload = json.dumps(self.model_dump(exclude=set(self.non_physics_fields)), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass
+class RelaxationFrame:
+    """One ionic step of an oracle relaxation (step 0 is the input geometry).
+
+    Attributes:
+        structure: The geometry of this step (same site order as the labelled structure).
+        energy: Total energy, eV.
+        forces: Per-atom forces, eV/Å.
+        stress: Voigt stress, GPa (ASE sign convention).
+    """
+
+    structure: Structure
+    energy: float
+    forces: list[list[float]]
+    stress: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "structure": self.structure.as_dict(),
+            "energy": self.energy,
+            "forces": self.forces,
+            "stress": self.stress,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RelaxationFrame:
+        return cls(
+            structure=Structure.from_dict(data["structure"]),
+            energy=float(data["energy"]),
+            forces=data["forces"],
+            stress=data["stress"],
+        )
 
 
 @dataclass
 class OracleResult:
     """Outcome of labelling one structure.
+
+    Energy, forces and stress belong to `final_structure`: the oracle-relaxed geometry when the oracle relaxed the
+    structure (in the Niggli-reduced cell), else the input structure; same site order as the input either way.
 
     Attributes:
         status: "ok" or "failed".
@@ -65,10 +168,14 @@ class OracleResult:
         forces: Per-atom forces, eV/Å, shape (n_atoms, 3), in the order of the input structure's sites.
         stress: Voigt stress, GPa (ASE sign convention).
         reason: Why a failed label failed (one line).
+        failure_kind: The typed cause of a failure (`FailureKind`), None when ok.
+        transient: True for a failure that says nothing lasting about the structure (never stored; retried).
+        final_structure: The geometry the energy, forces and stress belong to (None when failed).
+        frames: The relaxation's ionic steps (empty for a single point).
         wall_time: Seconds spent, all attempts included.
         attempts: Attempts made.
         settings: The calculator settings actually used.
-        metadata: Anything else (e.g. relaxed structure as a dict, SCF iterations, code version).
+        metadata: Anything else (SCF iterations, code version, relaxation convergence, ...).
     """
 
     status: Literal["ok", "failed"]
@@ -77,6 +184,10 @@ class OracleResult:
     forces: list[list[float]] | None = None
     stress: list[float] | None = None
     reason: str | None = None
+    failure_kind: FailureKind | None = None
+    transient: bool = False
+    final_structure: Structure | None = None
+    frames: list[RelaxationFrame] = field(default_factory=list)
     wall_time: float = 0.0
     attempts: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
@@ -86,12 +197,45 @@ class OracleResult:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    @classmethod
+    def failure(
+        cls,
+        error: OracleError,
+        *,
+        wall_time: float,
+        attempts: int,
+        settings: dict[str, Any],
+        metadata: dict[str, Any],
+    ) -> OracleResult:
+        """The failed result of a typed oracle fault."""
+        return cls(
+            status="failed",
+            reason=str(error).splitlines()[0][:300] if str(error) else type(error).__name__,
+            failure_kind=error.kind,
+            transient=error.transient,
+            wall_time=wall_time,
+            attempts=attempts,
+            settings=settings,
+            metadata=metadata,
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON-able data (structures as pymatgen dicts), e.g. to cross a process boundary."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["final_structure"] = None if self.final_structure is None else self.final_structure.as_dict()
+        data["frames"] = [frame.to_dict() for frame in self.frames]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OracleResult:
-        return cls(**data)
+        data = dict(data)
+        final = data.pop("final_structure", None)
+        frames = data.pop("frames", None) or []
+        return cls(
+            **data,
+            final_structure=None if final is None else Structure.from_dict(final),
+            frames=[RelaxationFrame.from_dict(f) for f in frames],
+        )
 
 
 class Oracle(ABC):
@@ -111,19 +255,50 @@ class Oracle(ABC):
         self.settings = settings if settings is not None else self.Settings(kind=self.name)
 
     def check(self, structure: Structure) -> None:
-        """Raise `UnsupportedStructure` (one-line message) if this oracle cannot label `structure`."""
+        """Raise `UnsupportedStructure` (one line, with the fix) if this oracle cannot label `structure`.
+
+        The size guard (`check_size`) runs first, so a huge cell is refused before anything costly is done with it.
+        """
+        self.check_size(structure)
         if self.supported_elements is None:
             return
         bad = sorted({el.symbol for el in structure.composition.elements} - self.supported_elements)
         if bad:
-            raise UnsupportedStructure(f"{self.name} cannot treat element(s) {', '.join(bad)}")
+            raise UnsupportedStructure(
+                f"{self.name} cannot treat element(s) {', '.join(bad)}", fix="choose another oracle"
+            )
+
+    def memory_estimate_gb(self, structure: Structure) -> float | None:
+        """Estimated peak memory of labelling `structure` with these settings, GB (all processes together).
+
+        Implementations override this with an estimate from their own cost model; None means unknown, and then
+        only `max_atoms` guards the size.
+        """
+        return None
+
+    def check_size(self, structure: Structure) -> None:
+        """Raise `StructureTooLarge` if `structure` exceeds `max_atoms` or its memory estimate `max_memory_gb`."""
+        n, limit = len(structure), self.settings.max_atoms
+        if n > limit:
+            raise StructureTooLarge(
+                f"{n} atoms exceed the {self.name} oracle's limit of {limit}",
+                fix="label a smaller cell or raise oracle.max_atoms",
+            )
+        memory = self.memory_estimate_gb(structure)
+        if memory is not None and memory > self.settings.max_memory_gb:
+            raise StructureTooLarge(
+                f"{n} atoms need ~{memory:.3g} GB with these {self.name} settings, over max_memory_gb"
+                f" {self.settings.max_memory_gb:g}",
+                fix="label a smaller cell, loosen the settings or raise oracle.max_memory_gb",
+            )
 
     @abstractmethod
     def label(self, structure: Structure, *, workdir: Path) -> OracleResult:
         """Label `structure`, using `workdir` (created if needed) for calculator files.
 
-        Never raises for calculation faults: they come back as a failed `OracleResult` with the reason.
-        A finished result stored in `workdir` is returned without recomputation.
+        Never raises for calculation faults: a typed `OracleError` becomes a failed `OracleResult` with its
+        `failure_kind`, `transient` flag and reason (`OracleResult.failure`). A finished result stored in
+        `workdir` is returned without recomputation.
         """
 
 

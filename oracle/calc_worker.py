@@ -9,7 +9,9 @@ Job file keys: ``calculator`` (gpaw, emt, cp2k, espresso, vasp), ``params`` (cal
 already in the calculator's own units), ``atoms`` (numbers, positions Å, cell Å, pbc, magmoms μB or null),
 ``relax_steps`` (0 = single point), ``relax_fmax`` eV/Å, ``output`` (file name of the answer).
 
-Answer file: ``{"status": "ok", "energy": eV, "forces": eV/Å, "stress": GPa Voigt (ASE sign), ...}`` or
+Answer file: ``{"status": "ok", "energy": eV, "forces": eV/Å, "stress": GPa Voigt (ASE sign), ...}`` (after a
+relaxation also ``relaxed``: final positions/cell, convergence, steps; and ``frames``: energy, forces, stress,
+positions and cell of every ionic step, the input geometry first) or
 ``{"status": "failed", "kind": "scf" | "error", "reason": "..."}``.
 """
 
@@ -165,10 +167,23 @@ def run(job: dict[str, Any], directory: Path) -> dict[str, Any]:
             from ase.filters import FrechetCellFilter
             from ase.optimize import BFGS
 
+            frames: list[dict[str, Any]] = []
+
+            def record() -> None:
+                # Observers run after each step's calculation, so these reads hit the calculator's cache.
+                frames.append(
+                    {
+                        **_properties(atoms),
+                        "positions": atoms.get_positions().tolist(),
+                        "cell": atoms.cell.array.tolist(),
+                    }
+                )
+
             opt = BFGS(FrechetCellFilter(atoms), logfile=str(directory / "relax.log"))
+            opt.attach(record, interval=1)
             converged = bool(opt.run(fmax=float(job.get("relax_fmax", 0.05)), steps=steps))
             final = _properties(atoms)
-            answer["initial"] = initial
+            answer["frames"] = frames
             answer["relaxed"] = {
                 "positions": atoms.get_positions().tolist(),
                 "cell": atoms.cell.array.tolist(),

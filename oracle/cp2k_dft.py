@@ -18,7 +18,8 @@ from pydantic import Field
 from pymatgen.core import Structure
 
 from oracle.ase_runner import AseOracle, AseOracleSettings, kpoint_mesh
-from oracle.base import UnsupportedStructure, register
+from oracle.base import OracleUnavailable, UnsupportedStructure, register
+from oracle.cost import local_basis_memory_gb
 from oracle.gpaw_dft import MAGNETIC_ELEMENTS
 
 BOLTZMANN_EV_PER_K = 8.617333262e-5
@@ -66,9 +67,12 @@ class CP2KSettings(AseOracleSettings):
     max_scf: int = Field(100, ge=1)
     mixing_alpha: float = Field(0.3, gt=0, le=1)
 
-    non_physics_fields: ClassVar[frozenset[str]] = frozenset(
-        {"max_attempts", "timeout_s", "command", "data_dir", "max_scf", "mixing_alpha"}
-    )
+    non_physics_fields: ClassVar[frozenset[str]] = AseOracleSettings.non_physics_fields | {
+        "command",
+        "data_dir",
+        "max_scf",
+        "mixing_alpha",
+    }
 
 
 @functools.cache
@@ -110,10 +114,12 @@ class CP2KOracle(AseOracle):
         super().check(structure)
         s = self.settings
         if shutil.which(s.command.split()[0]) is None:
-            raise UnsupportedStructure(f"cp2k executable {s.command.split()[0]!r} not found; install cp2k")
+            raise OracleUnavailable(f"cp2k executable {s.command.split()[0]!r} not found", fix="install cp2k")
         data = self.data_dir()
         if data is None or not (data / s.potential_file).is_file():
-            raise UnsupportedStructure("cp2k basis/potential files not found; set data_dir or CP2K_DATA_DIR")
+            raise OracleUnavailable(
+                "cp2k basis/potential files not found", fix="set data_dir or CP2K_DATA_DIR"
+            )
         basis = _names_per_element(data / s.basis_set_file)
         potentials = _names_per_element(data / s.potential_file)
         elements = sorted({el.symbol for el in structure.composition.elements})
@@ -125,6 +131,14 @@ class CP2KOracle(AseOracle):
             raise UnsupportedStructure(
                 f"cp2k potential {s.pseudo_potential} has no entry for {', '.join(bad)}"
             )
+
+    def memory_estimate_gb(self, structure: Structure) -> float:
+        """Local-basis estimate (`oracle.cost.local_basis_memory_gb`)."""
+        return local_basis_memory_gb(
+            structure,
+            kpoint_mesh=kpoint_mesh(structure, self.settings.kpoint_density),
+            spin_polarized=self._uks(structure),
+        )
 
     def _uks(self, structure: Structure) -> bool:
         if self.settings.uks == "auto":

@@ -9,10 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import Field
 from pymatgen.core import Structure
 
 from oracle.ase_runner import AseOracle, AseOracleSettings
 from oracle.base import UnsupportedStructure, register
+from oracle.cost import pair_potential_memory_gb
 
 
 def emt_elements() -> frozenset[str]:
@@ -27,6 +29,7 @@ class EMTSettings(AseOracleSettings):
 
     kind: Literal["emt"] = "emt"
     timeout_s: float = 300.0
+    max_atoms: int = Field(100_000, ge=1)
 
 
 @register
@@ -45,8 +48,13 @@ class EMTOracle(AseOracle):
         bad = sorted({el.symbol for el in structure.composition.elements} - emt_elements())
         if bad:
             raise UnsupportedStructure(
-                f"emt (a toy potential) cannot treat {', '.join(bad)}; it knows only {', '.join(sorted(emt_elements()))}"
+                f"emt (a toy potential) cannot treat {', '.join(bad)}; it knows only {', '.join(sorted(emt_elements()))}",
+                fix="choose another oracle",
             )
+
+    def memory_estimate_gb(self, structure: Structure) -> float:
+        """Neighbour-list estimate (`oracle.cost.pair_potential_memory_gb`)."""
+        return pair_potential_memory_gb(structure)
 
     def calculator_job(self, structure: Structure, *, attempt: int, directory: Path) -> dict[str, Any]:
         return {}

@@ -16,7 +16,8 @@ from pydantic import Field
 from pymatgen.core import Structure
 
 from oracle.ase_runner import AseOracle, AseOracleSettings, atoms_spec, kpoint_mesh, niggli_reduce
-from oracle.base import UnsupportedStructure, register
+from oracle.base import OracleUnavailable, UnsupportedStructure, register
+from oracle.cost import plane_wave_memory_gb
 from oracle.gpaw_dft import DEFAULT_MAGMOMS, MAGNETIC_ELEMENTS
 
 RYDBERG_EV = 13.605693122994
@@ -55,9 +56,12 @@ class EspressoSettings(AseOracleSettings):
     electron_maxstep: int = Field(100, ge=1)
     mixing_beta: float = Field(0.4, gt=0, le=1)
 
-    non_physics_fields: ClassVar[frozenset[str]] = frozenset(
-        {"max_attempts", "timeout_s", "command", "pseudo_dir", "electron_maxstep", "mixing_beta"}
-    )
+    non_physics_fields: ClassVar[frozenset[str]] = AseOracleSettings.non_physics_fields | {
+        "command",
+        "pseudo_dir",
+        "electron_maxstep",
+        "mixing_beta",
+    }
 
 
 @register
@@ -111,10 +115,22 @@ class EspressoOracle(AseOracle):
         super().check(structure)
         self.pseudopotentials(sorted({el.symbol for el in structure.composition.elements}))
 
-    def preflight(self) -> str | None:
+    def preflight(self) -> None:
         if shutil.which(self.settings.command.split()[-1]) is None:
-            return f"{self.settings.command.split()[-1]} not found on PATH; install Quantum ESPRESSO or set command"
-        return None
+            raise OracleUnavailable(
+                f"{self.settings.command.split()[-1]} not found on PATH",
+                fix="install Quantum ESPRESSO or set command",
+            )
+
+    def memory_estimate_gb(self, structure: Structure) -> float:
+        """Plane-wave estimate (`oracle.cost.plane_wave_memory_gb`) with this run's density cutoff (`dual`)."""
+        return plane_wave_memory_gb(
+            structure,
+            cutoff=self.settings.cutoff,
+            kpoint_mesh=kpoint_mesh(structure, self.settings.kpoint_density),
+            spin_polarized=self.initial_magmoms(structure) is not None,
+            density_cutoff_factor=self.settings.dual,
+        )
 
     def initial_magmoms(self, structure: Structure) -> list[float] | None:
         symbols = [site.specie.symbol for site in structure]

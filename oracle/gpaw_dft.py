@@ -18,7 +18,8 @@ from pydantic import Field
 from pymatgen.core import Structure
 
 from oracle.ase_runner import WORKER_SCRIPT, AseOracle, AseOracleSettings, kpoint_mesh
-from oracle.base import UnsupportedStructure, register
+from oracle.base import OracleUnavailable, UnsupportedStructure, register
+from oracle.cost import plane_wave_memory_gb
 
 # Initial moments (μB) for spin-polarised runs: high-spin-ish starting guesses for 3d metals and the
 # open-shell 4f elements; the SCF settles the actual moment.
@@ -110,9 +111,13 @@ class GPAWSettings(AseOracleSettings):
     mixer_weight: float = Field(50.0, gt=0)
     mpi_ranks: int = Field(1, ge=1)
 
-    non_physics_fields: ClassVar[frozenset[str]] = frozenset(
-        {"max_attempts", "timeout_s", "mpi_ranks", "maxiter", "mixer_beta", "mixer_history", "mixer_weight"}
-    )
+    non_physics_fields: ClassVar[frozenset[str]] = AseOracleSettings.non_physics_fields | {
+        "mpi_ranks",
+        "maxiter",
+        "mixer_beta",
+        "mixer_history",
+        "mixer_weight",
+    }
 
 
 @functools.cache
@@ -146,17 +151,26 @@ class GPAWOracle(AseOracle):
         """Raise `UnsupportedStructure` if GPAW is absent or an element has no installed PAW setup."""
         super().check(structure)
         if importlib.util.find_spec("gpaw") is None:
-            raise UnsupportedStructure(
-                "gpaw is not installed; install matloop[gpaw] or choose another oracle"
+            raise OracleUnavailable(
+                "gpaw is not installed", fix="install matloop[gpaw] or choose another oracle"
             )
         have = installed_setups(self.settings.xc)
         bad = sorted({el.symbol for el in structure.composition.elements} - have)
         if bad:
             raise UnsupportedStructure(
-                f"gpaw has no {self.settings.xc} PAW setup for {', '.join(bad)}; choose another oracle"
+                f"gpaw has no {self.settings.xc} PAW setup for {', '.join(bad)}", fix="choose another oracle"
             )
         if self.settings.mpi_ranks > 1 and shutil.which("mpiexec") is None:
-            raise UnsupportedStructure("mpi_ranks > 1 needs mpiexec on PATH; set mpi_ranks: 1")
+            raise OracleUnavailable("mpi_ranks > 1 needs mpiexec on PATH", fix="set mpi_ranks: 1")
+
+    def memory_estimate_gb(self, structure: Structure) -> float:
+        """Plane-wave estimate (`oracle.cost.plane_wave_memory_gb`) at this cutoff, k-mesh and spin setting."""
+        return plane_wave_memory_gb(
+            structure,
+            cutoff=self.settings.cutoff,
+            kpoint_mesh=kpoint_mesh(structure, self.settings.kpoint_density),
+            spin_polarized=self.initial_magmoms(structure) is not None,
+        )
 
     def initial_magmoms(self, structure: Structure) -> list[float] | None:
         symbols = [site.specie.symbol for site in structure]

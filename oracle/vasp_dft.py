@@ -15,7 +15,8 @@ from pydantic import Field
 from pymatgen.core import Structure
 
 from oracle.ase_runner import AseOracle, AseOracleSettings, atoms_spec, kpoint_mesh, niggli_reduce
-from oracle.base import UnsupportedStructure, register
+from oracle.base import OracleUnavailable, UnsupportedStructure, register
+from oracle.cost import plane_wave_memory_gb
 from oracle.gpaw_dft import DEFAULT_MAGMOMS, MAGNETIC_ELEMENTS
 
 _ISMEAR = {"fermi-dirac": -1, "gaussian": 0, "methfessel-paxton": 1}
@@ -55,9 +56,12 @@ class VaspSettings(AseOracleSettings):
     nelm: int = Field(100, ge=1)
     amix: float = Field(0.4, gt=0, le=1)
 
-    non_physics_fields: ClassVar[frozenset[str]] = frozenset(
-        {"max_attempts", "timeout_s", "command", "pp_path", "nelm", "amix"}
-    )
+    non_physics_fields: ClassVar[frozenset[str]] = AseOracleSettings.non_physics_fields | {
+        "command",
+        "pp_path",
+        "nelm",
+        "amix",
+    }
 
 
 @register
@@ -101,11 +105,19 @@ class VaspOracle(AseOracle):
         super().check(structure)
         self.potcars(sorted({el.symbol for el in structure.composition.elements}))
 
-    def preflight(self) -> str | None:
+    def preflight(self) -> None:
         exe = self.settings.command.split()[-1]
         if shutil.which(exe) is None:
-            return f"{exe} not found on PATH; install VASP or set command"
-        return None
+            raise OracleUnavailable(f"{exe} not found on PATH", fix="install VASP or set command")
+
+    def memory_estimate_gb(self, structure: Structure) -> float:
+        """Plane-wave estimate (`oracle.cost.plane_wave_memory_gb`; PAW, density cutoff 4x ENCUT)."""
+        return plane_wave_memory_gb(
+            structure,
+            cutoff=self.settings.cutoff,
+            kpoint_mesh=kpoint_mesh(structure, self.settings.kpoint_density),
+            spin_polarized=self.initial_magmoms(structure) is not None,
+        )
 
     def initial_magmoms(self, structure: Structure) -> list[float] | None:
         symbols = [site.specie.symbol for site in structure]

@@ -76,11 +76,31 @@ def test_label_bad_input_is_one_line_exit_2_nothing_written(tmp_path, args, mess
     assert not work.exists()
 
 
+def test_label_refuses_a_5000_atom_cell_before_any_calculation(tmp_path):
+    from pymatgen.core import Lattice, Structure
+
+    cell = Structure(
+        Lattice.cubic(4.04), ["Al"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
+    )
+    big = cell.make_supercell([11, 11, 11], in_place=False)
+    big.remove_sites(list(range(5000, len(big))))
+    path = tmp_path / "al5000.cif"
+    big.to(filename=str(path))
+    work = tmp_path / "work"
+    proc = matloop("label", path, "--workdir", work)  # the default oracle: GPAW
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "al5000.cif: 5000 atoms exceed the gpaw oracle's limit of 200" in lines[0]
+    assert "raise oracle.max_atoms" in lines[0]
+    assert not work.exists()
+
+
 @pytest.mark.slow
 def test_label_gpaw_si_and_nacl_matches_bare_gpaw(tmp_path):
     """Real DFT through the CLI agrees with a bare GPAW run with the same settings (within 0.05 eV/atom)."""
     config = tmp_path / "gpaw.yaml"
-    config.write_text("oracle:\n  kind: gpaw\n  cutoff: 300\n  kpoint_density: 1.5\n")
+    config.write_text("oracle:\n  kind: gpaw\n  cutoff: 300\n  kpoint_density: 1.5\n  relax_steps: 0\n")
     work = tmp_path / "work"
     proc = matloop("label", SI, NACL, "--config", config, "--workdir", work, "--json")
     assert proc.returncode == 0, proc.stderr

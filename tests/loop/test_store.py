@@ -79,3 +79,62 @@ def test_stability_keeps_history_per_round(tmp_path):
     store.set_stability(2, [("a", 0.03, False, True), ("b", 0.2, False, False), ("c", 0.0, True, True)])
     assert [r["hash"] for r in store.stability()] == ["c", "a", "b"]
     assert [r["hash"] for r in store.stability(1)] == ["a", "b"]
+
+
+def test_final_structure_frames_and_typed_failure_round_trip(tmp_path):
+    store = CampaignStore.in_workdir(tmp_path)
+    h = store.add_structure(SI, source="relaxed")
+    relaxed = SI.copy()
+    relaxed.scale_lattice(SI.volume * 1.03)
+    frames = [
+        {"structure": s.as_dict(), "energy": e, "forces": RESULT["forces"], "stress": RESULT["stress"]}
+        for s, e in ((SI, -10.2), (relaxed, -10.5))
+    ]
+    store.add_oracle_result(
+        h,
+        oracle="gpaw",
+        settings_hash="aaa",
+        result={**RESULT, "final_structure": relaxed.as_dict(), "frames": frames},
+        round=2,
+        duplicate_of="earlier",
+    )
+    got = store.get_oracle_result(h, "aaa")
+    assert got.final_hash == structure_hash(relaxed) != h and got.structure_hash == got.final_hash
+    assert got.duplicate_of == "earlier"
+    # The final structure is a structure of its own, linked to the queried one.
+    row = store.structure_rows(where="hash = ?", params=[got.final_hash])[0]
+    assert row["source"] == "oracle_relaxed" and row["parent"] == h and row["round"] == 2
+    assert structure_hash(store.get_structure(got.final_hash)) == got.final_hash
+    stored_frames = store.oracle_frames(h, "aaa")
+    assert [f.step for f in stored_frames] == [0, 1] and [f.energy for f in stored_frames] == [-10.2, -10.5]
+    assert structure_hash(stored_frames[1].structure) == got.final_hash
+    assert store.oracle_frames(h, "other") == []
+
+    store.add_oracle_result(
+        h,
+        oracle="gpaw",
+        settings_hash="bbb",
+        result={"status": "failed", "reason": "600 atoms exceed ...", "failure_kind": "too_large"},
+    )
+    failed = store.get_oracle_result(h, "bbb")
+    assert failed.failure_kind == "too_large" and failed.final_hash is None and failed.structure_hash == h
+
+
+def test_a_store_from_before_the_new_columns_is_upgraded_on_open(tmp_path):
+    path = tmp_path / "matloop.db"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE oracle_results (hash TEXT NOT NULL, settings_hash TEXT NOT NULL, oracle TEXT NOT NULL,"
+        " status TEXT NOT NULL, energy REAL, energy_per_atom REAL, forces TEXT, stress TEXT, reason TEXT,"
+        " wall_time REAL, attempts INTEGER, settings TEXT NOT NULL, metadata TEXT NOT NULL, round INTEGER,"
+        " created_at REAL NOT NULL, PRIMARY KEY (hash, settings_hash))"
+    )
+    old.execute(
+        "INSERT INTO oracle_results VALUES ('h1', 'aaa', 'gpaw', 'ok', -1.0, -1.0, NULL, NULL, NULL, 1.0, 1,"
+        " '{}', '{}', 0, 0.0)"
+    )
+    old.commit()
+    old.close()
+    store = CampaignStore(path)
+    got = store.get_oracle_result("h1", "aaa")
+    assert got.energy == -1.0 and got.final_hash is None and got.structure_hash == "h1"

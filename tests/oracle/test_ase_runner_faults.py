@@ -48,6 +48,7 @@ def test_scf_non_convergence_fails_after_looser_fallback(si, tmp_path):
     result = oracle.label(si, workdir=tmp_path / "scf")
     assert result.status == "failed"
     assert "SCF did not converge" in result.reason
+    assert result.failure_kind == "scf" and result.transient is False
     assert result.attempts == 2
     first, second = (entry["params"] for entry in result.metadata["attempt_log"])
     assert second["mixer"]["beta"] < first["mixer"]["beta"]
@@ -61,6 +62,7 @@ def test_timeout_kills_the_calculation(nacl_rattled, tmp_path):
     result = GPAWOracle(settings).label(nacl_rattled, workdir=tmp_path / "slow")
     assert result.status == "failed"
     assert result.reason.startswith("timeout")
+    assert result.failure_kind == "timeout"
     assert result.attempts == 1  # a retry of a timed-out run would only time out again
     assert time.perf_counter() - t0 < 30
     pid = int((tmp_path / "slow" / "attempt-1" / "child.pid").read_text())
@@ -122,6 +124,7 @@ def test_a_crashing_calculator_becomes_a_failed_result(nacl_rattled, tmp_path):
     result = box["result"]
     assert result.status == "failed"
     assert "crashed" in result.reason and "signal 11" in result.reason
+    assert result.failure_kind == "crashed"
     assert _process_group_gone(int(pid_file.read_text()))
     assert _live_workers(workdir) == []
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from oracle import CP2KOracle, CP2KSettings, GPAWOracle, GPAWSettings, UnsupportedStructure
+from oracle import CP2KOracle, CP2KSettings, GPAWOracle, GPAWSettings, OracleUnavailable, UnsupportedStructure
 
 pytestmark = pytest.mark.skipif(
     CP2KOracle().data_dir() is None, reason="cp2k and its data files are not installed"
@@ -62,7 +62,7 @@ def test_cp2k_check_reads_the_installed_data_files():
     with pytest.raises(UnsupportedStructure, match="basis set DZVP-MOLOPT-SR-GTH has no entry for La"):
         oracle.check(lanthanum)
     oracle.check(Structure(Lattice.cubic(5.6), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]))
-    with pytest.raises(UnsupportedStructure, match="not found"):
+    with pytest.raises(OracleUnavailable, match="not found"):
         CP2KOracle(CP2KSettings(command="no-such-cp2k")).check(lanthanum)
 
 

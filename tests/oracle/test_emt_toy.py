@@ -71,11 +71,23 @@ def test_emt_relaxation_reduces_forces(cu_rattled, tmp_path):
 
     result = EMTOracle(EMTSettings(relax_steps=20)).label(cu_rattled, workdir=tmp_path / "relax")
     assert result.ok, result.reason
-    assert np.abs(result.forces).max() < np.abs(result.metadata["initial"]["forces"]).max()
-    relaxed = Structure.from_dict(result.metadata["relaxed_structure"])
+    assert np.abs(result.forces).max() < np.abs(result.frames[0].forces).max()
+    relaxed = result.final_structure
     assert len(relaxed) == 4
-    energy, _, _ = _direct_emt(relaxed)
+    # Energy, forces and stress of the result are those of the final structure, not of the input.
+    energy, forces, stress = _direct_emt(relaxed)
     assert result.energy == pytest.approx(energy, abs=1e-5)
+    np.testing.assert_allclose(result.forces, forces, atol=1e-5)
+    np.testing.assert_allclose(result.stress, stress, atol=1e-3)
+    e0, f0, _ = _direct_emt(cu_rattled)
+    assert result.frames[0].energy == pytest.approx(e0, abs=1e-5)
+    np.testing.assert_allclose(result.frames[0].forces, f0, atol=1e-5)
+
+
+def test_single_point_final_structure_is_the_input(cu_rattled, tmp_path):
+    result = EMTOracle().label(cu_rattled, workdir=tmp_path / "sp")
+    assert result.ok and result.frames == []
+    assert result.final_structure == cu_rattled
 
 
 def test_a_different_structure_in_the_same_workdir_is_recomputed(cu_rattled, tmp_path):

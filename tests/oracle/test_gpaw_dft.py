@@ -108,13 +108,52 @@ def test_short_relaxation_lowers_forces(si, tmp_path):
     rattled.translate_sites([0], [0.06, 0.0, -0.04], frac_coords=False)
     result = GPAWOracle(GPAWSettings(**CHEAP, relax_steps=3)).label(rattled, workdir=tmp_path / "relax")
     assert result.ok, result.reason
-    initial = np.abs(result.metadata["initial"]["forces"]).max()
+    initial = np.abs(result.frames[0].forces).max()
     final = np.abs(result.forces).max()
     assert final < initial
-    assert result.energy <= result.metadata["initial"]["energy"] + 1e-3
-    relaxed = Structure.from_dict(result.metadata["relaxed_structure"])
-    assert [s.species_string for s in relaxed] == ["Si", "Si"]
+    assert result.energy <= result.frames[0].energy + 1e-3
+    assert [s.species_string for s in result.final_structure] == ["Si", "Si"]
     assert 1 <= result.metadata["relax_steps_taken"] <= 3
+
+
+@pytest.mark.parametrize(
+    ("element", "build", "a_start", "a_pbe"),
+    [
+        # fcc Al (1 atom) started 4 % too large; PBE: a ≈ 4.04 Å. bcc Li started 4 % too small; PBE: a ≈ 3.44 Å.
+        ("Al", "fcc", 4.20, 4.04),
+        ("Li", "bcc", 3.30, 3.44),
+    ],
+)
+def test_relaxation_includes_the_cell_and_the_result_belongs_to_the_final_structure(
+    element, build, a_start, a_pbe, tmp_path
+):
+    h = a_start / 2
+    vectors = [[0, h, h], [h, 0, h], [h, h, 0]] if build == "fcc" else [[-h, h, h], [h, -h, h], [h, h, -h]]
+    start = Structure(Lattice(vectors), [element], [[0, 0, 0]])
+    settings = GPAWSettings(
+        cutoff=300.0, kpoint_density=2.5, smearing="marzari-vanderbilt", smearing_width=0.2, relax_steps=12
+    )
+    result = GPAWOracle(settings).label(start, workdir=tmp_path / element)
+    assert result.ok, result.reason
+    final = result.final_structure
+    per_atom = 4 if build == "fcc" else 2
+    a_final = (final.volume * per_atom) ** (1 / 3)
+    # The cell moved from the start towards the PBE lattice constant (loose settings: within 2 %).
+    assert abs(a_final - a_pbe) < abs(a_start - a_pbe)
+    assert abs(a_final - a_pbe) / a_pbe < 0.02
+    # Pressure of the final cell is small (GPa), where the start was far off.
+    start_pressure = -np.mean(result.frames[0].stress[:3])
+    final_pressure = -np.mean(result.stress[:3])
+    assert abs(final_pressure) < 0.3 < abs(start_pressure)
+    # Frames: the input geometry first, one per step, the last one is the label itself.
+    assert len(result.frames) == result.metadata["relax_steps_taken"] + 1
+    assert result.frames[0].structure.volume == pytest.approx(start.volume)
+    assert result.frames[-1].energy == pytest.approx(result.energy)
+    assert result.energy < result.frames[0].energy
+    # Stored and read back as the same typed result.
+    again = GPAWOracle(settings).label(start, workdir=tmp_path / element)
+    assert again.metadata["from_store"] is True
+    assert again.final_structure == final and len(again.frames) == len(result.frames)
 
 
 def test_check_rejects_elements_without_paw_setup():
@@ -128,7 +167,9 @@ def test_label_turns_unsupported_element_into_failed_result(tmp_path):
     technetium = Structure(Lattice.cubic(3.0), ["Tc"], [[0, 0, 0]])
     result = GPAWOracle().label(technetium, workdir=tmp_path / "tc")
     assert result.status == "failed" and "Tc" in result.reason
-    assert result.attempts == 0 and result.metadata["transient"] is True
+    # Deterministic for these settings, so not transient; decided before any calculation, so not kept on disk.
+    assert result.failure_kind == "unsupported" and result.transient is False
+    assert result.attempts == 0
     assert not list((tmp_path / "tc").glob("attempt-*"))
     assert not (tmp_path / "tc" / RESULT_FILE).exists()
 

@@ -1,0 +1,91 @@
+"""Labelling queries into the campaign store with a real (EMT) oracle: size guard before submitting, final
+structures stored and deduplicated, typed failures, training data from the final structures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from loop.config import CampaignConfig
+from loop.labelling import label_hashes
+from loop.stages import training_labels
+from loop.store import CampaignStore
+from loop.structures import structure_hash
+from oracle import EMTSettings
+
+
+def cu_fcc(a: float, shift: tuple[int, float] | None = None) -> Structure:
+    s = Structure(Lattice.cubic(a), ["Cu"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    if shift is not None:
+        site, dx = shift
+        s.translate_sites([site], [dx, 0.0, 0.0], frac_coords=False)
+    return s
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """Three distorted fcc Cu cells and one Cu-Au cell, relaxed by EMT; one cell too large for the oracle."""
+    tmp_path = tmp_path_factory.mktemp("labelled")
+    store = CampaignStore.in_workdir(tmp_path)
+    cells = [cu_fcc(3.70), cu_fcc(3.55, (0, 0.10)), cu_fcc(3.68, (1, -0.12))]
+    cuau = Structure(Lattice.cubic(3.9), ["Cu", "Au"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    big = cu_fcc(3.6).make_supercell([3, 3, 3], in_place=False)  # 108 atoms
+    hashes = [store.add_structure(s, source="relaxed", round=1) for s in [*cells, cuau, big]]
+    settings = EMTSettings(relax_steps=60, relax_fmax=0.005, max_atoms=50)
+    results = label_hashes(store, hashes, settings=settings, workdir=tmp_path, round=1)
+    return store, settings, hashes, results, tmp_path
+
+
+def test_verdict_energy_and_stored_structure_come_from_the_relaxation(labelled):
+    store, settings, hashes, results, _ = labelled
+    for h in hashes[:4]:
+        r = results[h]
+        assert r.ok, r.reason
+        final = store.get_structure(r.final_hash)
+        assert r.final_hash != h and structure_hash(final) == r.final_hash
+        frames = store.oracle_frames(h, settings.settings_hash())
+        assert len(frames) >= 2 and frames[-1].energy == pytest.approx(r.energy)
+        assert r.energy < frames[0].energy  # relaxed below the queried geometry
+        # Forces (eV/Å) or stress (GPa) of the final geometry are smaller than those of the queried one.
+        assert max(np.abs(r.forces).max(), np.abs(r.stress).max()) < max(
+            np.abs(frames[0].forces).max(), np.abs(frames[0].stress).max()
+        )
+
+
+def test_relaxed_duplicates_name_the_first_label(labelled):
+    _, _, hashes, results, _ = labelled
+    first, second, third, cuau = (results[h] for h in hashes[:4])
+    # The three Cu cells relax to the same fcc crystal; the Cu-Au cell is a different one.
+    assert first.duplicate_of is None
+    assert second.duplicate_of == hashes[0] and third.duplicate_of == hashes[0]
+    assert cuau.duplicate_of is None
+
+
+def test_too_large_cell_is_a_failed_query_and_never_started(labelled):
+    store, settings, hashes, results, workdir = labelled
+    big = results[hashes[4]]
+    assert big.status == "failed" and big.failure_kind == "too_large"
+    assert "108 atoms exceed the emt oracle's limit of 50" in big.reason
+    assert store.get_oracle_result(hashes[4], settings.settings_hash()) is not None  # stored, with the reason
+    assert not (workdir / "oracle" / hashes[4]).exists()  # nothing was started
+    # Asking again does not submit it again either.
+    again = label_hashes(store, [hashes[4]], settings=settings, workdir=workdir, round=2)
+    assert again[hashes[4]].round == 1
+
+
+def test_training_labels_pair_oracle_numbers_with_final_structures(labelled):
+    store, settings, hashes, results, _ = labelled
+    config = CampaignConfig.model_validate(
+        {"name": "t", "chemical_systems": ["Cu-Au"], "oracle": settings.model_dump()}
+    )
+    data = training_labels(config, store)
+    assert [d["hash"] for d in data] == sorted(hashes[:4])  # canonical order; the failed one is left out
+    for d in data:
+        r = results[d["hash"]]
+        assert d["kind"] == "final" and d["energy"] == r.energy and d["forces"] == r.forces
+        assert structure_hash(d["structure"]) == r.final_hash
+    with_frames = training_labels(config, store, frames=2)
+    extra = [d for d in with_frames if d["kind"] == "frame"]
+    assert extra and all(len(d["structure"]) == len(d["forces"]) for d in extra)
+    assert len([d for d in with_frames if d["kind"] == "final"]) == 4
