@@ -92,7 +92,13 @@ class GPAWSettings(AseOracleSettings):
         mixer_history: Number of old densities in the Pulay mixer.
         mixer_weight: Mixer metric weight.
         mpi_ranks: MPI processes per calculation; >1 runs ``mpiexec -n N gpaw python``.
-        relax_steps: Optional DFT relaxation of positions and cell (0 = single point).
+        relax_steps: Ionic steps of the DFT relaxation of positions and cell (BFGS on a FrechetCellFilter, after
+            Niggli reduction); 0 = single point. On by default: a campaign's verdicts, stored structures and
+            training labels come from the relaxed geometry (a single point at an emulator geometry sat up to
+            0.8 eV/Å and ±4 GPa away from it in the audited demo).
+        relax_fmax: Force convergence of that relaxation, eV/Å.
+        max_atoms: Largest cell accepted (atoms); plane-wave cost grows as N³, so larger cells are refused before
+            they start (together with the memory estimate, `max_memory_gb`).
     """
 
     kind: Literal["gpaw"] = "gpaw"
@@ -110,6 +116,9 @@ class GPAWSettings(AseOracleSettings):
     mixer_history: int = Field(5, ge=1)
     mixer_weight: float = Field(50.0, gt=0)
     mpi_ranks: int = Field(1, ge=1)
+    relax_steps: int = Field(20, ge=0)
+    relax_fmax: float = Field(0.05, gt=0)
+    max_atoms: int = Field(200, ge=1)
 
     non_physics_fields: ClassVar[frozenset[str]] = AseOracleSettings.non_physics_fields | {
         "mpi_ranks",

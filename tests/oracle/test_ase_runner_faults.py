@@ -16,7 +16,7 @@ from pymatgen.core import Lattice, Structure
 from oracle import EMTOracle, GPAWOracle, GPAWSettings, UnsupportedStructure
 from oracle.ase_runner import RESULT_FILE
 
-CHEAP = {"cutoff": 400.0, "kpoint_density": 2.0}
+CHEAP = {"cutoff": 400.0, "kpoint_density": 2.0, "relax_steps": 0}
 
 
 def _live_workers(directory: Path) -> list[int]:

@@ -11,7 +11,7 @@ from pymatgen.core import Lattice, Structure
 from oracle import GPAWOracle, GPAWSettings, UnsupportedStructure, make_oracle
 from oracle.ase_runner import RESULT_FILE
 
-CHEAP = {"cutoff": 400.0, "kpoint_density": 2.0, "smearing_width": 0.05}
+CHEAP = {"cutoff": 400.0, "kpoint_density": 2.0, "smearing_width": 0.05, "relax_steps": 0}
 
 
 def bare_gpaw(structure: Structure, workdir: Path) -> tuple[float, np.ndarray, np.ndarray]:
@@ -106,7 +106,9 @@ def test_mpi_two_ranks_agrees_with_serial(si, si_labelled, tmp_path):
 def test_short_relaxation_lowers_forces(si, tmp_path):
     rattled = si.copy()
     rattled.translate_sites([0], [0.06, 0.0, -0.04], frac_coords=False)
-    result = GPAWOracle(GPAWSettings(**CHEAP, relax_steps=3)).label(rattled, workdir=tmp_path / "relax")
+    result = GPAWOracle(GPAWSettings(**{**CHEAP, "relax_steps": 3})).label(
+        rattled, workdir=tmp_path / "relax"
+    )
     assert result.ok, result.reason
     initial = np.abs(result.frames[0].forces).max()
     final = np.abs(result.forces).max()
@@ -196,7 +198,7 @@ def test_iron_comes_out_magnetic(tmp_path):
     fe = Structure.from_spacegroup(
         "Im-3m", Lattice.cubic(2.83), ["Fe"], [[0, 0, 0]]
     ).get_primitive_structure()
-    settings = GPAWSettings(cutoff=350.0, kpoint_density=1.5, smearing_width=0.1)
+    settings = GPAWSettings(cutoff=350.0, kpoint_density=1.5, smearing_width=0.1, relax_steps=0)
     result = GPAWOracle(settings).label(fe, workdir=tmp_path / "fe")
     assert result.ok, result.reason
     assert result.metadata["spin_polarized"] is True
