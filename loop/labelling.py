@@ -64,34 +64,51 @@ def run_label(settings_dict: dict[str, Any], structure_dict: dict[str, Any], wor
     return result.to_dict()
 
 
-def find_duplicate(store: CampaignStore, h: str, final: Structure, *, settings_hash: str) -> str | None:
-    """The earlier label whose final structure is the same crystal as `final` (StructureMatcher), or None.
+def mark_duplicates(store: CampaignStore, hashes: Sequence[str], *, settings_hash: str) -> dict[str, str]:
+    """Record `duplicate_of` for the labels of `hashes` whose final structure is the crystal of an earlier label.
 
-    Compared with the final (oracle-relaxed) structures of every successful label under `settings_hash` except
-    `h` itself; a match that is itself a duplicate resolves to its original, so every duplicate names the first.
+    "Earlier" is the store's canonical order (round, then hash), not completion order, so the outcome is the same
+    for an interrupted and an uninterrupted campaign; a match that is itself a duplicate resolves to its original.
+    Final structures are compared with StructureMatcher inside buckets of the same reduced formula (the funnel's
+    `KnownIndex`).
+
+    Returns:
+        The duplicates newly recorded: labelled hash -> the hash of the first label of that crystal.
     """
-    labelled = {r.structure_hash: r for r in store.oracle_results(settings_hash=settings_hash, ok_only=True)}
-    labelled = {k: r for k, r in labelled.items() if r.hash != h}
-    if not labelled:
-        return None
-    formula = final.composition.reduced_formula
-    marks = ",".join("?" * len(labelled))
-    rows = store.structure_rows(
-        where=f"reduced_formula = ? AND hash IN ({marks})", params=[formula, *labelled]
+    results = store.oracle_results(settings_hash=settings_hash, ok_only=True)
+    position = {r.hash: i for i, r in enumerate(results)}
+    todo = sorted(
+        (h for h in set(hashes) if h in position and results[position[h]].duplicate_of is None),
+        key=position.__getitem__,
     )
-    if not rows:
-        return None
+    if not todo:
+        return {}
     # loop.funnel pulls in the generator room (torch): only when there is something to match.
     from loop.funnel import KnownIndex
 
     index = KnownIndex()
-    for row in rows:
-        index.add_lazy(id=row["hash"], formula=formula, loader=lambda k=row["hash"]: store.get_structure(k))
-    match = index.find(final, seed=False)
-    if match is None:
-        return None
-    earlier = labelled[match[0]]
-    return earlier.duplicate_of or earlier.hash
+    indexed = 0
+    found: dict[str, str] = {}
+    for h in todo:
+        # Index every label before this one, then ask for a match among them.
+        for r in results[indexed : position[h]]:
+            index.add_lazy(
+                id=r.hash,
+                formula=store.structure_rows(where="hash = ?", params=[r.structure_hash])[0][
+                    "reduced_formula"
+                ],
+                loader=lambda k=r.structure_hash: store.get_structure(k),
+            )
+        indexed = position[h]
+        match = index.find(store.get_structure(results[position[h]].structure_hash), seed=False)
+        if match is None:
+            continue
+        earlier = results[position[match[0]]]
+        original = found.get(earlier.hash) or earlier.duplicate_of or earlier.hash
+        found[h] = original
+        store.set_duplicate_of(h, settings_hash=settings_hash, duplicate_of=original)
+        log.info("oracle label of %s relaxed onto the crystal of %s (duplicate)", h, original)
+    return found
 
 
 def label_hashes(
@@ -111,8 +128,8 @@ def label_hashes(
     refuses, e.g. one too large for its `max_atoms` or memory estimate, is never submitted: its query is stored as
     failed with the typed reason. Results are committed one by one as they complete, so a kill loses at most the
     calculations in flight (and the oracle's own result file in the structure's work dir keeps even those). A
-    successful result's final (oracle-relaxed) structure is stored and compared with the final structures labelled
-    before; a match is recorded as `duplicate_of`.
+    successful result's final (oracle-relaxed) structure is stored; one that is the crystal of an earlier label is
+    recorded as its duplicate (`mark_duplicates`).
 
     Args:
         submit / as_completed: A Dask client's `submit` and `distributed.as_completed`; None runs in this process.
@@ -136,21 +153,8 @@ def label_hashes(
         if result.get("status") != "ok" and result.get("transient"):
             transient[h] = result
         else:
-            final = result.get("final_structure")
-            duplicate_of = (
-                find_duplicate(store, h, Structure.from_dict(final), settings_hash=settings_hash)
-                if result.get("status") == "ok" and final is not None
-                else None
-            )
-            if duplicate_of is not None:
-                log.info("oracle label of %s relaxed onto the crystal of %s (duplicate)", h, duplicate_of)
             store.add_oracle_result(
-                h,
-                oracle=settings.kind,
-                settings_hash=settings_hash,
-                result=result,
-                round=round,
-                duplicate_of=duplicate_of,
+                h, oracle=settings.kind, settings_hash=settings_hash, result=result, round=round
             )
         if on_commit is not None:
             on_commit()
@@ -181,6 +185,8 @@ def label_hashes(
         }
         for future in as_completed(list(futures)):
             commit(futures[future], future.result())
+    # After all commits, in canonical order (also covering labels committed before a kill).
+    mark_duplicates(store, hashes, settings_hash=settings_hash)
     results = {}
     for h in hashes:
         stored = store.get_oracle_result(h, settings_hash)

@@ -367,7 +367,6 @@ class CampaignStore:
         settings_hash: str,
         result: dict[str, Any],
         round: int | None = None,
-        duplicate_of: str | None = None,
     ) -> None:
         """Store one oracle result (an `OracleResult.to_dict()`) in one transaction; an existing result for the
         same key is kept.
@@ -415,7 +414,7 @@ class CampaignStore:
                     time.time(),
                     final_hash,
                     result.get("failure_kind"),
-                    duplicate_of,
+                    None,
                 ),
             )
             c.executemany(
@@ -435,6 +434,14 @@ class CampaignStore:
                     )
                     for step, frame in enumerate(result.get("frames") or [])
                 ],
+            )
+
+    def set_duplicate_of(self, h: str, *, settings_hash: str, duplicate_of: str) -> None:
+        """Record that the final structure of the label of `h` is the crystal of the label `duplicate_of`."""
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE oracle_results SET duplicate_of = ? WHERE hash = ? AND settings_hash = ?",
+                (duplicate_of, h, settings_hash),
             )
 
     def oracle_frames(self, h: str, settings_hash: str) -> list[StoredFrame]:

@@ -55,11 +55,21 @@ def test_verdict_energy_and_stored_structure_come_from_the_relaxation(labelled):
 
 def test_relaxed_duplicates_name_the_first_label(labelled):
     _, _, hashes, results, _ = labelled
-    first, second, third, cuau = (results[h] for h in hashes[:4])
+    cu = sorted(hashes[:3])  # same round: canonical order is by hash
     # The three Cu cells relax to the same fcc crystal; the Cu-Au cell is a different one.
-    assert first.duplicate_of is None
-    assert second.duplicate_of == hashes[0] and third.duplicate_of == hashes[0]
-    assert cuau.duplicate_of is None
+    assert results[cu[0]].duplicate_of is None
+    assert results[cu[1]].duplicate_of == cu[0] and results[cu[2]].duplicate_of == cu[0]
+    assert results[hashes[3]].duplicate_of is None
+
+
+def test_duplicates_do_not_depend_on_completion_order(labelled, tmp_path):
+    store, settings, hashes, results, workdir = labelled
+    other = CampaignStore.in_workdir(tmp_path)
+    for h in hashes:
+        other.add_structure(store.get_structure(h), source="relaxed", round=1)
+    # Labelled in reverse order (the oracle's result files are reused: nothing is computed again).
+    again = label_hashes(other, hashes[::-1], settings=settings, workdir=workdir, round=1)
+    assert {h: r.duplicate_of for h, r in again.items()} == {h: r.duplicate_of for h, r in results.items()}
 
 
 def test_too_large_cell_is_a_failed_query_and_never_started(labelled):

@@ -96,8 +96,9 @@ def test_final_structure_frames_and_typed_failure_round_trip(tmp_path):
         settings_hash="aaa",
         result={**RESULT, "final_structure": relaxed.as_dict(), "frames": frames},
         round=2,
-        duplicate_of="earlier",
     )
+    assert store.get_oracle_result(h, "aaa").duplicate_of is None
+    store.set_duplicate_of(h, settings_hash="aaa", duplicate_of="earlier")
     got = store.get_oracle_result(h, "aaa")
     assert got.final_hash == structure_hash(relaxed) != h and got.structure_hash == got.final_hash
     assert got.duplicate_of == "earlier"
