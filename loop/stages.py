@@ -96,16 +96,17 @@ def withheld_structures(store: CampaignStore) -> list[Any]:
 # -- references (round 0) ---------------------------------------------------------------------------------------------
 def reference_pool(config: CampaignConfig) -> list[Any]:
     """The known crystals round 0 may label: every elemental polymorph of the target elements up to
-    `references.max_element_atoms` atoms (bundled crystals and ASE's reference states, structural duplicates
-    removed, bundled first), and every bundled compound of the target systems and their subsystems up to
+    `references.max_element_atoms` atoms (bundled crystals and ASE's reference states, the same crystal given
+    twice kept once, bundled first), and every bundled compound of the target systems and their subsystems up to
     `references.max_atoms` atoms, minus the withheld ones.
 
     Raises:
         InputError: an element of the target systems has no elemental crystal at all, so the hull could not be
             built in the oracle's level of theory.
     """
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
     from generator.seeds import load_seeds, reference_states
-    from loop.funnel import KnownIndex
 
     refs = config.references
     bundled = load_seeds(chemical_systems=config.chemical_systems, withhold=config.withholding)
@@ -117,11 +118,17 @@ def reference_pool(config: CampaignConfig) -> list[Any]:
         ]
         if len(k.structure.composition) == 1 and len(k.structure) <= refs.max_element_atoms
     ]
-    seen = KnownIndex(matcher=config.generator.funnel.matcher)
-    polymorphs = []
+    # Only the same crystal given twice is dropped (ASE's fcc Al and the bundled one). The funnel's matcher would
+    # also merge small distortions such as cI16 Li into bcc Li, whose oracle energies differ (13 meV/atom in the
+    # demo's GPAW), and both are cheap to label.
+    same = StructureMatcher(ltol=0.05, stol=0.05, angle_tol=1.0, primitive_cell=False, scale=True)
+    polymorphs: list[Any] = []
     for k in elements:
-        if seen.find(k.structure) is None:
-            seen.add(id=k.id, structure=k.structure)
+        if not any(
+            p.structure.composition.reduced_formula == k.structure.composition.reduced_formula
+            and same.fit(p.structure, k.structure)
+            for p in polymorphs
+        ):
             polymorphs.append(k)
     have = {k.structure.composition.elements[0].symbol for k in polymorphs}
     missing = sorted(set(config.elements) - have)
@@ -182,6 +189,7 @@ def select_references(config: CampaignConfig, *, executor: Any = None) -> list[t
 
 # -- generate ---------------------------------------------------------------------------------------------------------
 SUBSTITUTION_CHUNK = 16  # parents offered to the substitution generator at a time
+PROTOTYPES_MIN = 64  # fewest prototype parents searched per round
 
 
 def _discoveries(config: CampaignConfig, store: CampaignStore) -> list[Any]:
@@ -240,6 +248,9 @@ def substitution_candidates(
             settings=settings,
             withhold=config.withholding,
             exclude_prototypes=spent,
+            # enough structure types for this round even if most children turn out known; scoring every
+            # ionic formula of an oxide system would take minutes
+            limit=max(PROTOTYPES_MIN, 4 * n),
         ),
     ]
     generator = SubstitutionGenerator(settings=settings)

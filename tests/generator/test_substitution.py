@@ -20,9 +20,12 @@ from generator.substitution import (
 from loop.funnel import Funnel, FunnelConfig, KnownIndex
 
 
+MP20 = ["mp_20/train", "mp_20/val"]
+
+
 @pytest.fixture(scope="module")
 def parents():
-    return load_seeds(limit=100, seed=0)
+    return load_seeds(splits=MP20, limit=100, seed=0)
 
 
 @pytest.fixture(scope="module")
