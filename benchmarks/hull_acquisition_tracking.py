@@ -26,6 +26,9 @@ from pymatgen.core import Composition, Structure
 from loop.acquisition import AcquisitionConfig, select_queries, structure_features
 from loop.hull import HullEntry, OracleHull
 from loop.tracking import Tracker, TrackingConfig
+from loop.verdicts import StabilityRule
+
+RULE = StabilityRule(near_stable=0.05)
 
 MP20_VAL = Path(__file__).resolve().parents[1] / "generator" / "data" / "mp_20" / "val.csv.gz"
 
@@ -84,7 +87,12 @@ def main() -> None:
         config = AcquisitionConfig(strategy=strategy, budget=args.budget)
         t = time.perf_counter()
         res = select_queries(
-            mean=ev.e_above_hull, std=ev.e_above_hull_std, config=config, features=feats, formulas=formulas
+            mean=ev.e_above_hull,
+            std=ev.e_above_hull_std,
+            config=config,
+            rule=RULE,
+            features=feats,
+            formulas=formulas,
         )
         timings[f"select_{strategy}_diverse"] = time.perf_counter() - t
         assert len(res.indices) == args.budget
@@ -94,7 +102,7 @@ def main() -> None:
         diversity={"max_per_formula": None, "similarity_penalty": 0.0},
     )
     t = time.perf_counter()
-    select_queries(mean=ev.e_above_hull, std=ev.e_above_hull_std, config=config)
+    select_queries(mean=ev.e_above_hull, std=ev.e_above_hull_std, config=config, rule=RULE)
     timings["select_p_stable_plain"] = time.perf_counter() - t
 
     with tempfile.TemporaryDirectory() as tmp:

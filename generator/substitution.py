@@ -12,15 +12,16 @@ children without a charge check (each metal is looked up in the table as its com
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 from pydantic import Field, field_validator
 from pymatgen.analysis.structure_prediction.substitution_probability import SubstitutionProbability
-from pymatgen.core import Composition, Species, Structure
+from pymatgen.core import Composition, Element, Species, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from generator.base import (
@@ -33,6 +34,7 @@ from generator.base import (
     register,
 )
 from generator.chemistry import is_charge_balanced, is_intermetallic, parse_chemical_system
+from generator.seeds import SPLITS, Withholding, load_seeds, seed_table
 
 
 class SubstitutionSettings(GeneratorSettings):
@@ -138,6 +140,15 @@ def _metallic_states(reduced_formula: str) -> tuple[tuple[str, int], ...] | None
     return tuple(sorted(out))
 
 
+@lru_cache(maxsize=65536)
+def _parent_states(reduced_formula: str) -> tuple[dict[str, int], bool] | None:
+    """(charge per element, intermetallic?) used to look a parent up in the table, or None if it has none."""
+    metallic = is_intermetallic(Composition(reduced_formula))
+    states = _metallic_states(reduced_formula) if metallic else None
+    states = states or _integer_oxidation_states(reduced_formula)
+    return None if states is None else (dict(states), metallic)
+
+
 @dataclass
 class _Proposal:
     score: float
@@ -158,7 +169,8 @@ class SubstitutionGenerator(Generator):
     """Full and symmetry-aware partial ionic substitution on the known crystals of the context.
 
     With `context.chemical_systems`, parents are those within `max_substituted_species` elements of a
-    target system (e.g. LiMnPO4 for "Li-Fe-P-O"), closest first, and every candidate lies inside a target.
+    target system (e.g. LiMnPO4 for "Li-Fe-P-O"), ranked by their best full-substitution score into a target
+    (`parent_score`), then closest first; every candidate lies inside a target.
     """
 
     name = "substitution"
@@ -170,8 +182,8 @@ class SubstitutionGenerator(Generator):
     def generate(self, *, n: int, context: GenerationContext, seed: int = 0) -> list[Candidate]:
         """Propose up to `n` substituted crystals.
 
-        Candidates come parent by parent (closest to a target system first, otherwise in a shuffled order
-        reproducible for `seed`), each parent giving up to `max_candidates_per_parent`, best score first.
+        Candidates come parent by parent (with target systems: best `parent_score` first, then closest to a
+        target; otherwise in a shuffled order reproducible for `seed`), each parent giving up to `max_candidates_per_parent`, best score first.
         Each candidate's `info` records the operation ("substitution" or "saps"), the species mapping,
         the score and, for SAPS, the orbit and replaced site indices.
 
@@ -187,13 +199,11 @@ class SubstitutionGenerator(Generator):
             if len(out) >= n:
                 break
             for proposal in self._proposals(parent, target, systems, rng):
+                info = proposal.info
+                if "prototype" in parent.properties:
+                    info = {**info, "parent_prototype": parent.properties["prototype"]}
                 out.append(
-                    Candidate(
-                        structure=proposal.structure,
-                        source=self.name,
-                        parent=parent.id,
-                        info=proposal.info,
-                    )
+                    Candidate(structure=proposal.structure, source=self.name, parent=parent.id, info=info)
                 )
                 if len(out) >= n:
                     break
@@ -203,28 +213,47 @@ class SubstitutionGenerator(Generator):
         self, known: Sequence[KnownStructure], systems: list[frozenset[str]], rng: np.random.Generator
     ) -> Iterator[tuple[KnownStructure, frozenset[str] | None]]:
         order = rng.permutation(len(known))
-        ranked: list[tuple[int, int, int, KnownStructure, frozenset[str] | None]] = []
+        ranked: list[tuple[float, int, int, int, KnownStructure, frozenset[str] | None]] = []
         for tie, i in enumerate(order):
             parent = known[int(i)]
             if len(parent.structure) > self.settings.max_parent_sites:
                 continue
-            elements = {el.symbol for el in parent.structure.composition.element_composition.elements}
             if not systems:
-                ranked.append((0, 0, tie, parent, None))
+                ranked.append((0.0, 0, 0, tie, parent, None))
                 continue
+            elements = {el.symbol for el in parent.structure.composition.element_composition.elements}
+            formula = parent.structure.composition.reduced_formula
             best = None
             for target in systems:
                 foreign = len(elements - target)
                 if len(elements) > len(target) or foreign > self.settings.max_substituted_species:
                     continue
-                key = (foreign, -len(elements & target))
+                score = self._target_score(formula, target, systems)
+                if score <= 0 and foreign:
+                    continue  # no full substitution reaches the target, and partial ones keep foreign elements
+                key = (-score, foreign, -len(elements & target))
                 if best is None or key < best[0]:
                     best = (key, target)
             if best is not None:
                 ranked.append((*best[0], tie, parent, best[1]))
-        ranked.sort(key=lambda r: r[:3])
+        ranked.sort(key=lambda r: r[:4])
         for *_, parent, target in ranked:
             yield parent, target
+
+    def _target_score(
+        self, reduced_formula: str, target: frozenset[str], systems: list[frozenset[str]]
+    ) -> float:
+        key = (reduced_formula, target, tuple(sorted(map(tuple, map(sorted, systems)))))
+        cache = self.__dict__.setdefault("_score_cache", {})
+        if key not in cache:
+            found = _parent_states(reduced_formula)
+            maps = (
+                self._species_maps(Composition(reduced_formula), found[0], target, systems, metallic=found[1])
+                if found is not None
+                else []
+            )
+            cache[key] = maps[0][0] if maps else 0.0
+        return cache[key]
 
     def _proposals(
         self,
@@ -235,13 +264,10 @@ class SubstitutionGenerator(Generator):
     ) -> list[_Proposal]:
         structure = parent.structure.copy()
         structure.remove_oxidation_states()
-        comp = structure.composition
-        metallic = is_intermetallic(comp)
-        states = _metallic_states(comp.reduced_formula) if metallic else None
-        states = states or _integer_oxidation_states(comp.reduced_formula)
-        if states is None:
+        found = _parent_states(structure.composition.reduced_formula)
+        if found is None:
             return []
-        oxi = dict(states)
+        oxi, metallic = found
         cap = self.settings.max_candidates_per_parent
         full = self._full(structure, oxi, target, systems, metallic=metallic)
         partial = (
@@ -266,36 +292,11 @@ class SubstitutionGenerator(Generator):
         metallic: bool,
     ) -> list[_Proposal]:
         cfg = self.settings
-        comp = structure.composition
         olds = [(el, oxi[el]) for el in sorted(oxi)]
-        if any(not _in_table(el, q) for el, q in olds):
-            return []
-        amounts = [round(comp[el]) for el, _ in olds]
-        must_change = [i for i, (el, _) in enumerate(olds) if target is not None and el not in target]
-        if len(must_change) > cfg.max_substituted_species:
-            return []
-        options = [_substitutes(el, q, target, cfg.threshold) for el, q in olds]
-        found: list[tuple[float, dict[int, tuple[str, int]]]] = []
-        free = [i for i in range(len(olds)) if i not in must_change]
-        for extra in range(cfg.max_substituted_species - len(must_change) + 1):
-            for more in itertools.combinations(free, extra):
-                positions = sorted([*must_change, *more])
-                if positions:
-                    self._expand(positions, 0, {}, 1.0, options, found)
         proposals: list[_Proposal] = []
-        base_charge = {i: q * a for i, ((_, q), a) in enumerate(zip(olds, amounts, strict=True))}
-        for score, changes in sorted(found, key=lambda t: -t[0]):
-            symbols = [changes[i][0] if i in changes else el for i, (el, _) in enumerate(olds)]
-            if len(set(symbols)) != len(symbols):
-                continue
-            charge = sum(
-                changes[i][1] * amounts[i] if i in changes else base_charge[i] for i in range(len(olds))
-            )
-            if systems and not any(set(symbols) <= t for t in systems):
-                continue
-            if charge != 0 and not (metallic and is_intermetallic(Composition(dict.fromkeys(symbols, 1)))):
-                # intermetallic parents give intermetallic children: formal charges do not apply
-                continue
+        for score, changes in self._species_maps(
+            structure.composition, oxi, target, systems, metallic=metallic
+        ):
             new_structure = structure.copy()
             new_structure.replace_species({olds[i][0]: changes[i][0] for i in changes})
             proposals.append(
@@ -313,6 +314,64 @@ class SubstitutionGenerator(Generator):
             if len(proposals) >= cfg.max_candidates_per_parent:
                 break
         return proposals
+
+    def _species_maps(
+        self,
+        comp: Composition,
+        oxi: dict[str, int],
+        target: frozenset[str] | None,
+        systems: list[frozenset[str]],
+        *,
+        metallic: bool,
+    ) -> list[tuple[float, dict[int, tuple[str, int]]]]:
+        """Valid full substitutions of a parent, best score first: (score, {species position: (symbol, q)}).
+
+        Positions index the parent's species sorted by symbol. Valid: at most `max_substituted_species`
+        replaced, every element outside `target` replaced, distinct elements, inside a target system, and
+        charge-neutral (or intermetallic from an intermetallic parent).
+        """
+        cfg = self.settings
+        olds = [(el, oxi[el]) for el in sorted(oxi)]
+        if any(not _in_table(el, q) for el, q in olds):
+            return []
+        amounts = [comp[el] for el, _ in olds]
+        must_change = [i for i, (el, _) in enumerate(olds) if target is not None and el not in target]
+        if len(must_change) > cfg.max_substituted_species:
+            return []
+        options = [_substitutes(el, q, target, cfg.threshold) for el, q in olds]
+        found: list[tuple[float, dict[int, tuple[str, int]]]] = []
+        free = [i for i in range(len(olds)) if i not in must_change]
+        for extra in range(cfg.max_substituted_species - len(must_change) + 1):
+            for more in itertools.combinations(free, extra):
+                positions = sorted([*must_change, *more])
+                if positions:
+                    self._expand(positions, 0, {}, 1.0, options, found)
+        valid = []
+        for score, changes in sorted(found, key=lambda t: -t[0]):
+            symbols = [changes[i][0] if i in changes else el for i, (el, _) in enumerate(olds)]
+            if len(set(symbols)) != len(symbols):
+                continue
+            if systems and not any(set(symbols) <= t for t in systems):
+                continue
+            charge = sum(
+                (changes[i][1] if i in changes else q) * a
+                for i, ((_, q), a) in enumerate(zip(olds, amounts, strict=True))
+            )
+            if abs(charge) > 1e-6 and not (
+                metallic and is_intermetallic(Composition(dict.fromkeys(symbols, 1)))
+            ):
+                # intermetallic parents give intermetallic children: formal charges do not apply
+                continue
+            valid.append((score, changes))
+        return valid
+
+    def parent_score(self, reduced_formula: str, systems: Sequence[str]) -> float:
+        """Best full-substitution score (product of P(new | old)) taking a parent formula into a target system.
+
+        0 when no valid substitution reaches one (see `_species_maps`).
+        """
+        targets = [parse_chemical_system(s) for s in systems]
+        return max((self._target_score(reduced_formula, t, targets) for t in targets), default=0.0)
 
     def _expand(
         self,
@@ -411,6 +470,140 @@ class SubstitutionGenerator(Generator):
 register(SubstitutionGenerator)
 
 
+def prototype_key(*, anonymous_formula: str, spacegroup: int, n_sites: int) -> str:
+    """A structure prototype: anonymous formula, space group and atoms in the cell, e.g. "AB:227:4" for B32.
+
+    Cheap (no structure comparison), so two structure types that share all three are one prototype; that is
+    rare above the lowest-symmetry groups.
+    """
+    return f"{anonymous_formula}:{spacegroup}:{n_sites}"
+
+
+@lru_cache(maxsize=8192)
+def _best_into(symbol: str, target: frozenset[str], threshold: float) -> float:
+    """Largest P(new | old) over the charge states of `symbol` and the species of `target` (1 if it is in it)."""
+    if symbol in target:
+        return 1.0
+    best = 0.0
+    for sp in _species_pool(frozenset({symbol})):
+        options = _substitutes(sp.symbol, int(sp.oxi_state), target, threshold)
+        if options:
+            best = max(best, options[0][2])
+    return best
+
+
+@lru_cache(maxsize=256)
+def _has_anions(target: frozenset[str]) -> bool:
+    return any(sp.oxi_state < 0 for sp in _species_pool(target))
+
+
+def _score_bound(
+    elements: frozenset[str], targets: Sequence[frozenset[str]], cfg: SubstitutionSettings
+) -> float:
+    """An upper bound of `parent_score` from the elements alone (no oxidation-state guess): the product of each
+    element's best substitution probability into the target. 0 when no target can be reached: too many elements,
+    too many foreign ones, or an ionic parent for a target without anions (anions only replace anions)."""
+    metallic = all(Element(e).is_metal for e in elements)
+    best = 0.0
+    for target in targets:
+        if len(elements) > len(target) or len(elements - target) > cfg.max_substituted_species:
+            continue
+        if not metallic and not _has_anions(target):
+            continue
+        bound = 1.0
+        for el in elements:
+            bound *= _best_into(el, target, cfg.threshold)
+        best = max(best, bound)
+    return best if best >= cfg.threshold else 0.0
+
+
+def prototype_parents(
+    *,
+    chemical_systems: Sequence[str],
+    settings: SubstitutionSettings | None = None,
+    withhold: Withholding | None = None,
+    exclude_prototypes: Collection[str] = (),
+    limit: int | None = None,
+    min_elements: int = 2,
+    splits: Sequence[str] = SPLITS,
+) -> list[KnownStructure]:
+    """One substitution parent per structure prototype, from every bundled chemical system that substitutes into
+    a target system.
+
+    Every bundled crystal whose elements can be mapped into a target system by the Hautier substitution table
+    (same rules and threshold as `SubstitutionGenerator`) is scored with `parent_score`; the best-scoring crystal
+    of each prototype (`prototype_key`) represents it. For Li-Al, LiIn, LiZn, LiCd and NaTl are all the B32
+    prototype (AB, Fd-3m, 4 atoms), so it is offered once. Exact scores need an oxidation-state guess per formula
+    (slow for ionic crystals), so formulas are scored best bound first and the search stops once `limit`
+    prototypes are found that no unscored formula could beat.
+
+    Args:
+        chemical_systems: Target systems such as "Li-Al".
+        settings: Substitution settings (threshold, most substituted species, largest parent).
+        withhold: Crystals hidden from the campaign; never parents.
+        exclude_prototypes: Prototype keys already used (their children are known), skipped.
+        limit: At most this many parents (None: all, which can take minutes for oxide targets).
+        min_elements: Fewest elements of a parent; 2 leaves elemental structure types to the references.
+        splits: Bundled splits searched.
+
+    Returns:
+        Parents, best score first, with properties prototype, prototype_score and prototype_members (crystals
+        of the prototype that qualified) besides the seed properties.
+
+    Raises:
+        GeneratorError: On an unknown element or chemical system.
+    """
+    generator = SubstitutionGenerator(settings=settings)
+    cfg = generator.settings
+    targets = [parse_chemical_system(s) for s in chemical_systems]
+    if not targets:
+        raise GeneratorError("prototype_parents needs target chemical systems, e.g. ['Li-Al']")
+    table = seed_table(splits=splits)
+    mask = (table["n_sites"] <= cfg.max_parent_sites) & (table["element_set"].map(len) >= min_elements)
+    if withhold:
+        mask &= ~withhold.mask(table)
+    bounds = {s: _score_bound(s, targets, cfg) for s in table["element_set"][mask].unique()}
+    rows = table[mask & table["element_set"].map(lambda s: bounds.get(s, 0.0) > 0)]
+    excluded = set(exclude_prototypes)
+    prototypes = pd.Series(
+        [
+            prototype_key(anonymous_formula=a, spacegroup=int(g), n_sites=int(n))
+            for a, g, n in zip(
+                rows["anonymous_formula"], rows["spacegroup.number"], rows["n_sites"], strict=True
+            )
+        ],
+        index=rows.index,
+    )
+    keep = ~prototypes.isin(excluded)
+    rows, prototypes = rows[keep], prototypes[keep]
+    by_formula = {f: group.index for f, group in rows.groupby("reduced_formula", sort=False)}
+    bound_of = {f: bounds[rows.loc[idx[0], "element_set"]] for f, idx in by_formula.items()}
+    order = sorted(by_formula, key=lambda f: (-bound_of[f], f))
+    best: dict[str, tuple[float, str]] = {}  # prototype -> (score, material id)
+    members: dict[str, int] = {}
+    for formula in order:
+        if limit is not None and len(best) >= limit:
+            kth = sorted((v[0] for v in best.values()), reverse=True)[limit - 1]
+            if bound_of[formula] < kth:
+                break  # no formula left can displace the current top `limit`
+        score = generator.parent_score(formula, chemical_systems)
+        if score <= 0:
+            continue
+        for idx in by_formula[formula]:
+            proto, ident = prototypes[idx], str(rows.at[idx, "material_id"])
+            members[proto] = members.get(proto, 0) + 1
+            if proto not in best or (-score, ident) < (-best[proto][0], best[proto][1]):
+                best[proto] = (score, ident)
+    ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[1][1]))[:limit]
+    loaded = {k.id: k for k in load_seeds(splits=splits, ids=[ident for _, (_, ident) in ranked])}
+    out = []
+    for proto, (score, ident) in ranked:
+        known = loaded[ident]
+        known.properties.update(prototype=proto, prototype_score=score, prototype_members=members[proto])
+        out.append(known)
+    return out
+
+
 def substitution_score(old: str, new: str) -> float:
     """P(new | old) for two species strings such as "Mn2+" and "Fe2+" (Hautier et al. data).
 
@@ -430,4 +623,10 @@ def substitution_score(old: str, new: str) -> float:
     return float(model.cond_prob(b, a))
 
 
-__all__ = ["SubstitutionGenerator", "SubstitutionSettings", "substitution_score"]
+__all__ = [
+    "SubstitutionGenerator",
+    "SubstitutionSettings",
+    "prototype_key",
+    "prototype_parents",
+    "substitution_score",
+]

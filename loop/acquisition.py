@@ -28,12 +28,13 @@ from modAL.acquisition import PI, UCB
 from modAL.disagreement import max_std_sampling
 from modAL.models import ActiveLearner
 from modAL.utils.selection import multi_argmax
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pymatgen.core import Structure
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.metrics import pairwise_distances
 
 from loop.errors import InputError
+from loop.verdicts import StabilityRule
 
 # Floor on the ensemble spread, eV/atom: a zero std would make the Gaussian probability a step function (0/0 at the
 # threshold) and tells nothing more than "very sure".
@@ -72,10 +73,6 @@ class AcquisitionConfig(BaseModel):
     Attributes:
         strategy: Registered strategy name (see `strategy_names()`).
         budget: Oracle queries per round.
-        stability_threshold: E_hull below which a candidate counts as a hit, eV/atom. The default 0.1 is the
-            metastability window of the S.U.N. metric; it also absorbs that an oracle single point at an emulator
-            geometry only bounds the relaxed energy from above, and the emulator's typical E_hull error (tens of
-            meV/atom), so promising candidates are not ruled out early.
         kappa: Exploration weight of `ucb`: candidates rank by -(mean - kappa * std).
         diversity: Batch-diversity settings.
         seed: Seed of the `random` baseline.
@@ -85,10 +82,19 @@ class AcquisitionConfig(BaseModel):
 
     strategy: str = "p_stable"
     budget: int = Field(default=8, ge=1)
-    stability_threshold: float = 0.1
     kappa: float = Field(default=1.0, ge=0.0)
     diversity: DiversityConfig = Field(default_factory=DiversityConfig)
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_threshold(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "stability_threshold" in data:
+            raise ValueError(
+                "stability_threshold was removed: acquisition now targets the campaign's hit threshold; delete it"
+                " and set the top-level near_stable (eV/atom above the hull) instead"
+            )
+        return data
 
     @field_validator("strategy")
     @classmethod
@@ -304,9 +310,11 @@ def max_std(
 
 
 def p_stable(
-    learner: Any, X: np.ndarray, n_instances: int = 1, *, threshold: float = 0.1, **kwargs: Any
+    learner: Any, X: np.ndarray, n_instances: int = 1, *, threshold: float, **kwargs: Any
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Probability of being a hit, P(E_hull < threshold) = Φ((threshold − μ) / σ) under the ensemble's Gaussian.
+    """Probability of being a hit, P(E_hull <= threshold) = Φ((threshold − μ) / σ) under the ensemble's Gaussian.
+
+    The loop passes the campaign's hit threshold (`StabilityRule.hit_threshold`, eV/atom).
 
     Computed with modAL's probability-of-improvement on the negated target: PI(−μ, σ, −threshold, 0).
     """
@@ -394,6 +402,7 @@ def select_queries(
     mean: Sequence[float] | np.ndarray,
     std: Sequence[float] | np.ndarray,
     config: AcquisitionConfig,
+    rule: StabilityRule,
     features: np.ndarray | None = None,
     formulas: Sequence[str] | None = None,
     labelled_features: np.ndarray | None = None,
@@ -403,7 +412,8 @@ def select_queries(
     Args:
         mean: (n,) ensemble-mean E_hull of each candidate, eV/atom.
         std: (n,) ensemble std of E_hull (= energy std with the hull fixed), eV/atom.
-        config: Strategy, budget, threshold, kappa, diversity and seed.
+        config: Strategy, budget, kappa, diversity and seed.
+        rule: The campaign's stability rule; `p_stable` targets P(E_hull <= rule.hit_threshold).
         features: (n, k) diversity features (e.g. `structure_features`); None disables the similarity penalty.
         formulas: n reduced formulas for the per-formula cap; None disables the cap.
         labelled_features: (m, k) features of structures labelled in earlier rounds, so picks also avoid them.
@@ -451,7 +461,7 @@ def select_queries(
         "labelled_features": labelled_features,
     }
     if config.strategy == "p_stable":
-        kwargs["threshold"] = config.stability_threshold
+        kwargs["threshold"] = rule.hit_threshold
     elif config.strategy == "ucb":
         kwargs["kappa"] = config.kappa
     elif config.strategy == "random":
@@ -475,6 +485,7 @@ def select_structures(
     mean: Sequence[float] | np.ndarray,
     std: Sequence[float] | np.ndarray,
     config: AcquisitionConfig,
+    rule: StabilityRule,
     labelled: Sequence[Structure] = (),
 ) -> AcquisitionResult:
     """`select_queries` with features and reduced formulas computed from the candidate structures.
@@ -484,6 +495,7 @@ def select_structures(
         mean: (n,) ensemble-mean E_hull, eV/atom.
         std: (n,) ensemble std of E_hull, eV/atom.
         config: Acquisition settings.
+        rule: The campaign's stability rule (what a hit is).
         labelled: Structures labelled in earlier rounds (picks avoid near-copies of them too).
     """
     if len(structures) != np.asarray(mean).size:
@@ -494,18 +506,19 @@ def select_structures(
         mean=mean,
         std=std,
         config=config,
+        rule=rule,
         features=structure_features(structures),
         formulas=[s.composition.reduced_formula for s in structures],
         labelled_features=structure_features(labelled) if len(labelled) else None,
     )
 
 
-def hit_rate(e_above_hull: Sequence[float] | np.ndarray, *, threshold: float = 0.1) -> float:
-    """Fraction of oracle-labelled queries with E_hull <= `threshold` (eV/atom); NaN entries count as misses.
+def hit_rate(e_above_hull: Sequence[float] | np.ndarray, *, rule: StabilityRule) -> float:
+    """Fraction of oracle-labelled queries that are hits under `rule` (E_hull in eV/atom); NaN counts as a miss.
 
     Returns NaN for an empty list.
     """
     values = np.asarray(e_above_hull, dtype=float).reshape(-1)
     if values.size == 0:
         return float("nan")
-    return float(np.mean(np.nan_to_num(values, nan=np.inf) <= threshold))
+    return float(np.mean([rule.is_hit(float(v)) for v in values]))

@@ -283,7 +283,10 @@ class Campaign:
 
         assert self.store is not None
         picks = stages.select_references(self.config, executor=self._executor)
+        withheld = stages.withheld_records(self.config)
         with self.store.transaction():
+            # what the campaign must rediscover, so the report can match its discoveries to it
+            self.store.set_meta("withheld", withheld)
             hashes = []
             for known, why in picks:
                 h = self.store.add_structure(
@@ -296,7 +299,17 @@ class Campaign:
                 hashes.append(h)
             self.store.add_queries(0, [(h, "references", i, None) for i, h in enumerate(hashes)])
             self._done(
-                rnd, "references", {"n_references": len(hashes), "ids": [k.id for k, _ in picks]}, started
+                rnd,
+                "references",
+                {
+                    "n_references": len(hashes),
+                    "n_elements": sum(1 for _, why in picks if why == "element"),
+                    "n_compounds": sum(1 for _, why in picks if why == "compound"),
+                    "n_withheld": len(withheld),
+                    "ids": [k.id for k, _ in picks],
+                    "withheld_ids": [w["material_id"] for w in withheld],
+                },
+                started,
             )
 
     def _stage_generate(self, rnd: int, started: float) -> None:
@@ -452,16 +465,20 @@ class Campaign:
             self._done(rnd, "track", report, started)
 
     def _round_summary(self, rnd: int) -> dict[str, Any]:
+        """Counts of one round in the campaign's vocabulary (`loop.verdicts`): a hit is stable or near-stable."""
         assert self.store is not None
         update = self.store.stage_result(rnd, "update") or {}
         label = self.store.stage_result(rnd, "label") or {}
+        stable = update.get("n_stable_new", 0)
+        hits = update.get("n_hits_new", stable + update.get("n_near_stable_new", 0))
         return {
             "queried": label.get("n_queried", 0),
             "labelled": label.get("n_ok", 0),
             "failed": label.get("n_failed", 0),
-            "stable": update.get("n_stable_new", 0),
-            "near_stable": update.get("n_near_stable_new", 0),
-            "new_discoveries": update.get("n_stable_new", 0) + update.get("n_near_stable_new", 0),
+            "stable": stable,
+            "near_stable": hits - stable,
+            "hits": hits,
+            "new_discoveries": hits,
             "hit_rate": update.get("hit_rate"),
         }
 

@@ -7,23 +7,27 @@ validation errors into one line that names the key path.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pymatgen.core import Composition
 
 import emulator as _emulator_pkg  # noqa: F401  (registers emulators)
 import oracle as _oracle_pkg  # noqa: F401  (registers oracles)
 from emulator.base import settings_models as emulator_settings_models
 from generator.diffusion import DiffusionSettings
 from generator.random_search import RandomSearchSettings
+from generator.seeds import Withholding, bundled_formulas
 from generator.substitution import SubstitutionSettings
 from loop.acquisition import AcquisitionConfig
 from loop.errors import InputError
 from loop.funnel import FunnelConfig
 from loop.tracking import TrackingConfig
 from loop.validation import discriminated_union, format_validation_error
+from loop.verdicts import StabilityRule
 from oracle.base import settings_models as oracle_settings_models
 
 
@@ -35,6 +39,8 @@ OracleConfig = discriminated_union(oracle_settings_models())
 EmulatorConfig = discriminated_union(emulator_settings_models())
 
 GENERATOR_NAMES = ("diffusion", "substitution", "random_search")
+ALL_COMPOUNDS = "all_compounds"
+_MATERIAL_ID = re.compile(r"^(mp|mvc)-\d+$")
 
 
 class GeneratorConfig(StrictModel):
@@ -82,14 +88,20 @@ class GeneratorConfig(StrictModel):
 class ReferencesConfig(StrictModel):
     """Round 0: what the oracle labels to build the hull in its own level of theory.
 
+    The known crystals are every bundled Materials Project crystal of the target systems and their subsystems
+    (mp_20 and mpts_52) plus ASE's reference state of each element. Round 0 labels every elemental polymorph up to
+    `max_element_atoms` (they are cheap, and the hull's end points decide every verdict) and the lowest-lying
+    known compounds, one per composition, ranked by the pretrained emulator.
+
     Attributes:
-        max_compounds: Known compounds of the chemical system(s) from the seed data labelled in round 0, besides one
-            elemental reference per element.
-        max_atoms: Largest cell (atoms) taken as a reference, to bound round-0 cost.
+        max_compounds: Known compounds labelled in round 0 (at most one per composition).
+        max_atoms: Largest compound cell (atoms) taken as a reference, to bound round-0 cost.
+        max_element_atoms: Largest elemental cell (atoms) labelled in round 0.
     """
 
     max_compounds: int = Field(default=4, ge=0)
     max_atoms: int = Field(default=12, ge=1)
+    max_element_atoms: int = Field(default=8, ge=1)
 
 
 class EmulatorTrainingConfig(StrictModel):
@@ -156,14 +168,19 @@ class CampaignConfig(StrictModel):
         name: Campaign name (also the MLflow experiment name unless tracking says otherwise).
         seed: Master random seed.
         chemical_systems: Target chemical systems, e.g. ["Cu-Au"]; elements joined by "-".
-        near_stable: Threshold (eV/atom above the oracle hull) under which a labelled structure counts as a
-            near-stable discovery; on-hull structures are "stable".
+        near_stable: Threshold (eV/atom above the oracle hull) at or under which a labelled structure is a hit
+            (near-stable, or stable when on the hull); acquisition targets it too (see `loop.verdicts`).
+        withhold: Known crystals hidden from the campaign so that it must find them again (rediscovery mode):
+            material ids ("mp-1234"), reduced formulas of compounds inside the target systems ("LiAl"), or
+            "all_compounds" (every known compound of the target systems). They are left out of the references,
+            the novelty index, the substitution parents and the generator's fine-tuning data.
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     chemical_systems: list[str] = Field(min_length=1)
     near_stable: float = Field(default=0.05, ge=0.0)
+    withhold: list[str] = Field(default_factory=list)
     references: ReferencesConfig = Field(default_factory=ReferencesConfig)
     stop: StopRule = Field(default_factory=StopRule)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
@@ -190,9 +207,61 @@ class CampaignConfig(StrictModel):
             out.append("-".join(sorted(set(elements))))
         return out
 
+    @model_validator(mode="after")
+    def _withheld_compounds_only(self) -> CampaignConfig:
+        systems = [frozenset(s.split("-")) for s in self.chemical_systems]
+        ids = [w for w in self.withhold if _MATERIAL_ID.match(w)]
+        known = bundled_formulas() if ids else {}
+        for item in self.withhold:
+            if item == ALL_COMPOUNDS:
+                continue
+            if _MATERIAL_ID.match(item):
+                if item not in known:
+                    raise ValueError(f"withhold: {item} is not a bundled material id; check the id")
+                formula = known[item]
+            else:
+                try:
+                    formula = Composition(item).reduced_formula
+                except (ValueError, KeyError):
+                    raise ValueError(
+                        f"withhold: {item!r} is neither a material id (mp-1234), a formula (LiAl) nor "
+                        f"{ALL_COMPOUNDS!r}"
+                    ) from None
+            elements = {el.symbol for el in Composition(formula).elements}
+            if len(elements) < 2:
+                raise ValueError(
+                    f"withhold: {item} is an element; the hull needs every element's reference, so withhold "
+                    "compounds only"
+                )
+            if not _MATERIAL_ID.match(item) and not any(elements <= s for s in systems):
+                raise ValueError(
+                    f"withhold: {item} lies outside the chemical systems {self.chemical_systems}"
+                )
+        return self
+
     @property
     def elements(self) -> list[str]:
         return sorted({e for s in self.chemical_systems for e in s.split("-")})
+
+    @property
+    def stability_rule(self) -> StabilityRule:
+        """What stable, near-stable and a hit mean in this campaign (the one vocabulary, `loop.verdicts`)."""
+        return StabilityRule(near_stable=self.near_stable)
+
+    @property
+    def withholding(self) -> Withholding:
+        """The `withhold` list as a filter on bundled crystals."""
+        return Withholding(
+            ids=frozenset(w for w in self.withhold if _MATERIAL_ID.match(w)),
+            formulas=frozenset(
+                Composition(w).reduced_formula
+                for w in self.withhold
+                if w != ALL_COMPOUNDS and not _MATERIAL_ID.match(w)
+            ),
+            compounds_in=tuple(frozenset(s.split("-")) for s in self.chemical_systems)
+            if ALL_COMPOUNDS in self.withhold
+            else (),
+        )
 
 
 def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) -> CampaignConfig:

@@ -22,7 +22,7 @@ from pymatgen.core import Element, Structure
 
 from generator.base import Candidate, GeneratorError, KnownStructure
 from generator.chemistry import is_charge_balanced, parse_chemical_system, parse_element
-from generator.seeds import SPLITS, seed_loaders
+from generator.seeds import SPLITS, Withholding, seed_loaders
 from loop.fingerprint import Fingerprint, fingerprint
 
 FILTERS = (
@@ -150,7 +150,7 @@ class KnownIndex:
     Entries carry an origin: "seed" (the seed data; a match means "not novel") or anything else such as
     "campaign" (a match means "already known"). Structures may be given lazily as zero-argument callables
     (e.g. reading from the campaign store); they are loaded only when a candidate lands in their bucket.
-    With `add_lazy` even the fingerprint waits until then, so indexing all ~22k seed crystals
+    With `add_lazy` even the fingerprint waits until then, so indexing all ~41k bundled crystals
     (`from_seed_data`) costs about a second and only the CIFs of candidates' formulas are ever parsed.
     """
 
@@ -167,11 +167,16 @@ class KnownIndex:
 
     @classmethod
     def from_seed_data(
-        cls, *, splits: Sequence[str] = SPLITS, matcher: MatcherSettings | None = None
+        cls,
+        *,
+        splits: Sequence[str] = SPLITS,
+        matcher: MatcherSettings | None = None,
+        withhold: Withholding | None = None,
     ) -> KnownIndex:
-        """Index every bundled mp_20 crystal (origin "seed") without parsing any CIF up front."""
+        """Index every bundled crystal (mp_20 and mpts_52, origin "seed") except the withheld ones, without
+        parsing any CIF up front."""
         index = cls(matcher=matcher)
-        for ident, formula, loader in seed_loaders(splits=splits):
+        for ident, formula, loader in seed_loaders(splits=splits, withhold=withhold):
             index.add_lazy(id=ident, formula=formula, loader=loader, origin="seed")
         return index
 
@@ -295,11 +300,11 @@ class KnownIndex:
             if "reduced" not in cache:
                 cache["reduced"] = reduce_for_matching(structure, self._matcher)
             reduced = cache["reduced"]
-            other = self._reduced(entry)
-            if len(other) != len(reduced):
+            candidate = self._reduced(entry)
+            if len(candidate) != len(reduced):
                 # primitive cells of matching structures have the same size (no supercell matching)
                 continue
-            if self._matcher.fit(reduced, other, skip_structure_reduction=True):
+            if self._matcher.fit(reduced, candidate, skip_structure_reduction=True):
                 return entry.id, entry.origin
         return None
 

@@ -28,9 +28,7 @@ from pymatgen.core import Composition, DummySpecies, Element
 from pymatgen.entries.computed_entries import ComputedEntry
 
 from loop.errors import InputError
-
-# Entries within this distance of the hull count as on it (numerical noise of qhull, eV/atom).
-_ON_HULL_TOL = 1e-6
+from loop.verdicts import STABLE_TOLERANCE
 
 
 class HullError(InputError, ValueError):
@@ -267,7 +265,7 @@ class OracleHull:
             out[entry_id] = entry.energy_per_atom - float(pd.get_hull_energy_per_atom(entry.composition))
         return out
 
-    def stable_ids(self, *, tolerance: float = _ON_HULL_TOL) -> list[str]:
+    def stable_ids(self, *, tolerance: float = STABLE_TOLERANCE) -> list[str]:
         """Ids of entries on the hull (E_hull <= `tolerance`, eV/atom), in insertion order.
 
         Of several entries at the same composition and energy, all are reported.

@@ -7,6 +7,20 @@ from pathlib import Path
 from typing import Any
 
 from loop.store import CampaignStore
+from loop.verdicts import StabilityRule
+
+
+def stability_rule(store: CampaignStore) -> StabilityRule:
+    """The stability rule of the campaign in `store` (its `near_stable`, from the stored config)."""
+    config = store.get_meta("config") or {}
+    if "near_stable" not in config:
+        raise ValueError(f"{store.path}: no campaign config stored; is this a matloop workdir?")
+    return StabilityRule(near_stable=float(config["near_stable"]))
+
+
+def _is_discovery(rule: StabilityRule, verdict: dict[str, Any] | None, first_round: int | None) -> bool:
+    # a discovery is a hit the campaign itself queried (round >= 1), never a round-0 reference
+    return verdict is not None and rule.is_hit(verdict["e_hull"]) and (first_round or 0) >= 1
 
 
 def _next_stage(store: CampaignStore) -> tuple[int, str | None]:
@@ -30,6 +44,7 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
     try:
         identity = store.get_meta("identity") or {}
         config = store.get_meta("config") or {}
+        rule = stability_rule(store)
         rnd, stage = _next_stage(store)
         per_round = []
         for r in store.rounds():
@@ -48,6 +63,7 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
                     "failed": summary.get("failed"),
                     "stable": summary.get("stable"),
                     "near_stable": summary.get("near_stable"),
+                    "hits": summary.get("hits"),
                     "hit_rate": summary.get("hit_rate", update.get("hit_rate")),
                     "emulator_mae": update.get("emulator_mae"),
                     "wall_time_s": None
@@ -59,7 +75,7 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
         rows = {r["hash"]: r for r in store.structure_rows()}
         discoveries = []
         for s in store.stability():
-            if not s["near_stable"] or query_round.get(s["hash"], 0) < 1:
+            if not _is_discovery(rule, s, query_round.get(s["hash"])):
                 continue
             row = rows.get(s["hash"], {})
             parent = rows.get(row.get("parent") or "", {})
@@ -68,7 +84,8 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
                     "hash": s["hash"],
                     "formula": row.get("reduced_formula"),
                     "e_hull": s["e_hull"],
-                    "stable": bool(s["stable"]),
+                    "verdict": rule.classify(s["e_hull"]).value,
+                    "stable": rule.is_stable(s["e_hull"]),
                     "round": query_round[s["hash"]],
                     "source": parent.get("source", row.get("source")),
                 }
@@ -79,6 +96,7 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
             "workdir": str(workdir),
             "campaign": identity.get("name"),
             "chemical_systems": identity.get("chemical_systems"),
+            "near_stable": rule.near_stable,
             "round": rnd,
             "stage": stage or "done",
             "stopped_because": store.get_meta("stopped_because"),
@@ -107,15 +125,30 @@ def render_status(info: dict[str, Any]) -> None:
     console.print(", ".join(f"{k} {v}" for k, v in counts.items()))
     table = Table(title="rounds (E in eV/atom)")
     cols = ("round", "generated", "passed_funnel", "queried", "labelled", "failed", "stable", "near_stable")
-    cols += ("hit_rate", "emulator_mae", "wall_time_s")
-    heads = ("round", "gen", "funnel", "query", "ok", "fail", "stable", "near", "hit", "MAE", "time s")
+    cols += ("hits", "hit_rate", "emulator_mae", "wall_time_s")
+    heads = (
+        "round",
+        "gen",
+        "funnel",
+        "query",
+        "ok",
+        "fail",
+        "stable",
+        "near",
+        "hits",
+        "hit rate",
+        "MAE",
+        "time s",
+    )
     for h in heads:
         table.add_column(h, no_wrap=True)
     for r in info["rounds"]:
         table.add_row(*(_fmt(r.get(c)) for c in cols))
     console.print(table)
     if info["discoveries"]:
-        disc = Table(title=f"best discoveries ({info['n_discoveries']} stable or near-stable)")
+        disc = Table(
+            title=f"best discoveries ({info['n_discoveries']} hits: E_hull <= {info['near_stable']} eV/atom)"
+        )
         for c in ("formula", "e_hull", "stable", "round", "source", "hash"):
             disc.add_column(c)
         for d in info["discoveries"][:10]:
@@ -146,12 +179,14 @@ def _fmt(value: Any) -> str:
 
 
 def export_discoveries(workdir: Path, *, out: Path, stable_only: bool) -> dict[str, Any]:
-    """Write labelled structures (or only stable/near-stable ones) as CIFs plus `summary.csv`.
+    """Write labelled structures (or only the campaign's discoveries, i.e. its hits) as CIFs plus `summary.csv`.
 
-    Columns: hash, formula, natoms, round, source, energy_per_atom (eV/atom), e_hull (eV/atom), stable, near_stable.
+    Columns: hash, formula, natoms, round, source, energy_per_atom (eV/atom), e_hull (eV/atom), verdict
+    (stable / near_stable / unstable / unplaced, `loop.verdicts`), stable (0/1), hit (0/1).
     """
     store = CampaignStore.in_workdir(workdir)
     try:
+        rule = stability_rule(store)
         verdicts = {s["hash"]: s for s in store.stability()}
         query_round = store.first_query_rounds()
         rows = {r["hash"]: r for r in store.structure_rows()}
@@ -159,7 +194,7 @@ def export_discoveries(workdir: Path, *, out: Path, stable_only: bool) -> dict[s
         chosen = []
         for res in results:
             v = verdicts.get(res.hash)
-            if stable_only and (v is None or not v["near_stable"] or query_round.get(res.hash, 0) < 1):
+            if stable_only and not _is_discovery(rule, v, query_round.get(res.hash)):
                 continue
             chosen.append((res, v))
         out.mkdir(parents=True, exist_ok=True)
@@ -176,8 +211,9 @@ def export_discoveries(workdir: Path, *, out: Path, stable_only: bool) -> dict[s
                     "source",
                     "energy_per_atom",
                     "e_hull",
+                    "verdict",
                     "stable",
-                    "near_stable",
+                    "hit",
                 ]
             )
             for res, v in chosen:
@@ -195,8 +231,9 @@ def export_discoveries(workdir: Path, *, out: Path, stable_only: bool) -> dict[s
                         parent.get("source", row.get("source", "")),
                         f"{res.energy_per_atom:.6f}",
                         "" if v is None else f"{v['e_hull']:.6f}",
-                        "" if v is None else int(v["stable"]),
-                        "" if v is None else int(v["near_stable"]),
+                        rule.classify(None if v is None else v["e_hull"]).value,
+                        "" if v is None else int(rule.is_stable(v["e_hull"])),
+                        "" if v is None else int(rule.is_hit(v["e_hull"])),
                     ]
                 )
         return {"n": len(chosen), "csv": str(csv_path), "out": str(out)}

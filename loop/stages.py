@@ -23,38 +23,132 @@ from loop.structures import structure_hash
 
 log = logging.getLogger("matloop")
 
-ON_HULL_TOL = 1e-6  # eV/atom: on the hull within float noise
 RELAX_CHUNK = 4  # structures per screening task
+
+
+# -- known crystals ---------------------------------------------------------------------------------------------------
+def known_index(config: CampaignConfig, *, store: CampaignStore, before_round: int) -> Any:
+    """The duplicate/novelty index of a round: every bundled crystal not withheld (origin "seed", lazily parsed)
+    and every structure the campaign stored before `before_round` (its references count as "seed")."""
+    from loop.funnel import KnownIndex
+
+    index = KnownIndex.from_seed_data(matcher=config.generator.funnel.matcher, withhold=config.withholding)
+    earlier = store.structure_rows(where="round < ? OR round IS NULL", params=(before_round,))
+    structures = store.get_structures([r["hash"] for r in earlier])
+    for r in earlier:
+        index.add(
+            id=r["hash"],
+            structure=structures[r["hash"]],
+            origin="seed" if r["source"] == "seed" else "campaign",
+        )
+    return index
+
+
+def withheld_records(config: CampaignConfig) -> list[dict[str, Any]]:
+    """The bundled crystals this campaign withholds (rediscovery mode), as JSON-ready records.
+
+    Each record: material_id, formula (reduced), spacegroup, split, structure (pymatgen `Structure.as_dict()`).
+    Ids listed in `withhold` are recorded wherever they lie; formulas and "all_compounds" only match inside the
+    target systems by construction.
+    """
+    from generator.seeds import load_seeds, seed_table
+
+    withhold = config.withholding
+    if not withhold:
+        return []
+    table = seed_table()
+    ids = table["material_id"][withhold.mask(table)]
+    inside = [
+        k
+        for k in load_seeds(ids=ids)
+        if k.id in withhold.ids
+        or any(
+            {el.symbol for el in k.structure.composition.elements} <= set(s.split("-"))
+            for s in config.chemical_systems
+        )
+    ]
+    return [
+        {
+            "material_id": k.id,
+            "formula": k.structure.composition.reduced_formula,
+            "spacegroup": k.properties.get("spacegroup"),
+            "split": k.properties.get("split"),
+            "structure": k.structure.as_dict(),
+        }
+        for k in sorted(inside, key=lambda k: k.id)
+    ]
+
+
+def withheld_structures(store: CampaignStore) -> list[Any]:
+    """What the campaign in `store` withheld, as `KnownStructure`s (empty when nothing was)."""
+    from generator.base import KnownStructure
+
+    return [
+        KnownStructure(
+            id=r["material_id"],
+            structure=Structure.from_dict(r["structure"]),
+            properties={k: v for k, v in r.items() if k != "structure"},
+        )
+        for r in store.get_meta("withheld") or []
+    ]
 
 
 # -- references (round 0) ---------------------------------------------------------------------------------------------
 def reference_pool(config: CampaignConfig) -> list[Any]:
-    """Known crystals of the campaign's chemical systems (and their subsystems) from the bundled seed data.
+    """The known crystals round 0 may label: every elemental polymorph of the target elements up to
+    `references.max_element_atoms` atoms (bundled crystals and ASE's reference states, the same crystal given
+    twice kept once, bundled first), and every bundled compound of the target systems and their subsystems up to
+    `references.max_atoms` atoms, minus the withheld ones.
 
     Raises:
-        InputError: an element of the target systems has no elemental crystal in the seed data, so the hull
-            could not be built in the oracle's level of theory.
+        InputError: an element of the target systems has no elemental crystal at all, so the hull could not be
+            built in the oracle's level of theory.
     """
-    from generator.seeds import load_seeds
+    from pymatgen.analysis.structure_matcher import StructureMatcher
 
-    pool = [
+    from generator.seeds import load_seeds, reference_states
+
+    refs = config.references
+    bundled = load_seeds(chemical_systems=config.chemical_systems, withhold=config.withholding)
+    elements = [
         k
-        for k in load_seeds(chemical_systems=config.chemical_systems)
-        if len(k.structure) <= config.references.max_atoms
+        for k in [
+            *sorted(bundled, key=lambda k: (len(k.structure), k.id)),
+            *reference_states(config.elements),
+        ]
+        if len(k.structure.composition) == 1 and len(k.structure) <= refs.max_element_atoms
     ]
-    have = {k.structure.composition.elements[0].symbol for k in pool if len(k.structure.composition) == 1}
+    # Only the same crystal given twice is dropped (ASE's fcc Al and the bundled one). The funnel's matcher would
+    # also merge small distortions such as cI16 Li into bcc Li, whose oracle energies differ (13 meV/atom in the
+    # demo's GPAW), and both are cheap to label.
+    same = StructureMatcher(ltol=0.05, stol=0.05, angle_tol=1.0, primitive_cell=False, scale=True)
+    polymorphs: list[Any] = []
+    for k in elements:
+        if not any(
+            p.structure.composition.reduced_formula == k.structure.composition.reduced_formula
+            and same.fit(p.structure, k.structure)
+            for p in polymorphs
+        ):
+            polymorphs.append(k)
+    have = {k.structure.composition.elements[0].symbol for k in polymorphs}
     missing = sorted(set(config.elements) - have)
     if missing:
         raise InputError(
-            f"no elemental reference structure with <= {config.references.max_atoms} atoms for {', '.join(missing)}"
-            " in the seed data; raise references.max_atoms or choose another chemical system"
+            f"no elemental crystal with <= {refs.max_element_atoms} atoms for {', '.join(missing)} in the bundled"
+            " data or ASE's reference states; raise references.max_element_atoms or choose another system"
         )
-    return pool
+    compounds = [
+        k
+        for k in sorted(bundled, key=lambda k: k.id)
+        if len(k.structure.composition) > 1 and len(k.structure) <= refs.max_atoms
+    ]
+    return [*polymorphs, *compounds]
 
 
 def select_references(config: CampaignConfig, *, executor: Any = None) -> list[tuple[Any, str]]:
-    """Round 0: one ground-state polymorph per element and the lowest-lying known compounds, ranked by the
-    pretrained emulator (only to choose what to label: the hull itself is built from oracle energies).
+    """Round 0: every elemental polymorph of the pool and the lowest-lying known compounds, one per composition,
+    ranked by the pretrained emulator (only to choose what to label: the hull itself is built from oracle
+    energies), at most `references.max_compounds`.
 
     Returns:
         (KnownStructure, role) pairs, role "element" or "compound".
@@ -63,46 +157,49 @@ def select_references(config: CampaignConfig, *, executor: Any = None) -> list[t
     from loop.tasks import predict_energies
 
     pool = reference_pool(config)
+    picks: list[tuple[Any, str]] = [(k, "element") for k in pool if len(k.structure.composition) == 1]
+    compounds = [k for k in pool if len(k.structure.composition) > 1]
+    if not compounds or config.references.max_compounds == 0:
+        return picks
     energies = predict_energies([k.structure for k in pool], settings=config.emulator, checkpoint=None)
-    by_element: dict[str, tuple[float, Any]] = {}
-    for k, e in zip(pool, energies, strict=True):
-        comp = k.structure.composition
-        if len(comp) == 1:
-            el = comp.elements[0].symbol
-            if el not in by_element or e < by_element[el][0]:
-                by_element[el] = (e, k)
-    picks: list[tuple[Any, str]] = [(by_element[el][1], "element") for el in sorted(by_element)]
-    compounds = [(k, e) for k, e in zip(pool, energies, strict=True) if len(k.structure.composition) > 1]
-    if compounds and config.references.max_compounds > 0:
-        hull = OracleHull.from_entries(
-            [
-                HullEntry(entry_id=k.id, composition=k.structure.composition, energy_per_atom=e)
-                for k, e in zip(pool, energies, strict=True)
-            ]
-        )
-        ev = hull.evaluate([k.structure.composition for k, _ in compounds], [e for _, e in compounds])
-        order = sorted(
-            range(len(compounds)),
-            key=lambda i: (ev.e_above_hull[i], len(compounds[i][0].structure), compounds[i][0].id),
-        )
-        seen: set[str] = set()
-        for i in order:
-            k = compounds[i][0]
-            formula = k.structure.composition.reduced_formula
-            if formula in seen:  # one polymorph per composition: the hull needs the lowest only
-                continue
-            seen.add(formula)
-            picks.append((k, "compound"))
-            if len(seen) >= config.references.max_compounds:
-                break
+    hull = OracleHull.from_entries(
+        [
+            HullEntry(entry_id=k.id, composition=k.structure.composition, energy_per_atom=e)
+            for k, e in zip(pool, energies, strict=True)
+        ]
+    )
+    by_id = dict(zip((k.id for k in pool), energies, strict=True))
+    ev = hull.evaluate([k.structure.composition for k in compounds], [by_id[k.id] for k in compounds])
+    order = sorted(
+        range(len(compounds)),
+        key=lambda i: (ev.e_above_hull[i], len(compounds[i].structure), compounds[i].id),
+    )
+    seen: set[str] = set()
+    for i in order:
+        k = compounds[i]
+        formula = k.structure.composition.reduced_formula
+        if formula in seen:  # one polymorph per composition: the hull needs the lowest only
+            continue
+        seen.add(formula)
+        picks.append((k, "compound"))
+        if len(seen) >= config.references.max_compounds:
+            break
     return picks
 
 
 # -- generate ---------------------------------------------------------------------------------------------------------
-def _discoveries(store: CampaignStore) -> list[Any]:
+SUBSTITUTION_CHUNK = 16  # parents offered to the substitution generator at a time
+PROTOTYPES_MIN = 64  # fewest prototype parents searched per round
+
+
+def _discoveries(config: CampaignConfig, store: CampaignStore) -> list[Any]:
+    """The campaign's own discoveries: hits (`loop.verdicts`) on the latest hull that were first queried in a
+    round >= 1. References (round 0) are never discoveries."""
     from generator.base import KnownStructure
 
-    rows = [r for r in store.stability() if r["near_stable"]]
+    rule = config.stability_rule
+    first_query = store.first_query_rounds()
+    rows = [r for r in store.stability() if rule.is_hit(r["e_hull"]) and first_query.get(r["hash"], 0) >= 1]
     structures = store.get_structures([r["hash"] for r in rows])
     return [
         KnownStructure(
@@ -111,6 +208,70 @@ def _discoveries(store: CampaignStore) -> list[Any]:
         for r in rows
         if r["hash"] in structures
     ]
+
+
+def _spent_prototypes(store: CampaignStore, round: int) -> set[str]:
+    """Prototypes whose parent already gave substitution candidates in an earlier round (children known)."""
+    rows = store.structure_rows(where="source = ? AND round < ?", params=("substitution", round))
+    return {r["provenance"]["parent_prototype"] for r in rows if r["provenance"].get("parent_prototype")}
+
+
+def substitution_candidates(
+    config: CampaignConfig,
+    *,
+    store: CampaignStore,
+    round: int,
+    n: int,
+    discoveries: Sequence[Any],
+    known: Any,
+) -> tuple[list[Any], dict[str, int]]:
+    """Up to `n` substitution candidates that search structure types.
+
+    Parents: the campaign's discoveries, then one bundled crystal per prototype (`prototype_parents`: every
+    bundled chemical system that substitutes into a target system, best Hautier score first), skipping the
+    withheld crystals and the prototypes used in earlier rounds. Children matching a known structure (`known`,
+    a `KnownIndex`) are dropped here, so a parent whose children are all known yields nothing and the next
+    prototype is tried.
+
+    Returns:
+        The candidates and counts: parents offered, prototypes skipped as spent, children dropped as known.
+    """
+    from generator.base import GenerationContext
+    from generator.substitution import SubstitutionGenerator, prototype_parents
+
+    settings = config.generator.substitution
+    spent = _spent_prototypes(store, round)
+    parents = [
+        *discoveries,
+        *prototype_parents(
+            chemical_systems=config.chemical_systems,
+            settings=settings,
+            withhold=config.withholding,
+            exclude_prototypes=spent,
+            # enough structure types for this round even if most children turn out known; scoring every
+            # ionic formula of an oxide system would take minutes
+            limit=max(PROTOTYPES_MIN, 4 * n),
+        ),
+    ]
+    generator = SubstitutionGenerator(settings=settings)
+    out: list[Any] = []
+    counts = {"parents": len(parents), "spent_prototypes": len(spent), "known_children": 0}
+    for start in range(0, len(parents), SUBSTITUTION_CHUNK):
+        chunk = parents[start : start + SUBSTITUTION_CHUNK]
+        context = GenerationContext(known=chunk, chemical_systems=config.chemical_systems)
+        made = generator.generate(
+            n=len(chunk) * settings.max_candidates_per_parent,
+            context=context,
+            seed=config.seed * 1000 + round + start,
+        )
+        for cand in made:
+            if known.find(cand.structure) is not None:
+                counts["known_children"] += 1
+                continue
+            out.append(cand)
+            if len(out) >= n:
+                return out, counts
+    return out, counts
 
 
 def generate_candidates(
@@ -123,14 +284,11 @@ def generate_candidates(
     """
     import generator  # noqa: F401  (registers the generators)
     from generator.base import GenerationContext, get_generator_class
-    from generator.seeds import load_seeds
 
     gen_cfg = config.generator
-    parents = load_seeds(
-        chemical_systems=config.chemical_systems, max_foreign_elements=1, limit=400, seed=round
-    )
+    discoveries = _discoveries(config, store)
     context = GenerationContext(
-        known=[*parents, *_discoveries(store)],
+        known=discoveries,
         chemical_systems=config.chemical_systems,
         conditions=dict(gen_cfg.diffusion.conditions) if hasattr(gen_cfg.diffusion, "conditions") else {},
     )
@@ -143,9 +301,22 @@ def generate_candidates(
         if name == "diffusion" and generator_checkpoint is not None:
             settings = settings.model_copy(update={"checkpoint": str(generator_checkpoint)})
         started = time.time()
-        made = get_generator_class(name)(settings=settings).generate(
-            n=n, context=context, seed=config.seed * 1000 + round
-        )
+        if name == "substitution":
+            known = known_index(config, store=store, before_round=round)
+            made, counts = substitution_candidates(
+                config, store=store, round=round, n=n, discoveries=discoveries, known=known
+            )
+            log.info(
+                "round %d: substitution searched %d parents (%d prototypes spent), dropped %d known children",
+                round,
+                counts["parents"],
+                counts["spent_prototypes"],
+                counts["known_children"],
+            )
+        else:
+            made = get_generator_class(name)(settings=settings).generate(
+                n=n, context=context, seed=config.seed * 1000 + round
+            )
         timings[name] = round_(time.time() - started)
         candidates.extend(made)
         log.info("round %d: %s proposed %d candidates in %.1f s", round, name, len(made), timings[name])
@@ -169,19 +340,11 @@ def run_funnel(
         Per-candidate (hash, source, passed, reason) and the funnel report (counts per filter and per source).
     """
     from generator.base import Candidate
-    from loop.funnel import Funnel, KnownIndex
+    from loop.funnel import Funnel
 
     funnel_cfg = config.generator.funnel
-    # Novelty is judged against every bundled seed crystal; the index parses a CIF only on a formula hit.
-    known = KnownIndex.from_seed_data(matcher=funnel_cfg.matcher)
-    earlier = [r for r in store.structure_rows(where="round < ? OR round IS NULL", params=(round,))]
-    earlier_structures = store.get_structures([r["hash"] for r in earlier])
-    for r in earlier:
-        known.add(
-            id=r["hash"],
-            structure=earlier_structures[r["hash"]],
-            origin="seed" if r["source"] == "seed" else "campaign",
-        )
+    # Novelty is judged against every bundled crystal not withheld; the index parses a CIF only on a formula hit.
+    known = known_index(config, store=store, before_round=round)
     structures = store.get_structures([h for h, _ in candidates])
     batch = [Candidate(structure=structures[h], source=src, parent=None) for h, src in candidates]
     kept, report = Funnel(funnel_cfg, known=known).run(batch, chemical_systems=config.chemical_systems)
@@ -290,7 +453,7 @@ def screen(
         "relax_time_s": round_(relax_time),
         "e_hull_min": min(placed) if placed else None,
         "e_hull_median": float(np.median(placed)) if placed else None,
-        "n_below_threshold": sum(1 for e in placed if e <= config.acquisition.stability_threshold),
+        "n_below_threshold": sum(1 for e in placed if config.stability_rule.is_hit(e)),
         "std_median": float(np.median([r["energy_per_atom_std"] for r in rows])) if rows else None,
     }
     return rows, relaxed, report
@@ -325,6 +488,7 @@ def acquire(
         mean=[nan if r["e_hull"] is None else r["e_hull"] for r in pool],
         std=[nan if r["e_hull_std"] is None else r["e_hull_std"] for r in pool],
         config=config.acquisition,
+        rule=config.stability_rule,
         labelled=labelled,
     )
     picks = [
@@ -371,35 +535,41 @@ def emulator_metrics(pairs: Sequence[tuple[float, float, float]]) -> dict[str, f
 def update_hull(
     config: CampaignConfig, *, store: CampaignStore, round: int
 ) -> tuple[list[tuple[str, float, bool, bool]], dict[str, Any]]:
-    """Rebuild the oracle hull with everything labelled so far and judge every labelled structure against it."""
+    """Rebuild the oracle hull with everything labelled so far and judge every labelled structure against it.
+
+    Verdicts follow `loop.verdicts` (the campaign's `stability_rule`): (hash, E_hull eV/atom, stable, hit), where
+    a hit is stable or near-stable. Rates count this round's queries; cumulative counts are the campaign's own
+    discoveries (first queried in a round >= 1), never the references.
+    """
+    rule = config.stability_rule
     hull = current_hull(config, store)
     e_hull = hull.entry_e_above_hull()
-    verdicts = [
-        (h, float(e), bool(e <= ON_HULL_TOL), bool(e <= config.near_stable + ON_HULL_TOL))
-        for h, e in e_hull.items()
-    ]
+    verdicts = [(h, float(e), rule.is_stable(e), rule.is_hit(e)) for h, e in e_hull.items()]
     queried = [q["hash"] for q in store.queries(round)]
     settings_hash = config.oracle.settings_hash()
     results = {h: store.get_oracle_result(h, settings_hash) for h in queried}
     this_round = {h: e_hull[h] for h in queried if h in e_hull}
-    n_stable = sum(1 for e in this_round.values() if e <= ON_HULL_TOL)
-    n_near = sum(1 for e in this_round.values() if ON_HULL_TOL < e <= config.near_stable + ON_HULL_TOL)
+    n_stable = sum(1 for e in this_round.values() if rule.is_stable(e))
+    n_hits = sum(1 for e in this_round.values() if rule.is_hit(e))
+    discovery_round = round > 0 and bool(queried)
     report: dict[str, Any] = {
         "hull_entries": len(e_hull),
         "hull_stable_entries": len(hull.stable_ids()),
         "n_labelled_round": len(this_round),
         "n_failed_round": sum(1 for r in results.values() if r is not None and not r.ok),
         "n_stable_new": n_stable if round > 0 else 0,
-        "n_near_stable_new": n_near if round > 0 else 0,
-        "hit_rate": (n_stable / len(queried)) if (round > 0 and queried) else None,
-        "near_stable_rate": ((n_stable + n_near) / len(queried)) if (round > 0 and queried) else None,
+        "n_near_stable_new": n_hits - n_stable if round > 0 else 0,
+        "n_hits_new": n_hits if round > 0 else 0,
+        "hit_rate": n_hits / len(queried) if discovery_round else None,
+        "stable_rate": n_stable / len(queried) if discovery_round else None,
+        "near_stable_threshold": rule.near_stable,
         "e_hull_of_queries": {h: round_(e, 5) for h, e in this_round.items()},
     }
     if round > 0:
         first_query = store.first_query_rounds()
         discovered = [v for v in verdicts if v[3] and first_query.get(v[0], -1) >= 1]
         report["cumulative_stable"] = sum(1 for v in discovered if v[2])
-        report["cumulative_near_stable"] = len(discovered)
+        report["cumulative_hits"] = len(discovered)
         preds = {r["relaxed_hash"]: r for r in store.predictions(round)}
         pairs = [
             (preds[h]["energy_per_atom"], preds[h]["energy_per_atom_std"], results[h].energy_per_atom)
@@ -478,7 +648,7 @@ def retrain(
     Returns:
         Metrics and the new checkpoint paths (`emulator_checkpoint`, `generator_checkpoint`).
     """
-    from loop.tasks import fine_tune_emulator, fine_tune_generator
+    from loop.tasks import fine_tune_emulator
 
     out_dir.mkdir(parents=True, exist_ok=True)
     data = training_labels(config, store)
@@ -500,25 +670,56 @@ def retrain(
     report["emulator_fine_tune_s"] = round_(time.time() - started)
     report.update({f"emulator_{k}": v for k, v in emu_metrics.items() if isinstance(v, int | float)})
 
-    gen_cfg = config.generator
-    discoveries = _discoveries(store) if round > 0 else []
-    if gen_cfg.mix.get("diffusion", 0) > 0 and gen_cfg.fine_tune_weight > 0 and discoveries:
-        started = time.time()
-        gen_path, gen_metrics = fine_tune_generator(
-            [k.structure for k in discoveries],
-            settings=gen_cfg.diffusion,
-            checkpoint_in=generator_in,
-            out_path=out_dir / "generator.pt",
-            weight=gen_cfg.fine_tune_weight,
-            steps=gen_cfg.fine_tune_steps,
-            max_minutes=gen_cfg.fine_tune_max_minutes,
-            seed=config.seed + round,
-        )
-        report["generator_checkpoint"] = str(gen_path)
-        report["generator_fine_tune_s"] = round_(time.time() - started)
-        report["generator_n_discoveries"] = len(discoveries)
-        report.update({f"generator_{k}": v for k, v in gen_metrics.items() if isinstance(v, int | float)})
+    report.update(
+        retrain_generator(config, store=store, round=round, generator_in=generator_in, out_dir=out_dir)
+    )
     return report
+
+
+def retrain_generator(
+    config: CampaignConfig, *, store: CampaignStore, round: int, generator_in: Path | None, out_dir: Path
+) -> dict[str, Any]:
+    """Fine-tune the diffusion generator on the campaign's discoveries (never the references), mixed with original
+    training crystals minus the withheld ones. Nothing happens before round 1 or without discoveries.
+
+    Returns:
+        Metrics and `generator_checkpoint` when a new checkpoint was written.
+    """
+    from loop.tasks import fine_tune_generator
+
+    gen_cfg = config.generator
+    discoveries = _discoveries(config, store) if round > 0 else []
+    if not (gen_cfg.mix.get("diffusion", 0) > 0 and gen_cfg.fine_tune_weight > 0 and discoveries):
+        return {"generator_n_discoveries": len(discoveries)}
+    started = time.time()
+    gen_path, gen_metrics = fine_tune_generator(
+        [k.structure for k in discoveries],
+        settings=gen_cfg.diffusion,
+        checkpoint_in=generator_in,
+        out_path=out_dir / "generator.pt",
+        weight=gen_cfg.fine_tune_weight,
+        steps=gen_cfg.fine_tune_steps,
+        max_minutes=gen_cfg.fine_tune_max_minutes,
+        seed=config.seed + round,
+        exclude_ids=withheld_training_ids(config),
+    )
+    report: dict[str, Any] = {
+        "generator_checkpoint": str(gen_path),
+        "generator_fine_tune_s": round_(time.time() - started),
+        "generator_n_discoveries": len(discoveries),
+    }
+    report.update({f"generator_{k}": v for k, v in gen_metrics.items() if isinstance(v, int | float)})
+    return report
+
+
+def withheld_training_ids(config: CampaignConfig) -> list[str]:
+    """Material ids of the generator's original training crystals (mp_20 train) that the campaign withholds."""
+    from generator.seeds import seed_table
+
+    if not config.withholding:
+        return []
+    table = seed_table(splits=["mp_20/train"])
+    return sorted(table["material_id"][config.withholding.mask(table)])
 
 
 # -- track ------------------------------------------------------------------------------------------------------------

@@ -148,12 +148,14 @@ def fine_tune_generator(
     steps: int,
     max_minutes: float,
     seed: int,
+    exclude_ids: Sequence[str] = (),
 ) -> tuple[Path, dict[str, Any]]:
     """Continue training the diffusion model on discoveries mixed with its original data; save to `out_path`.
 
     Args:
         weight: Each discovery enters the fine-tuning set `round(weight)` times (at least once), so a handful of
             discoveries is not drowned by the original crystals mixed in against forgetting.
+        exclude_ids: Material ids of original crystals never mixed in (withheld by the campaign).
     """
     from generator.diffusion import DiffusionGenerator
 
@@ -167,5 +169,6 @@ def fine_tune_generator(
         steps=steps,
         max_minutes=max_minutes,
         seed=seed,
+        exclude_ids=exclude_ids,
     )
     return out_path, dict(metrics)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -383,9 +383,12 @@ class DiffusionGenerator(Generator):
         lr: float = 1e-4,
         seed: int = 0,
         work_dir: Path | str | None = None,
+        exclude_ids: Collection[str] = (),
         **_: Any,
     ) -> dict[str, float]:
         """Continue training on `structures` mixed with `mix_original` mp_20 crystals; save to `checkpoint_out`.
+
+        Crystals whose material id is in `exclude_ids` are never mixed in (a campaign's withheld crystals).
 
         The generator samples from the new checkpoint afterwards. Bounded by `steps` and `max_minutes`.
         Returns the final losses (train/val per field) and the number of steps.
@@ -405,6 +408,7 @@ class DiffusionGenerator(Generator):
                 batch_size=batch_size,
                 lr=lr,
                 seed=seed,
+                exclude_ids=exclude_ids,
             )
         self.settings = self.settings.model_copy(update={"checkpoint": out})
         return metrics

@@ -20,7 +20,7 @@ import copy
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -443,6 +443,7 @@ def fine_tune_checkpoint(
     batch_size: int = 32,
     lr: float = 1e-4,
     seed: int = 0,
+    exclude_ids: Collection[str] = (),
 ) -> dict[str, float]:
     """Continue training a sampling checkpoint on `structures` mixed with original mp_20 crystals.
 
@@ -457,6 +458,7 @@ def fine_tune_checkpoint(
         batch_size: Crystals per step.
         lr: Learning rate.
         seed: Random seed.
+        exclude_ids: Material ids of original crystals never mixed in (e.g. a campaign's withheld crystals).
 
     Returns:
         Final metrics (losses on the mixed data and on mp_20 validation crystals, steps).
@@ -485,7 +487,12 @@ def fine_tune_checkpoint(
     if mix_original > 0:
         n_train = int(payload["stats"].get("n_train", 0)) or len(read_mp20_frame("train"))
         gen = torch.Generator().manual_seed(seed)
-        parts.append(load_mp20("train", rows=torch.randperm(n_train, generator=gen)[:mix_original].tolist()))
+        order = torch.randperm(n_train, generator=gen).tolist()
+        if exclude_ids:
+            banned = set(exclude_ids)
+            ids = read_mp20_frame("train")["material_id"].tolist()
+            order = [i for i in order if i < len(ids) and ids[i] not in banned]
+        parts.append(load_mp20("train", rows=order[:mix_original]))
     if not parts:
         raise ValueError("nothing to fine-tune on: no structures and mix_original=0")
     data = CrystalTensors.concat(parts)

@@ -6,18 +6,26 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 from pymatgen.analysis.structure_matcher import StructureMatcher
-from pymatgen.core import Composition
+from pymatgen.core import Composition, Lattice, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from generator.base import GenerationContext, GeneratorError, get_generator_class
-from generator.seeds import load_seeds, seed_table
-from generator.substitution import SubstitutionGenerator, SubstitutionSettings, substitution_score
+from generator.seeds import Withholding, load_seeds, seed_table
+from generator.substitution import (
+    SubstitutionGenerator,
+    SubstitutionSettings,
+    prototype_parents,
+    substitution_score,
+)
 from loop.funnel import Funnel, FunnelConfig, KnownIndex
+
+
+MP20 = ["mp_20/train", "mp_20/val"]
 
 
 @pytest.fixture(scope="module")
 def parents():
-    return load_seeds(limit=100, seed=0)
+    return load_seeds(splits=MP20, limit=100, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +148,71 @@ def test_intermetallic_parents_give_intermetallic_candidates():
         assert {e.symbol for e in cand.structure.composition.elements} <= {"Cu", "Au"}
         assert cand.structure.composition != by_id[cand.parent].composition
     assert any(len(c.structure.composition.elements) == 2 for c in out)
+
+
+B32 = "AB:227:4"  # NaTl type: AB, Fd-3m, 4 atoms in the primitive cell
+
+
+def natl_type(a: float, first: str, second: str) -> Structure:
+    """A B32 (NaTl-type) crystal built by hand: two interpenetrating diamond sublattices, lattice constant a (Å)."""
+    lattice = Lattice(0.5 * a * np.array([[0, 1, 1], [1, 0, 1], [1, 1, 0]]))
+    coords = [[0, 0, 0], [0.25, 0.25, 0.25], [0.5, 0.5, 0.5], [0.75, 0.75, 0.75]]
+    return Structure(lattice, [first, first, second, second], coords)
+
+
+@pytest.fixture(scope="module")
+def li_al_parents():
+    return prototype_parents(chemical_systems=["Li-Al"], limit=40)
+
+
+def test_prototype_parents_offer_each_structure_type_once(li_al_parents):
+    keys = [p.properties["prototype"] for p in li_al_parents]
+    assert len(keys) == 40 and len(set(keys)) == 40
+    scores = [p.properties["prototype_score"] for p in li_al_parents]
+    assert scores == sorted(scores, reverse=True) and scores[-1] > 0
+    gen = SubstitutionGenerator()
+    for parent in li_al_parents:
+        comp = parent.structure.composition
+        # parents come from other chemical systems, and every one of them can be substituted into Li-Al
+        assert len(comp) >= 2 and not {e.symbol for e in comp.elements} <= {"Li", "Al"}
+        assert gen.parent_score(comp.reduced_formula, ["Li-Al"]) == pytest.approx(
+            parent.properties["prototype_score"]
+        )
+        sga = SpacegroupAnalyzer(parent.structure, symprec=0.1)
+        assert parent.properties["prototype"].split(":")[1:] == [
+            str(sga.get_space_group_number()),
+            str(len(parent.structure)),
+        ]
+    b32 = [p for p in li_al_parents if p.properties["prototype"] == B32]
+    assert len(b32) == 1 and b32[0].properties["prototype_members"] >= 2  # e.g. LiIn and LiZn: one parent
+
+
+def test_li_al_substitution_proposes_b32_lial(li_al_parents):
+    """The audit's missed phase: B32 LiAl (NaTl type) must come out of the bundled B32 parents."""
+    gen = SubstitutionGenerator(settings=SubstitutionSettings(max_candidates_per_parent=2))
+    out = gen.generate(
+        n=200, context=GenerationContext(known=li_al_parents, chemical_systems=["Li-Al"]), seed=0
+    )
+    assert all({e.symbol for e in c.structure.composition.elements} <= {"Li", "Al"} for c in out)
+    b32 = [
+        c
+        for c in out
+        if c.structure.composition.reduced_formula == "LiAl"
+        and SpacegroupAnalyzer(c.structure, symprec=0.1).get_space_group_number() == 227
+    ]
+    assert b32, "no Fd-3m LiAl among the substitution candidates"
+    assert b32[0].info["parent_prototype"] == B32
+    assert StructureMatcher().fit(b32[0].structure, natl_type(6.37, "Li", "Al"))
+    assert len({c.parent for c in out}) >= 30  # the search spans many structure types, not one parent
+
+
+def test_withheld_and_spent_prototypes_are_not_parents(li_al_parents):
+    b32 = next(p for p in li_al_parents if p.properties["prototype"] == B32)
+    hidden = prototype_parents(
+        chemical_systems=["Li-Al"], limit=40, withhold=Withholding(ids=frozenset({b32.id}))
+    )
+    assert b32.id not in {p.id for p in hidden}
+    # another crystal of the same type takes its place, unless that prototype was already used
+    assert any(p.properties["prototype"] == B32 for p in hidden)
+    spent = prototype_parents(chemical_systems=["Li-Al"], limit=40, exclude_prototypes={B32})
+    assert B32 not in {p.properties["prototype"] for p in spent}

@@ -26,9 +26,11 @@ from loop.acquisition import (
 )
 from loop.errors import InputError
 from loop.hull import HullEntry, OracleHull
+from loop.verdicts import StabilityRule
 
 MP20_VAL = Path(__file__).resolve().parents[2] / "generator" / "data" / "mp_20" / "val.csv.gz"
 NO_DIVERSITY = DiversityConfig(max_per_formula=None, similarity_penalty=0.0)
+RULE = StabilityRule(near_stable=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,7 @@ def test_registry_has_required_strategies() -> None:
 
 def test_max_std_picks_highest_std_like_modal(pool: tuple[np.ndarray, np.ndarray]) -> None:
     mean, std = pool
-    res = select_queries(mean=mean, std=std, config=cfg("max_std"))
+    res = select_queries(mean=mean, std=std, config=cfg("max_std"), rule=RULE)
     np.testing.assert_array_equal(res.indices, np.argsort(-std)[:10])
     np.testing.assert_allclose(res.utilities, np.sort(std)[::-1][:10])
     # Same pick as calling modAL's strategy directly on the wrapped ensemble.
@@ -68,15 +70,16 @@ def test_max_std_picks_highest_std_like_modal(pool: tuple[np.ndarray, np.ndarray
 
 def test_greedy_picks_lowest_e_hull(pool: tuple[np.ndarray, np.ndarray]) -> None:
     mean, std = pool
-    res = select_queries(mean=mean, std=std, config=cfg("greedy", budget=7))
+    res = select_queries(mean=mean, std=std, config=cfg("greedy", budget=7), rule=RULE)
     np.testing.assert_array_equal(res.indices, np.argsort(mean)[:7])
 
 
 def test_p_stable_matches_analytic_gaussian(pool: tuple[np.ndarray, np.ndarray]) -> None:
     mean, std = pool
-    thr = 0.05
-    res = select_queries(mean=mean, std=std, config=cfg("p_stable", budget=12, stability_threshold=thr))
-    analytic = norm.cdf((thr - mean) / std)
+    rule = StabilityRule(near_stable=0.03)
+    res = select_queries(mean=mean, std=std, config=cfg("p_stable", budget=12), rule=rule)
+    # the target is the campaign's hit threshold: near_stable plus the on-hull tolerance
+    analytic = norm.cdf((rule.hit_threshold - mean) / std)
     np.testing.assert_array_equal(res.indices, np.argsort(-analytic, kind="stable")[:12])
     np.testing.assert_allclose(res.utilities, analytic[res.indices], rtol=1e-10)
     assert np.all(np.diff(res.utilities) <= 0)
@@ -85,14 +88,17 @@ def test_p_stable_matches_analytic_gaussian(pool: tuple[np.ndarray, np.ndarray])
 def test_p_stable_prefers_uncertain_candidate_when_both_above_threshold() -> None:
     # Same mean above the threshold: only the wider Gaussian has a real chance of being stable.
     res = select_queries(
-        mean=[0.2, 0.2], std=[0.01, 0.2], config=cfg("p_stable", budget=1, stability_threshold=0.0)
+        mean=[0.2, 0.2],
+        std=[0.01, 0.2],
+        config=cfg("p_stable", budget=1),
+        rule=StabilityRule(near_stable=0.0),
     )
     assert res.indices.tolist() == [1]
 
 
 def test_ucb_ranks_by_optimistic_e_hull(pool: tuple[np.ndarray, np.ndarray]) -> None:
     mean, std = pool
-    res = select_queries(mean=mean, std=std, config=cfg("ucb", budget=9, kappa=2.0))
+    res = select_queries(mean=mean, std=std, config=cfg("ucb", budget=9, kappa=2.0), rule=RULE)
     expected = -(mean - 2.0 * std)
     np.testing.assert_array_equal(res.indices, np.argsort(-expected)[:9])
     np.testing.assert_allclose(res.utilities, expected[res.indices])
@@ -100,9 +106,9 @@ def test_ucb_ranks_by_optimistic_e_hull(pool: tuple[np.ndarray, np.ndarray]) -> 
 
 def test_random_is_seeded_and_without_repeats(pool: tuple[np.ndarray, np.ndarray]) -> None:
     mean, std = pool
-    a = select_queries(mean=mean, std=std, config=cfg("random", budget=20, seed=1))
-    b = select_queries(mean=mean, std=std, config=cfg("random", budget=20, seed=1))
-    c = select_queries(mean=mean, std=std, config=cfg("random", budget=20, seed=2))
+    a = select_queries(mean=mean, std=std, config=cfg("random", budget=20, seed=1), rule=RULE)
+    b = select_queries(mean=mean, std=std, config=cfg("random", budget=20, seed=1), rule=RULE)
+    c = select_queries(mean=mean, std=std, config=cfg("random", budget=20, seed=2), rule=RULE)
     np.testing.assert_array_equal(a.indices, b.indices)
     assert set(a.indices) != set(c.indices)
     assert len(set(a.indices)) == 20 and a.indices.max() < mean.size
@@ -115,15 +121,17 @@ def test_budget_respected_and_nan_candidates_skipped(
     mean, std = pool[0].copy(), pool[1].copy()
     mean[[3, 5]] = np.nan  # e.g. no elemental reference on the hull yet
     std[8] = np.inf
-    res = select_queries(mean=mean, std=std, config=AcquisitionConfig(strategy=strategy, budget=15))
+    res = select_queries(
+        mean=mean, std=std, config=AcquisitionConfig(strategy=strategy, budget=15), rule=RULE
+    )
     assert len(res.indices) == 15 and len(set(res.indices)) == 15
     assert not {3, 5, 8} & set(res.indices.tolist())
     assert res.n_skipped == 3 and res.n_pool == mean.size
     small = select_queries(
-        mean=[0.1, np.nan, 0.0], std=[0.1, 0.1, 0.1], config=AcquisitionConfig(strategy=strategy)
+        mean=[0.1, np.nan, 0.0], std=[0.1, 0.1, 0.1], config=AcquisitionConfig(strategy=strategy), rule=RULE
     )
     assert sorted(small.indices.tolist()) == [0, 2]  # budget 8 > 2 usable candidates
-    empty = select_queries(mean=[np.nan], std=[0.1], config=AcquisitionConfig(strategy=strategy))
+    empty = select_queries(mean=[np.nan], std=[0.1], config=AcquisitionConfig(strategy=strategy), rule=RULE)
     assert empty.indices.size == 0
 
 
@@ -136,9 +144,11 @@ def test_formula_cap_avoids_copies(mp20: dict[str, Structure]) -> None:
     config = AcquisitionConfig(
         strategy="greedy", budget=2, diversity=DiversityConfig(max_per_formula=1, similarity_penalty=0.0)
     )
-    res = select_structures(structures=structures, mean=mean, std=std, config=config)
+    res = select_structures(structures=structures, mean=mean, std=std, config=config, rule=RULE)
     assert res.indices[0] in (0, 1, 2) and res.indices[1] == 3
-    plain = select_structures(structures=structures, mean=mean, std=std, config=cfg("greedy", budget=2))
+    plain = select_structures(
+        structures=structures, mean=mean, std=std, config=cfg("greedy", budget=2), rule=RULE
+    )
     assert set(plain.indices) <= {0, 1, 2}  # without diversity the budget goes on copies
 
 
@@ -151,12 +161,17 @@ def test_similarity_penalty_avoids_copies(mp20: dict[str, Structure]) -> None:
         strategy="greedy", budget=2, diversity=DiversityConfig(max_per_formula=None, similarity_penalty=0.5)
     )
     res = select_structures(
-        structures=structures, mean=mean, std=np.full(len(structures), 0.02), config=config
+        structures=structures, mean=mean, std=np.full(len(structures), 0.02), config=config, rule=RULE
     )
     assert res.indices[0] in (0, 1, 2) and res.indices[1] == 3
     # A structure labelled in an earlier round counts as already picked.
     again = select_structures(
-        structures=structures, mean=mean, std=np.full(len(structures), 0.02), config=config, labelled=[cuau]
+        structures=structures,
+        mean=mean,
+        std=np.full(len(structures), 0.02),
+        config=config,
+        labelled=[cuau],
+        rule=RULE,
     )
     assert again.indices[0] == 3
 
@@ -168,7 +183,9 @@ def test_polymorphs_allowed_up_to_cap(mp20: dict[str, Structure]) -> None:
     config = AcquisitionConfig(
         strategy="greedy", budget=3, diversity=DiversityConfig(max_per_formula=2, similarity_penalty=0.0)
     )
-    res = select_structures(structures=structures, mean=[0.0, 0.01, -0.01], std=[0.1] * 3, config=config)
+    res = select_structures(
+        structures=structures, mean=[0.0, 0.01, -0.01], std=[0.1] * 3, config=config, rule=RULE
+    )
     assert len(res.indices) == 2  # the third CuAu is over the cap and nothing else is left
 
 
@@ -195,13 +212,22 @@ def test_select_on_hull_evaluated_candidates() -> None:
     )
     formulas = ["Cu3Au", "CuAu3", "CuAu", "Cu3Au"]
     ev = hull.evaluate(formulas, [-3.66, -3.30, -3.50, -3.60], [0.02, 0.02, 0.02, 0.05])
-    res = select_queries(mean=ev.e_above_hull, std=ev.e_above_hull_std, config=cfg("greedy", budget=1))
+    res = select_queries(
+        mean=ev.e_above_hull, std=ev.e_above_hull_std, config=cfg("greedy", budget=1), rule=RULE
+    )
     assert formulas[res.indices[0]] == "Cu3Au" and ev.e_above_hull[res.indices[0]] < 0
 
 
-def test_hit_rate() -> None:
-    assert hit_rate([0.0, 0.05, 0.2, np.nan], threshold=0.1) == pytest.approx(0.5)
-    assert np.isnan(hit_rate([]))
+def test_hit_rate_counts_hits_of_the_campaign_rule() -> None:
+    assert hit_rate([0.0, 0.05, 0.2, np.nan], rule=StabilityRule(near_stable=0.1)) == pytest.approx(0.5)
+    # E_hull exactly at near_stable is a hit; float noise above it too (the on-hull tolerance)
+    assert hit_rate([0.05, 0.05 + 5e-7, 0.0501], rule=RULE) == pytest.approx(2 / 3)
+    assert np.isnan(hit_rate([], rule=RULE))
+
+
+def test_old_stability_threshold_key_gets_a_clear_error() -> None:
+    with pytest.raises(ValidationError, match=r"stability_threshold was removed.*near_stable"):
+        AcquisitionConfig(strategy="p_stable", stability_threshold=0.1)
 
 
 def test_bad_input_is_rejected() -> None:
@@ -214,9 +240,9 @@ def test_bad_input_is_rejected() -> None:
     with pytest.raises(InputError, match="choose one of"):
         get_strategy("bogus")
     with pytest.raises(AcquisitionError, match="2 means but 3 stds"):
-        select_queries(mean=[0.1, 0.2], std=[0.1, 0.1, 0.1], config=AcquisitionConfig())
+        select_queries(mean=[0.1, 0.2], std=[0.1, 0.1, 0.1], config=AcquisitionConfig(), rule=RULE)
     with pytest.raises(AcquisitionError, match="std must be >= 0"):
-        select_queries(mean=[0.1, 0.2], std=[0.1, -0.1], config=AcquisitionConfig())
+        select_queries(mean=[0.1, 0.2], std=[0.1, -0.1], config=AcquisitionConfig(), rule=RULE)
     with pytest.raises(AcquisitionError, match="features must have shape"):
         candidate_matrix(3, np.zeros((2, 4)))
 
@@ -230,6 +256,7 @@ def test_labelled_features_must_match(mp20: dict[str, Structure]) -> None:
             config=AcquisitionConfig(strategy="greedy"),
             features=structure_features(structures),
             labelled_features=np.zeros((2, 5)),
+            rule=RULE,
         )
 
 

@@ -66,3 +66,42 @@ def test_bad_configs_give_one_line_with_the_key_path(tmp_path, text, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(InputError, match="no such config file"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("withhold", "message"),
+    [
+        ("[Al]", "withhold: Al is an element"),
+        ("[mp-134]", "withhold: mp-134 is an element"),  # fcc Al
+        ("[mp-999999999]", "withhold: mp-999999999 is not a bundled material id"),
+        ("[NaCl]", "withhold: NaCl lies outside the chemical systems"),
+        ("[all-compounds]", "is neither a material id"),
+    ],
+)
+def test_bad_withhold_gives_one_line(tmp_path, withhold, message):
+    with pytest.raises(InputError) as err:
+        load_config(_write(tmp_path, f"name: x\nchemical_systems: [Li-Al]\nwithhold: {withhold}\n"))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_withhold_and_stability_rule(tmp_path):
+    config = load_config(
+        _write(
+            tmp_path,
+            "name: x\nchemical_systems: [Li-Al]\nnear_stable: 0.02\nwithhold: [mp-16506, AlLi, all_compounds]\n",
+        )
+    )
+    held = config.withholding
+    assert held.ids == {"mp-16506"} and held.formulas == {"LiAl"}
+    assert held.compounds_in == (frozenset({"Li", "Al"}),)
+    assert config.stability_rule.near_stable == 0.02 and config.stability_rule.is_hit(0.02)
+    assert not load_config(_write(tmp_path, "name: x\nchemical_systems: [Li-Al]\n")).withholding
+
+
+def test_old_acquisition_threshold_is_refused_with_the_fix(tmp_path):
+    with pytest.raises(InputError) as err:
+        load_config(
+            _write(tmp_path, "name: x\nchemical_systems: [Li-Al]\nacquisition: {stability_threshold: 0.1}\n")
+        )
+    text = str(err.value)
+    assert "acquisition" in text and "stability_threshold was removed" in text and "near_stable" in text

@@ -13,7 +13,7 @@ from pymatgen.core import Lattice, Structure
 from scipy.spatial.transform import Rotation
 
 from generator.base import Candidate
-from generator.seeds import load_seeds, seed_loaders
+from generator.seeds import Withholding, load_seeds, seed_loaders
 from loop.fingerprint import Fingerprint, FingerprintError, fingerprint
 from loop.funnel import FILTERS, Funnel, FunnelConfig, FunnelError, KnownIndex
 
@@ -241,3 +241,32 @@ def test_lazy_index_over_all_seed_data_parses_only_needed_cifs(seeds):
     formulas = {k.structure.composition.reduced_formula for k in picks}
     same_formula = sum(1 for _, formula, _ in seed_loaders() if formula in formulas)
     assert 5 <= index.n_loaded <= same_formula < 200
+
+
+def rocksalt_nacl(a: float = 5.64) -> Structure:
+    return Structure(
+        Lattice(0.5 * a * np.array([[0, 1, 1], [1, 0, 1], [1, 1, 0]])), ["Na", "Cl"], [[0, 0, 0], [0.5] * 3]
+    )
+
+
+def test_find_honours_other_false_after_checking_a_seed_entry():
+    """`other=False` must stay False after a seed entry was compared (it was overwritten by a structure)."""
+    query = rocksalt_nacl()
+    index = KnownIndex(matcher=None)
+    # a seed entry that is not the query (CsCl-type NaCl) but is examined first: same fingerprint given
+    cscl = Structure(Lattice.cubic(3.3), ["Na", "Cl"], [[0, 0, 0], [0.5] * 3])
+    index.add(id="seed-cscl", structure=cscl, fp=fingerprint(query), origin="seed")
+    index.add(id="campaign-copy", structure=disguise(query, seed=3), origin="campaign")
+    assert index.find(query, seed=True, other=False) is None
+    assert index.find(query) == ("campaign-copy", "campaign")
+    assert index.find(query, seed=False, other=True) == ("campaign-copy", "campaign")
+
+
+def test_seed_index_covers_mpts52_and_leaves_out_withheld_crystals():
+    # LiAl (P6_3/mmc, mp-1079240) is bundled only through mpts_52
+    lial = load_seeds(ids=["mp-1079240"])[0]
+    full = KnownIndex.from_seed_data()
+    assert full.find(disguise(lial.structure, seed=2)) == ("mp-1079240", "seed")
+    held = KnownIndex.from_seed_data(withhold=Withholding(formulas=frozenset({"LiAl"})))
+    assert len(held) < len(full)
+    assert held.find(disguise(lial.structure, seed=2)) is None

@@ -1,0 +1,159 @@
+"""Stages of a round on real data: references (complete hull), substitution that searches structure types,
+discoveries, withholding, and the hull update in the campaign's one vocabulary (EMT labels, Cu-Au)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Lattice, Structure
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+from loop import stages
+from loop.config import validate_config
+from loop.errors import InputError
+from loop.labelling import label_hashes
+from loop.store import CampaignStore
+
+B32 = "AB:227:4"
+
+
+def config(**kw):
+    data = {"name": "t", "chemical_systems": ["Li-Al"], "oracle": {"kind": "emt"}, **kw}
+    return validate_config(data)
+
+
+def spacegroup(structure: Structure) -> int:
+    return SpacegroupAnalyzer(structure, symprec=0.1).get_space_group_number()
+
+
+def test_reference_pool_is_complete_for_li_al():
+    pool = stages.reference_pool(config())
+    elements = [k for k in pool if len(k.structure.composition) == 1]
+    compounds = [k for k in pool if len(k.structure.composition) > 1]
+    ids = {k.id for k in elements}
+    assert "ase-ref:Li-bcc" in ids  # bcc Li is in no bundled row: ASE's reference state fills the gap
+    fcc_al = [
+        k
+        for k in elements
+        if k.structure.composition.reduced_formula == "Al" and spacegroup(k.structure) == 225
+    ]
+    assert len(fcc_al) == 1  # bundled (mpts_52) fcc Al and ASE's fcc Al are one polymorph
+    matcher = StructureMatcher(ltol=0.05, stol=0.05, angle_tol=1.0, primitive_cell=False)
+    for i, a in enumerate(elements):
+        assert len(a.structure) <= 8
+        for b in elements[i + 1 :]:
+            same = a.structure.composition.reduced_formula == b.structure.composition.reduced_formula
+            assert not (same and matcher.fit(a.structure, b.structure)), (a.id, b.id)
+    assert {"Li", "Al"} == {k.structure.composition.reduced_formula for k in elements}
+    assert {"Li3Al2", "Li2Al", "LiAl3", "LiAl"} <= {
+        k.structure.composition.reduced_formula for k in compounds
+    }
+    # cI16 Li is a small distortion of bcc Li but another crystal for the oracle: both are references
+    assert {"mp-567337", "ase-ref:Li-bcc"} <= ids
+    assert all(len(k.structure) <= 12 for k in compounds)
+    held = stages.reference_pool(config(withhold=["LiAl", "mp-16506"]))
+    formulas = [k.structure.composition.reduced_formula for k in held]
+    assert "LiAl" not in formulas and "mp-16506" not in {k.id for k in held} and "LiAl3" in formulas
+    with pytest.raises(InputError, match="no elemental crystal"):
+        stages.reference_pool(config(chemical_systems=["He-Li"]))  # helium has no crystal to reference
+
+
+def test_withheld_records_round_trip_through_the_store(tmp_path):
+    cfg = config(withhold=["all_compounds"])
+    records = stages.withheld_records(cfg)
+    formulas = {r["formula"] for r in records}
+    assert {"LiAl", "Li3Al2", "Li9Al4", "LiAl3", "Li2Al", "Li3Al"} <= formulas
+    assert all(r["material_id"].startswith("mp-") for r in records)
+    store = CampaignStore.in_workdir(tmp_path)
+    store.set_meta("withheld", records)
+    back = stages.withheld_structures(store)
+    assert [k.id for k in back] == [r["material_id"] for r in records]
+    assert all(k.structure.composition.reduced_formula == k.properties["formula"] for k in back)
+    assert stages.withheld_records(config()) == []
+    assert stages.withheld_training_ids(cfg)  # some of them are in the generator's training split
+    assert set(stages.withheld_training_ids(cfg)) <= {r["material_id"] for r in records}
+
+
+def test_substitution_searches_structure_types_and_does_not_repeat_parents(tmp_path):
+    cfg = config(generator={"substitution": {"max_candidates_per_parent": 2}})
+    store = CampaignStore.in_workdir(tmp_path)
+    known = stages.known_index(cfg, store=store, before_round=1)
+    made, counts = stages.substitution_candidates(
+        cfg, store=store, round=1, n=40, discoveries=[], known=known
+    )
+    assert len(made) == 40 and counts["spent_prototypes"] == 0
+    b32 = [
+        c
+        for c in made
+        if c.structure.composition.reduced_formula == "LiAl" and spacegroup(c.structure) == 227
+    ]
+    assert b32 and b32[0].info["parent_prototype"] == B32
+    assert all(known.find(c.structure) is None for c in made)  # nothing bundled is proposed again
+    for c in made:
+        store.add_structure(c.structure, source=c.source, parent=c.parent, round=1, provenance=c.info)
+    again, counts2 = stages.substitution_candidates(
+        cfg,
+        store=store,
+        round=2,
+        n=40,
+        discoveries=[],
+        known=stages.known_index(cfg, store=store, before_round=2),
+    )
+    used = {c.info["parent_prototype"] for c in made}
+    assert counts2["spent_prototypes"] == len(used)
+    assert not used & {c.info.get("parent_prototype") for c in again}
+    assert not {c.parent for c in made} & {c.parent for c in again}
+
+
+def cu_au(kind: str) -> Structure:
+    a = 3.75
+    if kind == "Cu":
+        return Structure(
+            Lattice(0.5 * 3.61 * np.array([[0, 1, 1], [1, 0, 1], [1, 1, 0]])), ["Cu"], [[0, 0, 0]]
+        )
+    if kind == "Au":
+        return Structure(
+            Lattice(0.5 * 4.08 * np.array([[0, 1, 1], [1, 0, 1], [1, 1, 0]])), ["Au"], [[0, 0, 0]]
+        )
+    if kind == "Cu3Au":  # L1_2
+        return Structure(
+            Lattice.cubic(a),
+            ["Au", "Cu", "Cu", "Cu"],
+            [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]],
+        )
+    if kind == "CuAu":  # L1_0
+        return Structure(Lattice.tetragonal(2.8, 3.7), ["Cu", "Au"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    # B2 CuAu with a squeezed lattice: far above the hull
+    return Structure(Lattice.cubic(2.6), ["Cu", "Au"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def test_update_hull_counts_hits_and_discoveries_exclude_references(tmp_path):
+    cfg = config(chemical_systems=["Cu-Au"], near_stable=0.05)
+    store = CampaignStore.in_workdir(tmp_path)
+    store.set_meta("config", cfg.model_dump(mode="json"))
+    h = {
+        k: store.add_structure(
+            cu_au(k),
+            source="seed" if k in ("Cu", "Au", "CuAu") else "substitution",
+            round=0 if k in ("Cu", "Au", "CuAu") else 1,
+        )
+        for k in ("Cu", "Au", "CuAu", "Cu3Au", "B2")
+    }
+    store.add_queries(0, [(h[k], "references", i, None) for i, k in enumerate(("Cu", "Au", "CuAu"))])
+    store.add_queries(1, [(h[k], "p_stable", i, 0.5) for i, k in enumerate(("Cu3Au", "B2"))])
+    label_hashes(store, list(h.values()), settings=cfg.oracle, workdir=tmp_path, round=1)
+    verdicts, report = stages.update_hull(cfg, store=store, round=1)
+    e_hull = {v[0]: v[1] for v in verdicts}
+    rule = cfg.stability_rule
+    for _, e, stable, hit in verdicts:
+        assert stable == rule.is_stable(e) and hit == rule.is_hit(e)
+    expected_hits = [k for k in ("Cu3Au", "B2") if rule.is_hit(e_hull[h[k]])]
+    assert expected_hits == ["Cu3Au"]  # L1_2 Cu3Au is a hit in EMT, squeezed B2 CuAu is not
+    assert e_hull[h["B2"]] > 0.05 and report["n_hits_new"] == len(expected_hits)
+    assert report["hit_rate"] == pytest.approx(len(expected_hits) / 2)
+    assert report["n_stable_new"] + report["n_near_stable_new"] == report["n_hits_new"]
+    store.set_stability(1, verdicts)
+    found = stages._discoveries(cfg, store)
+    assert {k.id for k in found} == {h[k] for k in expected_hits}  # never the round-0 references
+    assert h["Cu"] not in {k.id for k in found} and h["CuAu"] not in {k.id for k in found}
