@@ -436,8 +436,8 @@ def retrain(
     ]
     train = config.emulator_training
     report: dict[str, Any] = {"n_training_labels": len(data)}
-    new = {q["hash"] for q in store.queries(round)} if round > 0 else set()
     started = time.time()
+    # Held-out validation needs no list of "new" labels: the previous checkpoint knows what it trained on.
     emu_path, emu_metrics = fine_tune_emulator(
         data,
         settings=config.emulator,
@@ -445,11 +445,12 @@ def retrain(
         out_dir=out_dir / "emulator",
         epochs=train.fine_tune_epochs,
         max_minutes=train.fine_tune_max_minutes,
-        seed=config.seed + round,
-        calibrate_on=[d for d, r in zip(data, results, strict=True) if r.hash in new],
+        round=round,
     )
     report["emulator_checkpoint"] = str(emu_path)
     report["emulator_fine_tune_s"] = round_(time.time() - started)
+    report["emulator_deployed"] = emu_metrics.pop("deployed")
+    report["emulator_reason"] = emu_metrics.pop("reason")
     report.update({f"emulator_{k}": v for k, v in emu_metrics.items() if isinstance(v, int | float)})
 
     gen_cfg = config.generator
