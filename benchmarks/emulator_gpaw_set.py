@@ -191,7 +191,7 @@ def plan(*, mpts52: Path | None, max_atoms: int, seed: int) -> list[dict]:
     return rows
 
 
-def label_all(rows: list[dict], *, workdir: Path, out: Path) -> None:
+def label_all(rows: list[dict], *, workdir: Path, out: Path, done_elsewhere: Path | None = None) -> None:
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.io import write
 
@@ -204,7 +204,7 @@ def label_all(rows: list[dict], *, workdir: Path, out: Path) -> None:
 
         done = {atoms.info["id"] for atoms in iread(str(out), index=":")}
     for row in rows:
-        if row["id"] in done:
+        if row["id"] in done or _labelled_in(done_elsewhere, row["id"]):
             continue
         s = Structure.from_dict(row["structure"])
         safe = re.sub(r"[^A-Za-z0-9_.+-]", "_", row["id"])
@@ -235,6 +235,15 @@ def label_all(rows: list[dict], *, workdir: Path, out: Path) -> None:
         )
 
 
+def _labelled_in(path: Path | None, ident: str) -> bool:
+    """Whether another labelling process already wrote `ident` to its extxyz file."""
+    if path is None or not path.exists():
+        return False
+    from ase.io import iread
+
+    return any(atoms.info["id"] == ident for atoms in iread(str(path), index=":"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, required=True)
@@ -246,6 +255,12 @@ def main() -> None:
     )
     parser.add_argument("--max-atoms", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--from-last",
+        type=Path,
+        default=None,
+        help="label the candidates last-round-first into --out, skipping those in this other process's file",
+    )
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     plan_file = args.workdir / "plan.json"
@@ -255,7 +270,9 @@ def main() -> None:
         rows = plan(mpts52=args.mpts52, max_atoms=args.max_atoms, seed=args.seed)
         plan_file.write_text(json.dumps(rows))
     print(f"{len(rows)} structures planned", flush=True)
-    label_all(rows, workdir=args.workdir, out=args.out)
+    if args.from_last is not None:
+        rows = [row for row in reversed(rows) if row["round"] > 0]
+    label_all(rows, workdir=args.workdir, out=args.out, done_elsewhere=args.from_last)
     with open(args.out, "rb") as src, gzip.open(f"{args.out}.gz", "wb") as dst:
         dst.write(src.read())
 

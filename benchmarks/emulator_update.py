@@ -14,7 +14,7 @@ Per design it prints, over all held-out labels of rounds >= 1:
 * the fine-tuning time.
 
 Usage:
-    OMP_NUM_THREADS=1 python benchmarks/emulator_update.py [--designs NAME ...] [--members 4] [--rounds N]
+    OMP_NUM_THREADS=1 python benchmarks/emulator_update.py [--designs NAME ...] [--members 3] [--rounds N] [--base DIR]
 
 Units: eV/atom, s.
 """
@@ -62,7 +62,7 @@ def load_rounds(path: Path) -> list[list[Any]]:
 
     from emulator.base import LabelledStructure
 
-    with gzip.open(path, "rt") as handle:
+    with gzip.open(path, "rt") if path.suffix == ".gz" else open(path) as handle:
         frames = read(handle, index=":", format="extxyz")
     rounds: dict[int, list[LabelledStructure]] = {}
     for atoms in frames:
@@ -157,11 +157,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--designs", nargs="*", choices=list(DESIGNS), default=list(DESIGNS))
-    parser.add_argument("--members", type=int, default=4)
+    parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=None, help="use only the first N rounds")
     parser.add_argument("--max-minutes", type=float, default=10.0, help="bound of one fine-tune")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--json", type=Path, default=None, help="also write all figures here")
+    parser.add_argument(
+        "--base", type=Path, default=None, help="directory caching the round-0 ensemble between runs"
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
@@ -177,8 +180,13 @@ def main() -> None:
         flush=True,
     )
     start = time.perf_counter()
-    base = ChgnetEnsemble(settings=ChgnetEnsembleSettings(n_members=args.members))
-    print(f"round-0 ensemble built in {time.perf_counter() - start:.0f} s", flush=True)
+    if args.base and (args.base / "manifest.json").is_file():
+        base = ChgnetEnsemble.load(args.base)
+    else:
+        base = ChgnetEnsemble(settings=ChgnetEnsembleSettings(n_members=args.members))
+        if args.base:
+            base.save(args.base)
+    print(f"round-0 ensemble ready in {time.perf_counter() - start:.0f} s", flush=True)
     results = {}
     for name in args.designs:
         print(f"design {name}: {DESIGNS[name]}", flush=True)
