@@ -9,10 +9,12 @@ Design (see `emulator/prior.py` and `emulator/multihead.py`):
   MP-like data and disagree away from it. The alternative `design="bootstrap_only"` (kept for comparison in
   `benchmarks/emulator_calibration.py`) starts all heads as the pretrained head: std = 0 until the first
   fine-tune.
-* Fine-tuning: ridge refit of the per-element reference energies on oracle labels, then all members trained
-  together on all labels (optionally member k's loss weighted by its own bootstrap resample, `bootstrap=True`).
-* The raw member spread is under-dispersed after fine-tuning; `calibration(held_out, update_std_scale=True)`
-  fits one multiplier for every reported std on labels the members have not seen.
+* Fine-tuning: ridge refit of the per-element reference energies on oracle labels, then the members trained
+  together on all labels (optionally member k's loss weighted by its own bootstrap resample, `bootstrap=True`;
+  the first `frozen_members` keep their round-0 heads, i.e. stay refit-only members).
+* `calibrate(pairs)` fits an energy bias and a std scale on held-out pairs (predictions made before the labels
+  were trained on), shrunk toward the previous fit; every prediction then reports mean + bias and scale × std.
+  Which variant to deploy, and on which pairs to calibrate it, is decided in `emulator/update.py`.
 
 Units: energy per atom eV/atom, total energy eV, forces eV/Å, stress GPa (Voigt xx, yy, zz, yz, xz, xy, ASE sign).
 """
