@@ -15,6 +15,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 from pymatgen.core import Structure
 
+from emulator.calibration import Calibration, HeldOutPairs
+
 
 class EmulatorError(Exception):
     """Bad input for the emulator (unreadable structure, unsupported element, empty list)."""
@@ -104,6 +106,22 @@ class Emulator(ABC):
     @abstractmethod
     def fine_tune(self, data: Sequence[LabelledStructure], **kwargs: Any) -> dict[str, float]:
         """Refit reference energies and fine-tune members on oracle labels; returns metrics."""
+
+    @abstractmethod
+    def held_out_pairs(self, data: Sequence[LabelledStructure], *, round: int) -> HeldOutPairs:
+        """Raw (uncalibrated) mean and spread for labels this model has not trained on, paired with the labels."""
+
+    @property
+    @abstractmethod
+    def calibration(self) -> Calibration:
+        """The bias (eV/atom) and std scale applied to every prediction."""
+
+    @abstractmethod
+    def calibrate(
+        self, pairs: HeldOutPairs, *, prior_weight: float, previous: Calibration | None = None
+    ) -> Calibration:
+        """Fit bias and scale on all held-out pairs so far, shrunk toward `previous` (default: the fit in use),
+        and adopt the result."""
 
     @abstractmethod
     def save(self, directory: Path) -> dict[str, Any]:

@@ -9,10 +9,12 @@ Design (see `emulator/prior.py` and `emulator/multihead.py`):
   MP-like data and disagree away from it. The alternative `design="bootstrap_only"` (kept for comparison in
   `benchmarks/emulator_calibration.py`) starts all heads as the pretrained head: std = 0 until the first
   fine-tune.
-* Fine-tuning: ridge refit of the per-element reference energies on oracle labels, then all members trained
-  together on all labels (optionally member k's loss weighted by its own bootstrap resample, `bootstrap=True`).
-* The raw member spread is under-dispersed after fine-tuning; `calibration(held_out, update_std_scale=True)`
-  fits one multiplier for every reported std on labels the members have not seen.
+* Fine-tuning: ridge refit of the per-element reference energies on oracle labels, then the members trained
+  together on all labels (optionally member k's loss weighted by its own bootstrap resample, `bootstrap=True`;
+  the first `frozen_members` keep their round-0 heads, i.e. stay refit-only members).
+* `calibrate(pairs)` fits an energy bias and a std scale on held-out pairs (predictions made before the labels
+  were trained on), shrunk toward the previous fit; every prediction then reports mean + bias and scale × std.
+  Which variant to deploy, and on which pairs to calibrate it, is decided in `emulator/update.py`.
 
 Units: energy per atom eV/atom, total energy eV, forces eV/Å, stress GPa (Voigt xx, yy, zz, yz, xz, xy, ASE sign).
 """
@@ -45,7 +47,13 @@ from emulator.base import (
     RelaxResult,
     register,
 )
-from emulator.calibration import calibration_metrics
+from emulator.calibration import (
+    MIN_STD,
+    Calibration,
+    HeldOutPairs,
+    calibration_metrics,
+    fit_calibration,
+)
 from emulator.checkpoint import load_state, read_manifest, save_state, write_manifest
 from emulator.multihead import MultiHeadChgnet
 from emulator.prior import distil_heads
@@ -74,6 +82,7 @@ TRAINING_OPTIONS = frozenset(
         "stress_weight",
         "train_last_conv",
         "bootstrap",
+        "frozen_members",
         "ridge_alpha",
     }
 )
@@ -107,6 +116,15 @@ class ChgnetEnsembleSettings(EmulatorSettings):
     # Off by default: with tens of labels a resample drops a third of them, which cost accuracy and error
     # ranking on held-out EMT labels (benchmarks/emulator_calibration.py); members still differ by their heads.
     bootstrap: bool = Field(False, description="member k trains on its own bootstrap resample")
+    frozen_members: int = Field(
+        0,
+        ge=0,
+        description="the first members keep their round-0 heads when fine-tuning (refit-only members)",
+    )
+    calibration_prior_weight: float = Field(
+        8.0, ge=0, description="pseudo-count (pairs) of the previous calibration when refitting it"
+    )
+    calibration_bias: bool = Field(True, description="calibrate an energy bias as well as the std scale")
     optimizer: Literal["FIRE", "BFGS"] = "FIRE"
     relax_cell: bool = True
     derivative_std: bool = Field(True, description="per-member forces/stress for their std (K back-props)")
@@ -213,8 +231,12 @@ class ChgnetEnsemble(Emulator):
         forces: bool = True,
         stress: bool = True,
         derivative_std: bool | None = None,
+        calibrated: bool = True,
     ) -> EnsemblePrediction:
         """Ensemble mean and spread of energy per atom (eV/atom), forces (eV/Å) and stress (GPa, Voigt).
+
+        The calibration in use (see `calibrate`) adds its bias to every energy and multiplies every std by its
+        scale; `calibrated=False` gives the raw ensemble.
 
         Args:
             structures: Crystals (pymatgen Structures or their dicts).
@@ -232,7 +254,9 @@ class ChgnetEnsemble(Emulator):
             self.settings.derivative_std if derivative_std is None else derivative_std
         )
         e, f, s = self._raw(self._graphs(structs), forces=forces, stress=stress, per_member=per_member)
-        scale = self.std_scale
+        cal = self.calibration if calibrated else Calibration()
+        scale = cal.scale
+        e = e + cal.bias
         std_e = scale * e.std(axis=0) if return_std else np.zeros(e.shape[1])
         pred = EnsemblePrediction(
             energy_per_atom=e.mean(axis=0), energy_per_atom_std=std_e, member_energy_per_atom=e
@@ -371,7 +395,7 @@ class ChgnetEnsemble(Emulator):
             weights = bootstrap_weights(
                 n_members=self.model.n_heads, n_data=len(examples), seed=round_seed, bootstrap=cfg.bootstrap
             )
-            if cfg.epochs > 0:
+            if cfg.epochs > 0 and cfg.frozen_members < self.model.n_heads:
                 metrics |= fine_tune_members(
                     self.model,
                     examples,
@@ -384,9 +408,10 @@ class ChgnetEnsemble(Emulator):
                     force_weight=cfg.force_weight,
                     stress_weight=cfg.stress_weight,
                     train_last_conv=cfg.train_last_conv,
+                    train_heads=range(cfg.frozen_members, self.model.n_heads),
                     seed=round_seed,
                 )
-            pred = self.predict(structs, forces=False, stress=False)
+            pred = self.predict(structs, forces=False, stress=False, calibrated=False)
             target = np.array([item.energy_per_atom for item in data])
             metrics["train_mae"] = float(np.abs(pred.energy_per_atom - target).mean())
         finally:
@@ -399,38 +424,64 @@ class ChgnetEnsemble(Emulator):
         return metrics
 
     @property
-    def std_scale(self) -> float:
-        """Multiplier applied to every reported std (1 until `calibration(..., update_std_scale=True)`)."""
-        return float(self.state.get("std_scale", 1.0))
+    def calibration(self) -> Calibration:
+        """Bias (eV/atom) and std scale applied to every prediction (identity until `calibrate`)."""
+        return Calibration.from_dict(self.state.get("calibration"))
 
-    def calibration(
-        self, data: Sequence[LabelledStructure], *, update_std_scale: bool = False
-    ) -> dict[str, float]:
-        """Energy calibration on labels *not* used in fine-tuning.
+    @property
+    def std_scale(self) -> float:
+        """Multiplier applied to every reported std."""
+        return self.calibration.scale
+
+    def held_out_pairs(self, data: Sequence[LabelledStructure], *, round: int) -> HeldOutPairs:
+        """Raw ensemble mean and spread (eV/atom) on labels this model has not trained on, with the labels.
 
         Args:
-            data: Held-out oracle labels (e.g. a round's new labels, before retraining on them).
-            update_std_scale: Also adopt `std_scale_fit` as the ensemble's std multiplier (saved with it).
+            data: Labels the members have not seen (e.g. a round's new labels, before retraining on them).
+            round: The round the labels belong to (kept with the pairs).
+        """
+        if not data:
+            return HeldOutPairs()
+        structs = self._check_labels(data)
+        pred = self.predict(structs, forces=False, stress=False, calibrated=False)
+        return HeldOutPairs(
+            predicted=[float(x) for x in pred.energy_per_atom],
+            std=[float(x) for x in pred.energy_per_atom_std],
+            target=[float(item.energy_per_atom) for item in data],
+            round=[int(round)] * len(data),
+        )
+
+    def calibrate(
+        self, pairs: HeldOutPairs, *, prior_weight: float | None = None, previous: Calibration | None = None
+    ) -> Calibration:
+        """Fit bias and std scale on all held-out pairs so far, shrunk toward `previous`, and adopt them.
+
+        Args:
+            pairs: Every held-out pair of this model's lineage (raw predictions; see `held_out_pairs`).
+            prior_weight: Pseudo-count of the previous fit in pairs (None: `calibration_prior_weight`).
+            previous: The fit to shrink toward (None: the one in use).
 
         Returns:
-            `calibration_metrics` of the reported (scaled) std: `mae` (eV/atom), `mean_std`,
-            `spearman_std_abs_error`, `frac_within_1sigma`, `frac_within_2sigma`, ...; plus `std_scale` (in
-            use) and `std_scale_fit`, the multiplier of the raw member spread that would put 68.3 % of these
-            errors within 1σ (a quantile, so a few wild errors do not dominate it).
+            The calibration now in use.
         """
+        fit = fit_calibration(
+            pairs,
+            previous=self.calibration if previous is None else previous,
+            prior_weight=self.settings.calibration_prior_weight if prior_weight is None else prior_weight,
+            fit_bias=self.settings.calibration_bias,
+        )
+        self.state["calibration"] = fit.to_dict()
+        return fit
+
+    def evaluate(self, data: Sequence[LabelledStructure]) -> dict[str, float]:
+        """`calibration_metrics` of the calibrated predictions on labelled data (MAE eV/atom, Spearman, coverage)."""
         structs = self._check_labels(data)
         pred = self.predict(structs, forces=False, stress=False)
-        target = np.array([item.energy_per_atom for item in data])
-        metrics = calibration_metrics(
-            predicted=pred.energy_per_atom, std=pred.energy_per_atom_std, target=target
+        return calibration_metrics(
+            predicted=pred.energy_per_atom,
+            std=np.maximum(pred.energy_per_atom_std, MIN_STD * self.std_scale),
+            target=np.array([item.energy_per_atom for item in data]),
         )
-        raw_std = np.maximum(pred.energy_per_atom_std / self.std_scale, 1e-6)
-        fit = float(np.quantile(np.abs(pred.energy_per_atom - target) / raw_std, 0.683))
-        metrics["std_scale"] = self.std_scale
-        metrics["std_scale_fit"] = fit
-        if update_std_scale:
-            self.state["std_scale"] = max(fit, 1e-3)
-        return metrics
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -457,7 +508,7 @@ class ChgnetEnsemble(Emulator):
             "settings": self.settings.model_dump(),
             "data_hash": self.state["data_hash"],
             "n_labels": self.state["n_labels"],
-            "std_scale": self.std_scale,
+            "calibration": self.calibration.to_dict(),
             "n_fine_tunes": self.state["n_fine_tunes"],
             "metrics": self.state["metrics"],
             "files": files,
@@ -495,6 +546,6 @@ class ChgnetEnsemble(Emulator):
             "metrics": manifest["metrics"],
             "n_labels": manifest["n_labels"],
             "last_round_seed": manifest["seeds"].get("last_round"),
-            "std_scale": manifest.get("std_scale", 1.0),
+            "calibration": manifest.get("calibration"),
         }
         return self

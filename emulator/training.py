@@ -7,7 +7,7 @@ directly in these units, so no VASP kBar conversion is involved (CHGNet's own `S
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,10 +86,13 @@ def bootstrap_weights(*, n_members: int, n_data: int, seed: int, bootstrap: bool
     return out
 
 
-def trainable_parameters(model: MultiHeadChgnet, *, train_last_conv: bool) -> list[torch.nn.Parameter]:
-    """Set requires_grad on the heads (and optionally the shared last interaction block) only."""
+def trainable_parameters(
+    model: MultiHeadChgnet, *, train_last_conv: bool, train_heads: Iterable[int] | None = None
+) -> list[torch.nn.Parameter]:
+    """Set requires_grad on the heads `train_heads` (default: all) and optionally the shared last block only."""
     model.requires_grad_(False)
-    model.heads.requires_grad_(True)
+    for k in range(model.n_heads) if train_heads is None else train_heads:
+        model.heads[k].requires_grad_(True)
     if train_last_conv:
         model.base.atom_conv_layers[-1].requires_grad_(True)
     return [p for p in model.parameters() if p.requires_grad]
@@ -109,6 +112,7 @@ def fine_tune_members(
     stress_weight: float,
     train_last_conv: bool,
     seed: int,
+    train_heads: Iterable[int] | None = None,
 ) -> dict[str, float]:
     """Fine-tune all members together: one trunk pass per batch, member k's loss weighted by its resample.
 
@@ -125,11 +129,12 @@ def fine_tune_members(
         stress_weight: Loss weight of the stress MSE (GPa²).
         train_last_conv: Also train the shared last interaction block.
         seed: Shuffling seed.
+        train_heads: Members whose heads are trained (default all); the others keep their weights.
 
     Returns:
         Metrics: epochs run, steps, minutes, final-epoch mean loss.
     """
-    params = trainable_parameters(model, train_last_conv=train_last_conv)
+    params = trainable_parameters(model, train_last_conv=train_last_conv, train_heads=train_heads)
     optimiser = torch.optim.Adam(params, lr=learning_rate)
     w = torch.as_tensor(weights, dtype=torch.float32)
     rng = np.random.default_rng(seed)

@@ -654,8 +654,8 @@ def retrain(
     data = training_labels(config, store)
     train = config.emulator_training
     report: dict[str, Any] = {"n_training_labels": len(data)}
-    new = {q["hash"] for q in store.queries(round)} if round > 0 else set()
     started = time.time()
+    # Held-out validation needs no list of "new" labels: the previous checkpoint knows what it trained on.
     emu_path, emu_metrics = fine_tune_emulator(
         data,
         settings=config.emulator,
@@ -663,11 +663,12 @@ def retrain(
         out_dir=out_dir / "emulator",
         epochs=train.fine_tune_epochs,
         max_minutes=train.fine_tune_max_minutes,
-        seed=config.seed + round,
-        calibrate_on=[d for d in data if d["hash"] in new and d["kind"] == "final"],
+        round=round,
     )
     report["emulator_checkpoint"] = str(emu_path)
     report["emulator_fine_tune_s"] = round_(time.time() - started)
+    report["emulator_deployed"] = emu_metrics.pop("deployed")
+    report["emulator_reason"] = emu_metrics.pop("reason")
     report.update({f"emulator_{k}": v for k, v in emu_metrics.items() if isinstance(v, int | float)})
 
     report.update(
@@ -768,6 +769,9 @@ def track_round(config: CampaignConfig, *, store: CampaignStore, round: int, wor
         "update.near_stable_rate",
         "update.cumulative_stable",
         "update.emulator_mae",
+        "retrain.emulator_heldout_refit_mae",
+        "retrain.emulator_heldout_fine_tuned_mae",
+        "retrain.emulator_deployed_fine_tuned",
         "label.n_ok",
         "label.n_failed",
         "generate.n_generated",

@@ -98,44 +98,51 @@ def fine_tune_emulator(
     out_dir: Path,
     epochs: int,
     max_minutes: float,
-    seed: int,
-    calibrate_on: Sequence[dict[str, Any]] = (),
+    round: int,
 ) -> tuple[Path, dict[str, Any]]:
-    """Refit references and fine-tune the ensemble on all oracle labels; save it to `out_dir`.
+    """Update the emulator on all oracle labels, keeping the variant that is best on held-out labels; save it.
+
+    The previous checkpoint's variants first predict the labels they have not trained on (this round's): those
+    held-out errors decide between the refit-only and the fine-tuned variant, and recalibrate both (see
+    `emulator.update`). The deployed variant is saved at `out_dir`, the others under `out_dir/variants/`.
 
     Args:
-        data: dicts with structure, energy (eV), forces (eV/Å) and stress (GPa, Voigt).
-        calibrate_on: This round's new labels, not yet trained on: the ensemble's std is recalibrated on them
-            (where the emulator supports it) before fine-tuning, and the calibration metrics are returned with
-            the prefix `calibration_`.
+        data: All labels so far: dicts with structure, energy (eV), forces (eV/Å) and stress (GPa, Voigt).
+        settings: Emulator settings (used to build the round-0 ensemble when `checkpoint_in` is None).
+        checkpoint_in: The previous round's checkpoint directory.
+        out_dir: Where to save.
+        epochs: Fine-tuning epochs of the fine-tuned variant (0: refit only).
+        max_minutes: Wall-clock bound of that fine-tune.
+        round: Campaign round (tags the held-out pairs).
 
     Returns:
-        The checkpoint directory and the metrics.
+        The checkpoint directory and flat metrics (`deployed`, `reason`, `heldout_<variant>_mae`, ...).
     """
     from emulator.base import LabelledStructure
+    from emulator.update import EmulatorVariants, update_emulator
 
-    def labelled(rows: Sequence[dict[str, Any]]) -> list[LabelledStructure]:
-        return [
-            LabelledStructure(
-                structure=d["structure"],
-                energy=float(d["energy"]),
-                forces=None if d.get("forces") is None else np.asarray(d["forces"], dtype=float),
-                stress=None if d.get("stress") is None else np.asarray(d["stress"], dtype=float),
-            )
-            for d in rows
-        ]
-
-    model = load_emulator(settings, checkpoint_in)
-    metrics: dict[str, Any] = {}
-    if calibrate_on and hasattr(model, "calibration"):
-        calib = model.calibration(labelled(calibrate_on), update_std_scale=True)
-        metrics |= {f"calibration_{k}": v for k, v in calib.items()}
-    train = labelled(data)
-    if train:
-        metrics |= model.fine_tune(train, epochs=epochs, max_minutes=max_minutes)
-    model.save(out_dir)
-    _EMULATORS.clear()  # the in-memory model was mutated; later loads must come from the new checkpoint
-    return out_dir, metrics
+    labels = [
+        LabelledStructure(
+            structure=d["structure"],
+            energy=float(d["energy"]),
+            forces=None if d.get("forces") is None else np.asarray(d["forces"], dtype=float),
+            stress=None if d.get("stress") is None else np.asarray(d["stress"], dtype=float),
+        )
+        for d in data
+    ]
+    _pin_threads()
+    previous = EmulatorVariants.load(Path(checkpoint_in)) if checkpoint_in is not None else None
+    variants, report = update_emulator(
+        previous,
+        labels,
+        fresh=lambda: load_emulator(settings, None),
+        round=round,
+        epochs=epochs,
+        max_minutes=max_minutes,
+    )
+    variants.save(out_dir, report=report)
+    _EMULATORS.clear()  # later loads must come from the new checkpoint
+    return out_dir, {"deployed": report.deployed, "reason": report.reason, **report.metrics()}
 
 
 def fine_tune_generator(

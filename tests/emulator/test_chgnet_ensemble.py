@@ -115,7 +115,7 @@ def test_bad_input_raises_typed_one_line_errors(round0: ChgnetEnsemble, tmp_path
     with pytest.raises(EmulatorError, match="no labelled structures"):
         round0.fine_tune([])
     with pytest.raises(EmulatorError, match="forces have shape"):
-        round0.calibration([LabelledStructure(structure=cu, energy=-3.0, forces=np.zeros((2, 3)))])
+        round0.evaluate([LabelledStructure(structure=cu, energy=-3.0, forces=np.zeros((2, 3)))])
     with pytest.raises(EmulatorError, match="bad fine-tuning option"):
         round0.fine_tune([LabelledStructure(structure=cu, energy=-3.0)], epochs=-1)
     with pytest.raises(EmulatorError, match="cannot change n_members"):

@@ -23,11 +23,11 @@ EPOCHS = 8
 def tuned(emt_train: list[LabelledStructure], emt_held: list[LabelledStructure], tmp_path_factory) -> dict:
     """One ensemble taken through pretrained -> reference refit -> fine-tuned, with held-out figures at each step."""
     ens = ChgnetEnsemble(settings=ChgnetEnsembleSettings(**SMALL))
-    stages = {"pretrained": ens.calibration(emt_held)}
+    stages = {"pretrained": ens.evaluate(emt_held)}
     stages["refit_metrics"] = ens.fine_tune(emt_train, epochs=0)
-    stages["refit"] = ens.calibration(emt_held)
+    stages["refit"] = ens.evaluate(emt_held)
     stages["tune_metrics"] = ens.fine_tune(emt_train, epochs=EPOCHS, max_minutes=5)
-    stages["tuned"] = ens.calibration(emt_held)
+    stages["tuned"] = ens.evaluate(emt_held)
     directory = tmp_path_factory.mktemp("ckpt") / "round1"
     stages["manifest"] = ens.save(directory)
     return {"ensemble": ens, "stages": stages, "dir": directory}
@@ -58,24 +58,26 @@ def test_fine_tuned_members_disagree_more_on_compressed_cells(
     std_out = ens.predict([d.structure for d in squeezed], forces=False, stress=False).energy_per_atom_std
     assert np.median(std_out) > 2 * np.median(std_in)
     # The spread also tracks the error there: compressed cells are predicted worse.
-    assert ens.calibration(squeezed)["mae"] > tuned["stages"]["tuned"]["mae"]
+    assert ens.evaluate(squeezed)["mae"] > tuned["stages"]["tuned"]["mae"]
 
 
 @pytest.mark.slow
-def test_std_recalibration_on_held_out_labels(
+def test_calibration_on_held_out_pairs_is_adopted_and_saved(
     tuned: dict, emt_held: list[LabelledStructure], tmp_path
 ) -> None:
     ens = copy.deepcopy(tuned["ensemble"])
-    before = ens.calibration(emt_held, update_std_scale=True)
-    assert before["std_scale"] == 1.0 and before["std_scale_fit"] > 0
-    after = ens.calibration(emt_held)
-    assert after["std_scale"] == pytest.approx(before["std_scale_fit"])
-    # The fitted multiplier puts about 68 % of these errors within 1σ (16 cells: one cell is 6 %).
+    pairs = ens.held_out_pairs(emt_held, round=1)
+    before = ens.evaluate(emt_held)
+    fit = ens.calibrate(pairs, prior_weight=0.0)
+    after = ens.evaluate(emt_held)
+    # With no shrinkage the fitted scale puts about 68 % of these errors within 1σ (16 cells: one cell is 6 %) ...
     assert abs(after["frac_within_1sigma"] - 0.683) <= 1 / 16 + 1e-9
+    # ... the bias is the median error, and a monotone rescaling keeps the ranking.
+    assert fit.bias == pytest.approx(float(np.median(pairs.errors())))
     assert after["spearman_std_abs_error"] == pytest.approx(before["spearman_std_abs_error"])
-    assert after["mean_std"] == pytest.approx(before["mean_std"] * before["std_scale_fit"])
+    assert after["mean_std"] == pytest.approx(before["mean_std"] * fit.scale)
     ens.save(tmp_path / "scaled")
-    assert ChgnetEnsemble.load(tmp_path / "scaled").std_scale == pytest.approx(before["std_scale_fit"])
+    assert ChgnetEnsemble.load(tmp_path / "scaled").calibration == fit
 
 
 @pytest.mark.slow

@@ -1,0 +1,260 @@
+"""Emulator updates that never hurt: every update is judged on labels it had not trained on, and the best is kept.
+
+Each round keeps two variants of the ensemble, both trained on all labels gathered so far:
+
+* ``refit``: the round-0 ensemble with its per-element reference energies refitted on the labels (no weights
+  change), the safe baseline;
+* ``fine_tuned``: the refit variant, then fine-tuned on the labels (heads, optionally the last block).
+
+When the next round's labels arrive, both variants (and the deployed model, one of them) predict them *before*
+training on them: those are true held-out errors (leave-last-round-out validation, with the training on the older
+rounds already done in the previous round). Their held-out pairs accumulate per variant, and the variant with the
+lower held-out MAE over all rounds so far is deployed. Before any held-out label exists (round 0) the refit variant
+is deployed. A fine-tune whose error on its own training labels is worse than the refit's is never deployed (this
+is how a wrecking learning rate showed itself). Calibration (bias and std scale) of each variant is refitted on its
+held-out pairs, shrunk toward its previous fit.
+
+Units: energies eV/atom.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from emulator.base import Emulator, EmulatorError, LabelledStructure, get_emulator_class
+from emulator.calibration import Calibration, HeldOutPairs
+from emulator.checkpoint import read_manifest, write_manifest
+
+Variant = Literal["refit", "fine_tuned"]
+VARIANTS: tuple[Variant, ...] = ("refit", "fine_tuned")
+UPDATE_FILE = "update.json"
+VARIANTS_DIR = "variants"
+
+
+def label_key(item: LabelledStructure) -> str:
+    """Hash of one label (species, cell, positions, energy): identifies what a model has trained on."""
+    s = item.structure
+    payload = {
+        "species": [site.specie.symbol for site in s],
+        "frac": np.round(np.mod(s.frac_coords, 1.0), 5).tolist(),
+        "lattice": np.round(s.lattice.matrix, 5).tolist(),
+        "energy": round(float(item.energy), 6),
+    }
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
+
+
+@dataclass
+class EmulatorVariants:
+    """The two variants of one round, which one is deployed, and their held-out history.
+
+    Attributes:
+        models: Variant name -> ensemble trained on `trained_on` (fine_tuned may be absent when epochs = 0).
+        deployed: The variant the campaign uses.
+        history: Variant name -> every held-out pair of its lineage (raw predictions), in arrival order.
+        trained_on: `label_key`s of the labels both variants trained on.
+    """
+
+    models: dict[str, Emulator]
+    deployed: str
+    history: dict[str, HeldOutPairs] = field(default_factory=dict)
+    trained_on: list[str] = field(default_factory=list)
+
+    @property
+    def model(self) -> Emulator:
+        """The deployed ensemble."""
+        return self.models[self.deployed]
+
+    def save(self, directory: Path, *, report: UpdateReport | None = None) -> dict[str, Any]:
+        """Deployed model at `directory` (what screening loads), each variant under `variants/<name>/`.
+
+        The deployed model's manifest also gets an `update` entry: the variant, the reason and every error of
+        `report`; the held-out pairs go to `update.json` beside it.
+        """
+        directory = Path(directory)
+        manifest = self.model.save(directory)
+        if report is not None:
+            manifest["update"] = {"deployed": report.deployed, "reason": report.reason, **report.metrics()}
+            write_manifest(directory, json.loads(json.dumps(manifest, default=float)))
+        for name, model in self.models.items():
+            model.save(directory / VARIANTS_DIR / name)
+        state = {
+            "deployed": self.deployed,
+            "variants": sorted(self.models),
+            "history": {k: v.to_dict() for k, v in self.history.items()},
+            "trained_on": self.trained_on,
+        }
+        tmp = directory / f".{UPDATE_FILE}.tmp"
+        tmp.write_text(json.dumps(state))
+        tmp.replace(directory / UPDATE_FILE)
+        return manifest
+
+    @classmethod
+    def load(cls, directory: Path) -> EmulatorVariants:
+        """Read what `save` wrote; a plain checkpoint (no variants) becomes a refit variant with no history."""
+        directory = Path(directory)
+        kind = read_manifest(directory)["kind"]
+        emulator_cls = get_emulator_class(kind)
+        state_file = directory / UPDATE_FILE
+        if not state_file.is_file():
+            return cls(models={"refit": emulator_cls.load(directory)}, deployed="refit")
+        state = json.loads(state_file.read_text())
+        models = {name: emulator_cls.load(directory / VARIANTS_DIR / name) for name in state["variants"]}
+        return cls(
+            models=models,
+            deployed=state["deployed"],
+            history={k: HeldOutPairs.from_dict(v) for k, v in state["history"].items()},
+            trained_on=list(state["trained_on"]),
+        )
+
+
+@dataclass
+class UpdateReport:
+    """What one update measured and decided.
+
+    Attributes:
+        deployed: The variant now in use.
+        reason: Why (one line).
+        n_labels: Labels trained on.
+        n_held_out: New labels the previous variants had not trained on.
+        held_out: Variant (and "previous") -> metrics on this round's new labels: raw `mae`, and `cal_mae`,
+            `cal_spearman`, `cal_within_1sigma` under the calibration in use when they were predicted.
+        held_out_all: Variant -> raw MAE (eV/atom) over all its held-out pairs so far.
+        train: Variant -> training metrics (`train_mae` eV/atom, refit MAEs, epochs, ...).
+        calibration: Variant -> the calibration fitted for the next round.
+    """
+
+    deployed: str
+    reason: str
+    n_labels: int
+    n_held_out: int
+    held_out: dict[str, dict[str, float]] = field(default_factory=dict)
+    held_out_all: dict[str, float] = field(default_factory=dict)
+    train: dict[str, dict[str, float]] = field(default_factory=dict)
+    calibration: dict[str, Calibration] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        """Flat numeric metrics (`heldout_fine_tuned_mae`, `train_refit_train_mae`, ...)."""
+        out: dict[str, float] = {
+            "n_labels": float(self.n_labels),
+            "n_held_out": float(self.n_held_out),
+            "deployed_fine_tuned": float(self.deployed == "fine_tuned"),
+        }
+        for name, values in self.held_out.items():
+            out |= {f"heldout_{name}_{k}": float(v) for k, v in values.items()}
+        out |= {f"heldout_all_{name}_mae": float(v) for name, v in self.held_out_all.items()}
+        for name, values in self.train.items():
+            out |= {f"train_{name}_{k}": float(v) for k, v in values.items() if isinstance(v, int | float)}
+        for name, cal in self.calibration.items():
+            out |= {f"calibration_{name}_bias": cal.bias, f"calibration_{name}_scale": cal.scale}
+        return out
+
+
+def _held_out_metrics(pairs: HeldOutPairs, calibration: Calibration) -> dict[str, float]:
+    raw = float(np.mean(np.abs(pairs.errors())))
+    cal = calibration.apply(pairs)
+    return {
+        "n": float(len(pairs)),
+        "mae": raw,
+        "cal_mae": cal["mae"],
+        "cal_spearman": cal["spearman_std_abs_error"],
+        "cal_within_1sigma": cal["frac_within_1sigma"],
+        "cal_mean_std": cal["mean_std"],
+    }
+
+
+def update_emulator(
+    previous: EmulatorVariants | None,
+    data: Sequence[LabelledStructure],
+    *,
+    fresh: Callable[[], Emulator],
+    round: int,
+    epochs: int,
+    max_minutes: float,
+    fine_tune_options: dict[str, Any] | None = None,
+) -> tuple[EmulatorVariants, UpdateReport]:
+    """Validate the previous variants on the new labels, retrain both on all labels, deploy the better one.
+
+    Args:
+        previous: Last round's variants (None in round 0).
+        data: All labels so far (old and new).
+        fresh: Builds the round-0 ensemble (used when there is no previous round).
+        round: Campaign round (tags the held-out pairs).
+        epochs: Fine-tuning epochs of the fine_tuned variant (0: refit only).
+        max_minutes: Wall-clock bound of that fine-tune.
+        fine_tune_options: Further `fine_tune` keyword overrides (learning rate, frozen members, ...).
+
+    Returns:
+        The new variants (not yet saved) and the report.
+
+    Raises:
+        EmulatorError: No labels.
+    """
+    if not data:
+        raise EmulatorError("no labels to update the emulator on: label at least one structure first")
+    keys = [label_key(item) for item in data]
+    history: dict[str, HeldOutPairs] = {}
+    report = UpdateReport(deployed="refit", reason="", n_labels=len(data), n_held_out=0)
+    if previous is None:
+        base = fresh()
+    else:
+        seen = set(previous.trained_on)
+        new = [item for item, key in zip(data, keys, strict=True) if key not in seen]
+        report.n_held_out = len(new)
+        history = dict(previous.history)
+        for name, model in previous.models.items():
+            pairs = model.held_out_pairs(new, round=round)
+            if len(pairs):
+                history[name] = history.get(name, HeldOutPairs()).extend(pairs)
+                report.held_out[name] = _held_out_metrics(pairs, model.calibration)
+                if name == previous.deployed:
+                    report.held_out["previous"] = report.held_out[name]
+        base = previous.models["refit"]
+
+    refit = copy.deepcopy(base)
+    report.train["refit"] = refit.fine_tune(data, epochs=0)
+    models: dict[str, Emulator] = {"refit": refit}
+    if epochs > 0:
+        tuned = copy.deepcopy(refit)
+        if previous is not None and "fine_tuned" in previous.models:
+            tuned.calibrate(HeldOutPairs(), previous=previous.models["fine_tuned"].calibration)
+        report.train["fine_tuned"] = tuned.fine_tune(
+            data, epochs=epochs, max_minutes=max_minutes, **(fine_tune_options or {})
+        )
+        models["fine_tuned"] = tuned
+
+    for name, model in models.items():
+        if name in history:
+            report.calibration[name] = model.calibrate(history[name])
+    report.held_out_all = {k: float(np.mean(np.abs(v.errors()))) for k, v in history.items()}
+
+    report.deployed, report.reason = _choose(models, report)
+    return (
+        EmulatorVariants(models=models, deployed=report.deployed, history=history, trained_on=keys),
+        report,
+    )
+
+
+def _choose(models: dict[str, Emulator], report: UpdateReport) -> tuple[str, str]:
+    if "fine_tuned" not in models:
+        return "refit", "no fine-tuning epochs"
+    train_ft = report.train["fine_tuned"]["train_mae"]
+    train_refit = report.train["refit"]["train_mae"]
+    if train_ft > train_refit:
+        return (
+            "refit",
+            f"fine-tune is worse on its own training labels ({train_ft:.3f} > {train_refit:.3f} eV/atom)",
+        )
+    if "fine_tuned" not in report.held_out_all or "refit" not in report.held_out_all:
+        return "refit", "no held-out labels yet for both variants"
+    ft, rf = report.held_out_all["fine_tuned"], report.held_out_all["refit"]
+    if ft < rf:
+        return "fine_tuned", f"fine-tuned held-out MAE {ft:.4f} < refit {rf:.4f} eV/atom"
+    return "refit", f"refit held-out MAE {rf:.4f} <= fine-tuned {ft:.4f} eV/atom"

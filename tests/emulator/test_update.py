@@ -1,0 +1,118 @@
+"""Updates that never hurt (held-out validation, keep the best), calibration with shrinkage, members that differ."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from emulator import ChgnetEnsemble, LabelledStructure
+from emulator.calibration import Calibration, HeldOutPairs, fit_calibration
+from emulator.update import EmulatorVariants, label_key, update_emulator
+from tests.emulator.emt_data import compressed
+
+
+def test_calibration_fit_is_shrunk_toward_the_previous_fit() -> None:
+    rng = np.random.default_rng(0)
+    std = rng.uniform(0.01, 0.05, size=2000)
+    errors = 0.03 + 2.0 * std * rng.standard_normal(2000)
+    pairs = HeldOutPairs(predicted=list(-errors), std=list(std), target=[0.0] * 2000, round=[1] * 2000)
+    first = fit_calibration(pairs, previous=Calibration(), prior_weight=8.0)
+    # Plenty of pairs: the fit finds the 0.03 eV/atom offset and a scale near 2 (68 % quantile of |N(0, 2)|/1 ≈ 2).
+    assert first.bias == pytest.approx(0.03, abs=0.01)
+    assert first.scale == pytest.approx(2.0, rel=0.2)
+    assert abs(first.apply(pairs)["frac_within_1sigma"] - 0.68) < 0.05
+    # Four new pairs that say "scale 10, bias -0.2" move an established fit only part of the way ...
+    few = HeldOutPairs(predicted=[0.2, 0.2, 0.1, 0.3], std=[0.01] * 4, target=[0.0] * 4, round=[2] * 4)
+    moved = fit_calibration(few, previous=first, prior_weight=8.0)
+    assert first.bias > moved.bias > -0.2
+    assert first.scale < moved.scale < 10.0
+    # ... by the weight of 4 pairs against 8 pseudo-pairs.
+    assert moved.bias == pytest.approx((8 * first.bias + 4 * -0.2) / 12)
+    # No pairs: the previous fit stands.
+    assert fit_calibration(HeldOutPairs(), previous=first, prior_weight=8.0) == first
+
+
+@pytest.fixture(scope="module")
+def rounds(
+    emt_train: list[LabelledStructure], emt_held: list[LabelledStructure]
+) -> list[list[LabelledStructure]]:
+    """Round 0: 12 EMT cells; rounds 1 and 2: 8 new cells each (strained, compressed: off the training data)."""
+    return [emt_train[:12], emt_held[:8], compressed(emt_held[8:16], volume_factor=0.85)]
+
+
+@pytest.mark.slow
+def test_a_fine_tune_worse_on_held_out_labels_is_not_deployed(
+    round0: ChgnetEnsemble, rounds, tmp_path
+) -> None:
+    data = list(rounds[0])
+    # Round 0: both variants are trained; with no held-out label yet the refit one is deployed.
+    v0, r0 = update_emulator(
+        None,
+        data,
+        fresh=lambda: round0,
+        round=0,
+        epochs=2,
+        max_minutes=5,
+        fine_tune_options={"learning_rate": 3e-1, "train_last_conv": True},  # the kind of step that wrecks it
+    )
+    assert r0.deployed == "refit" and r0.n_held_out == 0
+    assert set(v0.models) == {"refit", "fine_tuned"}
+    assert v0.trained_on == [label_key(d) for d in data]
+    v0.save(tmp_path / "r0", report=r0)
+    loaded = EmulatorVariants.load(tmp_path / "r0")
+    assert loaded.deployed == "refit" and loaded.trained_on == v0.trained_on
+
+    # Round 1: the previous variants predict the 8 new labels before training on them (true held-out errors).
+    data += rounds[1]
+    v1, r1 = update_emulator(loaded, data, fresh=lambda: round0, round=1, epochs=2, max_minutes=5)
+    assert r1.n_held_out == 8
+    assert v0.history == {}  # round 0 had no held-out labels
+    held = {name: r1.held_out[name]["mae"] for name in ("refit", "fine_tuned")}
+    direct = {
+        name: float(
+            np.mean(
+                np.abs(
+                    v0.models[name]
+                    .predict([d.structure for d in rounds[1]], calibrated=False)
+                    .energy_per_atom
+                    - np.array([d.energy_per_atom for d in rounds[1]])
+                )
+            )
+        )
+        for name in ("refit", "fine_tuned")
+    }
+    assert held == pytest.approx(direct, rel=1e-5)
+    assert held["fine_tuned"] > held["refit"]  # the wrecking fine-tune is worse on labels it never saw ...
+    assert r1.deployed == "refit"  # ... so it is not deployed
+    assert r1.held_out["previous"] == r1.held_out["refit"]
+    assert r1.held_out_all == pytest.approx(held)
+    # The held-out errors also fix each variant's calibration, and the report flattens for MLflow.
+    assert set(r1.calibration) == {"refit", "fine_tuned"}
+    assert v1.model.calibration == r1.calibration["refit"]
+    metrics = r1.metrics()
+    assert metrics["heldout_fine_tuned_mae"] == pytest.approx(held["fine_tuned"])
+    assert metrics["deployed_fine_tuned"] == 0.0
+    manifest = v1.save(tmp_path / "r1", report=r1)
+    on_disk = json.loads((tmp_path / "r1" / "manifest.json").read_text())
+    assert on_disk["update"]["heldout_refit_mae"] == pytest.approx(held["refit"])
+    assert manifest["calibration"]["scale"] == pytest.approx(r1.calibration["refit"].scale)
+
+
+@pytest.mark.slow
+def test_members_differ_by_more_than_their_heads(round0: ChgnetEnsemble, emt_train) -> None:
+    ens = copy.deepcopy(round0)
+    heads_before = [copy.deepcopy(h.state_dict()) for h in ens.model.heads]
+    ens.fine_tune(emt_train[:16], epochs=2, max_minutes=5, bootstrap=True, frozen_members=1)
+    after = [h.state_dict() for h in ens.model.heads]
+    # Member 0 is a refit-only member: its head is untouched by the fine-tune ...
+    assert all(torch.equal(heads_before[0][k], after[0][k]) for k in after[0])
+    # ... the others moved, each on its own bootstrap resample, so they moved differently.
+    moves = [torch.cat([(after[m][k] - heads_before[m][k]).flatten() for k in after[m]]) for m in (1, 2)]
+    assert all(float(mv.norm()) > 0 for mv in moves)
+    assert float(torch.nn.functional.cosine_similarity(moves[0], moves[1], dim=0)) < 0.99
+    spread = ens.predict([d.structure for d in emt_train[16:24]], forces=False, stress=False)
+    assert np.all(spread.energy_per_atom_std > 0)
