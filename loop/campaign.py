@@ -31,7 +31,9 @@ from loop.store import CampaignStore
 log = logging.getLogger("matloop")
 
 _NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
-_SQLITE_FULL = 13  # SQLITE_FULL: the database file could not grow
+# SQLITE_FULL, and SQLITE_IOERR_WRITE (what a file-size quota gives)
+_SQLITE_NO_SPACE = {13, 778}
+_PROBE_BYTES = 4 << 20  # about two emulator checkpoints' weight files
 
 ROUND0_STAGES = ("references", "label", "update", "retrain", "track")
 ROUND_STAGES = ("generate", "funnel", "screen", "acquire", "label", "update", "retrain", "track")
@@ -121,8 +123,12 @@ def _workdir_lock(workdir: Path) -> Iterator[None]:
         handle.close()
 
 
-def _disk_full_reason(exc: BaseException) -> str | None:
-    """Why a write failed for lack of space, if that is what `exc` (or an error it wraps) says; else None."""
+def _disk_full_reason(exc: BaseException, workdir: Path) -> str | None:
+    """Why a write failed for lack of space, if it did; else None.
+
+    Python's own writes say so with an errno and sqlite with SQLITE_FULL, but torch's checkpoint writer only raises a
+    RuntimeError: then a probe write into the workdir tells whether there is room for a checkpoint-sized file.
+    """
     seen: set[int] = set()
     err: BaseException | None = exc
     while err is not None and id(err) not in seen:
@@ -130,9 +136,21 @@ def _disk_full_reason(exc: BaseException) -> str | None:
         if isinstance(err, OSError) and err.errno in _NO_SPACE:
             where = f" writing {err.filename}" if err.filename else ""
             return f"{err.strerror or os.strerror(err.errno)}{where}"
-        if isinstance(err, sqlite3.Error) and (getattr(err, "sqlite_errorcode", 0) & 0xFF) == _SQLITE_FULL:
-            return "database or disk is full writing the campaign store"
+        if isinstance(err, sqlite3.Error) and getattr(err, "sqlite_errorcode", 0) in _SQLITE_NO_SPACE:
+            return f"{err} writing the campaign store"
         err = err.__cause__ or err.__context__
+    probe = workdir / f".space-probe-{os.getpid()}"
+    try:
+        with probe.open("wb") as handle:
+            handle.write(bytes(_PROBE_BYTES))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as probe_err:
+        if probe_err.errno in _NO_SPACE:
+            return f"{probe_err.strerror} in {workdir}"
+        return None
+    finally:
+        probe.unlink(missing_ok=True)
     return None
 
 
@@ -224,7 +242,7 @@ class Campaign:
                 self.store.close()
                 raise
             except Exception as exc:
-                reason = _disk_full_reason(exc)
+                reason = _disk_full_reason(exc, self.workdir)
                 if reason is None:
                     raise
                 self.store.close()
