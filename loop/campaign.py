@@ -9,10 +9,12 @@ campaign's chemical systems) so the hull is built in the oracle's level of theor
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import signal
+import sqlite3
 import time
 import warnings
 from collections.abc import Iterator
@@ -20,11 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loop.checkpoints import CHECKPOINT_KINDS, checkpoint_problem, checkpoint_sha256
 from loop.config import CampaignConfig, load_config
-from loop.errors import InputError
+from loop.errors import CampaignHalted, CheckpointCorrupt, DiskFull, InputError
+from loop.faults import crash_point, stage_writes
 from loop.store import CampaignStore
 
 log = logging.getLogger("matloop")
+
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+# SQLITE_FULL, and SQLITE_IOERR_WRITE (what a file-size quota gives)
+_SQLITE_NO_SPACE = {13, 778}
+_PROBE_BYTES = 4 << 20  # about two emulator checkpoints' weight files
 
 ROUND0_STAGES = ("references", "label", "update", "retrain", "track")
 ROUND_STAGES = ("generate", "funnel", "screen", "acquire", "label", "update", "retrain", "track")
@@ -37,9 +46,30 @@ def stages_of(rnd: int) -> tuple[str, ...]:
 
 
 def request_stop(workdir: Path) -> str:
-    """Ask a running campaign to stop after its current step (`matloop stop`)."""
-    (Path(workdir) / STOP_FILE).write_text(str(time.time()))
+    """Ask a running campaign to stop after its current step (`matloop stop`).
+
+    The request is a file the running process removes when it stops; with no process running nothing is written,
+    so a stale request cannot stop the next run.
+    """
+    workdir = Path(workdir)
+    if not _campaign_running(workdir):
+        return f"no matloop process is running the campaign in {workdir}; nothing to stop"
+    (workdir / STOP_FILE).write_text(str(time.time()))
     return f"stop requested: the campaign in {workdir} will stop after its current step"
+
+
+def _campaign_running(workdir: Path) -> bool:
+    """Whether a `run`/`daemon` process holds the campaign's lock."""
+    path = workdir / LOCK_FILE
+    if not path.is_file():
+        return False
+    with path.open("r") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
 
 
 def tracking_ui_command(workdir: Path, *, port: int) -> list[str] | str:
@@ -93,12 +123,35 @@ def _workdir_lock(workdir: Path) -> Iterator[None]:
         handle.close()
 
 
-def _crash_point(stage: str, rnd: int, count: int) -> None:
-    """Fault injection for crash-consistency tests: MATLOOP_CRASH_AFTER=<stage>:<round>:<n> SIGKILLs this process
-    right after the n-th result of that stage of that round was committed (never set in normal use)."""
-    spec = os.environ.get("MATLOOP_CRASH_AFTER")
-    if spec and spec == f"{stage}:{rnd}:{count}":
-        os.kill(os.getpid(), signal.SIGKILL)
+def _disk_full_reason(exc: BaseException, workdir: Path) -> str | None:
+    """Why a write failed for lack of space, if it did; else None.
+
+    Python's own writes say so with an errno and sqlite with SQLITE_FULL, but torch's checkpoint writer only raises a
+    RuntimeError: then a probe write into the workdir tells whether there is room for a checkpoint-sized file.
+    """
+    seen: set[int] = set()
+    err: BaseException | None = exc
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _NO_SPACE:
+            where = f" writing {err.filename}" if err.filename else ""
+            return f"{err.strerror or os.strerror(err.errno)}{where}"
+        if isinstance(err, sqlite3.Error) and getattr(err, "sqlite_errorcode", 0) in _SQLITE_NO_SPACE:
+            return f"{err} writing the campaign store"
+        err = err.__cause__ or err.__context__
+    probe = workdir / f".space-probe-{os.getpid()}"
+    try:
+        with probe.open("wb") as handle:
+            handle.write(bytes(_PROBE_BYTES))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as probe_err:
+        if probe_err.errno in _NO_SPACE:
+            return f"{probe_err.strerror} in {workdir}"
+        return None
+    finally:
+        probe.unlink(missing_ok=True)
+    return None
 
 
 class Campaign:
@@ -172,21 +225,37 @@ class Campaign:
         with _workdir_lock(self.workdir):
             (self.workdir / STOP_FILE).unlink(missing_ok=True)
             self.store = CampaignStore.in_workdir(self.workdir)
-            self._init_meta()
             previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)} if daemon else {}
             if daemon:
                 for s in previous:
                     signal.signal(s, self._on_signal)
             try:
+                self._init_meta()
+                # Before anything runs: a torn or corrupted checkpoint is caught here, not by a worker mid-round.
+                self._verify_checkpoints()
                 with make_executor(self.config.execution) as executor:
                     self._executor = executor
                     self._run_rounds()
             except StopRequested:
                 log.info("stopped on request after a completed step; rerun to resume")
+            except CampaignHalted:
+                self.store.close()
+                raise
+            except Exception as exc:
+                reason = _disk_full_reason(exc, self.workdir)
+                if reason is None:
+                    raise
+                self.store.close()
+                raise DiskFull(
+                    f"disk full: {reason}; the step in progress was not recorded and files being replaced were "
+                    f"kept. Free space in {self.workdir} and rerun to resume"
+                ) from None
             finally:
                 for s, handler in previous.items():
                     signal.signal(s, handler)
                 self._executor = None
+                # The request has been honoured (or the process ends anyway): it must not stop the next run.
+                (self.workdir / STOP_FILE).unlink(missing_ok=True)
             from loop.report import campaign_status
 
             summary = campaign_status(self.workdir, store=self.store)
@@ -210,10 +279,10 @@ class Campaign:
         rule = self.config.stop
         if next_round > self.max_rounds:
             return f"reached {self.max_rounds} rounds"
-        if rule.max_oracle_calls is not None:
-            calls = len(self.store.oracle_results())
-            if calls >= rule.max_oracle_calls:
-                return f"reached {calls} oracle calls (max {rule.max_oracle_calls})"
+        from loop.stages import oracle_calls_left
+
+        if oracle_calls_left(self.config, self.store) == 0:
+            return f"reached {rule.max_oracle_calls} oracle calls (stop.max_oracle_calls)"
         if rule.max_hours is not None:
             hours = (time.time() - float(self.store.get_meta("started_at", time.time()))) / 3600
             if hours >= rule.max_hours:
@@ -254,13 +323,16 @@ class Campaign:
                 raise StopRequested
             log.info("round %d: %s", rnd, stage)
             started = time.time()
-            getattr(self, f"_stage_{stage}")(rnd, started)
+            with stage_writes(stage, rnd, workdir=self.workdir):
+                getattr(self, f"_stage_{stage}")(rnd, started)
             log.info("round %d: %s done in %.1f s", rnd, stage, time.time() - started)
         self.store.finish_round(rnd, self._round_summary(rnd))
 
     def _done(self, rnd: int, stage: str, result: dict[str, Any], started: float) -> None:
+        """Mark a stage done; called inside the transaction that writes the stage's results."""
         assert self.store is not None
         result = {**result, "wall_time_s": round(time.time() - started, 3)}
+        crash_point(stage, rnd, "commit")
         self.store.mark_stage_done(rnd, stage, result, started_at=started)
 
     # -- paths --------------------------------------------------------------------------------------------------------
@@ -399,7 +471,7 @@ class Campaign:
         def on_commit() -> None:
             nonlocal committed
             committed += 1
-            _crash_point("label", rnd, committed)
+            crash_point("label", rnd, committed)
             if self._stop():
                 raise StopRequested
 
@@ -450,11 +522,90 @@ class Campaign:
             generator_in=self.generator_checkpoint(),
             out_dir=target,
         )
+        # The hashes the next process checks before it trusts these files (see `_verify_checkpoints`).
+        report["checkpoint_sha256"] = {
+            kind: checkpoint_sha256(kind, Path(report[f"{kind}_checkpoint"]))
+            for kind in CHECKPOINT_KINDS
+            if report.get(f"{kind}_checkpoint")
+        }
         with self.store.transaction():
-            for key in ("emulator_checkpoint", "generator_checkpoint"):
-                if report.get(key):
-                    self.store.set_meta(key, os.path.relpath(report[key], self.workdir))
+            for kind in CHECKPOINT_KINDS:
+                if report.get(f"{kind}_checkpoint"):
+                    self.store.set_meta(
+                        f"{kind}_checkpoint", os.path.relpath(report[f"{kind}_checkpoint"], self.workdir)
+                    )
             self._done(rnd, "retrain", report, started)
+
+    # -- checkpoint integrity -----------------------------------------------------------------------------------------
+    def _saved_checkpoints(self, kind: str) -> list[tuple[int, str, str | None]]:
+        """(round, path relative to the workdir, recorded sha256) of every checkpoint of `kind` that a retrain
+        stage saved, oldest first."""
+        assert self.store is not None
+        out = []
+        for stage in self.store.stages():
+            if stage["stage"] != "retrain" or not stage["result"].get(f"{kind}_checkpoint"):
+                continue
+            # By round and file name, not the stored absolute path: a workdir may have been moved since.
+            name = Path(stage["result"][f"{kind}_checkpoint"]).name
+            rel = os.path.relpath(self.checkpoint_dir(stage["round"]) / name, self.workdir)
+            out.append((stage["round"], rel, (stage["result"].get("checkpoint_sha256") or {}).get(kind)))
+        return out
+
+    def _verify_checkpoints(self) -> None:
+        """Check the checkpoints the next round will use against the hashes recorded when they were saved.
+
+        A corrupt one is replaced by the newest earlier good checkpoint of the campaign (the generator falls back
+        to its shipped checkpoint when none is left), with one line in the log.
+
+        Raises:
+            CheckpointCorrupt: the emulator checkpoint is corrupt and no earlier round left a good one.
+        """
+        assert self.store is not None
+        for kind in CHECKPOINT_KINDS:
+            current = self.store.get_meta(f"{kind}_checkpoint")
+            if current is None:
+                continue
+            saved = self._saved_checkpoints(kind)
+            recorded = {rel: (rnd, sha) for rnd, rel, sha in saved}
+            made_in, expected = recorded.get(current, (None, None))
+            problem = checkpoint_problem(kind, self.workdir / current, expected)
+            if problem is None:
+                continue
+            earlier = [
+                (rnd, rel)
+                for rnd, rel, sha in reversed(saved)
+                if rel != current
+                and (made_in is None or rnd < made_in)
+                and checkpoint_problem(kind, self.workdir / rel, sha) is None
+            ]
+            if earlier:
+                fallback: str | None = earlier[0][1]
+            elif kind == "generator":
+                fallback = None
+            else:
+                where = (
+                    ""
+                    if made_in is None
+                    else f" (also logged to MLflow with round {made_in}: checkpoints/emulator/)"
+                )
+                raise CheckpointCorrupt(
+                    f"emulator checkpoint {current} is corrupt ({problem}) and no earlier round left a good one; "
+                    f"restore it from a backup{where}, then rerun"
+                )
+            log.warning(
+                "%s checkpoint %s is corrupt (%s): falling back to %s",
+                kind,
+                current,
+                problem,
+                fallback or "the shipped checkpoint",
+            )
+            with self.store.transaction():
+                self.store.set_meta(f"{kind}_checkpoint", fallback)
+                fallbacks = self.store.get_meta("checkpoint_fallbacks", [])
+                fallbacks.append(
+                    {"kind": kind, "corrupt": current, "reason": problem, "used": fallback, "at": time.time()}
+                )
+                self.store.set_meta("checkpoint_fallbacks", fallbacks)
 
     def _stage_track(self, rnd: int, started: float) -> None:
         from loop import stages

@@ -169,7 +169,12 @@ def export(
     """Write the campaign's labelled structures (or only discoveries) as CIFs plus a CSV summary."""
     from loop.report import export_discoveries
 
-    info = export_discoveries(_existing_workdir(workdir), out=out, stable_only=stable_only)
+    _existing_workdir(workdir)
+    if out.exists() and not out.is_dir():
+        _fail(
+            f"{out}: exists and is not a folder; give a new or existing folder for the CIFs and summary.csv"
+        )
+    info = export_discoveries(workdir, out=out, stable_only=stable_only)
     if as_json:
         _emit_json(info)
     else:
@@ -285,15 +290,45 @@ def ui(
     os.execvp(cmd[0], cmd)
 
 
+def _usage_error_types() -> tuple[type[BaseException], ...]:
+    """Click's usage-error classes: typer 0.29 raises its vendored copy (`typer._click`), older typers plain click's."""
+    found: list[type[BaseException]] = []
+    try:
+        from typer._click.exceptions import ClickException as VendoredClickException
+
+        found.append(VendoredClickException)
+    except ImportError:  # pragma: no cover - typer without a vendored click
+        pass
+    try:
+        from click import ClickException
+
+        found.append(ClickException)
+    except ImportError:  # pragma: no cover - typer without click
+        pass
+    return tuple(found)
+
+
+def _usage_line(exc: BaseException) -> str:
+    """One line for a command-line usage error: what is wrong and where to read the usage."""
+    message = " ".join(str(getattr(exc, "format_message", lambda: str(exc))()).split()).rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    command = getattr(ctx, "command_path", None) or "matloop"
+    return f"{message}; see `{command} --help`"
+
+
 def main() -> None:
-    """Console entry point: typed input errors become one line on stderr and exit code 2."""
+    """Console entry point: bad input and usage errors become one line on stderr and exit code 2; a campaign that
+    halted on a fault it cannot get past (disk full, corrupt checkpoint) one line and exit code 3."""
+    import logging
     import warnings
 
-    from loop.errors import InputError
+    from loop.errors import CampaignHalted, InputError
 
     # Library warnings (torch, CHGNet, pymatgen internals) are noise on a command line; results are unaffected.
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # A log line that cannot be written (disk full) must not print a traceback in the middle of a clean stop.
+    logging.raiseExceptions = False
     expected: tuple[type[BaseException], ...] = (InputError,)
     try:
         from emulator.base import EmulatorError
@@ -303,26 +338,29 @@ def main() -> None:
         expected = (InputError, UnsupportedStructure, EmulatorError, GeneratorError)
     except ImportError:  # pragma: no cover - a broken install still reports input errors cleanly
         pass
+    usage_errors = _usage_error_types()
     try:
         # Without standalone mode click returns (rather than raises) the code of a typer.Exit.
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="matloop")
         if isinstance(code, int) and code:
             sys.exit(code)
     except expected as exc:
         typer.echo(f"matloop: error: {exc}", err=True)
         sys.exit(2)
+    except CampaignHalted as exc:
+        typer.echo(f"matloop: stopped: {exc}", err=True)
+        sys.exit(3)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("matloop: interrupted", err=True)
         sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2)
-        raise
+    except usage_errors as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError" and getattr(exc, "ctx", None) is not None:
+            typer.echo(exc.ctx.get_help())  # type: ignore[attr-defined]
+        else:
+            typer.echo(f"matloop: error: {_usage_line(exc)}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

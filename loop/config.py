@@ -275,6 +275,10 @@ def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) ->
         raise InputError(f"{path}: no such config file; start from configs/default.yaml")
     try:
         data = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise InputError(
+            f"{path}: not a text file; give a campaign YAML (see configs/default.yaml)"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

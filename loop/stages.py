@@ -460,14 +460,30 @@ def screen(
 
 
 # -- acquire ----------------------------------------------------------------------------------------------------------
+def oracle_calls_left(config: CampaignConfig, store: CampaignStore) -> int | None:
+    """Oracle calls the stop rule still allows (`stop.max_oracle_calls` minus every stored result, failed ones
+    included); None without that rule."""
+    limit = config.stop.max_oracle_calls
+    if limit is None:
+        return None
+    return max(0, limit - len(store.oracle_results()))
+
+
 def acquire(
     config: CampaignConfig, *, store: CampaignStore, round: int
 ) -> tuple[list[tuple[str, str, int, float | None]], dict[str, Any]]:
     """Choose the oracle queries of this round with the configured modAL strategy under the budget.
 
     Relaxed structures already labelled, or relaxed onto the same structure as another candidate, are offered once.
+    The batch never exceeds the oracle calls `stop.max_oracle_calls` still allows.
     """
     from loop.acquisition import select_structures
+
+    budget = config.acquisition.budget
+    left = oracle_calls_left(config, store)
+    if left is not None and left < budget:
+        budget = left
+        log.info("round %d: %d oracle calls left under stop.max_oracle_calls: batch capped", round, left)
 
     settings_hash = config.oracle.settings_hash()
     rows = [r for r in store.predictions(round) if r["relaxed_hash"]]
@@ -482,12 +498,23 @@ def acquire(
     structures = store.get_structures([r["relaxed_hash"] for r in pool])
     labelled_hashes = [r.hash for r in store.oracle_results(settings_hash=settings_hash, ok_only=True)]
     labelled = list(store.get_structures(labelled_hashes).values())
+    if budget == 0:
+        report = {
+            "strategy": config.acquisition.strategy,
+            "budget": 0,
+            "budget_capped": True,
+            "n_pool": len(pool),
+            "n_skipped": 0,
+            "n_queries": 0,
+            "mean_e_hull_of_picks": None,
+        }
+        return [], report
     nan = float("nan")
     result = select_structures(
         structures=[structures[r["relaxed_hash"]] for r in pool],
         mean=[nan if r["e_hull"] is None else r["e_hull"] for r in pool],
         std=[nan if r["e_hull_std"] is None else r["e_hull_std"] for r in pool],
-        config=config.acquisition,
+        config=config.acquisition.model_copy(update={"budget": budget}),
         rule=config.stability_rule,
         labelled=labelled,
     )
@@ -497,7 +524,8 @@ def acquire(
     ]
     report = {
         "strategy": result.strategy,
-        "budget": config.acquisition.budget,
+        "budget": budget,
+        "budget_capped": budget < config.acquisition.budget,
         "n_pool": result.n_pool,
         "n_skipped": result.n_skipped,
         "n_queries": len(picks),

@@ -50,6 +50,10 @@ def structure_from_json(text: str) -> Structure:
 def _check_sane(structure: Structure, where: str) -> Structure:
     if len(structure) == 0:
         raise InputError(f"{where}: the structure has no atoms")
+    if not (np.isfinite(structure.lattice.matrix).all() and np.isfinite(structure.frac_coords).all()):
+        raise InputError(
+            f"{where}: the lattice or atomic coordinates hold NaN or infinite numbers; fix them in the file"
+        )
     if not structure.is_ordered:
         raise InputError(
             f"{where}: partial occupancies are not supported; give an ordered cell (e.g. a supercell)"
@@ -57,6 +61,30 @@ def _check_sane(structure: Structure, where: str) -> Structure:
     if structure.volume <= 1e-3 or not np.isfinite(structure.volume):
         raise InputError(f"{where}: the cell has zero volume")
     return structure
+
+
+def _check_cif_numbers(path: Path) -> None:
+    """Name a NaN or infinite cell parameter or coordinate in a CIF (pymatgen drops such a block and then reports
+    only that the file holds no structure)."""
+    from pymatgen.io.cif import CifFile
+
+    try:
+        blocks = CifFile.from_file(str(path)).data.values()
+    except Exception:  # not even CIF syntax: the caller's message stands
+        return
+    for block in blocks:
+        for key, value in block.data.items():
+            if not key.startswith(("_cell_length", "_cell_angle", "_atom_site_fract", "_atom_site_cartn")):
+                continue
+            for item in value if isinstance(value, list) else [value]:
+                try:
+                    number = float(str(item).split("(")[0])
+                except ValueError:
+                    continue
+                if not np.isfinite(number):
+                    raise InputError(
+                        f"{path}: {key} holds {item!r} (NaN or infinite); fix the number in the file"
+                    )
 
 
 def read_structures(paths: Iterable[str | Path]) -> list[tuple[str, Structure]]:
@@ -92,6 +120,8 @@ def read_structures(paths: Iterable[str | Path]) -> list[tuple[str, Structure]]:
         except InputError:
             raise
         except Exception as exc:  # parsers raise anything from ValueError to IndexError on garbage
+            if suffix == ".cif":
+                _check_cif_numbers(path)
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(
                 f"{path}: not a readable crystal structure ({reason[:120]}); check the file format"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "configs" / "smoke.yaml"
 SI = ROOT / "configs" / "structures" / "Si_mp-149.cif"
 NACL = ROOT / "configs" / "structures" / "NaCl_mp-22862.cif"
 COMMANDS = ("run", "daemon", "stop", "status", "generate", "predict", "label", "export", "ui")
@@ -105,3 +106,54 @@ def test_run_rejects_invalid_config_and_foreign_workdir(tmp_path):
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     proc = matloop("run", ROOT / "configs" / "smoke.yaml", "--workdir", tmp_path / "busy")
     assert proc.returncode == 2 and "not a matloop campaign" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("generate", "--n", "0", "--out", "x.extxyz"), "'--n'"),
+        (("generate", "--n", "-5", "--out", "x.extxyz"), "'--n'"),
+        (("run", SMOKE, "--workdir", "w", "--rounds", "abc"), "'--rounds'"),
+        (("status",), "Missing option '--workdir'"),
+        (("frobnicate",), "No such command 'frobnicate'"),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_code_2(tmp_path, args, message):
+    proc = matloop(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("matloop: error:") and message in lines[0], proc.stderr
+    assert "--help" in lines[0]
+    assert not any(tmp_path.iterdir())
+
+
+def test_binary_config_and_export_onto_a_file_are_one_line_errors(tmp_path):
+    from loop.store import CampaignStore
+
+    binary = tmp_path / "config.yaml"
+    binary.write_bytes(bytes(range(256)) * 4)
+    proc = matloop("run", binary, "--workdir", tmp_path / "w")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"matloop: error: {binary}: not a text file; give a campaign YAML (see configs/default.yaml)"
+    ]
+    assert not (tmp_path / "w").exists()
+
+    workdir = tmp_path / "campaign"
+    CampaignStore.in_workdir(workdir).close()
+    taken = tmp_path / "taken.csv"
+    taken.write_text("mine")
+    proc = matloop("export", "--workdir", workdir, "--out", taken)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "exists and is not a folder" in proc.stderr
+    assert taken.read_text() == "mine"
+
+
+def test_nan_coordinates_are_refused_before_anything_is_stored(tmp_path):
+    poscar = tmp_path / "POSCAR"
+    poscar.write_text("Cu2\n1.0\n3.6 0 0\n0 3.6 0\n0 0 3.6\nCu\n2\nDirect\n0 0 0\nnan 0.5 0.5\n")
+    proc = matloop("label", poscar, "--oracle", "emt", "--workdir", tmp_path / "w")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "matloop: error: POSCAR: the lattice or atomic coordinates hold NaN or infinite numbers; fix them in the file"
+    ]
+    assert not (tmp_path / "w").exists()

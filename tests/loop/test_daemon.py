@@ -1,4 +1,5 @@
-"""The daemon stops cleanly on SIGTERM and on `matloop stop`, after its current step, and resumes where it stopped."""
+"""The daemon stops cleanly on SIGTERM and on `matloop stop`, after its current step, and resumes where it stopped;
+each stop rule (`max_rounds`, `max_oracle_calls`, `max_hours`, `patience`) stops exactly where it should."""
 
 from __future__ import annotations
 
@@ -10,16 +11,16 @@ import time
 from pathlib import Path
 
 import pytest
+from pymatgen.core import Lattice, Structure
 
-from loop.campaign import ROUND0_STAGES, ROUND_STAGES
+from loop.campaign import LOCK_FILE, ROUND0_STAGES, ROUND_STAGES, STOP_FILE, Campaign, request_stop
+from loop.config import load_config
 from loop.store import CampaignStore
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
 ORDER = [(0, s) for s in ROUND0_STAGES] + [(r, s) for r in (1, 2) for s in ROUND_STAGES]
-
-pytestmark = pytest.mark.slow
 
 
 def _start_daemon(workdir: Path) -> subprocess.Popen[str]:
@@ -52,6 +53,7 @@ def _wait_for(
         time.sleep(0.5)
 
 
+@pytest.mark.slow
 def test_sigterm_then_stop_command_then_resume(tmp_path):
     workdir = tmp_path / "campaign"
     daemon = _start_daemon(workdir)
@@ -72,6 +74,8 @@ def test_sigterm_then_stop_command_then_resume(tmp_path):
     )
     assert stop.returncode == 0 and "stop requested" in stop.stdout
     assert daemon.wait(timeout=600) == 0, daemon.stderr.read()
+    # The honoured request is gone: it cannot stop the next run.
+    assert not (workdir / STOP_FILE).exists()
     second = _done(workdir)
     assert second == ORDER[: len(second)] and len(first) < len(second) < len(ORDER)
 
@@ -87,3 +91,122 @@ def test_sigterm_then_stop_command_then_resume(tmp_path):
     assert clash.returncode == 2 and "another matloop process" in clash.stderr
     assert daemon.wait(timeout=1200) == 0, daemon.stderr.read()
     assert _done(workdir) == ORDER
+
+
+# -- stop rules, on a real campaign store with real EMT labels ---------------------------------------------------------
+def _cu_au(a: float, *, gold: tuple[int, ...]) -> Structure:
+    """A 4-atom fcc-based Cu-Au cell with gold on the sites `gold` (lattice parameter `a`, Å)."""
+    sites = [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
+    return Structure(Lattice.cubic(a), ["Au" if i in gold else "Cu" for i in range(4)], sites)
+
+
+STRUCTURES = [
+    _cu_au(3.61, gold=()),
+    _cu_au(4.08, gold=(0, 1, 2, 3)),
+    _cu_au(3.75, gold=(0,)),
+    _cu_au(3.85, gold=(0, 1)),
+    _cu_au(3.97, gold=(0, 1, 2)),
+]
+
+
+def _campaign(tmp_path: Path, **stop: object) -> Campaign:
+    config = load_config(SMOKE, overrides={"stop": {"max_rounds": 10, **stop}})
+    campaign = Campaign(config, tmp_path / "campaign")
+    campaign.store = CampaignStore.in_workdir(campaign.workdir)
+    campaign.store.set_meta("started_at", time.time())
+    return campaign
+
+
+def _label(campaign: Campaign, structures: list[Structure], *, round: int) -> list[str]:
+    """Label structures with the campaign's (EMT) oracle, as the label stage does."""
+    from loop.labelling import label_hashes
+
+    assert campaign.store is not None
+    hashes = [campaign.store.add_structure(s, source="user", round=round) for s in structures]
+    results = label_hashes(
+        campaign.store, hashes, settings=campaign.config.oracle, workdir=campaign.workdir, round=round
+    )
+    assert all(r.ok for r in results.values())
+    return hashes
+
+
+def _finish_round(campaign: Campaign, rnd: int, *, new_discoveries: int) -> None:
+    assert campaign.store is not None
+    campaign.store.start_round(rnd)
+    campaign.store.finish_round(rnd, {"new_discoveries": new_discoveries})
+
+
+def test_max_rounds_stops_before_the_next_round(tmp_path):
+    campaign = _campaign(tmp_path)
+    campaign.max_rounds = 2
+    assert campaign._should_stop_campaign(2) is None
+    assert campaign._should_stop_campaign(3) == "reached 2 rounds"
+
+
+def test_max_oracle_calls_caps_the_batch_then_stops(tmp_path):
+    from loop.stages import acquire
+
+    campaign = _campaign(tmp_path, max_oracle_calls=4)
+    assert campaign.store is not None
+    _label(campaign, STRUCTURES[:2], round=0)
+    # Round 1 offers three candidates; the budget (3) would overshoot the limit by one.
+    relaxed = [campaign.store.add_structure(s, source="relaxed", round=1) for s in STRUCTURES[2:]]
+    campaign.store.add_predictions(
+        1,
+        [
+            {
+                "hash": h,
+                "relaxed_hash": h,
+                "model": "pretrained",
+                "energy_per_atom": -0.1,
+                "energy_per_atom_std": 0.02,
+                "e_hull": e_hull,
+                "e_hull_std": 0.03,
+            }
+            for h, e_hull in zip(relaxed, (0.01, -0.02, 0.05), strict=True)
+        ],
+    )
+    assert campaign.config.acquisition.budget == 3
+    picks, report = acquire(campaign.config, store=campaign.store, round=1)
+    assert len(picks) == 2 and report["budget"] == 2 and report["budget_capped"]
+    assert campaign._should_stop_campaign(2) is None  # 2 calls left: the next round may still run
+    _label(campaign, [campaign.store.get_structure(h) for h, *_ in picks], round=1)
+    assert len(campaign.store.oracle_results()) == 4
+    assert campaign._should_stop_campaign(2) == "reached 4 oracle calls (stop.max_oracle_calls)"
+    # Had a round started anyway (a resumed round is always finished), it would query nothing.
+    picks, report = acquire(campaign.config, store=campaign.store, round=1)
+    assert picks == [] and report["budget"] == 0
+
+
+def test_max_hours_counts_from_the_campaign_start(tmp_path):
+    campaign = _campaign(tmp_path, max_hours=2.0)
+    assert campaign.store is not None
+    campaign.store.set_meta("started_at", time.time() - 1.99 * 3600)
+    assert campaign._should_stop_campaign(1) is None
+    campaign.store.set_meta("started_at", time.time() - 2.0 * 3600)
+    assert campaign._should_stop_campaign(1).startswith("ran 2.00 h (max 2.0)")
+
+
+def test_patience_stops_after_that_many_rounds_without_a_discovery(tmp_path):
+    campaign = _campaign(tmp_path, patience=2)
+    _finish_round(campaign, 0, new_discoveries=0)  # round 0 labels references: never counted
+    _finish_round(campaign, 1, new_discoveries=1)
+    assert campaign._should_stop_campaign(2) is None
+    _finish_round(campaign, 2, new_discoveries=0)
+    assert campaign._should_stop_campaign(3) is None  # round 1 found something
+    _finish_round(campaign, 3, new_discoveries=0)
+    assert campaign._should_stop_campaign(4) == "no new discoveries in 2 rounds"
+
+
+def test_stop_request_is_written_only_while_a_campaign_runs(tmp_path):
+    import fcntl
+
+    workdir = tmp_path / "campaign"
+    CampaignStore.in_workdir(workdir).close()
+    assert "nothing to stop" in request_stop(workdir)
+    assert not (workdir / STOP_FILE).exists()
+    # A running campaign holds the lock (as `Campaign.run` does): now the request is left for it.
+    with (workdir / LOCK_FILE).open("a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert "stop requested" in request_stop(workdir)
+    assert (workdir / STOP_FILE).exists()

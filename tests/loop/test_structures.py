@@ -65,3 +65,21 @@ def test_write_cif_folder(tmp_path):
     files = list((tmp_path / "cifs").glob("*.cif"))
     assert len(files) == 1
     assert structure_hash(Structure.from_file(files[0])) == structure_hash(s)
+
+
+def test_nan_or_infinite_numbers_are_named(tmp_path):
+    poscar = tmp_path / "POSCAR"
+    poscar.write_text("Cu2\n1.0\n3.6 0 0\n0 3.6 0\n0 0 3.6\nCu\n2\nDirect\n0 0 0\nnan 0.5 0.5\n")
+    cif = tmp_path / "bad.cif"
+    cif.write_text(
+        "data_Cu\n_cell_length_a 3.6\n_cell_length_b 3.6\n_cell_length_c 3.6\n_cell_angle_alpha 90\n"
+        "_cell_angle_beta 90\n_cell_angle_gamma 90\n_symmetry_space_group_name_H-M 'P 1'\nloop_\n"
+        "_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\n"
+        "_atom_site_occupancy\nCu1 Cu 0 0 0 1\nCu2 Cu 0.5 nan 0.5 1\n"
+    )
+    with pytest.raises(InputError, match="NaN or infinite") as in_poscar:
+        read_structures([poscar])
+    with pytest.raises(InputError, match=r"bad\.cif: _atom_site_fract_y holds 'nan'") as in_cif:
+        read_structures([cif])
+    for exc in (in_poscar, in_cif):
+        assert "\n" not in str(exc.value)

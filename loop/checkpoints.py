@@ -1,0 +1,59 @@
+"""Integrity of the checkpoints a campaign saves (emulator directory, generator file), checked before they are used.
+
+The retrain stage records a sha256 of what it saved in the campaign store: the emulator's `manifest.json` (which
+itself holds the sha256 of every weight file) and the generator's checkpoint file. A checkpoint whose bytes no longer
+match is torn or corrupted; the campaign then falls back to an earlier good one instead of failing mid-round.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CHECKPOINT_KINDS = ("emulator", "generator")
+
+
+def checkpoint_sha256(kind: str, path: Path) -> str:
+    """The hash recorded for a checkpoint when it is saved: of the emulator's manifest, or of the generator file."""
+    from emulator.checkpoint import MANIFEST, sha256
+
+    return sha256(Path(path) / MANIFEST if kind == "emulator" else Path(path))
+
+
+def checkpoint_problem(kind: str, path: Path, expected_sha256: str | None) -> str | None:
+    """Why the checkpoint at `path` cannot be trusted, in a few words; None when it verifies.
+
+    Args:
+        kind: "emulator" (a directory with a manifest) or "generator" (one file).
+        expected_sha256: The hash recorded when it was saved (None for checkpoints saved before hashes were kept:
+            then only the emulator's files are checked against its manifest).
+    """
+    from emulator.checkpoint import MANIFEST, sha256
+
+    path = Path(path)
+    if kind == "generator":
+        if not path.is_file():
+            return "the file is missing"
+        if expected_sha256 is not None and sha256(path) != expected_sha256:
+            return "its bytes do not match the hash recorded when it was saved"
+        return None
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        return f"{MANIFEST} is missing"
+    if expected_sha256 is not None and sha256(manifest_path) != expected_sha256:
+        return f"{MANIFEST} does not match the hash recorded when it was saved"
+    try:
+        files = json.loads(manifest_path.read_text()).get("files")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return f"{MANIFEST} is not a valid manifest"
+    if not isinstance(files, dict) or not files:
+        return f"{MANIFEST} lists no weight files"
+    for name, digest in sorted(files.items()):
+        if not (path / name).is_file():
+            return f"{name} is missing"
+        if sha256(path / name) != digest:
+            return f"{name} does not match the hash in {MANIFEST}"
+    return None
+
+
+__all__ = ["CHECKPOINT_KINDS", "checkpoint_problem", "checkpoint_sha256"]
