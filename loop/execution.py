@@ -331,8 +331,14 @@ def make_executor(execution: ExecutionConfig) -> Iterator[Executor]:
     from distributed import Client
 
     cluster = None
-    # The scheduler of local and jobqueue clusters lives in this process and reads the setting when it starts.
-    with dask.config.set({"distributed.scheduler.allowed-failures": execution.allowed_failures}):
+    # The scheduler of local and jobqueue clusters lives in this process and reads these when it starts. A worker
+    # holds only the task it runs (saturation 1.0): tasks are long (DFT, relaxations), so prefetching gains nothing,
+    # and a worker's death then counts against the task that was running, not against queued bystanders too.
+    settings = {
+        "distributed.scheduler.allowed-failures": execution.allowed_failures,
+        "distributed.scheduler.worker-saturation": 1.0,
+    }
+    with dask.config.set(settings):
         if execution.kind == "local":
             from distributed import LocalCluster
 
