@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -24,6 +24,7 @@ from generator.seeds import Withholding, bundled_formulas
 from generator.substitution import SubstitutionSettings
 from loop.acquisition import AcquisitionConfig
 from loop.errors import InputError
+from loop.execution import ExecutionConfig
 from loop.funnel import FunnelConfig
 from loop.tracking import TrackingConfig
 from loop.validation import discriminated_union, format_validation_error
@@ -118,31 +119,6 @@ class EmulatorTrainingConfig(StrictModel):
     relax_steps: int = Field(default=60, ge=0)
     fine_tune_epochs: int = Field(default=3, ge=0)
     fine_tune_max_minutes: float = Field(default=2.0, gt=0)
-
-
-class ExecutionConfig(StrictModel):
-    """Where the work runs.
-
-    Attributes:
-        kind: "local" (a Dask LocalCluster, no server), "inline" (no Dask, for debugging), "scheduler" (connect to `scheduler_address`) or "slurm"/"pbs"
-            (dask-jobqueue).
-        n_workers: Worker processes (local) or jobs (jobqueue).
-        threads_per_worker: Threads per worker; 1 is right for CHGNet and GPAW on small cells.
-        scheduler_address: e.g. "tcp://10.0.0.1:8786" when kind is "scheduler".
-        jobqueue: Keyword arguments for the dask-jobqueue cluster (cores, memory, walltime, queue, account, ...).
-    """
-
-    kind: Literal["local", "inline", "scheduler", "slurm", "pbs"] = "local"
-    n_workers: int = Field(default=2, ge=1)
-    threads_per_worker: int = Field(default=1, ge=1)
-    scheduler_address: str | None = None
-    jobqueue: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _address_needed(self) -> ExecutionConfig:
-        if self.kind == "scheduler" and not self.scheduler_address:
-            raise ValueError("kind 'scheduler' needs scheduler_address (e.g. tcp://host:8786)")
-        return self
 
 
 class StopRule(StrictModel):

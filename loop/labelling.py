@@ -12,6 +12,7 @@ import yaml
 from pymatgen.core import Structure
 
 from loop.errors import InputError
+from loop.execution import TaskQuarantined, task_result
 from loop.store import CampaignStore, StoredResult
 from loop.structures import read_structures
 from oracle.base import OracleError, OracleResult, make_oracle
@@ -184,7 +185,10 @@ def label_hashes(
             for h in runnable
         }
         for future in as_completed(list(futures)):
-            commit(futures[future], future.result())
+            outcome = task_result(future)
+            if isinstance(outcome, TaskQuarantined):
+                outcome = quarantined_label(outcome, settings=settings)
+            commit(futures[future], outcome)
     # After all commits, in canonical order (also covering labels committed before a kill).
     mark_duplicates(store, hashes, settings_hash=settings_hash)
     results = {}
@@ -194,6 +198,28 @@ def label_hashes(
             stored = _as_stored(h, settings, transient[h])
         results[h] = stored
     return results
+
+
+def quarantined_label(quarantine: TaskQuarantined, *, settings: Any) -> dict[str, Any]:
+    """The failed label stored for a structure whose calculation kept killing Dask workers (never retried).
+
+    `metadata["failure"]` names the kind of failure ("worker_lost") for code; `reason` is the line for people.
+    """
+    return {
+        "status": "failed",
+        "reason": quarantine.reason,
+        "failure_kind": "lost",
+        "transient": False,
+        "wall_time": 0.0,
+        "attempts": quarantine.workers_lost,
+        "settings": settings.model_dump(),
+        "metadata": {
+            "failure": quarantine.kind,
+            "quarantined": True,
+            "workers_lost": quarantine.workers_lost,
+            "last_worker": quarantine.last_worker,
+        },
+    }
 
 
 def _as_stored(h: str, settings: Any, result: dict[str, Any]) -> StoredResult:

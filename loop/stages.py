@@ -385,6 +385,23 @@ def current_hull(config: CampaignConfig, store: CampaignStore) -> Any:
     return OracleHull.from_entries(entries)
 
 
+def _quarantined_relaxations(chunk: list[dict[str, Any]], quarantine: Any) -> list[dict[str, Any]]:
+    """Stand-in results for a screening chunk whose task kept killing workers: unrelaxed, unplaced (NaN energies,
+    so acquisition never offers them), with the quarantine reason."""
+    return [
+        {
+            "structure": d,
+            "energy_per_atom": float("nan"),
+            "energy_per_atom_std": float("nan"),
+            "n_steps": 0,
+            "converged": False,
+            "collapsed": False,
+            "quarantined": quarantine.reason,
+        }
+        for d in chunk
+    ]
+
+
 def screen(
     config: CampaignConfig,
     *,
@@ -416,7 +433,7 @@ def screen(
     if executor is None:
         results = [item for chunk in chunks for item in relax_chunk(chunk, *args)]
     else:
-        results = executor.map_chunks(relax_chunk, chunks, *args)
+        results = executor.map_chunks(relax_chunk, chunks, *args, on_quarantine=_quarantined_relaxations)
     relax_time = time.time() - started
 
     hull = current_hull(config, store)
@@ -434,6 +451,8 @@ def screen(
         reason = ev.reasons[i] if ev.reasons else None
         if res.get("collapsed"):
             e_hull, reason = float("nan"), "relaxation collapsed (atoms closer than 0.5 Å)"
+        if res.get("quarantined"):
+            e_hull, reason = float("nan"), res["quarantined"]
         rows.append(
             {
                 "hash": h,
