@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 from pymatgen.core import Composition, Element
 
 from loop.errors import InputError
@@ -331,7 +332,7 @@ def _binary_roles(
     }
     hx, hy = np.array(sorted({points[i][:2] for i in points if e_hull[i] <= 1e-6})).T
     ax.plot(hx, hy, "-", color="k", lw=1.2, label="hull", zorder=1)
-    ax.fill_between(hx, hy, hy + near_stable, color="tab:green", alpha=0.15, lw=0, zorder=0)
+    ax.fill_between(hx, hy, hy + near_stable, color="tab:green", alpha=0.15, lw=0, zorder=0, label="band")
     # The frame ends a little above the highest hit, so the hull region is not squashed by far-off candidates.
     hits_y = [points[i][1] for i in points if e_hull[i] <= near_stable + 1e-6]
     low = min(p[1] for p in points.values())
@@ -357,12 +358,22 @@ def _binary_roles(
                 edgecolors="0.35",
                 zorder=2,
             )
+    legend.texts["hull"] = "oracle hull"
+    legend.texts["band"] = f"hit band (≤ {1000 * near_stable:.0f} meV/atom above)"
     written: set[tuple[float, str]] = set()
     for i, (x, y, formula) in points.items():
-        worth = e_hull[i] <= 1e-6 or _role_of(roles, i) in ("discovery", "rediscovery")
+        worth = e_hull[i] <= 1e-6 or _role_of(roles, i) != "candidate"
         if worth and y <= top and (round(x, 3), formula) not in written:
             written.add((round(x, 3), formula))
-            ax.annotate(formula, (x, y), xytext=(5, -11), textcoords="offset points", fontsize=7.5)
+            elemental = x in (0.0, 1.0)
+            ax.annotate(
+                formula,
+                (x, y),
+                xytext=(0, 7) if elemental else (5, -11),
+                ha="center" if elemental else "left",
+                textcoords="offset points",
+                fontsize=7.5,
+            )
     ax.axhline(0.0, color="0.75", lw=0.6, zorder=0)
     ax.set_xlim(-0.03, 1.03)
     ax.set_ylim(low - 0.1 * span, top)
@@ -371,7 +382,7 @@ def _binary_roles(
     if above:
         ax.text(0.99, 0.975, f"▲ {above} more above the frame", transform=ax.transAxes, ha="right", va="top",
                 fontsize=7.5, color="0.3")  # fmt: skip
-    legend.legend(fontsize=7.5, loc="lower left", framealpha=0.9)
+    legend.legend(fontsize=7.5, loc="best", framealpha=0.9)
 
 
 def _ternary_roles(
@@ -483,6 +494,8 @@ def plot_discovery_progress(
     ax2.set_xlabel("cumulative oracle calls")
     ax2.set_ylabel("cumulative discoveries")
     ax2.set_title("cumulative discoveries", fontsize=10)
+    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax2.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax2.legend(fontsize=7, loc="upper left")
     per_hit = np.divide(cum_calls, cum_hits, out=np.full_like(cum_calls, np.nan), where=cum_hits > 0)
     ax3.plot(r, per_hit, "o-", color="k")
@@ -498,6 +511,7 @@ def plot_discovery_progress(
     ax3.set_title("oracle calls per hit", fontsize=10)
     for ax in (ax1, ax3):
         ax.set_xticks(r)
+        ax.set_xlim(r.min() - 0.6, r.max() + 0.6)
     return fig
 
 
@@ -657,6 +671,7 @@ def plot_ehull_by_call(
         ax.text(float(np.mean(x[r == rnd])), 1.01, f"round {rnd}", transform=ax.get_xaxis_transform(),
                 ha="center", va="bottom", fontsize=7.5, color="0.3")  # fmt: skip
     ax.set_yscale("symlog", linthresh=max(near_stable, 0.01))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_ylim(bottom, (finite.max() if finite.size else 1.0) * 1.6 + 0.01)
     ax.set_xlim(0.3, y.size + 0.7)
     ax.set_xlabel("oracle call (campaign order)")

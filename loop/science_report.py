@@ -50,26 +50,32 @@ class LevelOfTheory:
 
     Attributes:
         kind: Oracle name (e.g. "gpaw", "emt", "mlff").
-        is_dft: Whether the oracle is a DFT code; False for surrogates (force fields, toy potentials).
-        known: Whether the oracle kind is installed here (if not, `is_dft` is a guess and says so).
+        theory: What its energies are, as the oracle class declares: "dft", "surrogate" (a machine-learned force
+            field) or "toy"; "unknown" when the oracle kind is not installed here (then it is not taken for DFT).
         settings: The physics settings of the oracle as configured.
         settings_hash: Key of the campaign's oracle results in the store.
     """
 
     kind: str
-    is_dft: bool
-    known: bool
+    theory: str
     settings: dict[str, Any]
     settings_hash: str
 
     @property
+    def is_dft(self) -> bool:
+        return self.theory == "dft"
+
+    @property
+    def what(self) -> str:
+        return {
+            "dft": "DFT",
+            "surrogate": "a machine-learned surrogate, not DFT",
+            "toy": "a toy potential, not DFT",
+        }.get(self.theory, "an oracle kind unknown here, not taken for DFT")
+
+    @property
     def description(self) -> str:
-        what = "DFT" if self.is_dft else "a surrogate, not DFT"
-        return (
-            f"{self.kind} ({what})"
-            if self.known
-            else f"{self.kind} (unknown oracle kind: treated as not DFT)"
-        )
+        return f"{self.kind} ({self.what})"
 
 
 @dataclass
@@ -95,6 +101,7 @@ class RoundScience:
     """Per-round figures. Energies eV/atom; `calls_per_hit` is cumulative (calls so far / hits so far)."""
 
     round: int
+    status: str
     generated: int
     passed_funnel: int
     screened: int
@@ -193,15 +200,14 @@ def _level_of_theory(config: Mapping[str, Any], settings_hash: str) -> LevelOfTh
     except Exception:
         cls = None
     if cls is None:
-        is_dft, known = False, False
+        theory = "unknown"
     else:
         declared = getattr(cls, "level_of_theory", None)
-        is_dft = bool(getattr(cls, "is_dft", True)) and declared in (None, "dft", "DFT")
-        known = True
+        theory = str(declared) if declared else ("dft" if getattr(cls, "is_dft", True) else "surrogate")
+        if theory == "dft" and not getattr(cls, "is_dft", True):
+            theory = "surrogate"
     settings = {k: v for k, v in oracle_cfg.items() if k not in _NON_PHYSICS_SETTINGS}
-    return LevelOfTheory(
-        kind=kind, is_dft=is_dft, known=known, settings=settings, settings_hash=settings_hash
-    )
+    return LevelOfTheory(kind=kind, theory=theory, settings=settings, settings_hash=settings_hash)
 
 
 def _rule(config: Mapping[str, Any]) -> StabilityRule:
@@ -235,23 +241,12 @@ def _duplicate_of(result: StoredResult | None) -> str | None:
     return getattr(result, "duplicate_of", None) or None
 
 
-def _final_structure(result: StoredResult | None) -> Structure | None:
-    """The oracle's relaxed structure when it kept one (the label's energy belongs to it)."""
+def _final_hash(result: StoredResult | None) -> str | None:
+    """The hash of the oracle's relaxed structure when it kept one (the label's energy belongs to it)."""
     if result is None:
         return None
-    value = getattr(result, "final_structure", None) or (result.metadata or {}).get("final_structure")
-    if value is None:
-        return None
-    if isinstance(value, Structure):
-        return value
-    try:
-        return (
-            Structure.from_dict(value)
-            if isinstance(value, dict)
-            else Structure.from_str(str(value), fmt="json")
-        )
-    except Exception:
-        return None
+    value = getattr(result, "final_hash", None)
+    return None if value is None or value == result.hash else str(value)
 
 
 def _origin(h: str, rows: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -363,7 +358,7 @@ def _match_rediscoveries(
         for call in calls:
             if call.status != "ok":
                 continue
-            tried = [structures.get(call.hash), _final_structure(call.result)]
+            tried = [structures.get(call.hash), structures.get(_final_hash(call.result) or "")]
             if any(
                 s is not None and s.composition.reduced_formula == formula and matcher.fit(s, w.structure)
                 for s in tried
@@ -455,6 +450,7 @@ def collect(workdir: Path) -> ScienceData:
             rounds.append(
                 RoundScience(
                     round=rnd,
+                    status=str(r["status"]),
                     generated=len(cands),
                     passed_funnel=sum(c["passed"] for c in cands),
                     screened=len([p for (pr, _), p in predictions.items() if pr == rnd]),
@@ -476,7 +472,8 @@ def collect(workdir: Path) -> ScienceData:
             )
 
         withheld, unmatched = _withheld(store, config)
-        _match_rediscoveries(withheld, calls, store.get_structures([c.hash for c in calls]))
+        finals = [h for c in calls if (h := _final_hash(c.result))]
+        _match_rediscoveries(withheld, calls, store.get_structures([c.hash for c in calls] + finals))
         rediscovered = {w.found.hash: w.id for w in withheld if w.found is not None}
 
         settings_text = _settings_text(level.settings)
@@ -488,7 +485,7 @@ def collect(workdir: Path) -> ScienceData:
             parent, what = _describe_provenance(origin)
             p = predictions.get((c.round, c.hash))
             s = structures.get(c.hash)
-            used = _settings_text(c.result.settings) if c.result is not None and c.result.settings else ""
+            relaxed = "; relaxed by the oracle" if _final_hash(c.result) else ""
             discoveries.append(
                 Discovery(
                     call=c,
@@ -501,7 +498,7 @@ def collect(workdir: Path) -> ScienceData:
                     provenance=what,
                     predicted_e_hull=None if p is None else p["e_hull"],
                     predicted_std=None if p is None else p["e_hull_std"],
-                    oracle_settings=f"{level.kind}: {used or settings_text}",
+                    oracle_settings=f"{level.kind}: {settings_text or 'defaults'}{relaxed}",
                     rediscovers=rediscovered.get(c.hash),
                 )
             )
@@ -608,8 +605,9 @@ def figures(data: ScienceData) -> dict[str, tuple[str, str]]:
                 f"oracle settings). Shaded: the hit band, {band} above the hull. Hits are judged against this final "
                 "hull.",
             )
-    if data.rounds:
-        r = data.rounds
+    # A round under way has no calls yet (or only some): it is in the table, not in the per-round figures.
+    r = [x for x in data.rounds if x.status == "done" or x.oracle_calls]
+    if r:
         out["progress"] = (
             _png(
                 plots.plot_discovery_progress(
@@ -770,9 +768,10 @@ def render_html(data: ScienceData) -> str:
         )
     else:
         parts.append(
-            f'<div class="banner surrogate"><b>Surrogate oracle: {_e(level.kind)} is not DFT.</b> Every energy in '
-            "this report, references included, is the surrogate's own level of theory; a hit here is stable "
-            "against the surrogate's hull only and must be confirmed with DFT before it is called a discovery.</div>"
+            f'<div class="banner surrogate"><b>Surrogate oracle: {_e(level.kind)} is not DFT</b> '
+            f"({_e(level.what)}). Every energy in this report, references "
+            "included, is the surrogate's own level of theory; a hit here is stable against the surrogate's hull "
+            "only and must be confirmed with DFT before it is called a discovery.</div>"
         )
     cards = [
         (str(total_calls), "oracle calls after round 0"),
@@ -812,7 +811,7 @@ def render_html(data: ScienceData) -> str:
     if data.rounds:
         rows = [
             [
-                str(x.round),
+                str(x.round) + ("" if x.status == "done" else " (running)"),
                 str(x.generated),
                 str(x.passed_funnel),
                 str(x.screened),

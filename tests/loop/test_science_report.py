@@ -112,6 +112,73 @@ def test_report_command_has_help():
     assert proc.returncode == 0 and "--out" in proc.stdout and "--force" in proc.stdout
 
 
+# -- figures on small made-up (but physical) hulls: fast checks of what each figure draws -------------------------------
+LI_FE_O = {
+    "Li": ("Li", -1.90),
+    "O2": ("O2", -4.90),
+    "Fe": ("Fe", -8.30),
+    "Li2O": ("Li2O", -4.7667),
+    "Li2O2": ("Li2O2", -4.75),
+    "Fe2O3": ("Fe2O3", -7.60),
+    "LiFeO2": ("LiFeO2", -6.75),
+}
+
+
+def _hull(names):
+    from loop.hull import HullEntry, OracleHull
+
+    return OracleHull.from_entries(
+        [HullEntry(entry_id=k, composition=LI_FE_O[k][0], energy_per_atom=LI_FE_O[k][1]) for k in names]
+    )
+
+
+def _offsets(ax, label):
+    found = [c for c in ax.collections if c.get_label() == label]
+    assert len(found) == 1, label
+    return np.asarray(found[0].get_offsets())
+
+
+def test_binary_hull_marks_references_discoveries_and_rediscoveries():
+    from loop.plots import plot_hull_roles
+
+    hull = _hull(["Li", "O2", "Li2O", "Li2O2"])
+    roles = {"Li": "reference", "O2": "reference", "Li2O": "discovery", "Li2O2": "rediscovery"}
+    ax = plot_hull_roles(hull, chemsys=["Li", "O"], roles=roles, near_stable=0.05).axes[0]
+    x_li2o = 1 / 3
+    e_li2o = -4.7667 - ((1 - x_li2o) * -1.90 + x_li2o * -4.90)
+    np.testing.assert_allclose(_offsets(ax, "discovery"), [[x_li2o, e_li2o]], atol=1e-9)
+    assert len(_offsets(ax, "reference")) == 2 and len(_offsets(ax, "rediscovery")) == 1
+    hull_line = next(line for line in ax.lines if line.get_label() == "hull")
+    np.testing.assert_allclose(
+        np.column_stack(hull_line.get_data()), [[0, 0], [x_li2o, e_li2o], [1, 0]], atol=1e-9
+    )
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "discovery (hit) (1)" in texts and "reference (round 0) (2)" in texts
+
+
+def test_ternary_hull_draws_the_gibbs_triangle():
+    from loop.plots import plot_hull_roles
+
+    hull = _hull(list(LI_FE_O))
+    roles = {k: "reference" for k in ("Li", "O2", "Fe", "Li2O", "Fe2O3")} | {"LiFeO2": "discovery"}
+    ax = plot_hull_roles(hull, chemsys=["Li", "Fe", "O"], roles=roles, near_stable=0.05).axes[0]
+    # LiFeO2 = 1/4 Li, 1/4 Fe, 1/2 O, at corners Li (0, 0), Fe (1, 0), O (1/2, sqrt(3)/2)
+    np.testing.assert_allclose(_offsets(ax, "discovery"), [[0.25 + 0.25, np.sqrt(3) / 4]], atol=1e-9)
+    assert len(_offsets(ax, "reference")) == 5 and len(_offsets(ax, "candidate")) == 1  # Li2O2
+
+
+def test_progress_and_calibration_figures_check_their_input():
+    from loop.plots import PlotError, plot_calibration, plot_discovery_progress
+
+    with pytest.raises(PlotError):
+        plot_discovery_progress(rounds=[1, 2], oracle_calls=[4, 4], hits=[1, 5])
+    with pytest.raises(PlotError):
+        plot_calibration(std=[float("nan")], abs_error=[0.1], rounds=[1])
+    fig = plot_calibration(std=[0.1] * 4, abs_error=[0.05, 0.05, 0.15, 0.3], rounds=[1, 1, 2, 2])
+    texts = [t.get_text() for t in fig.axes[1].texts]
+    assert "50 % within 1σ" in texts and "75 % within 2σ" in texts
+
+
 # -- the report of a real campaign ------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_existing_output_needs_force(smoke_campaign, tmp_path):
