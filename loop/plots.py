@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 from pymatgen.core import Composition, Element
 
 from loop.errors import InputError
@@ -554,6 +554,7 @@ def plot_emulator_error(
         values += [v for v in std if np.isfinite(v)]
     ax.set_ylim(0, max([*values, 1.0]) * 1.4)
     ax.set_xticks(r)
+    ax.set_xlim(r.min() - 1, r.max() + 1)
     ax.set_xlabel("round")
     ax.set_ylabel("energy per atom (meV/atom)")
     ax.set_title("emulator MAE on new labels, before retraining", fontsize=10)
@@ -603,6 +604,9 @@ def plot_calibration(
     ax1.plot([lo, hi], [2 * lo, 2 * hi], "--", color="0.5", lw=0.8, label="|error| = 2σ")
     ax1.set_xscale("log")
     ax1.set_yscale("log")
+    for axis in (ax1.xaxis, ax1.yaxis):
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(NullFormatter())
     ax1.set_xlim(lo, hi)
     ax1.set_ylim(lo, hi)
     ax1.set_xlabel("ensemble σ (meV/atom)")
@@ -671,9 +675,10 @@ def plot_ehull_by_call(
         ax.text(float(np.mean(x[r == rnd])), 1.01, f"round {rnd}", transform=ax.get_xaxis_transform(),
                 ha="center", va="bottom", fontsize=7.5, color="0.3")  # fmt: skip
     ax.set_yscale("symlog", linthresh=max(near_stable, 0.01))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.set_ylim(bottom, (finite.max() if finite.size else 1.0) * 1.6 + 0.01)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    ax.set_ylim(bottom, max(finite.max() if finite.size else 1.0, near_stable) * 1.6 + 0.01)
     ax.set_xlim(0.3, y.size + 0.7)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("oracle call (campaign order)")
     ax.set_ylabel("E above final hull (eV/atom)")
     legend.legend(fontsize=7, loc="upper left", ncols=2)

@@ -67,15 +67,17 @@ class LevelOfTheory:
 
     @property
     def what(self) -> str:
+        """What the oracle is, as a noun phrase."""
         return {
             "dft": "DFT",
-            "surrogate": "a machine-learned surrogate, not DFT",
-            "toy": "a toy potential, not DFT",
-        }.get(self.theory, "an oracle kind unknown here, not taken for DFT")
+            "surrogate": "a machine-learned surrogate",
+            "toy": "a toy potential",
+            "non-dft": "a non-DFT potential",
+        }.get(self.theory, "an oracle kind unknown here")
 
     @property
     def description(self) -> str:
-        return f"{self.kind} ({self.what})"
+        return f"{self.kind} ({self.what})" if self.is_dft else f"{self.kind} ({self.what}, not DFT)"
 
 
 @dataclass
@@ -203,9 +205,9 @@ def _level_of_theory(config: Mapping[str, Any], settings_hash: str) -> LevelOfTh
         theory = "unknown"
     else:
         declared = getattr(cls, "level_of_theory", None)
-        theory = str(declared) if declared else ("dft" if getattr(cls, "is_dft", True) else "surrogate")
+        theory = str(declared) if declared else ("dft" if getattr(cls, "is_dft", True) else "non-dft")
         if theory == "dft" and not getattr(cls, "is_dft", True):
-            theory = "surrogate"
+            theory = "non-dft"
     settings = {k: v for k, v in oracle_cfg.items() if k not in _NON_PHYSICS_SETTINGS}
     return LevelOfTheory(kind=kind, theory=theory, settings=settings, settings_hash=settings_hash)
 
@@ -548,12 +550,12 @@ def _median(values: Sequence[float]) -> float | None:
 def _source_yield(
     store: CampaignStore, calls: Sequence[Call], rows: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, dict[str, int]]:
-    """generated / passed_funnel / oracle_calls / hits / stable per generator over rounds >= 1."""
+    """generated / passed funnel / oracle calls / hits / stable per generator over rounds >= 1."""
     out: dict[str, dict[str, int]] = {}
 
     def slot(source: str) -> dict[str, int]:
         return out.setdefault(
-            source, {"generated": 0, "passed_funnel": 0, "oracle_calls": 0, "hits": 0, "stable": 0}
+            source, {"generated": 0, "passed funnel": 0, "oracle calls": 0, "hits": 0, "stable": 0}
         )
 
     for r in store.rounds():
@@ -562,10 +564,10 @@ def _source_yield(
         for c in store.candidates(r["round"]):
             d = slot(c["source"])
             d["generated"] += 1
-            d["passed_funnel"] += int(c["passed"])
+            d["passed funnel"] += int(c["passed"])
     for call in calls:
         d = slot(str(_origin(call.hash, rows).get("source", "unknown")))
-        d["oracle_calls"] += 1
+        d["oracle calls"] += 1
         d["hits"] += int(call.is_hit)
         d["stable"] += int(call.is_hit and call.verdict == Verdict.STABLE)
     return out
@@ -664,7 +666,7 @@ def figures(data: ScienceData) -> dict[str, tuple[str, str]]:
         out["yield"] = (
             _png(
                 plots.plot_source_yield(
-                    data.source_yield, stages=("generated", "passed_funnel", "oracle_calls", "hits")
+                    data.source_yield, stages=("generated", "passed funnel", "oracle calls", "hits")
                 )
             ),
             "Candidates per generator at each step of the funnel, rounds >= 1 summed (symmetric-log axis).",
@@ -694,7 +696,8 @@ figure img { max-width: 100%; height: auto; border: 1px solid var(--line); borde
 figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; max-width: 900px; }
 table { border-collapse: collapse; font-size: 13px; margin: 8px 0 14px; width: 100%; }
 th, td { border-bottom: 1px solid var(--line); padding: 5px 7px; text-align: left; vertical-align: top; }
-th { background: #eef1f5; font-weight: 600; white-space: nowrap; }
+th { background: #eef1f5; font-weight: 600; vertical-align: bottom; }
+.scroll { overflow-x: auto; }
 td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr:nth-child(even) td { background: #fafbfc; }
 .tag { display: inline-block; padding: 0 6px; border-radius: 8px; font-size: 12px; }
@@ -730,7 +733,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: Seque
         + "</tr>"
         for row in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _figure(figs: Mapping[str, tuple[str, str]], key: str, alt: str) -> str:
@@ -768,10 +771,10 @@ def render_html(data: ScienceData) -> str:
         )
     else:
         parts.append(
-            f'<div class="banner surrogate"><b>Surrogate oracle: {_e(level.kind)} is not DFT</b> '
-            f"({_e(level.what)}). Every energy in this report, references "
-            "included, is the surrogate's own level of theory; a hit here is stable against the surrogate's hull "
-            "only and must be confirmed with DFT before it is called a discovery.</div>"
+            f'<div class="banner surrogate"><b>Surrogate oracle, not DFT: {_e(level.kind)} is {_e(level.what)}.</b> '
+            "Every energy in this report, references included, is the surrogate's own level of theory; a hit here "
+            "is stable against the surrogate's hull only and must be confirmed with DFT before it is called a "
+            "discovery.</div>"
         )
     cards = [
         (str(total_calls), "oracle calls after round 0"),
@@ -850,11 +853,11 @@ def render_html(data: ScienceData) -> str:
                 [
                     _e(source),
                     str(d["generated"]),
-                    str(d["passed_funnel"]),
-                    str(d["oracle_calls"]),
+                    str(d["passed funnel"]),
+                    str(d["oracle calls"]),
                     str(d["hits"]),
                     str(d["stable"]),
-                    _num(d["hits"] / d["oracle_calls"] if d["oracle_calls"] else None, "{:.0%}"),
+                    _num(d["hits"] / d["oracle calls"] if d["oracle calls"] else None, "{:.0%}"),
                 ]
             )
         parts.append(
