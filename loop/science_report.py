@@ -130,6 +130,7 @@ class Discovery:
     call: Call
     formula: str
     natoms: int
+    space_group: str
     source: str
     parent: str | None
     provenance: str
@@ -495,6 +496,7 @@ def collect(workdir: Path) -> ScienceData:
                     if s is not None
                     else rows.get(c.hash, {}).get("reduced_formula", "?"),
                     natoms=len(s) if s is not None else int(rows.get(c.hash, {}).get("nsites", 0)),
+                    space_group=_space_group(structures.get(_final_hash(c.result) or c.hash, s)),
                     source=str(origin.get("source", "?")),
                     parent=parent,
                     provenance=what,
@@ -537,6 +539,19 @@ def collect(workdir: Path) -> ScienceData:
         )
     finally:
         store.close()
+
+
+def _space_group(structure: Structure | None) -> str:
+    """Hermann-Mauguin symbol and number at a 0.1 Å tolerance (loose enough for relaxed cells)."""
+    if structure is None:
+        return "?"
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        sga = SpacegroupAnalyzer(structure, symprec=0.1)
+        return f"{sga.get_space_group_symbol()} ({sga.get_space_group_number()})"
+    except Exception:
+        return "?"
 
 
 def _median(values: Sequence[float]) -> float | None:
@@ -882,6 +897,7 @@ def render_html(data: ScienceData) -> str:
             rows.append(
                 [
                     f"<b>{_e(d.formula)}</b><br><span class='mono'>{_e(c.hash)}</span>",
+                    _e(d.space_group),
                     str(d.natoms),
                     _num(c.e_hull, "{:+.4f}"),
                     tag,
@@ -894,10 +910,12 @@ def render_html(data: ScienceData) -> str:
                     _e(d.oracle_settings),
                 ]
             )
-        headers = ["formula / structure hash", "atoms", "E_hull (eV/atom)", "verdict", "emulator E_hull ± σ",
+        headers = ["formula / structure hash", "space group", "atoms", "E_hull (eV/atom)", "verdict", "emulator E_hull ± σ",
                    "round", "oracle call #", "generator", "parent", "operation or conditions", "oracle settings"]  # fmt: skip
         parts.append(
-            _table(headers, rows, [False, True, True, False, True, True, True, False, False, False, False])
+            _table(
+                headers, rows, [False, False, True, True, False, True, True, True, False, False, False, False]
+            )
         )
     else:
         parts.append('<p class="note">No hit yet.</p>')
