@@ -182,6 +182,21 @@ def export(
 
 
 @app.command()
+def report(
+    workdir: WorkdirOpt,
+    out: Annotated[
+        Path, typer.Option("--out", help="The HTML file to write (self-contained, readable offline).")
+    ],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out file.")] = False,
+) -> None:
+    """Write the campaign's science report: hull, hit rates, emulator error, calibration, yield, discoveries."""
+    from loop.science_report import write_report
+
+    path = write_report(workdir=workdir, out=out, overwrite=force)
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
 def predict(
     files: Annotated[
         list[Path], typer.Argument(help="Structure files (CIF, POSCAR, extxyz, pymatgen JSON).")

@@ -1,0 +1,1028 @@
+"""The science report of a campaign: one self-contained HTML file a scientist reads (`matloop report`).
+
+Everything is read from the campaign store, during or after a run, and judged against the campaign's *final* oracle
+hull (every successful label with the campaign's oracle settings) with the one stability vocabulary of
+`loop.verdicts`. Figures are embedded as base64 PNG; the file loads nothing from anywhere.
+
+What counts (units eV/atom):
+
+* an **oracle call** is one query of a round >= 1 (a failed call costs as much as a successful one); round-0
+  reference labels are reported separately;
+* a **hit** (discovery) is a call whose structure is stable or near-stable on the final hull and is not marked as a
+  duplicate of an earlier label;
+* a **rediscovery** is the first call whose structure (or the oracle's relaxed version of it) matches a withheld
+  known phase with pymatgen's `StructureMatcher`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pymatgen.core import Structure
+
+from loop.errors import InputError
+from loop.store import CampaignStore, StoredResult
+from loop.verdicts import StabilityRule, Verdict
+
+GENERATOR_SOURCES = ("diffusion", "substitution", "random_search")
+# Settings that do not change the physics of a label; left out of the oracle settings column.
+_NON_PHYSICS_SETTINGS = ("kind", "max_attempts", "timeout_s")
+
+
+class ReportError(InputError):
+    """The report cannot be written (no campaign in the workdir, output exists, ...); the message says the fix."""
+
+
+# -- the data ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LevelOfTheory:
+    """The oracle that defines the campaign's hull.
+
+    Attributes:
+        kind: Oracle name (e.g. "gpaw", "emt", "mlff").
+        theory: What its energies are, as the oracle class declares: "dft", "surrogate" (a machine-learned force
+            field) or "toy"; "unknown" when the oracle kind is not installed here (then it is not taken for DFT).
+        settings: The physics settings of the oracle as configured.
+        settings_hash: Key of the campaign's oracle results in the store.
+    """
+
+    kind: str
+    theory: str
+    settings: dict[str, Any]
+    settings_hash: str
+
+    @property
+    def is_dft(self) -> bool:
+        return self.theory == "dft"
+
+    @property
+    def what(self) -> str:
+        """What the oracle is, as a noun phrase."""
+        return {
+            "dft": "DFT",
+            "surrogate": "a machine-learned surrogate",
+            "toy": "a toy potential",
+            "non-dft": "a non-DFT potential",
+        }.get(self.theory, "an oracle kind unknown here")
+
+    @property
+    def description(self) -> str:
+        return f"{self.kind} ({self.what})" if self.is_dft else f"{self.kind} ({self.what}, not DFT)"
+
+
+@dataclass
+class Call:
+    """One oracle call of a round >= 1, in campaign order (`index` counts from 1)."""
+
+    index: int
+    round: int
+    hash: str
+    status: str
+    e_hull: float | None
+    verdict: Verdict
+    duplicate_of: str | None
+    result: StoredResult | None
+
+    @property
+    def is_hit(self) -> bool:
+        return self.verdict in (Verdict.STABLE, Verdict.NEAR_STABLE) and self.duplicate_of is None
+
+
+@dataclass
+class RoundScience:
+    """Per-round figures. Energies eV/atom; `calls_per_hit` is cumulative (calls so far / hits so far)."""
+
+    round: int
+    status: str
+    generated: int
+    passed_funnel: int
+    screened: int
+    oracle_calls: int
+    failed: int
+    hits: int
+    stable: int
+    cumulative_calls: int
+    cumulative_hits: int
+    calls_per_hit: float | None
+    emulator_mae: float | None
+    median_std: float | None
+    spearman: float | None
+    within_1sigma: float | None
+    within_2sigma: float | None
+    n_pairs: int
+    wall_time_s: float | None
+
+
+@dataclass
+class Discovery:
+    """A hit with its provenance. Energies eV/atom."""
+
+    call: Call
+    formula: str
+    natoms: int
+    space_group: str
+    source: str
+    parent: str | None
+    provenance: str
+    predicted_e_hull: float | None
+    predicted_std: float | None
+    oracle_settings: str
+    rediscovers: str | None = None
+
+
+@dataclass
+class Withheld:
+    """A known phase withheld from the campaign, and whether (when, after how many calls) the loop found it again."""
+
+    id: str
+    formula: str
+    structure: Structure | None
+    found: Call | None = None
+
+
+@dataclass
+class ScienceData:
+    """Everything the report shows, as plain data."""
+
+    workdir: Path
+    campaign: str
+    chemical_systems: list[str]
+    level: LevelOfTheory
+    rule: StabilityRule
+    stage: str
+    stopped_because: str | None
+    n_references: int
+    reference_ids: dict[str, str]
+    rounds: list[RoundScience]
+    calls: list[Call]
+    discoveries: list[Discovery]
+    withheld: list[Withheld]
+    withheld_without_structure: list[str]
+    calibration: list[tuple[int, float, float]]  # (round, σ, |error|) eV/atom
+    source_yield: dict[str, dict[str, int]]
+    hull: Any = None  # loop.hull.OracleHull, None before any label
+    notes: list[str] = field(default_factory=list)
+
+
+# -- reading the store ------------------------------------------------------------------------------------------------
+def _check_paths(workdir: Path, out: Path, *, overwrite: bool) -> None:
+    if not workdir.exists():
+        raise ReportError(f"{workdir}: no such directory; pass the --workdir of a campaign")
+    if not workdir.is_dir():
+        raise ReportError(f"{workdir}: not a directory; pass the --workdir of a campaign")
+    if not CampaignStore.exists_in(workdir):
+        raise ReportError(
+            f"{workdir}: not a campaign (no {CampaignStore.FILENAME}); run `matloop run CONFIG --workdir {workdir}` first"
+        )
+    if out.exists() and out.is_dir():
+        raise ReportError(f"{out}: is a directory; pass a file name such as {out / 'report.html'}")
+    if out.exists() and not overwrite:
+        raise ReportError(f"{out}: exists; pass --force to overwrite it or choose another --out")
+    if not out.parent.is_dir():
+        raise ReportError(f"{out.parent}: no such directory for the report; create it first")
+
+
+def _level_of_theory(config: Mapping[str, Any], settings_hash: str) -> LevelOfTheory:
+    oracle_cfg = dict(config.get("oracle") or {})
+    kind = str(oracle_cfg.get("kind", "unknown"))
+    try:
+        import oracle  # noqa: F401  (registers the oracles)
+        from oracle.base import get_oracle_class
+
+        cls = get_oracle_class(kind)
+    except Exception:
+        cls = None
+    if cls is None:
+        theory = "unknown"
+    else:
+        declared = getattr(cls, "level_of_theory", None)
+        theory = str(declared) if declared else ("dft" if getattr(cls, "is_dft", True) else "non-dft")
+        if theory == "dft" and not getattr(cls, "is_dft", True):
+            theory = "non-dft"
+    settings = {k: v for k, v in oracle_cfg.items() if k not in _NON_PHYSICS_SETTINGS}
+    return LevelOfTheory(kind=kind, theory=theory, settings=settings, settings_hash=settings_hash)
+
+
+def _rule(config: Mapping[str, Any]) -> StabilityRule:
+    if "near_stable" in config:
+        return StabilityRule(near_stable=float(config["near_stable"]))
+    from loop.config import CampaignConfig
+
+    return StabilityRule(near_stable=float(CampaignConfig.model_fields["near_stable"].default))
+
+
+def _oracle_hull(results: Sequence[StoredResult], structures: Mapping[str, Structure]) -> Any:
+    from loop.hull import HullEntry, OracleHull
+
+    entries = [
+        HullEntry.from_total_energy(
+            entry_id=r.hash, composition=structures[r.hash].composition, energy=r.energy
+        )
+        for r in results
+        if r.ok and r.energy is not None and math.isfinite(r.energy) and r.hash in structures
+    ]
+    return OracleHull.from_entries(entries) if entries else None
+
+
+def _duplicate_of(result: StoredResult | None) -> str | None:
+    if result is None:
+        return None
+    for where in (result.metadata, result.settings):
+        value = (where or {}).get("duplicate_of")
+        if value:
+            return str(value)
+    return getattr(result, "duplicate_of", None) or None
+
+
+def _final_hash(result: StoredResult | None) -> str | None:
+    """The hash of the oracle's relaxed structure when it kept one (the label's energy belongs to it)."""
+    if result is None:
+        return None
+    value = getattr(result, "final_hash", None)
+    return None if value is None or value == result.hash else str(value)
+
+
+def _origin(h: str, rows: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The generated ancestor of a queried structure (queried structures are emulator-relaxed candidates)."""
+    row = rows.get(h, {})
+    for _ in range(8):
+        if row.get("source") in (*GENERATOR_SOURCES, "seed", "user") or row.get("parent") not in rows:
+            break
+        row = rows[row["parent"]]
+    return dict(row)
+
+
+def _describe_provenance(row: Mapping[str, Any]) -> tuple[str | None, str]:
+    """(parent, what was done) in a few words, from a generated structure's stored provenance."""
+    info = dict(row.get("provenance") or {})
+    source = row.get("source")
+    parent = row.get("parent") or info.get("parent") or info.get("material_id")
+    if source == "substitution":
+        subs = info.get("substitutions") or {}
+        text = ", ".join(f"{a}→{b}" for a, b in subs.items())
+        if info.get("operation") == "saps":
+            text += f" on {info.get('fraction', '?')} of Wyckoff {info.get('wyckoff', '?')}"
+            text += f" (space group {info.get('parent_spacegroup', '?')} → {info.get('spacegroup', '?')})"
+        if info.get("score") is not None:
+            text += f", p = {float(info['score']):.3g}"
+        return (None if parent is None else str(parent)), text or "substitution"
+    if source == "diffusion":
+        conditions = info.get("conditions") or {}
+        cond = ", ".join(f"{k} = {v}" for k, v in conditions.items()) or "unconditioned"
+        extra = []
+        if info.get("guidance_scale") is not None:
+            extra.append(f"guidance {info['guidance_scale']}")
+        if info.get("steps") is not None:
+            extra.append(f"{info['steps']} steps")
+        if info.get("checkpoint"):
+            extra.append(str(info["checkpoint"]))
+        return None, cond + (f" ({', '.join(extra)})" if extra else "")
+    if source == "random_search":
+        bits = [str(info.get("formula", ""))]
+        if info.get("formula_units") is not None:
+            bits.append(f"Z = {info['formula_units']}")
+        if info.get("space_group") is not None:
+            bits.append(f"space group {info['space_group']}")
+        return None, ", ".join(b for b in bits if b) or "random search"
+    if source == "seed":
+        return (None if parent is None else str(parent)), str(info.get("role", "known structure"))
+    return (None if parent is None else str(parent)), ", ".join(f"{k} = {v}" for k, v in info.items())
+
+
+def _settings_text(settings: Mapping[str, Any]) -> str:
+    parts = []
+    for key, value in settings.items():
+        if key in _NON_PHYSICS_SETTINGS or value is None:
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        parts.append(f"{key} {value}")
+    return "; ".join(parts)
+
+
+def _withheld(store: CampaignStore, config: Mapping[str, Any]) -> tuple[list[Withheld], list[str]]:
+    """Withheld known phases, read defensively: the store may record them in meta (`withheld`), as structures
+    with source "withheld", or only the config's `withhold:` list may exist (then they cannot be matched)."""
+    found: dict[str, Withheld] = {}
+    meta = store.get_meta("withheld") or store.get_meta("withhold") or []
+    if isinstance(meta, dict):
+        meta = meta.get("structures") or meta.get("items") or list(meta.values())
+    for k, item in enumerate(meta if isinstance(meta, list) else []):
+        if not isinstance(item, dict):
+            continue
+        structure = None
+        raw = item.get("structure")
+        if raw is not None:
+            try:
+                structure = (
+                    Structure.from_dict(raw)
+                    if isinstance(raw, dict)
+                    else Structure.from_str(str(raw), fmt="json")
+                )
+            except Exception:
+                structure = None
+        if structure is None and item.get("hash") and store.has_structure(str(item["hash"])):
+            structure = store.get_structure(str(item["hash"]))
+        wid = str(item.get("id") or item.get("material_id") or item.get("hash") or f"withheld-{k + 1}")
+        formula = str(item.get("formula") or (structure.composition.reduced_formula if structure else "?"))
+        found[wid] = Withheld(id=wid, formula=formula, structure=structure)
+    rows = store.structure_rows(where="source = ?", params=("withheld",))
+    structures = store.get_structures([r["hash"] for r in rows])
+    for r in rows:
+        prov = r.get("provenance") or {}
+        wid = str(prov.get("material_id") or r.get("parent") or r["hash"])
+        if wid not in found:
+            found[wid] = Withheld(id=wid, formula=r["reduced_formula"], structure=structures.get(r["hash"]))
+    listed = config.get("withhold") or []
+    unmatched = [str(x) for x in (listed if isinstance(listed, list) else [listed]) if str(x) not in found]
+    return list(found.values()), unmatched
+
+
+def _match_rediscoveries(
+    withheld: list[Withheld], calls: list[Call], structures: Mapping[str, Structure]
+) -> None:
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    matcher = StructureMatcher()
+    for w in withheld:
+        if w.structure is None:
+            continue
+        formula = w.structure.composition.reduced_formula
+        for call in calls:
+            if call.status != "ok":
+                continue
+            tried = [structures.get(call.hash), structures.get(_final_hash(call.result) or "")]
+            if any(
+                s is not None and s.composition.reduced_formula == formula and matcher.fit(s, w.structure)
+                for s in tried
+            ):
+                w.found = call
+                break
+
+
+def collect(workdir: Path) -> ScienceData:
+    """Read a campaign's store into `ScienceData` (read-only; safe while the campaign runs).
+
+    Raises:
+        ReportError: `workdir` holds no campaign.
+    """
+    from loop.stages import emulator_metrics
+
+    workdir = Path(workdir)
+    if not CampaignStore.exists_in(workdir):
+        raise ReportError(f"{workdir}: not a campaign (no {CampaignStore.FILENAME})")
+    store = CampaignStore.in_workdir(workdir)
+    try:
+        identity = store.get_meta("identity")
+        if not identity:
+            raise ReportError(
+                f"{workdir}: {CampaignStore.FILENAME} holds no campaign yet; run `matloop run` first"
+            )
+        config = store.get_meta("config") or {}
+        level = _level_of_theory(config, str(identity.get("oracle", "")))
+        rule = _rule(config)
+        results = store.oracle_results(settings_hash=level.settings_hash or None)
+        by_hash = {r.hash: r for r in results}
+        rows = {r["hash"]: r for r in store.structure_rows()}
+        structures = store.get_structures(list(by_hash))
+        hull = _oracle_hull(results, structures)
+        e_hull = hull.entry_e_above_hull() if hull is not None else {}
+
+        queries = store.queries()
+        reference_ids = {
+            q["hash"]: str(rows.get(q["hash"], {}).get("parent") or "") for q in queries if q["round"] == 0
+        }
+        calls: list[Call] = []
+        for q in (q for q in queries if q["round"] >= 1):
+            res = by_hash.get(q["hash"])
+            eh = e_hull.get(q["hash"])
+            eh = None if eh is None or not math.isfinite(eh) else float(eh)
+            calls.append(
+                Call(
+                    index=len(calls) + 1,
+                    round=int(q["round"]),
+                    hash=q["hash"],
+                    status="pending" if res is None else res.status,
+                    e_hull=eh,
+                    verdict=rule.classify(eh),
+                    duplicate_of=_duplicate_of(res),
+                    result=res,
+                )
+            )
+        predictions = {(p["round"], p["relaxed_hash"]): p for p in store.predictions() if p["relaxed_hash"]}
+
+        rounds: list[RoundScience] = []
+        calibration: list[tuple[int, float, float]] = []
+        cum_calls = cum_hits = 0
+        for r in store.rounds():
+            rnd = int(r["round"])
+            if rnd < 1:
+                continue
+            mine = [c for c in calls if c.round == rnd]
+            hits = sum(c.is_hit for c in mine)
+            cum_calls += len(mine)
+            cum_hits += hits
+            pairs = []
+            for c in mine:
+                p = predictions.get((rnd, c.hash))
+                if p is None or c.result is None or not c.result.ok or p["energy_per_atom"] is None:
+                    continue
+                pairs.append(
+                    (p["energy_per_atom"], p["energy_per_atom_std"] or 0.0, c.result.energy_per_atom)
+                )
+                calibration.append(
+                    (
+                        rnd,
+                        float(p["energy_per_atom_std"] or 0.0),
+                        abs(p["energy_per_atom"] - c.result.energy_per_atom),
+                    )
+                )
+            metrics = emulator_metrics(pairs)
+            cands = store.candidates(rnd)
+            finished = r.get("finished_at")
+            rounds.append(
+                RoundScience(
+                    round=rnd,
+                    status=str(r["status"]),
+                    generated=len(cands),
+                    passed_funnel=sum(c["passed"] for c in cands),
+                    screened=len([p for (pr, _), p in predictions.items() if pr == rnd]),
+                    oracle_calls=len(mine),
+                    failed=sum(1 for c in mine if c.status == "failed"),
+                    hits=hits,
+                    stable=sum(1 for c in mine if c.verdict == Verdict.STABLE and c.duplicate_of is None),
+                    cumulative_calls=cum_calls,
+                    cumulative_hits=cum_hits,
+                    calls_per_hit=(cum_calls / cum_hits) if cum_hits else None,
+                    emulator_mae=metrics.get("emulator_mae"),
+                    median_std=_median([p[1] for p in pairs]),
+                    spearman=metrics.get("emulator_spearman_std_err"),
+                    within_1sigma=metrics.get("emulator_within_1sigma"),
+                    within_2sigma=metrics.get("emulator_within_2sigma"),
+                    n_pairs=len(pairs),
+                    wall_time_s=None if finished is None else round(finished - r["started_at"], 1),
+                )
+            )
+
+        withheld, unmatched = _withheld(store, config)
+        finals = [h for c in calls if (h := _final_hash(c.result))]
+        _match_rediscoveries(withheld, calls, store.get_structures([c.hash for c in calls] + finals))
+        rediscovered = {w.found.hash: w.id for w in withheld if w.found is not None}
+
+        settings_text = _settings_text(level.settings)
+        discoveries = []
+        for c in calls:
+            if not c.is_hit:
+                continue
+            origin = _origin(c.hash, rows)
+            parent, what = _describe_provenance(origin)
+            p = predictions.get((c.round, c.hash))
+            s = structures.get(c.hash)
+            relaxed = "; relaxed by the oracle" if _final_hash(c.result) else ""
+            discoveries.append(
+                Discovery(
+                    call=c,
+                    formula=s.composition.reduced_formula
+                    if s is not None
+                    else rows.get(c.hash, {}).get("reduced_formula", "?"),
+                    natoms=len(s) if s is not None else int(rows.get(c.hash, {}).get("nsites", 0)),
+                    space_group=_space_group(structures.get(_final_hash(c.result) or c.hash, s)),
+                    source=str(origin.get("source", "?")),
+                    parent=parent,
+                    provenance=what,
+                    predicted_e_hull=None if p is None else p["e_hull"],
+                    predicted_std=None if p is None else p["e_hull_std"],
+                    oracle_settings=f"{level.kind}: {settings_text or 'defaults'}{relaxed}",
+                    rediscovers=rediscovered.get(c.hash),
+                )
+            )
+        discoveries.sort(
+            key=lambda d: (d.call.e_hull if d.call.e_hull is not None else math.inf, d.call.index)
+        )
+
+        source_yield = _source_yield(store, calls, rows)
+        from loop.report import _next_stage
+
+        rnd, stage = _next_stage(store)
+        notes = []
+        if not calls:
+            notes.append("No oracle call after round 0 yet: the hull holds the references only.")
+        return ScienceData(
+            workdir=workdir,
+            campaign=str(identity.get("name", "?")),
+            chemical_systems=list(identity.get("chemical_systems") or []),
+            level=level,
+            rule=rule,
+            stage="finished" if stage is None else f"round {rnd}, next stage {stage}",
+            stopped_because=store.get_meta("stopped_because"),
+            n_references=len(reference_ids),
+            reference_ids=reference_ids,
+            rounds=rounds,
+            calls=calls,
+            discoveries=discoveries,
+            withheld=withheld,
+            withheld_without_structure=unmatched,
+            calibration=calibration,
+            source_yield=source_yield,
+            hull=hull,
+            notes=notes,
+        )
+    finally:
+        store.close()
+
+
+def _space_group(structure: Structure | None) -> str:
+    """Hermann-Mauguin symbol and number at a 0.1 Å tolerance (loose enough for relaxed cells)."""
+    if structure is None:
+        return "?"
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        sga = SpacegroupAnalyzer(structure, symprec=0.1)
+        return f"{sga.get_space_group_symbol()} ({sga.get_space_group_number()})"
+    except Exception:
+        return "?"
+
+
+def _median(values: Sequence[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return float(ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2)
+
+
+def _source_yield(
+    store: CampaignStore, calls: Sequence[Call], rows: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, int]]:
+    """generated / passed funnel / oracle calls / hits / stable per generator over rounds >= 1."""
+    out: dict[str, dict[str, int]] = {}
+
+    def slot(source: str) -> dict[str, int]:
+        return out.setdefault(
+            source, {"generated": 0, "passed funnel": 0, "oracle calls": 0, "hits": 0, "stable": 0}
+        )
+
+    for r in store.rounds():
+        if r["round"] < 1:
+            continue
+        for c in store.candidates(r["round"]):
+            d = slot(c["source"])
+            d["generated"] += 1
+            d["passed funnel"] += int(c["passed"])
+    for call in calls:
+        d = slot(str(_origin(call.hash, rows).get("source", "unknown")))
+        d["oracle calls"] += 1
+        d["hits"] += int(call.is_hit)
+        d["stable"] += int(call.is_hit and call.verdict == Verdict.STABLE)
+    return out
+
+
+# -- figures ----------------------------------------------------------------------------------------------------------
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=130)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def figures(data: ScienceData) -> dict[str, tuple[str, str]]:
+    """The report's figures: key -> (base64 PNG, caption); figures without data are left out."""
+    from loop import plots
+
+    out: dict[str, tuple[str, str]] = {}
+    roles: dict[str, str] = {h: "reference" for h in data.reference_ids}
+    for d in data.discoveries:
+        roles[d.call.hash] = "rediscovery" if d.rediscovers else "discovery"
+    for w in data.withheld:
+        if w.found is not None:
+            roles[w.found.hash] = "rediscovery"
+    band = f"{1000 * data.rule.near_stable:.0f} meV/atom"
+    if data.hull is not None:
+        for system in data.chemical_systems:
+            try:
+                fig = plots.plot_hull_roles(
+                    data.hull, chemsys=system.split("-"), roles=roles, near_stable=data.rule.near_stable
+                )
+            except plots.PlotError as exc:
+                out[f"hull_{system}"] = ("", f"No hull of {system}: {exc}")
+                continue
+            out[f"hull_{system}"] = (
+                _png(fig),
+                f"{system} hull built from {data.level.kind} energies only (every label of the campaign with its "
+                f"oracle settings). Shaded: the hit band, {band} above the hull. Hits are judged against this final "
+                "hull.",
+            )
+    # A round under way has no calls yet (or only some): it is in the table, not in the per-round figures.
+    r = [x for x in data.rounds if x.status == "done" or x.oracle_calls]
+    if r:
+        out["progress"] = (
+            _png(
+                plots.plot_discovery_progress(
+                    rounds=[x.round for x in r],
+                    oracle_calls=[x.oracle_calls for x in r],
+                    hits=[x.hits for x in r],
+                )
+            ),
+            "Hits among each round's oracle calls (labels give hits/calls), cumulative discoveries against "
+            "cumulative oracle calls, and cumulative oracle calls per hit. Round-0 reference labels are not counted.",
+        )
+        out["emulator_mae"] = (
+            _png(
+                plots.plot_emulator_error(
+                    rounds=[x.round for x in r],
+                    mae=[math.nan if x.emulator_mae is None else x.emulator_mae for x in r],
+                    n_labels=[x.n_pairs for x in r],
+                    median_std=[math.nan if x.median_std is None else x.median_std for x in r],
+                )
+            ),
+            "Mean absolute error of the emulator's energy per atom on each round's new oracle labels, predicted "
+            "before the emulator was retrained on them (a true held-out error), beside the median ensemble σ.",
+        )
+    if data.calibration:
+        rr, ss, ee = zip(*data.calibration, strict=True)
+        try:
+            out["calibration"] = (
+                _png(plots.plot_calibration(std=ss, abs_error=ee, rounds=rr)),
+                "Held-out errors against the ensemble σ the emulator gave before labelling, all rounds pooled. "
+                "A calibrated σ puts 68 % of errors within 1σ and 95 % within 2σ (dashed curve).",
+            )
+        except plots.PlotError as exc:
+            out["calibration"] = ("", f"No calibration figure: {exc}")
+    if data.calls:
+        call_roles = [
+            "rediscovery"
+            if roles.get(c.hash) == "rediscovery"
+            else ("discovery" if c.is_hit else "candidate")
+            for c in data.calls
+        ]
+        out["ehull_by_call"] = (
+            _png(
+                plots.plot_ehull_by_call(
+                    e_hull=[math.nan if c.e_hull is None else c.e_hull for c in data.calls],
+                    rounds=[c.round for c in data.calls],
+                    roles=call_roles,
+                    near_stable=data.rule.near_stable,
+                )
+            ),
+            f"Energy above the final hull of every oracle call in the order it was made; shaded: the hit band "
+            f"({band}). Symmetric-log axis.",
+        )
+    if data.source_yield:
+        out["yield"] = (
+            _png(
+                plots.plot_source_yield(
+                    data.source_yield, stages=("generated", "passed funnel", "oracle calls", "hits")
+                )
+            ),
+            "Candidates per generator at each step of the funnel, rounds >= 1 summed (symmetric-log axis).",
+        )
+    return out
+
+
+# -- HTML -------------------------------------------------------------------------------------------------------------
+_CSS = """
+:root { --ink: #1d2430; --muted: #5b6574; --line: #d9dee6; --accent: #1f5fae; }
+* { box-sizing: border-box; }
+body { font-family: -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color: var(--ink);
+       margin: 0; background: #f4f6f9; line-height: 1.45; font-size: 15px; }
+main { max-width: 1120px; margin: 0 auto; padding: 24px 28px 48px; background: #fff; min-height: 100vh; }
+h1 { font-size: 26px; margin: 0 0 4px; }
+h2 { font-size: 19px; margin: 34px 0 8px; padding-bottom: 4px; border-bottom: 2px solid var(--line); }
+.sub { color: var(--muted); margin: 0 0 14px; }
+.banner { padding: 12px 16px; border-radius: 6px; margin: 14px 0; font-size: 15px; }
+.banner.surrogate { background: #fff4d6; border: 1px solid #e0b23a; }
+.banner.dft { background: #e8f3ea; border: 1px solid #7db38a; }
+.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(150px, 1fr)); gap: 10px; margin: 14px 0; }
+.card { border: 1px solid var(--line); border-radius: 6px; padding: 10px 12px; }
+.card .v { font-size: 24px; font-weight: 600; }
+.card .k { color: var(--muted); font-size: 12.5px; }
+figure { margin: 12px 0 18px; }
+figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; }
+figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; max-width: 900px; }
+table { border-collapse: collapse; font-size: 13px; margin: 8px 0 14px; width: 100%; }
+th, td { border-bottom: 1px solid var(--line); padding: 5px 7px; text-align: left; vertical-align: top; }
+th { background: #eef1f5; font-weight: 600; vertical-align: bottom; }
+.scroll { overflow-x: auto; }
+td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr:nth-child(even) td { background: #fafbfc; }
+.tag { display: inline-block; padding: 0 6px; border-radius: 8px; font-size: 12px; }
+.tag.stable { background: #d9efe0; } .tag.near_stable { background: #e6eefb; } .tag.re { background: #fff0b3; }
+code, .mono { font-family: "SFMono-Regular", Menlo, Consolas, monospace; font-size: 12px; }
+.note { color: var(--muted); font-size: 13px; }
+dl.defs { display: grid; grid-template-columns: max-content 1fr; gap: 4px 14px; font-size: 13.5px; }
+dl.defs dt { font-weight: 600; }
+dl.defs dd { margin: 0; }
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(value: float | None, fmt: str = "{:.3f}", none: str = "–") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return none
+    return fmt.format(value)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool]) -> str:
+    head = "".join(
+        f'<th class="n">{_e(h)}</th>' if n else f"<th>{_e(h)}</th>"
+        for h, n in zip(headers, numeric, strict=True)
+    )
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="n">{c}</td>' if n else f"<td>{c}</td>" for c, n in zip(row, numeric, strict=True)
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def _figure(figs: Mapping[str, tuple[str, str]], key: str, alt: str) -> str:
+    if key not in figs:
+        return ""
+    png, caption = figs[key]
+    if not png:
+        return f'<p class="note">{_e(caption)}</p>'
+    return (
+        f'<figure><img alt="{_e(alt)}" src="data:image/png;base64,{png}">'
+        f"<figcaption>{_e(caption)}</figcaption></figure>"
+    )
+
+
+def render_html(data: ScienceData) -> str:
+    """The report as one self-contained HTML document (no external resources)."""
+    figs = figures(data)
+    level = data.level
+    total_calls = len(data.calls)
+    hits = sum(c.is_hit for c in data.calls)
+    stable = sum(1 for c in data.calls if c.is_hit and c.verdict == Verdict.STABLE)
+    failed = sum(1 for c in data.calls if c.status == "failed")
+    parts: list[str] = []
+    systems = ", ".join(data.chemical_systems)
+    parts.append(f"<h1>{_e(data.campaign)}: science report</h1>")
+    parts.append(
+        f'<p class="sub">{_e(systems)} · oracle {_e(level.description)} · {_e(data.stage)}'
+        + (f" · stopped: {_e(data.stopped_because)}" if data.stopped_because else "")
+        + f" · written {_e(time.strftime('%Y-%m-%d %H:%M %Z'))}</p>"
+    )
+    if level.is_dft:
+        parts.append(
+            f'<div class="banner dft"><b>Level of theory: DFT ({_e(level.kind)}).</b> Every energy on the hull, '
+            "references included, comes from this oracle with the same settings.</div>"
+        )
+    else:
+        parts.append(
+            f'<div class="banner surrogate"><b>Surrogate oracle, not DFT: {_e(level.kind)} is {_e(level.what)}.</b> '
+            "Every energy in this report, references included, is the surrogate's own level of theory; a hit here "
+            "is stable against the surrogate's hull only and must be confirmed with DFT before it is called a "
+            "discovery.</div>"
+        )
+    cards = [
+        (str(total_calls), "oracle calls after round 0"),
+        (str(hits), f"hits (stable or within {1000 * data.rule.near_stable:.0f} meV/atom)"),
+        (str(stable), "on the hull"),
+        (_num(hits / total_calls if total_calls else None, "{:.0%}"), "hit rate, all rounds"),
+        (_num(total_calls / hits if hits else None, "{:.1f}"), "oracle calls per hit"),
+        (str(data.n_references), "round-0 reference labels"),
+    ]
+    if failed:
+        cards.append((str(failed), "failed oracle calls"))
+    if data.withheld:
+        found = sum(w.found is not None for w in data.withheld)
+        cards.append((f"{found}/{len(data.withheld)}", "withheld phases rediscovered"))
+    parts.append(
+        '<div class="cards">'
+        + "".join(
+            f'<div class="card"><div class="v">{_e(v)}</div><div class="k">{_e(k)}</div></div>'
+            for v, k in cards
+        )
+        + "</div>"
+    )
+    for note in data.notes:
+        parts.append(f'<p class="note">{_e(note)}</p>')
+
+    parts.append("<h2>Convex hull at the oracle's level of theory</h2>")
+    for system in data.chemical_systems:
+        parts.append(_figure(figs, f"hull_{system}", f"{system} convex hull"))
+    if data.hull is None:
+        parts.append('<p class="note">No oracle label yet, so no hull.</p>')
+
+    parts.append("<h2>Discovery per round</h2>")
+    parts.append(
+        _figure(figs, "progress", "hit rate, cumulative discoveries and oracle calls per hit per round")
+    )
+    parts.append(_figure(figs, "ehull_by_call", "energy above hull of every oracle call"))
+    if data.rounds:
+        rows = [
+            [
+                str(x.round) + ("" if x.status == "done" else " (running)"),
+                str(x.generated),
+                str(x.passed_funnel),
+                str(x.screened),
+                str(x.oracle_calls),
+                str(x.failed),
+                str(x.hits),
+                str(x.stable),
+                _num(x.hits / x.oracle_calls if x.oracle_calls else None, "{:.0%}"),
+                str(x.cumulative_hits),
+                _num(x.calls_per_hit, "{:.1f}"),
+                _num(None if x.emulator_mae is None else 1000 * x.emulator_mae, "{:.0f}"),
+                _num(x.spearman, "{:+.2f}"),
+                _num(x.within_1sigma, "{:.0%}"),
+                _num(x.wall_time_s, "{:.0f}"),
+            ]
+            for x in data.rounds
+        ]
+        headers = ["round", "generated", "passed funnel", "screened", "oracle calls", "failed", "hits", "stable",
+                   "hit rate", "cum. hits", "calls / hit (cum.)", "MAE (meV/atom)", "Spearman σ–|err|",
+                   "within 1σ", "wall time (s)"]  # fmt: skip
+        parts.append(_table(headers, rows, [True] * len(headers)))
+
+    parts.append("<h2>Emulator accuracy before retraining</h2>")
+    parts.append(_figure(figs, "emulator_mae", "emulator MAE per round"))
+    parts.append("<h2>Uncertainty calibration</h2>")
+    parts.append(_figure(figs, "calibration", "ensemble sigma against absolute error, and coverage"))
+    if not data.calibration:
+        parts.append('<p class="note">No held-out (predicted, labelled) pair yet.</p>')
+
+    parts.append("<h2>Yield per source</h2>")
+    parts.append(_figure(figs, "yield", "yield per generator"))
+    if data.source_yield:
+        rows = []
+        for source, d in sorted(data.source_yield.items()):
+            rows.append(
+                [
+                    _e(source),
+                    str(d["generated"]),
+                    str(d["passed funnel"]),
+                    str(d["oracle calls"]),
+                    str(d["hits"]),
+                    str(d["stable"]),
+                    _num(d["hits"] / d["oracle calls"] if d["oracle calls"] else None, "{:.0%}"),
+                ]
+            )
+        parts.append(
+            _table(
+                ["source", "generated", "passed funnel", "oracle calls", "hits", "stable", "hits per call"],
+                rows,
+                [False, True, True, True, True, True, True],
+            )
+        )
+
+    parts.append(f"<h2>Discoveries ({len(data.discoveries)})</h2>")
+    if data.discoveries:
+        rows = []
+        for d in data.discoveries:
+            c = d.call
+            tag = f'<span class="tag {c.verdict.value}">{_e(c.verdict.value.replace("_", "-"))}</span>'
+            if d.rediscovers:
+                tag += f' <span class="tag re">rediscovers {_e(d.rediscovers)}</span>'
+            pred = _num(d.predicted_e_hull, "{:+.3f}")
+            if d.predicted_e_hull is not None and d.predicted_std is not None:
+                pred += f" ± {d.predicted_std:.3f}"
+            rows.append(
+                [
+                    f"<b>{_e(d.formula)}</b><br><span class='mono'>{_e(c.hash)}</span>",
+                    _e(d.space_group),
+                    str(d.natoms),
+                    _num(c.e_hull, "{:+.4f}"),
+                    tag,
+                    pred,
+                    str(c.round),
+                    str(c.index),
+                    _e(d.source),
+                    _e(d.parent or "–"),
+                    _e(d.provenance),
+                    _e(d.oracle_settings),
+                ]
+            )
+        headers = ["formula / structure hash", "space group", "atoms", "E_hull (eV/atom)", "verdict", "emulator E_hull ± σ",
+                   "round", "oracle call #", "generator", "parent", "operation or conditions", "oracle settings"]  # fmt: skip
+        parts.append(
+            _table(
+                headers, rows, [False, False, True, True, False, True, True, True, False, False, False, False]
+            )
+        )
+    else:
+        parts.append('<p class="note">No hit yet.</p>')
+
+    if data.withheld or data.withheld_without_structure:
+        parts.append("<h2>Rediscovery of withheld phases</h2>")
+        parts.append(
+            '<p class="note">These known phases were withheld from the references, the novelty check, the '
+            "substitution parents and the generator's fine-tuning data. A phase counts as rediscovered at the first "
+            "oracle call whose structure matches it (pymatgen StructureMatcher, default tolerances).</p>"
+        )
+        rows = []
+        for w in data.withheld:
+            f = w.found
+            rows.append(
+                [
+                    _e(w.id),
+                    _e(w.formula),
+                    "yes" if f is not None else ("no" if w.structure is not None else "structure not stored"),
+                    "–" if f is None else str(f.round),
+                    "–" if f is None else str(f.index),
+                    "–" if f is None else _num(f.e_hull, "{:+.4f}"),
+                    "–" if f is None else _e(f.verdict.value.replace("_", "-")),
+                ]
+            )
+        for wid in data.withheld_without_structure:
+            rows.append([_e(wid), "–", "not recorded in the store", "–", "–", "–", "–"])
+        parts.append(
+            _table(
+                [
+                    "withheld",
+                    "formula",
+                    "rediscovered",
+                    "round",
+                    "after oracle calls",
+                    "E_hull (eV/atom)",
+                    "verdict",
+                ],
+                rows,
+                [False, False, False, True, True, True, False],
+            )
+        )
+        found = [w for w in data.withheld if w.found is not None]
+        if found:
+            last = max(w.found.index for w in found if w.found is not None)
+            parts.append(
+                f'<p class="note">{len(found)} of {len(data.withheld)} rediscovered; '
+                f"{last / len(found):.1f} oracle calls per rediscovery (calls until the last one).</p>"
+            )
+
+    parts.append("<h2>Definitions and settings</h2>")
+    defs = [
+        ("oracle", level.description),
+        ("oracle settings", _settings_text(level.settings) or "defaults"),
+        ("settings hash", level.settings_hash),
+        ("stable", f"on the final oracle hull (E_hull ≤ {data.rule.tolerance:g} eV/atom)"),
+        ("near-stable", f"0 < E_hull ≤ {data.rule.near_stable:g} eV/atom"),
+        ("hit", "stable or near-stable, not a duplicate of an earlier label"),
+        ("oracle call", "one query of a round ≥ 1; failed calls count; round-0 references do not"),
+        (
+            "emulator error",
+            "emulator energy per atom at its relaxed geometry against the oracle's, before retraining",
+        ),
+        ("workdir", str(data.workdir)),
+    ]
+    parts.append(
+        '<dl class="defs">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in defs) + "</dl>"
+    )
+    body = "\n".join(p for p in parts if p)
+    title = f"{data.campaign}: science report"
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body><main>\n{body}\n</main></body></html>\n"
+    )
+
+
+def write_report(*, workdir: Path, out: Path, overwrite: bool = True) -> Path:
+    """Write the science report of the campaign in `workdir` to `out` (one self-contained HTML file).
+
+    The file appears complete or not at all (written beside `out`, then renamed).
+
+    Args:
+        workdir: The campaign directory (holds matloop.db).
+        out: The HTML file to write.
+        overwrite: Replace an existing `out` (the CLI passes False unless --force).
+
+    Returns:
+        `out`.
+
+    Raises:
+        ReportError: No campaign in `workdir`, `out` exists (and not `overwrite`), is a directory, or its folder
+            does not exist.
+    """
+    workdir, out = Path(workdir), Path(out)
+    _check_paths(workdir, out, overwrite=overwrite)
+    text = render_html(collect(workdir))
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+__all__ = ["ReportError", "ScienceData", "collect", "render_html", "write_report"]

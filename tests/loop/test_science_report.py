@@ -1,0 +1,375 @@
+"""The science report (`matloop report`): built from a real smoke campaign (EMT on Cu-Au, 2 rounds), checked
+against an independent reading of its store, and rendered in headless chromium.
+
+The smoke campaign runs once per session. Set MATLOOP_TEST_SMOKE_WORKDIR to a finished smoke campaign's workdir to
+reuse it (it is only read, never changed).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from loop.store import CampaignStore
+from loop.verdicts import StabilityRule
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "configs" / "smoke.yaml"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+IMG_SRC = re.compile(r'<img[^>]*\ssrc="([^"]*)"')
+
+
+def matloop(*args: object) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.run(
+        [sys.executable, "-m", "loop.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+    )
+
+
+@pytest.fixture(scope="session")
+def smoke_campaign(tmp_path_factory) -> Path:
+    given = os.environ.get("MATLOOP_TEST_SMOKE_WORKDIR")
+    if given:
+        return Path(given)
+    workdir = tmp_path_factory.mktemp("report-smoke") / "campaign"
+    proc = matloop("run", SMOKE, "--workdir", workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def smoke_report(smoke_campaign, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    proc = matloop("report", "--workdir", smoke_campaign, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file()
+    return out
+
+
+def independent_hits(workdir: Path) -> tuple[dict[str, float], dict[int, int], float]:
+    """E_hull of every round >= 1 query on the final hull, rebuilt with pymatgen from the stored oracle energies;
+    calls per round; the campaign's near-stable threshold."""
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+
+    store = CampaignStore.in_workdir(workdir)
+    try:
+        settings_hash = store.get_meta("identity")["oracle"]
+        near = store.get_meta("config")["near_stable"]
+        results = [r for r in store.oracle_results(settings_hash=settings_hash, ok_only=True)]
+        structures = store.get_structures([r.hash for r in results])
+        entries = {r.hash: PDEntry(structures[r.hash].composition, r.energy, name=r.hash) for r in results}
+        pd = PhaseDiagram(list(entries.values()))
+        queries = [q for q in store.queries() if q["round"] >= 1]
+        # A label whose relaxed structure repeats an earlier one is no new discovery.
+        repeats = {r.hash for r in results if getattr(r, "duplicate_of", None)}
+        e_hull = {
+            q["hash"]: pd.get_e_above_hull(entries[q["hash"]])
+            for q in queries
+            if q["hash"] in entries and q["hash"] not in repeats
+        }
+        per_round: dict[int, int] = {}
+        for q in queries:
+            per_round[q["round"]] = per_round.get(q["round"], 0) + 1
+        return e_hull, per_round, near
+    finally:
+        store.close()
+
+
+# -- bad input: one line, exit 2, nothing written ---------------------------------------------------------------------
+def test_missing_workdir_is_one_line_exit_2(tmp_path):
+    out = tmp_path / "report.html"
+    proc = matloop("report", "--workdir", tmp_path / "nowhere", "--out", out)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "no such directory" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() and not (tmp_path / "nowhere").exists()
+
+
+def test_directory_without_campaign_is_refused_and_left_untouched(tmp_path):
+    folder = tmp_path / "not-a-campaign"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("hello")
+    out = tmp_path / "report.html"
+    proc = matloop("report", "--workdir", folder, "--out", out)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "not a campaign" in proc.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    assert not out.exists()
+
+
+def test_report_command_has_help():
+    proc = matloop("report", "--help")
+    assert proc.returncode == 0 and "--out" in proc.stdout and "--force" in proc.stdout
+
+
+# -- figures on small made-up (but physical) hulls: fast checks of what each figure draws -------------------------------
+LI_FE_O = {
+    "Li": ("Li", -1.90),
+    "O2": ("O2", -4.90),
+    "Fe": ("Fe", -8.30),
+    "Li2O": ("Li2O", -4.7667),
+    "Li2O2": ("Li2O2", -4.75),
+    "Fe2O3": ("Fe2O3", -7.60),
+    "LiFeO2": ("LiFeO2", -6.75),
+}
+
+
+def _hull(names):
+    from loop.hull import HullEntry, OracleHull
+
+    return OracleHull.from_entries(
+        [HullEntry(entry_id=k, composition=LI_FE_O[k][0], energy_per_atom=LI_FE_O[k][1]) for k in names]
+    )
+
+
+def _offsets(ax, label):
+    found = [c for c in ax.collections if c.get_label() == label]
+    assert len(found) == 1, label
+    return np.asarray(found[0].get_offsets())
+
+
+def test_binary_hull_marks_references_discoveries_and_rediscoveries():
+    from loop.plots import plot_hull_roles
+
+    hull = _hull(["Li", "O2", "Li2O", "Li2O2"])
+    roles = {"Li": "reference", "O2": "reference", "Li2O": "discovery", "Li2O2": "rediscovery"}
+    ax = plot_hull_roles(hull, chemsys=["Li", "O"], roles=roles, near_stable=0.05).axes[0]
+    x_li2o = 1 / 3
+    e_li2o = -4.7667 - ((1 - x_li2o) * -1.90 + x_li2o * -4.90)
+    np.testing.assert_allclose(_offsets(ax, "discovery"), [[x_li2o, e_li2o]], atol=1e-9)
+    assert len(_offsets(ax, "reference")) == 2 and len(_offsets(ax, "rediscovery")) == 1
+    hull_line = next(line for line in ax.lines if line.get_label() == "hull")
+    np.testing.assert_allclose(
+        np.column_stack(hull_line.get_data()), [[0, 0], [x_li2o, e_li2o], [1, 0]], atol=1e-9
+    )
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "discovery (hit) (1)" in texts and "reference (round 0) (2)" in texts
+
+
+def test_ternary_hull_draws_the_gibbs_triangle():
+    from loop.plots import plot_hull_roles
+
+    hull = _hull(list(LI_FE_O))
+    roles = {k: "reference" for k in ("Li", "O2", "Fe", "Li2O", "Fe2O3")} | {"LiFeO2": "discovery"}
+    ax = plot_hull_roles(hull, chemsys=["Li", "Fe", "O"], roles=roles, near_stable=0.05).axes[0]
+    # LiFeO2 = 1/4 Li, 1/4 Fe, 1/2 O, at corners Li (0, 0), Fe (1, 0), O (1/2, sqrt(3)/2)
+    np.testing.assert_allclose(_offsets(ax, "discovery"), [[0.25 + 0.25, np.sqrt(3) / 4]], atol=1e-9)
+    assert len(_offsets(ax, "reference")) == 5 and len(_offsets(ax, "candidate")) == 1  # Li2O2
+
+
+def test_progress_and_calibration_figures_check_their_input():
+    from loop.plots import PlotError, plot_calibration, plot_discovery_progress
+
+    with pytest.raises(PlotError):
+        plot_discovery_progress(rounds=[1, 2], oracle_calls=[4, 4], hits=[1, 5])
+    with pytest.raises(PlotError):
+        plot_calibration(std=[float("nan")], abs_error=[0.1], rounds=[1])
+    fig = plot_calibration(std=[0.1] * 4, abs_error=[0.05, 0.05, 0.15, 0.3], rounds=[1, 1, 2, 2])
+    texts = [t.get_text() for t in fig.axes[1].texts]
+    assert "50 % within 1σ" in texts and "75 % within 2σ" in texts
+
+
+# -- the report of a real campaign ------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_existing_output_needs_force(smoke_campaign, tmp_path):
+    out = tmp_path / "report.html"
+    out.write_text("keep me")
+    proc = matloop("report", "--workdir", smoke_campaign, "--out", out)
+    assert proc.returncode == 2 and "--force" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert out.read_text() == "keep me"
+    missing_parent = tmp_path / "no" / "such" / "report.html"
+    proc = matloop("report", "--workdir", smoke_campaign, "--out", missing_parent)
+    assert proc.returncode == 2 and not missing_parent.parent.exists()
+    proc = matloop("report", "--workdir", smoke_campaign, "--out", out, "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text().startswith("<!DOCTYPE html>")
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # no temporary file left behind
+
+
+@pytest.mark.slow
+def test_report_is_self_contained_and_every_figure_is_a_valid_png(smoke_report):
+    text = smoke_report.read_text()
+    assert "http://" not in text and "https://" not in text
+    assert "<script" not in text and "<link" not in text and "url(" not in text
+    sources = IMG_SRC.findall(text)
+    # hull, discovery progress, E_hull per call, emulator MAE, calibration, yield per source
+    assert len(sources) >= 6
+    for src in sources:
+        assert src.startswith("data:image/png;base64,")
+        image = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+        image.load()
+        assert image.format == "PNG" and image.width > 300 and image.height > 200
+        # not a blank canvas: a real figure has ink
+        pixels = np.asarray(image.convert("L"))
+        assert (pixels < 128).mean() > 0.005
+
+
+@pytest.mark.slow
+def test_report_numbers_match_the_store(smoke_campaign, smoke_report):
+    text = html.unescape(smoke_report.read_text())
+    e_hull, per_round, near = independent_hits(smoke_campaign)
+    rule = StabilityRule(near_stable=near)
+    hits = {h for h, e in e_hull.items() if rule.is_hit(e)}
+    assert hits, "the smoke campaign finds at least one near-stable structure"
+    # EMT is a toy potential: the report must say the oracle is a surrogate, not DFT
+    assert "Surrogate oracle, not DFT: emt is" in text
+    section = text.split("<h2>Discoveries")[1].split("<h2>")[0]
+    listed = set(re.findall(r"<span class='mono'>([0-9a-f]+)</span>", section))
+    assert listed == hits
+    assert f"Discoveries ({len(hits)})" in text
+    for h in hits:
+        assert f"{e_hull[h]:+.4f}" in section
+    total = sum(per_round.values())
+    assert f'<div class="v">{total}</div><div class="k">oracle calls after round 0</div>' in text
+    assert f'<div class="v">{len(hits)}</div><div class="k">hits' in text
+    # per-round table: round, generated, passed, screened, calls, failed, hits
+    table = text.split("<h2>Discovery per round</h2>")[1].split("<h2>")[0]
+    rows = re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1])
+    assert [int(re.findall(r"<td[^>]*>(.*?)</td>", r)[0]) for r in rows] == sorted(per_round)
+    for row in rows:
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+        rnd = int(cells[0])
+        assert int(cells[4]) == per_round[rnd]
+        round_hits = sum(1 for h in hits if _round_of(smoke_campaign, h) == rnd)
+        assert int(cells[6]) == round_hits
+    # provenance: every discovery names its generator
+    for source in re.findall(r"<td>(diffusion|substitution|random_search)</td>", section):
+        assert source in ("diffusion", "substitution", "random_search")
+    assert len(re.findall(r"<td>(?:diffusion|substitution|random_search)</td>", section)) == len(hits)
+
+
+def _round_of(workdir: Path, h: str) -> int:
+    store = CampaignStore.in_workdir(workdir)
+    try:
+        return store.first_query_rounds()[h]
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+def test_rediscovery_section_matches_withheld_structures(smoke_campaign, tmp_path):
+    """A withheld phase that the campaign labelled (given as a rotated supercell, so only StructureMatcher can
+    match it) is reported as rediscovered at its round and call; one it never proposed is reported as not found."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Lattice, Structure
+
+    from loop.science_report import collect
+
+    workdir = tmp_path / "campaign"
+    workdir.mkdir()
+    for name in ("matloop.db", "matloop.db-wal", "matloop.db-shm"):
+        if (smoke_campaign / name).exists():
+            shutil.copy2(smoke_campaign / name, workdir / name)
+    e_hull, _, _ = independent_hits(smoke_campaign)
+    store = CampaignStore.in_workdir(workdir)
+    queries = [q for q in store.queries() if q["round"] >= 1]
+    target = next(q for q in queries if q["hash"] in e_hull)
+    labelled = store.get_structures([q["hash"] for q in queries])
+    withheld = labelled[target["hash"]].copy()
+    withheld.make_supercell([[1, 1, 0], [-1, 1, 0], [0, 0, 1]])
+    withheld.rotate_sites(theta=0.3, axis=[0, 0, 1], anchor=[0, 0, 0])
+    never = Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.75), ["Cu"], [[0, 0, 0]])
+    never.make_supercell([2, 1, 1])
+    never.replace(0, "Au")  # Cu7Au: a composition the smoke campaign does not propose
+    matcher = StructureMatcher()
+    assert not any(matcher.fit(s, never) for s in labelled.values())
+    store.set_meta(
+        "withheld",
+        [
+            {
+                "id": "mp-withheld-1",
+                "formula": withheld.composition.reduced_formula,
+                "structure": withheld.as_dict(),
+            },
+            {"id": "mp-withheld-2", "formula": "Cu7Au", "structure": never.as_dict()},
+        ],
+    )
+    store.close()
+    data = collect(workdir)
+    found = {w.id: w.found for w in data.withheld}
+    order = [q["hash"] for q in queries]
+    first_match = next(h for h in order if matcher.fit(labelled[h], withheld))
+    assert found["mp-withheld-1"] is not None and found["mp-withheld-1"].hash == first_match
+    assert found["mp-withheld-1"].index == order.index(first_match) + 1
+    assert found["mp-withheld-2"] is None
+    out = tmp_path / "report.html"
+    proc = matloop("report", "--workdir", workdir, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    section = text.split("<h2>Rediscovery of withheld phases</h2>")[1].split("<h2>")[0]
+    assert "<td>mp-withheld-1</td>" in section and "<td>mp-withheld-2</td>" in section
+    assert "1 of 2 rediscovered" in section
+    assert '<div class="v">1/2</div><div class="k">withheld phases rediscovered' in text
+
+
+# -- in a real browser ------------------------------------------------------------------------------------------------
+_CHECK_IMAGES = """
+<script>
+window.addEventListener("load", () => {
+  const out = document.createElement("pre");
+  out.id = "image-check";
+  out.textContent = JSON.stringify([...document.images].map(
+    (i) => ({alt: i.alt, complete: i.complete, width: i.naturalWidth, height: i.naturalHeight})));
+  document.body.appendChild(out);
+});
+</script>
+"""
+
+
+def chromium(*args: object, profile: Path) -> subprocess.CompletedProcess[str]:
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing in CI; scripts/setup.sh installs Debian's chromium")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={profile}"]
+    return subprocess.run([CHROMIUM, *flags, *map(str, args)], capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(smoke_report, tmp_path):
+    # A copy with a tiny script that writes each image's decoded size into the DOM (the report itself has none).
+    probe = tmp_path / "probe.html"
+    probe.write_text(smoke_report.read_text().replace("</body>", _CHECK_IMAGES + "</body>"))
+    proc = chromium(
+        "--virtual-time-budget=10000", "--dump-dom", probe.as_uri(), profile=tmp_path / "profile1"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = re.search(r'<pre id="image-check">(.*?)</pre>', proc.stdout, re.S)
+    assert found, "the page did not finish loading"
+    images = json.loads(html.unescape(found.group(1)))
+    assert len(images) == len(IMG_SRC.findall(smoke_report.read_text())) >= 6
+    for image in images:
+        assert image["complete"] and image["width"] > 300 and image["height"] > 200, image
+    shot = tmp_path / "report.png"
+    proc = chromium(
+        f"--screenshot={shot}",
+        "--window-size=1280,3000",
+        smoke_report.as_uri(),
+        profile=tmp_path / "profile2",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    image = Image.open(shot)
+    assert image.size == (1280, 3000)
+    pixels = np.asarray(image.convert("L"))
+    # the page shows text and figures, not a blank or error page
+    assert (pixels < 128).mean() > 0.01
+    keep = os.environ.get("MATLOOP_TEST_SCREENSHOT_DIR")
+    if keep:
+        shutil.copy2(shot, Path(keep) / "science_report.png")
