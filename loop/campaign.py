@@ -177,16 +177,31 @@ class Campaign:
             if daemon:
                 for s in previous:
                     signal.signal(s, self._on_signal)
+            # How the campaign's MLflow run ends: FINISHED by the stop rule, KILLED on request, FAILED on an error.
+            end = ("FAILED", "the process ended unexpectedly")
             try:
                 with make_executor(self.config.execution) as executor:
                     self._executor = executor
                     self._run_rounds()
+                end = ("FINISHED", str(self.store.get_meta("stopped_because") or "all rounds done"))
             except StopRequested:
                 log.info("stopped on request after a completed step; rerun to resume")
+                end = ("KILLED", "stopped on request (signal or `matloop stop`); rerun to resume")
+            except KeyboardInterrupt:
+                end = ("KILLED", "interrupted; rerun to resume")
+                raise
+            except Exception as exc:
+                end = ("FAILED", " ".join(f"{type(exc).__name__}: {exc}".split())[:500])
+                raise
             finally:
                 for s, handler in previous.items():
                     signal.signal(s, handler)
                 self._executor = None
+                from loop.campaign_tracking import end_campaign
+
+                end_campaign(
+                    self.config, store=self.store, workdir=self.workdir, status=end[0], reason=end[1]
+                )
             from loop.report import campaign_status
 
             summary = campaign_status(self.workdir, store=self.store)
