@@ -492,12 +492,13 @@ def _log_models(
             path = workdir / path
         if path is not None and path.exists():
             registered = {t.get("checkpoint") for t in tracker.model_versions(names[kind]).values()}
+            # A version is a folder (the emulator's checkpoint dir, or the folder holding generator.pt), so
+            # `models:/` URIs download the same way for both.
             artifact_path = f"checkpoints/{kind}"
             if path.is_dir():
                 tracker.log_artifacts(path, artifact_path=artifact_path, run_id=run_id)
             else:
                 tracker.log_artifact(path, artifact_path=artifact_path, run_id=run_id)
-                artifact_path = f"{artifact_path}/{path.name}"
             if _relative(path, workdir) not in registered:
                 tracker.register_version(
                     model_name=names[kind],
@@ -703,3 +704,22 @@ def sync_tracking(config: CampaignConfig, *, store: CampaignStore, workdir: Path
             campaign_description(config, store, report_link=store.get_meta(REPORT_LINK_META))
         )
     return SyncResult(rounds=todo, parent_status=tracker.run_status(), moved_aside=moved)
+
+
+def sync_tracking_in(workdir: Path) -> dict[str, Any]:
+    """`matloop sync-tracking`: sync a campaign's workdir while holding its lock (refused while it runs).
+
+    Raises:
+        InputError: Another matloop process runs this campaign, or tracking is disabled.
+        TrackingUnavailable: The backend is still down.
+    """
+    from loop.campaign import _workdir_lock
+
+    workdir = Path(workdir)
+    with _workdir_lock(workdir):
+        store = CampaignStore.in_workdir(workdir)
+        try:
+            config = CampaignConfig.model_validate(store.get_meta("config"))
+            return sync_tracking(config, store=store, workdir=workdir).as_dict()
+        finally:
+            store.close()
