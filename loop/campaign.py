@@ -229,6 +229,8 @@ class Campaign:
             if daemon:
                 for s in previous:
                     signal.signal(s, self._on_signal)
+            # How the campaign's MLflow run ends: FINISHED by the stop rule, KILLED on request, FAILED on an error.
+            end = ("FAILED", "the process ended unexpectedly")
             try:
                 self._init_meta()
                 # Before anything runs: a torn or corrupted checkpoint is caught here, not by a worker mid-round.
@@ -236,16 +238,22 @@ class Campaign:
                 with make_executor(self.config.execution) as executor:
                     self._executor = executor
                     self._run_rounds()
+                end = ("FINISHED", str(self.store.get_meta("stopped_because") or "all rounds done"))
             except StopRequested:
                 log.info("stopped on request after a completed step; rerun to resume")
-            except CampaignHalted:
-                self.store.close()
+                end = ("KILLED", "stopped on request (signal or `matloop stop`); rerun to resume")
+            except KeyboardInterrupt:
+                end = ("KILLED", "interrupted; rerun to resume")
+                raise
+            except CampaignHalted as exc:
+                end = ("FAILED", " ".join(str(exc).split())[:500])
                 raise
             except Exception as exc:
                 reason = _disk_full_reason(exc, self.workdir)
                 if reason is None:
+                    end = ("FAILED", " ".join(f"{type(exc).__name__}: {exc}".split())[:500])
                     raise
-                self.store.close()
+                end = ("FAILED", f"disk full: {reason}")
                 raise DiskFull(
                     f"disk full: {reason}; the step in progress was not recorded and files being replaced were "
                     f"kept. Free space in {self.workdir} and rerun to resume"
@@ -256,6 +264,13 @@ class Campaign:
                 self._executor = None
                 # The request has been honoured (or the process ends anyway): it must not stop the next run.
                 (self.workdir / STOP_FILE).unlink(missing_ok=True)
+                from loop.campaign_tracking import end_campaign
+
+                end_campaign(
+                    self.config, store=self.store, workdir=self.workdir, status=end[0], reason=end[1]
+                )
+                if end[0] == "FAILED":
+                    self.store.close()
             from loop.report import campaign_status
 
             summary = campaign_status(self.workdir, store=self.store)

@@ -305,6 +305,24 @@ def ui(
     os.execvp(cmd[0], cmd)
 
 
+@app.command("sync-tracking")
+def sync_tracking(workdir: WorkdirOpt, as_json: JsonOpt = False) -> None:
+    """Log to MLflow what a campaign could not log while its tracking backend was down (never loses a round)."""
+    from loop.campaign_tracking import sync_tracking_in
+    from loop.tracking import TrackingUnavailable
+
+    try:
+        info = sync_tracking_in(_existing_workdir(workdir))
+    except TrackingUnavailable as exc:
+        typer.echo(f"matloop: error: {exc}; nothing was lost, run this again once it is back", err=True)
+        raise typer.Exit(code=1) from None
+    if as_json:
+        _emit_json(info)
+    else:
+        rounds = ", ".join(map(str, info["rounds"])) or "none"
+        typer.echo(f"logged rounds: {rounds}; campaign run {info['parent_status']}")
+
+
 def _usage_error_types() -> tuple[type[BaseException], ...]:
     """Click's usage-error classes: typer 0.29 raises its vendored copy (`typer._click`), older typers plain click's."""
     found: list[type[BaseException]] = []

@@ -683,4 +683,52 @@ def plot_ehull_by_call(
     ax.set_xlabel("oracle call (campaign order)")
     ax.set_ylabel("E above final hull (eV/atom)")
     legend.legend(fontsize=7, loc="upper left", ncols=2)
+
+
+def plot_discovery_curve(
+    *,
+    oracle_calls: Sequence[int],
+    hits: Sequence[int],
+    rounds: Sequence[int] | None = None,
+    title: str = "hits vs oracle calls",
+    path: Path | str | None = None,
+) -> Figure:
+    """Cumulative hits against cumulative oracle calls, one point per round (the campaign's efficiency curve).
+
+    A dotted line from the origin through the last point shows the campaign's average hits per call, so a curve
+    above it has found hits early.
+
+    Args:
+        oracle_calls: Cumulative oracle calls after each round (non-decreasing).
+        hits: Cumulative hits after each round.
+        rounds: Round index of each point, annotated beside it.
+        title: Axes title.
+
+    Raises:
+        PlotError: Empty or mismatched inputs, negative or decreasing call counts.
+    """
+    calls = np.asarray(oracle_calls, dtype=float)
+    found = np.asarray(hits, dtype=float)
+    if calls.size == 0 or calls.shape != found.shape:
+        raise PlotError("pass one cumulative oracle-call count and one cumulative hit count per round")
+    if rounds is not None and len(rounds) != calls.size:
+        raise PlotError("pass one round index per point")
+    if (calls < 0).any() or (found < 0).any() or (np.diff(calls) < 0).any():
+        raise PlotError("cumulative counts must be >= 0 and oracle calls must not decrease")
+    fig = _new_figure((5.5, 4.0))
+    ax = fig.add_subplot()
+    ax.step(calls, found, where="post", color="C0", label="hits")
+    ax.plot(calls, found, "o", color="C0")
+    if calls[-1] > 0:
+        ax.plot([0, calls[-1]], [0, found[-1]], ":", color="grey", label="average rate")
+    if rounds is not None:
+        for x, y, r in zip(calls, found, rounds, strict=True):
+            ax.annotate(f"r{r}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("oracle calls (cumulative)")
+    ax.set_ylabel("hits (cumulative)")
+    ax.set_xlim(0, max(calls[-1], 1.0) * 1.08)
+    ax.set_ylim(0, max(found.max(), 1.0) * 1.2)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    _save(fig, path)
     return fig

@@ -9,9 +9,13 @@ Resuming: `start_campaign` and `start_round` return run ids for the campaign sto
 that run. Without an id they first look for an existing run with the same campaign tags (and `round_index`), so a
 process killed between creating a run and storing its id does not leave a duplicate behind.
 
-Metric steps are round indices. Params are write-once in MLflow: logging a key again with the same value is a
-no-op; a different value (a config changed on resume) keeps the original and records the new one as tag
-`param_changed.<key>`.
+Metric steps are round indices, and logging is idempotent: a (key, step) point already in the run is not logged
+again, so a track stage re-run after a kill leaves one point per key and step. Params are write-once in MLflow:
+logging a key again with the same value is a no-op; a different value (a config changed on resume) keeps the
+original and records the new one as tag `param_changed.<key>`.
+
+Every backend failure (unreachable server, unwritable or corrupt store, full disk) surfaces as
+`TrackingUnavailable`, one typed error the loop catches so that tracking never stops discovery.
 """
 
 from __future__ import annotations
@@ -20,28 +24,42 @@ import os
 
 # Set before mlflow is imported anywhere in this process; telemetry would try to reach the network.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# MLflow's HTTP client retries a stopped server for about two minutes per request by default. A campaign records
+# what it could not log and syncs it later, so a short retry budget keeps an outage from stalling discovery.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
+import functools
 import math
 import re
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
-from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, ConfigDict
 
 from loop.errors import InputError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 ROLE_TAG = "matloop.role"
 CAMPAIGN_TAG = "matloop.campaign"
 CAMPAIGN_ID_TAG = "matloop.campaign_id"
 ROUND_TAG = "round_index"
 PARENT_TAG = "mlflow.parentRunId"
+END_REASON_TAG = "matloop.end_reason"
+# MLflow's run description ("note"), rendered as markdown on the run page.
+NOTE_TAG = "mlflow.note.content"
+# MLflow 3 opens an experiment without a kind on its GenAI overview; this kind opens the runs (model training) view.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+CHAMPION = "champion"
 UI_HOST = "127.0.0.1"
 
 _MAX_PARAM_LEN = 6000
@@ -53,6 +71,45 @@ _STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 class TrackingError(InputError, ValueError):
     """Tracking misuse or an unusable tracking store (unknown run id, bad status, remote store for `ui`)."""
+
+
+class TrackingUnavailable(Exception):
+    """The tracking backend could not be reached or written (server down, store corrupt or read-only, disk full).
+
+    Attributes:
+        tracking_uri: The backend that failed.
+        reason: One line saying what failed.
+    """
+
+    def __init__(self, *, tracking_uri: str, reason: str) -> None:
+        super().__init__(f"MLflow backend {tracking_uri} unavailable: {reason}")
+        self.tracking_uri = tracking_uri
+        self.reason = reason
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _backend_call(method: _F) -> _F:
+    """Turn any failure of the MLflow backend inside a `Tracker` method into `TrackingUnavailable`.
+
+    MLflow raises MlflowException, sqlalchemy, requests and OS errors depending on the backend and the fault, so
+    everything except our own typed errors counts as the backend failing.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Tracker, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (TrackingError, TrackingUnavailable):
+            raise
+        except Exception as exc:
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            raise TrackingUnavailable(
+                tracking_uri=self.tracking_uri, reason=f"{type(exc).__name__}: {text[:300]}"
+            ) from exc
+
+    return wrapper  # type: ignore[return-value]
 
 
 class TrackingConfig(BaseModel):
@@ -139,6 +196,7 @@ class Tracker:
 
     No global active run is used, so a daemon never leaks a run from one campaign or round into another. Logging
     calls take `run_id`; None means the campaign's parent run (per-round time series go there with step = round).
+    Every method that talks to the backend raises `TrackingUnavailable` when the backend fails.
 
     Args:
         config: Tracking settings.
@@ -180,33 +238,70 @@ class Tracker:
     def client(self) -> MlflowClient:
         """The MLflow client (creates the local store on first use; sqlite creation takes several seconds)."""
         if self._client is None:
+            # mlflow is imported on first use: it takes seconds, and `loop.config` (every CLI command) imports us.
+            from mlflow import MlflowClient
+
             if self.config.tracking_uri is None:
                 (self.workdir / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 
     @property
+    @_backend_call
     def experiment_id(self) -> str:
+        from mlflow.exceptions import MlflowException
+
         if self._experiment_id is None:
             exp = self.client.get_experiment_by_name(self.experiment_name)
             if exp is None:
                 try:
-                    self._experiment_id = self.client.create_experiment(
-                        self.experiment_name, artifact_location=self._artifact_root
+                    experiment_id = self.client.create_experiment(
+                        self.experiment_name,
+                        artifact_location=self._artifact_root,
+                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
                     )
                 except MlflowException:
                     # Another process created it between our lookup and create.
                     exp = self.client.get_experiment_by_name(self.experiment_name)
                     if exp is None:
                         raise
-                    self._experiment_id = exp.experiment_id
+                    experiment_id = exp.experiment_id
             else:
                 if exp.lifecycle_stage == "deleted":
                     raise TrackingError(
                         f"MLflow experiment {self.experiment_name!r} is deleted; restore it or choose another name"
                     )
-                self._experiment_id = exp.experiment_id
+                experiment_id = exp.experiment_id
+            if exp is not None and EXPERIMENT_KIND_TAG not in exp.tags:
+                # Experiments made before the kind was set would still open on the GenAI overview.
+                self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            self._experiment_id = experiment_id
         return self._experiment_id
+
+    @_backend_call
+    def check_available(self, *, timeout: float = 5.0) -> None:
+        """Fail fast when the backend is down, before a stage starts logging.
+
+        A tracking server is asked for `/health` with a short timeout (MLflow's own client would retry for many
+        seconds); a database store is opened and read.
+
+        Raises:
+            TrackingUnavailable: The backend does not answer or cannot be read.
+        """
+        if not self.enabled:
+            return
+        if self.tracking_uri.startswith(("http://", "https://")):
+            try:
+                with urllib.request.urlopen(f"{self.tracking_uri.rstrip('/')}/health", timeout=timeout) as r:
+                    if r.status != 200:
+                        raise TrackingUnavailable(
+                            tracking_uri=self.tracking_uri, reason=f"/health answered HTTP {r.status}"
+                        )
+            except (urllib.error.URLError, OSError) as exc:
+                raise TrackingUnavailable(
+                    tracking_uri=self.tracking_uri, reason=f"server not reachable ({exc})"
+                ) from None
+        _ = self.experiment_id
 
     # --- runs -----------------------------------------------------------------------------------------------------
 
@@ -220,9 +315,13 @@ class Tracker:
         return runs[0].info.run_id if runs else None
 
     def _resume(self, run_id: str) -> str:
+        from mlflow.exceptions import MlflowException
+
         try:
             run = self.client.get_run(run_id)
-        except MlflowException:
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
             raise TrackingError(
                 f"no MLflow run {run_id!r} in {self.tracking_uri}; check the campaign store"
             ) from None
@@ -232,6 +331,7 @@ class Tracker:
             self.client.update_run(run_id, status="RUNNING")
         return run_id
 
+    @_backend_call
     def start_campaign(
         self, *, run_id: str | None = None, tags: Mapping[str, str] | None = None
     ) -> str | None:
@@ -263,6 +363,7 @@ class Tracker:
         self.parent_run_id = run.info.run_id
         return self.parent_run_id
 
+    @_backend_call
     def start_round(self, *, round_index: int, run_id: str | None = None) -> str | None:
         """Start or resume the nested run of round `round_index`; returns its id (None when disabled).
 
@@ -288,6 +389,7 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"round-{int(round_index):03d}")
         return run.info.run_id
 
+    @_backend_call
     def round_run_ids(self) -> dict[int, str]:
         """Nested round runs of the campaign: round index -> run id."""
         if not self.enabled:
@@ -298,13 +400,23 @@ class Tracker:
         )
         return {int(r.data.tags[ROUND_TAG]): r.info.run_id for r in runs if ROUND_TAG in r.data.tags}
 
-    def end_run(self, *, run_id: str | None = None, status: str = "FINISHED") -> None:
-        """Mark a run (default: the campaign run) FINISHED, FAILED or KILLED."""
+    @_backend_call
+    def end_run(
+        self, *, run_id: str | None = None, status: str = "FINISHED", reason: str | None = None
+    ) -> None:
+        """Mark a run (default: the campaign run) FINISHED, FAILED or KILLED.
+
+        Args:
+            reason: Why the run ended (tag `matloop.end_reason`), e.g. the stop rule or the error.
+        """
         if not self.enabled:
             return
         if status not in _STATUSES:
             raise TrackingError(f"unknown run status {status!r}; use one of {', '.join(_STATUSES)}")
-        self.client.set_terminated(self._run(run_id), status=status)
+        rid = self._run(run_id)
+        if reason is not None:
+            self.client.set_tag(rid, END_REASON_TAG, reason[:_MAX_PARAM_LEN])
+        self.client.set_terminated(rid, status=status)
 
     def _require_parent(self) -> str:
         if self.parent_run_id is None:
@@ -316,10 +428,13 @@ class Tracker:
 
     # --- logging --------------------------------------------------------------------------------------------------
 
+    @_backend_call
     def log_params(self, params: Mapping[str, Any], *, run_id: str | None = None) -> None:
         """Log params (nested mappings are flattened with dots; values become strings, cut at 6000 chars)."""
         if not self.enabled:
             return
+        from mlflow.entities import Param, RunTag
+
         rid = self._run(run_id)
         existing = self.client.get_run(rid).data.params
         new: list[Param] = []
@@ -335,35 +450,58 @@ class Tracker:
         if changed:
             self.client.log_batch(rid, tags=changed)
 
+    @_backend_call
     def log_metrics(
         self, metrics: Mapping[str, float], *, step: int | None = None, run_id: str | None = None
-    ) -> None:
+    ) -> int:
         """Log numeric metrics at `step` (the round index); nested mappings are flattened with dots.
 
-        Non-numeric values are skipped; NaN is stored as NaN.
+        A key that already has a point at this step is skipped, so logging the same round twice (a track stage
+        re-run after a kill, or a sync) leaves one point per key and step. Non-numeric values are skipped; NaN is
+        stored as NaN.
+
+        Returns:
+            The number of points written.
         """
         if not self.enabled:
-            return
+            return 0
+        from mlflow.entities import Metric
+
         rid = self._run(run_id)
+        step = int(step or 0)
+        values = {_key(k): v for k, v in flatten_numeric(metrics).items()}
+        present = self.client.get_run(rid).data.metrics
+        logged = {
+            key
+            for key in values
+            if key in present and any(m.step == step for m in self.client.get_metric_history(rid, key))
+        }
         now = int(time.time() * 1000)
-        batch: list[Metric] = []
-        for key, value in flatten_numeric(metrics).items():
-            batch.append(Metric(_key(key), value, now, int(step or 0)))
+        batch = [Metric(key, value, now, step) for key, value in values.items() if key not in logged]
         for i in range(0, len(batch), _MAX_BATCH_METRICS):
             self.client.log_batch(rid, metrics=batch[i : i + _MAX_BATCH_METRICS])
+        return len(batch)
 
     def log_metric(
         self, key: str, value: float, *, step: int | None = None, run_id: str | None = None
     ) -> None:
-        """Log one metric at `step` (the round index)."""
+        """Log one metric at `step` (the round index), unless that point is already logged."""
         self.log_metrics({key: value}, step=step, run_id=run_id)
 
+    @_backend_call
     def set_tags(self, tags: Mapping[str, Any], *, run_id: str | None = None) -> None:
         """Set tags (values become strings)."""
+        from mlflow.entities import RunTag
+
         if not self.enabled:
             return
         self.client.log_batch(self._run(run_id), tags=[RunTag(_key(k), str(v)) for k, v in tags.items()])
 
+    def set_description(self, text: str, *, run_id: str | None = None) -> None:
+        """Set a run's description (MLflow's note, markdown, shown at the top of the run page)."""
+        self.set_tags({NOTE_TAG: text}, run_id=run_id)
+
+    @_backend_call
     def log_artifact(
         self, path: Path | str, *, artifact_path: str | None = None, run_id: str | None = None
     ) -> None:
@@ -381,6 +519,7 @@ class Tracker:
             )
         self.client.log_artifact(self._run(run_id), str(path), artifact_path=artifact_path)
 
+    @_backend_call
     def log_artifacts(
         self, directory: Path | str, *, artifact_path: str | None = None, run_id: str | None = None
     ) -> None:
@@ -392,6 +531,7 @@ class Tracker:
             raise TrackingError(f"artifact directory {directory} does not exist; pass an existing directory")
         self.client.log_artifacts(self._run(run_id), str(directory), artifact_path=artifact_path)
 
+    @_backend_call
     def log_structures(
         self,
         structures: Mapping[str, Any] | Sequence[Any],
@@ -403,7 +543,7 @@ class Tracker:
 
         Args:
             structures: id -> `Structure`, or a sequence (files are then numbered).
-            artifact_path: Artifact folder, e.g. "queried" or "discovered".
+            artifact_path: Artifact folder, e.g. "queried", "discovered" or "references".
 
         Returns:
             The file names written (`<id>.cif`).
@@ -425,23 +565,94 @@ class Tracker:
                 self.client.log_artifacts(self._run(run_id), tmp, artifact_path=artifact_path)
         return names
 
+    @_backend_call
     def log_figure(self, figure: Any, *, artifact_file: str, run_id: str | None = None) -> None:
         """Save a matplotlib figure as an artifact (e.g. "plots/hull_round_003.png")."""
         if not self.enabled:
             return
         self.client.log_figure(self._run(run_id), figure, artifact_file)
 
+    @_backend_call
     def artifact_uri(self, *, run_id: str | None = None) -> str | None:
         """Where a run's artifacts are stored (None when disabled)."""
         if not self.enabled:
             return None
         return self.client.get_run(self._run(run_id)).info.artifact_uri
 
+    @_backend_call
     def run_status(self, *, run_id: str | None = None) -> str | None:
         """RUNNING, FINISHED, FAILED or KILLED (None when disabled)."""
+        from mlflow.entities import RunStatus
+
         if not self.enabled:
             return None
         return RunStatus.to_string(RunStatus.from_string(self.client.get_run(self._run(run_id)).info.status))
+
+    # --- model registry -------------------------------------------------------------------------------------------
+
+    @_backend_call
+    def register_version(
+        self,
+        *,
+        model_name: str,
+        run_id: str,
+        artifact_path: str,
+        tags: Mapping[str, Any] | None = None,
+        description: str | None = None,
+    ) -> str | None:
+        """Register the artifacts at `artifact_path` of run `run_id` as a version of `model_name`.
+
+        Idempotent: a run holds at most one version of a model, so registering again returns that version.
+
+        Args:
+            model_name: Registered model name (created on first use).
+            run_id: The round run that logged the artifacts.
+            artifact_path: Folder inside the run's artifacts (e.g. "checkpoints/emulator").
+            tags: Version tags (validation metrics, data hash); values become strings.
+            description: Version description.
+
+        Returns:
+            The version number as a string (None when disabled).
+        """
+        from mlflow.exceptions import MlflowException
+
+        if not self.enabled:
+            return None
+        try:
+            self.client.get_registered_model(model_name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            self.client.create_registered_model(
+                model_name, tags={CAMPAIGN_TAG: self.campaign_name, CAMPAIGN_ID_TAG: self.campaign_id}
+            )
+        found = self.client.search_model_versions(f"name = '{_quote(model_name)}' and run_id = '{run_id}'")
+        if found:
+            return str(found[0].version)
+        source = f"{self.client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+        version = self.client.create_model_version(
+            model_name,
+            source,
+            run_id=run_id,
+            tags={_key(k): str(v) for k, v in (tags or {}).items()},
+            description=description,
+        )
+        return str(version.version)
+
+    @_backend_call
+    def set_alias(self, *, model_name: str, version: str, alias: str = CHAMPION) -> None:
+        """Point `alias` (default `champion`) of a registered model at `version`."""
+        if not self.enabled:
+            return
+        self.client.set_registered_model_alias(model_name, alias, str(version))
+
+    @_backend_call
+    def model_versions(self, model_name: str) -> dict[str, dict[str, str]]:
+        """Versions of a registered model: version -> its tags (empty when the model does not exist)."""
+        if not self.enabled:
+            return {}
+        versions = self.client.search_model_versions(f"name = '{_quote(model_name)}'")
+        return {str(v.version): dict(v.tags) for v in versions}
 
 
 def flatten_numeric(metrics: Mapping[str, Any], *, prefix: str = "") -> dict[str, float]:

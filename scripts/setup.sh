@@ -6,11 +6,12 @@ VENV=${VENV:-.venv}
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 
-APT_PACKAGES="libxc-dev libopenblas-dev libfftw3-dev libopenmpi-dev openmpi-bin cp2k cp2k-data"
+# chromium: the headless browser the dashboard and report tests drive.
+APT_PACKAGES="libxc-dev libopenblas-dev libfftw3-dev libopenmpi-dev openmpi-bin cp2k cp2k-data chromium"
 missing=$(dpkg-query -W -f='${Package} ${Status}\n' $APT_PACKAGES 2>/dev/null | grep -vc 'install ok installed' || true)
 if ! dpkg-query -W $APT_PACKAGES >/dev/null 2>&1 || [ "$missing" != "0" ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
-    echo "setup: installing system libraries for GPAW and CP2K ($APT_PACKAGES)"
+    echo "setup: installing system packages for GPAW, CP2K and the browser tests ($APT_PACKAGES)"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $APT_PACKAGES >/dev/null
   else

@@ -19,7 +19,6 @@ from generator.substitution import (
 )
 from loop.funnel import Funnel, FunnelConfig, KnownIndex
 
-
 MP20 = ["mp_20/train", "mp_20/val"]
 
 

@@ -131,3 +131,21 @@ def test_source_yield_plot(tmp_path: Path) -> None:
     assert [t.get_text() for t in ax.get_xticklabels()] == list(counts)
     with pytest.raises(PlotError):
         plot_source_yield({})
+
+
+def test_discovery_curve_plot(tmp_path: Path) -> None:
+    from loop.plots import plot_discovery_curve
+
+    path = tmp_path / "curve.png"
+    fig = plot_discovery_curve(oracle_calls=[0, 3, 6, 9], hits=[0, 2, 2, 5], rounds=[0, 1, 2, 3], path=path)
+    check_png(path)
+    ax = fig.axes[0]
+    hits = artist(ax, "hits")
+    assert list(hits.get_xdata()) == [0, 3, 6, 9] and list(hits.get_ydata()) == [0, 2, 2, 5]
+    average = artist(ax, "average rate")
+    assert list(average.get_xdata()) == [0, 9] and list(average.get_ydata()) == [0, 5]
+    assert [t.get_text() for t in ax.texts] == ["r0", "r1", "r2", "r3"]
+    with pytest.raises(PlotError, match="decrease"):
+        plot_discovery_curve(oracle_calls=[0, 3, 2], hits=[0, 1, 1])
+    with pytest.raises(PlotError):
+        plot_discovery_curve(oracle_calls=[0, 3], hits=[0])

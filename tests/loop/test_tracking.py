@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -16,11 +17,17 @@ from pymatgen.core import Structure
 
 from loop.errors import InputError
 from loop.tracking import (
+    CHAMPION,
+    END_REASON_TAG,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    NOTE_TAG,
     PARENT_TAG,
     ROUND_TAG,
     Tracker,
     TrackingConfig,
     TrackingError,
+    TrackingUnavailable,
     flatten,
     local_store,
     ui_command,
@@ -157,6 +164,107 @@ def test_resume_continues_the_same_runs(tracker: Tracker, workdir: Path) -> None
     assert stored.run_status() == "RUNNING"
 
 
+def test_experiment_opens_on_the_runs_view(tracker: Tracker) -> None:
+    experiment = tracker.client.get_experiment(tracker.experiment_id)
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+
+
+def test_experiment_made_without_kind_gets_it(tmp_path: Path) -> None:
+    uri = f"sqlite:///{(tmp_path / 'old.db').as_posix()}"
+    t = Tracker(config=TrackingConfig(tracking_uri=uri), workdir=tmp_path, campaign_name="old")
+    t.client.create_experiment("old")  # as an earlier matloop made it: no kind tag
+    t.start_campaign()
+    assert t.client.get_experiment_by_name("old").tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+
+
+def test_metric_points_are_logged_once_per_step(tracker: Tracker) -> None:
+    rid = tracker.start_round(round_index=7)
+    assert tracker.log_metrics({"hits": 2, "mae": {"val": 0.03}}, step=7, run_id=rid) == 2
+    # A track stage re-run after a kill logs the same round again: nothing is duplicated.
+    assert tracker.log_metrics({"hits": 2, "mae": {"val": 0.03}, "new": 1.0}, step=7, run_id=rid) == 1
+    assert tracker.log_metrics({"hits": 3}, step=8, run_id=rid) == 1
+    history = tracker.client.get_metric_history(rid, "hits")
+    assert sorted((m.step, m.value) for m in history) == [(7, 2.0), (8, 3.0)]
+    assert [m.value for m in tracker.client.get_metric_history(rid, "mae.val")] == [0.03]
+    tracker.end_run(run_id=rid)
+
+
+def test_runs_end_with_status_reason_and_description(tracker: Tracker) -> None:
+    rid = tracker.start_round(round_index=9)
+    tracker.set_description("**Round 9**: 3 queried, 1 hit", run_id=rid)
+    tracker.end_run(run_id=rid, status="KILLED", reason="stopped on request")
+    run = tracker.client.get_run(rid)
+    assert run.info.status == "KILLED"
+    assert run.data.tags[END_REASON_TAG] == "stopped on request"
+    assert run.data.tags[NOTE_TAG] == "**Round 9**: 3 queried, 1 hit"
+    assert run.info.end_time is not None
+
+
+def test_model_versions_alias_and_load_by_uri(tracker: Tracker, tmp_path: Path) -> None:
+    import mlflow
+    import mlflow.artifacts
+
+    versions = {}
+    for rnd in (10, 11):
+        rid = tracker.start_round(round_index=rnd)
+        ckpt = tmp_path / f"round_{rnd}"
+        ckpt.mkdir()
+        (ckpt / "manifest.json").write_text(json.dumps({"round": rnd}))
+        tracker.log_artifacts(ckpt, artifact_path="checkpoints/emulator", run_id=rid)
+        tags = {"round_index": rnd, "data_hash": f"h{rnd}", "val.mae": 0.05 - 0.01 * (rnd - 10)}
+        versions[rnd] = tracker.register_version(
+            model_name="li-o-demo-emulator", run_id=rid, artifact_path="checkpoints/emulator", tags=tags
+        )
+        # Registering the same round again (a re-run track stage) returns its version instead of adding one.
+        assert (
+            tracker.register_version(
+                model_name="li-o-demo-emulator", run_id=rid, artifact_path="checkpoints/emulator", tags=tags
+            )
+            == versions[rnd]
+        )
+    assert versions == {10: "1", 11: "2"}
+    tracker.set_alias(model_name="li-o-demo-emulator", version="1")
+    listed = tracker.model_versions("li-o-demo-emulator")
+    assert listed["2"]["data_hash"] == "h11" and float(listed["2"]["val.mae"]) == pytest.approx(0.04)
+    champion = tracker.client.get_model_version_by_alias("li-o-demo-emulator", CHAMPION)
+    assert str(champion.version) == "1"
+    # What the README shows: load the version in use by its URI.
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracker.tracking_uri)
+    try:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                "models:/li-o-demo-emulator@champion", dst_path=str(tmp_path / "dl")
+            )
+        )
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert json.loads((local / "manifest.json").read_text()) == {"round": 10}
+    assert tracker.model_versions("no-such-model") == {}
+
+
+def test_corrupt_store_is_a_typed_unavailable_error(tmp_path: Path) -> None:
+    db = tmp_path / "mlflow" / "mlflow.db"
+    db.parent.mkdir()
+    db.write_bytes(os.urandom(8192))
+    t = Tracker(config=TrackingConfig(), workdir=tmp_path, campaign_name="c")
+    with pytest.raises(TrackingUnavailable, match="unavailable") as info:
+        t.start_campaign()
+    assert info.value.tracking_uri == local_store(tmp_path)[0]
+    with pytest.raises(TrackingUnavailable):
+        t.check_available()
+
+
+def test_stopped_server_is_unavailable(tmp_path: Path) -> None:
+    t = Tracker(
+        config=TrackingConfig(tracking_uri=f"http://127.0.0.1:{_free_port()}"),
+        workdir=tmp_path,
+        campaign_name="c",
+    )
+    with pytest.raises(TrackingUnavailable, match="not reachable"):
+        t.check_available(timeout=2)
+
+
 def test_unknown_run_and_misuse_raise(tracker: Tracker, workdir: Path) -> None:
     t = Tracker(config=TrackingConfig(), workdir=workdir, campaign_name="li-o-demo")
     with pytest.raises(TrackingError, match="start_campaign"):
@@ -264,3 +372,222 @@ def test_ui_serves_the_campaign_store(tracker: Tracker, workdir: Path) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+# -- a real campaign: the smoke campaign (EMT, Cu-Au) through a broken store, then over HTTP -------------------------
+def _histories(client, run_id: str) -> dict[str, list]:
+    run = client.get_run(run_id)
+    return {key: client.get_metric_history(run_id, key) for key in run.data.metrics}
+
+
+def _artifact_paths(client, run_id: str, path: str | None = None) -> list[str]:
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out.extend(_artifact_paths(client, run_id, item.path) if item.is_dir else [item.path])
+    return out
+
+
+def _assert_campaign_tracked(client, *, name: str, store, rounds: int) -> None:
+    """Everything issue 14 asks of a finished campaign's MLflow record, checked against the campaign store."""
+    from loop.campaign_tracking import model_names, round_science
+    from loop.config import CampaignConfig
+    from loop.verdicts import StabilityRule
+
+    config = CampaignConfig.model_validate(store.get_meta("config"))
+    experiment = client.get_experiment_by_name(name)
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if PARENT_TAG not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    # The test that fails when the parent is left RUNNING.
+    assert parent.info.status == "FINISHED", parent.data.tags.get(END_REASON_TAG)
+    assert parent.info.end_time is not None
+    assert "reached" in parent.data.tags[END_REASON_TAG]
+    note = parent.data.tags[NOTE_TAG]
+    assert "Cu-Au" in note and "`emt`" in note and "stop rule" in note and "budget: 3" in note
+
+    nested = {int(r.data.tags[ROUND_TAG]): r for r in runs if r.data.tags.get(PARENT_TAG)}
+    assert set(nested) == set(range(rounds + 1)), "one round run per round, no duplicates"
+    assert all(r.info.status == "FINISHED" for r in nested.values())
+    round0 = _artifact_paths(client, nested[0].info.run_id)
+    assert any(p.startswith("references/") and p.endswith(".cif") for p in round0)
+    assert not any(p.startswith(("discovered/", "queried/")) for p in round0)
+
+    rule = StabilityRule(near_stable=config.near_stable)
+    first = store.first_query_rounds()
+    for rnd in range(1, rounds + 1):
+        run = nested[rnd]
+        assert f"**Round {rnd}**" in run.data.tags[NOTE_TAG]
+        for line in ("generated:", "through the funnel:", "queried", "hits (", "MAE", "best discovery:"):
+            assert line in run.data.tags[NOTE_TAG], line
+        paths = _artifact_paths(client, run.info.run_id)
+        assert any(p.startswith("queried/") and p.endswith(".cif") for p in paths)
+        assert any(p.startswith("plots/hull_") for p in paths)
+        assert any(p.startswith("checkpoints/emulator/") for p in paths)
+        expected_hits = sorted(
+            h
+            for h in (q["hash"] for q in store.queries(rnd))
+            if rule.is_hit(next((s["e_hull"] for s in store.stability(rnd) if s["hash"] == h), None))
+        )
+        assert sorted(p.split("/")[1][:-4] for p in paths if p.startswith("discovered/")) == expected_hits
+        assert run.data.metrics["science.hits"] == len(expected_hits)
+
+    history = _histories(client, parent.info.run_id)
+    for key, points in history.items():  # idempotent logging: one point per key and step
+        steps = [m.step for m in points]
+        assert len(steps) == len(set(steps)), key
+    steps = {key: sorted(m.step for m in points) for key, points in history.items()}
+    assert steps["hits_cumulative"] == steps["oracle_calls_cumulative"] == list(range(rounds + 1))
+    for key in ("hit_rate", "emulator_mae_before_retrain", "oracle_calls"):
+        assert steps[key] == list(range(1, rounds + 1)), key
+    assert any(k.startswith("hits_cumulative_by_source.") for k in history) or all(
+        m.value == 0 for m in history["hits_cumulative"]
+    )
+    final = round_science(config, store, rounds)
+    hits_now = sum(
+        1 for s in store.stability(rounds) if rule.is_hit(s["e_hull"]) and first.get(s["hash"], 0) >= 1
+    )
+    assert final.hits_cumulative == hits_now
+    last = {m.step: m.value for m in history["hits_cumulative"]}
+    assert last[rounds] == hits_now
+    calls = {m.step: m.value for m in history["oracle_calls_cumulative"]}
+    assert calls[rounds] == sum(len(store.queries(r)) for r in range(1, rounds + 1))
+    curve = {m.step: m.value for m in history["hits_vs_oracle_calls"]}
+    assert curve[int(calls[rounds])] == hits_now
+    assert "plots/hits_vs_oracle_calls.png" in _artifact_paths(client, parent.info.run_id)
+
+    names = model_names(name)
+    emulator = {v.version: v for v in client.search_model_versions(f"name = '{names['emulator']}'")}
+    assert len(emulator) == rounds + 1  # every round retrains the emulator
+    assert all("data_hash" in v.tags and v.tags["round_index"] for v in emulator.values())
+    assert any(k.startswith("val.") for v in emulator.values() for k in v.tags)
+    champion = client.get_model_version_by_alias(names["emulator"], CHAMPION)
+    assert champion.tags["checkpoint"] == store.get_meta("emulator_checkpoint")
+    generator = client.search_model_versions(f"name = '{names['generator']}'")
+    if store.get_meta("generator_checkpoint"):
+        gen_champion = client.get_model_version_by_alias(names["generator"], CHAMPION)
+        assert gen_champion.tags["checkpoint"] == store.get_meta("generator_checkpoint")
+        assert all("data_hash" in v.tags for v in generator)
+
+
+@pytest.mark.slow
+def test_broken_store_never_stops_discovery_and_sync_logs_everything(tmp_path_factory) -> None:
+    from loop.store import CampaignStore
+
+    from .tracked_smoke import SMOKE_NAME, tracked_smoke
+
+    run = tracked_smoke(tmp_path_factory)
+    assert "tracking unavailable" in run.broken_run.stderr
+    assert "Traceback" not in run.broken_run.stderr
+    store = CampaignStore.in_workdir(run.workdir)
+    try:
+        assert [r["round"] for r in store.rounds() if r["status"] == "done"] == [0, 1, 2]
+        assert store.stage_result(2, "track")["tracking"] == "pending"
+        synced = json.loads(run.sync.stdout)
+        assert 2 in synced["rounds"] and synced["parent_status"] == "FINISHED"
+        assert synced["moved_aside"] and Path(synced["moved_aside"]).is_file()
+        client = Tracker(config=TrackingConfig(), workdir=run.workdir, campaign_name=SMOKE_NAME).client
+        _assert_campaign_tracked(client, name=SMOKE_NAME, store=store, rounds=2)
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+def test_track_stage_rerun_after_a_kill_duplicates_nothing(tmp_path_factory) -> None:
+    """A kill during track means the stage runs again on resume: every log call must be idempotent."""
+    from loop.campaign_tracking import LOGGED_META, track_round
+    from loop.config import CampaignConfig
+    from loop.store import CampaignStore
+
+    from .tracked_smoke import SMOKE_NAME, tracked_smoke
+
+    run = tracked_smoke(tmp_path_factory)
+    store = CampaignStore.in_workdir(run.workdir)
+    try:
+        config = CampaignConfig.model_validate(store.get_meta("config"))
+        store.set_meta(LOGGED_META, [0, 1])  # as if killed before round 2's logging was recorded
+        result = track_round(config, store=store, round=2, workdir=run.workdir)
+        assert result["tracking"] == "logged"
+        client = Tracker(config=TrackingConfig(), workdir=run.workdir, campaign_name=SMOKE_NAME).client
+        for rid in (result["round_run"], result["parent_run"]):
+            for key, points in _histories(client, rid).items():
+                steps = [m.step for m in points]
+                assert len(steps) == len(set(steps)), key
+        names = {v.version for v in client.search_model_versions(f"name = '{SMOKE_NAME}-emulator'")}
+        assert len(names) == 3
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+def test_campaign_over_http_survives_a_stopped_server(tmp_path: Path) -> None:
+    """MLflow for teams: `mlflow server` on 127.0.0.1 (one worker, sqlite), a smoke campaign over HTTP; the server
+    stops during round 2 and the campaign goes on; round 3's track stage logs round 2 once the server is back."""
+    import yaml
+
+    from loop.campaign_tracking import model_names
+    from loop.store import CampaignStore
+    from loop.tracking import ui_environment
+
+    from .tracked_smoke import SMOKE, free_port, matloop, stop_process, wait_for_health
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{(server_dir / 'mlflow.db').as_posix()}",
+        "--artifacts-destination", (server_dir / "artifacts").as_uri(),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    env = {**os.environ, **ui_environment()}
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env
+        )
+        wait_for_health(uri, proc)
+        return proc
+
+    config = yaml.safe_load(SMOKE.read_text())
+    config["name"] = "smoke-http"
+    config["tracking"] = {"tracking_uri": uri}
+    path = tmp_path / "smoke-http.yaml"
+    path.write_text(yaml.safe_dump(config))
+    workdir = tmp_path / "campaign"
+
+    server = start()
+    try:
+        first = matloop("run", path, "--workdir", workdir, "--rounds", "1")
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert not (workdir / "mlflow").exists()  # nothing local when a server is configured
+        stop_process(server)
+        down = matloop("run", path, "--workdir", workdir, "--rounds", "2")
+        assert down.returncode == 0, down.stderr[-3000:]
+        assert "tracking unavailable" in down.stderr and "Traceback" not in down.stderr
+        server = start()
+        back = matloop("run", path, "--workdir", workdir, "--rounds", "3")
+        assert back.returncode == 0, back.stderr[-3000:]
+        store = CampaignStore.in_workdir(workdir)
+        try:
+            assert store.stage_result(2, "track")["tracking"] == "pending"
+            assert store.stage_result(3, "track")["synced_rounds"] == [2]
+            sync = matloop("sync-tracking", "--workdir", workdir, "--json")
+            assert sync.returncode == 0, sync.stderr[-2000:]
+            assert json.loads(sync.stdout)["rounds"] == []  # nothing was left to sync
+            from mlflow import MlflowClient
+
+            client = MlflowClient(tracking_uri=uri)
+            _assert_campaign_tracked(client, name="smoke-http", store=store, rounds=3)
+            version = client.get_model_version_by_alias(model_names("smoke-http")["emulator"], CHAMPION)
+            assert version.source.startswith("mlflow-artifacts:")
+        finally:
+            store.close()
+    finally:
+        stop_process(server)
+    # With the server down, the sync command reports it in one line and loses nothing.
+    down_sync = matloop("sync-tracking", "--workdir", workdir)
+    assert down_sync.returncode == 1
+    assert "unavailable" in down_sync.stderr and "Traceback" not in down_sync.stderr

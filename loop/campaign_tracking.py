@@ -1,0 +1,725 @@
+"""What a campaign logs to MLflow, from its store: round runs, parent curves, registered models, descriptions.
+
+The campaign store is the source of truth and MLflow a view of it, so everything logged here can be logged again
+from the store: a round whose track stage met an unavailable backend is marked pending and logged by a later track
+stage, by the end of the campaign, or by `matloop sync-tracking`. Logging is idempotent (one metric point per key
+and step, one round run per round, one model version per round run), so re-running any of these is harmless.
+
+Per round, the parent run gets the curves a scientist follows with step = round (cumulative hits and oracle calls,
+hit rate, emulator MAE before retraining, Spearman(σ, |error|), 1σ coverage, hits per source), plus
+`hits_vs_oracle_calls` whose step is the cumulative number of discovery oracle calls. Hits are judged by
+`loop.verdicts.StabilityRule`. Oracle calls count the discovery rounds (>= 1); round 0's reference labels are
+logged apart as `oracle_calls_references`.
+
+Units: energies eV/atom.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loop.config import CampaignConfig
+from loop.store import CampaignStore
+from loop.tracking import (
+    CHAMPION,
+    Tracker,
+    TrackingError,
+    TrackingUnavailable,
+    flatten,
+    flatten_numeric,
+)
+from loop.verdicts import StabilityRule
+
+log = logging.getLogger("matloop")
+
+PARENT_META = "mlflow_parent_run"
+LOGGED_META = "mlflow_logged_rounds"
+PENDING_END_META = "mlflow_pending_end"
+REPORT_LINK_META = "mlflow_report_link"
+REPORT_ARTIFACT = "report"
+REPORT_FILE = "science_report.html"
+CURVE_PLOT = "plots/hits_vs_oracle_calls.png"
+# Stage-result keys copied to the parent run as well, for comparing campaigns at a glance.
+_PARENT_SUMMARY_KEYS = (
+    "update.hit_rate",
+    "update.near_stable_rate",
+    "update.cumulative_stable",
+    "update.emulator_mae",
+    "label.n_ok",
+    "label.n_failed",
+    "generate.n_generated",
+    "funnel.n_passed",
+)
+
+
+def _round_run_meta(rnd: int) -> str:
+    return f"mlflow_round_run_{rnd}"
+
+
+def model_names(campaign: str) -> dict[str, str]:
+    """Registered model names of a campaign's emulator ensemble and diffusion generator."""
+    return {"emulator": f"{campaign}-emulator", "generator": f"{campaign}-generator"}
+
+
+# -- science per round ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RoundScience:
+    """Discovery figures of one round, judged on the oracle hull at the end of that round.
+
+    Attributes:
+        round: Round index (0 = the reference labels).
+        oracle_calls: Structures sent to the oracle this round.
+        oracle_calls_cumulative: Oracle calls of discovery rounds 1..round (round 0's references excluded).
+        hits: This round's queries that are hits (stable or near-stable).
+        hits_cumulative: Structures first queried in rounds 1..round that are hits on this round's hull.
+        stable: This round's queries on the hull.
+        hits_by_source / hits_cumulative_by_source: The same counts per generator.
+        emulator: Emulator vs oracle on this round's labels, before retraining (MAE eV/atom, Spearman of σ
+            against |error|, fraction of errors within 1σ), as the update stage measured them.
+    """
+
+    round: int
+    oracle_calls: int
+    oracle_calls_cumulative: int
+    hits: int
+    hits_cumulative: int
+    stable: int
+    hits_by_source: dict[str, int] = field(default_factory=dict)
+    hits_cumulative_by_source: dict[str, int] = field(default_factory=dict)
+    emulator: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def hit_rate(self) -> float | None:
+        return self.hits / self.oracle_calls if self.oracle_calls and self.round > 0 else None
+
+    @property
+    def oracle_calls_per_hit(self) -> float | None:
+        return self.oracle_calls_cumulative / self.hits_cumulative if self.hits_cumulative else None
+
+    def metrics(self) -> dict[str, Any]:
+        """The parent run's per-round metrics (None values are not logged)."""
+        if self.round == 0:
+            return {
+                "oracle_calls_references": self.oracle_calls,
+                "hits_cumulative": 0,
+                "oracle_calls_cumulative": 0,
+            }
+        out: dict[str, Any] = {
+            "hits": self.hits,
+            "hits_stable": self.stable,
+            "hits_cumulative": self.hits_cumulative,
+            "oracle_calls": self.oracle_calls,
+            "oracle_calls_cumulative": self.oracle_calls_cumulative,
+            "hit_rate": self.hit_rate,
+            "oracle_calls_per_hit": self.oracle_calls_per_hit,
+            "hits_by_source": self.hits_by_source,
+            "hits_cumulative_by_source": self.hits_cumulative_by_source,
+            "emulator_mae_before_retrain": self.emulator.get("mae"),
+            "spearman_sigma_abs_error": self.emulator.get("spearman"),
+            "coverage_1sigma": self.emulator.get("coverage_1sigma"),
+        }
+        return {k: v for k, v in out.items() if v is not None}
+
+
+def query_sources(store: CampaignStore, rnd: int) -> dict[str, str]:
+    """The generator behind each structure queried in round `rnd` ("references" in round 0).
+
+    Queries are emulator-relaxed candidates, so each is traced back through its prediction to its candidate.
+    """
+    if rnd == 0:
+        return {q["hash"]: "references" for q in store.queries(0)}
+    source_of = {c["hash"]: c["source"] for c in store.candidates(rnd)}
+    relaxed_from = {p["relaxed_hash"]: p["hash"] for p in store.predictions(rnd)}
+    return {
+        q["hash"]: source_of.get(relaxed_from.get(q["hash"], q["hash"]), "unknown")
+        for q in store.queries(rnd)
+    }
+
+
+def round_science(config: CampaignConfig, store: CampaignStore, rnd: int) -> RoundScience:
+    """Hits, oracle calls and emulator quality of round `rnd`, on the hull at the end of that round."""
+    rule = StabilityRule(near_stable=config.near_stable)
+    e_hull = {row["hash"]: row["e_hull"] for row in store.stability(rnd)} if store.stability(rnd) else {}
+    sources = query_sources(store, rnd)
+    hits_by_source: dict[str, int] = {}
+    for h, src in sources.items():
+        if rule.is_hit(e_hull.get(h)):
+            hits_by_source[src] = hits_by_source.get(src, 0) + 1
+    calls_cum, cumulative_by_source = 0, {}
+    for k in range(1, rnd + 1):
+        earlier = query_sources(store, k)
+        calls_cum += len(earlier)
+        for h, src in earlier.items():
+            if rule.is_hit(e_hull.get(h)):
+                cumulative_by_source[src] = cumulative_by_source.get(src, 0) + 1
+    update = store.stage_result(rnd, "update") or {}
+    emulator = {
+        name: float(update[key])
+        for name, key in (
+            ("mae", "emulator_mae"),
+            ("spearman", "emulator_spearman_std_err"),
+            ("coverage_1sigma", "emulator_within_1sigma"),
+        )
+        if isinstance(update.get(key), int | float) and math.isfinite(update[key])
+    }
+    return RoundScience(
+        round=rnd,
+        oracle_calls=len(sources),
+        oracle_calls_cumulative=calls_cum,
+        hits=sum(hits_by_source.values()) if rnd > 0 else 0,
+        hits_cumulative=sum(cumulative_by_source.values()),
+        stable=sum(1 for h in sources if rule.is_stable(e_hull.get(h))) if rnd > 0 else 0,
+        hits_by_source=hits_by_source if rnd > 0 else {},
+        hits_cumulative_by_source=cumulative_by_source,
+        emulator=emulator,
+    )
+
+
+def round_metrics(store: CampaignStore, rnd: int) -> dict[str, float]:
+    """Flat numeric metrics of one round, from the results its stages committed."""
+    metrics: dict[str, float] = {}
+    for stage in store.stages():
+        if stage["round"] != rnd or stage["stage"] == "track":
+            continue
+        result = dict(stage["result"])
+        for drop in ("candidates", "ids", "failures", "e_hull_of_queries"):
+            result.pop(drop, None)
+        metrics[f"time_{stage['stage']}_s"] = float(result.pop("wall_time_s", 0.0))
+        metrics.update(flatten_numeric(result, prefix=stage["stage"]))
+    return metrics
+
+
+def source_yield(config: CampaignConfig, store: CampaignStore, rnd: int) -> dict[str, dict[str, int]]:
+    """generated / passed_funnel / queried / hits counts per generator for one round."""
+    out: dict[str, dict[str, int]] = {}
+    for c in store.candidates(rnd):
+        d = out.setdefault(c["source"], {"generated": 0, "passed_funnel": 0, "queried": 0, "hits": 0})
+        d["generated"] += 1
+        d["passed_funnel"] += c["passed"]
+    science = round_science(config, store, rnd)
+    for src in query_sources(store, rnd).values():
+        if src in out:
+            out[src]["queried"] += 1
+    for src, n in science.hits_by_source.items():
+        if src in out:
+            out[src]["hits"] += n
+    return out
+
+
+# -- descriptions -----------------------------------------------------------------------------------------------------
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def round_description(config: CampaignConfig, store: CampaignStore, rnd: int) -> str:
+    """Markdown summary of a round for its run's description."""
+    science = round_science(config, store, rnd)
+    rule = StabilityRule(near_stable=config.near_stable)
+    e_hull = {row["hash"]: row["e_hull"] for row in store.stability(rnd)}
+    formulas = {
+        r["hash"]: r["reduced_formula"] for r in store.structure_rows(where="round = ?", params=(rnd,))
+    }
+    queried = [q["hash"] for q in store.queries(rnd)]
+    if rnd == 0:
+        names = sorted(formulas.get(h, h[:8]) for h in queried)
+        return (
+            f"**Round 0** of campaign `{config.name}`: the references, labelled by the oracle to build the hull.\n\n"
+            f"- references labelled: {len(queried)} ({', '.join(names)})\n"
+            f"- hull entries: {(store.stage_result(0, 'update') or {}).get('hull_entries', 'n/a')}\n"
+        )
+    generate = store.stage_result(rnd, "generate") or {}
+    funnel = store.stage_result(rnd, "funnel") or {}
+    per_source = ", ".join(f"{k} {v}" for k, v in (generate.get("per_source") or {}).items())
+    sources = query_sources(store, rnd)
+    placed = sorted((e_hull[h], h) for h in queried if h in e_hull and math.isfinite(e_hull[h]))
+    if placed:
+        e, h = placed[0]
+        verdict = rule.classify(e).value.replace("_", "-")
+        best = (
+            f"{formulas.get(h, h[:8])}, E_hull {e:.3f} eV/atom ({verdict}, from {sources.get(h, 'unknown')})"
+        )
+        if not rule.is_hit(e):
+            best = f"none this round; lowest: {best}"
+    else:
+        best = "none this round (no query placed on the hull)"
+    return (
+        f"**Round {rnd}** of campaign `{config.name}`\n\n"
+        f"- generated: {generate.get('n_generated', 0)} ({per_source or 'none'})\n"
+        f"- through the funnel: {funnel.get('n_passed', 0)}\n"
+        f"- queried (oracle calls): {science.oracle_calls}\n"
+        f"- hits (E_hull <= {config.near_stable:g} eV/atom): {science.hits}, of which {science.stable} on the hull;"
+        f" hit rate {_fmt(science.hit_rate, '.2f')}\n"
+        f"- emulator MAE before retraining: {_fmt(science.emulator.get('mae'))} eV/atom;"
+        f" Spearman(σ, |error|) {_fmt(science.emulator.get('spearman'), '.2f')}\n"
+        f"- best discovery: {best}\n"
+    )
+
+
+def _stop_rule_text(config: CampaignConfig) -> str:
+    rule = config.stop
+    parts = [f"{rule.max_rounds} rounds"]
+    if rule.max_oracle_calls is not None:
+        parts.append(f"{rule.max_oracle_calls} oracle calls")
+    if rule.max_hours is not None:
+        parts.append(f"{rule.max_hours:g} h")
+    if rule.patience is not None:
+        parts.append(f"{rule.patience} rounds without a new hit")
+    return "stop at the first of: " + ", ".join(parts)
+
+
+def campaign_description(
+    config: CampaignConfig,
+    store: CampaignStore,
+    *,
+    report_link: str | None,
+    ended: tuple[str, str] | None = None,
+) -> str:
+    """Markdown description of the parent run: what the campaign is, where it stands, the science report."""
+    done = [r["round"] for r in store.rounds() if r["status"] == "done" and r["round"] > 0]
+    last = round_science(config, store, max(done)) if done else None
+    oracle = config.oracle.model_dump(mode="json")
+    settings = ", ".join(
+        f"{k} {v}" for k, v in oracle.items() if k != "kind" and not isinstance(v, dict | list)
+    )
+    lines = [
+        f"**Campaign `{config.name}`**: active-learning search for stable crystals in "
+        f"{', '.join(config.chemical_systems)}.",
+        "",
+        f"- oracle: `{oracle.get('kind')}`" + (f" ({settings})" if settings else ""),
+        f"- budget: {config.acquisition.budget} oracle calls per round, strategy `{config.acquisition.strategy}`",
+        f"- stop rule: {_stop_rule_text(config)}",
+        f"- a hit: E_hull <= {config.near_stable:g} eV/atom above the oracle hull",
+        f"- progress: {len(done)} discovery rounds, "
+        f"{last.oracle_calls_cumulative if last else 0} oracle calls "
+        f"(+ {len(store.queries(0))} reference labels), {last.hits_cumulative if last else 0} hits",
+    ]
+    if ended is not None:
+        lines.append(f"- ended: {ended[0]} ({ended[1]})")
+    if report_link:
+        lines.append(f"- science report: [{REPORT_ARTIFACT}/{REPORT_FILE}]({report_link})")
+    lines.append(
+        f"- registered models: `{model_names(config.name)['emulator']}`, `{model_names(config.name)['generator']}`"
+        f" (alias `{CHAMPION}` = the version in use)"
+    )
+    return "\n".join(lines) + "\n"
+
+
+# -- the tracker of a campaign ----------------------------------------------------------------------------------------
+def campaign_tracker(config: CampaignConfig, store: CampaignStore, workdir: Path) -> Tracker:
+    return Tracker(
+        config=config.tracking,
+        workdir=workdir,
+        campaign_name=config.name,
+        campaign_id=f"{config.name}:{store.get_meta('started_at')}",
+    )
+
+
+def _open_parent(tracker: Tracker, config: CampaignConfig, store: CampaignStore) -> str:
+    """Start or resume the parent run. A stored id unknown to the backend means the store was replaced or reset:
+    the stored run ids are forgotten and every round is logged again."""
+    stored = store.get_meta(PARENT_META)
+    try:
+        parent = tracker.start_campaign(run_id=stored)
+    except TrackingError:
+        if stored is None:
+            raise
+        log.warning(
+            "the MLflow store no longer holds run %s (replaced or reset): logging every round again", stored
+        )
+        for r in store.rounds():
+            store.set_meta(_round_run_meta(r["round"]), None)
+        store.set_meta(LOGGED_META, [])
+        parent = tracker.start_campaign(run_id=None)
+    assert parent is not None
+    if parent != stored:
+        store.set_meta(PARENT_META, parent)
+    tracker.log_params(flatten(config.model_dump(mode="json")))
+    tracker.log_params(_versions())
+    return parent
+
+
+def pending_rounds(store: CampaignStore) -> list[int]:
+    """Rounds whose track stage ran but whose logging did not reach MLflow."""
+    logged = set(store.get_meta(LOGGED_META) or [])
+    return sorted({s["round"] for s in store.stages() if s["stage"] == "track"} - logged)
+
+
+def _log_round(
+    tracker: Tracker, config: CampaignConfig, store: CampaignStore, rnd: int, workdir: Path
+) -> str:
+    key = _round_run_meta(rnd)
+    run_id = tracker.start_round(round_index=rnd, run_id=store.get_meta(key))
+    assert run_id is not None
+    store.set_meta(key, run_id)
+
+    metrics = round_metrics(store, rnd)
+    science = round_science(config, store, rnd)
+    tracker.log_metrics({**metrics, "science": science.metrics()}, step=rnd, run_id=run_id)
+    tracker.log_metrics({k: v for k, v in metrics.items() if k in _PARENT_SUMMARY_KEYS}, step=rnd)
+    tracker.log_metrics(science.metrics(), step=rnd)
+    tracker.log_metric("hits_vs_oracle_calls", science.hits_cumulative, step=science.oracle_calls_cumulative)
+
+    queried = store.get_structures([q["hash"] for q in store.queries(rnd)])
+    if rnd == 0:
+        tracker.log_structures(queried, artifact_path="references", run_id=run_id)
+    else:
+        tracker.log_structures(queried, artifact_path="queried", run_id=run_id)
+        rule = StabilityRule(near_stable=config.near_stable)
+        hits = {r["hash"] for r in store.stability(rnd) if r["hash"] in queried and rule.is_hit(r["e_hull"])}
+        tracker.log_structures(
+            {h: queried[h] for h in sorted(hits)}, artifact_path="discovered", run_id=run_id
+        )
+    _log_plots(config, store=store, round=rnd, tracker=tracker, run_id=run_id)
+    _log_models(tracker, config, store, rnd, run_id, workdir)
+    tracker.set_description(round_description(config, store, rnd), run_id=run_id)
+    tracker.end_run(run_id=run_id)
+    logged = set(store.get_meta(LOGGED_META) or [])
+    store.set_meta(LOGGED_META, sorted(logged | {rnd}))
+    return run_id
+
+
+def _log_plots(
+    config: CampaignConfig, *, store: CampaignStore, round: int, tracker: Tracker, run_id: str
+) -> None:
+    from loop import plots
+    from loop.stages import current_hull
+
+    hull = current_hull(config, store)
+    queried = [q["hash"] for q in store.queries(round)]
+    for system in config.chemical_systems:
+        try:
+            fig = plots.plot_convex_hull(
+                hull, chemsys=system.split("-"), highlight_ids=queried, threshold=config.near_stable
+            )
+        except plots.PlotError as exc:
+            log.info("no hull plot of %s this round: %s", system, exc)
+            continue
+        tracker.log_figure(fig, artifact_file=f"plots/hull_{system}_round_{round:03d}.png", run_id=run_id)
+    if round == 0:
+        return
+    settings_hash = config.oracle.settings_hash()
+    preds = {r["relaxed_hash"]: r for r in store.predictions(round)}
+    pts = [
+        (preds[h]["energy_per_atom"], preds[h]["energy_per_atom_std"], res.energy_per_atom)
+        for h in queried
+        if h in preds and (res := store.get_oracle_result(h, settings_hash)) is not None and res.ok
+    ]
+    if pts:
+        pred, std, true = zip(*pts, strict=True)
+        fig = plots.plot_parity(predicted=pred, oracle=true, predicted_std=std)
+        tracker.log_figure(fig, artifact_file=f"plots/parity_round_{round:03d}.png", run_id=run_id)
+    per_source = source_yield(config, store, round)
+    if per_source:
+        fig = plots.plot_source_yield(per_source, stages=("generated", "passed_funnel", "queried", "hits"))
+        tracker.log_figure(fig, artifact_file=f"plots/yield_round_{round:03d}.png", run_id=run_id)
+    curve = [round_science(config, store, k) for k in range(1, round + 1) if store.stage_done(k, "update")]
+    fig = plots.plot_discovery_curve(
+        oracle_calls=[0, *(s.oracle_calls_cumulative for s in curve)],
+        hits=[0, *(s.hits_cumulative for s in curve)],
+        rounds=[0, *(s.round for s in curve)],
+        title=f"{config.name}: hits (E_hull <= {config.near_stable:g} eV/atom) vs oracle calls",
+    )
+    tracker.log_figure(fig, artifact_file=CURVE_PLOT)
+
+
+def _sha256_of(items: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(items)).encode()).hexdigest()
+
+
+def _version_tags(
+    config: CampaignConfig, store: CampaignStore, rnd: int, kind: str, path: Path, workdir: Path
+) -> dict[str, Any]:
+    """Validation metrics and data hash of a checkpoint, as model-version tags."""
+    result = store.stage_result(rnd, "retrain") or {}
+    tags: dict[str, Any] = {
+        "round_index": rnd,
+        "campaign": config.name,
+        "checkpoint": _relative(path, workdir),
+    }
+    prefix = f"{kind}_"
+    for k, v in flatten_numeric(result).items():
+        if k.startswith(prefix) and not k.endswith("_s"):
+            tags[f"val.{k[len(prefix) :]}"] = v
+    if kind == "emulator":
+        manifest = path / "manifest.json"
+        if manifest.is_file():
+            data = json.loads(manifest.read_text())
+            tags["data_hash"] = data.get("data_hash")
+            tags["n_labels"] = data.get("n_labels")
+            for k, v in flatten_numeric(data.get("metrics") or {}).items():
+                tags.setdefault(f"val.{k}", v)
+        if tags.get("data_hash") is None:
+            labels = store.oracle_results(settings_hash=config.oracle.settings_hash(), ok_only=True)
+            tags["data_hash"] = _sha256_of([r.hash for r in labels if (r.round or 0) <= rnd])
+    else:
+        rule = StabilityRule(near_stable=config.near_stable)
+        first = store.first_query_rounds()
+        hits = [
+            r["hash"]
+            for r in store.stability(rnd)
+            if rule.is_hit(r["e_hull"]) and first.get(r["hash"], 0) >= 1
+        ]
+        tags["data_hash"] = _sha256_of(hits)
+        tags["n_discoveries"] = len(hits)
+    return {k: v for k, v in tags.items() if v is not None}
+
+
+def _relative(path: Path, workdir: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(workdir).resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _log_models(
+    tracker: Tracker, config: CampaignConfig, store: CampaignStore, rnd: int, run_id: str, workdir: Path
+) -> None:
+    """Log this round's new checkpoints, register each as a model version, point `champion` at the one in use."""
+    result = store.stage_result(rnd, "retrain") or {}
+    names = model_names(config.name)
+    for kind in ("emulator", "generator"):
+        raw = result.get(f"{kind}_checkpoint")
+        path = Path(raw) if raw else None
+        if path is not None and not path.is_absolute():
+            path = workdir / path
+        if path is not None and path.exists():
+            registered = {t.get("checkpoint") for t in tracker.model_versions(names[kind]).values()}
+            # A version is a folder (the emulator's checkpoint dir, or the folder holding generator.pt), so
+            # `models:/` URIs download the same way for both.
+            artifact_path = f"checkpoints/{kind}"
+            if path.is_dir():
+                tracker.log_artifacts(path, artifact_path=artifact_path, run_id=run_id)
+            else:
+                tracker.log_artifact(path, artifact_path=artifact_path, run_id=run_id)
+            if _relative(path, workdir) not in registered:
+                tracker.register_version(
+                    model_name=names[kind],
+                    run_id=run_id,
+                    artifact_path=artifact_path,
+                    tags=_version_tags(config, store, rnd, kind, path, workdir),
+                    description=f"{kind} checkpoint of round {rnd} of campaign {config.name}",
+                )
+        in_use = store.get_meta(f"{kind}_checkpoint")
+        if in_use is None:
+            continue
+        in_use = _relative(workdir / in_use, workdir)
+        for version, tags in tracker.model_versions(names[kind]).items():
+            if tags.get("checkpoint") == in_use:
+                tracker.set_alias(model_name=names[kind], version=version)
+                break
+
+
+def _log_science_report(tracker: Tracker, store: CampaignStore, workdir: Path) -> str | None:
+    """Write the science report (when `loop.science_report` is installed) and log it to the parent run.
+
+    Returns:
+        A link to the report for the parent's description, or None when no report was written.
+    """
+    try:
+        from loop import science_report  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    write = getattr(science_report, "write_report", None)
+    if write is None:
+        return None
+    out = workdir / "logs" / REPORT_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write(workdir=workdir, out=out)
+    except Exception as exc:  # a report that cannot be drawn must not stop discovery or its tracking either
+        log.warning("science report not written: %s: %s", type(exc).__name__, exc)
+        return None
+    if not out.is_file():
+        return None
+    tracker.log_artifact(out, artifact_path=REPORT_ARTIFACT)
+    parent = tracker.parent_run_id
+    return f"#/experiments/{tracker.experiment_id}/runs/{parent}/artifacts/{REPORT_ARTIFACT}/{REPORT_FILE}"
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("matloop", "chgnet", "torch", "pymatgen", "ase", "gpaw", "modAL-python", "mlflow"):
+        try:
+            out[f"version.{pkg}"] = version(pkg)
+        except PackageNotFoundError:
+            out[f"version.{pkg}"] = "absent"
+    return out
+
+
+# -- entry points -----------------------------------------------------------------------------------------------------
+def track_round(config: CampaignConfig, *, store: CampaignStore, round: int, workdir: Path) -> dict[str, Any]:
+    """The track stage: log this round (and any round still pending) to MLflow; never raises for a tracking fault.
+
+    Returns:
+        What the stage commits: the run ids, or `tracking: pending` with the reason when the backend failed.
+    """
+    if not config.tracking.enabled:
+        return {"tracking": "disabled"}
+    tracker = campaign_tracker(config, store, workdir)
+    try:
+        tracker.check_available()
+        parent = _open_parent(tracker, config, store)
+        todo = sorted(set(pending_rounds(store)) | {round})
+        run_ids = {rnd: _log_round(tracker, config, store, rnd, workdir) for rnd in todo}
+        tracker.set_description(
+            campaign_description(config, store, report_link=store.get_meta(REPORT_LINK_META))
+        )
+    except (TrackingUnavailable, TrackingError) as exc:
+        log.warning(
+            "round %d: tracking unavailable (%s); discovery continues, and the round is logged when the backend "
+            "returns or by `matloop sync-tracking --workdir %s`",
+            round,
+            exc,
+            workdir,
+        )
+        return {"tracking": "pending", "reason": str(exc)}
+    return {
+        "tracking": "logged",
+        "parent_run": parent,
+        "round_run": run_ids[round],
+        "synced_rounds": [r for r in todo if r != round],
+    }
+
+
+def end_campaign(
+    config: CampaignConfig, *, store: CampaignStore, workdir: Path, status: str, reason: str
+) -> bool:
+    """Close the parent run FINISHED, KILLED or FAILED with `reason`, after logging pending rounds and the report.
+
+    Never raises for a tracking fault: the end is then kept in the store and applied by `matloop sync-tracking`.
+
+    Returns:
+        True when the run was closed.
+    """
+    if not config.tracking.enabled:
+        return True
+    store.set_meta(PENDING_END_META, {"status": status, "reason": reason})
+    tracker = campaign_tracker(config, store, workdir)
+    try:
+        tracker.check_available()
+        _close_parent(tracker, config, store, workdir, status=status, reason=reason)
+    except (TrackingUnavailable, TrackingError) as exc:
+        log.warning(
+            "the campaign's MLflow run could not be closed (%s); run `matloop sync-tracking --workdir %s` later",
+            exc,
+            workdir,
+        )
+        return False
+    return True
+
+
+def _close_parent(
+    tracker: Tracker, config: CampaignConfig, store: CampaignStore, workdir: Path, *, status: str, reason: str
+) -> None:
+    _open_parent(tracker, config, store)
+    for rnd in pending_rounds(store):
+        _log_round(tracker, config, store, rnd, workdir)
+    link = _log_science_report(tracker, store, workdir) or store.get_meta(REPORT_LINK_META)
+    store.set_meta(REPORT_LINK_META, link)
+    tracker.set_description(campaign_description(config, store, report_link=link, ended=(status, reason)))
+    tracker.end_run(status=status, reason=reason)
+    store.set_meta(PENDING_END_META, None)
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What `sync_tracking` did.
+
+    Attributes:
+        rounds: Rounds logged now.
+        parent_status: The parent run's status afterwards.
+        moved_aside: Where a corrupt local store was moved (None if it was fine).
+    """
+
+    rounds: list[int]
+    parent_status: str | None
+    moved_aside: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rounds": self.rounds, "parent_status": self.parent_status, "moved_aside": self.moved_aside}
+
+
+def _move_aside_if_corrupt(workdir: Path, config: CampaignConfig) -> str | None:
+    """A campaign-local MLflow database that is not SQLite any more is renamed, never deleted, so a fresh store
+    can be rebuilt from the campaign store."""
+    if config.tracking.tracking_uri is not None:
+        return None
+    db = Path(workdir) / "mlflow" / "mlflow.db"
+    if not db.is_file() or db.stat().st_size == 0:
+        return None
+    with db.open("rb") as handle:
+        header = handle.read(16)
+    if header == b"SQLite format 3\x00":
+        return None
+    target = db.with_name(f"mlflow.db.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    db.rename(target)
+    for suffix in ("-wal", "-shm", "-journal"):
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
+    log.warning("%s is not an SQLite database; moved it to %s and rebuilding the store", db, target.name)
+    return str(target)
+
+
+def sync_tracking(config: CampaignConfig, *, store: CampaignStore, workdir: Path) -> SyncResult:
+    """Log every pending round and a pending end of the campaign to MLflow (`matloop sync-tracking`).
+
+    A corrupt local store is moved aside and rebuilt from the campaign store. When the campaign is not running
+    (the caller holds the workdir lock) and its parent run is still RUNNING, the run is closed: with the recorded
+    end if there is one, else KILLED (the process died without closing it).
+
+    Raises:
+        TrackingUnavailable: The backend is still unavailable; nothing is lost, run the command again later.
+        TrackingError: Tracking is disabled in the campaign's config.
+    """
+    if not config.tracking.enabled:
+        raise TrackingError("tracking is disabled in this campaign's config (tracking.enabled: false)")
+    moved = _move_aside_if_corrupt(workdir, config)
+    tracker = campaign_tracker(config, store, workdir)
+    tracker.check_available()
+    _open_parent(tracker, config, store)
+    todo = pending_rounds(store)  # every round again if the store was replaced
+    for rnd in todo:
+        _log_round(tracker, config, store, rnd, workdir)
+    pending_end: Mapping[str, str] | None = store.get_meta(PENDING_END_META)
+    if pending_end is None and tracker.run_status() == "RUNNING":
+        pending_end = {
+            "status": "KILLED",
+            "reason": "the campaign process ended without closing its run (killed); resume with `matloop run`",
+        }
+    if pending_end is not None:
+        _close_parent(
+            tracker, config, store, workdir, status=pending_end["status"], reason=pending_end["reason"]
+        )
+    else:
+        tracker.set_description(
+            campaign_description(config, store, report_link=store.get_meta(REPORT_LINK_META))
+        )
+    return SyncResult(rounds=todo, parent_status=tracker.run_status(), moved_aside=moved)
+
+
+def sync_tracking_in(workdir: Path) -> dict[str, Any]:
+    """`matloop sync-tracking`: sync a campaign's workdir while holding its lock (refused while it runs).
+
+    Raises:
+        InputError: Another matloop process runs this campaign, or tracking is disabled.
+        TrackingUnavailable: The backend is still down.
+    """
+    from loop.campaign import _workdir_lock
+
+    workdir = Path(workdir)
+    with _workdir_lock(workdir):
+        store = CampaignStore.in_workdir(workdir)
+        try:
+            config = CampaignConfig.model_validate(store.get_meta("config"))
+            return sync_tracking(config, store=store, workdir=workdir).as_dict()
+        finally:
+            store.close()
