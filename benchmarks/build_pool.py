@@ -15,8 +15,9 @@ What a campaign's rounds would see, computed once with the project's own stages 
 4. ground truth: E_hull of every reference and candidate against the hull of all of them at the oracle's level of
    theory, and the verdicts of `loop.verdicts.StabilityRule` (stable / near-stable / hit) with ``--near-stable``.
 
-``--from-pool FILE`` labels a random subset of the candidates of an existing pool with another oracle (e.g. GPAW on
-60 candidates of the SevenNet pool) instead of generating new ones; references are labelled again with that oracle.
+``--from-pool FILE`` (or ``--from-workdir DIR`` of a build still running) labels the first ``--n`` candidates of
+another pool with another oracle (e.g. GPAW on 60 candidates of the SevenNet pool) instead of generating new ones;
+the references are labelled again with that oracle.
 
 The pool file (gzipped JSON) holds, per reference and candidate: the structure the oracle labelled (the
 emulator-relaxed geometry for candidates), the oracle-relaxed structure when the oracle relaxes, oracle energy
@@ -107,7 +108,7 @@ def pool_config(args: argparse.Namespace, settings: Any) -> Any:
         "seed": args.seed,
         "chemical_systems": [args.system],
         "near_stable": args.near_stable,
-        "references": {"max_compounds": 0, "max_atoms": args.max_atoms},
+        "references": {"max_compounds": 0, "max_atoms": args.ref_max_atoms or args.max_atoms},
         "generator": {
             "mix": mix,
             "diffusion": {"steps": args.diffusion_steps},
@@ -115,6 +116,7 @@ def pool_config(args: argparse.Namespace, settings: Any) -> Any:
             "random_search": {"max_atoms": args.max_atoms},
             "funnel": {
                 "max_atoms": args.max_atoms,
+                "ref_max_atoms": args.ref_max_atoms or args.max_atoms,
                 "charge_balance": "off" if metals_only else "pymatgen",
             },
         },
@@ -379,10 +381,10 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
         ref_hashes = add_references(config, store)
         log.info("%d references", len(ref_hashes))
         label_all(config, store, ref_hashes, workdir=workdir, what="references")
-        source_pool = None
-        if args.from_pool:
-            source_pool = read_pool(Path(args.from_pool))
-            cands = import_candidates(store, source_pool, n=args.n, seed=args.seed)
+        borrowed = None
+        if args.from_pool or args.from_workdir:
+            cands, found, borrowed = borrowed_candidates(args)
+            import_candidates(store, cands, found)
         else:
             batch = 1
             while True:
@@ -453,10 +455,9 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
             "commit": _git_commit(),
             "generator_mix": config.generator.mix,
             "max_atoms": args.max_atoms,
+            "ref_max_atoms": args.ref_max_atoms or args.max_atoms,
             "screen_relax_steps": args.relax_steps,
-            "from_pool": None
-            if source_pool is None
-            else {"system": source_pool["system"], "oracle": source_pool["oracle"]["kind"]},
+            "candidates_from": borrowed,
             "wall_time_s": round(time.time() - started, 1),
         },
         "summary": summary,
@@ -477,28 +478,52 @@ def _oracle_class(kind: str) -> Any:
     return get_oracle_class(kind)
 
 
-def import_candidates(store: Any, pool: dict[str, Any], *, n: int, seed: int) -> list[dict[str, Any]]:
-    """A seeded random subset of `n` candidates of another pool, added to this store as they were."""
-    cands = [e for e in pool["entries"] if e["role"] == "candidate"]
-    rng = np.random.default_rng(seed)
-    picks = sorted(rng.choice(len(cands), size=min(n, len(cands)), replace=False).tolist())
-    out = []
+def import_candidates(
+    store: Any, cands: list[dict[str, Any]], structures: dict[str, Structure]
+) -> list[dict[str, Any]]:
+    """Add another build's candidates (dicts as from `pool_candidates`) to this store, as they were."""
     with store.transaction():
-        for i in picks:
-            e = cands[i]
-            structure = structure_from_compact(e["structure"])
+        for c in cands:
             store.add_structure(
-                structure,
+                structures[c["hash"]],
                 source="relaxed",
-                parent=e.get("parent"),
-                round=e.get("batch"),
-                provenance={},
-                hash=e["hash"],
+                parent=c.get("parent"),
+                round=c.get("batch"),
+                provenance={"pool_source": c["source"]},
+                hash=c["hash"],
             )
-            out.append(
-                {k: e[k] for k in ("hash", "source", "parent", "provenance", "batch", "screen") if k in e}
-            )
-    return out
+    return cands
+
+
+def borrowed_candidates(
+    args: argparse.Namespace,
+) -> tuple[list[dict[str, Any]], dict[str, Structure], dict[str, Any]]:
+    """The first `--n` candidates with at most `--max-atoms` sites, in generation order, of another pool file or
+    of another build's workdir.
+
+    Batches are independent draws of the same generator mix, so the first n are a fair sample of the pool, and a
+    build that resumes after the other build grew takes the same ones plus the new ones.
+    """
+    from loop.store import CampaignStore
+
+    if args.from_pool:
+        pool = read_pool(Path(args.from_pool))
+        cands = [e for e in pool["entries"] if e["role"] == "candidate" and e["n_atoms"] <= args.max_atoms][
+            : args.n
+        ]
+        keys = ("hash", "source", "parent", "provenance", "batch", "screen")
+        structures = {e["hash"]: structure_from_compact(e["structure"]) for e in cands}
+        origin = {"pool": Path(args.from_pool).name, "oracle": pool["oracle"]["kind"]}
+        return [{k: e[k] for k in keys if k in e} for e in cands], structures, origin
+    other = CampaignStore.in_workdir(Path(args.from_workdir))
+    try:
+        everything = pool_candidates(other)
+        found = other.get_structures([c["hash"] for c in everything])
+        cands = [c for c in everything if len(found[c["hash"]]) <= args.max_atoms][: args.n]
+        structures = {c["hash"]: found[c["hash"]] for c in cands}
+    finally:
+        other.close()
+    return cands, structures, {"workdir_of": "another build_pool run of the same system"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -509,12 +534,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--oracle-setting", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", required=True, help="pool file to write (.json.gz)")
     p.add_argument("--workdir", required=True, help="campaign store and oracle files (resumable)")
-    p.add_argument("--from-pool", help="label a subset of this pool's candidates instead of generating")
+    p.add_argument(
+        "--from-pool", help="label the first --n candidates of this pool file instead of generating"
+    )
+    p.add_argument("--from-workdir", help="label the first --n candidates of another build's workdir instead")
     p.add_argument(
         "--near-stable", type=float, default=0.05, help="eV/atom above the hull that still is a hit"
     )
     p.add_argument("--mix", default=DEFAULT_MIX, help="candidates per generator and batch")
-    p.add_argument("--max-atoms", type=int, default=16, help="largest cell, sites")
+    p.add_argument("--max-atoms", type=int, default=16, help="largest candidate cell, sites")
+    p.add_argument("--ref-max-atoms", type=int, help="largest reference cell, sites (default: --max-atoms)")
     p.add_argument("--max-batches", type=int, default=40)
     p.add_argument("--members", type=int, default=4, help="emulator ensemble members")
     p.add_argument("--relax-steps", type=int, default=60, help="emulator screening relaxation steps")
