@@ -116,7 +116,6 @@ def pool_config(args: argparse.Namespace, settings: Any) -> Any:
             "random_search": {"max_atoms": args.max_atoms},
             "funnel": {
                 "max_atoms": args.max_atoms,
-                "ref_max_atoms": args.ref_max_atoms or args.max_atoms,
                 "charge_balance": "off" if metals_only else "pymatgen",
             },
         },
