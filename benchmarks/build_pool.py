@@ -388,6 +388,8 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
             batch = 1
             while True:
                 cands = pool_candidates(store)
+                # Label as batches come, so a build stopped early still leaves labelled candidates behind.
+                label_all(config, store, [c["hash"] for c in cands], workdir=workdir, what="candidates")
                 if len(cands) >= args.n or batch > args.max_batches:
                     break
                 if not store.stage_done(batch, "screen"):
@@ -543,7 +545,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mix", default=DEFAULT_MIX, help="candidates per generator and batch")
     p.add_argument("--max-atoms", type=int, default=16, help="largest candidate cell, sites")
     p.add_argument("--ref-max-atoms", type=int, help="largest reference cell, sites (default: --max-atoms)")
-    p.add_argument("--max-batches", type=int, default=40)
+    p.add_argument(
+        "--max-batches", type=int, default=40, help="stop generating after this many batches (a short pool)"
+    )
     p.add_argument("--members", type=int, default=4, help="emulator ensemble members")
     p.add_argument("--relax-steps", type=int, default=60, help="emulator screening relaxation steps")
     p.add_argument("--diffusion-steps", type=int, default=100, help="diffusion sampler steps")
