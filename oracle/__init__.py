@@ -1,4 +1,4 @@
-"""The oracle room: label crystals with first-principles (or toy) calculations.
+"""The oracle room: label crystals with first-principles calculations (or a surrogate force field, or a toy).
 
 Importing the package registers every implementation; calculator codes (GPAW, CP2K, ...) are imported only
 when a calculation runs, so ``import oracle`` is cheap and works where they are absent.
@@ -19,7 +19,7 @@ A new oracle is a subclass of `Oracle` (or `AseOracle` for an ASE calculator) wi
 
 from __future__ import annotations
 
-from oracle import cost, cp2k_dft, emt_toy, espresso_dft, gpaw_dft, vasp_dft
+from oracle import cost, cp2k_dft, emt_toy, espresso_dft, gpaw_dft, mlff, vasp_dft
 from oracle.ase_runner import (
     AseOracle,
     AseOracleSettings,
@@ -52,6 +52,7 @@ from oracle.cp2k_dft import CP2KOracle, CP2KSettings
 from oracle.emt_toy import EMTOracle, EMTSettings
 from oracle.espresso_dft import EspressoOracle, EspressoSettings
 from oracle.gpaw_dft import GPAWOracle, GPAWSettings
+from oracle.mlff import MLFFOracle, MLFFSettings
 from oracle.vasp_dft import VaspOracle, VaspSettings
 
 __all__ = [
@@ -68,6 +69,8 @@ __all__ = [
     "GPAWOracle",
     "GPAWSettings",
     "InternalFault",
+    "MLFFOracle",
+    "MLFFSettings",
     "Oracle",
     "OracleError",
     "OracleResult",
@@ -89,6 +92,7 @@ __all__ = [
     "kpoint_mesh",
     "label_structures",
     "make_oracle",
+    "mlff",
     "niggli_reduce",
     "oracle_names",
     "register",

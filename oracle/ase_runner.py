@@ -243,6 +243,17 @@ class AseOracle(Oracle):
         """The command that runs the worker on `job_file`."""
         return [sys.executable, str(WORKER_SCRIPT), str(job_file)]
 
+    def run_attempt(self, job_file: Path, *, directory: Path) -> tuple[int | None, bool]:
+        """Run one attempt's job file, leaving the worker's answer in `directory`.
+
+        Returns:
+            (return code, timed out), as `run_child`. The default isolates the calculator in a child process;
+            an oracle whose calculator is cheap to keep loaded may run it in this process instead.
+        """
+        return run_child(
+            self.launch_command(job_file), cwd=directory, timeout_s=self.settings.timeout_s, env=_child_env()
+        )
+
     def initial_magmoms(self, structure: Structure) -> list[float] | None:
         """Initial magnetic moments per site, μB (None: non-spin-polarised)."""
         return None
@@ -325,6 +336,7 @@ class AseOracle(Oracle):
             "structure_fingerprint": fingerprint,
             "oracle": self.name,
             "is_dft": self.is_dft,
+            "level_of_theory": self.level_of_theory,
         }
         attempts: list[dict[str, Any]] = []
         metadata["attempt_log"] = attempts
@@ -409,12 +421,7 @@ class AseOracle(Oracle):
             _audit(workdir, attempt=attempt, event="started")
             t_attempt = time.perf_counter()
             try:
-                code, timed_out = run_child(
-                    self.launch_command(job_file),
-                    cwd=directory,
-                    timeout_s=self.settings.timeout_s,
-                    env=_child_env(),
-                )
+                code, timed_out = self.run_attempt(job_file, directory=directory)
             except OSError as exc:  # launcher missing or not executable
                 entry["outcome"] = f"could not start the calculation: {exc}"
                 raise OracleUnavailable(entry["outcome"]) from None

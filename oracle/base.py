@@ -242,13 +242,15 @@ class Oracle(ABC):
     """Labels structures. Implementations declare what they compute, as ASE calculators do.
 
     Subclasses set `name`, `Settings` (an `OracleSettings` subclass with `kind: Literal[name]`),
-    `implemented_properties`, `is_dft` and, where known, `supported_elements`.
+    `implemented_properties`, `is_dft`, `level_of_theory` and, where known, `supported_elements`.
     """
 
     name: ClassVar[str]
     Settings: ClassVar[type[OracleSettings]]
     implemented_properties: ClassVar[tuple[str, ...]] = ("energy", "forces", "stress")
     is_dft: ClassVar[bool] = True
+    level_of_theory: ClassVar[Literal["dft", "surrogate", "toy"]] = "dft"
+    """What its energies are: first-principles, a machine-learned surrogate, or a toy potential."""
     supported_elements: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, settings: OracleSettings | None = None) -> None:

@@ -5,7 +5,7 @@ the oracle package at run time. It deliberately imports nothing from matloop (an
 only start-up cost over a bare calculation is the interpreter itself: the parent decides every setting and
 this side only builds the ASE calculator by name, runs it and writes a JSON answer.
 
-Job file keys: ``calculator`` (gpaw, emt, cp2k, espresso, vasp), ``params`` (calculator keyword arguments,
+Job file keys: ``calculator`` (gpaw, emt, cp2k, espresso, vasp, sevennet), ``params`` (calculator keyword arguments,
 already in the calculator's own units), ``atoms`` (numbers, positions Å, cell Å, pbc, magmoms μB or null),
 ``relax_steps`` (0 = single point), ``relax_fmax`` eV/Å, ``output`` (file name of the answer).
 
@@ -73,6 +73,22 @@ def _build_vasp(params: dict[str, Any], directory: Path) -> Any:
     return Vasp(directory=str(directory), **params)
 
 
+# A machine-learned potential costs seconds to load and milliseconds to evaluate, so a process that labels many
+# structures keeps one calculator per settings (ASE recomputes whenever the atoms change).
+_LOADED: dict[str, Any] = {}
+
+
+def _build_sevennet(params: dict[str, Any], directory: Path) -> Any:
+    key = json.dumps(params, sort_keys=True)
+    if key not in _LOADED:
+        import torch
+        from sevenn.calculator import SevenNetCalculator
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        _LOADED[key] = SevenNetCalculator(model=params["model"], device="cpu")
+    return _LOADED[key]
+
+
 class CP2KConvergenceError(RuntimeError):
     """CP2K 2023 only warns when an SCF run stops unconverged; its output is checked instead."""
 
@@ -100,6 +116,7 @@ BUILDERS = {
     "cp2k": _build_cp2k,
     "espresso": _build_espresso,
     "vasp": _build_vasp,
+    "sevennet": _build_sevennet,
 }
 
 
@@ -109,6 +126,10 @@ def _code_version(name: str) -> str:
             import gpaw
 
             return f"gpaw {gpaw.__version__}"
+        if name == "sevennet":
+            from importlib.metadata import version
+
+            return f"sevenn {version('sevenn')}"
         import ase
 
         return f"ase {ase.__version__} ({name})"

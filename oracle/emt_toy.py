@@ -41,6 +41,7 @@ class EMTOracle(AseOracle):
     Settings = EMTSettings
     implemented_properties = ("energy", "forces", "stress")
     is_dft = False
+    level_of_theory = "toy"
 
     def check(self, structure: Structure) -> None:
         """Raise `UnsupportedStructure` for elements EMT has no parameters for."""

@@ -14,7 +14,7 @@ from oracle import get_oracle_class, make_oracle, oracle_names, settings_models
 
 
 def test_every_oracle_is_registered_by_name():
-    assert oracle_names() == ["cp2k", "emt", "espresso", "gpaw", "vasp"]
+    assert oracle_names() == ["cp2k", "emt", "espresso", "gpaw", "mlff", "vasp"]
     for name in oracle_names():
         cls = get_oracle_class(name)
         assert cls.name == name

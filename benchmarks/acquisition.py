@@ -1,0 +1,502 @@
+"""Acquisition benchmark: replay campaigns on a labelled pool and measure discoveries per oracle call.
+
+    OMP_NUM_THREADS=1 python benchmarks/acquisition.py --pool benchmarks/pools/li-al_mlff.json.gz \
+        --rounds 5 --budget 8 --seeds 5 --out /tmp/acq_li-al.json
+
+The oracle is a lookup into the pool's labels (`benchmarks/build_pool.py`), so every replay uses real oracle data
+computed once. A replay starts like a campaign after round 0: the references are labelled, the emulator has been
+retrained on them. Each round it
+
+1. predicts every unlabelled candidate at its emulator-relaxed geometry (ensemble mean and spread, eV/atom);
+2. places the predictions on the hull of everything labelled so far (`loop.hull.OracleHull`), giving E_hull ± σ;
+3. picks `--budget` queries with the project's acquisition call (`loop.acquisition.select_structures`, the
+   strategy's modAL query with the campaign's batch-diversity rules; the p_stable threshold is the hit threshold
+   of `loop.verdicts.StabilityRule`);
+4. looks the picks up in the pool: hits are the pool's ground-truth verdicts (E_hull against the hull of all
+   references and candidates); the emulator's MAE and Spearman(σ, |error|) on the picks, before retraining, come
+   from `loop.stages.emulator_metrics`;
+5. retrains the emulator on all labels so far, in one of two modes (reported with every table):
+
+   * ``retrain``: exactly the campaign's stage, `loop.stages.retrain`, on a campaign store holding the replay's
+     labels (reference refit, σ calibration on the round's new labels, fine-tuning of the ensemble), then
+     `loop.tasks.load_emulator(...).predict` on the candidates. Tens of seconds per round on one core, so it is
+     run with few seeds and strategies.
+   * ``refit`` (cheap): the reference-energy refit of the emulator alone (`emulator.training.refit_reference_shift`
+     on all labels, from the pretrained ensemble each round), applied to the pretrained per-member energies stored
+     in the pool; σ is the raw member spread. No weights change, so hundreds of replays take minutes.
+
+Each seed offers a random `--subset` fraction of the pool's candidates (a different "generation batch"), and seeds
+the random baseline. Reported per strategy: hits per oracle call, DAF = hit rate / prevalence (its ceiling is
+1/prevalence), the ratio of mean DAF to random's and greedy's with the spread over seeds, and per round the
+emulator MAE and Spearman(σ, |error|) on the queries. Units: eV/atom.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pymatgen.core import Structure
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from build_pool import read_pool, structure_from_compact
+
+STRATEGIES = ("p_stable", "ucb", "max_std", "greedy", "random")
+log = logging.getLogger("acquisition")
+
+
+@dataclass
+class Pool:
+    """A pool's data as arrays: references first (indices < n_ref), then candidates."""
+
+    system: str
+    near_stable: float
+    oracle: dict[str, Any]
+    emulator_settings: dict[str, Any]
+    structures: list[Structure]
+    oracle_structures: list[Structure]
+    role: np.ndarray
+    oracle_energy: np.ndarray  # eV/atom, NaN when the label failed
+    hit: np.ndarray
+    members: np.ndarray  # (K, n) pretrained emulator at the labelled geometry, eV/atom
+    members_oracle_geometry: np.ndarray  # (K, n) at the oracle's (relaxed) geometry, eV/atom
+    entries: list[dict[str, Any]] = field(repr=False)
+
+    @property
+    def refs(self) -> np.ndarray:
+        return np.flatnonzero(self.role == "reference")
+
+    @property
+    def cands(self) -> np.ndarray:
+        return np.flatnonzero(self.role == "candidate")
+
+
+def load_pool(path: Path) -> Pool:
+    from loop.verdicts import StabilityRule
+
+    data = read_pool(path)
+    entries = data["entries"]
+    rule = StabilityRule(near_stable=data["summary"]["near_stable"])
+    k = len(entries[0]["emulator"]["member_energy_per_atom"])
+    nan = [math.nan] * k
+    structures = [structure_from_compact(e["structure"]) for e in entries]
+    return Pool(
+        system=data["system"],
+        near_stable=rule.near_stable,
+        oracle=data["oracle"],
+        emulator_settings=data["emulator"]["settings"],
+        structures=structures,
+        oracle_structures=[
+            structure_from_compact(e["oracle_relaxed_structure"]) if "oracle_relaxed_structure" in e else s
+            for e, s in zip(entries, structures, strict=True)
+        ],
+        role=np.array([e["role"] for e in entries]),
+        oracle_energy=np.array([e["oracle"].get("energy_per_atom", math.nan) for e in entries], dtype=float),
+        hit=np.array([rule.is_hit(e["e_hull"]) for e in entries]),
+        members=np.array([e["emulator"]["member_energy_per_atom"] for e in entries], dtype=float).T,
+        members_oracle_geometry=np.array(
+            [e["emulator"].get("member_energy_per_atom_at_oracle_geometry", nan) for e in entries],
+            dtype=float,
+        ).T,
+        entries=entries,
+    )
+
+
+# -- emulators of a replay ----------------------------------------------------------------------------------------------
+class RefitEmulator:
+    """The pretrained ensemble with its reference energies refitted on all labels so far (no weight updates)."""
+
+    mode = "refit"
+
+    def __init__(self, pool: Pool) -> None:
+        from emulator.chgnet_ensemble import ChgnetEnsembleSettings
+        from emulator.training import composition_fractions
+
+        self.pool = pool
+        self.alpha = ChgnetEnsembleSettings.model_validate(pool.emulator_settings).ridge_alpha
+        self.fractions = composition_fractions([np.array([s.specie.Z for s in st]) for st in pool.structures])
+        self.shift = np.zeros(self.fractions.shape[1])
+
+    def retrain(self, labelled: Sequence[int], new: Sequence[int], *, round: int) -> None:
+        from emulator.training import refit_reference_shift
+
+        idx = np.array([i for i in labelled if np.isfinite(self.pool.oracle_energy[i])], dtype=int)
+        # The oracle energy belongs to the oracle's geometry, so the residual is taken there.
+        at_geometry = self.pool.members_oracle_geometry[:, idx].mean(axis=0)
+        fallback = self.pool.members[:, idx].mean(axis=0)
+        pred = np.where(np.isfinite(at_geometry), at_geometry, fallback)
+        self.shift = refit_reference_shift(
+            fractions=self.fractions[idx], residuals=self.pool.oracle_energy[idx] - pred, alpha=self.alpha
+        )
+
+    def predict(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        members = self.pool.members[:, idx] + self.fractions[idx] @ self.shift
+        return members.mean(axis=0), members.std(axis=0)
+
+    def close(self) -> None:
+        pass
+
+
+class CampaignRetrainEmulator:
+    """The campaign's retrain stage (`loop.stages.retrain`) on a campaign store holding the replay's labels."""
+
+    mode = "retrain"
+
+    def __init__(self, pool: Pool, *, epochs: int, max_minutes: float, seed: int) -> None:
+        from loop.config import validate_config
+        from loop.store import CampaignStore
+
+        self.pool = pool
+        self.tmp = tempfile.TemporaryDirectory(prefix="acq-replay-")
+        self.workdir = Path(self.tmp.name)
+        self.config = validate_config(
+            {
+                "name": "replay",
+                "seed": seed,
+                "chemical_systems": [pool.system],
+                "near_stable": pool.near_stable,
+                "generator": {"mix": {"substitution": 1}, "fine_tune_weight": 0},
+                "emulator": pool.emulator_settings,
+                "emulator_training": {"fine_tune_epochs": epochs, "fine_tune_max_minutes": max_minutes},
+                "oracle": pool.oracle["settings"],
+                "tracking": {"enabled": False},
+                "execution": {"kind": "inline"},
+            },
+            source="replay",
+        )
+        self.store = CampaignStore.in_workdir(self.workdir)
+        self.settings_hash = self.config.oracle.settings_hash()
+        self.checkpoint: Path | None = None
+        self.hashes = [e["hash"] for e in pool.entries]
+
+    def _add_label(self, i: int, round: int) -> None:
+        e = self.pool.entries[i]
+        structure = self.pool.structures[i]
+        self.store.add_structure(structure, source="replay", round=round, hash=e["hash"])
+        o = e["oracle"]
+        ok = o["status"] == "ok"
+        metadata: dict[str, Any] = {"level_of_theory": self.pool.oracle.get("level_of_theory")}
+        if ok and "oracle_relaxed_structure" in e:
+            metadata["relaxed_structure"] = self.pool.oracle_structures[i].as_dict()
+        result = {
+            "status": o["status"],
+            "energy": o["energy_per_atom"] * len(structure) if ok else None,
+            "energy_per_atom": o.get("energy_per_atom"),
+            "forces": o.get("forces"),
+            "stress": o.get("stress"),
+            "reason": o.get("reason"),
+            "settings": self.pool.oracle["settings"],
+            "metadata": metadata,
+        }
+        self.store.add_oracle_result(
+            e["hash"],
+            oracle=self.pool.oracle["kind"],
+            settings_hash=self.settings_hash,
+            result=result,
+            round=round,
+        )
+
+    def retrain(self, labelled: Sequence[int], new: Sequence[int], *, round: int) -> None:
+        from loop import stages
+
+        with self.store.transaction():
+            for i in labelled:
+                if not self.store.get_oracle_result(self.hashes[i], self.settings_hash):
+                    self._add_label(i, round)
+            if round > 0:
+                self.store.add_queries(
+                    round, [(self.hashes[i], "replay", r, None) for r, i in enumerate(new)]
+                )
+        report = stages.retrain(
+            self.config,
+            store=self.store,
+            round=round,
+            emulator_in=self.checkpoint,
+            generator_in=None,
+            out_dir=self.workdir / "checkpoints" / f"round_{round:03d}",
+        )
+        self.checkpoint = Path(report["emulator_checkpoint"])
+
+    def predict(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from loop.tasks import load_emulator
+
+        model = load_emulator(self.config.emulator, self.checkpoint)
+        pred = model.predict([self.pool.structures[i] for i in idx], forces=False, stress=False)
+        return np.asarray(pred.energy_per_atom, float), np.asarray(pred.energy_per_atom_std, float)
+
+    def close(self) -> None:
+        self.store.close()
+        self.tmp.cleanup()
+
+
+# -- one replay -----------------------------------------------------------------------------------------------------
+def replay(
+    pool: Pool,
+    *,
+    strategy: str,
+    offered: np.ndarray,
+    rounds: int,
+    budget: int,
+    seed: int,
+    emulator: Any,
+) -> dict[str, Any]:
+    """One campaign replay; returns hits, calls and per-round emulator metrics."""
+    from loop.acquisition import AcquisitionConfig, select_structures
+    from loop.hull import HullEntry, OracleHull
+    from loop.stages import emulator_metrics
+    from loop.verdicts import StabilityRule
+
+    rule = StabilityRule(near_stable=pool.near_stable)
+    config = AcquisitionConfig(
+        strategy=strategy, budget=budget, stability_threshold=rule.hit_threshold, seed=seed
+    )
+    labelled = [int(i) for i in pool.refs if np.isfinite(pool.oracle_energy[i])]
+    emulator.retrain(labelled, [], round=0)
+    available = [int(i) for i in offered]
+    per_round = []
+    hits = calls = 0
+    for rnd in range(1, rounds + 1):
+        if not available:
+            break
+        avail = np.array(available, dtype=int)
+        mean, std = emulator.predict(avail)
+        hull = OracleHull.from_entries(
+            HullEntry(
+                entry_id=str(i),
+                composition=pool.structures[i].composition,
+                energy_per_atom=pool.oracle_energy[i],
+            )
+            for i in labelled
+        )
+        ev = hull.evaluate([pool.structures[i].composition for i in avail], mean, std)
+        result = select_structures(
+            structures=[pool.structures[i] for i in avail],
+            mean=ev.e_above_hull,
+            std=ev.e_above_hull_std,
+            config=config.model_copy(update={"seed": seed * 1000 + rnd}),
+            labelled=[pool.structures[i] for i in labelled],
+        )
+        rows = np.asarray(result.indices, dtype=int)
+        picks = avail[rows]
+        round_hits = int(pool.hit[picks].sum())
+        hits += round_hits
+        calls += len(picks)
+        pairs = [
+            (float(mean[r]), float(std[r]), float(pool.oracle_energy[i]))
+            for r, i in zip(rows, picks, strict=True)
+            if np.isfinite(pool.oracle_energy[i])
+        ]
+        metrics = emulator_metrics(pairs)
+        per_round.append(
+            {
+                "round": rnd,
+                "calls": len(picks),
+                "hits": round_hits,
+                "mae": metrics.get("emulator_mae"),
+                "spearman": metrics.get("emulator_spearman_std_err"),
+                "picked_e_hull_pred": np.round(ev.e_above_hull[rows], 4).tolist(),
+            }
+        )
+        picked = set(picks.tolist())
+        available = [i for i in available if i not in picked]
+        labelled.extend(int(i) for i in picks)
+        if rnd < rounds:
+            emulator.retrain(labelled, [int(i) for i in picks], round=rnd)
+    return {"hits": hits, "calls": calls, "rounds": per_round}
+
+
+def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    arr = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if arr.size == 0:
+        return math.nan, math.nan
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def summarize(runs: dict[str, list[dict[str, Any]]], *, rounds: int) -> dict[str, Any]:
+    """Per strategy: hit rate, DAF, ratios to random and greedy (spread over seeds), per-round emulator metrics."""
+    out: dict[str, Any] = {}
+    daf = {s: [r["hits"] / r["calls"] / r["prevalence"] for r in rs] for s, rs in runs.items()}
+    for s, rs in runs.items():
+        rate = _mean_sd([r["hits"] / r["calls"] for r in rs])
+        d = _mean_sd(daf[s])
+        row: dict[str, Any] = {
+            "seeds": len(rs),
+            "hits": _mean_sd([r["hits"] for r in rs]),
+            "calls": _mean_sd([r["calls"] for r in rs]),
+            "hits_per_call": rate,
+            "daf": d,
+            "ceiling": _mean_sd([1 / r["prevalence"] for r in rs]),
+        }
+        for base in ("random", "greedy"):
+            if base in daf and base != s:
+                ref = _mean_sd(daf[base])[0]
+                row[f"vs_{base}"] = (
+                    (d[0] / ref, _mean_sd([x / ref for x in daf[s]])[1]) if ref > 0 else (math.nan,) * 2
+                )
+        row["per_round"] = [
+            {
+                "round": k + 1,
+                "hits": _mean_sd([r["rounds"][k]["hits"] for r in rs if len(r["rounds"]) > k]),
+                "mae": _mean_sd([r["rounds"][k]["mae"] for r in rs if len(r["rounds"]) > k]),
+                "spearman": _mean_sd([r["rounds"][k]["spearman"] for r in rs if len(r["rounds"]) > k]),
+            }
+            for k in range(rounds)
+        ]
+        out[s] = row
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The benchmark table of one pool."""
+    meta = result["meta"]
+    lines = [
+        f"**{meta['system']}** ({meta['oracle']}, {meta['level_of_theory']}): {meta['n_candidates']} candidates, "
+        f"{meta['n_hits']} hits, prevalence {meta['prevalence']:.3f} (DAF ceiling {1 / meta['prevalence']:.1f}); "
+        f"{meta['rounds']} rounds × {meta['budget']} queries, {meta['seeds']} seeds × {meta['subset']:.0%} of the pool, "
+        f"retraining mode `{meta['mode']}`, default strategy `{meta['default_strategy']}`.",
+        "",
+        "| strategy | hits / call | DAF (mean ± sd) | × random | × greedy | MAE per round (eV/atom) | Spearman(σ, err) per round |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s, row in result["strategies"].items():
+
+        def pm(pair: Sequence[float], fmt: str = ".2f") -> str:
+            return "–" if not math.isfinite(pair[0]) else f"{pair[0]:{fmt}} ± {pair[1]:{fmt}}"
+
+        maes = " / ".join(
+            "–" if not math.isfinite(r["mae"][0]) else f"{r['mae'][0]:.3f}" for r in row["per_round"]
+        )
+        rhos = " / ".join(
+            "–" if not math.isfinite(r["spearman"][0]) else f"{r['spearman'][0]:+.2f}"
+            for r in row["per_round"]
+        )
+        lines.append(
+            f"| {s} | {pm(row['hits_per_call'], '.3f')} | {pm(row['daf'])} | "
+            f"{pm(row['vs_random']) if 'vs_random' in row else '1'} | {pm(row['vs_greedy']) if 'vs_greedy' in row else '1'} | "
+            f"{maes} | {rhos} |"
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from loop.acquisition import AcquisitionConfig
+
+    pool = load_pool(Path(args.pool))
+    cands = pool.cands
+    n_offer = max(1, round(args.subset * len(cands)))
+    strategies = args.strategies.split(",")
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in strategies}
+    started = time.time()
+    shared = RefitEmulator(pool) if args.mode == "refit" else None
+    for seed in range(args.seeds):
+        rng = np.random.default_rng(seed)
+        offered = np.sort(rng.choice(cands, size=n_offer, replace=False))
+        prevalence = float(pool.hit[offered].mean())
+        for s in strategies:
+            emulator = shared or CampaignRetrainEmulator(
+                pool, epochs=args.epochs, max_minutes=args.max_minutes, seed=seed
+            )
+            try:
+                t0 = time.time()
+                r = replay(
+                    pool,
+                    strategy=s,
+                    offered=offered,
+                    rounds=args.rounds,
+                    budget=args.budget,
+                    seed=seed,
+                    emulator=emulator,
+                )
+            finally:
+                if emulator is not shared:
+                    emulator.close()
+            r.update(seed=seed, prevalence=prevalence, wall_time_s=round(time.time() - t0, 1))
+            runs[s].append(r)
+            log.info(
+                "seed %d %-8s hits %d / %d calls (prevalence %.3f), %.0f s",
+                seed,
+                s,
+                r["hits"],
+                r["calls"],
+                prevalence,
+                r["wall_time_s"],
+            )
+    n_hits = int(pool.hit[cands].sum())
+    result = {
+        "meta": {
+            "pool": Path(args.pool).name,
+            "system": pool.system,
+            "oracle": pool.oracle["kind"],
+            "level_of_theory": pool.oracle.get("level_of_theory"),
+            "n_candidates": len(cands),
+            "n_hits": n_hits,
+            "prevalence": n_hits / len(cands),
+            "near_stable": pool.near_stable,
+            "rounds": args.rounds,
+            "budget": args.budget,
+            "seeds": args.seeds,
+            "subset": args.subset,
+            "mode": args.mode,
+            "default_strategy": AcquisitionConfig().strategy,
+            "wall_time_s": round(time.time() - started, 1),
+        },
+        "strategies": summarize(runs, rounds=args.rounds),
+        "runs": runs,
+    }
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--pool", required=True, help="pool file from build_pool.py")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--budget", type=int, default=8, help="oracle queries per round")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--subset", type=float, default=0.8, help="fraction of the pool offered per seed")
+    p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument("--mode", choices=("refit", "retrain"), default="refit")
+    p.add_argument("--epochs", type=int, default=3, help="retrain mode: fine-tuning epochs per round")
+    p.add_argument("--max-minutes", type=float, default=2.0, help="retrain mode: bound of one fine-tune")
+    p.add_argument("--out", help="write the full result (JSON) here")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(key, "1")
+    warnings.filterwarnings("ignore")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    args = parse_args(argv)
+    if not Path(args.pool).is_file():
+        print(
+            f"acquisition: {args.pool}: no such pool file; build one with benchmarks/build_pool.py",
+            file=sys.stderr,
+        )
+        return 2
+    unknown = sorted(set(args.strategies.split(",")) - set(STRATEGIES))
+    if unknown:
+        print(
+            f"acquisition: unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}", file=sys.stderr
+        )
+        return 2
+    result = run(args)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
