@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .tracked_smoke import ROOT, SMOKE_NAME, free_port, stop_process, tracked_smoke, wait_for_health
+from tests.loop.tracked_smoke import ROOT, SMOKE_NAME, free_port, stop_process, tracked_smoke, wait_for_health
 
 pytestmark = pytest.mark.slow
 
