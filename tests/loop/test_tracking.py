@@ -475,7 +475,7 @@ def _assert_campaign_tracked(client, *, name: str, store, rounds: int) -> None:
 def test_broken_store_never_stops_discovery_and_sync_logs_everything(tmp_path_factory) -> None:
     from loop.store import CampaignStore
 
-    from .tracked_smoke import SMOKE_NAME, tracked_smoke
+    from tests.loop.tracked_smoke import SMOKE_NAME, tracked_smoke
 
     run = tracked_smoke(tmp_path_factory)
     assert "tracking unavailable" in run.broken_run.stderr
@@ -500,7 +500,7 @@ def test_track_stage_rerun_after_a_kill_duplicates_nothing(tmp_path_factory) -> 
     from loop.config import CampaignConfig
     from loop.store import CampaignStore
 
-    from .tracked_smoke import SMOKE_NAME, tracked_smoke
+    from tests.loop.tracked_smoke import SMOKE_NAME, tracked_smoke
 
     run = tracked_smoke(tmp_path_factory)
     store = CampaignStore.in_workdir(run.workdir)
@@ -530,7 +530,7 @@ def test_campaign_over_http_survives_a_stopped_server(tmp_path: Path) -> None:
     from loop.store import CampaignStore
     from loop.tracking import ui_environment
 
-    from .tracked_smoke import SMOKE, free_port, matloop, stop_process, wait_for_health
+    from tests.loop.tracked_smoke import SMOKE, free_port, matloop, stop_process, wait_for_health
 
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
