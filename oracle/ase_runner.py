@@ -239,6 +239,14 @@ class AseOracle(Oracle):
                 )
         super().check(structure)
 
+    def relaxation_job(self, structure: Structure, *, attempt: int, directory: Path) -> dict[str, Any] | None:
+        """Calculator keyword arguments of the relaxation when cheaper than `calculator_job`'s, else None.
+
+        When given, the structure is relaxed with these and the result is a single point with the label's own
+        settings at the relaxed geometry (no frames: their numbers would belong to other settings).
+        """
+        return None
+
     def launch_command(self, job_file: Path) -> list[str]:
         """The command that runs the worker on `job_file`."""
         return [sys.executable, str(WORKER_SCRIPT), str(job_file)]
@@ -403,12 +411,15 @@ class AseOracle(Oracle):
                 "atoms": atoms_spec(reduced, magmoms),
                 "relax_steps": self.settings.relax_steps,
                 "relax_fmax": self.settings.relax_fmax,
+                "relax_params": self.relaxation_job(reduced, attempt=attempt, directory=directory),
                 "output": "answer.json",
                 "parent_pid": os.getpid(),
             }
             job_file = directory / "job.json"
             job_file.write_text(json.dumps(job, indent=1))
             entry: dict[str, Any] = {"attempt": attempt, "params": params}
+            if job["relax_params"] is not None:
+                entry["relax_params"] = job["relax_params"]
             log.append(entry)
             _audit(workdir, attempt=attempt, event="started")
             t_attempt = time.perf_counter()
