@@ -154,6 +154,8 @@ def label_hashes(
         if result.get("status") != "ok" and result.get("transient"):
             transient[h] = result
         else:
+            if replaced := (result.get("metadata") or {}).get("replaced_corrupt_result"):
+                log.warning("oracle result file of %s was corrupt and was recomputed once: %s", h, replaced)
             store.add_oracle_result(
                 h, oracle=settings.kind, settings_hash=settings_hash, result=result, round=round
             )
@@ -165,6 +167,10 @@ def label_hashes(
         try:
             oracle.check(structures[h])
         except OracleError as exc:
+            if exc.transient:
+                # About this machine (e.g. the code is installed only on the workers): let a worker decide.
+                runnable.append(h)
+                continue
             commit(
                 h,
                 OracleResult.failure(

@@ -239,6 +239,14 @@ class AseOracle(Oracle):
                 )
         super().check(structure)
 
+    def relaxation_job(self, structure: Structure, *, attempt: int, directory: Path) -> dict[str, Any] | None:
+        """Calculator keyword arguments of the relaxation when cheaper than `calculator_job`'s, else None.
+
+        When given, the structure is relaxed with these and the result is a single point with the label's own
+        settings at the relaxed geometry (no frames: their numbers would belong to other settings).
+        """
+        return None
+
     def launch_command(self, job_file: Path) -> list[str]:
         """The command that runs the worker on `job_file`."""
         return [sys.executable, str(WORKER_SCRIPT), str(job_file)]
@@ -267,12 +275,13 @@ class AseOracle(Oracle):
         Such a failure says nothing about the structure, so it is transient: returned but never stored.
         """
 
-    def _stored(self, workdir: Path, fingerprint: str) -> OracleResult | None:
+    def _stored(self, workdir: Path, fingerprint: str, metadata: dict[str, Any]) -> OracleResult | None:
         """The result kept in ``result.json`` for this structure and these settings, if any.
 
         A file that exists but cannot be read back as a result (truncated write, garbage, missing fields, wrong
         shapes) is moved aside to ``result.json.corrupt-<n>``, logged to ``calls.jsonl`` and to the
-        ``matloop.oracle`` logger, and the label is computed again.
+        ``matloop.oracle`` logger, noted in `metadata` (``replaced_corrupt_result``, so the new result carries it to
+        the caller) and the label is computed again.
         """
         path = workdir / RESULT_FILE
         if not path.exists():
@@ -289,7 +298,8 @@ class AseOracle(Oracle):
             result = OracleResult.from_dict(stored["result"])
             _validate(result)
         except Exception as exc:  # any unreadable content is one fault: a corrupt file
-            self._set_aside(path, f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
+            why = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+            metadata["replaced_corrupt_result"] = f"{self._set_aside(path, why)} ({why})"
             return None
         policy = {"max_attempts": self.settings.max_attempts, "timeout_s": self.settings.timeout_s}
         if not result.ok and stored.get("policy") != policy:
@@ -298,7 +308,8 @@ class AseOracle(Oracle):
         return result
 
     @staticmethod
-    def _set_aside(path: Path, why: str) -> None:
+    def _set_aside(path: Path, why: str) -> str:
+        """Move a corrupt file aside (never delete evidence); returns the new name."""
         n = 1
         while path.with_name(f"{path.name}.corrupt-{n}").exists():
             n += 1
@@ -308,6 +319,7 @@ class AseOracle(Oracle):
         log.warning(
             "corrupt oracle result %s (%s): moved to %s, computing the label again", path, why, aside.name
         )
+        return aside.name
 
     def label(self, structure: Structure, *, workdir: Path) -> OracleResult:
         """Label `structure` (see the module docstring); never raises for calculation faults.
@@ -341,7 +353,7 @@ class AseOracle(Oracle):
         attempts: list[dict[str, Any]] = []
         metadata["attempt_log"] = attempts
         with _workdir_lock(workdir):
-            stored = self._stored(workdir, fingerprint)
+            stored = self._stored(workdir, fingerprint, metadata)
             if stored is not None:
                 return stored
             try:
@@ -411,12 +423,15 @@ class AseOracle(Oracle):
                 "atoms": atoms_spec(reduced, magmoms),
                 "relax_steps": self.settings.relax_steps,
                 "relax_fmax": self.settings.relax_fmax,
+                "relax_params": self.relaxation_job(reduced, attempt=attempt, directory=directory),
                 "output": "answer.json",
                 "parent_pid": os.getpid(),
             }
             job_file = directory / "job.json"
             job_file.write_text(json.dumps(job, indent=1))
             entry: dict[str, Any] = {"attempt": attempt, "params": params}
+            if job["relax_params"] is not None:
+                entry["relax_params"] = job["relax_params"]
             log.append(entry)
             _audit(workdir, attempt=attempt, event="started")
             t_attempt = time.perf_counter()

@@ -7,7 +7,9 @@ this side only builds the ASE calculator by name, runs it and writes a JSON answ
 
 Job file keys: ``calculator`` (gpaw, emt, cp2k, espresso, vasp, sevennet), ``params`` (calculator keyword arguments,
 already in the calculator's own units), ``atoms`` (numbers, positions Å, cell Å, pbc, magmoms μB or null),
-``relax_steps`` (0 = single point), ``relax_fmax`` eV/Å, ``output`` (file name of the answer).
+``relax_steps`` (0 = single point), ``relax_fmax`` eV/Å, optional ``relax_params`` (calculator keyword arguments
+of the relaxation when they differ from ``params``, e.g. a coarser k-mesh: the answer is then a single point with
+``params`` at the relaxed geometry, without frames), ``output`` (file name of the answer).
 
 Answer file: ``{"status": "ok", "energy": eV, "forces": eV/Å, "stress": GPa Voigt (ASE sign), ...}`` (after a
 relaxation also ``relaxed``: final positions/cell, convergence, steps; and ``frames``: energy, forces, stress,
@@ -180,10 +182,17 @@ def run(job: dict[str, Any], directory: Path) -> dict[str, Any]:
     atoms = atoms_from_spec(job["atoms"])
     answer: dict[str, Any] = {"code_version": _code_version(job["calculator"])}
     try:
-        atoms.calc = BUILDERS[job["calculator"]](job["params"], directory)
+        steps = int(job.get("relax_steps", 0))
+        relax_params = job.get("relax_params") if steps > 0 else None
+        if relax_params is not None:
+            # Relax with the cheaper settings in a folder of their own; the answer is the single point with
+            # `params` at the relaxed geometry below.
+            (directory / "relax").mkdir(exist_ok=True)
+            atoms.calc = BUILDERS[job["calculator"]](relax_params, directory / "relax")
+        else:
+            atoms.calc = BUILDERS[job["calculator"]](job["params"], directory)
         initial = _properties(atoms)
         answer["n_scf"] = _n_scf(atoms.calc)
-        steps = int(job.get("relax_steps", 0))
         if steps > 0:
             from ase.filters import FrechetCellFilter
             from ase.optimize import BFGS
@@ -203,6 +212,10 @@ def run(job: dict[str, Any], directory: Path) -> dict[str, Any]:
             opt = BFGS(FrechetCellFilter(atoms), logfile=str(directory / "relax.log"))
             opt.attach(record, interval=1)
             converged = bool(opt.run(fmax=float(job.get("relax_fmax", 0.05)), steps=steps))
+            if relax_params is not None:
+                atoms.calc = BUILDERS[job["calculator"]](job["params"], directory)
+                # The frames' numbers belong to the relaxation's settings, not to the label's: not reported.
+                frames = []
             final = _properties(atoms)
             answer["frames"] = frames
             answer["relaxed"] = {

@@ -97,6 +97,10 @@ class GPAWSettings(AseOracleSettings):
             training labels come from the relaxed geometry (a single point at an emulator geometry sat up to
             0.8 eV/Å and ±4 GPa away from it in the audited demo).
         relax_fmax: Force convergence of that relaxation, eV/Å.
+        relax_kpoint_density: k-point density of the relaxation, Å⁻¹, when it may be coarser than
+            ``kpoint_density`` (geometries converge with fewer k-points than energy differences); the label is then
+            a single point at ``kpoint_density`` at the relaxed geometry, without relaxation frames. None: relax
+            with ``kpoint_density``.
         max_atoms: Largest cell accepted (atoms); plane-wave cost grows as N³, so larger cells are refused before
             they start (together with the memory estimate, `max_memory_gb`).
     """
@@ -118,6 +122,7 @@ class GPAWSettings(AseOracleSettings):
     mpi_ranks: int = Field(1, ge=1)
     relax_steps: int = Field(20, ge=0)
     relax_fmax: float = Field(0.05, gt=0)
+    relax_kpoint_density: float | None = Field(None, gt=0)
     max_atoms: int = Field(200, ge=1)
 
     non_physics_fields: ClassVar[frozenset[str]] = AseOracleSettings.non_physics_fields | {
@@ -191,7 +196,15 @@ class GPAWOracle(AseOracle):
         moments = {**DEFAULT_MAGMOMS, **self.settings.initial_magmoms}
         return [moments.get(s, 0.0) for s in symbols]
 
-    def calculator_job(self, structure: Structure, *, attempt: int, directory: Path) -> dict[str, Any]:
+    def relaxation_job(self, structure: Structure, *, attempt: int, directory: Path) -> dict[str, Any] | None:
+        density = self.settings.relax_kpoint_density
+        if density is None or density == self.settings.kpoint_density:
+            return None
+        return self.calculator_job(structure, attempt=attempt, directory=directory, kpoint_density=density)
+
+    def calculator_job(
+        self, structure: Structure, *, attempt: int, directory: Path, kpoint_density: float | None = None
+    ) -> dict[str, Any]:
         s = self.settings
         # Fallback for later attempts: gentler mixing with a longer memory and more iterations; none of
         # these change the converged answer, only whether it is reached.
@@ -201,7 +214,7 @@ class GPAWOracle(AseOracle):
         params = {
             "mode": {"name": "pw", "ecut": s.cutoff},
             "xc": s.xc,
-            "kpts": {"size": kpoint_mesh(structure, s.kpoint_density), "gamma": True},
+            "kpts": {"size": kpoint_mesh(structure, kpoint_density or s.kpoint_density), "gamma": True},
             "occupations": {"name": s.smearing, "width": s.smearing_width},
             "convergence": {"energy": s.scf_energy_tol, "density": s.scf_density_tol},
             "maxiter": maxiter,

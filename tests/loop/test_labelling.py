@@ -99,3 +99,25 @@ def test_training_labels_pair_oracle_numbers_with_final_structures(labelled):
     extra = [d for d in with_frames if d["kind"] == "frame"]
     assert extra and all(len(d["structure"]) == len(d["forces"]) for d in extra)
     assert len([d for d in with_frames if d["kind"] == "final"]) == 4
+
+
+def test_corrupt_result_file_in_a_campaign_is_recomputed_once_and_logged(tmp_path, caplog):
+    import logging
+
+    store = CampaignStore.in_workdir(tmp_path)
+    h = store.add_structure(cu_fcc(3.62, (0, 0.05)), source="relaxed", round=1)
+    settings = EMTSettings()
+    oracle_dir = tmp_path / "oracle" / h
+    # A kill between the oracle's file write and the store's commit, with the file half-written: simulate by
+    # labelling into the work dir only, then truncating the file.
+    from loop.labelling import run_label
+
+    first = run_label(settings.model_dump(), store.get_structure(h).as_dict(), str(oracle_dir))
+    text = (oracle_dir / "result.json").read_text()
+    (oracle_dir / "result.json").write_text(text[: len(text) // 3])
+    with caplog.at_level(logging.WARNING):
+        results = label_hashes(store, [h], settings=settings, workdir=tmp_path, round=1)
+    assert results[h].ok and results[h].energy == pytest.approx(first["energy"], abs=1e-9)
+    assert "corrupt" in results[h].metadata["replaced_corrupt_result"]
+    assert sum("was corrupt and was recomputed once" in r.getMessage() for r in caplog.records) == 1
+    assert len(list(oracle_dir.glob("result.json.corrupt-*"))) == 1

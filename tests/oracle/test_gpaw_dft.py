@@ -203,3 +203,25 @@ def test_iron_comes_out_magnetic(tmp_path):
     assert result.ok, result.reason
     assert result.metadata["spin_polarized"] is True
     assert 1.5 < result.metadata["magnetic_moment"] < 3.0  # bcc Fe, PBE: ≈2.2-2.3 μB
+
+
+def test_relaxation_on_a_coarser_mesh_then_a_single_point_on_the_label_mesh(tmp_path):
+    h = 4.20 / 2  # fcc Al started 4 % too large
+    start = Structure(Lattice([[0, h, h], [h, 0, h], [h, h, 0]]), ["Al"], [[0, 0, 0]])
+    common = {"cutoff": 300.0, "smearing": "marzari-vanderbilt", "smearing_width": 0.2}
+    settings = GPAWSettings(**common, kpoint_density=2.5, relax_kpoint_density=1.5, relax_steps=12)
+    result = GPAWOracle(settings).label(start, workdir=tmp_path / "two-stage")
+    assert result.ok, result.reason
+    assert result.frames == []  # the relaxation's numbers belong to the coarse mesh
+    assert result.final_structure.volume < start.volume
+    attempt = result.metadata["attempt_log"][0]
+    assert attempt["relax_params"]["kpts"]["size"] == [4, 4, 4]  # density 1.5 Å⁻¹
+    label_mesh = attempt["params"]["kpts"]["size"]
+    # The answer is the label mesh's single point at the relaxed geometry.
+    check = GPAWOracle(GPAWSettings(**common, kpoint_density=2.5, relax_steps=0)).label(
+        result.final_structure, workdir=tmp_path / "check"
+    )
+    assert result.energy == pytest.approx(check.energy, abs=2e-3)
+    np.testing.assert_allclose(result.stress, check.stress, atol=0.05)
+    assert label_mesh == check.metadata["attempt_log"][0]["params"]["kpts"]["size"] != [4, 4, 4]
+    assert (tmp_path / "two-stage" / "attempt-1" / "relax" / "gpaw.txt").exists()

@@ -47,6 +47,7 @@ def test_corrupt_result_file_is_set_aside_and_recomputed_once(cu_rattled, tmp_pa
     with caplog.at_level(logging.WARNING, logger="matloop.oracle"):
         again = oracle.label(cu_rattled, workdir=workdir)
     assert again.ok and again.metadata.get("from_store") is None
+    assert again.metadata["replaced_corrupt_result"].startswith(f"{RESULT_FILE}.corrupt-1 (")
     assert again.energy == pytest.approx(first.energy, abs=1e-8)
     assert again.final_structure == first.final_structure
     # Logged once, with the file moved aside for inspection.
