@@ -547,8 +547,8 @@ def prototype_parents(
         splits: Bundled splits searched.
 
     Returns:
-        Parents, best score first, with properties prototype, prototype_score and prototype_members (crystals
-        of the prototype that qualified) besides the seed properties.
+        Parents, best score first, with properties prototype, prototype_score and prototype_members (bundled
+        crystals of the prototype whose elements all reach the target) besides the seed properties.
 
     Raises:
         GeneratorError: On an unknown element or chemical system.
@@ -580,7 +580,7 @@ def prototype_parents(
     bound_of = {f: bounds[rows.loc[idx[0], "element_set"]] for f, idx in by_formula.items()}
     order = sorted(by_formula, key=lambda f: (-bound_of[f], f))
     best: dict[str, tuple[float, str]] = {}  # prototype -> (score, material id)
-    members: dict[str, int] = {}
+    members = prototypes.value_counts().to_dict()
     for formula in order:
         if limit is not None and len(best) >= limit:
             kth = sorted((v[0] for v in best.values()), reverse=True)[limit - 1]
@@ -591,7 +591,6 @@ def prototype_parents(
             continue
         for idx in by_formula[formula]:
             proto, ident = prototypes[idx], str(rows.at[idx, "material_id"])
-            members[proto] = members.get(proto, 0) + 1
             if proto not in best or (-score, ident) < (-best[proto][0], best[proto][1]):
                 best[proto] = (score, ident)
     ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[1][1]))[:limit]
@@ -599,7 +598,7 @@ def prototype_parents(
     out = []
     for proto, (score, ident) in ranked:
         known = loaded[ident]
-        known.properties.update(prototype=proto, prototype_score=score, prototype_members=members[proto])
+        known.properties.update(prototype=proto, prototype_score=score, prototype_members=int(members[proto]))
         out.append(known)
     return out
 

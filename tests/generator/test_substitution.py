@@ -1,4 +1,4 @@
-"""Substitution and SAPS candidates from real mp_20 parents."""
+"""Substitution and SAPS candidates from real bundled parents, and the prototype search for a target system."""
 
 from __future__ import annotations
 
@@ -207,9 +207,7 @@ def test_li_al_substitution_proposes_b32_lial(li_al_parents):
 
 def test_withheld_and_spent_prototypes_are_not_parents(li_al_parents):
     b32 = next(p for p in li_al_parents if p.properties["prototype"] == B32)
-    hidden = prototype_parents(
-        chemical_systems=["Li-Al"], limit=40, withhold=Withholding(ids=frozenset({b32.id}))
-    )
+    hidden = prototype_parents(chemical_systems=["Li-Al"], withhold=Withholding(ids=frozenset({b32.id})))
     assert b32.id not in {p.id for p in hidden}
     # another crystal of the same type takes its place, unless that prototype was already used
     assert any(p.properties["prototype"] == B32 for p in hidden)

@@ -56,7 +56,7 @@ def test_reference_pool_is_complete_for_li_al():
     formulas = [k.structure.composition.reduced_formula for k in held]
     assert "LiAl" not in formulas and "mp-16506" not in {k.id for k in held} and "LiAl3" in formulas
     with pytest.raises(InputError, match="no elemental crystal"):
-        stages.reference_pool(config(chemical_systems=["He-Li"]))  # helium has no crystal to reference
+        stages.reference_pool(config(chemical_systems=["Fr-Li"]))  # no francium crystal, bundled or in ASE
 
 
 def test_withheld_records_round_trip_through_the_store(tmp_path):
