@@ -11,8 +11,10 @@ Marzari-Vanderbilt 0.1 eV, single points) and appended to an extxyz file as soon
 build keeps what it finished and a rerun skips it (the oracle also caches each result in its work dir).
 
 Usage:
-    python -m benchmarks.emulator_gpaw_set --workdir WORK --out benchmarks/data/lial_gpaw.extxyz \
-        [--mpts52 DIR] [--max-atoms 6]
+    python -m benchmarks.emulator_gpaw_set --workdir WORK --out WORK/lial_gpaw.extxyz [--mpts52 DIR]
+    python -m benchmarks.emulator_gpaw_set --workdir WORK --out WORK/tail.extxyz --from-last WORK/lial_gpaw.extxyz
+    python -m benchmarks.emulator_gpaw_set --workdir WORK --out benchmarks/data/lial_gpaw.extxyz.gz \
+        --merge WORK/lial_gpaw.extxyz WORK/tail.extxyz
 
 Units: energy eV, forces eV/Å, stress GPa (Voigt, ASE sign), lengths Å.
 """
@@ -244,6 +246,19 @@ def _labelled_in(path: Path | None, ident: str) -> bool:
     return any(atoms.info["id"] == ident for atoms in iread(str(path), index=":"))
 
 
+def merge(parts: list[Path], *, rows: list[dict], out: Path) -> int:
+    """Write the frames of several labelling processes to gzipped `out`, in plan order; returns the count."""
+    from ase.io import iread, write
+
+    frames = {
+        atoms.info["id"]: atoms for part in parts if part.exists() for atoms in iread(str(part), index=":")
+    }
+    ordered = [frames[row["id"]] for row in rows if row["id"] in frames]
+    with gzip.open(out, "wt") as handle:
+        write(handle, ordered, format="extxyz")
+    return len(ordered)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, required=True)
@@ -255,6 +270,9 @@ def main() -> None:
     )
     parser.add_argument("--max-atoms", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--merge", type=Path, nargs="*", default=None, help="only merge these extxyz files into gzipped --out"
+    )
     parser.add_argument(
         "--from-last",
         type=Path,
@@ -270,6 +288,9 @@ def main() -> None:
         rows = plan(mpts52=args.mpts52, max_atoms=args.max_atoms, seed=args.seed)
         plan_file.write_text(json.dumps(rows))
     print(f"{len(rows)} structures planned", flush=True)
+    if args.merge:
+        print(f"{merge(args.merge, rows=rows, out=args.out)} labelled structures written to {args.out}")
+        return
     if args.from_last is not None:
         rows = [row for row in reversed(rows) if row["round"] > 0]
     label_all(rows, workdir=args.workdir, out=args.out, done_elsewhere=args.from_last)
