@@ -310,6 +310,8 @@ class Campaign:
                     log.info("campaign stops: %s", reason)
                     self.store.set_meta("stopped_because", reason)
                     return
+                if rnd > 0:
+                    self._verify_checkpoints()  # again: a daemon may have run for days since it started
                 self._run_round(rnd)
             rnd += 1
 
