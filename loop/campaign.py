@@ -238,18 +238,21 @@ class Campaign:
                     self._run_rounds()
             except StopRequested:
                 log.info("stopped on request after a completed step; rerun to resume")
-            except CampaignHalted:
+            except CampaignHalted as exc:
+                _log_halt(exc)
                 self.store.close()
                 raise
             except Exception as exc:
                 reason = _disk_full_reason(exc, self.workdir)
                 if reason is None:
                     raise
-                self.store.close()
-                raise DiskFull(
+                halt = DiskFull(
                     f"disk full: {reason}; the step in progress was not recorded and files being replaced were "
                     f"kept. Free space in {self.workdir} and rerun to resume"
-                ) from None
+                )
+                _log_halt(halt)
+                self.store.close()
+                raise halt from None
             finally:
                 for s, handler in previous.items():
                     signal.signal(s, handler)
@@ -619,6 +622,11 @@ class Campaign:
         }
 
 
+def _log_halt(exc: CampaignHalted) -> None:
+    """Keep the reason of a halt in the campaign log (a daemon's stderr may be lost); the CLI prints it once."""
+    log.error("campaign stopped: %s", exc, extra={"log_file_only": True})
+
+
 def _setup_logging(path: Path) -> None:
     if any(isinstance(h, logging.FileHandler) and h.baseFilename == str(path) for h in log.handlers):
         return
@@ -629,6 +637,7 @@ def _setup_logging(path: Path) -> None:
     if not any(type(h) is logging.StreamHandler for h in log.handlers):
         stream = logging.StreamHandler()
         stream.setFormatter(logging.Formatter("[matloop] %(message)s"))
+        stream.addFilter(lambda record: not getattr(record, "log_file_only", False))
         log.addHandler(stream)
 
 
