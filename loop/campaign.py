@@ -246,6 +246,7 @@ class Campaign:
                 end = ("KILLED", "interrupted; rerun to resume")
                 raise
             except CampaignHalted as exc:
+                _log_halt(exc)
                 end = ("FAILED", " ".join(str(exc).split())[:500])
                 raise
             except Exception as exc:
@@ -254,10 +255,12 @@ class Campaign:
                     end = ("FAILED", " ".join(f"{type(exc).__name__}: {exc}".split())[:500])
                     raise
                 end = ("FAILED", f"disk full: {reason}")
-                raise DiskFull(
+                halt = DiskFull(
                     f"disk full: {reason}; the step in progress was not recorded and files being replaced were "
                     f"kept. Free space in {self.workdir} and rerun to resume"
-                ) from None
+                )
+                _log_halt(halt)
+                raise halt from None
             finally:
                 for s, handler in previous.items():
                     signal.signal(s, handler)
@@ -325,6 +328,8 @@ class Campaign:
                     log.info("campaign stops: %s", reason)
                     self.store.set_meta("stopped_because", reason)
                     return
+                if rnd > 0:
+                    self._verify_checkpoints()  # again: a daemon may have run for days since it started
                 self._run_round(rnd)
             rnd += 1
 
@@ -649,6 +654,11 @@ class Campaign:
         }
 
 
+def _log_halt(exc: CampaignHalted) -> None:
+    """Keep the reason of a halt in the campaign log (a daemon's stderr may be lost); the CLI prints it once."""
+    log.error("campaign stopped: %s", exc, extra={"log_file_only": True})
+
+
 def _setup_logging(path: Path) -> None:
     if any(isinstance(h, logging.FileHandler) and h.baseFilename == str(path) for h in log.handlers):
         return
@@ -659,6 +669,7 @@ def _setup_logging(path: Path) -> None:
     if not any(type(h) is logging.StreamHandler for h in log.handlers):
         stream = logging.StreamHandler()
         stream.setFormatter(logging.Formatter("[matloop] %(message)s"))
+        stream.addFilter(lambda record: not getattr(record, "log_file_only", False))
         log.addHandler(stream)
 
 

@@ -281,6 +281,7 @@ def test_disk_full_stops_cleanly_then_resumes(config, tmp_path):
     errors = [line for line in full.stderr.splitlines() if not line.startswith("[matloop]")]
     assert len(errors) == 1 and errors[0].startswith("matloop: stopped: disk full: "), full.stderr[-3000:]
     assert "rerun to resume" in errors[0]
+    assert "campaign stopped: disk full: " in (workdir / "logs" / "campaign.log").read_text()
     done = done_stages(workdir)
     assert done == ORDER[: len(done)] and len(done) < len(ROUND0_STAGES)
     # Nothing half-written is left or in use: no temporary file, no stored checkpoint path that does not verify.
