@@ -485,6 +485,8 @@ def collect(workdir: Path) -> ScienceData:
                 continue
             origin = _origin(c.hash, rows)
             parent, what = _describe_provenance(origin)
+            if parent in rows:  # a structure of this campaign (an earlier discovery or reference)
+                parent = f"{rows[parent]['reduced_formula']} {parent} (this campaign)"
             p = predictions.get((c.round, c.hash))
             s = structures.get(c.hash)
             relaxed = "; relaxed by the oracle" if _final_hash(c.result) else ""
@@ -694,7 +696,7 @@ _CSS = """
 * { box-sizing: border-box; }
 body { font-family: -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color: var(--ink);
        margin: 0; background: #f4f6f9; line-height: 1.45; font-size: 15px; }
-main { max-width: 1120px; margin: 0 auto; padding: 24px 28px 48px; background: #fff; min-height: 100vh; }
+main { max-width: 1240px; margin: 0 auto; padding: 24px 28px 48px; background: #fff; min-height: 100vh; }
 h1 { font-size: 26px; margin: 0 0 4px; }
 h2 { font-size: 19px; margin: 34px 0 8px; padding-bottom: 4px; border-bottom: 2px solid var(--line); }
 .sub { color: var(--muted); margin: 0 0 14px; }
@@ -718,6 +720,7 @@ tr:nth-child(even) td { background: #fafbfc; }
 .tag.stable { background: #d9efe0; } .tag.near_stable { background: #e6eefb; } .tag.re { background: #fff0b3; }
 code, .mono { font-family: "SFMono-Regular", Menlo, Consolas, monospace; font-size: 12px; }
 .note { color: var(--muted); font-size: 13px; }
+.small { font-size: 11.5px; color: var(--muted); }
 dl.defs { display: grid; grid-template-columns: max-content 1fr; gap: 4px 14px; font-size: 13.5px; }
 dl.defs dt { font-weight: 600; }
 dl.defs dd { margin: 0; }
@@ -906,7 +909,7 @@ def render_html(data: ScienceData) -> str:
                     _e(d.source),
                     _e(d.parent or "–"),
                     _e(d.provenance),
-                    _e(d.oracle_settings),
+                    f'<span class="small">{_e(d.oracle_settings)}</span>',
                 ]
             )
         headers = ["formula / structure hash", "space group", "atoms", "E_hull (eV/atom)", "verdict", "emulator E_hull ± σ",
