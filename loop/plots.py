@@ -336,7 +336,7 @@ def _binary_roles(
     # The frame ends a little above the highest hit, so the hull region is not squashed by far-off candidates.
     hits_y = [points[i][1] for i in points if e_hull[i] <= near_stable + 1e-6]
     low = min(p[1] for p in points.values())
-    top = max(max(hits_y), 0.0) + max(0.25, 0.6 * (max(hits_y) - low))
+    top = max(max(hits_y), 0.0) + max(1.5 * near_stable, 0.05, 0.3 * (max(hits_y) - low))
     span = top - low
     legend = _RoleLegend(ax)
     above = 0

@@ -147,6 +147,7 @@ class Withheld:
     id: str
     formula: str
     structure: Structure | None
+    space_group: Any = None
     found: Call | None = None
 
 
@@ -311,31 +312,28 @@ def _settings_text(settings: Mapping[str, Any]) -> str:
 
 
 def _withheld(store: CampaignStore, config: Mapping[str, Any]) -> tuple[list[Withheld], list[str]]:
-    """Withheld known phases, read defensively: the store may record them in meta (`withheld`), as structures
-    with source "withheld", or only the config's `withhold:` list may exist (then they cannot be matched)."""
+    """Withheld known phases and, for a store that does not record them, the config's `withhold:` entries.
+
+    The campaign records each withheld crystal in the store's meta `withheld` (material_id, formula, spacegroup,
+    structure as a pymatgen dict); structures stored with source "withheld" are read too.
+    """
     found: dict[str, Withheld] = {}
-    meta = store.get_meta("withheld") or store.get_meta("withhold") or []
-    if isinstance(meta, dict):
-        meta = meta.get("structures") or meta.get("items") or list(meta.values())
+    meta = store.get_meta("withheld")
     for k, item in enumerate(meta if isinstance(meta, list) else []):
         if not isinstance(item, dict):
             continue
         structure = None
-        raw = item.get("structure")
-        if raw is not None:
+        if isinstance(item.get("structure"), dict):
             try:
-                structure = (
-                    Structure.from_dict(raw)
-                    if isinstance(raw, dict)
-                    else Structure.from_str(str(raw), fmt="json")
-                )
+                structure = Structure.from_dict(item["structure"])
             except Exception:
                 structure = None
         if structure is None and item.get("hash") and store.has_structure(str(item["hash"])):
             structure = store.get_structure(str(item["hash"]))
-        wid = str(item.get("id") or item.get("material_id") or item.get("hash") or f"withheld-{k + 1}")
+        wid = str(item.get("material_id") or item.get("id") or item.get("hash") or f"withheld-{k + 1}")
         formula = str(item.get("formula") or (structure.composition.reduced_formula if structure else "?"))
-        found[wid] = Withheld(id=wid, formula=formula, structure=structure)
+        group = item.get("spacegroup")
+        found[wid] = Withheld(id=wid, formula=formula, structure=structure, space_group=group)
     rows = store.structure_rows(where="source = ?", params=("withheld",))
     structures = store.get_structures([r["hash"] for r in rows])
     for r in rows:
@@ -344,8 +342,9 @@ def _withheld(store: CampaignStore, config: Mapping[str, Any]) -> tuple[list[Wit
         if wid not in found:
             found[wid] = Withheld(id=wid, formula=r["reduced_formula"], structure=structures.get(r["hash"]))
     listed = config.get("withhold") or []
-    unmatched = [str(x) for x in (listed if isinstance(listed, list) else [listed]) if str(x) not in found]
-    return list(found.values()), unmatched
+    # Only a store that records nothing leaves the config's entries (ids, formulas, all_compounds) unresolved.
+    unresolved = [] if meta is not None or found else [str(x) for x in listed]
+    return list(found.values()), unresolved
 
 
 def _match_rediscoveries(
@@ -486,6 +485,8 @@ def collect(workdir: Path) -> ScienceData:
                 continue
             origin = _origin(c.hash, rows)
             parent, what = _describe_provenance(origin)
+            if parent in rows:  # a structure of this campaign (an earlier discovery or reference)
+                parent = f"{rows[parent]['reduced_formula']} {parent} (this campaign)"
             p = predictions.get((c.round, c.hash))
             s = structures.get(c.hash)
             relaxed = "; relaxed by the oracle" if _final_hash(c.result) else ""
@@ -695,7 +696,7 @@ _CSS = """
 * { box-sizing: border-box; }
 body { font-family: -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color: var(--ink);
        margin: 0; background: #f4f6f9; line-height: 1.45; font-size: 15px; }
-main { max-width: 1120px; margin: 0 auto; padding: 24px 28px 48px; background: #fff; min-height: 100vh; }
+main { max-width: 1240px; margin: 0 auto; padding: 24px 28px 48px; background: #fff; min-height: 100vh; }
 h1 { font-size: 26px; margin: 0 0 4px; }
 h2 { font-size: 19px; margin: 34px 0 8px; padding-bottom: 4px; border-bottom: 2px solid var(--line); }
 .sub { color: var(--muted); margin: 0 0 14px; }
@@ -719,6 +720,7 @@ tr:nth-child(even) td { background: #fafbfc; }
 .tag.stable { background: #d9efe0; } .tag.near_stable { background: #e6eefb; } .tag.re { background: #fff0b3; }
 code, .mono { font-family: "SFMono-Regular", Menlo, Consolas, monospace; font-size: 12px; }
 .note { color: var(--muted); font-size: 13px; }
+.small { font-size: 11.5px; color: var(--muted); }
 dl.defs { display: grid; grid-template-columns: max-content 1fr; gap: 4px 14px; font-size: 13.5px; }
 dl.defs dt { font-weight: 600; }
 dl.defs dd { margin: 0; }
@@ -907,7 +909,7 @@ def render_html(data: ScienceData) -> str:
                     _e(d.source),
                     _e(d.parent or "–"),
                     _e(d.provenance),
-                    _e(d.oracle_settings),
+                    f'<span class="small">{_e(d.oracle_settings)}</span>',
                 ]
             )
         headers = ["formula / structure hash", "space group", "atoms", "E_hull (eV/atom)", "verdict", "emulator E_hull ± σ",
@@ -934,6 +936,7 @@ def render_html(data: ScienceData) -> str:
                 [
                     _e(w.id),
                     _e(w.formula),
+                    _e(w.space_group if w.space_group is not None else _space_group(w.structure)),
                     "yes" if f is not None else ("no" if w.structure is not None else "structure not stored"),
                     "–" if f is None else str(f.round),
                     "–" if f is None else str(f.index),
@@ -942,12 +945,13 @@ def render_html(data: ScienceData) -> str:
                 ]
             )
         for wid in data.withheld_without_structure:
-            rows.append([_e(wid), "–", "not recorded in the store", "–", "–", "–", "–"])
+            rows.append([_e(wid), "–", "–", "not recorded in the store", "–", "–", "–", "–"])
         parts.append(
             _table(
                 [
                     "withheld",
                     "formula",
+                    "space group",
                     "rediscovered",
                     "round",
                     "after oracle calls",
@@ -955,7 +959,7 @@ def render_html(data: ScienceData) -> str:
                     "verdict",
                 ],
                 rows,
-                [False, False, False, True, True, True, False],
+                [False, False, False, False, True, True, True, False],
             )
         )
         found = [w for w in data.withheld if w.found is not None]

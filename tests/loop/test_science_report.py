@@ -293,12 +293,19 @@ def test_rediscovery_section_matches_withheld_structures(smoke_campaign, tmp_pat
     store.set_meta(
         "withheld",
         [
+            # the record the campaign keeps in rediscovery mode
             {
-                "id": "mp-withheld-1",
+                "material_id": "mp-withheld-1",
                 "formula": withheld.composition.reduced_formula,
+                "spacegroup": None,
                 "structure": withheld.as_dict(),
             },
-            {"id": "mp-withheld-2", "formula": "Cu7Au", "structure": never.as_dict()},
+            {
+                "material_id": "mp-withheld-2",
+                "formula": "Cu7Au",
+                "spacegroup": 123,
+                "structure": never.as_dict(),
+            },
         ],
     )
     store.close()
