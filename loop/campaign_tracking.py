@@ -60,6 +60,9 @@ _PARENT_SUMMARY_KEYS = (
 )
 
 
+_NOT_METRICS = ("_s", "minutes", "steps", "epochs")
+
+
 def _round_run_meta(rnd: int) -> str:
     return f"mlflow_round_run_{rnd}"
 
@@ -446,14 +449,16 @@ def _version_tags(
     }
     prefix = f"{kind}_"
     for k, v in flatten_numeric(result).items():
-        if k.startswith(prefix) and not k.endswith("_s"):
-            tags[f"val.{k[len(prefix) :]}"] = v
+        name = k[len(prefix) :]
+        # Counts and timings describe the run, not the model's quality.
+        if k.startswith(prefix) and not (name.startswith("n_") or name.endswith(_NOT_METRICS)):
+            tags[f"val.{name}"] = v
     if kind == "emulator":
         manifest = path / "manifest.json"
         if manifest.is_file():
             data = json.loads(manifest.read_text())
             tags["data_hash"] = data.get("data_hash")
-            tags["n_labels"] = data.get("n_labels")
+            tags["data_n_labels"] = data.get("n_labels")
             for k, v in flatten_numeric(data.get("metrics") or {}).items():
                 tags.setdefault(f"val.{k}", v)
         if tags.get("data_hash") is None:
@@ -468,7 +473,7 @@ def _version_tags(
             if rule.is_hit(r["e_hull"]) and first.get(r["hash"], 0) >= 1
         ]
         tags["data_hash"] = _sha256_of(hits)
-        tags["n_discoveries"] = len(hits)
+        tags["data_n_discoveries"] = len(hits)
     return {k: v for k, v in tags.items() if v is not None}
 
 
@@ -541,7 +546,7 @@ def _log_science_report(tracker: Tracker, store: CampaignStore, workdir: Path) -
         return None
     tracker.log_artifact(out, artifact_path=REPORT_ARTIFACT)
     parent = tracker.parent_run_id
-    return f"#/experiments/{tracker.experiment_id}/runs/{parent}/artifacts/{REPORT_ARTIFACT}/{REPORT_FILE}"
+    return f"#/experiments/{tracker.experiment_id}/runs/{parent}/artifactPath/{REPORT_ARTIFACT}/{REPORT_FILE}"
 
 
 def _versions() -> dict[str, str]:

@@ -473,9 +473,9 @@ def _assert_campaign_tracked(client, *, name: str, store, rounds: int) -> None:
 
 @pytest.mark.slow
 def test_broken_store_never_stops_discovery_and_sync_logs_everything(tmp_path_factory) -> None:
-    from loop.store import CampaignStore
+    from tracked_smoke import SMOKE_NAME, tracked_smoke
 
-    from tests.loop.tracked_smoke import SMOKE_NAME, tracked_smoke
+    from loop.store import CampaignStore
 
     run = tracked_smoke(tmp_path_factory)
     assert "tracking unavailable" in run.broken_run.stderr
@@ -496,11 +496,11 @@ def test_broken_store_never_stops_discovery_and_sync_logs_everything(tmp_path_fa
 @pytest.mark.slow
 def test_track_stage_rerun_after_a_kill_duplicates_nothing(tmp_path_factory) -> None:
     """A kill during track means the stage runs again on resume: every log call must be idempotent."""
+    from tracked_smoke import SMOKE_NAME, tracked_smoke
+
     from loop.campaign_tracking import LOGGED_META, track_round
     from loop.config import CampaignConfig
     from loop.store import CampaignStore
-
-    from tests.loop.tracked_smoke import SMOKE_NAME, tracked_smoke
 
     run = tracked_smoke(tmp_path_factory)
     store = CampaignStore.in_workdir(run.workdir)
@@ -525,12 +525,11 @@ def test_campaign_over_http_survives_a_stopped_server(tmp_path: Path) -> None:
     """MLflow for teams: `mlflow server` on 127.0.0.1 (one worker, sqlite), a smoke campaign over HTTP; the server
     stops during round 2 and the campaign goes on; round 3's track stage logs round 2 once the server is back."""
     import yaml
+    from tracked_smoke import SMOKE, free_port, matloop, stop_process, wait_for_health
 
     from loop.campaign_tracking import model_names
     from loop.store import CampaignStore
     from loop.tracking import ui_environment
-
-    from tests.loop.tracked_smoke import SMOKE, free_port, matloop, stop_process, wait_for_health
 
     port = free_port()
     uri = f"http://127.0.0.1:{port}"

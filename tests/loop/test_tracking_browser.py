@@ -15,8 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.loop.tracked_smoke import ROOT, SMOKE_NAME, free_port, stop_process, tracked_smoke, wait_for_health
+from tracked_smoke import ROOT, SMOKE_NAME, free_port, stop_process, tracked_smoke, wait_for_health
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +25,9 @@ ARTIFACTS = Path(os.environ.get("MATLOOP_TEST_ARTIFACTS") or ROOT / "test-artifa
 def _chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        message = "Debian's chromium is not installed (apt-get install chromium; scripts/setup.sh does it as root)"
+        message = (
+            "Debian's chromium is not installed (apt-get install chromium; scripts/setup.sh does it as root)"
+        )
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)
@@ -97,14 +98,18 @@ def _browse(url: str, name: str, tmp_path: Path) -> str:
     return dom.stdout
 
 
-def test_experiment_page_lists_parent_and_round_runs(ui: str, campaign: dict[str, str], tmp_path: Path) -> None:
+def test_experiment_page_lists_parent_and_round_runs(
+    ui: str, campaign: dict[str, str], tmp_path: Path
+) -> None:
     dom = _browse(f"{ui}/#/experiments/{campaign['experiment']}", "landing", tmp_path)
     assert SMOKE_NAME in dom
     for rnd in (0, 1, 2):
         assert f"round-{rnd:03d}" in dom, f"round-{rnd:03d} not listed on the experiment page"
 
 
-def test_round_run_page_shows_metrics_and_artifacts(ui: str, campaign: dict[str, str], tmp_path: Path) -> None:
+def test_round_run_page_shows_metrics_and_artifacts(
+    ui: str, campaign: dict[str, str], tmp_path: Path
+) -> None:
     run = f"{ui}/#/experiments/{campaign['experiment']}/runs/{campaign['round1']}"
     overview = _browse(run, "round_run", tmp_path)
     assert "Round 1" in overview  # the description
@@ -117,7 +122,9 @@ def test_round_run_page_shows_metrics_and_artifacts(ui: str, campaign: dict[str,
 
 def test_parent_shows_hits_vs_oracle_calls(ui: str, campaign: dict[str, str], tmp_path: Path) -> None:
     parent = f"{ui}/#/experiments/{campaign['experiment']}/runs/{campaign['parent']}"
-    dom = _browse(f"{parent}/artifacts/plots/hits_vs_oracle_calls.png", "parent_hits_vs_oracle_calls", tmp_path)
+    dom = _browse(
+        f"{parent}/artifactPath/plots/hits_vs_oracle_calls.png", "parent_hits_vs_oracle_calls", tmp_path
+    )
     assert "hits_vs_oracle_calls.png" in dom
     overview = _browse(parent, "parent_run", tmp_path)
     for text in ("Campaign", "hits_cumulative", "oracle_calls_cumulative", "FINISHED".title()):
