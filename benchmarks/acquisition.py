@@ -83,12 +83,13 @@ class Pool:
         return np.flatnonzero(self.role == "candidate")
 
 
-def load_pool(path: Path) -> Pool:
+def load_pool(path: Path, *, near_stable: float | None = None) -> Pool:
+    """Read a pool; `near_stable` (eV/atom) re-judges its hits with another threshold than the one it was built with."""
     from loop.verdicts import StabilityRule
 
     data = read_pool(path)
     entries = data["entries"]
-    rule = StabilityRule(near_stable=data["summary"]["near_stable"])
+    rule = StabilityRule(near_stable=data["summary"]["near_stable"] if near_stable is None else near_stable)
     k = len(entries[0]["emulator"]["member_energy_per_atom"])
     nan = [math.nan] * k
     structures = [structure_from_compact(e["structure"]) for e in entries]
@@ -363,7 +364,7 @@ def markdown(result: dict[str, Any]) -> str:
     meta = result["meta"]
     lines = [
         f"**{meta['system']}** ({meta['oracle']}, {meta['level_of_theory']}): {meta['n_candidates']} candidates, "
-        f"{meta['n_hits']} hits, prevalence {meta['prevalence']:.3f} (DAF ceiling {1 / meta['prevalence']:.1f}); "
+        f"{meta['n_hits']} hits (E_hull ≤ {meta['near_stable']:g} eV/atom), prevalence {meta['prevalence']:.3f} (DAF ceiling {1 / meta['prevalence']:.1f}); "
         f"{meta['rounds']} rounds × {meta['budget']} queries, {meta['seeds']} seeds × {meta['subset']:.0%} of the pool, "
         f"retraining mode `{meta['mode']}`, default strategy `{meta['default_strategy']}`.",
         "",
@@ -393,7 +394,7 @@ def markdown(result: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from loop.acquisition import AcquisitionConfig
 
-    pool = load_pool(Path(args.pool))
+    pool = load_pool(Path(args.pool), near_stable=args.near_stable)
     cands = pool.cands
     n_offer = max(1, round(args.subset * len(cands)))
     strategies = args.strategies.split(",")
@@ -469,6 +470,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mode", choices=("refit", "retrain"), default="refit")
     p.add_argument("--epochs", type=int, default=3, help="retrain mode: fine-tuning epochs per round")
     p.add_argument("--max-minutes", type=float, default=2.0, help="retrain mode: bound of one fine-tune")
+    p.add_argument(
+        "--near-stable", type=float, help="hit threshold above the hull, eV/atom (default: the pool's, 0.05)"
+    )
     p.add_argument("--out", help="write the full result (JSON) here")
     return p.parse_args(argv)
 

@@ -379,9 +379,17 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     try:
         ref_hashes = add_references(config, store)
         log.info("%d references", len(ref_hashes))
-        label_all(config, store, ref_hashes, workdir=workdir, what="references")
+        if not args.finish:
+            label_all(config, store, ref_hashes, workdir=workdir, what="references")
         borrowed = None
-        if args.from_pool or args.from_workdir:
+        settings_hash = config.oracle.settings_hash()
+        if args.finish:
+            # A short pool: what is labelled so far, nothing generated or computed (besides the emulator energies).
+            ref_hashes = [h for h in ref_hashes if store.get_oracle_result(h, settings_hash) is not None]
+            everything = pool_candidates(store) if not args.from_workdir else borrowed_candidates(args)[0]
+            cands = [c for c in everything if store.get_oracle_result(c["hash"], settings_hash) is not None]
+            cands = cands[: args.n]
+        elif args.from_pool or args.from_workdir:
             cands, found, borrowed = borrowed_candidates(args)
             import_candidates(store, cands, found)
         else:
@@ -400,6 +408,10 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
         log.info("%d candidates", len(cands))
         results = label_all(config, store, [c["hash"] for c in cands], workdir=workdir, what="candidates")
         ref_results = label_all(config, store, ref_hashes, workdir=workdir, what="references")
+        if args.finish:
+            log.info(
+                "short pool (--finish): %d references, %d candidates labelled", len(ref_hashes), len(cands)
+            )
 
         structures = store.get_structures([*ref_hashes, *[c["hash"] for c in cands]])
         entries = []
@@ -460,6 +472,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
             "screen_relax_steps": args.relax_steps,
             "candidates_from": borrowed,
             "wall_time_s": round(time.time() - started, 1),
+            "complete": not args.finish,
         },
         "summary": summary,
         "entries": entries,
@@ -551,6 +564,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--members", type=int, default=4, help="emulator ensemble members")
     p.add_argument("--relax-steps", type=int, default=60, help="emulator screening relaxation steps")
     p.add_argument("--diffusion-steps", type=int, default=100, help="diffusion sampler steps")
+    p.add_argument(
+        "--finish",
+        action="store_true",
+        help="write the pool from what is labelled so far, without generating or labelling more",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
