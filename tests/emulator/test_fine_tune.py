@@ -26,7 +26,9 @@ def tuned(emt_train: list[LabelledStructure], emt_held: list[LabelledStructure],
     stages = {"pretrained": ens.evaluate(emt_held)}
     stages["refit_metrics"] = ens.fine_tune(emt_train, epochs=0)
     stages["refit"] = ens.evaluate(emt_held)
-    stages["tune_metrics"] = ens.fine_tune(emt_train, epochs=EPOCHS, max_minutes=5)
+    # EMT is far from CHGNet's PBE, so this transfer test uses the large step that GPAW labels punish
+    # (benchmarks/emulator_update.py); the capability under test is fine-tuning itself.
+    stages["tune_metrics"] = ens.fine_tune(emt_train, epochs=EPOCHS, max_minutes=5, learning_rate=1e-2)
     stages["tuned"] = ens.evaluate(emt_held)
     directory = tmp_path_factory.mktemp("ckpt") / "round1"
     stages["manifest"] = ens.save(directory)
