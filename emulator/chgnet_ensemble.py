@@ -106,7 +106,10 @@ class ChgnetEnsembleSettings(EmulatorSettings):
     ridge_alpha: float = Field(1e-3, gt=0, description="ridge penalty of the reference-energy refit")
     epochs: int = Field(10, ge=0, description="fine-tuning epochs per call")
     max_minutes: float = Field(10.0, gt=0, description="wall-clock bound of one fine-tuning call")
-    learning_rate: float = Field(1e-2, gt=0, description="Adam learning rate of heads and last block")
+    # 1e-2 wrecked accuracy on GPAW labels (held-out MAE 0.14 vs 0.05 eV/atom for the refit alone); 1e-3 is the
+    # least harmful setting measured (benchmarks/emulator_update.py). The update keeps the refit-only variant
+    # deployed until a fine-tune proves better on held-out labels.
+    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate of heads and last block")
     # Energies decide hull membership, so they weigh most; stress (GPa²) gets a small weight because oracle
     # stresses of strained cells are tens of GPa and would otherwise dominate the loss.
     energy_weight: float = Field(5.0, ge=0, description="weight of the energy MSE, per (eV/atom)²")

@@ -26,7 +26,9 @@ def tuned(emt_train: list[LabelledStructure], emt_held: list[LabelledStructure],
     stages = {"pretrained": ens.evaluate(emt_held)}
     stages["refit_metrics"] = ens.fine_tune(emt_train, epochs=0)
     stages["refit"] = ens.evaluate(emt_held)
-    stages["tune_metrics"] = ens.fine_tune(emt_train, epochs=EPOCHS, max_minutes=5)
+    # EMT is far from CHGNet's PBE, so this transfer test uses the large step that GPAW labels punish
+    # (benchmarks/emulator_update.py); the capability under test is fine-tuning itself.
+    stages["tune_metrics"] = ens.fine_tune(emt_train, epochs=EPOCHS, max_minutes=30, learning_rate=1e-2)
     stages["tuned"] = ens.evaluate(emt_held)
     directory = tmp_path_factory.mktemp("ckpt") / "round1"
     stages["manifest"] = ens.save(directory)
@@ -72,9 +74,9 @@ def test_calibration_on_held_out_pairs_is_adopted_and_saved(
     after = ens.evaluate(emt_held)
     # With no shrinkage the fitted scale puts about 68 % of these errors within 1σ (16 cells: one cell is 6 %) ...
     assert abs(after["frac_within_1sigma"] - 0.683) <= 1 / 16 + 1e-9
-    # ... the bias is the median error, and a monotone rescaling keeps the ranking.
+    # ... the bias is the median error and shifts every prediction; the std is scaled, not reordered.
     assert fit.bias == pytest.approx(float(np.median(pairs.errors())))
-    assert after["spearman_std_abs_error"] == pytest.approx(before["spearman_std_abs_error"])
+    assert after["mae"] != pytest.approx(before["mae"])
     assert after["mean_std"] == pytest.approx(before["mean_std"] * fit.scale)
     ens.save(tmp_path / "scaled")
     assert ChgnetEnsemble.load(tmp_path / "scaled").calibration == fit
