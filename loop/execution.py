@@ -376,5 +376,7 @@ def _shut_down(client: Any, cluster: Any | None) -> None:
         client.close()
         if cluster is not None:
             cluster.close()
-    except (TimeoutError, asyncio.TimeoutError, asyncio.CancelledError) as exc:
-        log.warning("the Dask cluster did not shut down cleanly (%s); results are unaffected", type(exc).__name__)
+    except (TimeoutError, asyncio.CancelledError) as exc:
+        log.warning(
+            "the Dask cluster did not shut down cleanly (%s); results are unaffected", type(exc).__name__
+        )
