@@ -11,6 +11,7 @@ structure cannot take the cluster down forever.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -21,6 +22,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from loop.errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 class _Strict(BaseModel):
@@ -361,6 +364,19 @@ def make_executor(execution: ExecutionConfig) -> Iterator[Executor]:
     try:
         yield Executor(client)
     finally:
+        _shut_down(client, cluster)
+
+
+def _shut_down(client: Any, cluster: Any | None) -> None:
+    """Close the client and the cluster; a slow shutdown (workers that take long to exit on a busy machine) is
+    logged, never raised: every result is committed by then, and the nanny kills what is left."""
+    import asyncio
+
+    try:
         client.close()
         if cluster is not None:
             cluster.close()
+    except (TimeoutError, asyncio.CancelledError) as exc:
+        log.warning(
+            "the Dask cluster did not shut down cleanly (%s); results are unaffected", type(exc).__name__
+        )

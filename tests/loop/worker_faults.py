@@ -22,7 +22,7 @@ def _finished(dask_scheduler: Any) -> int:
     return sum(1 for ts in dask_scheduler.tasks.values() if ts.state == "memory")
 
 
-def kill_busy_worker(client: Any, *, after_finished: int = 0, timeout_s: float = 300.0) -> int:
+def kill_busy_worker(client: Any, *, after_finished: int = 0, timeout_s: float = 3600.0) -> int:
     """SIGKILL a worker process that is running a task, once `after_finished` tasks have finished; its pid.
 
     Raises:
