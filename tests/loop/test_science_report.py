@@ -269,6 +269,7 @@ def test_rediscovery_section_matches_withheld_structures(smoke_campaign, tmp_pat
     match it) is reported as rediscovered at its round and call; one it never proposed is reported as not found."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
     from pymatgen.core import Lattice, Structure
+    from pymatgen.core.operations import SymmOp
 
     from loop.science_report import collect
 
@@ -284,7 +285,7 @@ def test_rediscovery_section_matches_withheld_structures(smoke_campaign, tmp_pat
     labelled = store.get_structures([q["hash"] for q in queries])
     withheld = labelled[target["hash"]].copy()
     withheld.make_supercell([[1, 1, 0], [-1, 1, 0], [0, 0, 1]])
-    withheld.rotate_sites(theta=0.3, axis=[0, 0, 1], anchor=[0, 0, 0])
+    withheld.apply_operation(SymmOp.from_axis_angle_and_translation([0, 0, 1], 17.0))
     never = Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.75), ["Cu"], [[0, 0, 0]])
     never.make_supercell([2, 1, 1])
     never.replace(0, "Au")  # Cu7Au: a composition the smoke campaign does not propose
