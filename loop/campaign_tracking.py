@@ -479,6 +479,18 @@ def _version_tags(
     return {k: v for k, v in tags.items() if v is not None}
 
 
+def _in_workdir(raw: str | None, workdir: Path) -> Path | None:
+    """A checkpoint path recorded by the retrain stage, found in `workdir` even if the campaign was moved since."""
+    if not raw:
+        return None
+    path = Path(raw)
+    if not path.is_absolute():
+        return workdir / path
+    if not path.exists() and "checkpoints" in path.parts:
+        return workdir.joinpath(*path.parts[path.parts.index("checkpoints") :])
+    return path
+
+
 def _relative(path: Path, workdir: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(Path(workdir).resolve()))
@@ -493,10 +505,7 @@ def _log_models(
     result = store.stage_result(rnd, "retrain") or {}
     names = model_names(config.name)
     for kind in ("emulator", "generator"):
-        raw = result.get(f"{kind}_checkpoint")
-        path = Path(raw) if raw else None
-        if path is not None and not path.is_absolute():
-            path = workdir / path
+        path = _in_workdir(result.get(f"{kind}_checkpoint"), workdir)
         if path is not None and path.exists():
             registered = {t.get("checkpoint") for t in tracker.model_versions(names[kind]).values()}
             # A version is a folder (the emulator's checkpoint dir, or the folder holding generator.pt), so
