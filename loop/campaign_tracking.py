@@ -486,8 +486,10 @@ def _in_workdir(raw: str | None, workdir: Path) -> Path | None:
     path = Path(raw)
     if not path.is_absolute():
         return workdir / path
-    if not path.exists() and "checkpoints" in path.parts:
-        return workdir.joinpath(*path.parts[path.parts.index("checkpoints") :])
+    if "checkpoints" in path.parts:
+        here = workdir.joinpath(*path.parts[path.parts.index("checkpoints") :])
+        if here.exists():
+            return here
     return path
 
 
