@@ -42,7 +42,8 @@ log = logging.getLogger("matloop")
 
 PARENT_META = "mlflow_parent_run"
 LOGGED_META = "mlflow_logged_rounds"
-PENDING_END_META = "mlflow_pending_end"
+END_META = "mlflow_end"
+EXPERIMENT_META = "mlflow_experiment_id"
 REPORT_LINK_META = "mlflow_report_link"
 REPORT_ARTIFACT = "report"
 REPORT_FILE = "science_report.html"
@@ -344,6 +345,7 @@ def _open_parent(tracker: Tracker, config: CampaignConfig, store: CampaignStore)
     assert parent is not None
     if parent != stored:
         store.set_meta(PARENT_META, parent)
+    store.set_meta(EXPERIMENT_META, tracker.experiment_id)
     tracker.log_params(flatten(config.model_dump(mode="json")))
     tracker.log_params(_versions())
     return parent
@@ -477,6 +479,20 @@ def _version_tags(
     return {k: v for k, v in tags.items() if v is not None}
 
 
+def _in_workdir(raw: str | None, workdir: Path) -> Path | None:
+    """A checkpoint path recorded by the retrain stage, found in `workdir` even if the campaign was moved since."""
+    if not raw:
+        return None
+    path = Path(raw)
+    if not path.is_absolute():
+        return workdir / path
+    if "checkpoints" in path.parts:
+        here = workdir.joinpath(*path.parts[path.parts.index("checkpoints") :])
+        if here.exists():
+            return here
+    return path
+
+
 def _relative(path: Path, workdir: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(Path(workdir).resolve()))
@@ -491,10 +507,7 @@ def _log_models(
     result = store.stage_result(rnd, "retrain") or {}
     names = model_names(config.name)
     for kind in ("emulator", "generator"):
-        raw = result.get(f"{kind}_checkpoint")
-        path = Path(raw) if raw else None
-        if path is not None and not path.is_absolute():
-            path = workdir / path
+        path = _in_workdir(result.get(f"{kind}_checkpoint"), workdir)
         if path is not None and path.exists():
             registered = {t.get("checkpoint") for t in tracker.model_versions(names[kind]).values()}
             # A version is a folder (the emulator's checkpoint dir, or the folder holding generator.pt), so
@@ -574,6 +587,7 @@ def track_round(config: CampaignConfig, *, store: CampaignStore, round: int, wor
     try:
         tracker.check_available()
         parent = _open_parent(tracker, config, store)
+        store.set_meta(END_META, None)  # the campaign runs again: an earlier end no longer applies
         todo = sorted(set(pending_rounds(store)) | {round})
         run_ids = {rnd: _log_round(tracker, config, store, rnd, workdir) for rnd in todo}
         tracker.set_description(
@@ -608,7 +622,7 @@ def end_campaign(
     """
     if not config.tracking.enabled:
         return True
-    store.set_meta(PENDING_END_META, {"status": status, "reason": reason})
+    store.set_meta(END_META, {"status": status, "reason": reason, "closed": False})
     tracker = campaign_tracker(config, store, workdir)
     try:
         tracker.check_available()
@@ -633,7 +647,7 @@ def _close_parent(
     store.set_meta(REPORT_LINK_META, link)
     tracker.set_description(campaign_description(config, store, report_link=link, ended=(status, reason)))
     tracker.end_run(status=status, reason=reason)
-    store.set_meta(PENDING_END_META, None)
+    store.set_meta(END_META, {"status": status, "reason": reason, "closed": True})
 
 
 @dataclass(frozen=True)
@@ -694,16 +708,16 @@ def sync_tracking(config: CampaignConfig, *, store: CampaignStore, workdir: Path
     todo = pending_rounds(store)  # every round again if the store was replaced
     for rnd in todo:
         _log_round(tracker, config, store, rnd, workdir)
-    pending_end: Mapping[str, str] | None = store.get_meta(PENDING_END_META)
-    if pending_end is None and tracker.run_status() == "RUNNING":
-        pending_end = {
-            "status": "KILLED",
-            "reason": "the campaign process ended without closing its run (killed); resume with `matloop run`",
-        }
-    if pending_end is not None:
-        _close_parent(
-            tracker, config, store, workdir, status=pending_end["status"], reason=pending_end["reason"]
-        )
+    end: Mapping[str, Any] | None = store.get_meta(END_META)
+    if tracker.run_status() == "RUNNING" or (end is not None and not end["closed"]):
+        # Nothing runs this campaign now (the caller holds its lock), so its run must not stay RUNNING: close it
+        # as the campaign ended, or as KILLED when the process died without recording an end (kill -9).
+        if end is None:
+            end = {
+                "status": "KILLED",
+                "reason": "the campaign process ended without closing its run (killed); resume with `matloop run`",
+            }
+        _close_parent(tracker, config, store, workdir, status=end["status"], reason=end["reason"])
     else:
         tracker.set_description(
             campaign_description(config, store, report_link=store.get_meta(REPORT_LINK_META))
@@ -728,3 +742,15 @@ def sync_tracking_in(workdir: Path) -> dict[str, Any]:
             return sync_tracking(config, store=store, workdir=workdir).as_dict()
         finally:
             store.close()
+
+
+def ui_address(workdir: Path, *, port: int) -> str:
+    """The address `matloop ui` prints: the campaign's runs view when its experiment is known, else the list."""
+    from loop.tracking import ui_url
+
+    store = CampaignStore.in_workdir(workdir)
+    try:
+        experiment = store.get_meta(EXPERIMENT_META)
+    finally:
+        store.close()
+    return ui_url(port=port, experiment_id=experiment)

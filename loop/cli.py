@@ -301,7 +301,9 @@ def ui(
     if isinstance(cmd, str):
         typer.echo(f"this campaign reports to the MLflow server at {cmd}: open that address")
         return
-    typer.echo(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C to stop)")
+    from loop.campaign_tracking import ui_address
+
+    typer.echo(f"MLflow UI on {ui_address(workdir, port=port)} (Ctrl-C to stop)")
     os.execvp(cmd[0], cmd)
 
 

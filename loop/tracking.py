@@ -162,6 +162,16 @@ def ui_command(workdir: Path | str, port: int = 5000, *, tracking_uri: str | Non
     return [*cmd, "--host", UI_HOST, "--port", str(int(port)), "--workers", "1"]
 
 
+def ui_url(*, port: int, experiment_id: str | None = None) -> str:
+    """Address of a campaign's runs in the MLflow UI on 127.0.0.1.
+
+    MLflow 3.17 picks its GenAI or model-training navigation from the `workflowType` URL parameter (else the
+    browser's last choice, GenAI by default), so the address names the model-training view.
+    """
+    page = f"experiments/{experiment_id}" if experiment_id else "experiments"
+    return f"http://{UI_HOST}:{int(port)}/#/{page}?workflowType=machine_learning"
+
+
 def ui_environment() -> dict[str, str]:
     """Environment overrides for the `ui_command` process (merge into `os.environ`).
 

@@ -8,30 +8,21 @@ in the checkout). Without chromium the tests skip, except in CI (CI=true), where
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from headless_chromium import Chromium, chromium_or_skip
 from tracked_smoke import ROOT, SMOKE_NAME, free_port, stop_process, tracked_smoke, wait_for_health
 
 pytestmark = pytest.mark.slow
 
 ARTIFACTS = Path(os.environ.get("MATLOOP_TEST_ARTIFACTS") or ROOT / "test-artifacts") / "browser"
-
-
-def _chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        message = (
-            "Debian's chromium is not installed (apt-get install chromium; scripts/setup.sh does it as root)"
-        )
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+EXPANDER = 'button[data-component-id*="runnamecellrenderer"]'
+ML_VIEW = "?workflowType=machine_learning"
 
 
 @pytest.fixture(scope="module")
@@ -42,97 +33,114 @@ def campaign(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     run = tracked_smoke(tmp_path_factory)
     client = Tracker(config=TrackingConfig(), workdir=run.workdir, campaign_name=SMOKE_NAME).client
     experiment = client.get_experiment_by_name(SMOKE_NAME)
-    runs = client.search_runs([experiment.experiment_id])
     ids = {"workdir": str(run.workdir), "experiment": experiment.experiment_id}
-    for r in runs:
-        if PARENT_TAG in r.data.tags:
-            ids[f"round{r.data.tags[ROUND_TAG]}"] = r.info.run_id
-        else:
-            ids["parent"] = r.info.run_id
+    for r in client.search_runs([experiment.experiment_id]):
+        key = f"round{r.data.tags[ROUND_TAG]}" if PARENT_TAG in r.data.tags else "parent"
+        ids[key] = r.info.run_id
     return ids
 
 
 @pytest.fixture(scope="module")
-def ui(campaign: dict[str, str]) -> Iterator[str]:
-    """`matloop ui` on a free port of 127.0.0.1, as a user starts it."""
-    port = free_port()
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "loop.cli", "ui", "--workdir", campaign["workdir"], "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env=env,
-        cwd=ROOT,
-    )
-    base = f"http://127.0.0.1:{port}"
+def ui(campaign: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`matloop ui` on a free port of 127.0.0.1, as a user starts it; yields the address it prints."""
+    out = tmp_path_factory.mktemp("ui") / "stdout.txt"
+    with out.open("w") as handle:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "loop.cli",
+                "ui",
+                "--workdir",
+                campaign["workdir"],
+                "--port",
+                str(free_port()),
+            ],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+            cwd=ROOT,
+        )
     try:
-        wait_for_health(base, proc)
-        yield base
+        deadline = time.monotonic() + 120
+        while "MLflow UI on " not in out.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, out.read_text()[-2000:]
+            time.sleep(0.5)
+        address = out.read_text().split("MLflow UI on ", 1)[1].split()[0]
+        wait_for_health(address.split("/#", 1)[0], proc)
+        yield address
     finally:
         stop_process(proc)
 
 
-def _browse(url: str, name: str, tmp_path: Path) -> str:
-    """Screenshot `url` into the test artifacts and return its rendered DOM (after the app's requests settle)."""
-    chromium = _chromium()
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    common = [
-        chromium,
-        "--headless",
-        "--no-sandbox",  # CI containers run as root
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--hide-scrollbars",
-        "--window-size=1440,1000",
-        "--virtual-time-budget=30000",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-    ]
-    png = ARTIFACTS / f"{name}.png"
-    png.unlink(missing_ok=True)
-    shot = subprocess.run([*common, f"--screenshot={png}", url], capture_output=True, text=True, timeout=300)
-    assert png.is_file() and png.stat().st_size > 10_000, shot.stderr[-2000:]
-    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=300)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    (ARTIFACTS / f"{name}.html").write_text(dom.stdout)
-    return dom.stdout
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
+    chromium = Chromium(executable=chromium_or_skip(), profile=tmp_path_factory.mktemp("chromium-profile"))
+    try:
+        yield chromium
+    finally:
+        chromium.close()
+
+
+def _has(text: str) -> str:
+    return f"document.body.innerText.includes({text!r})"
 
 
 def test_experiment_page_lists_parent_and_round_runs(
-    ui: str, campaign: dict[str, str], tmp_path: Path
+    ui: str, campaign: dict[str, str], browser: Chromium
 ) -> None:
-    dom = _browse(f"{ui}/#/experiments/{campaign['experiment']}", "landing", tmp_path)
-    assert SMOKE_NAME in dom
+    assert ui.endswith(f"#/experiments/{campaign['experiment']}{ML_VIEW}")
+    browser.open(ui, until=f"{_has(SMOKE_NAME)} && document.querySelector({EXPANDER!r})")
+    browser.screenshot(ARTIFACTS / "landing.png")
+    text = browser.text()
+    assert "Runs" in text and "Traces\n0" not in text  # the runs view, not the GenAI overview
+    browser.click(EXPANDER)  # the parent run's row opens onto its nested round runs
+    browser.wait(_has("round-002"))
+    browser.screenshot(ARTIFACTS / "landing_round_runs.png")
+    text = browser.text()
     for rnd in (0, 1, 2):
-        assert f"round-{rnd:03d}" in dom, f"round-{rnd:03d} not listed on the experiment page"
+        assert f"round-{rnd:03d}" in text
 
 
 def test_round_run_page_shows_metrics_and_artifacts(
-    ui: str, campaign: dict[str, str], tmp_path: Path
+    ui: str, campaign: dict[str, str], browser: Chromium
 ) -> None:
-    run = f"{ui}/#/experiments/{campaign['experiment']}/runs/{campaign['round1']}"
-    overview = _browse(run, "round_run", tmp_path)
-    assert "Round 1" in overview  # the description
-    for metric in ("science.hits", "update.emulator_mae", "funnel.n_passed"):
-        assert metric in overview, metric
-    artifacts = _browse(f"{run}/artifacts", "round_run_artifacts", tmp_path)
-    for folder in ("queried", "plots", "checkpoints"):
-        assert folder in artifacts, folder
+    base = ui.split("#", 1)[0]
+    run = f"{base}#/experiments/{campaign['experiment']}/runs/{campaign['round1']}"
+    browser.open(f"{run}{ML_VIEW}", until=f"{_has('Round 1')} && {_has('Metrics (')}")
+    browser.screenshot(ARTIFACTS / "round_run.png")
+    text = browser.text()
+    assert "Finished" in text and "generated:" in text
+    assert "smoke-cu-au-emulator" in text or "smoke-cu-au-generator" in text  # its registered versions
+    browser.open(f"{run}/artifacts{ML_VIEW}", until=f"{_has('queried')} && {_has('plots')}")
+    text = browser.text()
+    for folder in ("checkpoints", "discovered", "plots", "queried"):
+        assert folder in text, folder
+    browser.screenshot(ARTIFACTS / "round_run_artifacts.png")
 
 
-def test_parent_shows_hits_vs_oracle_calls(ui: str, campaign: dict[str, str], tmp_path: Path) -> None:
-    parent = f"{ui}/#/experiments/{campaign['experiment']}/runs/{campaign['parent']}"
-    dom = _browse(
-        f"{parent}/artifactPath/plots/hits_vs_oracle_calls.png", "parent_hits_vs_oracle_calls", tmp_path
-    )
-    assert "hits_vs_oracle_calls.png" in dom
-    overview = _browse(parent, "parent_run", tmp_path)
-    for text in ("Campaign", "hits_cumulative", "oracle_calls_cumulative", "FINISHED".title()):
-        assert text in overview, text
+def _image_loaded(name: str) -> str:
+    return f"[...document.images].some(i => i.src.includes({name!r}) && i.complete && i.naturalWidth > 100)"
 
 
-def test_registered_model_page_lists_versions(ui: str, campaign: dict[str, str], tmp_path: Path) -> None:
-    dom = _browse(f"{ui}/#/models/{SMOKE_NAME}-emulator", "registered_model", tmp_path)
+def test_parent_shows_hits_vs_oracle_calls(ui: str, campaign: dict[str, str], browser: Chromium) -> None:
+    base = ui.split("#", 1)[0]
+    parent = f"{base}#/experiments/{campaign['experiment']}/runs/{campaign['parent']}"
+    browser.open(f"{parent}{ML_VIEW}", until=f"{_has('Campaign')} && {_has('stop rule')}")
+    browser.screenshot(ARTIFACTS / "parent_run.png")
+    text = browser.text()
+    assert "Finished" in text
+    curve = f"{parent}/artifactPath/plots/hits_vs_oracle_calls.png{ML_VIEW}"
+    browser.open(curve, until=_image_loaded("hits_vs_oracle_calls"))
+    browser.screenshot(ARTIFACTS / "parent_hits_vs_oracle_calls.png")
+
+
+def test_registered_model_page_lists_versions(ui: str, browser: Chromium) -> None:
+    base = ui.split("#", 1)[0]
+    browser.open(f"{base}#/models/{SMOKE_NAME}-emulator{ML_VIEW}", until=_has("Version 3"))
+    browser.screenshot(ARTIFACTS / "registered_model.png")
+    text = browser.text()
     for version in (1, 2, 3):
-        assert f"Version {version}" in dom, f"version {version} not listed"
-    assert "champion" in dom
+        assert f"Version {version}" in text
+    assert "champion" in text and "data_hash" in text

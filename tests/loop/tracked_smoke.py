@@ -31,7 +31,7 @@ def matloop(*args: object, env: dict[str, str] | None = None) -> subprocess.Comp
         capture_output=True,
         text=True,
         env=full_env,
-        timeout=1800,
+        timeout=3600,
         cwd=ROOT,
     )
 
