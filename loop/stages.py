@@ -230,8 +230,8 @@ def substitution_candidates(
     Parents: the campaign's discoveries, then one bundled crystal per prototype (`prototype_parents`: every
     bundled chemical system that substitutes into a target system, best Hautier score first), skipping the
     withheld crystals and the prototypes used in earlier rounds. Children matching a known structure (`known`,
-    a `KnownIndex`) are dropped here, so a parent whose children are all known yields nothing and the next
-    prototype is tried.
+    a `KnownIndex`, which also receives every child kept) or larger than the funnel's `max_atoms` are dropped
+    here, so a parent whose children are all known yields nothing and the next prototype is tried.
 
     Returns:
         The candidates and counts: parents offered, prototypes skipped as spent, children dropped as known.
@@ -264,10 +264,15 @@ def substitution_candidates(
             context=context,
             seed=config.seed * 1000 + round + start,
         )
+        max_atoms = config.generator.funnel.max_atoms
         for cand in made:
+            if max_atoms is not None and len(cand.structure) > max_atoms:
+                continue  # the funnel would drop it; spend the slot on another structure type
             if known.find(cand.structure) is not None:
                 counts["known_children"] += 1
                 continue
+            # two parents can give the same child: keep the first
+            known.add(id=f"substitution-{len(out)}", structure=cand.structure, origin="campaign")
             out.append(cand)
             if len(out) >= n:
                 return out, counts

@@ -14,6 +14,7 @@ from loop.config import validate_config
 from loop.errors import InputError
 from loop.labelling import label_hashes
 from loop.store import CampaignStore
+from loop.structures import structure_hash
 
 B32 = "AB:227:4"
 
@@ -89,7 +90,10 @@ def test_substitution_searches_structure_types_and_does_not_repeat_parents(tmp_p
         if c.structure.composition.reduced_formula == "LiAl" and spacegroup(c.structure) == 227
     ]
     assert b32 and b32[0].info["parent_prototype"] == B32
-    assert all(known.find(c.structure) is None for c in made)  # nothing bundled is proposed again
+    fresh = stages.known_index(cfg, store=store, before_round=1)
+    assert all(fresh.find(c.structure) is None for c in made)  # nothing bundled is proposed again
+    assert len({structure_hash(c.structure) for c in made}) == len(made)  # no child twice
+    assert all(len(c.structure) <= cfg.generator.funnel.max_atoms for c in made)
     for c in made:
         store.add_structure(c.structure, source=c.source, parent=c.parent, round=1, provenance=c.info)
     again, counts2 = stages.substitution_candidates(
