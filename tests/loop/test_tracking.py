@@ -200,8 +200,9 @@ def test_runs_end_with_status_reason_and_description(tracker: Tracker) -> None:
     assert run.info.end_time is not None
 
 
-def test_model_versions_alias_and_load_by_uri(tracker: Tracker, tmp_path: Path) -> None:
-    import mlflow
+def test_model_versions_alias_and_load_by_uri(
+    tracker: Tracker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mlflow.artifacts
 
     versions = {}
@@ -228,17 +229,15 @@ def test_model_versions_alias_and_load_by_uri(tracker: Tracker, tmp_path: Path) 
     assert listed["2"]["data_hash"] == "h11" and float(listed["2"]["val.mae"]) == pytest.approx(0.04)
     champion = tracker.client.get_model_version_by_alias("li-o-demo-emulator", CHAMPION)
     assert str(champion.version) == "1"
-    # What the README shows: load the version in use by its URI.
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracker.tracking_uri)
-    try:
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                "models:/li-o-demo-emulator@champion", dst_path=str(tmp_path / "dl")
-            )
+    # What the README shows: load the version in use by its URI (the store named by the environment, so that no
+    # global MLflow state outlives the test).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracker.tracking_uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", tracker.tracking_uri)
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            "models:/li-o-demo-emulator@champion", dst_path=str(tmp_path / "dl")
         )
-    finally:
-        mlflow.set_tracking_uri(previous)
+    )
     assert json.loads((local / "manifest.json").read_text()) == {"round": 10}
     assert tracker.model_versions("no-such-model") == {}
 
