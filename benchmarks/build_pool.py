@@ -464,7 +464,11 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
         },
         "emulator": {"settings": config.emulator.model_dump(), "model": "pretrained"},
         "build": {
-            "command": "benchmarks/build_pool.py " + " ".join(sys.argv[1:]).replace(str(workdir), "WORKDIR"),
+            # Machine paths stay out of shipped files: the workdir and the output folder are placeholders.
+            "command": "benchmarks/build_pool.py "
+            + " ".join(sys.argv[1:])
+            .replace(str(workdir), "WORKDIR")
+            .replace(str(Path(args.out).parent), "OUT"),
             "commit": _git_commit(),
             "generator_mix": config.generator.mix,
             "max_atoms": args.max_atoms,
