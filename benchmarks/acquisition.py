@@ -260,9 +260,7 @@ def replay(
     from loop.verdicts import StabilityRule
 
     rule = StabilityRule(near_stable=pool.near_stable)
-    config = AcquisitionConfig(
-        strategy=strategy, budget=budget, stability_threshold=rule.hit_threshold, seed=seed
-    )
+    config = AcquisitionConfig(strategy=strategy, budget=budget, seed=seed)
     labelled = [int(i) for i in pool.refs if np.isfinite(pool.oracle_energy[i])]
     emulator.retrain(labelled, [], round=0)
     available = [int(i) for i in offered]
@@ -287,6 +285,7 @@ def replay(
             mean=ev.e_above_hull,
             std=ev.e_above_hull_std,
             config=config.model_copy(update={"seed": seed * 1000 + rnd}),
+            rule=rule,
             labelled=[pool.structures[i] for i in labelled],
         )
         rows = np.asarray(result.indices, dtype=int)

@@ -51,8 +51,11 @@ CURVE_PLOT = "plots/hits_vs_oracle_calls.png"
 # Stage-result keys copied to the parent run as well, for comparing campaigns at a glance.
 _PARENT_SUMMARY_KEYS = (
     "update.hit_rate",
-    "update.near_stable_rate",
+    "update.stable_rate",
+    "update.cumulative_hits",
     "update.cumulative_stable",
+    "retrain.emulator_heldout_refit_mae",
+    "retrain.emulator_heldout_fine_tuned_mae",
     "update.emulator_mae",
     "label.n_ok",
     "label.n_failed",

@@ -596,11 +596,19 @@ def update_hull(
     rule = config.stability_rule
     hull = current_hull(config, store)
     e_hull = hull.entry_e_above_hull()
-    verdicts = [(h, float(e), rule.is_stable(e), rule.is_hit(e)) for h, e in e_hull.items()]
-    queried = [q["hash"] for q in store.queries(round)]
     settings_hash = config.oracle.settings_hash()
+    # A label whose oracle relaxation ended on the crystal of an earlier label is on the hull (or not) as that one
+    # is, but it is not a new discovery: it never counts as stable or as a hit.
+    duplicates = {
+        r.hash for r in store.oracle_results(settings_hash=settings_hash, ok_only=True) if r.duplicate_of
+    }
+    verdicts = [
+        (h, float(e), rule.is_stable(e) and h not in duplicates, rule.is_hit(e) and h not in duplicates)
+        for h, e in e_hull.items()
+    ]
+    queried = [q["hash"] for q in store.queries(round)]
     results = {h: store.get_oracle_result(h, settings_hash) for h in queried}
-    this_round = {h: e_hull[h] for h in queried if h in e_hull}
+    this_round = {h: e_hull[h] for h in queried if h in e_hull and h not in duplicates}
     n_stable = sum(1 for e in this_round.values() if rule.is_stable(e))
     n_hits = sum(1 for e in this_round.values() if rule.is_hit(e))
     discovery_round = round > 0 and bool(queried)
@@ -608,6 +616,7 @@ def update_hull(
         "hull_entries": len(e_hull),
         "hull_stable_entries": len(hull.stable_ids()),
         "n_labelled_round": len(this_round),
+        "n_duplicates_round": sum(1 for h in queried if h in duplicates),
         "n_failed_round": sum(1 for r in results.values() if r is not None and not r.ok),
         "n_stable_new": n_stable if round > 0 else 0,
         "n_near_stable_new": n_hits - n_stable if round > 0 else 0,
