@@ -132,6 +132,10 @@ class Chromium:
 
     def open(self, url: str, *, until: str, timeout: float = 180) -> None:
         """Navigate to `url` and wait until the JavaScript condition `until` holds (the app has rendered)."""
+        # A single-page app treats a change of the #-route as in-app navigation and may keep showing the old
+        # view, so every page is loaded from scratch.
+        self.call("Page.navigate", page=True, url="about:blank")
+        self.wait("document.readyState === 'complete'", timeout=timeout, what="about:blank")
         self.call("Page.navigate", page=True, url=url)
         self.wait(until, timeout=timeout, what=url)
 

@@ -121,7 +121,9 @@ def test_round_run_page_shows_metrics_and_artifacts(
 
 
 def _image_loaded(name: str) -> str:
-    return f"[...document.images].some(i => i.src.includes({name!r}) && i.complete && i.naturalWidth > 100)"
+    """The artifact viewer shows file `name` and has drawn an image (it loads artifacts as blob: URLs)."""
+    drawn = "[...document.images].some(i => i.src.startsWith('blob:') && i.complete && i.naturalWidth > 100)"
+    return f"{_has(name)} && {drawn}"
 
 
 def test_parent_shows_hits_vs_oracle_calls(ui: str, campaign: dict[str, str], browser: Chromium) -> None:
