@@ -26,7 +26,7 @@ from loop.store import CampaignStore
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 ORDER = [(0, s) for s in ROUND0_STAGES] + [(1, s) for s in ROUND_STAGES]
-MAX_ORACLE_CALLS = 5
+MAX_ORACLE_CALLS = 8
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,7 @@ def tiny_config(path: Path) -> Path:
     """The smoke config cut down to seconds of work per stage (no diffusion model: the e2e test covers it)."""
     data = yaml.safe_load(SMOKE.read_text())
     data["name"] = "crash-cu-au"
-    data["references"] = {"max_compounds": 2, "max_atoms": 8}
+    data["references"] = {"max_compounds": 2, "max_atoms": 8, "max_element_atoms": 1}
     data["stop"] = {"max_rounds": 1, "max_oracle_calls": MAX_ORACLE_CALLS}
     data["generator"]["mix"] = {"diffusion": 0, "substitution": 4, "random_search": 3}
     data["generator"]["funnel"]["max_atoms"] = 12
