@@ -30,6 +30,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 import functools
+import logging
 import math
 import re
 import sys
@@ -251,6 +252,9 @@ class Tracker:
             # mlflow is imported on first use: it takes seconds, and `loop.config` (every CLI command) imports us.
             from mlflow import MlflowClient
 
+            # MLflow announces sqlite schema creation and migration at INFO on stderr (its logger is configured on
+            # import); a campaign's stderr carries its own progress and one-line errors only.
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
             if self.config.tracking_uri is None:
                 (self.workdir / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
             self._client = MlflowClient(tracking_uri=self.tracking_uri)

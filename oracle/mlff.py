@@ -25,6 +25,7 @@ from pymatgen.core import Structure
 from oracle import calc_worker
 from oracle.ase_runner import AseOracle, AseOracleSettings
 from oracle.base import register
+from oracle.cost import pair_potential_memory_gb
 
 
 class MLFFSettings(AseOracleSettings):
@@ -64,6 +65,11 @@ class MLFFOracle(AseOracle):
 
     def calculator_job(self, structure: Structure, *, attempt: int, directory: Path) -> dict[str, Any]:
         return {"model": self.settings.model}
+
+    def memory_estimate_gb(self, structure: Structure) -> float:
+        """Rough peak memory, GB: the loaded model plus per-atom equivariant features and neighbour lists
+        (`oracle.cost.pair_potential_memory_gb` at about 2 MB per atom)."""
+        return pair_potential_memory_gb(structure, bytes_per_atom=2e6)
 
     def code_version(self) -> str:
         return f"sevennet {self.settings.model}"
