@@ -51,6 +51,7 @@ from oracle.base import (
     SCFError,
     UnsupportedStructure,
 )
+from oracle.cost import plane_wave_memory_gb
 
 log = logging.getLogger("matloop.oracle")
 
@@ -562,3 +563,22 @@ def label_structures(
 ) -> list[OracleResult]:
     """Label each structure in turn in ``workdir_for(structure)``; failed labels come back as failed results."""
     return [oracle.label(s, workdir=workdir_for(s)) for s in structures]
+
+
+class PlaneWaveOracle(AseOracle):
+    """An ASE oracle with a plane-wave basis (settings `cutoff` in eV and `kpoint_density` in Å⁻¹): GPAW, VASP, QE."""
+
+    @property
+    def density_cutoff_factor(self) -> float:
+        """Density-grid cutoff over the wavefunction cutoff (4 for PAW; Quantum ESPRESSO sets its own `dual`)."""
+        return 4.0
+
+    def memory_estimate_gb(self, structure: Structure) -> float:
+        """Plane-wave estimate (`oracle.cost.plane_wave_memory_gb`) at this cutoff, k-mesh and spin setting."""
+        return plane_wave_memory_gb(
+            structure,
+            cutoff=self.settings.cutoff,
+            kpoint_mesh=kpoint_mesh(structure, self.settings.kpoint_density),
+            spin_polarized=self.initial_magmoms(structure) is not None,
+            density_cutoff_factor=self.density_cutoff_factor,
+        )

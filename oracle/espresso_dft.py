@@ -15,9 +15,14 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 from pymatgen.core import Structure
 
-from oracle.ase_runner import AseOracle, AseOracleSettings, atoms_spec, kpoint_mesh, niggli_reduce
+from oracle.ase_runner import (
+    AseOracleSettings,
+    PlaneWaveOracle,
+    atoms_spec,
+    kpoint_mesh,
+    niggli_reduce,
+)
 from oracle.base import OracleUnavailable, UnsupportedStructure, register
-from oracle.cost import plane_wave_memory_gb
 from oracle.gpaw_dft import DEFAULT_MAGMOMS, MAGNETIC_ELEMENTS
 
 RYDBERG_EV = 13.605693122994
@@ -65,7 +70,7 @@ class EspressoSettings(AseOracleSettings):
 
 
 @register
-class EspressoOracle(AseOracle):
+class EspressoOracle(PlaneWaveOracle):
     """Real DFT with Quantum ESPRESSO's pw.x (plane waves, user-supplied UPF pseudopotentials)."""
 
     name = "espresso"
@@ -122,15 +127,9 @@ class EspressoOracle(AseOracle):
                 fix="install Quantum ESPRESSO or set command",
             )
 
-    def memory_estimate_gb(self, structure: Structure) -> float:
-        """Plane-wave estimate (`oracle.cost.plane_wave_memory_gb`) with this run's density cutoff (`dual`)."""
-        return plane_wave_memory_gb(
-            structure,
-            cutoff=self.settings.cutoff,
-            kpoint_mesh=kpoint_mesh(structure, self.settings.kpoint_density),
-            spin_polarized=self.initial_magmoms(structure) is not None,
-            density_cutoff_factor=self.settings.dual,
-        )
+    @property
+    def density_cutoff_factor(self) -> float:
+        return self.settings.dual
 
     def initial_magmoms(self, structure: Structure) -> list[float] | None:
         symbols = [site.specie.symbol for site in structure]

@@ -17,9 +17,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 from pymatgen.core import Structure
 
-from oracle.ase_runner import WORKER_SCRIPT, AseOracle, AseOracleSettings, kpoint_mesh
+from oracle.ase_runner import WORKER_SCRIPT, AseOracleSettings, PlaneWaveOracle, kpoint_mesh
 from oracle.base import OracleUnavailable, UnsupportedStructure, register
-from oracle.cost import plane_wave_memory_gb
 
 # Initial moments (μB) for spin-polarised runs: high-spin-ish starting guesses for 3d metals and the
 # open-shell 4f elements; the SCF settles the actual moment.
@@ -151,7 +150,7 @@ def installed_setups(xc: str) -> frozenset[str]:
 
 
 @register
-class GPAWOracle(AseOracle):
+class GPAWOracle(PlaneWaveOracle):
     """Real DFT: GPAW plane-wave PAW with a Γ-centred k-mesh; the default oracle of a campaign."""
 
     name = "gpaw"
@@ -176,15 +175,6 @@ class GPAWOracle(AseOracle):
             )
         if self.settings.mpi_ranks > 1 and shutil.which("mpiexec") is None:
             raise OracleUnavailable("mpi_ranks > 1 needs mpiexec on PATH", fix="set mpi_ranks: 1")
-
-    def memory_estimate_gb(self, structure: Structure) -> float:
-        """Plane-wave estimate (`oracle.cost.plane_wave_memory_gb`) at this cutoff, k-mesh and spin setting."""
-        return plane_wave_memory_gb(
-            structure,
-            cutoff=self.settings.cutoff,
-            kpoint_mesh=kpoint_mesh(structure, self.settings.kpoint_density),
-            spin_polarized=self.initial_magmoms(structure) is not None,
-        )
 
     def initial_magmoms(self, structure: Structure) -> list[float] | None:
         symbols = [site.specie.symbol for site in structure]

@@ -14,9 +14,14 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 from pymatgen.core import Structure
 
-from oracle.ase_runner import AseOracle, AseOracleSettings, atoms_spec, kpoint_mesh, niggli_reduce
+from oracle.ase_runner import (
+    AseOracleSettings,
+    PlaneWaveOracle,
+    atoms_spec,
+    kpoint_mesh,
+    niggli_reduce,
+)
 from oracle.base import OracleUnavailable, UnsupportedStructure, register
-from oracle.cost import plane_wave_memory_gb
 from oracle.gpaw_dft import DEFAULT_MAGMOMS, MAGNETIC_ELEMENTS
 
 _ISMEAR = {"fermi-dirac": -1, "gaussian": 0, "methfessel-paxton": 1}
@@ -65,7 +70,7 @@ class VaspSettings(AseOracleSettings):
 
 
 @register
-class VaspOracle(AseOracle):
+class VaspOracle(PlaneWaveOracle):
     """Real DFT with VASP (PAW, licensed POTCARs supplied by the user)."""
 
     name = "vasp"
@@ -109,15 +114,6 @@ class VaspOracle(AseOracle):
         exe = self.settings.command.split()[-1]
         if shutil.which(exe) is None:
             raise OracleUnavailable(f"{exe} not found on PATH", fix="install VASP or set command")
-
-    def memory_estimate_gb(self, structure: Structure) -> float:
-        """Plane-wave estimate (`oracle.cost.plane_wave_memory_gb`; PAW, density cutoff 4x ENCUT)."""
-        return plane_wave_memory_gb(
-            structure,
-            cutoff=self.settings.cutoff,
-            kpoint_mesh=kpoint_mesh(structure, self.settings.kpoint_density),
-            spin_polarized=self.initial_magmoms(structure) is not None,
-        )
 
     def initial_magmoms(self, structure: Structure) -> list[float] | None:
         symbols = [site.specie.symbol for site in structure]
