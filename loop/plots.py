@@ -683,6 +683,7 @@ def plot_ehull_by_call(
     ax.set_xlabel("oracle call (campaign order)")
     ax.set_ylabel("E above final hull (eV/atom)")
     legend.legend(fontsize=7, loc="upper left", ncols=2)
+    return fig
 
 
 def plot_discovery_curve(
