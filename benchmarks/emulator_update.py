@@ -149,6 +149,9 @@ def replay(
         "pooled": {name: _pooled(*lists) for name, lists in pooled.items()},
         "rounds": per_round,
         "update_s": tune_s,
+        # Raw held-out pairs per variant (prediction before training, raw spread, label, round): calibration
+        # rules can be compared on them afterwards without retraining (benchmarks/calibration_rules.py).
+        "pairs": {name: h.to_dict() for name, h in variants.history.items()} if variants else {},
     }
 
 

@@ -111,6 +111,11 @@ class Emulator(ABC):
     def held_out_pairs(self, data: Sequence[LabelledStructure], *, round: int) -> HeldOutPairs:
         """Raw (uncalibrated) mean and spread for labels this model has not trained on, paired with the labels."""
 
+    def loo_pairs(self, data: Sequence[LabelledStructure], *, round: int) -> HeldOutPairs:
+        """Leave-one-out (raw mean, spread, label) pairs on the labels the model was fitted on, where the model can
+        give honest ones cheaply; none by default. Calibration uses them beside the held-out history."""
+        return HeldOutPairs()
+
     @property
     @abstractmethod
     def calibration(self) -> Calibration:

@@ -10,8 +10,10 @@ Units: energies eV/atom.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import numpy as np
+from scipy.optimize import minimize
 from scipy.stats import spearmanr
 
 ONE_SIGMA = 0.6827
@@ -89,53 +91,95 @@ class HeldOutPairs:
         return np.asarray(self.target, float) - np.asarray(self.predicted, float)
 
 
+CalibrationRule = Literal["quantile", "floor"]
+"""How the std map is fitted: "quantile" (scale only: the 68.3 % quantile of |error| / raw std) or "floor" (scale
+and an error floor by Gaussian maximum likelihood: std² = (scale · raw)² + floor²)."""
+
+
 @dataclass(frozen=True)
 class Calibration:
-    """Map from the raw ensemble to calibrated predictions: mean + bias, std × scale.
+    """Map from the raw ensemble to calibrated predictions: mean + bias, std = sqrt((scale · raw)² + floor²).
 
     Attributes:
-        bias: Added to every predicted energy per atom, eV/atom (the mean held-out error, shrunk).
-        scale: Multiplies every reported std (so ≈68 % of held-out errors fall within 1σ, shrunk).
+        bias: Added to every predicted energy per atom, eV/atom (the median held-out error, shrunk).
+        scale: Multiplies every raw std.
+        floor: Error the members share and their spread cannot show (a common pretrained backbone, the level of
+            theory), eV/atom; added in quadrature to the energy std. 0 under the "quantile" rule.
         n_pairs: Held-out pairs behind this fit.
     """
 
     bias: float = 0.0
     scale: float = 1.0
+    floor: float = 0.0
     n_pairs: int = 0
 
     def to_dict(self) -> dict[str, float]:
-        return {"bias": self.bias, "scale": self.scale, "n_pairs": float(self.n_pairs)}
+        return {"bias": self.bias, "scale": self.scale, "floor": self.floor, "n_pairs": float(self.n_pairs)}
 
     @classmethod
     def from_dict(cls, data: dict[str, float] | None) -> Calibration:
         if not data:
             return cls()
-        return cls(bias=float(data["bias"]), scale=float(data["scale"]), n_pairs=int(data["n_pairs"]))
+        return cls(
+            bias=float(data["bias"]),
+            scale=float(data["scale"]),
+            floor=float(data.get("floor", 0.0)),  # fits saved before the floor existed
+            n_pairs=int(data["n_pairs"]),
+        )
+
+    def std(self, raw: np.ndarray) -> np.ndarray:
+        """Calibrated energy std, eV/atom, from the raw member spread (eV/atom)."""
+        raw = np.asarray(raw, float)
+        return np.sqrt((self.scale * raw) ** 2 + self.floor**2)
 
     def apply(self, pairs: HeldOutPairs) -> dict[str, float]:
         """`calibration_metrics` of these pairs under this calibration."""
         return calibration_metrics(
             predicted=np.asarray(pairs.predicted, float) + self.bias,
-            std=self.scale * np.maximum(np.asarray(pairs.std, float), MIN_STD),
+            std=np.maximum(self.std(pairs.std), MIN_STD),
             target=np.asarray(pairs.target, float),
         )
 
 
-def fit_calibration(
-    pairs: HeldOutPairs, *, previous: Calibration, prior_weight: float, fit_bias: bool = True
-) -> Calibration:
-    """Fit bias and scale on all held-out pairs, shrunk toward `previous`.
+def _floor_fit(residual: np.ndarray, raw: np.ndarray, *, scale0: float) -> tuple[float, float]:
+    """Gaussian maximum-likelihood (scale, floor) of residuals whose variance is (scale · raw)² + floor²."""
+    raw = np.maximum(raw, MIN_STD)
+    r2 = residual**2
+    floor0 = max(float(np.median(np.abs(residual))) / 2, 1e-4)
 
-    The bias is the median signed error (robust to one wild candidate); the scale is the 68.3 % quantile of
-    |error - bias| / raw std, i.e. the multiplier that puts 68.3 % of the pairs within 1σ. Each is shrunk toward the
-    previous fit as if the previous fit were `prior_weight` pairs (the scale in log space, so it stays positive;
-    the first scale fit, when `previous` rests on no pairs, is not shrunk).
+    def nll(theta: np.ndarray) -> float:
+        var = (np.exp(theta[0]) * raw) ** 2 + np.exp(theta[1]) ** 2
+        return float(np.sum(np.log(var) + r2 / var))
+
+    # Bounded: a scale between 1e-3 and 1e3, a floor between 0.1 meV/atom and 1 eV/atom.
+    bounds = [(np.log(1e-3), np.log(1e3)), (np.log(1e-4), np.log(1.0))]
+    best = minimize(nll, x0=np.log([scale0, floor0]), method="L-BFGS-B", bounds=bounds)
+    return float(np.exp(best.x[0])), float(np.exp(best.x[1]))
+
+
+def fit_calibration(
+    pairs: HeldOutPairs,
+    *,
+    previous: Calibration,
+    prior_weight: float,
+    fit_bias: bool = True,
+    rule: CalibrationRule = "quantile",
+) -> Calibration:
+    """Fit bias, scale (and floor) on all held-out pairs, shrunk toward `previous`.
+
+    The bias is the median signed error (robust to one wild candidate). Under "quantile" the scale is the 68.3 %
+    quantile of |error - bias| / raw std, i.e. the multiplier that puts 68.3 % of the pairs within 1σ, and the
+    floor is 0. Under "floor", scale and floor maximise the Gaussian likelihood of the residuals with variance
+    (scale · raw)² + floor². Each is shrunk toward the previous fit as if the previous fit were `prior_weight`
+    pairs (scale and floor in log space, so they stay positive; the first fit, when `previous` rests on no pairs,
+    is not shrunk).
 
     Args:
         pairs: Every held-out pair gathered so far.
         previous: The fit in use (the identity calibration at first).
         prior_weight: Pseudo-count of the previous fit, in pairs (0 = no shrinkage).
         fit_bias: Fit the bias (else keep it at 0).
+        rule: "quantile" or "floor" (see `CalibrationRule`).
 
     Returns:
         The new calibration (the previous one when there are no pairs).
@@ -144,13 +188,26 @@ def fit_calibration(
     if n == 0:
         return previous
     errors = pairs.errors()
+    raw = np.maximum(np.asarray(pairs.std, float), MIN_STD)
     bias_fit = float(np.median(errors)) if fit_bias else 0.0
-    ratio = np.abs(errors - bias_fit) / np.maximum(np.asarray(pairs.std, float), MIN_STD)
-    scale_fit = max(float(np.quantile(ratio, ONE_SIGMA)), 1e-3)
+    residual = errors - bias_fit
+    scale_fit = max(float(np.quantile(np.abs(residual) / raw, ONE_SIGMA)), 1e-3)
+    floor_fit = 0.0
+    if rule == "floor":
+        scale_fit, floor_fit = _floor_fit(residual, raw, scale0=scale_fit)
     w = n / (n + prior_weight)
     bias = (1 - w) * previous.bias + w * bias_fit if fit_bias else 0.0
     # The identity is a fine prior for the bias but not for the scale (a raw spread may be off by 10x), so the
-    # first fit of the scale is taken as is.
-    w_scale = w if previous.n_pairs > 0 else 1.0
-    scale = float(np.exp((1 - w_scale) * np.log(previous.scale) + w_scale * np.log(scale_fit)))
-    return Calibration(bias=bias, scale=scale, n_pairs=n)
+    # first fit of the scale and floor is taken as is.
+    w_first = w if previous.n_pairs > 0 else 1.0
+
+    def shrink(old: float, new: float) -> float:
+        if new <= 0:
+            return 0.0
+        if old <= 0:  # no previous floor to shrink toward (quantile fits, or none yet)
+            return new
+        return float(np.exp((1 - w_first) * np.log(old) + w_first * np.log(new)))
+
+    return Calibration(
+        bias=bias, scale=shrink(previous.scale, scale_fit), floor=shrink(previous.floor, floor_fit), n_pairs=n
+    )

@@ -50,6 +50,7 @@ from emulator.base import (
 from emulator.calibration import (
     MIN_STD,
     Calibration,
+    CalibrationRule,
     HeldOutPairs,
     calibration_metrics,
     fit_calibration,
@@ -59,6 +60,7 @@ from emulator.multihead import MultiHeadChgnet
 from emulator.prior import distil_heads
 from emulator.relaxation import relax_one
 from emulator.training import (
+    N_ELEMENTS,
     bootstrap_weights,
     composition_fractions,
     fine_tune_members,
@@ -128,6 +130,9 @@ class ChgnetEnsembleSettings(EmulatorSettings):
         8.0, ge=0, description="pseudo-count (pairs) of the previous calibration when refitting it"
     )
     calibration_bias: bool = Field(True, description="calibrate an energy bias as well as the std scale")
+    calibration_rule: CalibrationRule = Field(
+        "quantile", description="std map: 68 % quantile scale, or scale + error floor by maximum likelihood"
+    )
     optimizer: Literal["FIRE", "BFGS"] = "FIRE"
     relax_cell: bool = True
     derivative_std: bool = Field(True, description="per-member forces/stress for their std (K back-props)")
@@ -171,7 +176,14 @@ class ChgnetEnsemble(Emulator):
         self.model = MultiHeadChgnet.from_pretrained(base=base, n_heads=self.settings.n_members)
         self.model.requires_grad_(False)
         self.model.eval()
-        self.state: dict[str, Any] = {"n_fine_tunes": 0, "data_hash": None, "metrics": {}, "n_labels": 0}
+        self.state: dict[str, Any] = {
+            "n_fine_tunes": 0,
+            "data_hash": None,
+            "metrics": {},
+            "n_labels": 0,
+            "reference_shift": {},
+            "members_trained": False,
+        }
         if self.settings.design != "bootstrap_only":
             metrics = distil_heads(
                 self.model,
@@ -260,7 +272,7 @@ class ChgnetEnsemble(Emulator):
         cal = self.calibration if calibrated else Calibration()
         scale = cal.scale
         e = e + cal.bias
-        std_e = scale * e.std(axis=0) if return_std else np.zeros(e.shape[1])
+        std_e = cal.std(e.std(axis=0)) if return_std else np.zeros(e.shape[1])
         pred = EnsemblePrediction(
             energy_per_atom=e.mean(axis=0), energy_per_atom_std=std_e, member_energy_per_atom=e
         )
@@ -358,6 +370,8 @@ class ChgnetEnsemble(Emulator):
         fc = self.model.base.composition_model.fc
         with torch.no_grad():
             fc.weight += torch.as_tensor(shift, dtype=fc.weight.dtype).view_as(fc.weight)
+        total = self._reference_shift() + shift
+        self.state["reference_shift"] = {str(z + 1): float(total[z]) for z in np.flatnonzero(total)}
         after = before.mean(axis=0) + fractions @ shift
         return {
             "refit_mae_before": float(np.abs(before.mean(axis=0) - target).mean()),
@@ -399,6 +413,7 @@ class ChgnetEnsemble(Emulator):
                 n_members=self.model.n_heads, n_data=len(examples), seed=round_seed, bootstrap=cfg.bootstrap
             )
             if cfg.epochs > 0 and cfg.frozen_members < self.model.n_heads:
+                self.state["members_trained"] = True
                 metrics |= fine_tune_members(
                     self.model,
                     examples,
@@ -454,6 +469,48 @@ class ChgnetEnsemble(Emulator):
             round=[int(round)] * len(data),
         )
 
+    def _reference_shift(self) -> np.ndarray:
+        """(94,) total shift of the reference energies by every refit so far, eV/atom."""
+        out = np.zeros(N_ELEMENTS)
+        for z, value in (self.state.get("reference_shift") or {}).items():
+            out[int(z) - 1] = value
+        return out
+
+    def loo_pairs(self, data: Sequence[LabelledStructure], *, round: int) -> HeldOutPairs:
+        """Leave-one-out pairs on the labels this model was refitted on, when that is an honest held-out test.
+
+        While no member weight has been trained on labels, the reference refit (a ridge fit of per-element
+        shifts) is the only thing the labels changed: label i's leave-one-out prediction is the pretrained
+        ensemble mean plus the shifts refitted without label i, and its spread is the members' (the shifts move
+        every member alike). This turns every label so far into a calibration pair instead of a round's few.
+        After member training the in-sample errors are optimistic: no pairs.
+
+        Args:
+            data: The labels of the last refit (all labels so far).
+            round: Tag of the pairs.
+        """
+        if not data or self.state.get("members_trained", True):
+            return HeldOutPairs()
+        structs = self._check_labels(data)
+        pred = self.predict(structs, forces=False, stress=False, calibrated=False)
+        fractions = composition_fractions([np.array([site.specie.Z for site in s]) for s in structs])
+        pretrained = pred.energy_per_atom - fractions @ self._reference_shift()
+        target = np.array([item.energy_per_atom for item in data])
+        residual = target - pretrained
+        predicted = []
+        for i in range(len(data)):
+            keep = np.arange(len(data)) != i
+            shift = refit_reference_shift(
+                fractions=fractions[keep], residuals=residual[keep], alpha=self.settings.ridge_alpha
+            )
+            predicted.append(float(pretrained[i] + fractions[i] @ shift))
+        return HeldOutPairs(
+            predicted=predicted,
+            std=[float(x) for x in pred.energy_per_atom_std],
+            target=[float(x) for x in target],
+            round=[int(round)] * len(data),
+        )
+
     def calibrate(
         self, pairs: HeldOutPairs, *, prior_weight: float | None = None, previous: Calibration | None = None
     ) -> Calibration:
@@ -472,6 +529,7 @@ class ChgnetEnsemble(Emulator):
             previous=self.calibration if previous is None else previous,
             prior_weight=self.settings.calibration_prior_weight if prior_weight is None else prior_weight,
             fit_bias=self.settings.calibration_bias,
+            rule=self.settings.calibration_rule,
         )
         self.state["calibration"] = fit.to_dict()
         return fit
@@ -514,6 +572,8 @@ class ChgnetEnsemble(Emulator):
             "calibration": self.calibration.to_dict(),
             "n_fine_tunes": self.state["n_fine_tunes"],
             "metrics": self.state["metrics"],
+            "reference_shift": self.state.get("reference_shift") or {},
+            "members_trained": bool(self.state.get("members_trained", True)),
             "files": files,
         }
         write_manifest(directory, json.loads(json.dumps(manifest, default=list)))
@@ -550,5 +610,8 @@ class ChgnetEnsemble(Emulator):
             "n_labels": manifest["n_labels"],
             "last_round_seed": manifest["seeds"].get("last_round"),
             "calibration": manifest.get("calibration"),
+            # Checkpoints written before these were recorded: unknown shifts, and no leave-one-out pairs.
+            "reference_shift": manifest.get("reference_shift", {}),
+            "members_trained": manifest.get("members_trained", True),
         }
         return self

@@ -12,7 +12,8 @@ rounds already done in the previous round). Their held-out pairs accumulate per 
 lower held-out MAE over all rounds so far is deployed. Before any held-out label exists (round 0) the refit variant
 is deployed. A fine-tune whose error on its own training labels is worse than the refit's is never deployed (this
 is how a wrecking learning rate showed itself). Calibration (bias and std scale) of each variant is refitted on its
-held-out pairs, shrunk toward its previous fit.
+held-out pairs plus, for the refit variant, leave-one-out pairs on every label so far (its only label-dependent
+parameters are the reference shifts, so those are honest held-out predictions), shrunk toward its previous fit.
 
 Units: energies eV/atom.
 """
@@ -231,8 +232,13 @@ def update_emulator(
         models["fine_tuned"] = tuned
 
     for name, model in models.items():
+        # Calibration rests on every label so far where the model can give leave-one-out pairs (the refit-only
+        # variant), and on the held-out history of its lineage.
+        pairs = model.loo_pairs(data, round=round)
         if name in history:
-            report.calibration[name] = model.calibrate(history[name])
+            pairs = pairs.extend(history[name])
+        if len(pairs):
+            report.calibration[name] = model.calibrate(pairs)
     report.held_out_all = {k: float(np.mean(np.abs(v.errors()))) for k, v in history.items()}
 
     report.deployed, report.reason = _choose(models, report)

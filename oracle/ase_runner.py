@@ -31,12 +31,16 @@ import sys
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import spglib
+from ase.spacegroup.symmetrize import refine_symmetry
 from pydantic import Field
 from pymatgen.core import Lattice, Structure
+from pymatgen.io.ase import AseAtomsAdaptor
 
 from oracle.base import (
     CalculationFailed,
@@ -72,10 +76,22 @@ class AseOracleSettings(OracleSettings):
             `FrechetCellFilter`); 0 = single point. The verdict, the stored structure and the training label all
             come from the final step.
         relax_fmax: Force convergence of that relaxation, eV/Å (the cell filter scales stresses to the same unit).
+        symprec: Symmetry tolerance, Å. When set, the cell is symmetrised to the space group spglib finds at this
+            tolerance before the calculation, and a relaxation keeps that symmetry (ASE ``FixSymmetry``): a
+            symmetric crystal then costs its irreducible k-points only, and numerical noise cannot lower its
+            symmetry. Energies of a constrained relaxation are upper bounds of the unconstrained minimum. None:
+            the cell is used as given.
     """
 
     relax_steps: int = Field(0, ge=0)
     relax_fmax: float = Field(0.05, gt=0)
+    symprec: float | None = Field(None, gt=0, le=0.1)
+
+    def settings_hash(self) -> str:
+        """As `OracleSettings.settings_hash`; an unset ``symprec`` leaves hashes of earlier results unchanged."""
+        exclude = set(self.non_physics_fields) | ({"symprec"} if self.symprec is None else set())
+        payload = json.dumps(self.model_dump(exclude=exclude), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def structure_fingerprint(structure: Structure) -> str:
@@ -113,6 +129,68 @@ def niggli_reduce(structure: Structure) -> Structure:
     ):
         raise UnsupportedStructure("Niggli reduction did not keep the frame/site order; pass a reduced cell")
     return reduced
+
+
+@dataclass(frozen=True)
+class Symmetrized:
+    """A cell moved onto its space group (same lattice frame, same site order).
+
+    Attributes:
+        structure: The symmetrised cell, rigidly translated so that a site of the highest site symmetry sits at
+            the origin (codes such as GPAW use only symmetry operations without fractional translations, i.e.
+            rotations about the cell origin).
+        spacegroup: International symbol of the space group found, e.g. "Fd-3m".
+        number: Space-group number (1-230).
+        max_shift: Largest displacement of a site by the symmetrisation itself (the rigid translation aside), Å.
+        origin_operations: Symmetry operations that fix the origin after the translation (the point group a
+            symmorphic-only code can use).
+    """
+
+    structure: Structure
+    spacegroup: str
+    number: int
+    max_shift: float
+    origin_operations: int
+
+
+def symmetrize(structure: Structure, *, symprec: float) -> Symmetrized:
+    """Move `structure` exactly onto the space group spglib finds at `symprec` (Å), keeping frame and site order.
+
+    Site ``i`` of the result is site ``i`` of the input, displaced by at most about `symprec` (plus one rigid
+    translation of the whole crystal, see `Symmetrized.structure`); the lattice is adjusted to the exact metric of
+    its Bravais lattice. A P1 cell comes back unchanged.
+    """
+    atoms = AseAtomsAdaptor.get_atoms(structure)
+    found = refine_symmetry(atoms, symprec=symprec)
+    refined = Structure(
+        Lattice(atoms.cell.array), structure.species, atoms.get_positions(), coords_are_cartesian=True
+    )
+    moved = refined.lattice.get_fractional_coords(refined.cart_coords - structure.cart_coords)
+    moved -= np.round(moved)
+    max_shift = float(np.linalg.norm(refined.lattice.get_cartesian_coords(moved), axis=1).max(initial=0.0))
+    frac = refined.frac_coords
+    exact = spglib.get_symmetry_dataset(
+        (refined.lattice.matrix, frac, [site.specie.Z for site in refined]), symprec=1e-5
+    )
+    fixed = np.zeros(len(frac), dtype=int)
+    if exact is not None:
+        for rotation, translation in zip(exact.rotations, exact.translations, strict=True):
+            image = frac @ rotation.T + translation - frac
+            fixed += np.all(np.abs(image - np.round(image)) < 1e-5, axis=1)
+    anchor = int(np.argmax(fixed))  # the first site of the highest site symmetry
+    centred = Structure(
+        refined.lattice,
+        refined.species,
+        np.mod(frac - frac[anchor], 1.0),
+        site_properties=refined.site_properties,
+    )
+    return Symmetrized(
+        structure=centred,
+        spacegroup=str(found.international),
+        number=int(found.number),
+        max_shift=max_shift,
+        origin_operations=int(fixed[anchor]) if exact is not None else 1,
+    )
 
 
 def atoms_spec(structure: Structure, magmoms: Sequence[float] | None) -> dict[str, Any]:
@@ -408,6 +486,17 @@ class AseOracle(Oracle):
         reduced = niggli_reduce(structure)
         if reduced.lattice.matrix.tolist() != structure.lattice.matrix.tolist():
             metadata["reduced_lattice"] = reduced.lattice.matrix.tolist()
+        symprec = self.settings.symprec
+        if symprec is not None:
+            sym = symmetrize(reduced, symprec=symprec)
+            reduced = sym.structure
+            metadata["symmetry"] = {
+                "spacegroup": sym.spacegroup,
+                "number": sym.number,
+                "symprec": symprec,
+                "max_shift": sym.max_shift,
+                "origin_operations": sym.origin_operations,
+            }
         magmoms = self.initial_magmoms(reduced)
         metadata["spin_polarized"] = magmoms is not None
         log: list[dict[str, Any]] = metadata["attempt_log"]
@@ -424,6 +513,7 @@ class AseOracle(Oracle):
                 "atoms": atoms_spec(reduced, magmoms),
                 "relax_steps": self.settings.relax_steps,
                 "relax_fmax": self.settings.relax_fmax,
+                "symprec": symprec,
                 "relax_params": self.relaxation_job(reduced, attempt=attempt, directory=directory),
                 "output": "answer.json",
                 "parent_pid": os.getpid(),
@@ -493,8 +583,9 @@ class AseOracle(Oracle):
             return Structure(Lattice(cell), reduced.species, positions, coords_are_cartesian=True)
 
         # A single point's numbers belong to the input structure as given (the reduced cell is the same crystal in
-        # the same frame and site order); a relaxation's to its final geometry, in the reduced cell.
-        final = structure
+        # the same frame and site order) unless it was symmetrised; a relaxation's to its final geometry, in the
+        # reduced cell.
+        final = reduced if "symmetry" in metadata else structure
         frames: list[RelaxationFrame] = []
         if "relaxed" in answer:
             relaxed = answer["relaxed"]

@@ -7,7 +7,8 @@ this side only builds the ASE calculator by name, runs it and writes a JSON answ
 
 Job file keys: ``calculator`` (gpaw, emt, cp2k, espresso, vasp, sevennet), ``params`` (calculator keyword arguments,
 already in the calculator's own units), ``atoms`` (numbers, positions Å, cell Å, pbc, magmoms μB or null),
-``relax_steps`` (0 = single point), ``relax_fmax`` eV/Å, optional ``relax_params`` (calculator keyword arguments
+``relax_steps`` (0 = single point), ``relax_fmax`` eV/Å, ``symprec`` Å (null, or keep the given, already
+symmetrised cell on its space group with ASE ``FixSymmetry``), optional ``relax_params`` (calculator keyword arguments
 of the relaxation when they differ from ``params``, e.g. a coarser k-mesh: the answer is then a single point with
 ``params`` at the relaxed geometry, without frames), ``output`` (file name of the answer).
 
@@ -191,6 +192,12 @@ def run(job: dict[str, Any], directory: Path) -> dict[str, Any]:
             atoms.calc = BUILDERS[job["calculator"]](relax_params, directory / "relax")
         else:
             atoms.calc = BUILDERS[job["calculator"]](job["params"], directory)
+        if job.get("symprec"):
+            from ase.constraints import FixSymmetry
+
+            # The parent symmetrised the cell; the constraint keeps forces, stress and every step on that space
+            # group (the calculator's own symmetry analysis then keeps its reduced k-point set throughout).
+            atoms.set_constraint(FixSymmetry(atoms, symprec=float(job["symprec"])))
         initial = _properties(atoms)
         answer["n_scf"] = _n_scf(atoms.calc)
         if steps > 0:

@@ -102,6 +102,10 @@ class GPAWSettings(AseOracleSettings):
             with ``kpoint_density``.
         max_atoms: Largest cell accepted (atoms); plane-wave cost grows as N³, so larger cells are refused before
             they start (together with the memory estimate, `max_memory_gb`).
+        symprec: Symmetry tolerance, Å (see `AseOracleSettings`). On by default at 0.01 Å (spglib's and
+            pymatgen's customary tolerance): emulator-relaxed candidates keep their parent's symmetry only to
+            about 1e-4-1e-3 Å, and GPAW (tolerance 1e-7) would otherwise treat them as P1 and compute every
+            k-point of the mesh.
     """
 
     kind: Literal["gpaw"] = "gpaw"
@@ -123,6 +127,7 @@ class GPAWSettings(AseOracleSettings):
     relax_fmax: float = Field(0.05, gt=0)
     relax_kpoint_density: float | None = Field(None, gt=0)
     max_atoms: int = Field(200, ge=1)
+    symprec: float | None = Field(0.01, gt=0, le=0.1)
 
     non_physics_fields: ClassVar[frozenset[str]] = AseOracleSettings.non_physics_fields | {
         "mpi_ranks",

@@ -36,6 +36,29 @@ def test_calibration_fit_is_shrunk_toward_the_previous_fit() -> None:
     assert fit_calibration(HeldOutPairs(), previous=first, prior_weight=8.0) == first
 
 
+def test_floor_rule_recovers_a_shared_error_the_spread_cannot_show() -> None:
+    """Errors with variance (1.5·σ)² + 0.02²: the floor rule finds both terms; the quantile rule has no floor, so
+    its 1σ band is too wide for large spreads and too narrow for small ones."""
+    rng = np.random.default_rng(1)
+    std = rng.uniform(0.002, 0.06, size=4000)
+    errors = np.sqrt((1.5 * std) ** 2 + 0.02**2) * rng.standard_normal(4000)
+    pairs = HeldOutPairs(predicted=list(-errors), std=list(std), target=[0.0] * 4000, round=[1] * 4000)
+    fit = fit_calibration(pairs, previous=Calibration(), prior_weight=8.0, rule="floor")
+    assert fit.scale == pytest.approx(1.5, rel=0.1)
+    assert fit.floor == pytest.approx(0.02, rel=0.15)
+    small = HeldOutPairs(
+        **{k: [v[i] for i in np.flatnonzero(std < 0.01)] for k, v in pairs.to_dict().items()}
+    )
+    quantile = fit_calibration(pairs, previous=Calibration(), prior_weight=8.0, rule="quantile")
+    assert quantile.floor == 0.0
+    assert abs(fit.apply(small)["frac_within_1sigma"] - 0.68) < 0.05
+    assert quantile.apply(small)["frac_within_1sigma"] < 0.5
+    # Saved fits of before the floor existed read back with no floor.
+    old = {"bias": 0.01, "scale": 2.0, "n_pairs": 5.0}
+    assert Calibration.from_dict(old).floor == 0.0
+    assert Calibration.from_dict(fit.to_dict()) == fit
+
+
 @pytest.fixture(scope="module")
 def rounds(
     emt_train: list[LabelledStructure], emt_held: list[LabelledStructure]
@@ -116,3 +139,32 @@ def test_members_differ_by_more_than_their_heads(round0: ChgnetEnsemble, emt_tra
     assert float(torch.nn.functional.cosine_similarity(moves[0], moves[1], dim=0)) < 0.99
     spread = ens.predict([d.structure for d in emt_train[16:24]], forces=False, stress=False)
     assert np.all(spread.energy_per_atom_std > 0)
+
+
+def test_refit_only_model_gives_exact_leave_one_out_pairs(
+    round0: ChgnetEnsemble, emt_train, tmp_path
+) -> None:
+    """Every label so far becomes a calibration pair: the refit's leave-one-out prediction of label i is what a
+    model refitted without label i predicts for it."""
+    data = emt_train[:10]
+    refit = copy.deepcopy(round0)
+    refit.fine_tune(data[:6], epochs=0)  # two refits, as two rounds would do: the shifts accumulate
+    refit.fine_tune(data, epochs=0)
+    pairs = refit.loo_pairs(data, round=2)
+    assert len(pairs) == 10 and set(pairs.round) == {2}
+    raw = refit.predict([d.structure for d in data], forces=False, stress=False, calibrated=False)
+    np.testing.assert_allclose(pairs.std, raw.energy_per_atom_std, rtol=1e-6)
+    for i in (0, 7):
+        without = copy.deepcopy(round0)
+        without.fine_tune([d for k, d in enumerate(data) if k != i], epochs=0)
+        alone = without.predict([data[i].structure], forces=False, stress=False, calibrated=False)
+        assert pairs.predicted[i] == pytest.approx(float(alone.energy_per_atom[0]), abs=2e-4)
+    # The leave-one-out errors are larger than the in-sample ones, as held-out errors should be.
+    in_sample = np.abs(raw.energy_per_atom - np.array(pairs.target)).mean()
+    assert np.abs(pairs.errors()).mean() > in_sample
+    # Saved and loaded, the model still knows its shifts; once members train on labels there are no honest pairs.
+    refit.save(tmp_path / "refit")
+    again = ChgnetEnsemble.load(tmp_path / "refit")
+    np.testing.assert_allclose(again.loo_pairs(data, round=2).predicted, pairs.predicted, atol=1e-6)
+    again.fine_tune(data, epochs=1, max_minutes=2)
+    assert len(again.loo_pairs(data, round=2)) == 0
