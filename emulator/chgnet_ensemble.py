@@ -610,8 +610,9 @@ class ChgnetEnsemble(Emulator):
             "n_labels": manifest["n_labels"],
             "last_round_seed": manifest["seeds"].get("last_round"),
             "calibration": manifest.get("calibration"),
-            # Checkpoints written before these were recorded: unknown shifts, and no leave-one-out pairs.
+            # Checkpoints written before these were recorded: no shifts known (leave-one-out pairs then see the
+            # earlier refits as part of the pretrained model), members trained if a fine-tune ever took a step.
             "reference_shift": manifest.get("reference_shift", {}),
-            "members_trained": manifest.get("members_trained", True),
+            "members_trained": manifest.get("members_trained", manifest["metrics"].get("steps", 0) > 0),
         }
         return self

@@ -28,6 +28,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # what it could not log and syncs it later, so a short retry budget keeps an outage from stalling discovery.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+# With a tracking server MLflow writes "View run ... at: URL" to stdout whenever a run ends, which would corrupt the
+# CLI's --json output; the campaign reports its own links.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 import functools
 import logging

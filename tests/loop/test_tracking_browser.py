@@ -129,7 +129,10 @@ def _image_loaded(name: str) -> str:
 def test_parent_shows_hits_vs_oracle_calls(ui: str, campaign: dict[str, str], browser: Chromium) -> None:
     base = ui.split("#", 1)[0]
     parent = f"{base}#/experiments/{campaign['experiment']}/runs/{campaign['parent']}"
-    browser.open(f"{parent}{ML_VIEW}", until=f"{_has('Campaign')} && {_has('stop rule')}")
+    # The run's status is drawn after its description: wait for both (a loaded machine renders slowly).
+    browser.open(
+        f"{parent}{ML_VIEW}", until=f"{_has('Campaign')} && {_has('stop rule')} && {_has('Finished')}"
+    )
     browser.screenshot(ARTIFACTS / "parent_run.png")
     text = browser.text()
     assert "Finished" in text
