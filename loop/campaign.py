@@ -326,18 +326,9 @@ class Campaign:
                 raise StopRequested
             log.info("round %d: %s", rnd, name)
             started = time.time()
-            self._run_stage(STAGES[name], ctx, started)
+            run_stage(STAGES[name], ctx)
             log.info("round %d: %s done in %.1f s", rnd, name, time.time() - started)
         store.finish_round(rnd, self._round_summary(rnd))
-
-    def _run_stage(self, stage: Stage[Any], ctx: StageContext, started: float) -> None:
-        """Compute a stage, then write its results and mark it done in one transaction."""
-        with stage_writes(stage.name, ctx.round, workdir=self.workdir):
-            result = stage.compute(ctx)
-            with ctx.store.transaction():
-                report = {**stage.commit(ctx, result), "wall_time_s": round(time.time() - started, 3)}
-                crash_point(stage.name, ctx.round, "commit")
-                ctx.store.mark_stage_done(ctx.round, stage.name, report, started_at=started)
 
     def _open_store(self) -> CampaignStore:
         if self.store is None:
@@ -438,6 +429,22 @@ class Campaign:
         }
 
 
+def run_stage(stage: Stage[Any], ctx: StageContext) -> dict[str, Any]:
+    """Compute one stage, then write its results and mark it done in one transaction; returns its report.
+
+    The fault-injection points of `loop.faults` are armed here: `<stage>:<round>:write<n>` while it runs and
+    `<stage>:<round>:commit` inside its closing transaction.
+    """
+    started = time.time()
+    with stage_writes(stage.name, ctx.round, workdir=ctx.workdir):
+        result = stage.compute(ctx)
+        with ctx.store.transaction():
+            report = {**stage.commit(ctx, result), "wall_time_s": round(time.time() - started, 3)}
+            crash_point(stage.name, ctx.round, "commit")
+            ctx.store.mark_stage_done(ctx.round, stage.name, report, started_at=started)
+    return report
+
+
 def _log_halt(exc: CampaignHalted) -> None:
     """Keep the reason of a halt in the campaign log (a daemon's stderr may be lost); the CLI prints it once."""
     log.error("campaign stopped: %s", exc, extra={"log_file_only": True})
@@ -465,6 +472,7 @@ __all__ = [
     "Campaign",
     "StopRequested",
     "request_stop",
+    "run_stage",
     "stages_of",
     "tracking_ui_command",
 ]
