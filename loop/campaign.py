@@ -22,10 +22,10 @@ from typing import Any
 from loop.campaign_tracking import end_campaign
 from loop.checkpoints import CHECKPOINT_KINDS, checkpoint_problem
 from loop.config import CampaignConfig, load_config
+from loop.control import LOCK_FILE, STOP_FILE, request_stop, stop_requested, workdir_lock
 from loop.errors import CampaignHalted, CheckpointCorrupt, DiskFull, InputError
 from loop.execution import make_executor
 from loop.faults import crash_point, stage_writes
-from loop.locks import LOCK_FILE, campaign_running, workdir_lock
 from loop.report import campaign_status
 from loop.stages import (
     ROUND0_STAGES,
@@ -53,8 +53,6 @@ _NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 _SQLITE_NO_SPACE = {13, 778}
 _PROBE_BYTES = 4 << 20  # about two emulator checkpoints' weight files
 
-STOP_FILE = "stop.request"
-
 # Every stage by name; `loop.stages` gives the order of each round.
 STAGES: dict[str, Stage[Any]] = {
     s.name: s
@@ -71,19 +69,6 @@ STAGES: dict[str, Stage[Any]] = {
     )
 }
 assert set(STAGES) == {*ROUND0_STAGES, *ROUND_STAGES}
-
-
-def request_stop(workdir: Path) -> str:
-    """Ask a running campaign to stop after its current step (`matloop stop`).
-
-    The request is a file the running process removes when it stops; with no process running nothing is written,
-    so a stale request cannot stop the next run.
-    """
-    workdir = Path(workdir)
-    if not campaign_running(workdir):
-        return f"no matloop process is running the campaign in {workdir}; nothing to stop"
-    (workdir / STOP_FILE).write_text(str(time.time()))
-    return f"stop requested: the campaign in {workdir} will stop after its current step"
 
 
 def tracking_ui_command(workdir: Path, *, port: int) -> list[str] | str:
@@ -105,7 +90,7 @@ class _StopFlag:
     signalled: bool = False
 
     def __call__(self) -> bool:
-        return self.signalled or (self.workdir / STOP_FILE).exists()
+        return self.signalled or stop_requested(self.workdir)
 
 
 def _disk_full_reason(exc: BaseException, workdir: Path) -> str | None:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from loop.config import CampaignConfig
-from loop.locks import workdir_lock
+from loop.control import workdir_lock
 from loop.stages.shared import current_hull
 from loop.store import CampaignStore
 from loop.tracking import (

@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS candidates (
     source TEXT NOT NULL,
     passed INTEGER NOT NULL,
     reason TEXT,                      -- why the funnel removed it
+    fingerprint TEXT,                 -- loop.fingerprint `to_str` of a candidate that passed
     PRIMARY KEY (round, hash)
 );
 CREATE TABLE IF NOT EXISTS predictions (
@@ -143,6 +144,7 @@ _ADDED_COLUMNS = (
     ("oracle_results", "final_hash", "TEXT"),
     ("oracle_results", "failure_kind", "TEXT"),
     ("oracle_results", "duplicate_of", "TEXT"),
+    ("candidates", "fingerprint", "TEXT"),
 )
 
 
@@ -160,12 +162,14 @@ class Generated:
 
 @dataclass(frozen=True)
 class FunnelOutcome:
-    """The funnel's verdict on one generated candidate: `reason` says which filter removed it and why."""
+    """The funnel's verdict on one generated candidate: `reason` says which filter removed it and why; a candidate
+    that passed keeps its fingerprint (`loop.fingerprint`), so later rounds index it without recomputing."""
 
     hash: str
     source: str
     passed: bool
     reason: str | None
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -659,8 +663,9 @@ class CampaignStore:
         """The funnel's outcome for every candidate of round `rnd`."""
         with self.transaction() as c:
             c.executemany(
-                "INSERT OR REPLACE INTO candidates(round, hash, source, passed, reason) VALUES (?,?,?,?,?)",
-                [(rnd, o.hash, o.source, int(o.passed), o.reason) for o in rows],
+                "INSERT OR REPLACE INTO candidates(round, hash, source, passed, reason, fingerprint)"
+                " VALUES (?,?,?,?,?,?)",
+                [(rnd, o.hash, o.source, int(o.passed), o.reason, o.fingerprint) for o in rows],
             )
 
     def candidates(self, rnd: int, *, passed: bool | None = None) -> list[dict[str, Any]]:
@@ -670,6 +675,14 @@ class CampaignStore:
             sql += " AND passed = ?"
             params.append(int(passed))
         return [dict(r) for r in self._query(sql + " ORDER BY rowid", params)]
+
+    def fingerprints(self, *, before_round: int) -> dict[str, str]:
+        """The stored fingerprint of every candidate that passed the funnel before `before_round`, by hash."""
+        rows = self._query(
+            "SELECT hash, fingerprint FROM candidates WHERE round < ? AND fingerprint IS NOT NULL",
+            (before_round,),
+        )
+        return {r["hash"]: r["fingerprint"] for r in rows}
 
     def add_predictions(self, rnd: int, rows: Sequence[Prediction]) -> None:
         """The screening results of round `rnd`."""

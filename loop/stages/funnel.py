@@ -38,6 +38,7 @@ def run_funnel(
         batch, chemical_systems=config.chemical_systems
     )
     rejected = {rej.index: rej for rej in report.rejections}
+    fingerprints = dict(zip(report.kept_indices, report.fingerprints, strict=True))
     outcomes = []
     per_source: dict[str, dict[str, int]] = {}
     for i, g in enumerate(candidates):
@@ -48,16 +49,16 @@ def run_funnel(
                 source=g.source,
                 passed=rej is None,
                 reason=None if rej is None else f"{rej.filter}: {rej.reason}",
+                fingerprint=fingerprints.get(i),
             )
         )
         counts = per_source.setdefault(g.source, {"in": 0, "passed": 0})
         counts["in"] += 1
         counts["passed"] += int(rej is None)
-    # The kept candidates' fingerprints are not stored: the next round's index computes them again from the stored
-    # structures (see loop/README.md).
+    # Which candidates were kept, why the others were not and the fingerprints are stored with the outcomes.
     summary = report.to_dict()
-    summary.pop("fingerprints", None)
-    summary.pop("rejections", None)
+    for per_candidate in ("fingerprints", "rejections", "kept_indices"):
+        summary.pop(per_candidate, None)
     return Funnelled(
         outcomes=outcomes,
         report={"report": summary, "per_source": per_source, "n_in": len(candidates), "n_passed": len(kept)},

@@ -18,16 +18,22 @@ from loop.store import CampaignStore
 
 def known_index(config: CampaignConfig, *, store: CampaignStore, before_round: int) -> KnownIndex:
     """The duplicate/novelty index of a round: every bundled crystal not withheld (origin "seed", lazily parsed)
-    and every structure the campaign stored before `before_round` (its references count as "seed")."""
+    and every structure the campaign stored before `before_round` (its references count as "seed").
+
+    Candidates that passed an earlier funnel come with the fingerprint it stored, so they are parsed only when a
+    query's formula and fingerprint come close to theirs.
+    """
     index = KnownIndex.from_seed_data(matcher=config.generator.funnel.matcher, withhold=config.withholding)
     earlier = store.structure_rows(where="round < ? OR round IS NULL", params=(before_round,))
-    structures = store.get_structures([r["hash"] for r in earlier])
+    stored = store.fingerprints(before_round=before_round)
+    structures = store.get_structures([r["hash"] for r in earlier if r["hash"] not in stored])
     for r in earlier:
-        index.add(
-            id=r["hash"],
-            structure=structures[r["hash"]],
-            origin="seed" if r["source"] == "seed" else "campaign",
-        )
+        h = r["hash"]
+        origin = "seed" if r["source"] == "seed" else "campaign"
+        if h in stored:
+            index.add(id=h, structure=lambda h=h: store.get_structure(h), fp=stored[h], origin=origin)
+        else:
+            index.add(id=h, structure=structures[h], origin=origin)
     return index
 
 

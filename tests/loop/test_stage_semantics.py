@@ -15,6 +15,7 @@ from loop.labelling import label_hashes
 from loop.stages import funnel, update
 from loop.stages.acquire import acquire, acquisition_pool
 from loop.stages.base import StageContext
+from loop.stages.shared import known_index
 from loop.store import CampaignStore, Generated, Prediction, Query
 
 
@@ -178,3 +179,16 @@ def test_transient_oracle_failures_are_returned_not_stored_and_tried_again(tmp_p
         assert "mpiexec" in (results[h].reason or "")
         assert store.get_oracle_result(h, settings.settings_hash()) is None
     assert store.oracle_results() == []  # and it costs no oracle call under stop.max_oracle_calls
+
+
+def test_the_funnel_stores_fingerprints_that_the_next_rounds_index_reuses(tmp_path):
+    cfg = config()
+    store = CampaignStore.in_workdir(tmp_path)
+    generate(store, 1, [(hexagonal_cuau(), "random_search"), (fcc_cu(), "random_search")])
+    run_stage(funnel.STAGE, StageContext(config=cfg, store=store, workdir=tmp_path, round=1))
+    kept = [c["hash"] for c in store.candidates(1, passed=True)]
+    assert list(store.fingerprints(before_round=2)) == kept
+    assert store.fingerprints(before_round=1) == {}
+    # Round 2's index knows the kept candidate by its stored fingerprint, and finds it again.
+    index = known_index(cfg, store=store, before_round=2)
+    assert index.find(hexagonal_cuau(2.71)) == (kept[0], "campaign")
