@@ -14,10 +14,10 @@ retrained on them. Each round it
    of `loop.verdicts.StabilityRule`);
 4. looks the picks up in the pool: hits are the pool's ground-truth verdicts (E_hull against the hull of all
    references and candidates); the emulator's MAE and Spearman(σ, |error|) on the picks, before retraining, come
-   from `loop.stages.emulator_metrics`;
+   from `loop.stages.update.emulator_metrics`;
 5. retrains the emulator on all labels so far, in one of two modes (reported with every table):
 
-   * ``retrain``: exactly the campaign's stage, `loop.stages.retrain`, on a campaign store holding the replay's
+   * ``retrain``: exactly the campaign's stage, `loop.stages.retrain.retrain`, on a campaign store holding the replay's
      labels (reference refit, σ calibration on the round's new labels, fine-tuning of the ensemble), then
      `loop.tasks.load_emulator(...).predict` on the candidates. Tens of seconds per round on one core, so it is
      run with few seeds and strategies.
@@ -151,7 +151,7 @@ class RefitEmulator:
 
 
 class CampaignRetrainEmulator:
-    """The campaign's retrain stage (`loop.stages.retrain`) on a campaign store holding the replay's labels."""
+    """The campaign's retrain stage (`loop.stages.retrain.retrain`) on a campaign store holding the replay's labels."""
 
     mode = "retrain"
 
@@ -210,7 +210,8 @@ class CampaignRetrainEmulator:
         )
 
     def retrain(self, labelled: Sequence[int], new: Sequence[int], *, round: int) -> None:
-        from loop import stages
+        from loop.stages.retrain import retrain
+        from loop.store import Query
 
         with self.store.transaction():
             for i in labelled:
@@ -218,9 +219,13 @@ class CampaignRetrainEmulator:
                     self._add_label(i, round)
             if round > 0:
                 self.store.add_queries(
-                    round, [(self.hashes[i], "replay", r, None) for r, i in enumerate(new)]
+                    round,
+                    [
+                        Query(hash=self.hashes[i], strategy="replay", rank=r, score=None)
+                        for r, i in enumerate(new)
+                    ],
                 )
-        report = stages.retrain(
+        report = retrain(
             self.config,
             store=self.store,
             round=round,
@@ -256,7 +261,7 @@ def replay(
     """One campaign replay; returns hits, calls and per-round emulator metrics."""
     from loop.acquisition import AcquisitionConfig, select_structures
     from loop.hull import HullEntry, OracleHull
-    from loop.stages import emulator_metrics
+    from loop.stages.update import emulator_metrics
     from loop.verdicts import StabilityRule
 
     rule = StabilityRule(near_stable=pool.near_stable)

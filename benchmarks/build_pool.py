@@ -5,10 +5,10 @@
 
 What a campaign's rounds would see, computed once with the project's own stages on a campaign store:
 
-1. references: every bundled known crystal of the system and its subsystems (`loop.stages.reference_pool`), up to
+1. references: every bundled known crystal of the system and its subsystems (`loop.stages.references.reference_pool`), up to
    ``--max-atoms`` sites, labelled by the oracle;
 2. candidates, batch after batch until ``--n`` distinct emulator-relaxed structures exist: the generator mix
-   (`loop.stages.generate_candidates`), the funnel (`loop.stages.run_funnel`, which also removes copies of earlier
+   (`loop.stages.generate`), the funnel (`loop.stages.funnel`, which also removes copies of earlier
    batches), and the emulator screening relaxation (`loop.stages.screen`, pretrained CHGNet ensemble);
 3. every emulator-relaxed candidate labelled by the oracle (`loop.labelling.label_hashes`: one result per structure
    and settings in the store, so a stopped build resumes where it was, without computing anything twice);
@@ -136,7 +136,7 @@ def _is_metal(symbol: str) -> bool:
 
 def add_references(config: Any, store: Any) -> list[str]:
     """Every bundled known crystal of the system (round 0, source "seed"); returns their hashes."""
-    from loop.stages import reference_pool
+    from loop.stages.references import reference_pool
 
     if store.stage_done(0, "references"):
         return list(store.stage_result(0, "references")["hashes"])
@@ -157,53 +157,16 @@ def add_references(config: Any, store: Any) -> list[str]:
 
 
 def run_batch(config: Any, store: Any, batch: int) -> None:
-    """Generate, funnel and screen one batch (round `batch` of the store); each step resumes once done."""
-    from loop import stages
+    """Generate, funnel and screen one batch (round `batch` of the store) with the campaign's own stages; each step
+    resumes once done."""
+    from loop.campaign import run_stage
+    from loop.stages import funnel, generate, screen
+    from loop.stages.base import StageContext
 
-    if not store.stage_done(batch, "generate"):
-        started = time.time()
-        candidates, timings = stages.generate_candidates(
-            config, store=store, round=batch, generator_checkpoint=None
-        )
-        with store.transaction():
-            hashes = [
-                (
-                    store.add_structure(
-                        c.structure, source=c.source, parent=c.parent, round=batch, provenance=c.info
-                    ),
-                    c.source,
-                )
-                for c in candidates
-            ]
-            store.mark_stage_done(
-                batch, "generate", {"candidates": hashes, "timings": timings}, started_at=started
-            )
-    if not store.stage_done(batch, "funnel"):
-        started = time.time()
-        generated = [tuple(x) for x in store.stage_result(batch, "generate")["candidates"]]
-        outcome, report = stages.run_funnel(config, store=store, round=batch, candidates=generated)
-        with store.transaction():
-            store.add_candidates(batch, outcome)
-            store.mark_stage_done(batch, "funnel", report, started_at=started)
-    if not store.stage_done(batch, "screen"):
-        started = time.time()
-        passed = [c["hash"] for c in store.candidates(batch, passed=True)]
-        rows, relaxed, report = stages.screen(
-            config, store=store, hashes=passed, checkpoint=None, executor=None
-        )
-        with store.transaction():
-            for parent, structure in relaxed.items():
-                row = next(r for r in rows if r["hash"] == parent)
-                store.add_structure(
-                    structure,
-                    source="relaxed",
-                    parent=parent,
-                    round=batch,
-                    provenance={"relaxed_by": "emulator"},
-                    hash=row["relaxed_hash"],
-                )
-            store.add_predictions(batch, rows)
-            store.mark_stage_done(batch, "screen", report, started_at=started)
+    ctx = StageContext(config=config, store=store, workdir=Path(store.path).parent, round=batch)
+    for stage in (generate.STAGE, funnel.STAGE, screen.STAGE):
+        if not store.stage_done(batch, stage.name):
+            run_stage(stage, ctx)
 
 
 def pool_candidates(store: Any) -> list[dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 * label: GPAW PW-PBE single points of tiny cells (fcc Al, 1 atom, at distinct strains; low cutoff), each in its own
   calculator process, through `label_hashes` exactly as the campaign's label stage calls it;
-* screen: the campaign's `stages.screen` (CHGNet-ensemble relaxation in chunks of 4, then hull placement) of Cu-Au
+* screen: the campaign's `loop.stages.screen.screen` (CHGNet-ensemble relaxation in chunks of 4, then hull placement) of Cu-Au
   candidates (rattled, strained 4-atom fcc orderings), against an EMT hull of fcc Cu and Au.
 
 Both modes start from empty work directories (no cached results) and include loading the emulator (once inline,
@@ -104,10 +104,11 @@ def bench_label(n: int, workers: int) -> dict[str, Any]:
 
 
 def bench_screen(n: int, workers: int) -> dict[str, Any]:
-    from loop import stages, tasks
+    from loop import tasks
     from loop.config import validate_config
     from loop.execution import make_executor
     from loop.labelling import label_hashes
+    from loop.stages.screen import screen
     from loop.store import CampaignStore
 
     config = validate_config(
@@ -135,17 +136,17 @@ def bench_screen(n: int, workers: int) -> dict[str, Any]:
         hashes = [store.add_structure(s, source="benchmark") for s in cells]
         tasks._EMULATORS.clear()
         t0 = time.perf_counter()
-        rows, _, _ = stages.screen(config, store=store, hashes=hashes, checkpoint=None, executor=None)
+        rows = screen(config, store=store, hashes=hashes, checkpoint=None, executor=None).predictions
         out["inline"] = {"wall_s": round(time.perf_counter() - t0, 1)}
-        energies["inline"] = [r["energy_per_atom"] for r in rows]
+        energies["inline"] = [r.energy_per_atom for r in rows]
         tasks._EMULATORS.clear()
         t0 = time.perf_counter()
         with make_executor(config.execution) as ex:
             out["cluster_start_s"] = round(time.perf_counter() - t0, 1)
             t0 = time.perf_counter()
-            rows, _, _ = stages.screen(config, store=store, hashes=hashes, checkpoint=None, executor=ex)
+            rows = screen(config, store=store, hashes=hashes, checkpoint=None, executor=ex).predictions
             out["dask"] = {"wall_s": round(time.perf_counter() - t0, 1)}
-        energies["dask"] = [r["energy_per_atom"] for r in rows]
+        energies["dask"] = [r.energy_per_atom for r in rows]
         store.close()
     out["load_after"] = load()
     out["speedup"] = round(out["inline"]["wall_s"] / out["dask"]["wall_s"], 2)

@@ -8,25 +8,43 @@ campaign's chemical systems) so the hull is built in the oracle's level of theor
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import logging
 import os
 import signal
 import sqlite3
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loop.checkpoints import CHECKPOINT_KINDS, checkpoint_problem, checkpoint_sha256
+from loop.campaign_tracking import end_campaign
+from loop.checkpoints import CHECKPOINT_KINDS, checkpoint_problem
 from loop.config import CampaignConfig, load_config
+from loop.control import LOCK_FILE, STOP_FILE, request_stop, stop_requested, workdir_lock
 from loop.errors import CampaignHalted, CheckpointCorrupt, DiskFull, InputError
+from loop.execution import make_executor
 from loop.faults import crash_point, stage_writes
+from loop.report import campaign_status
+from loop.stages import (
+    ROUND0_STAGES,
+    ROUND_STAGES,
+    acquire,
+    funnel,
+    generate,
+    label,
+    references,
+    retrain,
+    screen,
+    stages_of,
+    track,
+    update,
+)
+from loop.stages.acquire import oracle_calls_left
+from loop.stages.base import Stage, StageContext, StopRequested, checkpoint_dir
 from loop.store import CampaignStore
+from loop.tracking import ui_command
 
 log = logging.getLogger("matloop")
 
@@ -35,48 +53,27 @@ _NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 _SQLITE_NO_SPACE = {13, 778}
 _PROBE_BYTES = 4 << 20  # about two emulator checkpoints' weight files
 
-ROUND0_STAGES = ("references", "label", "update", "retrain", "track")
-ROUND_STAGES = ("generate", "funnel", "screen", "acquire", "label", "update", "retrain", "track")
-STOP_FILE = "stop.request"
-LOCK_FILE = "daemon.lock"
-
-
-def stages_of(rnd: int) -> tuple[str, ...]:
-    return ROUND0_STAGES if rnd == 0 else ROUND_STAGES
-
-
-def request_stop(workdir: Path) -> str:
-    """Ask a running campaign to stop after its current step (`matloop stop`).
-
-    The request is a file the running process removes when it stops; with no process running nothing is written,
-    so a stale request cannot stop the next run.
-    """
-    workdir = Path(workdir)
-    if not _campaign_running(workdir):
-        return f"no matloop process is running the campaign in {workdir}; nothing to stop"
-    (workdir / STOP_FILE).write_text(str(time.time()))
-    return f"stop requested: the campaign in {workdir} will stop after its current step"
-
-
-def _campaign_running(workdir: Path) -> bool:
-    """Whether a `run`/`daemon` process holds the campaign's lock."""
-    path = workdir / LOCK_FILE
-    if not path.is_file():
-        return False
-    with path.open("r") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
+# Every stage by name; `loop.stages` gives the order of each round.
+STAGES: dict[str, Stage[Any]] = {
+    s.name: s
+    for s in (
+        references.STAGE,
+        generate.STAGE,
+        funnel.STAGE,
+        screen.STAGE,
+        acquire.STAGE,
+        label.STAGE,
+        update.STAGE,
+        retrain.STAGE,
+        track.STAGE,
+    )
+}
+assert set(STAGES) == {*ROUND0_STAGES, *ROUND_STAGES}
 
 
 def tracking_ui_command(workdir: Path, *, port: int) -> list[str] | str:
     """The `mlflow ui` command for a campaign's tracking store, bound to 127.0.0.1, or the address of the MLflow
     server the campaign reports to (which is its own dashboard)."""
-    from loop.tracking import ui_command
-
     store = CampaignStore.in_workdir(workdir)
     try:
         uri = ((store.get_meta("config") or {}).get("tracking") or {}).get("tracking_uri")
@@ -87,40 +84,13 @@ def tracking_ui_command(workdir: Path, *, port: int) -> list[str] | str:
     return ui_command(Path(workdir), port=port, tracking_uri=uri)
 
 
-class StopRequested(Exception):
-    """Raised between atomic steps when a stop was asked for (signal or `matloop stop`)."""
-
-
 @dataclass
 class _StopFlag:
     workdir: Path
     signalled: bool = False
 
     def __call__(self) -> bool:
-        return self.signalled or (self.workdir / STOP_FILE).exists()
-
-
-@contextlib.contextmanager
-def _workdir_lock(workdir: Path) -> Iterator[None]:
-    """One process per campaign: a second `run`/`daemon` on the same workdir fails fast instead of racing."""
-    path = workdir / LOCK_FILE
-    handle = path.open("a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise InputError(
-            f"{workdir}: another matloop process is running this campaign (see {path})"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    try:
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+        return self.signalled or stop_requested(self.workdir)
 
 
 def _disk_full_reason(exc: BaseException, workdir: Path) -> str | None:
@@ -214,17 +184,15 @@ class Campaign:
 
         With `daemon=True`, SIGTERM/SIGINT finish the current atomic step, checkpoint and return normally.
         """
-        from loop.execution import make_executor
-
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
         _setup_logging(self.workdir / "logs" / "campaign.log")
         # Library warnings (torch/CHGNet/pymatgen internals) would drown the progress lines; they go to the log.
         logging.captureWarnings(True)
         warnings.simplefilter("ignore", UserWarning)
-        with _workdir_lock(self.workdir):
+        with workdir_lock(self.workdir):
             (self.workdir / STOP_FILE).unlink(missing_ok=True)
-            self.store = CampaignStore.in_workdir(self.workdir)
+            store = self.store = CampaignStore.in_workdir(self.workdir)
             previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)} if daemon else {}
             if daemon:
                 for s in previous:
@@ -238,7 +206,7 @@ class Campaign:
                 with make_executor(self.config.execution) as executor:
                     self._executor = executor
                     self._run_rounds()
-                end = ("FINISHED", str(self.store.get_meta("stopped_because") or "all rounds done"))
+                end = ("FINISHED", str(store.get_meta("stopped_because") or "all rounds done"))
             except StopRequested:
                 log.info("stopped on request after a completed step; rerun to resume")
                 end = ("KILLED", "stopped on request (signal or `matloop stop`); rerun to resume")
@@ -267,17 +235,11 @@ class Campaign:
                 self._executor = None
                 # The request has been honoured (or the process ends anyway): it must not stop the next run.
                 (self.workdir / STOP_FILE).unlink(missing_ok=True)
-                from loop.campaign_tracking import end_campaign
-
-                end_campaign(
-                    self.config, store=self.store, workdir=self.workdir, status=end[0], reason=end[1]
-                )
+                end_campaign(self.config, store=store, workdir=self.workdir, status=end[0], reason=end[1])
                 if end[0] == "FAILED":
-                    self.store.close()
-            from loop.report import campaign_status
-
-            summary = campaign_status(self.workdir, store=self.store)
-            self.store.close()
+                    store.close()
+            summary = campaign_status(self.workdir, store=store)
+            store.close()
             return summary
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -285,30 +247,28 @@ class Campaign:
         self._stop.signalled = True
 
     def _init_meta(self) -> None:
-        assert self.store is not None
-        if self.store.get_meta("identity") is None:
-            self.store.set_meta("identity", self.identity(self.config))
-            self.store.set_meta("started_at", time.time())
-        self.store.set_meta("config", self.config.model_dump(mode="json"))
+        store = self._open_store()
+        if store.get_meta("identity") is None:
+            store.set_meta("identity", self.identity(self.config))
+            store.set_meta("started_at", time.time())
+        store.set_meta("config", self.config.model_dump(mode="json"))
 
     def _should_stop_campaign(self, next_round: int) -> str | None:
         """The stop rule, checked before a new round starts."""
-        assert self.store is not None
+        store = self._open_store()
         rule = self.config.stop
         if next_round > self.max_rounds:
             return f"reached {self.max_rounds} rounds"
-        from loop.stages import oracle_calls_left
-
-        if oracle_calls_left(self.config, self.store) == 0:
+        if oracle_calls_left(self.config, store) == 0:
             return f"reached {rule.max_oracle_calls} oracle calls (stop.max_oracle_calls)"
         if rule.max_hours is not None:
-            hours = (time.time() - float(self.store.get_meta("started_at", time.time()))) / 3600
+            hours = (time.time() - float(store.get_meta("started_at", time.time()))) / 3600
             if hours >= rule.max_hours:
                 return f"ran {hours:.2f} h (max {rule.max_hours})"
         if rule.patience is not None and next_round > rule.patience:
             recent = [
                 (r.get("summary") or {}).get("new_discoveries", 0)
-                for r in self.store.rounds()
+                for r in store.rounds()
                 if r["round"] >= next_round - rule.patience and r["round"] >= 1
             ]
             if len(recent) >= rule.patience and not any(recent):
@@ -316,17 +276,17 @@ class Campaign:
         return None
 
     def _run_rounds(self) -> None:
-        assert self.store is not None
+        store = self._open_store()
         rnd = 0
         while True:
             stages = stages_of(rnd)
-            if not all(self.store.stage_done(rnd, s) for s in stages):
-                begun = any(self.store.stage_done(rnd, s) for s in stages)
+            if not all(store.stage_done(rnd, s) for s in stages):
+                begun = any(store.stage_done(rnd, s) for s in stages)
                 # A round already under way is always finished; the stop rule is asked before a new one.
                 reason = None if (rnd == 0 or begun) else self._should_stop_campaign(rnd)
                 if reason:
                     log.info("campaign stops: %s", reason)
-                    self.store.set_meta("stopped_because", reason)
+                    store.set_meta("stopped_because", reason)
                     return
                 if rnd > 0:
                     self._verify_checkpoints()  # again: a daemon may have run for days since it started
@@ -334,235 +294,43 @@ class Campaign:
             rnd += 1
 
     def _run_round(self, rnd: int) -> None:
-        assert self.store is not None
-        self.store.start_round(rnd)
-        for stage in stages_of(rnd):
-            if self.store.stage_done(rnd, stage):
+        store = self._open_store()
+        store.start_round(rnd)
+        ctx = StageContext(
+            config=self.config,
+            store=store,
+            workdir=self.workdir,
+            round=rnd,
+            executor=self._executor,
+            should_stop=self._stop,
+        )
+        for name in stages_of(rnd):
+            if store.stage_done(rnd, name):
                 continue
             if self._stop():
                 raise StopRequested
-            log.info("round %d: %s", rnd, stage)
+            log.info("round %d: %s", rnd, name)
             started = time.time()
-            with stage_writes(stage, rnd, workdir=self.workdir):
-                getattr(self, f"_stage_{stage}")(rnd, started)
-            log.info("round %d: %s done in %.1f s", rnd, stage, time.time() - started)
-        self.store.finish_round(rnd, self._round_summary(rnd))
+            run_stage(STAGES[name], ctx)
+            log.info("round %d: %s done in %.1f s", rnd, name, time.time() - started)
+        store.finish_round(rnd, self._round_summary(rnd))
 
-    def _done(self, rnd: int, stage: str, result: dict[str, Any], started: float) -> None:
-        """Mark a stage done; called inside the transaction that writes the stage's results."""
-        assert self.store is not None
-        result = {**result, "wall_time_s": round(time.time() - started, 3)}
-        crash_point(stage, rnd, "commit")
-        self.store.mark_stage_done(rnd, stage, result, started_at=started)
+    def _open_store(self) -> CampaignStore:
+        if self.store is None:
+            raise RuntimeError("the campaign store is open only inside Campaign.run()")
+        return self.store
 
     # -- paths --------------------------------------------------------------------------------------------------------
     def checkpoint_dir(self, rnd: int) -> Path:
-        return self.workdir / "checkpoints" / f"round_{rnd:03d}"
-
-    def emulator_checkpoint(self) -> Path | None:
-        assert self.store is not None
-        value = self.store.get_meta("emulator_checkpoint")
-        return None if value is None else self.workdir / value
-
-    def generator_checkpoint(self) -> Path | None:
-        assert self.store is not None
-        value = self.store.get_meta("generator_checkpoint")
-        return None if value is None else self.workdir / value
-
-    # -- stages -------------------------------------------------------------------------------------------------------
-    def _stage_references(self, rnd: int, started: float) -> None:
-        from loop import stages
-
-        assert self.store is not None
-        picks = stages.select_references(self.config, executor=self._executor)
-        withheld = stages.withheld_records(self.config)
-        with self.store.transaction():
-            # what the campaign must rediscover, so the report can match its discoveries to it
-            self.store.set_meta("withheld", withheld)
-            hashes = []
-            for known, why in picks:
-                h = self.store.add_structure(
-                    known.structure,
-                    source="seed",
-                    parent=known.id,
-                    round=0,
-                    provenance={"material_id": known.id, "role": why, **known.properties},
-                )
-                hashes.append(h)
-            self.store.add_queries(0, [(h, "references", i, None) for i, h in enumerate(hashes)])
-            self._done(
-                rnd,
-                "references",
-                {
-                    "n_references": len(hashes),
-                    "n_elements": sum(1 for _, why in picks if why == "element"),
-                    "n_compounds": sum(1 for _, why in picks if why == "compound"),
-                    "n_withheld": len(withheld),
-                    "ids": [k.id for k, _ in picks],
-                    "withheld_ids": [w["material_id"] for w in withheld],
-                },
-                started,
-            )
-
-    def _stage_generate(self, rnd: int, started: float) -> None:
-        from loop import stages
-
-        assert self.store is not None
-        candidates, timings = stages.generate_candidates(
-            self.config,
-            store=self.store,
-            round=rnd,
-            generator_checkpoint=self.generator_checkpoint(),
-        )
-        per_source: dict[str, int] = {}
-        with self.store.transaction():
-            hashes = []
-            for cand in candidates:
-                h = self.store.add_structure(
-                    cand.structure, source=cand.source, parent=cand.parent, round=rnd, provenance=cand.info
-                )
-                hashes.append((h, cand.source))
-                per_source[cand.source] = per_source.get(cand.source, 0) + 1
-            self._done(
-                rnd,
-                "generate",
-                {
-                    "n_generated": len(hashes),
-                    "per_source": per_source,
-                    "timings_s": timings,
-                    "candidates": hashes,
-                },
-                started,
-            )
-
-    def _stage_funnel(self, rnd: int, started: float) -> None:
-        from loop import stages
-
-        assert self.store is not None
-        generated = (self.store.stage_result(rnd, "generate") or {}).get("candidates", [])
-        outcome, report = stages.run_funnel(self.config, store=self.store, round=rnd, candidates=generated)
-        with self.store.transaction():
-            self.store.add_candidates(rnd, outcome)
-            self._done(rnd, "funnel", report, started)
-
-    def _stage_screen(self, rnd: int, started: float) -> None:
-        from loop import stages
-
-        assert self.store is not None
-        passed = [c["hash"] for c in self.store.candidates(rnd, passed=True)]
-        rows, relaxed, report = stages.screen(
-            self.config,
-            store=self.store,
-            hashes=passed,
-            checkpoint=self.emulator_checkpoint(),
-            executor=self._executor,
-        )
-        with self.store.transaction():
-            for parent, structure in relaxed.items():
-                h = next(r["relaxed_hash"] for r in rows if r["hash"] == parent)
-                self.store.add_structure(
-                    structure,
-                    source="relaxed",
-                    parent=parent,
-                    round=rnd,
-                    provenance={"relaxed_by": "emulator"},
-                    hash=h,
-                )
-            self.store.add_predictions(rnd, rows)
-            self._done(rnd, "screen", report, started)
-
-    def _stage_acquire(self, rnd: int, started: float) -> None:
-        from loop import stages
-
-        assert self.store is not None
-        picks, report = stages.acquire(self.config, store=self.store, round=rnd)
-        with self.store.transaction():
-            self.store.add_queries(rnd, picks)
-            self._done(rnd, "acquire", report, started)
-
-    def _stage_label(self, rnd: int, started: float) -> None:
-        from loop.labelling import label_hashes
-
-        assert self.store is not None
-        hashes = [q["hash"] for q in self.store.queries(rnd)]
-        ex = self._executor
-        committed = 0
-
-        def on_commit() -> None:
-            nonlocal committed
-            committed += 1
-            crash_point("label", rnd, committed)
-            if self._stop():
-                raise StopRequested
-
-        results = label_hashes(
-            self.store,
-            hashes,
-            settings=self.config.oracle,
-            workdir=self.workdir,
-            round=rnd,
-            submit=None if ex is None or ex.inline else ex.submit,
-            as_completed=None if ex is None or ex.inline else ex.as_completed,
-            on_commit=on_commit,
-        )
-        ok = sum(1 for r in results.values() if r.ok)
-        with self.store.transaction():
-            self._done(
-                rnd,
-                "label",
-                {
-                    "n_queried": len(hashes),
-                    "n_ok": ok,
-                    "n_failed": len(hashes) - ok,
-                    "oracle_wall_time_s": round(sum(r.wall_time for r in results.values()), 2),
-                    "failures": {h: r.reason for h, r in results.items() if not r.ok},
-                },
-                started,
-            )
-
-    def _stage_update(self, rnd: int, started: float) -> None:
-        from loop import stages
-
-        assert self.store is not None
-        verdicts, report = stages.update_hull(self.config, store=self.store, round=rnd)
-        with self.store.transaction():
-            self.store.set_stability(rnd, verdicts)
-            self._done(rnd, "update", report, started)
-
-    def _stage_retrain(self, rnd: int, started: float) -> None:
-        from loop import stages
-
-        assert self.store is not None
-        target = self.checkpoint_dir(rnd)
-        report = stages.retrain(
-            self.config,
-            store=self.store,
-            round=rnd,
-            emulator_in=self.emulator_checkpoint(),
-            generator_in=self.generator_checkpoint(),
-            out_dir=target,
-        )
-        # The hashes the next process checks before it trusts these files (see `_verify_checkpoints`).
-        report["checkpoint_sha256"] = {
-            kind: checkpoint_sha256(kind, Path(report[f"{kind}_checkpoint"]))
-            for kind in CHECKPOINT_KINDS
-            if report.get(f"{kind}_checkpoint")
-        }
-        with self.store.transaction():
-            for kind in CHECKPOINT_KINDS:
-                if report.get(f"{kind}_checkpoint"):
-                    self.store.set_meta(
-                        f"{kind}_checkpoint", os.path.relpath(report[f"{kind}_checkpoint"], self.workdir)
-                    )
-            self._done(rnd, "retrain", report, started)
+        return checkpoint_dir(self.workdir, rnd)
 
     # -- checkpoint integrity -----------------------------------------------------------------------------------------
     def _saved_checkpoints(self, kind: str) -> list[tuple[int, str, str | None]]:
         """(round, path relative to the workdir, recorded sha256) of every checkpoint of `kind` that a retrain
         stage saved, oldest first."""
-        assert self.store is not None
+        store = self._open_store()
         out = []
-        for stage in self.store.stages():
+        for stage in store.stages():
             if stage["stage"] != "retrain" or not stage["result"].get(f"{kind}_checkpoint"):
                 continue
             # By round and file name, not the stored absolute path: a workdir may have been moved since.
@@ -580,9 +348,9 @@ class Campaign:
         Raises:
             CheckpointCorrupt: the emulator checkpoint is corrupt and no earlier round left a good one.
         """
-        assert self.store is not None
+        store = self._open_store()
         for kind in CHECKPOINT_KINDS:
-            current = self.store.get_meta(f"{kind}_checkpoint")
+            current = store.get_meta(f"{kind}_checkpoint")
             if current is None:
                 continue
             saved = self._saved_checkpoints(kind)
@@ -619,27 +387,19 @@ class Campaign:
                 problem,
                 fallback or "the shipped checkpoint",
             )
-            with self.store.transaction():
-                self.store.set_meta(f"{kind}_checkpoint", fallback)
-                fallbacks = self.store.get_meta("checkpoint_fallbacks", [])
+            with store.transaction():
+                store.set_meta(f"{kind}_checkpoint", fallback)
+                fallbacks = store.get_meta("checkpoint_fallbacks", [])
                 fallbacks.append(
                     {"kind": kind, "corrupt": current, "reason": problem, "used": fallback, "at": time.time()}
                 )
-                self.store.set_meta("checkpoint_fallbacks", fallbacks)
-
-    def _stage_track(self, rnd: int, started: float) -> None:
-        from loop import stages
-
-        assert self.store is not None
-        report = stages.track_round(self.config, store=self.store, round=rnd, workdir=self.workdir)
-        with self.store.transaction():
-            self._done(rnd, "track", report, started)
+                store.set_meta("checkpoint_fallbacks", fallbacks)
 
     def _round_summary(self, rnd: int) -> dict[str, Any]:
         """Counts of one round in the campaign's vocabulary (`loop.verdicts`): a hit is stable or near-stable."""
-        assert self.store is not None
-        update = self.store.stage_result(rnd, "update") or {}
-        label = self.store.stage_result(rnd, "label") or {}
+        store = self._open_store()
+        update = store.stage_result(rnd, "update") or {}
+        label = store.stage_result(rnd, "label") or {}
         stable = update.get("n_stable_new", 0)
         hits = update.get("n_hits_new", stable + update.get("n_near_stable_new", 0))
         return {
@@ -652,6 +412,22 @@ class Campaign:
             "new_discoveries": hits,
             "hit_rate": update.get("hit_rate"),
         }
+
+
+def run_stage(stage: Stage[Any], ctx: StageContext) -> dict[str, Any]:
+    """Compute one stage, then write its results and mark it done in one transaction; returns its report.
+
+    The fault-injection points of `loop.faults` are armed here: `<stage>:<round>:write<n>` while it runs and
+    `<stage>:<round>:commit` inside its closing transaction.
+    """
+    started = time.time()
+    with stage_writes(stage.name, ctx.round, workdir=ctx.workdir):
+        result = stage.compute(ctx)
+        with ctx.store.transaction():
+            report = {**stage.commit(ctx, result), "wall_time_s": round(time.time() - started, 3)}
+            crash_point(stage.name, ctx.round, "commit")
+            ctx.store.mark_stage_done(ctx.round, stage.name, report, started_at=started)
+    return report
 
 
 def _log_halt(exc: CampaignHalted) -> None:
@@ -673,4 +449,15 @@ def _setup_logging(path: Path) -> None:
         log.addHandler(stream)
 
 
-__all__ = ["Campaign", "request_stop", "stages_of", "tracking_ui_command"]
+__all__ = [
+    "LOCK_FILE",
+    "ROUND0_STAGES",
+    "ROUND_STAGES",
+    "STAGES",
+    "Campaign",
+    "StopRequested",
+    "request_stop",
+    "run_stage",
+    "stages_of",
+    "tracking_ui_command",
+]

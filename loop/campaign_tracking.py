@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from loop.config import CampaignConfig
+from loop.control import workdir_lock
+from loop.stages.shared import current_hull
 from loop.store import CampaignStore
 from loop.tracking import (
     CHAMPION,
@@ -197,8 +199,6 @@ def round_metrics(store: CampaignStore, rnd: int) -> dict[str, float]:
         if stage["round"] != rnd or stage["stage"] == "track":
             continue
         result = dict(stage["result"])
-        for drop in ("candidates", "ids", "failures", "e_hull_of_queries"):
-            result.pop(drop, None)
         metrics[f"time_{stage['stage']}_s"] = float(result.pop("wall_time_s", 0.0))
         metrics.update(flatten_numeric(result, prefix=stage["stage"]))
     return metrics
@@ -398,7 +398,6 @@ def _log_plots(
     config: CampaignConfig, *, store: CampaignStore, round: int, tracker: Tracker, run_id: str
 ) -> None:
     from loop import plots
-    from loop.stages import current_hull
 
     hull = current_hull(config, store)
     queried = [q["hash"] for q in store.queries(round)]
@@ -735,10 +734,8 @@ def sync_tracking_in(workdir: Path) -> dict[str, Any]:
         InputError: Another matloop process runs this campaign, or tracking is disabled.
         TrackingUnavailable: The backend is still down.
     """
-    from loop.campaign import _workdir_lock
-
     workdir = Path(workdir)
-    with _workdir_lock(workdir):
+    with workdir_lock(workdir):
         store = CampaignStore.in_workdir(workdir)
         try:
             config = CampaignConfig.model_validate(store.get_meta("config"))

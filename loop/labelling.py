@@ -15,6 +15,7 @@ from loop.errors import InputError
 from loop.execution import TaskQuarantined, task_result
 from loop.store import CampaignStore, StoredResult
 from loop.structures import read_structures
+from loop.validation import validate_oracle_settings
 from oracle.base import OracleError, OracleResult, make_oracle
 
 log = logging.getLogger("matloop")
@@ -26,8 +27,6 @@ def oracle_settings_for(*, oracle_name: str, config_path: Path | None) -> Any:
     Raises:
         InputError: unknown oracle name, unreadable config, invalid settings (one line with the key path).
     """
-    from loop.validation import validate_oracle_settings
-
     if config_path is not None:
         if not Path(config_path).is_file():
             raise InputError(f"{config_path}: no such config file")
@@ -58,8 +57,6 @@ def run_label(settings_dict: dict[str, Any], structure_dict: dict[str, Any], wor
     Returns:
         `OracleResult.to_dict()`.
     """
-    from loop.validation import validate_oracle_settings
-
     settings = validate_oracle_settings(settings_dict)
     result = make_oracle(settings).label(Structure.from_dict(structure_dict), workdir=Path(workdir))
     return result.to_dict()
@@ -84,7 +81,7 @@ def mark_duplicates(store: CampaignStore, hashes: Sequence[str], *, settings_has
     )
     if not todo:
         return {}
-    # loop.funnel pulls in the generator room (torch): only when there is something to match.
+    # torch (~3 s): loop.funnel pulls in the generator room, needed only when there is something to match.
     from loop.funnel import KnownIndex
 
     index = KnownIndex()

@@ -6,6 +6,10 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
+from loop.stages import stages_of
 from loop.store import CampaignStore
 from loop.verdicts import StabilityRule
 
@@ -24,8 +28,6 @@ def _is_discovery(rule: StabilityRule, verdict: dict[str, Any] | None, first_rou
 
 
 def _next_stage(store: CampaignStore) -> tuple[int, str | None]:
-    from loop.campaign import stages_of
-
     rounds = store.rounds()
     rnd = rounds[-1]["round"] if rounds else 0
     for stage in stages_of(rnd):
@@ -113,9 +115,6 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
 
 
 def render_status(info: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
     console.print(
         f"[bold]{info['campaign']}[/bold] ({', '.join(info['chemical_systems'] or [])}) in {info['workdir']}: "
@@ -161,8 +160,6 @@ def render_status(info: dict[str, Any]) -> None:
 
 
 def render_summary(info: dict[str, Any]) -> None:
-    from rich.console import Console
-
     render_status(info)
     Console().print(
         f"dashboard: matloop ui --workdir {info['workdir']}   (MLflow store {info['mlflow']})\n"

@@ -375,7 +375,7 @@ def collect(workdir: Path) -> ScienceData:
     Raises:
         ReportError: `workdir` holds no campaign.
     """
-    from loop.stages import emulator_metrics
+    from loop.stages.update import emulator_metrics
 
     workdir = Path(workdir)
     if not CampaignStore.exists_in(workdir):

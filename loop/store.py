@@ -20,9 +20,11 @@ from typing import Any
 
 from pymatgen.core import Structure
 
+from loop.errors import InputError
 from loop.structures import structure_from_json, structure_hash, structure_to_json
 
-SCHEMA_VERSION = 1
+# 2: the `generated` table (a round's generated candidates, formerly in the generate stage's report)
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -43,12 +45,20 @@ CREATE TABLE IF NOT EXISTS structures (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS structures_formula ON structures(reduced_formula);
+CREATE TABLE IF NOT EXISTS generated (
+    round INTEGER NOT NULL,
+    position INTEGER NOT NULL,        -- generation order (a structure proposed twice appears twice)
+    hash TEXT NOT NULL,               -- in `structures`
+    source TEXT NOT NULL,             -- the generator
+    PRIMARY KEY (round, position)
+);
 CREATE TABLE IF NOT EXISTS candidates (
     round INTEGER NOT NULL,
     hash TEXT NOT NULL,
     source TEXT NOT NULL,
     passed INTEGER NOT NULL,
     reason TEXT,                      -- why the funnel removed it
+    fingerprint TEXT,                 -- loop.fingerprint `to_str` of a candidate that passed
     PRIMARY KEY (round, hash)
 );
 CREATE TABLE IF NOT EXISTS predictions (
@@ -134,7 +144,71 @@ _ADDED_COLUMNS = (
     ("oracle_results", "final_hash", "TEXT"),
     ("oracle_results", "failure_kind", "TEXT"),
     ("oracle_results", "duplicate_of", "TEXT"),
+    ("candidates", "fingerprint", "TEXT"),
 )
+
+
+class SchemaMismatch(InputError):
+    """The campaign store was written by a matloop with another schema than this one reads."""
+
+
+@dataclass(frozen=True)
+class Generated:
+    """A candidate as a generator proposed it in one round (before the funnel)."""
+
+    hash: str
+    source: str
+
+
+@dataclass(frozen=True)
+class FunnelOutcome:
+    """The funnel's verdict on one generated candidate: `reason` says which filter removed it and why; a candidate
+    that passed keeps its fingerprint (`loop.fingerprint`), so later rounds index it without recomputing."""
+
+    hash: str
+    source: str
+    passed: bool
+    reason: str | None
+    fingerprint: str | None = None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The emulator's screening result of one candidate. Units: eV/atom.
+
+    `relaxed_hash` is the emulator-relaxed structure (stored with source "relaxed"); `e_hull` is None when the
+    candidate could not be placed on the oracle hull (`data["reason"]` says why).
+    """
+
+    hash: str
+    relaxed_hash: str | None
+    model: str
+    energy_per_atom: float | None
+    energy_per_atom_std: float | None
+    e_hull: float | None
+    e_hull_std: float | None
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Query:
+    """One structure sent to the oracle: the strategy that chose it, its rank in the batch and its utility."""
+
+    hash: str
+    strategy: str
+    rank: int
+    score: float | None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A labelled structure judged on the oracle hull (`loop.verdicts`): E_hull eV/atom; a hit is stable or
+    near-stable."""
+
+    hash: str
+    e_hull: float
+    stable: bool
+    hit: bool
 
 
 @dataclass
@@ -185,6 +259,27 @@ class StoredFrame:
     stress: list[float]
 
 
+def _migrate_1(c: sqlite3.Connection) -> int:
+    """Version 1 kept a round's generated candidates as (hash, source) pairs in the generate stage's report:
+    move them into `generated` and keep the report's metrics only."""
+    for row in c.execute("SELECT round, result FROM stages WHERE stage = 'generate'").fetchall():
+        result = json.loads(row["result"])
+        pairs = result.pop("candidates", None) or []
+        c.executemany(
+            "INSERT OR IGNORE INTO generated(round, position, hash, source) VALUES (?,?,?,?)",
+            [(row["round"], i, h, src) for i, (h, src) in enumerate(pairs)],
+        )
+        c.execute(
+            "UPDATE stages SET result = ? WHERE round = ? AND stage = 'generate'",
+            (json.dumps(result), row["round"]),
+        )
+    return 2
+
+
+# Schema version -> the step that brings a store of that version to the next one (inside the opening transaction).
+_MIGRATIONS = {1: _migrate_1}
+
+
 def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
@@ -207,7 +302,29 @@ class CampaignStore:
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._depth = 0
+        try:
+            self._open_schema()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _open_schema(self) -> None:
+        """Create the schema, or check an existing store's version and bring an older one up to date in place.
+
+        Raises:
+            SchemaMismatch: the store was written by a newer matloop (or is not a matloop store).
+        """
         with self.transaction() as c:
+            tables = {r["name"] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            version = None
+            if "meta" in tables:
+                rows = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
+                version = json.loads(rows[0]["value"]) if rows else None
+            if version is not None and version not in _MIGRATIONS and version != SCHEMA_VERSION:
+                raise SchemaMismatch(
+                    f"{self.path}: campaign store schema version {version}, this matloop reads {SCHEMA_VERSION}"
+                    " (and migrates 1); use the matloop that wrote it or a new --workdir"
+                )
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     c.execute(statement)
@@ -215,8 +332,12 @@ class CampaignStore:
                 have = {row["name"] for row in c.execute(f"PRAGMA table_info({table})")}
                 if column not in have:
                     c.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-        if self.get_meta("schema_version") is None:
-            self.set_meta("schema_version", SCHEMA_VERSION)
+            while version is not None and version != SCHEMA_VERSION:
+                version = _MIGRATIONS[version](c)
+            c.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+                (json.dumps(SCHEMA_VERSION),),
+            )
 
     @classmethod
     def in_workdir(cls, workdir: str | Path) -> CampaignStore:
@@ -524,12 +645,27 @@ class CampaignStore:
         return [dict(r) | {"result": json.loads(r["result"])} for r in rows]
 
     # -- round products -----------------------------------------------------------------------------------------------
-    def add_candidates(self, rnd: int, rows: Sequence[tuple[str, str, bool, str | None]]) -> None:
-        """Funnel outcomes: (hash, source, passed, reason) per candidate of round `rnd`."""
+    def add_generated(self, rnd: int, rows: Sequence[Generated]) -> None:
+        """The candidates the generators proposed in round `rnd`, in generation order (structures stored first)."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM generated WHERE round = ?", (rnd,))
+            c.executemany(
+                "INSERT INTO generated(round, position, hash, source) VALUES (?,?,?,?)",
+                [(rnd, i, g.hash, g.source) for i, g in enumerate(rows)],
+            )
+
+    def generated(self, rnd: int) -> list[Generated]:
+        """The candidates proposed in round `rnd`, in generation order."""
+        rows = self._query("SELECT hash, source FROM generated WHERE round = ? ORDER BY position", (rnd,))
+        return [Generated(hash=r["hash"], source=r["source"]) for r in rows]
+
+    def add_candidates(self, rnd: int, rows: Sequence[FunnelOutcome]) -> None:
+        """The funnel's outcome for every candidate of round `rnd`."""
         with self.transaction() as c:
             c.executemany(
-                "INSERT OR REPLACE INTO candidates(round, hash, source, passed, reason) VALUES (?,?,?,?,?)",
-                [(rnd, h, src, int(ok), why) for h, src, ok, why in rows],
+                "INSERT OR REPLACE INTO candidates(round, hash, source, passed, reason, fingerprint)"
+                " VALUES (?,?,?,?,?,?)",
+                [(rnd, o.hash, o.source, int(o.passed), o.reason, o.fingerprint) for o in rows],
             )
 
     def candidates(self, rnd: int, *, passed: bool | None = None) -> list[dict[str, Any]]:
@@ -540,8 +676,16 @@ class CampaignStore:
             params.append(int(passed))
         return [dict(r) for r in self._query(sql + " ORDER BY rowid", params)]
 
-    def add_predictions(self, rnd: int, rows: Sequence[dict[str, Any]]) -> None:
-        """Screen results: dicts with hash, relaxed_hash, model, energy_per_atom(_std), e_hull(_std), data."""
+    def fingerprints(self, *, before_round: int) -> dict[str, str]:
+        """The stored fingerprint of every candidate that passed the funnel before `before_round`, by hash."""
+        rows = self._query(
+            "SELECT hash, fingerprint FROM candidates WHERE round < ? AND fingerprint IS NOT NULL",
+            (before_round,),
+        )
+        return {r["hash"]: r["fingerprint"] for r in rows}
+
+    def add_predictions(self, rnd: int, rows: Sequence[Prediction]) -> None:
+        """The screening results of round `rnd`."""
         with self.transaction() as c:
             c.executemany(
                 "INSERT OR REPLACE INTO predictions(round, hash, relaxed_hash, model, energy_per_atom,"
@@ -549,18 +693,35 @@ class CampaignStore:
                 [
                     (
                         rnd,
-                        r["hash"],
-                        r.get("relaxed_hash"),
-                        r["model"],
-                        r.get("energy_per_atom"),
-                        r.get("energy_per_atom_std"),
-                        r.get("e_hull"),
-                        r.get("e_hull_std"),
-                        json.dumps(r.get("data") or {}, default=str),
+                        p.hash,
+                        p.relaxed_hash,
+                        p.model,
+                        p.energy_per_atom,
+                        p.energy_per_atom_std,
+                        p.e_hull,
+                        p.e_hull_std,
+                        json.dumps(p.data or {}, default=str),
                     )
-                    for r in rows
+                    for p in rows
                 ],
             )
+
+    def round_predictions(self, rnd: int) -> list[Prediction]:
+        """The screening results of round `rnd`, in screening order."""
+        rows = self._query("SELECT * FROM predictions WHERE round = ? ORDER BY rowid", (rnd,))
+        return [
+            Prediction(
+                hash=r["hash"],
+                relaxed_hash=r["relaxed_hash"],
+                model=r["model"],
+                energy_per_atom=r["energy_per_atom"],
+                energy_per_atom_std=r["energy_per_atom_std"],
+                e_hull=r["e_hull"],
+                e_hull_std=r["e_hull_std"],
+                data=json.loads(r["data"]),
+            )
+            for r in rows
+        ]
 
     def predictions(self, rnd: int | None = None) -> list[dict[str, Any]]:
         if rnd is None:
@@ -569,13 +730,20 @@ class CampaignStore:
             rows = self._query("SELECT * FROM predictions WHERE round = ? ORDER BY rowid", (rnd,))
         return [dict(r) | {"data": json.loads(r["data"])} for r in rows]
 
-    def add_queries(self, rnd: int, rows: Sequence[tuple[str, str, int, float | None]]) -> None:
-        """Acquisition: (hash, strategy, rank, score) of the structures to send to the oracle in round `rnd`."""
+    def add_queries(self, rnd: int, rows: Sequence[Query]) -> None:
+        """Acquisition: the structures to send to the oracle in round `rnd`."""
         with self.transaction() as c:
             c.executemany(
                 "INSERT OR REPLACE INTO queries(round, hash, strategy, rank, score) VALUES (?,?,?,?,?)",
-                [(rnd, h, s, k, sc) for h, s, k, sc in rows],
+                [(rnd, q.hash, q.strategy, q.rank, q.score) for q in rows],
             )
+
+    def round_queries(self, rnd: int) -> list[Query]:
+        """The queries of round `rnd`, by rank."""
+        return [
+            Query(hash=r["hash"], strategy=r["strategy"], rank=r["rank"], score=r["score"])
+            for r in self._query("SELECT * FROM queries WHERE round = ? ORDER BY rank", (rnd,))
+        ]
 
     def queries(self, rnd: int | None = None) -> list[dict[str, Any]]:
         if rnd is None:
@@ -587,13 +755,13 @@ class CampaignStore:
         rows = self._query("SELECT hash, MIN(round) AS round FROM queries GROUP BY hash")
         return {r["hash"]: r["round"] for r in rows}
 
-    def set_stability(self, rnd: int, rows: Sequence[tuple[str, float, bool, bool]]) -> None:
-        """The hull verdicts at the end of round `rnd`: (hash, e_hull eV/atom, stable, near_stable)."""
+    def set_stability(self, rnd: int, rows: Sequence[Verdict]) -> None:
+        """The hull verdicts at the end of round `rnd` (the `near_stable` column holds `Verdict.hit`)."""
         with self.transaction() as c:
             c.execute("DELETE FROM stability WHERE round = ?", (rnd,))
             c.executemany(
                 "INSERT INTO stability(round, hash, e_hull, stable, near_stable) VALUES (?,?,?,?,?)",
-                [(rnd, h, float(e), int(s), int(n)) for h, e, s, n in rows],
+                [(rnd, v.hash, float(v.e_hull), int(v.stable), int(v.hit)) for v in rows],
             )
 
     def stability(self, rnd: int | None = None) -> list[dict[str, Any]]:

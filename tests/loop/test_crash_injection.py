@@ -34,6 +34,9 @@ pytestmark = pytest.mark.slow
 # `write<n>`: as the stage opens its n-th file for writing (checkpoint files, MLflow artifacts).
 CRASH_POINTS = (
     "references:0:commit",
+    "label:0:2",
+    "update:0:commit",
+    "track:0:commit",
     "generate:1:commit",
     "funnel:1:commit",
     "screen:1:commit",
@@ -43,6 +46,13 @@ CRASH_POINTS = (
     "retrain:1:write3",
     "track:1:write3",
 )
+
+
+def test_every_stage_is_killed_at_least_once():
+    assert {p.split(":")[0] for p in CRASH_POINTS} == {*ROUND0_STAGES, *ROUND_STAGES}
+    assert [ORDER.index((int(p.split(":")[1]), p.split(":")[0])) for p in CRASH_POINTS] == sorted(
+        ORDER.index((int(p.split(":")[1]), p.split(":")[0])) for p in CRASH_POINTS
+    )
 
 
 def tiny_config(path: Path) -> Path:
@@ -138,6 +148,8 @@ def test_sigkill_inside_stage_leaves_it_unrecorded(config, reference_run, crashe
     try:
         if stage == "label":
             assert len([r for r in store.oracle_results() if r.round == int(rnd)]) == int(where)
+        if stage == "generate":
+            assert not store.generated(int(rnd))
         if stage in ("generate", "funnel"):
             assert not store.candidates(int(rnd))
         if stage == "screen":

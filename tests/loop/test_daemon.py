@@ -15,7 +15,9 @@ from pymatgen.core import Lattice, Structure
 
 from loop.campaign import LOCK_FILE, ROUND0_STAGES, ROUND_STAGES, STOP_FILE, Campaign, request_stop
 from loop.config import load_config
-from loop.store import CampaignStore
+from loop.labelling import label_hashes
+from loop.stages.acquire import acquire
+from loop.store import CampaignStore, Prediction
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -119,8 +121,6 @@ def _campaign(tmp_path: Path, **stop: object) -> Campaign:
 
 def _label(campaign: Campaign, structures: list[Structure], *, round: int) -> list[str]:
     """Label structures with the campaign's (EMT) oracle, as the label stage does."""
-    from loop.labelling import label_hashes
-
     assert campaign.store is not None
     hashes = [campaign.store.add_structure(s, source="user", round=round) for s in structures]
     results = label_hashes(
@@ -144,8 +144,6 @@ def test_max_rounds_stops_before_the_next_round(tmp_path):
 
 
 def test_max_oracle_calls_caps_the_batch_then_stops(tmp_path):
-    from loop.stages import acquire
-
     campaign = _campaign(tmp_path, max_oracle_calls=4)
     assert campaign.store is not None
     _label(campaign, STRUCTURES[:2], round=0)
@@ -154,28 +152,30 @@ def test_max_oracle_calls_caps_the_batch_then_stops(tmp_path):
     campaign.store.add_predictions(
         1,
         [
-            {
-                "hash": h,
-                "relaxed_hash": h,
-                "model": "pretrained",
-                "energy_per_atom": -0.1,
-                "energy_per_atom_std": 0.02,
-                "e_hull": e_hull,
-                "e_hull_std": 0.03,
-            }
+            Prediction(
+                hash=h,
+                relaxed_hash=h,
+                model="pretrained",
+                energy_per_atom=-0.1,
+                energy_per_atom_std=0.02,
+                e_hull=e_hull,
+                e_hull_std=0.03,
+                data={},
+            )
             for h, e_hull in zip(relaxed, (0.01, -0.02, 0.05), strict=True)
         ],
     )
     assert campaign.config.acquisition.budget == 3
-    picks, report = acquire(campaign.config, store=campaign.store, round=1)
+    result = acquire(campaign.config, store=campaign.store, round=1)
+    picks, report = result.queries, result.report
     assert len(picks) == 2 and report["budget"] == 2 and report["budget_capped"]
     assert campaign._should_stop_campaign(2) is None  # 2 calls left: the next round may still run
-    _label(campaign, [campaign.store.get_structure(h) for h, *_ in picks], round=1)
+    _label(campaign, [campaign.store.get_structure(q.hash) for q in picks], round=1)
     assert len(campaign.store.oracle_results()) == 4
     assert campaign._should_stop_campaign(2) == "reached 4 oracle calls (stop.max_oracle_calls)"
     # Had a round started anyway (a resumed round is always finished), it would query nothing.
-    picks, report = acquire(campaign.config, store=campaign.store, round=1)
-    assert picks == [] and report["budget"] == 0
+    result = acquire(campaign.config, store=campaign.store, round=1)
+    assert result.queries == [] and result.report["budget"] == 0
 
 
 def test_max_hours_counts_from_the_campaign_start(tmp_path):

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from loop import stages
 from loop.config import validate_config
 from loop.execution import ExecutionConfig, make_executor
 from loop.labelling import label_hashes, oracle_workdir
+from loop.stages.screen import screen
 from loop.store import CampaignStore
 from oracle.ase_runner import CALLS_FILE
 from oracle.emt_toy import EMTSettings
@@ -146,21 +146,22 @@ def test_screen_stage_survives_a_worker_killed_mid_relaxation(tmp_path: Path) ->
     label_hashes(store, refs, settings=config.oracle, workdir=tmp_path)
     candidates = [store.add_structure(s, source="test") for s in cells[2:]]
 
-    inline_rows, _, _ = stages.screen(config, store=store, hashes=candidates, checkpoint=None, executor=None)
+    inline_rows = screen(config, store=store, hashes=candidates, checkpoint=None, executor=None).predictions
     killed: list[int] = []
     with make_executor(config.execution) as ex:
         killer = threading.Thread(
             target=lambda: killed.append(kill_busy_worker(ex.client, after_finished=1)), daemon=True
         )
         killer.start()
-        rows, _, report = stages.screen(config, store=store, hashes=candidates, checkpoint=None, executor=ex)
+        screening = screen(config, store=store, hashes=candidates, checkpoint=None, executor=ex)
+        rows, report = screening.predictions, screening.report
         killer.join(timeout=60)
     assert killed, "the worker was not killed during the stage"
     assert report["n_screened"] == len(candidates) == len(rows)
-    assert not any("quarantined" in (r["data"]["reason"] or "") for r in rows)
+    assert not any("quarantined" in (r.data["reason"] or "") for r in rows)
     # The chunk lost with the worker was relaxed again from scratch: the same numbers as an undisturbed run.
-    assert [r["hash"] for r in rows] == [r["hash"] for r in inline_rows]
+    assert [r.hash for r in rows] == [r.hash for r in inline_rows]
     np.testing.assert_allclose(
-        [r["energy_per_atom"] for r in rows], [r["energy_per_atom"] for r in inline_rows], atol=1e-5
+        [r.energy_per_atom for r in rows], [r.energy_per_atom for r in inline_rows], atol=1e-5
     )
     store.close()

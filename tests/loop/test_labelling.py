@@ -9,7 +9,7 @@ from pymatgen.core import Lattice, Structure
 
 from loop.config import CampaignConfig
 from loop.labelling import label_hashes
-from loop.stages import training_labels
+from loop.stages.retrain import training_labels
 from loop.store import CampaignStore
 from loop.structures import structure_hash
 from oracle import EMTSettings

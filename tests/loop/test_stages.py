@@ -9,11 +9,15 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from loop import stages
 from loop.config import validate_config
 from loop.errors import InputError
 from loop.labelling import label_hashes
-from loop.store import CampaignStore
+from loop.stages.generate import substitution_candidates
+from loop.stages.references import reference_pool, withheld_records
+from loop.stages.retrain import withheld_training_ids
+from loop.stages.shared import discoveries, known_index, withheld_structures
+from loop.stages.update import update_hull
+from loop.store import CampaignStore, Query
 from loop.structures import structure_hash
 
 B32 = "AB:227:4"
@@ -29,7 +33,7 @@ def spacegroup(structure: Structure) -> int:
 
 
 def test_reference_pool_is_complete_for_li_al():
-    pool = stages.reference_pool(config())
+    pool = reference_pool(config())
     elements = [k for k in pool if len(k.structure.composition) == 1]
     compounds = [k for k in pool if len(k.structure.composition) > 1]
     ids = {k.id for k in elements}
@@ -53,36 +57,34 @@ def test_reference_pool_is_complete_for_li_al():
     # cI16 Li is a small distortion of bcc Li but another crystal for the oracle: both are references
     assert {"mp-567337", "ase-ref:Li-bcc"} <= ids
     assert all(len(k.structure) <= 12 for k in compounds)
-    held = stages.reference_pool(config(withhold=["LiAl", "mp-16506"]))
+    held = reference_pool(config(withhold=["LiAl", "mp-16506"]))
     formulas = [k.structure.composition.reduced_formula for k in held]
     assert "LiAl" not in formulas and "mp-16506" not in {k.id for k in held} and "LiAl3" in formulas
     with pytest.raises(InputError, match="no elemental crystal"):
-        stages.reference_pool(config(chemical_systems=["Fr-Li"]))  # no francium crystal, bundled or in ASE
+        reference_pool(config(chemical_systems=["Fr-Li"]))  # no francium crystal, bundled or in ASE
 
 
 def test_withheld_records_round_trip_through_the_store(tmp_path):
     cfg = config(withhold=["all_compounds"])
-    records = stages.withheld_records(cfg)
+    records = withheld_records(cfg)
     formulas = {r["formula"] for r in records}
     assert {"LiAl", "Li3Al2", "Li9Al4", "LiAl3", "Li2Al", "Li3Al"} <= formulas
     assert all(r["material_id"].startswith("mp-") for r in records)
     store = CampaignStore.in_workdir(tmp_path)
     store.set_meta("withheld", records)
-    back = stages.withheld_structures(store)
+    back = withheld_structures(store)
     assert [k.id for k in back] == [r["material_id"] for r in records]
     assert all(k.structure.composition.reduced_formula == k.properties["formula"] for k in back)
-    assert stages.withheld_records(config()) == []
-    assert stages.withheld_training_ids(cfg)  # some of them are in the generator's training split
-    assert set(stages.withheld_training_ids(cfg)) <= {r["material_id"] for r in records}
+    assert withheld_records(config()) == []
+    assert withheld_training_ids(cfg)  # some of them are in the generator's training split
+    assert set(withheld_training_ids(cfg)) <= {r["material_id"] for r in records}
 
 
 def test_substitution_searches_structure_types_and_does_not_repeat_parents(tmp_path):
     cfg = config(generator={"substitution": {"max_candidates_per_parent": 2}})
     store = CampaignStore.in_workdir(tmp_path)
-    known = stages.known_index(cfg, store=store, before_round=1)
-    made, counts = stages.substitution_candidates(
-        cfg, store=store, round=1, n=40, discoveries=[], known=known
-    )
+    known = known_index(cfg, store=store, before_round=1)
+    made, counts = substitution_candidates(cfg, store=store, round=1, n=40, discoveries=[], known=known)
     assert len(made) == 40 and counts["spent_prototypes"] == 0
     b32 = [
         c
@@ -90,19 +92,19 @@ def test_substitution_searches_structure_types_and_does_not_repeat_parents(tmp_p
         if c.structure.composition.reduced_formula == "LiAl" and spacegroup(c.structure) == 227
     ]
     assert b32 and b32[0].info["parent_prototype"] == B32
-    fresh = stages.known_index(cfg, store=store, before_round=1)
+    fresh = known_index(cfg, store=store, before_round=1)
     assert all(fresh.find(c.structure) is None for c in made)  # nothing bundled is proposed again
     assert len({structure_hash(c.structure) for c in made}) == len(made)  # no child twice
     assert all(len(c.structure) <= cfg.generator.funnel.max_atoms for c in made)
     for c in made:
         store.add_structure(c.structure, source=c.source, parent=c.parent, round=1, provenance=c.info)
-    again, counts2 = stages.substitution_candidates(
+    again, counts2 = substitution_candidates(
         cfg,
         store=store,
         round=2,
         n=40,
         discoveries=[],
-        known=stages.known_index(cfg, store=store, before_round=2),
+        known=known_index(cfg, store=store, before_round=2),
     )
     used = {c.info["parent_prototype"] for c in made}
     assert counts2["spent_prototypes"] == len(used)
@@ -144,20 +146,29 @@ def test_update_hull_counts_hits_and_discoveries_exclude_references(tmp_path):
         )
         for k in ("Cu", "Au", "CuAu", "Cu3Au", "B2")
     }
-    store.add_queries(0, [(h[k], "references", i, None) for i, k in enumerate(("Cu", "Au", "CuAu"))])
-    store.add_queries(1, [(h[k], "p_stable", i, 0.5) for i, k in enumerate(("Cu3Au", "B2"))])
+    store.add_queries(
+        0,
+        [
+            Query(hash=h[k], strategy="references", rank=i, score=None)
+            for i, k in enumerate(("Cu", "Au", "CuAu"))
+        ],
+    )
+    store.add_queries(
+        1, [Query(hash=h[k], strategy="p_stable", rank=i, score=0.5) for i, k in enumerate(("Cu3Au", "B2"))]
+    )
     label_hashes(store, list(h.values()), settings=cfg.oracle, workdir=tmp_path, round=1)
-    verdicts, report = stages.update_hull(cfg, store=store, round=1)
-    e_hull = {v[0]: v[1] for v in verdicts}
+    update = update_hull(cfg, store=store, round=1)
+    verdicts, report = update.verdicts, update.report
+    e_hull = {v.hash: v.e_hull for v in verdicts}
     rule = cfg.stability_rule
-    for _, e, stable, hit in verdicts:
-        assert stable == rule.is_stable(e) and hit == rule.is_hit(e)
+    for v in verdicts:
+        assert v.stable == rule.is_stable(v.e_hull) and v.hit == rule.is_hit(v.e_hull)
     expected_hits = [k for k in ("Cu3Au", "B2") if rule.is_hit(e_hull[h[k]])]
     assert expected_hits == ["Cu3Au"]  # L1_2 Cu3Au is a hit in EMT, squeezed B2 CuAu is not
     assert e_hull[h["B2"]] > 0.05 and report["n_hits_new"] == len(expected_hits)
     assert report["hit_rate"] == pytest.approx(len(expected_hits) / 2)
     assert report["n_stable_new"] + report["n_near_stable_new"] == report["n_hits_new"]
     store.set_stability(1, verdicts)
-    found = stages._discoveries(cfg, store)
+    found = discoveries(cfg, store)
     assert {k.id for k in found} == {h[k] for k in expected_hits}  # never the round-0 references
     assert h["Cu"] not in {k.id for k in found} and h["CuAu"] not in {k.id for k in found}

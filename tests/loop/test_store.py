@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
 import pytest
 from pymatgen.core import Structure
 
-from loop.store import CampaignStore
+from loop.errors import InputError
+from loop.store import SCHEMA_VERSION, CampaignStore, Query, SchemaMismatch, Verdict
 from loop.structures import structure_hash
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,12 +61,12 @@ def test_stage_and_results_commit_together_or_not_at_all(tmp_path):
     store = CampaignStore.in_workdir(tmp_path)
     h = store.add_structure(SI, source="user")
     with pytest.raises(RuntimeError), store.transaction():
-        store.add_queries(1, [(h, "max_std", 0, 0.3)])
+        store.add_queries(1, [Query(hash=h, strategy="max_std", rank=0, score=0.3)])
         store.mark_stage_done(1, "acquire", {"n": 1})
         raise RuntimeError("killed mid-stage")
     assert store.queries(1) == [] and not store.stage_done(1, "acquire")
     with store.transaction():
-        store.add_queries(1, [(h, "max_std", 0, 0.3)])
+        store.add_queries(1, [Query(hash=h, strategy="max_std", rank=0, score=0.3)])
         store.mark_stage_done(1, "acquire", {"n": 1})
     reopened = CampaignStore.in_workdir(tmp_path)
     assert reopened.stage_done(1, "acquire") and reopened.stage_result(1, "acquire")["n"] == 1
@@ -75,8 +77,10 @@ def test_stage_and_results_commit_together_or_not_at_all(tmp_path):
 
 def test_stability_keeps_history_per_round(tmp_path):
     store = CampaignStore.in_workdir(tmp_path)
-    store.set_stability(1, [("a", 0.0, True, True), ("b", 0.2, False, False)])
-    store.set_stability(2, [("a", 0.03, False, True), ("b", 0.2, False, False), ("c", 0.0, True, True)])
+    store.set_stability(1, [Verdict("a", 0.0, True, True), Verdict("b", 0.2, False, False)])
+    store.set_stability(
+        2, [Verdict("a", 0.03, False, True), Verdict("b", 0.2, False, False), Verdict("c", 0.0, True, True)]
+    )
     assert [r["hash"] for r in store.stability()] == ["c", "a", "b"]
     assert [r["hash"] for r in store.stability(1)] == ["a", "b"]
 
@@ -139,3 +143,50 @@ def test_a_store_from_before_the_new_columns_is_upgraded_on_open(tmp_path):
     store = CampaignStore(path)
     got = store.get_oracle_result("h1", "aaa")
     assert got.energy == -1.0 and got.final_hash is None and got.structure_hash == "h1"
+
+
+def _as_schema_1(path, generate_results):
+    """Rewrite a store into the layout schema 1 had: no `generated` table, the generated candidates as (hash, source)
+    pairs in the generate stage's report."""
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("DROP TABLE generated")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+        for rnd, result in generate_results.items():
+            conn.execute(
+                "INSERT INTO stages(round, stage, status, started_at, finished_at, result) VALUES (?,?,?,?,?,?)",
+                (rnd, "generate", "done", 0.0, 1.0, json.dumps(result)),
+            )
+    conn.close()
+
+
+def test_a_schema_1_store_is_migrated_in_place(tmp_path):
+    store = CampaignStore.in_workdir(tmp_path)
+    a = store.add_structure(SI, source="substitution", round=1)
+    store.close()
+    report = {"n_generated": 3, "per_source": {"substitution": 2, "random_search": 1}, "wall_time_s": 1.5}
+    pairs = [[a, "substitution"], ["b" * 16, "random_search"], [a, "substitution"]]
+    _as_schema_1(tmp_path / CampaignStore.FILENAME, {1: {**report, "candidates": pairs}})
+
+    store = CampaignStore.in_workdir(tmp_path)
+    assert store.get_meta("schema_version") == SCHEMA_VERSION
+    # The candidates keep their order, repeats included; the report keeps its metrics only.
+    assert [(g.hash, g.source) for g in store.generated(1)] == [tuple(p) for p in pairs]
+    assert store.stage_result(1, "generate") == report
+    store.close()
+    again = CampaignStore.in_workdir(tmp_path)  # a second open finds nothing left to migrate
+    assert len(again.generated(1)) == 3 and again.stage_result(1, "generate") == report
+    again.close()
+
+
+def test_a_store_of_another_schema_is_refused_with_one_line(tmp_path):
+    CampaignStore.in_workdir(tmp_path).close()
+    conn = sqlite3.connect(tmp_path / CampaignStore.FILENAME)
+    with conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    conn.close()
+    with pytest.raises(SchemaMismatch) as err:
+        CampaignStore.in_workdir(tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and "schema version 99" in message and f"reads {SCHEMA_VERSION}" in message
+    assert isinstance(err.value, InputError)  # the CLI's one line and exit code 2

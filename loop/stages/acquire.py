@@ -1,0 +1,120 @@
+"""Acquire: choose the round's oracle queries with the configured modAL strategy under the budget.
+
+Units: energies eV/atom.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from loop.acquisition import select_structures
+from loop.config import CampaignConfig
+from loop.stages.base import StageContext
+from loop.store import CampaignStore, Prediction, Query
+
+log = logging.getLogger("matloop")
+
+
+def oracle_calls_left(config: CampaignConfig, store: CampaignStore) -> int | None:
+    """Oracle calls the stop rule still allows (`stop.max_oracle_calls` minus every stored result, failed ones
+    included); None without that rule."""
+    limit = config.stop.max_oracle_calls
+    if limit is None:
+        return None
+    return max(0, limit - len(store.oracle_results()))
+
+
+def acquisition_pool(config: CampaignConfig, *, store: CampaignStore, round: int) -> list[Prediction]:
+    """The predictions of `round` acquisition may pick from: one per relaxed structure (the first), none whose
+    relaxed structure already has an oracle result, none without a relaxed structure."""
+    settings_hash = config.oracle.settings_hash()
+    seen: set[str] = set()
+    pool = []
+    for p in store.round_predictions(round):
+        h = p.relaxed_hash
+        if not h or h in seen or store.get_oracle_result(h, settings_hash) is not None:
+            continue
+        seen.add(h)
+        pool.append(p)
+    return pool
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """The round's queries (relaxed structures, by rank) and the stage's metrics."""
+
+    queries: list[Query]
+    report: dict[str, Any]
+
+
+def acquire(config: CampaignConfig, *, store: CampaignStore, round: int) -> Acquisition:
+    """Choose the oracle queries of this round with the configured modAL strategy under the budget.
+
+    Relaxed structures already labelled, or relaxed onto the same structure as another candidate, are offered once.
+    The batch never exceeds the oracle calls `stop.max_oracle_calls` still allows.
+    """
+    budget = config.acquisition.budget
+    left = oracle_calls_left(config, store)
+    if left is not None and left < budget:
+        budget = left
+        log.info("round %d: %d oracle calls left under stop.max_oracle_calls: batch capped", round, left)
+    pool = acquisition_pool(config, store=store, round=round)
+    if budget == 0:
+        report = {
+            "strategy": config.acquisition.strategy,
+            "budget": 0,
+            "budget_capped": True,
+            "n_pool": len(pool),
+            "n_skipped": 0,
+            "n_queries": 0,
+            "mean_e_hull_of_picks": None,
+        }
+        return Acquisition(queries=[], report=report)
+    settings_hash = config.oracle.settings_hash()
+    structures = store.get_structures([p.relaxed_hash for p in pool if p.relaxed_hash])
+    labelled_hashes = [r.hash for r in store.oracle_results(settings_hash=settings_hash, ok_only=True)]
+    labelled = list(store.get_structures(labelled_hashes).values())
+    nan = float("nan")
+    result = select_structures(
+        structures=[structures[p.relaxed_hash] for p in pool if p.relaxed_hash],
+        mean=[nan if p.e_hull is None else p.e_hull for p in pool],
+        std=[nan if p.e_hull_std is None else p.e_hull_std for p in pool],
+        config=config.acquisition.model_copy(update={"budget": budget}),
+        rule=config.stability_rule,
+        labelled=labelled,
+    )
+    queries = [
+        Query(hash=str(pool[int(i)].relaxed_hash), strategy=result.strategy, rank=rank, score=float(u))
+        for rank, (i, u) in enumerate(zip(result.indices, result.utilities, strict=True))
+    ]
+    picked_e = [pool[int(i)].e_hull for i in result.indices]
+    report = {
+        "strategy": result.strategy,
+        "budget": budget,
+        "budget_capped": budget < config.acquisition.budget,
+        "n_pool": result.n_pool,
+        "n_skipped": result.n_skipped,
+        "n_queries": len(queries),
+        "mean_e_hull_of_picks": float(np.mean(picked_e)) if queries else None,
+    }
+    return Acquisition(queries=queries, report=report)
+
+
+class AcquireStage:
+    """Record the round's oracle queries."""
+
+    name = "acquire"
+
+    def compute(self, ctx: StageContext) -> Acquisition:
+        return acquire(ctx.config, store=ctx.store, round=ctx.round)
+
+    def commit(self, ctx: StageContext, result: Acquisition) -> dict[str, Any]:
+        ctx.store.add_queries(ctx.round, result.queries)
+        return result.report
+
+
+STAGE = AcquireStage()

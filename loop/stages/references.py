@@ -1,0 +1,186 @@
+"""Round 0, references: the known crystals the oracle labels to build the hull in its own level of theory.
+
+Energies eV/atom.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pymatgen.analysis.structure_matcher import StructureMatcher
+
+from generator.base import KnownStructure
+from generator.seeds import load_seeds, reference_states, seed_table
+from loop.config import CampaignConfig
+from loop.errors import InputError
+from loop.hull import HullEntry, OracleHull
+from loop.stages.base import StageContext
+from loop.store import Query
+from loop.tasks import predict_energies
+
+
+def withheld_records(config: CampaignConfig) -> list[dict[str, Any]]:
+    """The bundled crystals this campaign withholds (rediscovery mode), as JSON-ready records.
+
+    Each record: material_id, formula (reduced), spacegroup, split, structure (pymatgen `Structure.as_dict()`).
+    Ids listed in `withhold` are recorded wherever they lie; formulas and "all_compounds" only match inside the
+    target systems by construction.
+    """
+    withhold = config.withholding
+    if not withhold:
+        return []
+    table = seed_table()
+    ids = table["material_id"][withhold.mask(table)]
+    inside = [
+        k
+        for k in load_seeds(ids=ids)
+        if k.id in withhold.ids
+        or any(
+            {el.symbol for el in k.structure.composition.elements} <= set(s.split("-"))
+            for s in config.chemical_systems
+        )
+    ]
+    return [
+        {
+            "material_id": k.id,
+            "formula": k.structure.composition.reduced_formula,
+            "spacegroup": k.properties.get("spacegroup"),
+            "split": k.properties.get("split"),
+            "structure": k.structure.as_dict(),
+        }
+        for k in sorted(inside, key=lambda k: k.id)
+    ]
+
+
+def reference_pool(config: CampaignConfig) -> list[KnownStructure]:
+    """The known crystals round 0 may label: every elemental polymorph of the target elements up to
+    `references.max_element_atoms` atoms (bundled crystals and ASE's reference states, the same crystal given
+    twice kept once, bundled first), and every bundled compound of the target systems and their subsystems up to
+    `references.max_atoms` atoms, minus the withheld ones.
+
+    Raises:
+        InputError: an element of the target systems has no elemental crystal at all, so the hull could not be
+            built in the oracle's level of theory.
+    """
+    refs = config.references
+    bundled = load_seeds(chemical_systems=config.chemical_systems, withhold=config.withholding)
+    elements = [
+        k
+        for k in [
+            *sorted(bundled, key=lambda k: (len(k.structure), k.id)),
+            *reference_states(config.elements),
+        ]
+        if len(k.structure.composition) == 1 and len(k.structure) <= refs.max_element_atoms
+    ]
+    # Only the same crystal given twice is dropped (ASE's fcc Al and the bundled one). The funnel's matcher would
+    # also merge small distortions such as cI16 Li into bcc Li, whose oracle energies differ (13 meV/atom in the
+    # demo's GPAW), and both are cheap to label.
+    same = StructureMatcher(ltol=0.05, stol=0.05, angle_tol=1.0, primitive_cell=False, scale=True)
+    polymorphs: list[KnownStructure] = []
+    for k in elements:
+        if not any(
+            p.structure.composition.reduced_formula == k.structure.composition.reduced_formula
+            and same.fit(p.structure, k.structure)
+            for p in polymorphs
+        ):
+            polymorphs.append(k)
+    have = {k.structure.composition.elements[0].symbol for k in polymorphs}
+    missing = sorted(set(config.elements) - have)
+    if missing:
+        raise InputError(
+            f"no elemental crystal with <= {refs.max_element_atoms} atoms for {', '.join(missing)} in the bundled"
+            " data or ASE's reference states; raise references.max_element_atoms or choose another system"
+        )
+    compounds = [
+        k
+        for k in sorted(bundled, key=lambda k: k.id)
+        if len(k.structure.composition) > 1 and len(k.structure) <= refs.max_atoms
+    ]
+    return [*polymorphs, *compounds]
+
+
+@dataclass(frozen=True)
+class ReferencePick:
+    """A known crystal chosen as a reference, as an "element" or a "compound"."""
+
+    known: KnownStructure
+    role: str
+
+
+def select_references(config: CampaignConfig) -> list[ReferencePick]:
+    """Round 0: every elemental polymorph of the pool and the lowest-lying known compounds, one per composition,
+    ranked by the pretrained emulator (only to choose what to label: the hull itself is built from oracle
+    energies), at most `references.max_compounds`."""
+    pool = reference_pool(config)
+    picks = [ReferencePick(known=k, role="element") for k in pool if len(k.structure.composition) == 1]
+    compounds = [k for k in pool if len(k.structure.composition) > 1]
+    if not compounds or config.references.max_compounds == 0:
+        return picks
+    energies = predict_energies([k.structure for k in pool], settings=config.emulator, checkpoint=None)
+    hull = OracleHull.from_entries(
+        [
+            HullEntry(entry_id=k.id, composition=k.structure.composition, energy_per_atom=e)
+            for k, e in zip(pool, energies, strict=True)
+        ]
+    )
+    by_id = dict(zip((k.id for k in pool), energies, strict=True))
+    ev = hull.evaluate([k.structure.composition for k in compounds], [by_id[k.id] for k in compounds])
+    order = sorted(
+        range(len(compounds)),
+        key=lambda i: (ev.e_above_hull[i], len(compounds[i].structure), compounds[i].id),
+    )
+    seen: set[str] = set()
+    for i in order:
+        k = compounds[i]
+        formula = k.structure.composition.reduced_formula
+        if formula in seen:  # one polymorph per composition: the hull needs the lowest only
+            continue
+        seen.add(formula)
+        picks.append(ReferencePick(known=k, role="compound"))
+        if len(seen) >= config.references.max_compounds:
+            break
+    return picks
+
+
+@dataclass(frozen=True)
+class References:
+    """The references to label and the withheld crystals (rediscovery mode) the report matches discoveries to."""
+
+    picks: list[ReferencePick]
+    withheld: list[dict[str, Any]]
+
+
+class ReferencesStage:
+    """Store the references as round-0 structures and queue them for the oracle."""
+
+    name = "references"
+
+    def compute(self, ctx: StageContext) -> References:
+        return References(picks=select_references(ctx.config), withheld=withheld_records(ctx.config))
+
+    def commit(self, ctx: StageContext, result: References) -> dict[str, Any]:
+        store = ctx.store
+        store.set_meta("withheld", result.withheld)
+        hashes = [
+            store.add_structure(
+                p.known.structure,
+                source="seed",
+                parent=p.known.id,
+                round=0,
+                provenance={"material_id": p.known.id, "role": p.role, **p.known.properties},
+            )
+            for p in result.picks
+        ]
+        store.add_queries(
+            0, [Query(hash=h, strategy="references", rank=i, score=None) for i, h in enumerate(hashes)]
+        )
+        return {
+            "n_references": len(hashes),
+            "n_elements": sum(1 for p in result.picks if p.role == "element"),
+            "n_compounds": sum(1 for p in result.picks if p.role == "compound"),
+            "n_withheld": len(result.withheld),
+        }
+
+
+STAGE = ReferencesStage()

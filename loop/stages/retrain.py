@@ -1,0 +1,203 @@
+"""Retrain: fine-tune the emulator on all oracle labels and the generator on the campaign's discoveries.
+
+Units: energies eV, forces eV/Å, stress GPa, times s.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from generator.base import get_generator_class
+from generator.seeds import seed_table
+from loop.checkpoints import CHECKPOINT_KINDS, checkpoint_sha256
+from loop.config import CampaignConfig
+from loop.stages.base import StageContext, seconds
+from loop.stages.shared import discoveries
+from loop.store import CampaignStore
+from loop.tasks import fine_tune_emulator, fine_tune_generator
+
+
+def training_labels(config: CampaignConfig, store: CampaignStore, *, frames: int = 0) -> list[dict[str, Any]]:
+    """The emulator's training data: every successful oracle label of this campaign's oracle settings.
+
+    Each label pairs the oracle's energy, forces and stress with the structure they belong to: the oracle's final
+    (relaxed) structure, never the queried input. Labels whose final structure duplicates an earlier one's are
+    kept (a second, independent sample of the same minimum costs nothing and weighs it as observed).
+
+    Args:
+        config: The campaign config (its oracle settings select the labels).
+        store: The campaign store.
+        frames: Also add up to this many intermediate relaxation frames per label (evenly spaced, the input
+            geometry first, the final frame excluded as it is the label itself); 0 = final structures only.
+
+    Returns:
+        Dicts with `structure` (pymatgen), `energy` eV, `forces` eV/Å, `stress` GPa, `hash` (the labelled
+        structure, so callers can select e.g. this round's labels) and `kind` ("final" or "frame"), in the
+        store's canonical order (round, hash), frames after their label.
+    """
+    settings_hash = config.oracle.settings_hash()
+    results = store.oracle_results(settings_hash=settings_hash, ok_only=True)
+    structures = store.get_structures([r.structure_hash for r in results])
+    data: list[dict[str, Any]] = []
+    for r in results:
+        data.append(
+            {
+                "structure": structures[r.structure_hash],
+                "energy": r.energy,
+                "forces": r.forces,
+                "stress": r.stress,
+                "hash": r.hash,
+                "kind": "final",
+            }
+        )
+        if frames <= 0:
+            continue
+        steps = store.oracle_frames(r.hash, settings_hash)[:-1]
+        if not steps:
+            continue
+        picks = sorted({round(i) for i in np.linspace(0, len(steps) - 1, min(frames, len(steps)))})
+        data.extend(
+            {
+                "structure": steps[i].structure,
+                "energy": steps[i].energy,
+                "forces": steps[i].forces,
+                "stress": steps[i].stress,
+                "hash": r.hash,
+                "kind": "frame",
+            }
+            for i in picks
+        )
+    return data
+
+
+def withheld_training_ids(config: CampaignConfig) -> list[str]:
+    """Material ids of the generator's original training crystals (mp_20 train) that the campaign withholds."""
+    if not config.withholding:
+        return []
+    table = seed_table(splits=["mp_20/train"])
+    return sorted(table["material_id"][config.withholding.mask(table)])
+
+
+def retrain_generator(
+    config: CampaignConfig, *, store: CampaignStore, round: int, generator_in: Path | None, out_dir: Path
+) -> dict[str, Any]:
+    """Fine-tune the generator of the mix that `supports_fine_tune` on the campaign's discoveries (never the
+    references), mixed with original training crystals minus the withheld ones. Nothing happens before round 1,
+    without discoveries, or when no generator of the mix learns.
+
+    Returns:
+        Metrics and `generator_checkpoint` when a new checkpoint was written.
+    """
+    gen_cfg = config.generator
+    found = discoveries(config, store) if round > 0 else []
+    learners = [
+        name for name, n in gen_cfg.mix.items() if n > 0 and get_generator_class(name).supports_fine_tune
+    ]
+    if not (learners and gen_cfg.fine_tune_weight > 0 and found):
+        return {"generator_n_discoveries": len(found)}
+    started = time.time()
+    gen_path, gen_metrics = fine_tune_generator(
+        [k.structure for k in found],
+        settings=getattr(gen_cfg, learners[0]),
+        checkpoint_in=generator_in,
+        out_path=out_dir / "generator.pt",
+        weight=gen_cfg.fine_tune_weight,
+        steps=gen_cfg.fine_tune_steps,
+        max_minutes=gen_cfg.fine_tune_max_minutes,
+        seed=config.seed + round,
+        exclude_ids=withheld_training_ids(config),
+    )
+    report: dict[str, Any] = {
+        "generator_checkpoint": str(gen_path),
+        "generator_fine_tune_s": seconds(time.time() - started),
+        "generator_n_discoveries": len(found),
+    }
+    report.update({f"generator_{k}": v for k, v in gen_metrics.items() if isinstance(v, int | float)})
+    return report
+
+
+def retrain(
+    config: CampaignConfig,
+    *,
+    store: CampaignStore,
+    round: int,
+    emulator_in: Path | None,
+    generator_in: Path | None,
+    out_dir: Path,
+) -> dict[str, Any]:
+    """Fine-tune the emulator on all oracle data and the generator on the stable and near-stable discoveries.
+
+    Returns:
+        Metrics and the new checkpoint paths (`emulator_checkpoint`, `generator_checkpoint`).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = training_labels(config, store)
+    train = config.emulator_training
+    report: dict[str, Any] = {"n_training_labels": len(data)}
+    started = time.time()
+    # Held-out validation needs no list of "new" labels: the previous checkpoint knows what it trained on.
+    emu_path, emu_metrics = fine_tune_emulator(
+        data,
+        settings=config.emulator,
+        checkpoint_in=emulator_in,
+        out_dir=out_dir / "emulator",
+        epochs=train.fine_tune_epochs,
+        max_minutes=train.fine_tune_max_minutes,
+        round=round,
+    )
+    report["emulator_checkpoint"] = str(emu_path)
+    report["emulator_fine_tune_s"] = seconds(time.time() - started)
+    report["emulator_deployed"] = emu_metrics.pop("deployed")
+    report["emulator_reason"] = emu_metrics.pop("reason")
+    report.update({f"emulator_{k}": v for k, v in emu_metrics.items() if isinstance(v, int | float)})
+    report.update(
+        retrain_generator(config, store=store, round=round, generator_in=generator_in, out_dir=out_dir)
+    )
+    return report
+
+
+@dataclass(frozen=True)
+class Retrained:
+    """The retrain report: metrics, the new checkpoint paths and their sha256 (checked before they are trusted)."""
+
+    report: dict[str, Any]
+
+
+class RetrainStage:
+    """Point the campaign at the new checkpoints."""
+
+    name = "retrain"
+
+    def compute(self, ctx: StageContext) -> Retrained:
+        report = retrain(
+            ctx.config,
+            store=ctx.store,
+            round=ctx.round,
+            emulator_in=ctx.checkpoint("emulator"),
+            generator_in=ctx.checkpoint("generator"),
+            out_dir=ctx.checkpoint_dir(),
+        )
+        # The hashes the next process checks before it trusts these files (`Campaign._verify_checkpoints`).
+        report["checkpoint_sha256"] = {
+            kind: checkpoint_sha256(kind, Path(report[f"{kind}_checkpoint"]))
+            for kind in CHECKPOINT_KINDS
+            if report.get(f"{kind}_checkpoint")
+        }
+        return Retrained(report=report)
+
+    def commit(self, ctx: StageContext, result: Retrained) -> dict[str, Any]:
+        for kind in CHECKPOINT_KINDS:
+            if result.report.get(f"{kind}_checkpoint"):
+                ctx.store.set_meta(
+                    f"{kind}_checkpoint", os.path.relpath(result.report[f"{kind}_checkpoint"], ctx.workdir)
+                )
+        return result.report
+
+
+STAGE = RetrainStage()

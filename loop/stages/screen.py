@@ -1,0 +1,159 @@
+"""Screen: relax the funnel's survivors with the emulator ensemble and place them against the oracle hull.
+
+Units: energies eV/atom, times s.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pymatgen.core import Structure
+
+from loop.config import CampaignConfig
+from loop.execution import TaskQuarantined
+from loop.stages.base import StageContext, seconds
+from loop.stages.shared import current_hull
+from loop.store import CampaignStore, Prediction
+from loop.structures import structure_hash
+from loop.tasks import relax_chunk
+
+RELAX_CHUNK = 4  # structures per screening task
+
+
+def _quarantined_relaxations(
+    chunk: list[dict[str, Any]], quarantine: TaskQuarantined
+) -> list[dict[str, Any]]:
+    """Stand-in results for a screening chunk whose task kept killing workers: unrelaxed, unplaced (NaN energies,
+    so acquisition never offers them), with the quarantine reason."""
+    return [
+        {
+            "structure": d,
+            "energy_per_atom": float("nan"),
+            "energy_per_atom_std": float("nan"),
+            "n_steps": 0,
+            "converged": False,
+            "collapsed": False,
+            "quarantined": quarantine.reason,
+        }
+        for d in chunk
+    ]
+
+
+@dataclass(frozen=True)
+class Screening:
+    """The predictions of a round, the relaxed structures by candidate hash, and the stage's metrics."""
+
+    predictions: list[Prediction]
+    relaxed: dict[str, Structure]
+    report: dict[str, Any]
+
+
+def screen(
+    config: CampaignConfig,
+    *,
+    store: CampaignStore,
+    hashes: Sequence[str],
+    checkpoint: Path | None,
+    executor: Any,
+) -> Screening:
+    """Relax the structures `hashes` with the emulator ensemble (`checkpoint`, None: the pretrained one) and place
+    them against the oracle hull."""
+    structures = store.get_structures(list(hashes))
+    ordered = [structures[h].as_dict() for h in hashes]
+    # Fixed-size contiguous chunks, whatever the number of workers: the emulator evaluates a chunk's final energies
+    # as one batch, so the chunking must not depend on how many workers happen to be up (reproducible resumes).
+    chunks = [ordered[i : i + RELAX_CHUNK] for i in range(0, len(ordered), RELAX_CHUNK)]
+    train = config.emulator_training
+    started = time.time()
+    args = (
+        str(checkpoint) if checkpoint else None,
+        config.emulator.model_dump(),
+        train.relax_fmax,
+        train.relax_steps,
+    )
+    if executor is None:
+        results = [item for chunk in chunks for item in relax_chunk(chunk, *args)]
+    else:
+        results = executor.map_chunks(relax_chunk, chunks, *args, on_quarantine=_quarantined_relaxations)
+    relax_time = time.time() - started
+
+    hull = current_hull(config, store)
+    relaxed = {h: Structure.from_dict(res["structure"]) for h, res in zip(hashes, results, strict=True)}
+    ev = hull.evaluate(
+        [relaxed[h].composition for h in hashes],
+        [res["energy_per_atom"] for res in results],
+        [res["energy_per_atom_std"] for res in results],
+    )
+    model = checkpoint.name if checkpoint else "pretrained"
+    predictions = []
+    for i, h in enumerate(hashes):
+        res = results[i]
+        e_hull = ev.e_above_hull[i]
+        reason = ev.reasons[i] if ev.reasons else None
+        if res.get("collapsed"):
+            e_hull, reason = float("nan"), "relaxation collapsed (atoms closer than 0.5 Å)"
+        if res.get("quarantined"):
+            e_hull, reason = float("nan"), res["quarantined"]
+        placed = math.isfinite(e_hull)
+        predictions.append(
+            Prediction(
+                hash=h,
+                relaxed_hash=structure_hash(relaxed[h]),
+                model=model,
+                energy_per_atom=res["energy_per_atom"],
+                energy_per_atom_std=res["energy_per_atom_std"],
+                e_hull=float(e_hull) if placed else None,
+                e_hull_std=float(ev.e_above_hull_std[i]) if placed else None,
+                data={"n_steps": res["n_steps"], "converged": res["converged"], "reason": reason},
+            )
+        )
+    placed_e = [p.e_hull for p in predictions if p.e_hull is not None]
+    report = {
+        "n_screened": len(predictions),
+        "n_placed": len(placed_e),
+        "relax_time_s": seconds(relax_time),
+        "e_hull_min": min(placed_e) if placed_e else None,
+        "e_hull_median": float(np.median(placed_e)) if placed_e else None,
+        "n_below_threshold": sum(1 for e in placed_e if config.stability_rule.is_hit(e)),
+        "std_median": float(np.median([p.energy_per_atom_std for p in predictions])) if predictions else None,
+    }
+    return Screening(predictions=predictions, relaxed=relaxed, report=report)
+
+
+class ScreenStage:
+    """Store the emulator-relaxed structures and the predictions of the funnel's survivors."""
+
+    name = "screen"
+
+    def compute(self, ctx: StageContext) -> Screening:
+        passed = [c["hash"] for c in ctx.store.candidates(ctx.round, passed=True)]
+        return screen(
+            ctx.config,
+            store=ctx.store,
+            hashes=passed,
+            checkpoint=ctx.checkpoint("emulator"),
+            executor=ctx.executor,
+        )
+
+    def commit(self, ctx: StageContext, result: Screening) -> dict[str, Any]:
+        relaxed_hash = {p.hash: p.relaxed_hash for p in result.predictions}
+        for parent, structure in result.relaxed.items():
+            ctx.store.add_structure(
+                structure,
+                source="relaxed",
+                parent=parent,
+                round=ctx.round,
+                provenance={"relaxed_by": "emulator"},
+                hash=relaxed_hash[parent],
+            )
+        ctx.store.add_predictions(ctx.round, result.predictions)
+        return result.report
+
+
+STAGE = ScreenStage()
