@@ -351,35 +351,47 @@ def _usage_line(exc: BaseException) -> str:
     return f"{message}; see `{command} --help`"
 
 
+# The rooms' bad-input errors, by module. An error class can only be raised once its module is imported, so the
+# handler looks them up in `sys.modules` instead of importing the rooms (torch, chgnet) at start-up.
+_INPUT_ERRORS = (
+    ("emulator.base", "EmulatorError"),
+    ("generator.base", "GeneratorError"),
+    ("oracle.base", "UnsupportedStructure"),
+)
+
+
+def _input_error_types() -> tuple[type[BaseException], ...]:
+    """`InputError` plus the bad-input errors of every room that the command imported."""
+    from loop.errors import InputError
+
+    found: list[type[BaseException]] = [InputError]
+    for module_name, class_name in _INPUT_ERRORS:
+        module = sys.modules.get(module_name)
+        if module is not None:
+            found.append(getattr(module, class_name))
+    return tuple(found)
+
+
 def main() -> None:
     """Console entry point: bad input and usage errors become one line on stderr and exit code 2; a campaign that
     halted on a fault it cannot get past (disk full, corrupt checkpoint) one line and exit code 3."""
     import logging
     import warnings
 
-    from loop.errors import CampaignHalted, InputError
+    from loop.errors import CampaignHalted
 
     # Library warnings (torch, CHGNet, pymatgen internals) are noise on a command line; results are unaffected.
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     # A log line that cannot be written (disk full) must not print a traceback in the middle of a clean stop.
     logging.raiseExceptions = False
-    expected: tuple[type[BaseException], ...] = (InputError,)
-    try:
-        from emulator.base import EmulatorError
-        from generator.base import GeneratorError
-        from oracle.base import UnsupportedStructure
-
-        expected = (InputError, UnsupportedStructure, EmulatorError, GeneratorError)
-    except ImportError:  # pragma: no cover - a broken install still reports input errors cleanly
-        pass
     usage_errors = _usage_error_types()
     try:
         # Without standalone mode click returns (rather than raises) the code of a typer.Exit.
         code = app(standalone_mode=False, prog_name="matloop")
         if isinstance(code, int) and code:
             sys.exit(code)
-    except expected as exc:
+    except _input_error_types() as exc:
         typer.echo(f"matloop: error: {exc}", err=True)
         sys.exit(2)
     except CampaignHalted as exc:
