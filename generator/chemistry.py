@@ -43,11 +43,6 @@ def parse_chemical_system(system: str | Iterable[str]) -> frozenset[str]:
     return elements
 
 
-def chemical_system_key(elements: Iterable[str]) -> str:
-    """Canonical "A-B-C" string for a set of elements (sorted alphabetically, as pymatgen does)."""
-    return "-".join(sorted(set(elements)))
-
-
 def parse_formula(formula: str) -> Composition:
     """Parse a formula such as "LiFePO4" into a composition of neutral elements.
 
