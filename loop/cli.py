@@ -161,12 +161,18 @@ def stop(workdir: WorkdirOpt) -> None:
 def export(
     workdir: WorkdirOpt,
     out: Annotated[Path, typer.Option("--out", help="Output folder (CIFs + summary.csv).")],
-    stable_only: Annotated[
-        bool, typer.Option("--stable", help="Only stable and near-stable discoveries.")
+    hits_only: Annotated[
+        bool, typer.Option("--hits", help="Only hits: stable and near-stable discoveries (loop.verdicts).")
+    ] = False,
+    stable_alias: Annotated[
+        bool,
+        typer.Option(
+            "--stable", hidden=True, help="Old name of --hits (it always exported near-stable too)."
+        ),
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Write the campaign's labelled structures (or only discoveries) as CIFs plus a CSV summary."""
+    """Write the campaign's labelled structures (or only its hits) as CIFs plus a CSV summary."""
     from loop.report import export_discoveries
 
     _existing_workdir(workdir)
@@ -174,7 +180,7 @@ def export(
         _fail(
             f"{out}: exists and is not a folder; give a new or existing folder for the CIFs and summary.csv"
         )
-    info = export_discoveries(workdir, out=out, stable_only=stable_only)
+    info = export_discoveries(workdir, out=out, stable_only=hits_only or stable_alias)
     if as_json:
         _emit_json(info)
     else:

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Structure
 
+from generator.sanity import too_close
+
 _EMULATORS: dict[tuple[str | None, str], Any] = {}
 
 
@@ -54,7 +56,7 @@ def relax_chunk(
 
     Returns:
         Per structure: relaxed `structure` (as dict), `energy_per_atom` and `energy_per_atom_std` (eV/atom),
-        `n_steps`, `converged`, `collapsed` (atoms closer than 0.5 Å after relaxation).
+        `n_steps`, `converged`, `collapsed` (atoms closer than `generator.sanity.MIN_DISTANCE` after relaxation).
     """
     if not structure_dicts:
         return []
@@ -65,7 +67,6 @@ def relax_chunk(
     out = []
     for res in model.relax(structures, fmax=fmax, steps=steps):
         s = res.structure
-        dmin = float(np.min(s.distance_matrix[np.triu_indices(len(s), 1)])) if len(s) > 1 else np.inf
         out.append(
             {
                 "structure": s.as_dict(),
@@ -73,7 +74,7 @@ def relax_chunk(
                 "energy_per_atom_std": float(res.energy_per_atom_std),
                 "n_steps": int(res.n_steps),
                 "converged": bool(res.converged),
-                "collapsed": bool(dmin < 0.5),
+                "collapsed": too_close(s),
             }
         )
     return out

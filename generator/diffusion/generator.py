@@ -55,7 +55,7 @@ class DiffusionSettings(GeneratorSettings):
         num_atoms: Fixed atom count per crystal (1-20); None draws counts from the training distribution.
         corrector_snr: Langevin corrector step as a fraction of σ² (0 = predictor only).
         min_distance: Atom pairs closer than this (Å) are pushed apart late in sampling (0 = off).
-        filter_invalid: Drop crystals with a distance ≤ 0.5 Å or an absurd volume in `generate`.
+        filter_invalid: Drop crystals that fail the sanity rule (`generator.sanity`: atoms too close, absurd volume).
         charge_balance: Constrained type decoding that keeps every composition charge-balanced (SMACT-style;
             all-metal compositions pass); False samples the model's types unconstrained (≈ 40 % pass).
         space_group_templates: Honour a space_group condition exactly by sampling inside Wyckoff templates of

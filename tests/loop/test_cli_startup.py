@@ -72,3 +72,11 @@ def test_argument_errors_are_one_line_without_heavy_imports(args, says):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("matloop: error:") and says in lines[0]
     assert info["heavy"] == []
+
+
+def test_export_offers_hits_and_keeps_stable_as_a_hidden_alias():
+    info, proc = probe("export", "--help")
+    assert info["code"] == 0
+    assert "--hits" in proc.stdout and "--stable" not in proc.stdout
+    info, proc = probe("export", "--workdir", "/nonexistent-campaign", "--stable", "--out", "x")
+    assert info["code"] == 2 and "no campaign here" in proc.stderr
