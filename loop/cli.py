@@ -43,7 +43,7 @@ def _emit_json(payload: Any) -> None:
 
 
 def _existing_workdir(workdir: Path) -> Path:
-    from loop.store import CampaignStore
+    from loop.store import CampaignStore  # pymatgen: only commands that open a campaign
 
     if not CampaignStore.exists_in(workdir):
         _fail(
@@ -71,13 +71,13 @@ def label(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the oracle on structures; a structure already labelled with the same settings is not recomputed."""
-    from loop.labelling import label_files
+    from loop.labelling import label_files  # the oracle room (ASE, pymatgen)
 
     rows = label_files(files, oracle_name=oracle, config_path=config, workdir=workdir)
     if as_json:
         _emit_json(rows)
         return
-    from rich.console import Console
+    from rich.console import Console  # the table only for human output
     from rich.table import Table
 
     table = Table(title=f"oracle labels ({workdir})")
@@ -109,7 +109,7 @@ def label(
 @app.command()
 def status(workdir: WorkdirOpt, as_json: JsonOpt = False) -> None:
     """Round, stage, counts, hit rate per round and best discoveries of a campaign (during or after a run)."""
-    from loop.report import campaign_status, render_status
+    from loop.report import campaign_status, render_status  # the store and hull (pymatgen)
 
     info = campaign_status(_existing_workdir(workdir))
     if as_json:
@@ -128,14 +128,14 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Start or resume a campaign in the foreground."""
-    from loop.campaign import Campaign
+    from loop.campaign import Campaign  # every room: torch, chgnet, mlflow, dask
 
     campaign = Campaign.open(config_path=config, workdir=workdir, max_rounds=rounds)
     summary = campaign.run()
     if as_json:
         _emit_json(summary)
     else:
-        from loop.report import render_summary
+        from loop.report import render_summary  # rich tables, only for human output
 
         render_summary(summary)
 
@@ -143,7 +143,7 @@ def run(
 @app.command()
 def daemon(config: Annotated[Path, typer.Argument(help="Campaign YAML.")], workdir: WorkdirOpt) -> None:
     """Keep running rounds until the config's stop rule; SIGTERM/SIGINT or `matloop stop` end it cleanly."""
-    from loop.campaign import Campaign
+    from loop.campaign import Campaign  # every room: torch, chgnet, mlflow, dask
 
     campaign = Campaign.open(config_path=config, workdir=workdir, max_rounds=None)
     campaign.run(daemon=True)
@@ -152,7 +152,7 @@ def daemon(config: Annotated[Path, typer.Argument(help="Campaign YAML.")], workd
 @app.command()
 def stop(workdir: WorkdirOpt) -> None:
     """Ask a running daemon to stop after its current step."""
-    from loop.campaign import request_stop
+    from loop.campaign import request_stop  # the campaign module imports every room
 
     typer.echo(request_stop(_existing_workdir(workdir)))
 
@@ -173,7 +173,7 @@ def export(
     as_json: JsonOpt = False,
 ) -> None:
     """Write the campaign's labelled structures (or only its hits) as CIFs plus a CSV summary."""
-    from loop.report import export_discoveries
+    from loop.report import export_discoveries  # the store and hull (pymatgen)
 
     _existing_workdir(workdir)
     if out.exists() and not out.is_dir():
@@ -196,7 +196,7 @@ def report(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out file.")] = False,
 ) -> None:
     """Write the campaign's science report: hull, hit rates, emulator error, calibration, yield, discoveries."""
-    from loop.science_report import write_report
+    from loop.science_report import write_report  # matplotlib and the hull
 
     path = write_report(workdir=workdir, out=out, overwrite=force)
     typer.echo(f"wrote {path}")
@@ -214,10 +214,10 @@ def predict(
     as_json: JsonOpt = False,
 ) -> None:
     """Ensemble mean ± std of energy per atom (eV/atom), forces (eV/Å) and stress (GPa)."""
-    from loop.structures import read_structures
+    from loop.structures import read_structures  # pymatgen and ASE readers
 
     named = read_structures(files)
-    from emulator.tasks import predict_table
+    from emulator.tasks import predict_table  # torch and chgnet
 
     if checkpoint is not None and not checkpoint.is_dir():
         _fail(
@@ -272,7 +272,7 @@ def generate(
     as_json: JsonOpt = False,
 ) -> None:
     """Sample crystals from the diffusion model (written batch by batch, so a kill loses at most one batch)."""
-    from loop.generate_cmd import generate_to_file
+    from loop.generate_cmd import generate_to_file  # the diffusion model (torch)
 
     info = generate_to_file(
         n=n,
@@ -289,7 +289,7 @@ def generate(
         _emit_json(info)
     else:
         typer.echo(f"wrote {info['n_written']} structures to {out} in {info['seconds']:.1f} s")
-        from generator.diffusion.adherence import describe_summary
+        from generator.diffusion.adherence import describe_summary  # torch, already loaded by the sampler
 
         for line in describe_summary(info["adherence"]):
             typer.echo(f"  {line}")
@@ -301,13 +301,13 @@ def ui(
     port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 5000,
 ) -> None:
     """Open the MLflow dashboard of a campaign on 127.0.0.1."""
-    from loop.campaign import tracking_ui_command
+    from loop.campaign import tracking_ui_command  # the campaign module imports every room
 
     cmd = tracking_ui_command(_existing_workdir(workdir), port=port)
     if isinstance(cmd, str):
         typer.echo(f"this campaign reports to the MLflow server at {cmd}: open that address")
         return
-    from loop.campaign_tracking import ui_address
+    from loop.campaign_tracking import ui_address  # mlflow
 
     typer.echo(f"MLflow UI on {ui_address(workdir, port=port)} (Ctrl-C to stop)")
     os.execvp(cmd[0], cmd)
@@ -316,7 +316,7 @@ def ui(
 @app.command("sync-tracking")
 def sync_tracking(workdir: WorkdirOpt, as_json: JsonOpt = False) -> None:
     """Log to MLflow what a campaign could not log while its tracking backend was down (never loses a round)."""
-    from loop.campaign_tracking import sync_tracking_in
+    from loop.campaign_tracking import sync_tracking_in  # mlflow
     from loop.tracking import TrackingUnavailable
 
     try:
