@@ -148,7 +148,7 @@ def test_one_process_cache_keeps_one_checkpoint_and_reloads_a_changed_one(
     assert load_emulator(checkpoint=first) is not reloaded
     fresh = load_emulator(settings=round0.settings)
     assert load_emulator(settings=round0.settings.model_dump()) is fresh
-    with pytest.raises(EmulatorError, match="manifest.json is missing"):
+    with pytest.raises(EmulatorError, match=r"manifest\.json is missing"):
         load_emulator(checkpoint=tmp_path / "empty")
     clear_cache()
 
