@@ -23,7 +23,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/vulture
 
 format: install
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .

@@ -154,5 +154,10 @@ def get_emulator_class(name: str) -> type[Emulator]:
         raise KeyError(f"unknown emulator {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}") from None
 
 
+def emulator_names() -> list[str]:
+    """Registered emulator names, sorted."""
+    return sorted(_REGISTRY)
+
+
 def settings_models() -> tuple[type[EmulatorSettings], ...]:
     return tuple(cls.Settings for cls in _REGISTRY.values())

@@ -1,13 +1,14 @@
 """Plain-data entry points for Dask workers and the CLI: structures in as dicts, results out as dicts/floats.
 
-A worker rebuilds the ensemble from its checkpoint directory (cached per process and invalidated when the
-manifest changes), so nothing but paths and structure dicts crosses process boundaries.
+A worker rebuilds the ensemble from its checkpoint directory (`load_emulator`: the one per-process cache, which
+reloads when the manifest changes), so nothing but paths, settings and structure dicts crosses process boundaries.
 
 Units: eV/atom, eV/Å, GPa (Voigt xx, yy, zz, yz, xz, xy, ASE sign), Å.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,27 +16,57 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Structure
 
-from emulator.base import EmulatorError
+from emulator.base import Emulator, EmulatorError, get_emulator_class
 from emulator.checkpoint import MANIFEST
 from emulator.chgnet_ensemble import ChgnetEnsemble, ChgnetEnsembleSettings
 from emulator.validation import as_structure
 
-_CACHE: dict[str, tuple[float, ChgnetEnsemble]] = {}
+# (checkpoint directory or None, settings) -> (manifest stamp or None, model)
+_CACHE: dict[tuple[str | None, str], tuple[int | None, Emulator]] = {}
 
 
-def load_cached(checkpoint_dir: str | Path) -> ChgnetEnsemble:
-    """The ensemble saved in `checkpoint_dir`, loaded once per process (reloaded if the manifest changed)."""
-    path = Path(checkpoint_dir).resolve()
+def load_emulator(settings: Any = None, checkpoint: str | Path | None = None) -> Emulator:
+    """The emulator saved in `checkpoint`, or a fresh one built from `settings`; one copy per process.
+
+    A checkpoint is reloaded when its manifest changes, and loading another checkpoint drops the cached ones (a
+    worker holds one round's model, not every round's). Its class is the manifest's `kind`.
+
+    Args:
+        settings: Emulator settings (a model or a dict with `kind`); needed when `checkpoint` is None.
+        checkpoint: A directory written by `Emulator.save`.
+
+    Raises:
+        EmulatorError: No manifest in `checkpoint`, or neither argument given.
+    """
+    if checkpoint is None:
+        if settings is None:
+            raise EmulatorError("give emulator settings or a checkpoint directory to load an emulator from")
+        settings_dict = settings if isinstance(settings, dict) else settings.model_dump()
+        key = (None, repr(sorted(settings_dict.items())))
+        if key not in _CACHE:
+            cls = get_emulator_class(settings_dict["kind"])
+            _CACHE[key] = (None, cls(settings=cls.Settings.model_validate(settings_dict)))
+        return _CACHE[key][1]
+    path = Path(checkpoint).resolve()
     manifest = path / MANIFEST
     if not manifest.is_file():
         raise EmulatorError(
             f"no emulator checkpoint in {path}: {MANIFEST} is missing (save an ensemble there first)"
         )
     stamp = manifest.stat().st_mtime_ns
-    hit = _CACHE.get(str(path))
+    key = (str(path), "")
+    hit = _CACHE.get(key)
     if hit is None or hit[0] != stamp:
-        _CACHE[str(path)] = (stamp, ChgnetEnsemble.load(path))
-    return _CACHE[str(path)][1]
+        for other in [k for k in _CACHE if k[0] is not None]:
+            del _CACHE[other]
+        kind = json.loads(manifest.read_text()).get("kind", ChgnetEnsemble.name)
+        _CACHE[key] = (stamp, get_emulator_class(kind).load(path))
+    return _CACHE[key][1]
+
+
+def clear_cache() -> None:
+    """Forget every cached emulator (after a fine-tune, later loads must come from the new checkpoint)."""
+    _CACHE.clear()
 
 
 def _structures(items: Sequence[dict[str, Any] | Structure]) -> list[Structure]:
@@ -44,7 +75,7 @@ def _structures(items: Sequence[dict[str, Any] | Structure]) -> list[Structure]:
     return [as_structure(item, index=i) for i, item in enumerate(items)]
 
 
-def summarize(structures: Sequence[Structure], ensemble: ChgnetEnsemble) -> list[dict[str, Any]]:
+def summarize(structures: Sequence[Structure], ensemble: Any) -> list[dict[str, Any]]:
     """Per-structure ensemble mean ± std as plain data (what `matloop predict` prints).
 
     Returns:
@@ -81,7 +112,9 @@ def predict_table(
     """`summarize` for the CLI: from a saved ensemble, or the round-0 ensemble built from `settings`."""
     structs = _structures(structures)
     ensemble = (
-        load_cached(checkpoint_dir) if checkpoint_dir is not None else ChgnetEnsemble(settings=settings)
+        load_emulator(checkpoint=checkpoint_dir)
+        if checkpoint_dir is not None
+        else ChgnetEnsemble(settings=settings)
     )
     return summarize(structs, ensemble)
 
@@ -93,7 +126,7 @@ def predict_batch(
     forces: bool = False,
 ) -> list[dict[str, Any]]:
     """Screening on a worker: energy per atom mean and std (eV/atom) and optionally mean forces (eV/Å, lists)."""
-    ensemble = load_cached(checkpoint_dir)
+    ensemble = load_emulator(checkpoint=checkpoint_dir)
     pred = ensemble.predict(_structures(structures), forces=forces, stress=False, derivative_std=False)
     out = []
     for i in range(len(structures)):
@@ -117,7 +150,7 @@ def relax_batch(
 ) -> list[dict[str, Any]]:
     """Relax on a worker; returns per structure the relaxed `structure` (as_dict), `energy_per_atom` and
     `energy_per_atom_std` (eV/atom), `n_steps` and `converged`."""
-    ensemble = load_cached(checkpoint_dir)
+    ensemble = load_emulator(checkpoint=checkpoint_dir)
     results = ensemble.relax(_structures(structures), fmax=fmax, steps=steps)
     return [
         {

@@ -68,7 +68,12 @@ class Candidate:
 
 
 class Generator(ABC):
-    """Proposes candidates. Capabilities are class attributes."""
+    """Proposes candidates. Capabilities are class attributes, which the loop reads instead of names.
+
+    Attributes:
+        supports_conditions: `generate` honours `GenerationContext.conditions` (property targets).
+        supports_fine_tune: `fine_tune` continues training on the campaign's discoveries.
+    """
 
     name: ClassVar[str]
     Settings: ClassVar[type[GeneratorSettings]]
@@ -98,3 +103,13 @@ def get_generator_class(name: str) -> type[Generator]:
         return _REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown generator {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def generator_names() -> list[str]:
+    """Registered generator names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def settings_models() -> tuple[type[GeneratorSettings], ...]:
+    """Every registered generator's settings model (each tagged by its `kind`)."""
+    return tuple(_REGISTRY[name].Settings for name in generator_names())

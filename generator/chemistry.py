@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
-from functools import lru_cache
+from collections.abc import Iterable, Mapping, Sequence
+from functools import cache, lru_cache
 from typing import Literal
 
 from pymatgen.core import Composition, Element
@@ -43,11 +43,6 @@ def parse_chemical_system(system: str | Iterable[str]) -> frozenset[str]:
     return elements
 
 
-def chemical_system_key(elements: Iterable[str]) -> str:
-    """Canonical "A-B-C" string for a set of elements (sorted alphabetically, as pymatgen does)."""
-    return "-".join(sorted(set(elements)))
-
-
 def parse_formula(formula: str) -> Composition:
     """Parse a formula such as "LiFePO4" into a composition of neutral elements.
 
@@ -68,7 +63,7 @@ def parse_formula(formula: str) -> Composition:
 
 def is_intermetallic(comp: Composition) -> bool:
     """True when every element is a metal (alloys and intermetallics have no meaningful formal charges)."""
-    return all(Element(el.symbol).is_metal for el in comp.elements)
+    return all(is_metal(Element(el.symbol).Z) for el in comp.elements)
 
 
 def _icsd_states(el: Element) -> tuple[int, ...]:
@@ -98,32 +93,44 @@ def _balanced_pymatgen(reduced_formula: str) -> bool:
 @lru_cache(maxsize=65536)
 def _balanced_common(reduced_formula: str) -> bool:
     comp = Composition(reduced_formula)
-    return common_charge_assignment(comp) is not None
+    return neutral_counts({el.Z: round(amount) for el, amount in comp.items()})
 
 
-def common_charge_assignment(comp: Composition) -> dict[str, int] | None:
-    """Find one oxidation state per element from pymatgen's common states that sums to zero.
+@cache
+def oxidation_states(z: int) -> tuple[int, ...]:
+    """Oxidation states the "common" rule tries for element `z`: pymatgen's common ones, else every known one,
+    else (0,)."""
+    el = Element.from_Z(z)
+    states = set(el.common_oxidation_states) or set(el.oxidation_states)
+    return tuple(sorted(states)) or (0,)
 
-    SMACT-style rule: besides neutrality, every anion must be more electronegative (Pauling) than every
-    cation, so e.g. Li3P is accepted as Li+/P3- but not as a P cation with Li anion.
 
-    Returns:
-        Element symbol -> oxidation state, or None when no assignment exists.
-    """
-    elements = sorted(comp.elements, key=lambda e: e.X if not math.isnan(e.X) else 0.0)
-    amounts = [comp[el] for el in elements]
-    choices = [el.common_oxidation_states or (0,) for el in elements]
-    if len(elements) == 1:
-        return {elements[0].symbol: 0}
-    for states in itertools.product(*choices):
-        if abs(sum(q * n for q, n in zip(states, amounts, strict=True))) > 1e-6:
-            continue
-        cation_x = [el.X for el, q in zip(elements, states, strict=True) if q > 0]
-        anion_x = [el.X for el, q in zip(elements, states, strict=True) if q < 0]
-        if cation_x and anion_x and max(cation_x) >= min(anion_x):
-            continue
-        return {el.symbol: int(q) for el, q in zip(elements, states, strict=True)}
-    return None
+@cache
+def is_metal(z: int) -> bool:
+    """Whether element `z` is a metal (compositions of metals only are exempt from the charge rule)."""
+    return bool(Element.from_Z(z).is_metal)
+
+
+def counts_key(counts: Mapping[int, int]) -> tuple[tuple[int, int], ...]:
+    """Sorted (atomic number, count) pairs of the elements present, the cache key of the charge rule."""
+    return tuple(sorted((int(z), int(c)) for z, c in counts.items() if c > 0))
+
+
+@lru_cache(maxsize=200_000)
+def reachable_charges(key: tuple[tuple[int, int], ...]) -> frozenset[int]:
+    """Every total formal charge reachable with one oxidation state per element, for (z, count) pairs."""
+    sums = {0}
+    for z, count in key:
+        sums = {s + count * q for s in sums for q in oxidation_states(z)}
+    return frozenset(sums)
+
+
+def neutral_counts(counts: Mapping[int, int]) -> bool:
+    """The "common" charge rule (SMACT-style) on {atomic number: count}: a pure element, or some choice of one
+    oxidation state per element (`oxidation_states`) whose formal charges sum to zero. The one implementation,
+    shared by the funnel, random search, the diffusion sampler's constrained decoding and its validity metric."""
+    key = counts_key(counts)
+    return len(key) <= 1 or 0 in reachable_charges(key)
 
 
 def is_charge_balanced(
@@ -134,8 +141,8 @@ def is_charge_balanced(
     Args:
         comp: The composition (oxidation states on species, if any, are ignored).
         rule: "pymatgen" asks whether `Composition.oxi_state_guesses` would find any guess (same ICSD
-            oxidation-state lists, mixed valence allowed, computed much faster); "common" uses pymatgen's
-            common oxidation states with the electronegativity-ordering rule (SMACT-style).
+            oxidation-state lists, mixed valence allowed, computed much faster); "common" is `neutral_counts`
+            (one common oxidation state per element, SMACT-style), the rule the diffusion sampler decodes with.
         allow_intermetallics: Accept compositions made only of metals (and pure elements) without a charge check.
     """
     element_comp = comp.element_composition

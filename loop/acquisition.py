@@ -28,7 +28,7 @@ from modAL.acquisition import PI, UCB
 from modAL.disagreement import max_std_sampling
 from modAL.models import ActiveLearner
 from modAL.utils.selection import multi_argmax
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pymatgen.core import Structure
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.metrics import pairwise_distances
@@ -67,24 +67,37 @@ class DiversityConfig(BaseModel):
     structure_weight: float = Field(default=0.5, ge=0.0)
 
 
-class AcquisitionConfig(BaseModel):
-    """How the round's oracle queries are chosen.
+class StrategyParams(BaseModel):
+    """A strategy's own settings, read from the `acquisition:` section; subclass one per strategy that has any.
 
-    Attributes:
-        strategy: Registered strategy name (see `strategy_names()`).
-        budget: Oracle queries per round.
-        kappa: Exploration weight of `ucb`: candidates rank by -(mean - kappa * std).
-        diversity: Batch-diversity settings.
-        seed: Seed of the `random` baseline.
+    `arguments` turns them (and the campaign's stability rule) into the strategy's keyword arguments.
     """
 
     model_config = ConfigDict(extra="forbid")
 
+    def arguments(self, *, rule: StabilityRule) -> dict[str, Any]:
+        """Keyword arguments of the strategy call."""
+        return self.model_dump()
+
+
+class AcquisitionConfig(BaseModel):
+    """How the round's oracle queries are chosen.
+
+    Besides the keys below, the section takes the parameters of any registered strategy (for example `kappa`
+    for `ucb`, `seed` for `random`; see `register_strategy`); each is validated by its strategy's model, and the
+    chosen strategy is called with its own.
+
+    Attributes:
+        strategy: Registered strategy name (see `strategy_names()`).
+        budget: Oracle queries per round.
+        diversity: Batch-diversity settings.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
     strategy: str = "p_stable"
     budget: int = Field(default=8, ge=1)
-    kappa: float = Field(default=1.0, ge=0.0)
     diversity: DiversityConfig = Field(default_factory=DiversityConfig)
-    seed: int = 0
 
     @model_validator(mode="before")
     @classmethod
@@ -104,6 +117,40 @@ class AcquisitionConfig(BaseModel):
                 f"unknown acquisition strategy {value!r}; choose one of: {', '.join(strategy_names())}"
             )
         return value
+
+    @model_validator(mode="after")
+    def _strategy_parameters(self) -> AcquisitionConfig:
+        """Validate every strategy parameter by its strategy's model and fill in the defaults of the rest."""
+        given = dict(self.model_extra or {})
+        owners = {key: strategy for strategy in STRATEGIES.values() for key in strategy.Params.model_fields}
+        unknown = sorted(set(given) - set(owners))
+        if unknown:
+            raise ValueError(
+                f"unknown key {unknown[0]!r} (not a setting of acquisition nor a parameter of any strategy: "
+                f"{', '.join(sorted(owners))})"
+            )
+        extra = self.__pydantic_extra__
+        assert extra is not None  # extra="allow" keeps a dict
+        for strategy in STRATEGIES.values():
+            own = {key: given[key] for key in strategy.Params.model_fields if key in given}
+            try:
+                params = strategy.Params.model_validate(own)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise ValueError(f"{where} ({strategy.name}): {first['msg']}") from None
+            for key, value in params.model_dump().items():
+                extra[key] = value
+        return self
+
+    def strategy_arguments(self, *, rule: StabilityRule) -> dict[str, Any]:
+        """The chosen strategy's keyword arguments: its parameters from this section, and what `rule` implies."""
+        strategy = STRATEGIES[self.strategy]
+        extra = self.model_extra or {}
+        params = strategy.Params.model_validate(
+            {k: extra[k] for k in strategy.Params.model_fields if k in extra}
+        )
+        return params.arguments(rule=rule)
 
 
 class PrecomputedEnsembleRegressor(RegressorMixin, BaseEstimator):
@@ -346,13 +393,68 @@ def random(
     return _select(utility, X, n_instances, **kwargs)
 
 
-STRATEGIES: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
-    "max_std": max_std,
-    "p_stable": p_stable,
-    "ucb": ucb,
-    "greedy": greedy,
-    "random": random,
-}
+StrategyFunction = Callable[..., tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A registered strategy: its modAL-form function and the model of its own parameters."""
+
+    name: str
+    function: StrategyFunction
+    Params: type[StrategyParams]
+
+
+class PStableParams(StrategyParams):
+    """`p_stable` has no settings of its own: its threshold is the campaign's hit threshold."""
+
+    def arguments(self, *, rule: StabilityRule) -> dict[str, Any]:
+        return {"threshold": rule.hit_threshold}
+
+
+class UCBParams(StrategyParams):
+    """Settings of `ucb`.
+
+    Attributes:
+        kappa: Exploration weight: candidates rank by -(mean - kappa * std).
+    """
+
+    kappa: float = Field(default=1.0, ge=0.0)
+
+
+class RandomParams(StrategyParams):
+    """Settings of the `random` baseline.
+
+    Attributes:
+        seed: Seed of the random draw.
+    """
+
+    seed: int = 0
+
+
+STRATEGIES: dict[str, Strategy] = {}
+
+
+def register_strategy(
+    name: str, function: StrategyFunction, *, params: type[StrategyParams] = StrategyParams
+) -> None:
+    """Make a modAL-form strategy available by name.
+
+    Args:
+        name: The `acquisition.strategy` value that selects it.
+        function: `function(learner, X, n_instances, **arguments, **diversity) -> (indices, utilities)`; pass the
+            diversity keyword arguments on to `_select` (see the built-ins).
+        params: Its parameter model; the fields become valid keys of the `acquisition:` section and
+            `params.arguments(rule=...)` becomes the strategy's keyword arguments.
+    """
+    STRATEGIES[name] = Strategy(name=name, function=function, Params=params)
+
+
+register_strategy("max_std", max_std)
+register_strategy("p_stable", p_stable, params=PStableParams)
+register_strategy("ucb", ucb, params=UCBParams)
+register_strategy("greedy", greedy)
+register_strategy("random", random, params=RandomParams)
 
 
 def strategy_names() -> list[str]:
@@ -360,15 +462,10 @@ def strategy_names() -> list[str]:
     return sorted(STRATEGIES)
 
 
-def register_strategy(name: str, strategy: Callable[..., tuple[np.ndarray, np.ndarray]]) -> None:
-    """Make a modAL-form strategy available by name (it receives the same keyword arguments as the built-ins)."""
-    STRATEGIES[name] = strategy
-
-
-def get_strategy(name: str) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
-    """The strategy registered as `name` (raises `AcquisitionError` with the valid names otherwise)."""
+def get_strategy(name: str) -> StrategyFunction:
+    """The strategy function registered as `name` (raises `AcquisitionError` with the valid names otherwise)."""
     try:
-        return STRATEGIES[name]
+        return STRATEGIES[name].function
     except KeyError:
         raise AcquisitionError(
             f"unknown acquisition strategy {name!r}; choose one of: {', '.join(strategy_names())}"
@@ -460,12 +557,7 @@ def select_queries(
         "structure_weight": div.structure_weight,
         "labelled_features": labelled_features,
     }
-    if config.strategy == "p_stable":
-        kwargs["threshold"] = rule.hit_threshold
-    elif config.strategy == "ucb":
-        kwargs["kappa"] = config.kappa
-    elif config.strategy == "random":
-        kwargs["seed"] = config.seed
+    kwargs.update(config.strategy_arguments(rule=rule))
     rows, _, utilities = learner.query(
         X, return_metrics=True, n_instances=min(config.budget, pool.size), **kwargs
     )

@@ -537,7 +537,7 @@ def _log_models(
                 break
 
 
-def _log_science_report(tracker: Tracker, store: CampaignStore, workdir: Path) -> str | None:
+def _log_science_report(tracker: Tracker, workdir: Path) -> str | None:
     """Write the science report (when `loop.science_report` is installed) and log it to the parent run.
 
     Returns:
@@ -645,7 +645,7 @@ def _close_parent(
     _open_parent(tracker, config, store)
     for rnd in pending_rounds(store):
         _log_round(tracker, config, store, rnd, workdir)
-    link = _log_science_report(tracker, store, workdir) or store.get_meta(REPORT_LINK_META)
+    link = _log_science_report(tracker, workdir) or store.get_meta(REPORT_LINK_META)
     store.set_meta(REPORT_LINK_META, link)
     tracker.set_description(campaign_description(config, store, report_link=link, ended=(status, reason)))
     tracker.end_run(status=status, reason=reason)

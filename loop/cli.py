@@ -43,7 +43,7 @@ def _emit_json(payload: Any) -> None:
 
 
 def _existing_workdir(workdir: Path) -> Path:
-    from loop.store import CampaignStore
+    from loop.store import CampaignStore  # pymatgen: only commands that open a campaign
 
     if not CampaignStore.exists_in(workdir):
         _fail(
@@ -71,13 +71,13 @@ def label(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the oracle on structures; a structure already labelled with the same settings is not recomputed."""
-    from loop.labelling import label_files
+    from loop.labelling import label_files  # the oracle room (ASE, pymatgen)
 
     rows = label_files(files, oracle_name=oracle, config_path=config, workdir=workdir)
     if as_json:
         _emit_json(rows)
         return
-    from rich.console import Console
+    from rich.console import Console  # the table only for human output
     from rich.table import Table
 
     table = Table(title=f"oracle labels ({workdir})")
@@ -109,7 +109,7 @@ def label(
 @app.command()
 def status(workdir: WorkdirOpt, as_json: JsonOpt = False) -> None:
     """Round, stage, counts, hit rate per round and best discoveries of a campaign (during or after a run)."""
-    from loop.report import campaign_status, render_status
+    from loop.report import campaign_status, render_status  # the store and hull (pymatgen)
 
     info = campaign_status(_existing_workdir(workdir))
     if as_json:
@@ -128,14 +128,14 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Start or resume a campaign in the foreground."""
-    from loop.campaign import Campaign
+    from loop.campaign import Campaign  # every room: torch, chgnet, mlflow, dask
 
     campaign = Campaign.open(config_path=config, workdir=workdir, max_rounds=rounds)
     summary = campaign.run()
     if as_json:
         _emit_json(summary)
     else:
-        from loop.report import render_summary
+        from loop.report import render_summary  # rich tables, only for human output
 
         render_summary(summary)
 
@@ -143,7 +143,7 @@ def run(
 @app.command()
 def daemon(config: Annotated[Path, typer.Argument(help="Campaign YAML.")], workdir: WorkdirOpt) -> None:
     """Keep running rounds until the config's stop rule; SIGTERM/SIGINT or `matloop stop` end it cleanly."""
-    from loop.campaign import Campaign
+    from loop.campaign import Campaign  # every room: torch, chgnet, mlflow, dask
 
     campaign = Campaign.open(config_path=config, workdir=workdir, max_rounds=None)
     campaign.run(daemon=True)
@@ -152,7 +152,7 @@ def daemon(config: Annotated[Path, typer.Argument(help="Campaign YAML.")], workd
 @app.command()
 def stop(workdir: WorkdirOpt) -> None:
     """Ask a running daemon to stop after its current step."""
-    from loop.campaign import request_stop
+    from loop.campaign import request_stop  # the campaign module imports every room
 
     typer.echo(request_stop(_existing_workdir(workdir)))
 
@@ -161,20 +161,26 @@ def stop(workdir: WorkdirOpt) -> None:
 def export(
     workdir: WorkdirOpt,
     out: Annotated[Path, typer.Option("--out", help="Output folder (CIFs + summary.csv).")],
-    stable_only: Annotated[
-        bool, typer.Option("--stable", help="Only stable and near-stable discoveries.")
+    hits_only: Annotated[
+        bool, typer.Option("--hits", help="Only hits: stable and near-stable discoveries (loop.verdicts).")
+    ] = False,
+    stable_alias: Annotated[
+        bool,
+        typer.Option(
+            "--stable", hidden=True, help="Old name of --hits (it always exported near-stable too)."
+        ),
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Write the campaign's labelled structures (or only discoveries) as CIFs plus a CSV summary."""
-    from loop.report import export_discoveries
+    """Write the campaign's labelled structures (or only its hits) as CIFs plus a CSV summary."""
+    from loop.report import export_discoveries  # the store and hull (pymatgen)
 
     _existing_workdir(workdir)
     if out.exists() and not out.is_dir():
         _fail(
             f"{out}: exists and is not a folder; give a new or existing folder for the CIFs and summary.csv"
         )
-    info = export_discoveries(workdir, out=out, stable_only=stable_only)
+    info = export_discoveries(workdir, out=out, stable_only=hits_only or stable_alias)
     if as_json:
         _emit_json(info)
     else:
@@ -190,7 +196,7 @@ def report(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out file.")] = False,
 ) -> None:
     """Write the campaign's science report: hull, hit rates, emulator error, calibration, yield, discoveries."""
-    from loop.science_report import write_report
+    from loop.science_report import write_report  # matplotlib and the hull
 
     path = write_report(workdir=workdir, out=out, overwrite=force)
     typer.echo(f"wrote {path}")
@@ -208,10 +214,10 @@ def predict(
     as_json: JsonOpt = False,
 ) -> None:
     """Ensemble mean ± std of energy per atom (eV/atom), forces (eV/Å) and stress (GPa)."""
-    from loop.structures import read_structures
+    from loop.structures import read_structures  # pymatgen and ASE readers
 
     named = read_structures(files)
-    from emulator.tasks import predict_table
+    from emulator.tasks import predict_table  # torch and chgnet
 
     if checkpoint is not None and not checkpoint.is_dir():
         _fail(
@@ -266,7 +272,7 @@ def generate(
     as_json: JsonOpt = False,
 ) -> None:
     """Sample crystals from the diffusion model (written batch by batch, so a kill loses at most one batch)."""
-    from loop.generate_cmd import generate_to_file
+    from loop.generate_cmd import generate_to_file  # the diffusion model (torch)
 
     info = generate_to_file(
         n=n,
@@ -283,7 +289,7 @@ def generate(
         _emit_json(info)
     else:
         typer.echo(f"wrote {info['n_written']} structures to {out} in {info['seconds']:.1f} s")
-        from generator.diffusion.adherence import describe_summary
+        from generator.diffusion.adherence import describe_summary  # torch, already loaded by the sampler
 
         for line in describe_summary(info["adherence"]):
             typer.echo(f"  {line}")
@@ -295,13 +301,13 @@ def ui(
     port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 5000,
 ) -> None:
     """Open the MLflow dashboard of a campaign on 127.0.0.1."""
-    from loop.campaign import tracking_ui_command
+    from loop.campaign import tracking_ui_command  # the campaign module imports every room
 
     cmd = tracking_ui_command(_existing_workdir(workdir), port=port)
     if isinstance(cmd, str):
         typer.echo(f"this campaign reports to the MLflow server at {cmd}: open that address")
         return
-    from loop.campaign_tracking import ui_address
+    from loop.campaign_tracking import ui_address  # mlflow
 
     typer.echo(f"MLflow UI on {ui_address(workdir, port=port)} (Ctrl-C to stop)")
     os.execvp(cmd[0], cmd)
@@ -310,7 +316,7 @@ def ui(
 @app.command("sync-tracking")
 def sync_tracking(workdir: WorkdirOpt, as_json: JsonOpt = False) -> None:
     """Log to MLflow what a campaign could not log while its tracking backend was down (never loses a round)."""
-    from loop.campaign_tracking import sync_tracking_in
+    from loop.campaign_tracking import sync_tracking_in  # mlflow
     from loop.tracking import TrackingUnavailable
 
     try:
@@ -351,35 +357,47 @@ def _usage_line(exc: BaseException) -> str:
     return f"{message}; see `{command} --help`"
 
 
+# The rooms' bad-input errors, by module. An error class can only be raised once its module is imported, so the
+# handler looks them up in `sys.modules` instead of importing the rooms (torch, chgnet) at start-up.
+_INPUT_ERRORS = (
+    ("emulator.base", "EmulatorError"),
+    ("generator.base", "GeneratorError"),
+    ("oracle.base", "UnsupportedStructure"),
+)
+
+
+def _input_error_types() -> tuple[type[BaseException], ...]:
+    """`InputError` plus the bad-input errors of every room that the command imported."""
+    from loop.errors import InputError
+
+    found: list[type[BaseException]] = [InputError]
+    for module_name, class_name in _INPUT_ERRORS:
+        module = sys.modules.get(module_name)
+        if module is not None:
+            found.append(getattr(module, class_name))
+    return tuple(found)
+
+
 def main() -> None:
     """Console entry point: bad input and usage errors become one line on stderr and exit code 2; a campaign that
     halted on a fault it cannot get past (disk full, corrupt checkpoint) one line and exit code 3."""
     import logging
     import warnings
 
-    from loop.errors import CampaignHalted, InputError
+    from loop.errors import CampaignHalted
 
     # Library warnings (torch, CHGNet, pymatgen internals) are noise on a command line; results are unaffected.
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     # A log line that cannot be written (disk full) must not print a traceback in the middle of a clean stop.
     logging.raiseExceptions = False
-    expected: tuple[type[BaseException], ...] = (InputError,)
-    try:
-        from emulator.base import EmulatorError
-        from generator.base import GeneratorError
-        from oracle.base import UnsupportedStructure
-
-        expected = (InputError, UnsupportedStructure, EmulatorError, GeneratorError)
-    except ImportError:  # pragma: no cover - a broken install still reports input errors cleanly
-        pass
     usage_errors = _usage_error_types()
     try:
         # Without standalone mode click returns (rather than raises) the code of a typer.Exit.
         code = app(standalone_mode=False, prog_name="matloop")
         if isinstance(code, int) and code:
             sys.exit(code)
-    except expected as exc:
+    except _input_error_types() as exc:
         typer.echo(f"matloop: error: {exc}", err=True)
         sys.exit(2)
     except CampaignHalted as exc:

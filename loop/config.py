@@ -1,7 +1,7 @@
 """Campaign configuration: YAML validated by pydantic models that mirror the object tree.
 
 One section per room (generator, emulator, oracle, acquisition, tracking, execution). Each room's own settings
-model lives beside the code it configures (e.g. `oracle.gpaw.GPAWSettings`); this module composes them and turns
+model lives beside the code it configures (e.g. `oracle.gpaw_dft.GPAWSettings`); this module composes them and turns
 validation errors into one line that names the key path.
 """
 
@@ -12,16 +12,25 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pymatgen.core import Composition
 
 import emulator as _emulator_pkg  # noqa: F401  (registers emulators)
+import generator as _generator_pkg  # noqa: F401  (registers generators)
 import oracle as _oracle_pkg  # noqa: F401  (registers oracles)
 from emulator.base import settings_models as emulator_settings_models
-from generator.diffusion import DiffusionSettings
-from generator.random_search import RandomSearchSettings
+from generator.base import GeneratorSettings, generator_names
+from generator.base import settings_models as generator_settings_models
 from generator.seeds import Withholding, bundled_formulas
-from generator.substitution import SubstitutionSettings
 from loop.acquisition import AcquisitionConfig
 from loop.errors import InputError
 from loop.execution import ExecutionConfig
@@ -39,7 +48,7 @@ class StrictModel(BaseModel):
 OracleConfig = discriminated_union(oracle_settings_models())
 EmulatorConfig = discriminated_union(emulator_settings_models())
 
-GENERATOR_NAMES = ("diffusion", "substitution", "random_search")
+GeneratorSettingsConfig = discriminated_union(generator_settings_models())
 ALL_COMPOUNDS = "all_compounds"
 _MATERIAL_ID = re.compile(r"^(mp|mvc)-\d+$")
 
@@ -47,9 +56,13 @@ _MATERIAL_ID = re.compile(r"^(mp|mvc)-\d+$")
 class GeneratorConfig(StrictModel):
     """How a round generates candidates.
 
+    In YAML each generator's settings sit under its name (`generator.diffusion.steps`); a generator left out
+    gets its defaults. A new generator needs no change here: registering it (`generator.base.register`) makes its
+    name valid in `mix` and as a settings section.
+
     Attributes:
         mix: Candidates requested per round from each generator, by name (0 switches one off).
-        diffusion / substitution / random_search: Each generator's own settings.
+        settings: Each registered generator's settings, by name (a union told apart by `kind`).
         funnel: Validity, charge balance, dedup, novelty and design-requirement filters.
         fine_tune_weight: Copies of each stable or near-stable structure of the campaign's oracle hull in the
             generator's fine-tuning set, which also mixes in original training crystals (0 switches it off).
@@ -61,29 +74,72 @@ class GeneratorConfig(StrictModel):
     mix: dict[str, int] = Field(
         default_factory=lambda: {"diffusion": 16, "substitution": 24, "random_search": 8}
     )
-    diffusion: DiffusionSettings = Field(default_factory=lambda: DiffusionSettings(kind="diffusion"))
-    substitution: SubstitutionSettings = Field(
-        default_factory=lambda: SubstitutionSettings(kind="substitution")
-    )
-    random_search: RandomSearchSettings = Field(
-        default_factory=lambda: RandomSearchSettings(kind="random_search")
-    )
+    settings: dict[str, GeneratorSettingsConfig] = Field(default_factory=dict)  # type: ignore[valid-type]
     funnel: FunnelConfig = Field(default_factory=FunnelConfig)
     fine_tune_weight: float = Field(default=4.0, ge=0.0)
     fine_tune_steps: int = Field(default=200, ge=1)
     fine_tune_max_minutes: float = Field(default=1.0, gt=0.0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_by_name(cls, data: Any) -> Any:
+        """Gather the per-generator sections (and a dumped `settings` mapping) into `settings`, tagged by name."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        sections = dict(data.pop("settings", None) or {})
+        for name in generator_names():
+            if name in data:
+                sections[name] = data.pop(name)
+        for name in generator_names():
+            section = sections.get(name)
+            section = {} if section is None else section
+            if isinstance(section, dict):
+                sections[name] = {"kind": name, **section}
+            else:
+                sections[name] = section
+        data["settings"] = sections
+        return data
+
     @field_validator("mix")
     @classmethod
     def _known_generators(cls, mix: dict[str, int]) -> dict[str, int]:
-        unknown = sorted(set(mix) - set(GENERATOR_NAMES))
+        unknown = sorted(set(mix) - set(generator_names()))
         if unknown:
-            raise ValueError(f"unknown generator(s) {unknown}; choose from {list(GENERATOR_NAMES)}")
+            raise ValueError(f"unknown generator(s) {unknown}; choose from {generator_names()}")
         if any(v < 0 for v in mix.values()):
             raise ValueError("candidate counts must be >= 0")
         if sum(mix.values()) == 0:
             raise ValueError("at least one generator needs a positive count")
         return mix
+
+    @field_validator("settings")
+    @classmethod
+    def _kind_is_name(cls, settings: dict[str, GeneratorSettings]) -> dict[str, GeneratorSettings]:
+        for name, section in settings.items():
+            if section.kind != name:
+                raise ValueError(
+                    f"the {name} section has kind {section.kind!r}; drop `kind` or write {name!r}"
+                )
+        return settings
+
+    @model_serializer(mode="wrap")
+    def _flat(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Dump each generator's section under its name again, as the YAML has it."""
+        data = handler(self)
+        settings = data.pop("settings")
+        return {"mix": data.pop("mix"), **settings, **data}
+
+    def settings_for(self, name: str) -> GeneratorSettings:
+        """The settings of generator `name` (its defaults when the config left it out)."""
+        return self.settings[name]
+
+    def __getattr__(self, name: str) -> Any:
+        # `config.generator.diffusion` reads as the YAML does; any registered name works the same way.
+        settings = self.__dict__.get("settings")
+        if settings is not None and name in settings:
+            return settings[name]
+        return super().__getattr__(name)  # type: ignore[misc]
 
 
 class ReferencesConfig(StrictModel):

@@ -22,6 +22,7 @@ from pymatgen.core import Element, Structure
 
 from generator.base import Candidate, GeneratorError, KnownStructure
 from generator.chemistry import is_charge_balanced, parse_chemical_system, parse_element
+from generator.sanity import MIN_DISTANCE
 from generator.seeds import SPLITS, Withholding, seed_loaders
 from loop.fingerprint import Fingerprint, fingerprint
 
@@ -97,7 +98,7 @@ class FunnelConfig(BaseModel):
     max_atoms: int | None = Field(40, gt=0)
     max_hhi: float | None = Field(None, gt=0)
     volume_per_atom: tuple[float, float] = (4.0, 150.0)
-    min_distance: float = Field(0.5, ge=0)
+    min_distance: float = Field(MIN_DISTANCE, ge=0)
     min_distance_factor: float = Field(0.5, ge=0)
     charge_balance: Literal["pymatgen", "common", "off"] = "pymatgen"
     allow_intermetallics: bool = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ def generate_to_file(
     """
     from generator.diffusion import iter_sample_batches, parse_conditions, validate_conditions
     from generator.diffusion.adherence import AdherenceTally
+    from generator.diffusion.sampler import SamplingOptions
 
     out = Path(out)
     if out.exists():
@@ -56,16 +58,13 @@ def generate_to_file(
         written += len(batch)
         tally.add(batch)
 
+    options = SamplingOptions(batch_size=BATCH, charge_balance=charge_balance)
+    if steps is not None:
+        options = replace(options, steps=steps)
+    if guidance_scale is not None:
+        options = replace(options, guidance_scale=guidance_scale)
     for batch in iter_sample_batches(
-        n=n,
-        conditions=parsed,
-        checkpoint=checkpoint,
-        num_atoms=num_atoms,
-        seed=seed,
-        steps=steps,
-        batch_size=BATCH,
-        **({} if guidance_scale is None else {"guidance_scale": guidance_scale}),
-        charge_balance=charge_balance,
+        n=n, conditions=parsed, checkpoint=checkpoint, num_atoms=num_atoms, seed=seed, options=options
     ):
         write(batch)
     return {

@@ -136,7 +136,6 @@ class OracleHull:
             )
         if not self._entries:
             raise HullError("no oracle entries for the hull; label the elemental references first")
-        self._elements = frozenset(el.symbol for e in self._entries.values() for el in e.composition.elements)
         self._references = frozenset(
             e.composition.elements[0].symbol for e in self._entries.values() if e.composition.is_element
         )
@@ -146,16 +145,6 @@ class OracleHull:
     def from_entries(cls, entries: Iterable[HullEntry]) -> OracleHull:
         """Build the hull from oracle entries (see `HullEntry`)."""
         return cls(entries)
-
-    @property
-    def entry_ids(self) -> list[str]:
-        """Ids of every entry, in insertion order."""
-        return list(self._entries)
-
-    @property
-    def elements_with_reference(self) -> list[str]:
-        """Elements that have at least one elemental oracle entry, sorted."""
-        return sorted(self._references)
 
     def missing_references(self, composition: Composition | str) -> list[str]:
         """Elements of `composition` with no elemental oracle entry yet (empty when it can be placed)."""

@@ -13,8 +13,6 @@ from pymatgen.core import Structure
 
 from loop.errors import InputError
 
-READABLE_SUFFIXES = (".cif", ".json", ".vasp", ".poscar", ".extxyz", ".xyz", ".traj")
-
 
 def structure_hash(structure: Structure) -> str:
     """A stable 16-hex-digit id for one concrete structure.

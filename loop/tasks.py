@@ -15,32 +15,24 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Structure
 
-_EMULATORS: dict[tuple[str | None, str], Any] = {}
+from generator.sanity import too_close
 
 
 def _pin_threads() -> None:
-    import torch
+    import torch  # only workers that relax or train need torch, and they need it pinned
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
 
 def load_emulator(settings: Any, checkpoint: str | Path | None) -> Any:
-    """The emulator of a checkpoint directory, or a fresh one from `settings`; cached per process (workers keep it
-    between chunks of one round, and a new checkpoint path means a new model)."""
-    import emulator  # noqa: F401  (registers the implementations)
-    from emulator.base import get_emulator_class
+    """The emulator of a checkpoint directory, or a fresh one from `settings`, from the emulator room's one
+    per-process cache (`emulator.tasks.load_emulator`), with torch pinned to this process's thread budget."""
+    from emulator.tasks import (
+        load_emulator as cached_emulator,  # torch and chgnet: only where a model is used
+    )
 
-    settings_dict = settings if isinstance(settings, dict) else settings.model_dump()
-    cls = get_emulator_class(settings_dict["kind"])
-    key = (None if checkpoint is None else str(checkpoint), repr(sorted(settings_dict.items())))
-    if key not in _EMULATORS:
-        _pin_threads()
-        if checkpoint is not None:
-            _EMULATORS.clear()
-            _EMULATORS[key] = cls.load(Path(checkpoint))
-        else:
-            _EMULATORS[key] = cls(settings=cls.Settings.model_validate(settings_dict))
-    return _EMULATORS[key]
+    _pin_threads()
+    return cached_emulator(settings, None if checkpoint is None else Path(checkpoint))
 
 
 def relax_chunk(
@@ -54,7 +46,7 @@ def relax_chunk(
 
     Returns:
         Per structure: relaxed `structure` (as dict), `energy_per_atom` and `energy_per_atom_std` (eV/atom),
-        `n_steps`, `converged`, `collapsed` (atoms closer than 0.5 Å after relaxation).
+        `n_steps`, `converged`, `collapsed` (atoms closer than `generator.sanity.MIN_DISTANCE` after relaxation).
     """
     if not structure_dicts:
         return []
@@ -65,7 +57,6 @@ def relax_chunk(
     out = []
     for res in model.relax(structures, fmax=fmax, steps=steps):
         s = res.structure
-        dmin = float(np.min(s.distance_matrix[np.triu_indices(len(s), 1)])) if len(s) > 1 else np.inf
         out.append(
             {
                 "structure": s.as_dict(),
@@ -73,7 +64,7 @@ def relax_chunk(
                 "energy_per_atom_std": float(res.energy_per_atom_std),
                 "n_steps": int(res.n_steps),
                 "converged": bool(res.converged),
-                "collapsed": bool(dmin < 0.5),
+                "collapsed": too_close(s),
             }
         )
     return out
@@ -119,6 +110,7 @@ def fine_tune_emulator(
         The checkpoint directory and flat metrics (`deployed`, `reason`, `heldout_<variant>_mae`, ...).
     """
     from emulator.base import LabelledStructure
+    from emulator.tasks import clear_cache
     from emulator.update import EmulatorVariants, update_emulator
 
     labels = [
@@ -141,7 +133,7 @@ def fine_tune_emulator(
         max_minutes=max_minutes,
     )
     variants.save(out_dir, report=report)
-    _EMULATORS.clear()  # later loads must come from the new checkpoint
+    clear_cache()  # later loads must come from the new checkpoint
     return out_dir, {"deployed": report.deployed, "reason": report.reason, **report.metrics()}
 
 

@@ -17,13 +17,21 @@ def discriminated_union(models: tuple[type[BaseModel], ...]) -> Any:
 
 
 TAGGED_SECTIONS = ("oracle", "emulator")
+# Containers that exist in the model but not in the YAML: `generator.settings.diffusion` is `generator.diffusion`.
+HIDDEN_CONTAINERS = {("generator", "settings")}
 
 
-def _union_tags() -> set[str]:
-    from emulator.base import _REGISTRY as emulators
+def _union_tags(*, generators: bool) -> set[str]:
+    from emulator.base import emulator_names
     from oracle.base import oracle_names
 
-    return {*oracle_names(), *emulators}
+    tags = {*oracle_names(), *emulator_names()}
+    if generators:
+        # Only for a generator error: `generator` imports the diffusion model (torch), which `matloop label` avoids.
+        from generator.base import generator_names
+
+        tags.update(generator_names())
+    return tags
 
 
 def format_validation_error(exc: ValidationError, *, source: str, prefix: tuple[str, ...] = ()) -> str:
@@ -35,8 +43,14 @@ def format_validation_error(exc: ValidationError, *, source: str, prefix: tuple[
     errors = exc.errors()
     first = errors[0]
     parts = [*prefix, *first["loc"]]
-    tags = _union_tags()
-    parts = [p for i, p in enumerate(parts) if not (i and parts[i - 1] in TAGGED_SECTIONS and p in tags)]
+    tags = _union_tags(generators=bool(parts) and parts[0] == "generator")
+    # A union's tag follows its section (`oracle.gpaw`) or repeats a generator's name (`diffusion.diffusion`).
+    parts = [
+        p
+        for i, p in enumerate(parts)
+        if not (i and p in tags and (parts[i - 1] in TAGGED_SECTIONS or parts[i - 1] == p))
+    ]
+    parts = [p for i, p in enumerate(parts) if not (i and (parts[i - 1], p) in HIDDEN_CONTAINERS)]
     loc = ".".join(str(p) for p in parts if not str(p).startswith("function-"))
     msg = first["msg"]
     if first["type"] == "extra_forbidden":

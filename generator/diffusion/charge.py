@@ -18,43 +18,19 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Mapping, Sequence
 
-from pymatgen.core import Element
-
-
-@functools.cache
-def oxidation_states(z: int) -> tuple[int, ...]:
-    """Common oxidation states of element `z` (all known states if it has no common one; (0,) if none)."""
-    el = Element.from_Z(z)
-    states = set(el.common_oxidation_states) or set(el.oxidation_states)
-    return tuple(sorted(states)) or (0,)
-
-
-@functools.cache
-def is_metal(z: int) -> bool:
-    return bool(Element.from_Z(z).is_metal)
-
-
-@functools.lru_cache(maxsize=200_000)
-def _charges(key: tuple[tuple[int, int], ...]) -> frozenset[int]:
-    """All total formal charges reachable with one oxidation state per element for (z, count) pairs."""
-    sums = {0}
-    for z, count in key:
-        sums = {s + count * q for s in sums for q in oxidation_states(z)}
-    return frozenset(sums)
-
-
-def _key(counts: Mapping[int, int]) -> tuple[tuple[int, int], ...]:
-    return tuple(sorted((int(z), int(c)) for z, c in counts.items() if c > 0))
+from generator.chemistry import counts_key as _key
+from generator.chemistry import is_metal, neutral_counts, oxidation_states
+from generator.chemistry import reachable_charges as _charges
 
 
 def charge_balanced_counts(counts: Mapping[int, int]) -> bool:
-    """SMACT-style charge balance of a composition given as {atomic number: count}."""
+    """Charge balance of a composition given as {atomic number: count}: all metals, or `neutral_counts`."""
     key = _key(counts)
     if len(key) <= 1:
         return True
     if all(is_metal(z) for z, _ in key):
         return True
-    return 0 in _charges(key)
+    return neutral_counts(counts)
 
 
 class CompositionConstraint:

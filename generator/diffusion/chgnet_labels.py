@@ -168,15 +168,6 @@ def label_structures(
     return dens, bms
 
 
-def load_labels(path: Path = LABELS_PATH) -> pd.DataFrame:
-    """The saved labels indexed by material_id (empty frame if the file does not exist)."""
-    if not path.exists():
-        return pd.DataFrame(
-            columns=["magnetic_density", "bulk_modulus"], index=pd.Index([], name="material_id")
-        )
-    return pd.read_csv(path).drop_duplicates("material_id").set_index("material_id")
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="CHGNet 0.3.0 magnetic-density and bulk-modulus labels for mp_20."

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import tempfile
 from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -35,7 +36,7 @@ from generator.diffusion.data import to_structure
 from generator.diffusion.denoiser import Denoiser
 from generator.diffusion.metrics import charge_balanced, structurally_valid
 from generator.diffusion.noise import make_noise_processes
-from generator.diffusion.sampler import DEFAULT_GUIDANCE, draw_num_atoms, sample_raw
+from generator.diffusion.sampler import SamplingOptions, draw_num_atoms, sample_raw
 from generator.diffusion.symmetry import build_template, template_rows, templates_for
 from generator.diffusion.training import fine_tune_checkpoint, load_checkpoint
 
@@ -55,7 +56,7 @@ class DiffusionSettings(GeneratorSettings):
         num_atoms: Fixed atom count per crystal (1-20); None draws counts from the training distribution.
         corrector_snr: Langevin corrector step as a fraction of σ² (0 = predictor only).
         min_distance: Atom pairs closer than this (Å) are pushed apart late in sampling (0 = off).
-        filter_invalid: Drop crystals with a distance ≤ 0.5 Å or an absurd volume in `generate`.
+        filter_invalid: Drop crystals that fail the sanity rule (`generator.sanity`: atoms too close, absurd volume).
         charge_balance: Constrained type decoding that keeps every composition charge-balanced (SMACT-style;
             all-metal compositions pass); False samples the model's types unconstrained (≈ 40 % pass).
         space_group_templates: Honour a space_group condition exactly by sampling inside Wyckoff templates of
@@ -67,18 +68,31 @@ class DiffusionSettings(GeneratorSettings):
 
     kind: Literal["diffusion"] = "diffusion"
     checkpoint: Path | None = None
-    steps: int = Field(default=100, ge=2, le=2000)
-    guidance_scale: float = Field(default=DEFAULT_GUIDANCE, ge=0.0, le=20.0)
-    batch_size: int = Field(default=250, ge=1, le=5000)
+    steps: int = Field(default=SamplingOptions.steps, ge=2, le=2000)
+    guidance_scale: float = Field(default=SamplingOptions.guidance_scale, ge=0.0, le=20.0)
+    batch_size: int = Field(default=SamplingOptions.batch_size, ge=1, le=5000)
     conditions: dict[str, Any] = Field(default_factory=dict)
     num_atoms: int | None = Field(default=None, ge=1, le=MAX_ATOMS)
-    corrector_snr: float = Field(default=0.1, ge=0.0, le=2.0)
-    min_distance: float = Field(default=0.7, ge=0.0, le=2.0)
+    corrector_snr: float = Field(default=SamplingOptions.corrector_snr, ge=0.0, le=2.0)
+    min_distance: float = Field(default=SamplingOptions.min_distance, ge=0.0, le=2.0)
     filter_invalid: bool = True
-    charge_balance: bool = True
-    space_group_templates: bool = True
-    species_prior: bool = True
+    charge_balance: bool = SamplingOptions.charge_balance
+    space_group_templates: bool = SamplingOptions.space_group_templates
+    species_prior: bool = SamplingOptions.species_prior
     require_charge_balance: bool = False
+
+    def sampling_options(self) -> SamplingOptions:
+        """The sampler's share of these settings."""
+        return SamplingOptions(
+            steps=self.steps,
+            guidance_scale=self.guidance_scale,
+            batch_size=self.batch_size,
+            corrector_snr=self.corrector_snr,
+            min_distance=self.min_distance,
+            charge_balance=self.charge_balance,
+            space_group_templates=self.space_group_templates,
+            species_prior=self.species_prior,
+        )
 
 
 _MODELS: dict[tuple[str, float], tuple[Denoiser, dict[str, Any]]] = {}
@@ -134,16 +148,7 @@ def iter_sample_batches(
     checkpoint: Path | str | None = None,
     num_atoms: int | None = None,
     seed: int = 0,
-    steps: int | None = None,
-    guidance_scale: float = DEFAULT_GUIDANCE,
-    batch_size: int = 250,
-    corrector_snr: float = 0.1,
-    mask_system: bool = True,
-    type_temperature: float = 1.0,
-    min_distance: float = 0.7,
-    charge_balance: bool = True,
-    space_group_templates: bool = True,
-    species_prior: bool = True,
+    options: SamplingOptions | None = None,
 ) -> Iterator[list[Structure]]:
     """Sample `n` crystals (unfiltered) from a diffusion checkpoint, yielding them batch by batch.
 
@@ -156,21 +161,9 @@ def iter_sample_batches(
         num_atoms: Atoms per crystal (1-20); default draws from the training distribution (or, with a space
             group, from its templates).
         seed: Random seed (same seed, same crystals).
-        steps: Predictor steps (default 100).
-        guidance_scale: Classifier-free guidance scale when conditions are given.
-        batch_size: Crystals per batch.
-        corrector_snr: Langevin corrector step as a fraction of σ² (0 = predictor only, half the cost).
-        mask_system: Enforce a requested chemical system exactly (False: guidance only).
-        type_temperature: Softmax temperature of the type draws.
-        min_distance: Pairs closer than this (Å) are pushed apart late in sampling; 0 = raw model output.
-        charge_balance: Constrained type decoding that keeps a charge-balanced completion possible
-            (`generator.diffusion.charge`); False samples the model's types unconstrained.
-        space_group_templates: With a space_group condition, sample inside Wyckoff templates of training
-            crystals of that group (exact symmetry); False leaves the request to guidance alone.
-        species_prior: Cap each free crystal's number of distinct elements at a draw from the training
-            distribution for its atom count (the model alone puts 5+ elements in 1 of 5 crystals, the data
-            in 1 of 35); False leaves the count to the model.
+        options: How to sample (`SamplingOptions`; default: its defaults, which are `DiffusionSettings`'s).
     """
+    options = options or SamplingOptions()
     if n < 0:
         raise GeneratorError(f"n={n} is negative; ask for at least one crystal")
     conds = validate_conditions(conditions)
@@ -179,21 +172,21 @@ def iter_sample_batches(
     stats = payload["stats"]
     noise = make_noise_processes(density=stats["density"], sigma_l=payload["train_config"]["sigma_l"])
     gen = torch.Generator().manual_seed(int(seed))
-    chem = conds.get("chemical_system") if mask_system else None
+    chem = conds.get("chemical_system") if options.mask_system else None
     # one constraint for the whole request: it vets atom counts and templates here, then decodes the types
     constraint = (
         CompositionConstraint(
             allowed_z=chem.elements if chem else stats["allowed_z"],
             required=chem.elements if chem else (),
-            charge_balance=charge_balance,
+            charge_balance=options.charge_balance,
         )
-        if charge_balance or chem
+        if options.charge_balance or chem
         else None
     )
     what = f"{conds['chemical_system'].describe()} " if chem else ""
     rows = None
     hist = list(stats["num_atoms_hist"])
-    if "space_group" in conds and space_group_templates:
+    if "space_group" in conds and options.space_group_templates:
         rows = templates_for(
             int(conds["space_group"].value or 0),
             num_atoms=num_atoms,
@@ -219,7 +212,7 @@ def iter_sample_batches(
         hist = [p if k in ok else 0.0 for k, p in enumerate(hist)]
     done = 0
     while done < n:
-        m = min(batch_size, n - done)
+        m = min(options.batch_size, n - done)
         templates = None
         if rows is not None:
             pick = torch.randint(len(rows), (m,), generator=gen).tolist()
@@ -229,19 +222,16 @@ def iter_sample_batches(
             counts = [num_atoms] * m
         else:
             counts = draw_num_atoms(hist, m, minimum=minimum, generator=gen)
-        caps = _draw_species_caps(counts, minimum, gen) if species_prior and templates is None else None
+        caps = (
+            _draw_species_caps(counts, minimum, gen) if options.species_prior and templates is None else None
+        )
         raw = sample_raw(
             model=model,
             noise=noise,
             num_atoms=counts,
             allowed_z=stats["allowed_z"],
             conditions=conds,
-            guidance=guidance_scale,
-            steps=steps or 100,
-            corrector_snr=corrector_snr,
-            mask_system=mask_system,
-            type_temperature=type_temperature,
-            min_distance=min_distance,
+            options=options,
             constraint=constraint,
             templates=templates,
             max_species=caps,
@@ -282,16 +272,33 @@ def _multiplicities(row: dict) -> list[int]:
 
 
 def sample_structures(
-    *, on_batch: Callable[[list[Structure]], None] | None = None, **options: Any
+    *,
+    n: int,
+    conditions: dict[str, Any] | None = None,
+    checkpoint: Path | str | None = None,
+    num_atoms: int | None = None,
+    seed: int = 0,
+    options: SamplingOptions | None = None,
+    on_batch: Callable[[list[Structure]], None] | None = None,
+    **changes: Any,
 ) -> list[Structure]:
     """Sample crystals (unfiltered) and return them in sampling order.
 
     Args:
+        n, conditions, checkpoint, num_atoms, seed, options: As in `iter_sample_batches`.
         on_batch: Called with each finished batch (e.g. to append it to a file).
-        **options: Keyword arguments of `iter_sample_batches` (n, conditions, checkpoint, seed, ...).
+        **changes: `SamplingOptions` fields to change from `options` (e.g. steps=20), for short scripts.
     """
+    options = replace(options or SamplingOptions(), **changes)
     out: list[Structure] = []
-    for batch in iter_sample_batches(**options):
+    request = {
+        "n": n,
+        "conditions": conditions,
+        "checkpoint": checkpoint,
+        "num_atoms": num_atoms,
+        "seed": seed,
+    }
+    for batch in iter_sample_batches(**request, options=options):
         if on_batch is not None:
             on_batch(batch)
         out.extend(batch)
@@ -338,14 +345,7 @@ class DiffusionGenerator(Generator):
                     checkpoint=s.checkpoint,
                     num_atoms=s.num_atoms,
                     seed=seed * 1000 + k * 10 + attempt,
-                    steps=s.steps,
-                    guidance_scale=s.guidance_scale,
-                    batch_size=s.batch_size,
-                    min_distance=s.min_distance,
-                    corrector_snr=s.corrector_snr,
-                    charge_balance=s.charge_balance,
-                    space_group_templates=s.space_group_templates,
-                    species_prior=s.species_prior,
+                    options=s.sampling_options(),
                 )
                 for st in structures:
                     if s.filter_invalid and not structurally_valid(st):

@@ -8,28 +8,21 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-import numpy as np
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Composition, Structure
 
 from generator.diffusion.charge import charge_balanced_counts
+from generator.sanity import MAX_VOLUME_PER_ATOM, MIN_DISTANCE, is_sane
 
 
 def structurally_valid(
-    structure: Structure, *, min_distance: float = 0.5, max_volume_per_atom: float = 200.0
+    structure: Structure,
+    *,
+    min_distance: float = MIN_DISTANCE,
+    max_volume_per_atom: float = MAX_VOLUME_PER_ATOM,
 ) -> bool:
-    """All interatomic distances (periodic) > `min_distance` Å and a sane volume (0.1–`max_volume_per_atom` Å³/atom)."""
-    vol = structure.volume
-    if not np.isfinite(vol) or vol <= 0.1 * len(structure) or vol / len(structure) > max_volume_per_atom:
-        return False
-    if len(structure) == 1:
-        return min(structure.lattice.abc) > min_distance
-    dm = structure.distance_matrix
-    np.fill_diagonal(dm, np.inf)
-    if dm.min() <= min_distance:
-        return False
-    # a site's own periodic images: the shortest lattice vector
-    return bool(min(structure.lattice.abc) > min_distance)
+    """The structural-validity metric: the sanity rule of `generator.sanity` (distances in Å, volume Å³/atom)."""
+    return is_sane(structure, min_distance=min_distance, max_volume_per_atom=max_volume_per_atom)
 
 
 def charge_balanced(composition: Composition) -> bool:

@@ -109,6 +109,29 @@ class WrappedCoordinateDiffusion:
     def prior(self, n_atoms_total: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.rand(n_atoms_total, 3, generator=generator)
 
+    def langevin_step(
+        self, x: torch.Tensor, score: torch.Tensor, *, sigma: torch.Tensor, snr: float, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """Corrector: one Langevin step of size `snr`·σ² at noise level σ (per-atom column), wrapped to [0, 1)."""
+        step = snr * sigma**2
+        return torch.remainder(x + step * score + (2 * step).sqrt() * noise, 1.0)
+
+    def reverse_step(
+        self,
+        x: torch.Tensor,
+        score: torch.Tensor,
+        *,
+        sigma_t: torch.Tensor,
+        sigma_s: torch.Tensor,
+        noise: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Predictor: the reverse-VE step from level σ_t to σ_s on the torus (no noise on the last step)."""
+        dvar = (sigma_t**2 - sigma_s**2).clamp_min(0)
+        x = x + dvar * score
+        if noise is not None:
+            x = x + dvar.sqrt() * noise
+        return torch.remainder(x, 1.0)
+
 
 # Symmetric noise: 6 independent N(0,1) components; off-diagonals scaled by 1/√2 so that the
 # Frobenius norm is isotropic over symmetric matrices.
@@ -176,6 +199,24 @@ class SymmetricLatticeDiffusion:
 
     def prior(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.randn(n, 6, generator=generator)
+
+    def clean_estimate(self, y: torch.Tensor, eps: torch.Tensor, t: float) -> torch.Tensor:
+        """The clean lattice y₀ implied by the predicted noise `eps` at time t (clamped to ±8)."""
+        ab_t = self.alpha_bar(torch.tensor(t))
+        return ((y - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()).clamp(-8, 8)
+
+    def reverse_step(
+        self, y: torch.Tensor, y0: torch.Tensor, *, t: float, s: float, generator: torch.Generator
+    ) -> torch.Tensor:
+        """DDPM ancestral step from t to s < t given the clean estimate `y0`; at s = 0 the estimate itself."""
+        if s <= 0:
+            return y0
+        ab_t = self.alpha_bar(torch.tensor(t))
+        ab_s = self.alpha_bar(torch.tensor(s))
+        a_ts = ab_t / ab_s
+        mean = (ab_s.sqrt() * (1 - a_ts) * y0 + a_ts.sqrt() * (1 - ab_s) * y) / (1 - ab_t)
+        var = (1 - a_ts) * (1 - ab_s) / (1 - ab_t)
+        return mean + var.clamp_min(0).sqrt() * torch.randn(y.shape, generator=generator)
 
 
 def make_noise_processes(*, density: float, sigma_l: float = 0.3) -> dict[str, object]:

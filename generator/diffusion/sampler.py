@@ -25,6 +25,41 @@ from generator.diffusion.symmetry import BatchSymmetry, Template
 DEFAULT_GUIDANCE = 4.0
 
 
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How the sampler runs: the one object passed from `DiffusionSettings` to `sample_raw`.
+
+    Attributes:
+        steps: Predictor steps (each with one corrector step: 2 evaluations, ×2 with guidance).
+        guidance_scale: Classifier-free guidance scale when conditions are given (1 = plain conditional).
+        batch_size: Crystals denoised together.
+        corrector_snr: Langevin corrector step as a fraction of σ_t² (0 = predictor only, half the cost).
+        mask_system: Mask the type logits to a requested chemical system's elements (and make every one
+            appear); False leaves adherence to guidance alone.
+        type_temperature: Softmax temperature for drawing atom types (< 1 favours likely elements).
+        min_distance: If > 0 (Å), pairs closer than this are pushed apart (a projection, applied during the
+            last 20 % of the steps and after the last one); 0 leaves the coordinates to the model alone.
+        charge_balance: Constrained type decoding that keeps a charge-balanced completion possible
+            (`generator.diffusion.charge`); False samples the model's types unconstrained.
+        space_group_templates: With a space_group condition, sample inside Wyckoff templates of training
+            crystals of that group (exact symmetry); False leaves the request to guidance alone.
+        species_prior: Cap each free crystal's number of distinct elements at a draw from the training
+            distribution for its atom count (the model alone puts 5+ elements in 1 of 5 crystals, the data
+            in 1 of 35); False leaves the count to the model.
+    """
+
+    steps: int = 100
+    guidance_scale: float = DEFAULT_GUIDANCE
+    batch_size: int = 250
+    corrector_snr: float = 0.1
+    mask_system: bool = True
+    type_temperature: float = 1.0
+    min_distance: float = 0.7
+    charge_balance: bool = True
+    space_group_templates: bool = True
+    species_prior: bool = True
+
+
 @dataclass
 class RawSample:
     """A sampled crystal: atomic numbers, fractional coordinates in [0,1), symmetric lattice in Å."""
@@ -50,12 +85,7 @@ def sample_raw(
     num_atoms: Sequence[int],
     allowed_z: Sequence[int],
     conditions: dict[str, Condition],
-    guidance: float = DEFAULT_GUIDANCE,
-    steps: int = 100,
-    corrector_snr: float = 0.2,
-    mask_system: bool = True,
-    type_temperature: float = 1.0,
-    min_distance: float = 0.0,
+    options: SamplingOptions,
     constraint: CompositionConstraint | None = None,
     templates: Sequence[Template | None] | None = None,
     max_species: Sequence[int | None] | None = None,
@@ -69,14 +99,7 @@ def sample_raw(
         num_atoms: Atom count of each crystal in the batch.
         allowed_z: Elements the model may emit (training vocabulary).
         conditions: Validated conditions; empty means unconditional.
-        guidance: Classifier-free guidance scale (1 = plain conditional).
-        steps: Number of predictor steps (each with one corrector step: 2 evaluations, ×2 with guidance).
-        corrector_snr: Langevin step size as a fraction of σ_t².
-        mask_system: Mask the type logits to a requested chemical system's elements (the caller's
-            `constraint` makes every element appear); False leaves adherence to guidance alone.
-        type_temperature: Softmax temperature for drawing atom types (< 1 favours likely elements).
-        min_distance: If > 0 (Å), pairs closer than this are pushed apart (a projection, applied during the
-            last 20% of the steps and after the last one); 0 leaves the coordinates to the model alone.
+        options: Steps, guidance, corrector, type temperature, system masking and minimum distance.
         constraint: Reveal types only where the constraint says the crystal can still be completed (its
             required elements, and charge balance if it checks that; see `generator.diffusion.charge`); None
             samples the model's types as they come.
@@ -89,13 +112,14 @@ def sample_raw(
     Returns:
         The sampled crystals.
     """
+    guidance, steps, min_distance = options.guidance_scale, options.steps, options.min_distance
     n = torch.tensor(list(num_atoms), dtype=torch.long)
     b = n.shape[0]
     total = int(n.sum())
     n_atom = torch.repeat_interleave(n, n)
     offsets = np.concatenate([[0], np.cumsum(n.numpy())])
 
-    if "chemical_system" in conditions and mask_system:
+    if "chemical_system" in conditions and options.mask_system:
         allowed_z = conditions["chemical_system"].elements
     allowed = torch.zeros(N_TOKENS, dtype=torch.bool)
     allowed[list(allowed_z)] = True
@@ -139,40 +163,29 @@ def sample_raw(
         sig_t = coords.sigma(torch.tensor(t), n_atom)[:, None]
         sig_s = coords.sigma(torch.tensor(s), n_atom)[:, None]
         # corrector: one Langevin step on the coordinates at level t
-        if corrector_snr > 0:
+        if options.corrector_snr > 0:
             _, c_out, _ = evaluate(t)
             score = coords.score_from_output(c_out, sig_t)
-            step = corrector_snr * sig_t**2
-            x = torch.remainder(x + step * score + (2 * step).sqrt() * draw_noise(), 1.0)
+            x = coords.langevin_step(x, score, sigma=sig_t, snr=options.corrector_snr, noise=draw_noise())
             if sym is not None:
                 x = sym.project_coords(x)
         logits, c_out, eps = evaluate(t)
-        # predictor: reverse VE step on the torus
+        # predictor: each field's own reverse step
         score = coords.score_from_output(c_out, sig_t)
-        dvar = (sig_t**2 - sig_s**2).clamp_min(0)
-        x = x + dvar * score
-        if k > 1:
-            x = x + dvar.sqrt() * draw_noise()
-        x = torch.remainder(x, 1.0)
+        x = coords.reverse_step(x, score, sigma_t=sig_t, sigma_s=sig_s, noise=draw_noise() if k > 1 else None)
         if min_distance > 0 and t <= 0.2:
             x = separate_close_atoms(x, lat.decode(y, n), n, min_distance=min_distance, iterations=3)
         if sym is not None:
             x = sym.project_coords(x)
-        # lattice: DDPM ancestral step
-        ab_t = lat.alpha_bar(torch.tensor(t))
-        ab_s = lat.alpha_bar(torch.tensor(s)) if k > 1 else torch.tensor(1.0)
-        y0 = ((y - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()).clamp(-8, 8)
+        y0 = lat.clean_estimate(y, eps, t)
         if sym is not None:
             # x₀-projection: the clean-lattice estimate is put into the crystal family
             y0 = lat.encode(sym.project_lattice(lat.decode(y0, n)), n)
-        a_ts = ab_t / ab_s
-        mean = (ab_s.sqrt() * (1 - a_ts) * y0 + a_ts.sqrt() * (1 - ab_s) * y) / (1 - ab_t)
-        var = (1 - a_ts) * (1 - ab_s) / (1 - ab_t)
-        y = mean + var.clamp_min(0).sqrt() * torch.randn(y.shape, generator=generator) if k > 1 else y0
+        y = lat.reverse_step(y, y0, t=t, s=s, generator=generator)
         # types: reveal masked units (atoms, or whole Wyckoff orbits)
         if (tokens == MASK).any():
             p_reveal = noise["types"].unmask_probability(t, s)
-            lg = (logits / type_temperature).masked_fill(~allowed, float("-inf"))
+            lg = (logits / options.type_temperature).masked_fill(~allowed, float("-inf"))
             tokens = _reveal_types(
                 tokens=tokens,
                 logp=torch.log_softmax(lg, dim=-1),

@@ -12,7 +12,7 @@ import torch
 from dask.distributed import Client, LocalCluster
 
 from emulator import ChgnetEnsemble, ChgnetEnsembleSettings, EmulatorError, LabelledStructure
-from emulator.tasks import predict_batch, predict_table, relax_batch
+from emulator.tasks import clear_cache, load_emulator, predict_batch, predict_table, relax_batch
 from tests.emulator.conftest import SMALL
 from tests.emulator.emt_data import compressed
 
@@ -129,6 +129,28 @@ def test_worker_entry_points_return_plain_data(round0: ChgnetEnsemble, emt_held,
     np.testing.assert_allclose([r["energy_per_atom"] for r in rows], direct.energy_per_atom, atol=1e-6)
     with pytest.raises(EmulatorError, match="no structures"):
         predict_table([], checkpoint_dir=directory)
+
+
+def test_one_process_cache_keeps_one_checkpoint_and_reloads_a_changed_one(
+    round0: ChgnetEnsemble, tmp_path
+) -> None:
+    first, second = tmp_path / "round0", tmp_path / "round1"
+    round0.save(first)
+    round0.save(second)
+    clear_cache()
+    model = load_emulator(checkpoint=first)
+    assert load_emulator(checkpoint=first) is model  # cached
+    other = load_emulator(checkpoint=second)
+    assert other is not model
+    assert load_emulator(checkpoint=first) is not model  # loading `second` dropped `first`
+    reloaded = load_emulator(checkpoint=first)
+    round0.save(first)  # a new manifest: the cached copy is stale
+    assert load_emulator(checkpoint=first) is not reloaded
+    fresh = load_emulator(settings=round0.settings)
+    assert load_emulator(settings=round0.settings.model_dump()) is fresh
+    with pytest.raises(EmulatorError, match=r"manifest\.json is missing"):
+        load_emulator(checkpoint=tmp_path / "empty")
+    clear_cache()
 
 
 @pytest.mark.slow

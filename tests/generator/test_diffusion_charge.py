@@ -92,3 +92,17 @@ def test_species_prior_brings_element_counts_near_the_data():
     # mp_20 training crystals: 2.7 % have five or more elements
     assert many(capped) <= 0.1 < many(free)
     assert all(charge_balanced(s.composition) for s in capped)
+
+
+def test_funnel_and_sampler_share_one_charge_rule():
+    """The funnel's "common" rule and the sampler's validity test give the same verdict on real crystals."""
+    from pymatgen.core import Composition, Element
+
+    from generator.chemistry import is_charge_balanced
+
+    verdicts = []
+    for zs in _real_atoms(300):
+        comp = Composition({Element.from_Z(z): n for z, n in counts_of(zs).items()})
+        verdicts.append(charge_balanced_counts(counts_of(zs)))
+        assert is_charge_balanced(comp, rule="common") == verdicts[-1] == charge_balanced(comp), comp
+    assert 0 < sum(verdicts) < len(verdicts)  # both verdicts occur, so the agreement means something

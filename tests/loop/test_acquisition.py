@@ -272,3 +272,39 @@ def test_regressor_is_sklearn_compatible() -> None:
     assert copy.score(X, np.array([0.1, -0.2, 0.3])) == pytest.approx(1.0)
     with pytest.raises(AcquisitionError, match="out of range"):
         copy.predict(np.array([[5.0]]))
+
+
+def test_a_new_strategy_is_one_function_and_one_registration() -> None:
+    from loop.acquisition import STRATEGIES, StrategyParams, _select, register_strategy
+
+    class WorstFirstParams(StrategyParams):
+        floor: float = 0.0
+
+    def worst_first(learner, X, n_instances=1, *, floor: float, **kwargs):
+        mean, _ = learner.predict(X, return_std=True)
+        return _select(np.maximum(np.asarray(mean, dtype=float), floor), X, n_instances, **kwargs)
+
+    register_strategy("worst_first", worst_first, params=WorstFirstParams)
+    try:
+        config = AcquisitionConfig(strategy="worst_first", budget=2, floor=0.25, diversity=NO_DIVERSITY)
+        assert config.strategy_arguments(rule=RULE) == {"floor": 0.25}
+        res = select_queries(mean=[0.1, 0.9, 0.5, 0.3], std=[0.1] * 4, config=config, rule=RULE)
+        assert res.indices.tolist() == [1, 2]
+        with pytest.raises(ValidationError, match=r"floor \(worst_first\): Input should be a valid number"):
+            AcquisitionConfig(strategy="worst_first", floor="high")
+    finally:
+        del STRATEGIES["worst_first"]
+
+
+def test_strategy_parameters_are_validated_by_their_own_model() -> None:
+    assert AcquisitionConfig(strategy="ucb", kappa=2.5).strategy_arguments(rule=RULE) == {"kappa": 2.5}
+    assert AcquisitionConfig(strategy="random", seed=7).strategy_arguments(rule=RULE) == {"seed": 7}
+    assert AcquisitionConfig(strategy="p_stable").strategy_arguments(rule=RULE) == {
+        "threshold": RULE.hit_threshold
+    }
+    # Every strategy's defaults are dumped, so tracked parameters keep their names and values.
+    assert {"kappa": 1.0, "seed": 0}.items() <= AcquisitionConfig().model_dump().items()
+    with pytest.raises(ValidationError, match=r"kappa \(ucb\): Input should be greater than or equal to 0"):
+        AcquisitionConfig(strategy="ucb", kappa=-1)
+    with pytest.raises(ValidationError, match="unknown key 'budgett'"):
+        AcquisitionConfig(strategy="greedy", budgett=3)

@@ -105,3 +105,41 @@ def test_old_acquisition_threshold_is_refused_with_the_fix(tmp_path):
         )
     text = str(err.value)
     assert "acquisition" in text and "stability_threshold was removed" in text and "near_stable" in text
+
+
+def _generator_config(section):
+    from loop.config import validate_config
+
+    return validate_config({"name": "g", "chemical_systems": ["Li-Al"], "generator": section})
+
+
+def test_generator_sections_are_a_union_told_apart_by_name():
+    from generator.base import generator_names, get_generator_class
+
+    config = _generator_config({"diffusion": {"steps": 60}, "substitution": {"max_candidates_per_parent": 2}})
+    gen = config.generator
+    assert gen.diffusion.steps == 60 and gen.substitution.max_candidates_per_parent == 2
+    for name in generator_names():  # every registered generator has settings, its defaults when left out
+        assert isinstance(gen.settings_for(name), get_generator_class(name).Settings)
+    dumped = config.model_dump(mode="json")["generator"]
+    assert dumped["diffusion"]["steps"] == 60 and "settings" not in dumped  # the YAML's shape, for tracking
+    assert _generator_config(dumped).generator == gen
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        (
+            {"diffusion": {"steps": 1}},
+            "config: generator.diffusion.steps: Input should be greater than or equal to 2",
+        ),
+        ({"diffusion": {"stepz": 3}}, "config: generator.diffusion.stepz: unknown key"),
+        ({"mix": {"gan": 3}}, "config: generator.mix: Value error, unknown generator(s) ['gan']"),
+        ({"gan": {}}, "config: generator.gan: unknown key"),
+    ],
+)
+def test_generator_section_errors_name_the_key(section, message):
+    with pytest.raises(InputError) as info:
+        _generator_config(section)
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)

@@ -1,0 +1,46 @@
+"""Names the dead-code check (vulture, `make lint`) cannot see used. Each entry says who uses it.
+
+Tests are not scanned, so code that only tests call counts as dead unless it is public API listed here.
+"""
+
+# ruff: noqa: B018
+# Read by name, not by attribute access the checker can follow.
+_ = object()
+_.supports_conditions  # generator capability flags: the loop's stages read them (generator.base.Generator)
+_.supports_fine_tune
+_.raiseExceptions  # logging's switch, set in loop.cli.main
+_.n_features_in_  # scikit-learn's estimator protocol (PrecomputedEnsembleRegressor.fit)
+_.row_factory  # sqlite3's connection hook (loop.store)
+_.settings_for  # GeneratorConfig: the by-name accessor for the stages (generator capability dispatch)
+_.queue  # dask-jobqueue keyword arguments, passed on as a dumped model (loop.execution)
+_.account
+_.local_directory
+_.interface
+_.cumulative_calls  # RoundFigures fields, read through dataclasses.asdict (loop.science_report)
+_.within_2sigma
+_.VARIANTS  # emulator.update: the variant names, the public vocabulary of EmulatorVariants
+
+# Public API exercised by the tests (and by users), not yet by the loop itself.
+_.predict_batch  # emulator.tasks: Dask worker entry points (tests/emulator/test_fine_tune.py)
+_.relax_batch
+_.covers  # generator.seeds.Withholding
+_.distance  # loop.fingerprint.Fingerprint
+_.n_loaded  # loop.funnel.KnownIndex progress counter
+_.add_known
+_.missing_references  # loop.hull.OracleHull
+_.decomposition
+_.round_run_ids  # loop.tracking.Tracker
+
+# Part A's files (loop/stages.py, loop/campaign.py, loop/store.py), restructured on another branch: the stage
+# methods are reached by name today, and the last two are dead code that part A deletes.
+_._stage_references
+_._stage_generate
+_._stage_funnel
+_._stage_screen
+_._stage_acquire
+_._stage_label
+_._stage_update
+_._stage_retrain
+_._stage_track
+_.withheld_structures
+_.all_structures
