@@ -30,17 +30,3 @@ _.add_known
 _.missing_references  # loop.hull.OracleHull
 _.decomposition
 _.round_run_ids  # loop.tracking.Tracker
-
-# Part A's files (loop/stages.py, loop/campaign.py, loop/store.py), restructured on another branch: the stage
-# methods are reached by name today, and the last two are dead code that part A deletes.
-_._stage_references
-_._stage_generate
-_._stage_funnel
-_._stage_screen
-_._stage_acquire
-_._stage_label
-_._stage_update
-_._stage_retrain
-_._stage_track
-_.withheld_structures
-_.all_structures

@@ -152,7 +152,7 @@ def daemon(config: Annotated[Path, typer.Argument(help="Campaign YAML.")], workd
 @app.command()
 def stop(workdir: WorkdirOpt) -> None:
     """Ask a running daemon to stop after its current step."""
-    from loop.campaign import request_stop  # the campaign module imports every room
+    from loop.control import request_stop  # light: no room is imported to ask a campaign to stop
 
     typer.echo(request_stop(_existing_workdir(workdir)))
 
@@ -180,7 +180,7 @@ def export(
         _fail(
             f"{out}: exists and is not a folder; give a new or existing folder for the CIFs and summary.csv"
         )
-    info = export_discoveries(workdir, out=out, stable_only=hits_only or stable_alias)
+    info = export_discoveries(workdir, out=out, hits_only=hits_only or stable_alias)
     if as_json:
         _emit_json(info)
     else:

@@ -175,7 +175,7 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def export_discoveries(workdir: Path, *, out: Path, stable_only: bool) -> dict[str, Any]:
+def export_discoveries(workdir: Path, *, out: Path, hits_only: bool) -> dict[str, Any]:
     """Write labelled structures (or only the campaign's discoveries, i.e. its hits) as CIFs plus `summary.csv`.
 
     Columns: hash, formula, natoms, round, source, energy_per_atom (eV/atom), e_hull (eV/atom), verdict
@@ -191,7 +191,7 @@ def export_discoveries(workdir: Path, *, out: Path, stable_only: bool) -> dict[s
         chosen = []
         for res in results:
             v = verdicts.get(res.hash)
-            if stable_only and not _is_discovery(rule, v, query_round.get(res.hash)):
+            if hits_only and not _is_discovery(rule, v, query_round.get(res.hash)):
                 continue
             chosen.append((res, v))
         out.mkdir(parents=True, exist_ok=True)

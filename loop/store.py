@@ -446,16 +446,6 @@ class CampaignStore:
                 out[r["hash"]] = structure_from_json(r["structure"])
         return out
 
-    def all_structures(self, *, sources: Sequence[str] | None = None) -> dict[str, Structure]:
-        if sources:
-            marks = ",".join("?" * len(sources))
-            rows = self._query(
-                f"SELECT hash, structure FROM structures WHERE source IN ({marks})", list(sources)
-            )
-        else:
-            rows = self._query("SELECT hash, structure FROM structures")
-        return {r["hash"]: structure_from_json(r["structure"]) for r in rows}
-
     # -- oracle results -----------------------------------------------------------------------------------------------
     def get_oracle_result(self, h: str, settings_hash: str) -> StoredResult | None:
         rows = self._query(

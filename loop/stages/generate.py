@@ -112,7 +112,7 @@ def generate_candidates(
         if n <= 0:
             continue
         cls = get_generator_class(name)
-        settings = getattr(gen_cfg, name)
+        settings = gen_cfg.settings_for(name)
         if cls.supports_fine_tune and generator_checkpoint is not None:
             settings = settings.model_copy(update={"checkpoint": str(generator_checkpoint)})
         started = time.time()

@@ -104,7 +104,7 @@ def retrain_generator(
     started = time.time()
     gen_path, gen_metrics = fine_tune_generator(
         [k.structure for k in found],
-        settings=getattr(gen_cfg, learners[0]),
+        settings=gen_cfg.settings_for(learners[0]),
         checkpoint_in=generator_in,
         out_path=out_dir / "generator.pt",
         weight=gen_cfg.fine_tune_weight,

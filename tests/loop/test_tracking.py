@@ -404,7 +404,12 @@ def _assert_campaign_tracked(client, *, name: str, store, rounds: int) -> None:
     assert parent.info.end_time is not None
     assert "reached" in parent.data.tags[END_REASON_TAG]
     note = parent.data.tags[NOTE_TAG]
-    assert ", ".join(config.chemical_systems) in note and "`emt`" in note and "stop rule" in note and "budget: 3" in note
+    assert (
+        ", ".join(config.chemical_systems) in note
+        and "`emt`" in note
+        and "stop rule" in note
+        and "budget: 3" in note
+    )
 
     nested = {int(r.data.tags[ROUND_TAG]): r for r in runs if r.data.tags.get(PARENT_TAG)}
     assert set(nested) == set(range(rounds + 1)), "one round run per round, no duplicates"
