@@ -1,0 +1,116 @@
+"""Structure-by-structure audit of a campaign: every oracle call with what the emulator predicted for it.
+
+For each oracle call (round order): formula, source and parent, space group of the oracle's final structure, the
+emulator's E_hull ± σ when it was chosen, the E_hull on the campaign's final oracle hull, the error and |error|/σ,
+and the oracle relaxation (steps, max force, pressure, wall time). Then, per composition on the final hull, every
+labelled phase, so one can check that the references are the ground states the hull claims.
+
+Usage:
+    .venv/bin/python benchmarks/audit_campaign.py --workdir runs/demo
+
+Units: eV/atom, eV/Å, GPa, s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from loop.science_report import collect
+from loop.store import CampaignStore
+
+
+def space_group(structure) -> str:
+    try:
+        return SpacegroupAnalyzer(structure, symprec=0.01).get_space_group_symbol()
+    except Exception:  # spglib may fail on a broken cell: the audit still prints the row
+        return "?"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, required=True)
+    args = parser.parse_args()
+    data = collect(args.workdir)
+    store = CampaignStore.in_workdir(args.workdir)
+    try:
+        rows = {r["hash"]: r for r in store.structure_rows()}
+        predicted = {}
+        for rnd in {c.round for c in data.calls}:
+            for p in store.round_predictions(rnd):
+                if p.relaxed_hash:
+                    predicted[(rnd, p.relaxed_hash)] = p
+        print(f"campaign {data.campaign}: {len(data.calls)} oracle calls, level of theory {data.level.kind}")
+        print()
+        print(
+            "| round | formula | source (parent) | space group | predicted E_hull ± σ | oracle E_hull | error | "
+            "\\|err\\|/σ | relax steps | max F | P (GPa) | wall (s) |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        ratios = []
+        for call in data.calls:
+            res = call.result
+            row = rows.get(call.hash, {})
+            origin = rows.get(
+                row.get("parent") or "", row
+            )  # a query is the emulator-relaxed child of a candidate
+            final = (
+                store.get_structure(res.final_hash)
+                if res and res.final_hash
+                else store.get_structure(call.hash)
+            )
+            pred = predicted.get((call.round, call.hash))
+            pe = f"{pred.e_hull:+.3f} ± {pred.e_hull_std:.3f}" if pred and pred.e_hull is not None else "–"
+            oe = f"{call.e_hull:+.3f}" if call.e_hull is not None else f"failed ({call.status})"
+            err = ratio = "–"
+            if pred and pred.e_hull is not None and call.e_hull is not None:
+                e = pred.e_hull - call.e_hull
+                err = f"{e:+.3f}"
+                if pred.e_hull_std:
+                    ratios.append(abs(e) / pred.e_hull_std)
+                    ratio = f"{ratios[-1]:.1f}"
+            fmax = pres = steps = wall = "–"
+            if res and res.ok:
+                fmax = f"{float(np.abs(np.asarray(res.forces)).max()):.3f}"
+                pres = f"{-float(np.mean(res.stress[:3])):+.2f}"
+                steps = str(res.metadata.get("relax_steps_taken", 0))
+                wall = f"{res.wall_time:.0f}"
+            source = origin.get("source", row.get("source", "?"))
+            parent = origin.get("parent") or ""
+            print(
+                f"| {call.round} | {final.composition.reduced_formula} | {source}"
+                f"{f' ({parent})' if parent else ''} | {space_group(final)} | {pe} | {oe} | {err} | {ratio} | "
+                f"{steps} | {fmax} | {pres} | {wall} |"
+            )
+        if ratios:
+            r = np.asarray(ratios)
+            print(f"\nwithin 1σ: {np.mean(r <= 1):.2f}, within 2σ: {np.mean(r <= 2):.2f} over {r.size} calls")
+        print(
+            "\nLabelled phases per composition on the final hull, references included (E above hull, eV/atom):"
+        )
+        verdicts = store.stability()
+        last = max((v["round"] for v in verdicts), default=None)
+        first = store.first_query_rounds()
+        results = {r.hash: r for r in store.oracle_results() if r.ok}
+        by_formula: dict[str, list[tuple[float, str]]] = {}
+        for v in (v for v in verdicts if v["round"] == last):
+            res = results.get(v["hash"])
+            final = store.get_structure(res.final_hash if res and res.final_hash else v["hash"])
+            when = first.get(v["hash"], 0)
+            name = f"{space_group(final)} ({'reference' if when == 0 else f'round {when}'})"
+            by_formula.setdefault(final.composition.reduced_formula, []).append((v["e_hull"], name))
+        for formula, phases in sorted(by_formula.items()):
+            listed = ", ".join(f"{name} {e:+.4f}" for e, name in sorted(phases))
+            print(f"- {formula}: {listed}")
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":
+    main()
