@@ -502,7 +502,7 @@ def test_track_stage_rerun_after_a_kill_duplicates_nothing(tmp_path_factory) -> 
     """A kill during track means the stage runs again on resume: every log call must be idempotent."""
     from tracked_smoke import SMOKE_NAME, tracked_smoke
 
-    from loop.campaign_tracking import LOGGED_META, track_round
+    from loop.campaign_tracking import LOGGED_META, PARENT_META, track_round
     from loop.config import CampaignConfig
     from loop.store import CampaignStore
 
@@ -521,6 +521,12 @@ def test_track_stage_rerun_after_a_kill_duplicates_nothing(tmp_path_factory) -> 
         names = {v.version for v in client.search_model_versions(f"name = '{SMOKE_NAME}-emulator'")}
         assert len(names) == 3
     finally:
+        # A campaign closes its parent run after its last track stage; this test ran the stage alone, on the
+        # campaign the browser tests share, so it closes the parent as the campaign would have.
+        client = Tracker(config=TrackingConfig(), workdir=run.workdir, campaign_name=SMOKE_NAME).client
+        parent = store.get_meta(PARENT_META)
+        if parent and client.get_run(parent).info.status == "RUNNING":
+            client.set_terminated(parent, status="FINISHED")
         store.close()
 
 
