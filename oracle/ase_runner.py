@@ -37,10 +37,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import spglib
+from ase import Atoms
 from ase.spacegroup.symmetrize import refine_symmetry
 from pydantic import Field
 from pymatgen.core import Lattice, Structure
-from pymatgen.io.ase import AseAtomsAdaptor
 
 from oracle.base import (
     CalculationFailed,
@@ -160,7 +160,12 @@ def symmetrize(structure: Structure, *, symprec: float) -> Symmetrized:
     translation of the whole crystal, see `Symmetrized.structure`); the lattice is adjusted to the exact metric of
     its Bravais lattice. A P1 cell comes back unchanged.
     """
-    atoms = AseAtomsAdaptor.get_atoms(structure)
+    atoms = Atoms(
+        numbers=[site.specie.Z for site in structure],
+        positions=structure.cart_coords,
+        cell=structure.lattice.matrix,
+        pbc=True,
+    )
     found = refine_symmetry(atoms, symprec=symprec)
     refined = Structure(
         Lattice(atoms.cell.array), structure.species, atoms.get_positions(), coords_are_cartesian=True
