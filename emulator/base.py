@@ -161,3 +161,54 @@ def emulator_names() -> list[str]:
 
 def settings_models() -> tuple[type[EmulatorSettings], ...]:
     return tuple(cls.Settings for cls in _REGISTRY.values())
+
+
+# --- committee members: other model families screened beside the ensemble -----------------------------------------
+
+
+class CommitteeMemberSettings(BaseModel):
+    """Settings common to every committee member; implementations subclass with `kind: Literal[...]`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str
+
+
+class CommitteeMember(ABC):
+    """A frozen universal potential of another model family, screened beside the emulator ensemble.
+
+    Members differ from the ensemble in training data and architecture, so where they disagree with it the
+    candidate is outside what either knows well. They are never fine-tuned (`trainable` is False): the loop
+    corrects their systematic offsets by measuring a candidate against the member's own energies of the oracle
+    hull's phases, not by training.
+    """
+
+    name: ClassVar[str]
+    Settings: ClassVar[type[CommitteeMemberSettings]]
+    trainable: ClassVar[bool] = False
+
+    @abstractmethod
+    def relax(self, structures: Sequence[Structure], *, fmax: float, steps: int) -> list[RelaxResult]:
+        """Relax cell and positions on this member's potential; fmax in eV/Å. `energy_per_atom_std` is 0."""
+
+
+_MEMBERS: dict[str, type[CommitteeMember]] = {}
+
+
+def register_member(cls: type[CommitteeMember]) -> type[CommitteeMember]:
+    """Class decorator: make a committee member available by its `name`."""
+    _MEMBERS[cls.name] = cls
+    return cls
+
+
+def get_member_class(name: str) -> type[CommitteeMember]:
+    try:
+        return _MEMBERS[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown committee member {name!r}; choose one of: {', '.join(sorted(_MEMBERS))}"
+        ) from None
+
+
+def member_settings_models() -> tuple[type[CommitteeMemberSettings], ...]:
+    return tuple(cls.Settings for cls in _MEMBERS.values())

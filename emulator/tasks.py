@@ -16,13 +16,15 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Structure
 
-from emulator.base import Emulator, EmulatorError, get_emulator_class
+from emulator.base import CommitteeMember, Emulator, EmulatorError, get_emulator_class, get_member_class
 from emulator.checkpoint import MANIFEST
 from emulator.chgnet_ensemble import ChgnetEnsemble, ChgnetEnsembleSettings
 from emulator.validation import as_structure
 
 # (checkpoint directory or None, settings) -> (manifest stamp or None, model)
 _CACHE: dict[tuple[str | None, str], tuple[int | None, Emulator]] = {}
+# settings -> committee member (frozen models: one per settings and process)
+_MEMBERS: dict[str, CommitteeMember] = {}
 
 
 def load_emulator(settings: Any = None, checkpoint: str | Path | None = None) -> Emulator:
@@ -62,6 +64,15 @@ def load_emulator(settings: Any = None, checkpoint: str | Path | None = None) ->
         kind = json.loads(manifest.read_text()).get("kind", ChgnetEnsemble.name)
         _CACHE[key] = (stamp, get_emulator_class(kind).load(path))
     return _CACHE[key][1]
+
+
+def load_member(settings: dict[str, Any]) -> CommitteeMember:
+    """The committee member described by `settings` (a dict with `kind`), built once per process."""
+    key = json.dumps(settings, sort_keys=True)
+    if key not in _MEMBERS:
+        cls = get_member_class(settings["kind"])
+        _MEMBERS[key] = cls(settings=cls.Settings.model_validate(settings))
+    return _MEMBERS[key]
 
 
 def clear_cache() -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from modAL.acquisition import PI, UCB
+from modAL.acquisition import EI, PI, UCB
 from modAL.disagreement import max_std_sampling
 from modAL.models import ActiveLearner
 from modAL.utils.selection import multi_argmax
@@ -370,6 +370,21 @@ def p_stable(
     return _select(utility, X, n_instances, **kwargs)
 
 
+def expected_improvement(
+    learner: Any, X: np.ndarray, n_instances: int = 1, *, threshold: float, **kwargs: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Expected depth below the hit threshold, E[max(0, threshold − E_hull)] (eV/atom), under the ensemble's Gaussian.
+
+    Targets the same threshold as `p_stable` but does not saturate: where several candidates are almost surely
+    hits, P(hit) is ≈ 1 for all of them and the diversity penalty decides, while the expected depth still ranks the
+    ones predicted lower (or less certain) first. Computed with modAL's expected improvement on the negated target:
+    EI(−μ, σ, −threshold, 0).
+    """
+    mean, std = _predict(learner, X)
+    utility = np.asarray(EI(-mean, std, -threshold, 0.0), dtype=float)
+    return _select(utility, X, n_instances, **kwargs)
+
+
 def ucb(
     learner: Any, X: np.ndarray, n_instances: int = 1, *, kappa: float = 1.0, **kwargs: Any
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -406,7 +421,8 @@ class Strategy:
 
 
 class PStableParams(StrategyParams):
-    """`p_stable` has no settings of its own: its threshold is the campaign's hit threshold."""
+    """`p_stable` and `expected_improvement` have no settings of their own: their threshold is the campaign's hit
+    threshold."""
 
     def arguments(self, *, rule: StabilityRule) -> dict[str, Any]:
         return {"threshold": rule.hit_threshold}
@@ -452,6 +468,7 @@ def register_strategy(
 
 register_strategy("max_std", max_std)
 register_strategy("p_stable", p_stable, params=PStableParams)
+register_strategy("expected_improvement", expected_improvement, params=PStableParams)
 register_strategy("ucb", ucb, params=UCBParams)
 register_strategy("greedy", greedy)
 register_strategy("random", random, params=RandomParams)

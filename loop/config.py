@@ -27,6 +27,7 @@ from pymatgen.core import Composition
 import emulator as _emulator_pkg  # noqa: F401  (registers emulators)
 import generator as _generator_pkg  # noqa: F401  (registers generators)
 import oracle as _oracle_pkg  # noqa: F401  (registers oracles)
+from emulator.base import member_settings_models
 from emulator.base import settings_models as emulator_settings_models
 from generator.base import GeneratorSettings, generator_names
 from generator.base import settings_models as generator_settings_models
@@ -47,6 +48,7 @@ class StrictModel(BaseModel):
 
 OracleConfig = discriminated_union(oracle_settings_models())
 EmulatorConfig = discriminated_union(emulator_settings_models())
+CommitteeMemberConfig = discriminated_union(member_settings_models())
 
 GeneratorSettingsConfig = discriminated_union(generator_settings_models())
 ALL_COMPOUNDS = "all_compounds"
@@ -206,6 +208,10 @@ class CampaignConfig(StrictModel):
             material ids ("mp-1234"), reduced formulas of compounds inside the target systems ("LiAl"), or
             "all_compounds" (every known compound of the target systems). They are left out of the references,
             the novelty index, the substitution parents and the generator's fine-tuning data.
+        committee: Frozen potentials of other model families screened beside the emulator (e.g.
+            `[{kind: sevennet}]`). Each relaxes every candidate and the oracle hull's phases and places the
+            candidate against its own energies of those phases; a candidate's E_hull is then the mean over the
+            families and its std adds their spread to the emulator's calibrated std (`loop.stages.screen`).
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -218,6 +224,7 @@ class CampaignConfig(StrictModel):
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     emulator: EmulatorConfig = Field(default_factory=lambda: {"kind": "chgnet_ensemble"})  # type: ignore[valid-type]
     emulator_training: EmulatorTrainingConfig = Field(default_factory=EmulatorTrainingConfig)
+    committee: list[CommitteeMemberConfig] = Field(default_factory=list)  # type: ignore[valid-type]
     oracle: OracleConfig = Field(default_factory=lambda: {"kind": "gpaw"})  # type: ignore[valid-type]
     acquisition: AcquisitionConfig = Field(default_factory=AcquisitionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

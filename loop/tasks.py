@@ -70,6 +70,35 @@ def relax_chunk(
     return out
 
 
+def member_relax_chunk(
+    structure_dicts: Sequence[dict[str, Any]], settings: dict[str, Any], fmax: float, steps: int
+) -> list[dict[str, Any]]:
+    """Relax structures with one committee member (`emulator.base.CommitteeMember`); plain dicts in and out.
+
+    Returns:
+        Per structure: `energy_per_atom` (eV/atom) at the member's relaxed geometry, `n_steps`, `converged` and
+        `collapsed` (atoms closer than `generator.sanity.MIN_DISTANCE` after relaxation).
+    """
+    if not structure_dicts:
+        return []
+    warnings.filterwarnings("ignore", category=UserWarning)
+    from emulator.tasks import load_member  # torch and the member's package: only where a member runs
+
+    _pin_threads()
+    member = load_member(settings)
+    out = []
+    for res in member.relax([Structure.from_dict(d) for d in structure_dicts], fmax=fmax, steps=steps):
+        out.append(
+            {
+                "energy_per_atom": float(res.energy_per_atom),
+                "n_steps": int(res.n_steps),
+                "converged": bool(res.converged),
+                "collapsed": too_close(res.structure),
+            }
+        )
+    return out
+
+
 def predict_energies(
     structures: Sequence[Structure], *, settings: Any, checkpoint: str | Path | None
 ) -> list[float]:

@@ -17,11 +17,12 @@ from pymatgen.core import Structure
 
 from loop.config import CampaignConfig
 from loop.execution import TaskQuarantined
+from loop.hull import HullEntry, OracleHull
 from loop.stages.base import StageContext, seconds
-from loop.stages.shared import current_hull
+from loop.stages.shared import current_hull, hull_phases
 from loop.store import CampaignStore, Prediction
 from loop.structures import structure_hash
-from loop.tasks import relax_chunk
+from loop.tasks import member_relax_chunk, relax_chunk
 
 RELAX_CHUNK = 4  # structures per screening task
 
@@ -43,6 +44,66 @@ def _quarantined_relaxations(
         }
         for d in chunk
     ]
+
+
+def _quarantined_member(chunk: list[dict[str, Any]], quarantine: TaskQuarantined) -> list[dict[str, Any]]:
+    return [
+        {"energy_per_atom": float("nan"), "n_steps": 0, "converged": False, "collapsed": False} for _ in chunk
+    ]
+
+
+def committee_e_hull(
+    config: CampaignConfig,
+    *,
+    store: CampaignStore,
+    hull: OracleHull,
+    structures: Sequence[Structure],
+    executor: Any,
+) -> dict[str, np.ndarray]:
+    """Each committee member's E_hull of `structures` (eV/atom; NaN where it could not place one), by member kind.
+
+    A member relaxes the structures (from the emulator's geometry) and the oracle hull's phases (from the oracle's
+    geometry) and measures each structure against the hull of its own energies of those phases. Its per-element
+    and per-composition offsets from the oracle's level of theory therefore cancel, without any fitting.
+    """
+    if not config.committee:
+        return {}
+    phases = hull_phases(config, store, hull)
+    phase_ids = list(phases)
+    items = [s.as_dict() for s in structures] + [phases[h].as_dict() for h in phase_ids]
+    chunks = [items[i : i + RELAX_CHUNK] for i in range(0, len(items), RELAX_CHUNK)]
+    train = config.emulator_training
+    out: dict[str, np.ndarray] = {}
+    for member in config.committee:
+        args = (member.model_dump(), train.relax_fmax, train.relax_steps)
+        if executor is None:
+            results = [item for chunk in chunks for item in member_relax_chunk(chunk, *args)]
+        else:
+            results = executor.map_chunks(
+                member_relax_chunk, chunks, *args, on_quarantine=_quarantined_member
+            )
+        n = len(structures)
+        own = OracleHull.from_entries(
+            HullEntry(entry_id=h, composition=phases[h].composition, energy_per_atom=res["energy_per_atom"])
+            for h, res in zip(phase_ids, results[n:], strict=True)
+            if math.isfinite(res["energy_per_atom"]) and not res["collapsed"]
+        )
+        ev = own.evaluate(
+            [s.composition for s in structures],
+            [res["energy_per_atom"] if not res["collapsed"] else float("nan") for res in results[:n]],
+            [0.0] * n,
+        )
+        out[member.kind] = np.asarray(ev.e_above_hull, dtype=float)
+    return out
+
+
+def combine_committee(mean: float, std: float, members: Sequence[float]) -> tuple[float, float]:
+    """E_hull mean and std (eV/atom) over model families: the emulator's calibrated (mean, std) and each member's
+    E_hull. The mean is the families' average; the variance is the emulator's plus the families' spread (ddof 0).
+    Members that could not place the structure are left out."""
+    values = [mean, *[m for m in members if math.isfinite(m)]]
+    spread = float(np.var(values)) if len(values) > 1 else 0.0
+    return float(np.mean(values)), float(math.sqrt(std**2 + spread))
 
 
 @dataclass(frozen=True)
@@ -90,6 +151,9 @@ def screen(
         [res["energy_per_atom"] for res in results],
         [res["energy_per_atom_std"] for res in results],
     )
+    committee = committee_e_hull(
+        config, store=store, hull=hull, structures=[relaxed[h] for h in hashes], executor=executor
+    )
     model = checkpoint.name if checkpoint else "pretrained"
     predictions = []
     for i, h in enumerate(hashes):
@@ -101,6 +165,12 @@ def screen(
         if res.get("quarantined"):
             e_hull, reason = float("nan"), res["quarantined"]
         placed = math.isfinite(e_hull)
+        e_hull_std = float(ev.e_above_hull_std[i]) if placed else float("nan")
+        data: dict[str, Any] = {"n_steps": res["n_steps"], "converged": res["converged"], "reason": reason}
+        if committee and placed:
+            members = {kind: float(values[i]) for kind, values in committee.items()}
+            data["committee"] = {"emulator": float(e_hull), "emulator_std": e_hull_std, **members}
+            e_hull, e_hull_std = combine_committee(float(e_hull), e_hull_std, list(members.values()))
         predictions.append(
             Prediction(
                 hash=h,
@@ -109,8 +179,8 @@ def screen(
                 energy_per_atom=res["energy_per_atom"],
                 energy_per_atom_std=res["energy_per_atom_std"],
                 e_hull=float(e_hull) if placed else None,
-                e_hull_std=float(ev.e_above_hull_std[i]) if placed else None,
-                data={"n_steps": res["n_steps"], "converged": res["converged"], "reason": reason},
+                e_hull_std=e_hull_std if placed else None,
+                data=data,
             )
         )
     placed_e = [p.e_hull for p in predictions if p.e_hull is not None]

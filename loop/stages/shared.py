@@ -51,6 +51,15 @@ def current_hull(config: CampaignConfig, store: CampaignStore) -> OracleHull:
     return OracleHull.from_entries(entries)
 
 
+def hull_phases(config: CampaignConfig, store: CampaignStore, hull: OracleHull) -> dict[str, Structure]:
+    """The oracle's final (relaxed) structure of every entry on `hull`, by entry id (the labelled hash)."""
+    on_hull = set(hull.stable_ids())
+    results = store.oracle_results(settings_hash=config.oracle.settings_hash(), ok_only=True)
+    final = {r.hash: r.final_hash or r.hash for r in results if r.hash in on_hull}
+    structures = store.get_structures(sorted(set(final.values())))
+    return {h: structures[f] for h, f in final.items() if f in structures}
+
+
 def discoveries(config: CampaignConfig, store: CampaignStore) -> list[KnownStructure]:
     """The campaign's own discoveries: hits (`loop.verdicts`) on the latest hull that were first queried in a
     round >= 1. References (round 0) are never discoveries."""
@@ -79,4 +88,4 @@ def withheld_structures(store: CampaignStore) -> list[KnownStructure]:
     ]
 
 
-__all__ = ["current_hull", "discoveries", "known_index", "withheld_structures"]
+__all__ = ["current_hull", "discoveries", "hull_phases", "known_index", "withheld_structures"]
