@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import psutil
 import spglib
 from ase import Atoms
 from ase.spacegroup.symmetrize import refine_symmetry
@@ -64,6 +65,8 @@ CALLS_FILE = "calls.jsonl"
 WORKER_SCRIPT = Path(__file__).with_name("calc_worker.py")
 _STORE_FORMAT = 1
 _KILL_GRACE_S = 3.0
+# How often a running calculation's CPU time is read, s.
+_CPU_POLL_S = 2.0
 MIN_DISTANCE = 0.5
 """Å; closer atoms make every code fail or lie, so such structures are rejected up front."""
 
@@ -255,22 +258,53 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def group_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, s) used so far by process `pid`, its live descendants and its reaped children."""
+    try:
+        leader = psutil.Process(pid)
+        processes = [leader, *leader.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in processes:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            t = proc.cpu_times()
+            total += t.user + t.system + (t.children_user + t.children_system if proc is leader else 0.0)
+    return total
+
+
 def run_child(
-    command: list[str], *, cwd: Path, timeout_s: float, env: dict[str, str] | None = None
+    command: list[str],
+    *,
+    cwd: Path,
+    timeout_s: float,
+    cpu_timeout_s: float | None = None,
+    env: dict[str, str] | None = None,
 ) -> tuple[int | None, bool]:
-    """Run `command` in its own process group, killing the group after `timeout_s` s.
+    """Run `command` in its own process group, killing the group after `timeout_s` s of wall time or, when
+    `cpu_timeout_s` is given, once the group has used that many CPU seconds.
+
+    A CPU-time limit does not kill a calculation that merely waited for a core on a busy machine.
 
     Returns:
         (return code, timed out). The return code is negative for a signal (e.g. -11 segfault), None on timeout.
     """
+    deadline = time.monotonic() + timeout_s
     with open(cwd / "stdout.txt", "wb") as log:
         proc = subprocess.Popen(
             command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
         (cwd / "child.pid").write_text(str(proc.pid))
         try:
-            return proc.wait(timeout=timeout_s), False
-        except subprocess.TimeoutExpired:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    return proc.wait(timeout=min(left, _CPU_POLL_S) if cpu_timeout_s else left), False
+                except subprocess.TimeoutExpired:
+                    if cpu_timeout_s is not None and group_cpu_seconds(proc.pid) > cpu_timeout_s:
+                        break
             _kill_group(proc)
             return None, True
         except BaseException:
@@ -343,7 +377,11 @@ class AseOracle(Oracle):
             an oracle whose calculator is cheap to keep loaded may run it in this process instead.
         """
         return run_child(
-            self.launch_command(job_file), cwd=directory, timeout_s=self.settings.timeout_s, env=_child_env()
+            self.launch_command(job_file),
+            cwd=directory,
+            timeout_s=self.settings.timeout_s,
+            cpu_timeout_s=self.settings.cpu_timeout_s,
+            env=_child_env(),
         )
 
     def initial_magmoms(self, structure: Structure) -> list[float] | None:
@@ -542,7 +580,13 @@ class AseOracle(Oracle):
                 workdir, attempt=attempt, event="finished", ok=bool(answer and answer.get("status") == "ok")
             )
             if timed_out:
-                failure = OracleTimeout(f"timeout: attempt {attempt} exceeded {self.settings.timeout_s:g} s")
+                limit = self.settings.cpu_timeout_s
+                if limit is not None and entry["wall_time"] < self.settings.timeout_s:
+                    failure = OracleTimeout(f"timeout: attempt {attempt} exceeded {limit:g} CPU s")
+                else:
+                    failure = OracleTimeout(
+                        f"timeout: attempt {attempt} exceeded {self.settings.timeout_s:g} s of wall time"
+                    )
             elif answer is None:
                 why = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
                 failure = CalculationFailed(

@@ -96,6 +96,9 @@ class OracleSettings(BaseModel):
     Attributes:
         max_attempts: Attempts per structure; later attempts use the implementation's fallback (e.g. looser mixing).
         timeout_s: Wall-time allowance per attempt, s.
+        cpu_timeout_s: CPU-time allowance per attempt, s, summed over the calculation's processes (None: wall time
+            only). Unlike wall time it does not count time spent waiting for a core on a shared machine, so
+            set it as the limit and `timeout_s` as a generous backstop against a hung calculation.
         max_atoms: Largest cell (atoms) the oracle accepts; larger ones fail before any calculation starts.
         max_memory_gb: Largest estimated memory of one calculation, GB (all MPI ranks together); a cell whose
             estimate is larger fails before any calculation starts.
@@ -106,11 +109,12 @@ class OracleSettings(BaseModel):
     kind: str
     max_attempts: int = 2
     timeout_s: float = 3600.0
+    cpu_timeout_s: float | None = Field(default=None, gt=0)
     max_atoms: int = Field(200, ge=1)
     max_memory_gb: float = Field(8.0, gt=0)
 
     non_physics_fields: ClassVar[frozenset[str]] = frozenset(
-        {"max_attempts", "timeout_s", "max_atoms", "max_memory_gb"}
+        {"max_attempts", "timeout_s", "cpu_timeout_s", "max_atoms", "max_memory_gb"}
     )
     """Fields that decide whether or how hard to try, not the answer: left out of `settings_hash`."""
 

@@ -48,7 +48,9 @@ class MLFFSettings(AseOracleSettings):
     max_attempts: int = 1
     timeout_s: float = 600.0
 
-    non_physics_fields: ClassVar[frozenset[str]] = frozenset({"max_attempts", "timeout_s", "in_process"})
+    non_physics_fields: ClassVar[frozenset[str]] = frozenset(
+        {"max_attempts", "timeout_s", "cpu_timeout_s", "in_process"}
+    )
 
 
 @register

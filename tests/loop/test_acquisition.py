@@ -52,7 +52,7 @@ def cfg(strategy: str, budget: int = 10, **kw: object) -> AcquisitionConfig:
 
 
 def test_registry_has_required_strategies() -> None:
-    assert {"max_std", "p_stable", "ucb", "greedy", "random"} <= set(strategy_names())
+    assert {"max_std", "p_stable", "expected_improvement", "ucb", "greedy", "random"} <= set(strategy_names())
 
 
 def test_max_std_picks_highest_std_like_modal(pool: tuple[np.ndarray, np.ndarray]) -> None:
@@ -96,6 +96,29 @@ def test_p_stable_prefers_uncertain_candidate_when_both_above_threshold() -> Non
     assert res.indices.tolist() == [1]
 
 
+def test_expected_improvement_matches_analytic_depth_below_threshold(
+    pool: tuple[np.ndarray, np.ndarray],
+) -> None:
+    mean, std = pool
+    rule = StabilityRule(near_stable=0.03)
+    res = select_queries(mean=mean, std=std, config=cfg("expected_improvement", budget=12), rule=rule)
+    z = (rule.hit_threshold - mean) / std
+    analytic = (rule.hit_threshold - mean) * norm.cdf(z) + std * norm.pdf(z)
+    np.testing.assert_array_equal(res.indices, np.argsort(-analytic, kind="stable")[:12])
+    np.testing.assert_allclose(res.utilities, analytic[res.indices], rtol=1e-10)
+
+
+def test_expected_improvement_ranks_where_p_stable_saturates() -> None:
+    # Round 1 of the audited Li-Al demo: every candidate below the 50 meV/atom threshold has P(hit) ~ 1, so
+    # p_stable cannot tell them apart (the diversity penalty picked); the expected depth still ranks them.
+    mean = np.array([0.011, -0.039, -0.007, 0.026])
+    std = np.array([0.005, 0.005, 0.005, 0.005])
+    p = select_queries(mean=mean, std=std, config=cfg("p_stable", budget=4), rule=RULE)
+    assert np.allclose(p.utilities, 1.0)
+    ei = select_queries(mean=mean, std=std, config=cfg("expected_improvement", budget=4), rule=RULE)
+    assert ei.indices.tolist() == [1, 2, 0, 3]
+
+
 def test_ucb_ranks_by_optimistic_e_hull(pool: tuple[np.ndarray, np.ndarray]) -> None:
     mean, std = pool
     res = select_queries(mean=mean, std=std, config=cfg("ucb", budget=9, kappa=2.0), rule=RULE)
@@ -114,7 +137,9 @@ def test_random_is_seeded_and_without_repeats(pool: tuple[np.ndarray, np.ndarray
     assert len(set(a.indices)) == 20 and a.indices.max() < mean.size
 
 
-@pytest.mark.parametrize("strategy", ["max_std", "p_stable", "ucb", "greedy", "random"])
+@pytest.mark.parametrize(
+    "strategy", ["max_std", "p_stable", "expected_improvement", "ucb", "greedy", "random"]
+)
 def test_budget_respected_and_nan_candidates_skipped(
     strategy: str, pool: tuple[np.ndarray, np.ndarray]
 ) -> None:

@@ -14,7 +14,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from oracle import EMTOracle, GPAWOracle, GPAWSettings, UnsupportedStructure
-from oracle.ase_runner import RESULT_FILE
+from oracle.ase_runner import RESULT_FILE, run_child
 
 CHEAP = {"cutoff": 400.0, "kpoint_density": 2.0, "relax_steps": 0}
 
@@ -70,6 +70,35 @@ def test_timeout_kills_the_calculation(nacl_rattled, tmp_path):
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # reaped, not a zombie
     assert _live_workers(tmp_path / "slow") == []
+
+
+def test_cpu_time_limit_spares_a_waiting_process_and_stops_a_busy_one(tmp_path):
+    # A process that only waits (as a calculation does for a core on a loaded machine) uses no CPU time.
+    (tmp_path / "wait").mkdir()
+    code, timed_out = run_child(
+        [sys.executable, "-c", "import time; time.sleep(4)"],
+        cwd=tmp_path / "wait",
+        timeout_s=60.0,
+        cpu_timeout_s=1.5,
+    )
+    assert (code, timed_out) == (0, False)
+    (tmp_path / "busy").mkdir()
+    t0 = time.perf_counter()
+    code, timed_out = run_child(
+        [sys.executable, "-c", "while True: pass"], cwd=tmp_path / "busy", timeout_s=60.0, cpu_timeout_s=1.5
+    )
+    assert (code, timed_out) == (None, True)
+    assert time.perf_counter() - t0 < 30  # stopped by CPU time, long before the wall limit
+    assert _process_group_gone(int((tmp_path / "busy" / "child.pid").read_text()))
+
+
+def test_gpaw_cpu_timeout_is_reported_in_cpu_seconds(nacl_rattled, tmp_path):
+    settings = GPAWSettings(cutoff=600.0, kpoint_density=3.0, cpu_timeout_s=2.0, timeout_s=600.0)
+    result = GPAWOracle(settings).label(nacl_rattled, workdir=tmp_path / "cpu")
+    assert result.status == "failed" and result.failure_kind == "timeout"
+    assert result.reason == "timeout: attempt 1 exceeded 2 CPU s"
+    assert settings.settings_hash() == GPAWSettings(cutoff=600.0, kpoint_density=3.0).settings_hash()
+    assert _live_workers(tmp_path / "cpu") == []
 
 
 def test_timeout_under_mpi_leaves_no_rank_behind(nacl_rattled, tmp_path):
