@@ -178,14 +178,12 @@ class CommitteeMember(ABC):
     """A frozen universal potential of another model family, screened beside the emulator ensemble.
 
     Members differ from the ensemble in training data and architecture, so where they disagree with it the
-    candidate is outside what either knows well. They are never fine-tuned (`trainable` is False): the loop
-    corrects their systematic offsets by measuring a candidate against the member's own energies of the oracle
-    hull's phases, not by training.
+    candidate is outside what either knows well. They are never fine-tuned: the loop corrects their systematic
+    offsets by measuring a candidate against the member's own energies of the oracle hull's phases instead.
     """
 
     name: ClassVar[str]
     Settings: ClassVar[type[CommitteeMemberSettings]]
-    trainable: ClassVar[bool] = False
 
     @abstractmethod
     def relax(self, structures: Sequence[Structure], *, fmax: float, steps: int) -> list[RelaxResult]:

@@ -27,6 +27,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help text: typer's rich formatting imports rich's markdown renderer, half a second of start-up.
+    rich_markup_mode=None,
 )
 
 WorkdirOpt = Annotated[Path, typer.Option("--workdir", "-w", help="Campaign directory (holds matloop.db).")]
