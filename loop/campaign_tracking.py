@@ -294,7 +294,9 @@ def campaign_description(
     last = round_science(config, store, max(done)) if done else None
     oracle = config.oracle.model_dump(mode="json")
     settings = ", ".join(
-        f"{k} {v}" for k, v in oracle.items() if k != "kind" and not isinstance(v, dict | list)
+        f"{k} {v}"
+        for k, v in oracle.items()
+        if k != "kind" and v is not None and not isinstance(v, dict | list)
     )
     lines = [
         f"**Campaign `{config.name}`**: active-learning search for stable crystals in "
@@ -302,6 +304,8 @@ def campaign_description(
         "",
         f"- oracle: `{oracle.get('kind')}`" + (f" ({settings})" if settings else ""),
         f"- budget: {config.acquisition.budget} oracle calls per round, strategy `{config.acquisition.strategy}`",
+        f"- screening: `{config.emulator.kind}`"
+        + "".join(f" + `{member.kind}` (committee)" for member in config.committee),
         f"- stop rule: {_stop_rule_text(config)}",
         f"- a hit: E_hull <= {config.near_stable:g} eV/atom above the oracle hull",
         f"- progress: {len(done)} discovery rounds, "
