@@ -69,8 +69,7 @@ class SevenNetMember(CommitteeMember):
         atoms.calc = self._calc()
         energy = float(atoms.get_potential_energy())
         forces = np.asarray(atoms.get_forces())
-        v = np.asarray(atoms.get_stress(voigt=True))  # eV/Å³, ASE order xx yy zz yz xz xy
-        stress = np.array([[v[0], v[5], v[4]], [v[5], v[1], v[3]], [v[4], v[3], v[2]]]) * EV_PER_A3_TO_GPA
+        stress = np.asarray(atoms.get_stress(voigt=False)) * EV_PER_A3_TO_GPA  # 3×3, ASE sign
         return energy, forces, stress
 
     def relax(self, structures: Sequence[Structure], *, fmax: float, steps: int) -> list[RelaxResult]:
