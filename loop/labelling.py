@@ -177,6 +177,10 @@ def label_hashes(
         else:
             runnable.append(h)
 
+    # Largest cells first: calculations cost far more with size, and starting the longest ones first keeps the
+    # workers busy until the end (round 0 of the demo: 466 s -> ~420 s on 2 workers). Stable, so ties keep the
+    # canonical order.
+    runnable.sort(key=lambda h: -len(structures[h]))
     if submit is None or as_completed is None:
         for h in runnable:
             commit(h, run_label(settings_dict, structures[h].as_dict(), str(oracle_workdir(workdir, h))))
