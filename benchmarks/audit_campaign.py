@@ -22,6 +22,7 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from loop.report import origin
 from loop.science_report import collect
 from loop.store import CampaignStore
 
@@ -40,7 +41,7 @@ def main() -> None:
     data = collect(args.workdir)
     store = CampaignStore.in_workdir(args.workdir)
     try:
-        rows = {r["hash"]: r for r in store.structure_rows()}
+        rows = {r.hash: r for r in store.structure_rows()}
         predicted = {}
         for rnd in {c.round for c in data.calls}:
             for p in store.round_predictions(rnd):
@@ -56,10 +57,7 @@ def main() -> None:
         ratios = []
         for call in data.calls:
             res = call.result
-            row = rows.get(call.hash, {})
-            origin = rows.get(
-                row.get("parent") or "", row
-            )  # a query is the emulator-relaxed child of a candidate
+            made_from = origin(rows, call.hash)  # a query is the emulator-relaxed child of a candidate
             final = (
                 store.get_structure(res.final_hash)
                 if res and res.final_hash
@@ -81,8 +79,8 @@ def main() -> None:
                 pres = f"{-float(np.mean(res.stress[:3])):+.2f}"
                 steps = str(res.metadata.get("relax_steps_taken", 0))
                 wall = f"{res.wall_time:.0f}"
-            source = origin.get("source", row.get("source", "?"))
-            parent = origin.get("parent") or ""
+            source = "?" if made_from is None else made_from.source
+            parent = (made_from.parent if made_from is not None else None) or ""
             print(
                 f"| {call.round} | {final.composition.reduced_formula} | {source}"
                 f"{f' ({parent})' if parent else ''} | {space_group(final)} | {pe} | {oe} | {err} | {ratio} | "
@@ -94,17 +92,15 @@ def main() -> None:
         print(
             "\nLabelled phases per composition on the final hull, references included (E above hull, eV/atom):"
         )
-        verdicts = store.stability()
-        last = max((v["round"] for v in verdicts), default=None)
         first = store.first_query_rounds()
         results = {r.hash: r for r in store.oracle_results() if r.ok}
         by_formula: dict[str, list[tuple[float, str]]] = {}
-        for v in (v for v in verdicts if v["round"] == last):
-            res = results.get(v["hash"])
-            final = store.get_structure(res.final_hash if res and res.final_hash else v["hash"])
-            when = first.get(v["hash"], 0)
+        for v in store.stability():  # the latest round's verdicts
+            res = results.get(v.hash)
+            final = store.get_structure(res.final_hash if res and res.final_hash else v.hash)
+            when = first.get(v.hash, 0)
             name = f"{space_group(final)} ({'reference' if when == 0 else f'round {when}'})"
-            by_formula.setdefault(final.composition.reduced_formula, []).append((v["e_hull"], name))
+            by_formula.setdefault(final.composition.reduced_formula, []).append((v.e_hull, name))
         for formula, phases in sorted(by_formula.items()):
             listed = ", ".join(f"{name} {e:+.4f}" for e, name in sorted(phases))
             print(f"- {formula}: {listed}")

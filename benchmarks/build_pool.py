@@ -173,29 +173,29 @@ def pool_candidates(store: Any) -> list[dict[str, Any]]:
     """Distinct emulator-relaxed candidates in generation order: (relaxed hash, parent hash, source, batch)."""
     source_of = {}
     for row in store.structure_rows(where="source NOT IN ('seed', 'relaxed')"):
-        source_of[row["hash"]] = (row["source"], row["parent"], row["provenance"], row["round"])
+        source_of[row.hash] = (row.source, row.parent, row.provenance, row.round)
     seen: set[str] = set()
     out = []
-    for p in store.predictions():
-        h = p["relaxed_hash"]
-        if not h or h in seen or p["e_hull"] is None:
+    for p in (p for preds in store.predictions_by_round().values() for p in preds):
+        h = p.relaxed_hash
+        if not h or h in seen or p.e_hull is None:
             continue  # collapsed or unplaceable relaxations are not candidates a campaign would query
         seen.add(h)
-        source, parent, provenance, batch = source_of[p["hash"]]
+        source, parent, provenance, batch = source_of[p.hash]
         out.append(
             {
                 "hash": h,
-                "generated_hash": p["hash"],
+                "generated_hash": p.hash,
                 "source": source,
                 "parent": parent,
                 "provenance": provenance,
                 "batch": batch,
                 "screen": {
-                    "energy_per_atom": p["energy_per_atom"],
-                    "energy_per_atom_std": p["energy_per_atom_std"],
-                    "e_hull": p["e_hull"],
-                    "e_hull_std": p["e_hull_std"],
-                    **p["data"],
+                    "energy_per_atom": p.energy_per_atom,
+                    "energy_per_atom_std": p.energy_per_atom_std,
+                    "e_hull": p.e_hull,
+                    "e_hull_std": p.e_hull_std,
+                    **p.data,
                 },
             }
         )
@@ -378,7 +378,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
 
         structures = store.get_structures([*ref_hashes, *[c["hash"] for c in cands]])
         entries = []
-        ref_rows = {r["hash"]: r for r in store.structure_rows(where="source = 'seed'")}
+        ref_rows = {r.hash: r for r in store.structure_rows(where="source = 'seed'")}
         for h in ref_hashes:
             entries.append(
                 _entry(
@@ -386,7 +386,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
                     role="reference",
                     structure=structures[h],
                     stored=ref_results[h],
-                    meta={"source": "seed", "provenance": ref_rows[h]["provenance"]},
+                    meta={"source": "seed", "provenance": ref_rows[h].provenance},
                 )
             )
         for c in cands:

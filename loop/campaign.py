@@ -267,9 +267,9 @@ class Campaign:
                 return f"ran {hours:.2f} h (max {rule.max_hours})"
         if rule.patience is not None and next_round > rule.patience:
             recent = [
-                (r.get("summary") or {}).get("new_discoveries", 0)
+                (r.summary or {}).get("new_discoveries", 0)
                 for r in store.rounds()
-                if r["round"] >= next_round - rule.patience and r["round"] >= 1
+                if r.round >= next_round - rule.patience and r.round >= 1
             ]
             if len(recent) >= rule.patience and not any(recent):
                 return f"no new discoveries in {rule.patience} rounds"
@@ -331,12 +331,12 @@ class Campaign:
         store = self._open_store()
         out = []
         for stage in store.stages():
-            if stage["stage"] != "retrain" or not stage["result"].get(f"{kind}_checkpoint"):
+            if stage.stage != "retrain" or not stage.result.get(f"{kind}_checkpoint"):
                 continue
             # By round and file name, not the stored absolute path: a workdir may have been moved since.
-            name = Path(stage["result"][f"{kind}_checkpoint"]).name
-            rel = os.path.relpath(self.checkpoint_dir(stage["round"]) / name, self.workdir)
-            out.append((stage["round"], rel, (stage["result"].get("checkpoint_sha256") or {}).get(kind)))
+            name = Path(stage.result[f"{kind}_checkpoint"]).name
+            rel = os.path.relpath(self.checkpoint_dir(stage.round) / name, self.workdir)
+            out.append((stage.round, rel, (stage.result.get("checkpoint_sha256") or {}).get(kind)))
         return out
 
     def _verify_checkpoints(self) -> None:

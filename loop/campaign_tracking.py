@@ -23,11 +23,15 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
+from loop import plots
 from loop.config import CampaignConfig
 from loop.control import workdir_lock
+from loop.science_report import write_report
 from loop.stages.shared import current_hull
 from loop.store import CampaignStore
 from loop.tracking import (
@@ -37,8 +41,8 @@ from loop.tracking import (
     TrackingUnavailable,
     flatten,
     flatten_numeric,
+    ui_url,
 )
-from loop.verdicts import StabilityRule
 
 log = logging.getLogger("matloop")
 
@@ -144,19 +148,18 @@ def query_sources(store: CampaignStore, rnd: int) -> dict[str, str]:
     Queries are emulator-relaxed candidates, so each is traced back through its prediction to its candidate.
     """
     if rnd == 0:
-        return {q["hash"]: "references" for q in store.queries(0)}
-    source_of = {c["hash"]: c["source"] for c in store.candidates(rnd)}
-    relaxed_from = {p["relaxed_hash"]: p["hash"] for p in store.predictions(rnd)}
+        return {q.hash: "references" for q in store.round_queries(0)}
+    source_of = {c.hash: c.source for c in store.candidates(rnd)}
+    relaxed_from = {p.relaxed_hash: p.hash for p in store.round_predictions(rnd)}
     return {
-        q["hash"]: source_of.get(relaxed_from.get(q["hash"], q["hash"]), "unknown")
-        for q in store.queries(rnd)
+        q.hash: source_of.get(relaxed_from.get(q.hash, q.hash), "unknown") for q in store.round_queries(rnd)
     }
 
 
 def round_science(config: CampaignConfig, store: CampaignStore, rnd: int) -> RoundScience:
     """Hits, oracle calls and emulator quality of round `rnd`, on the hull at the end of that round."""
-    rule = StabilityRule(near_stable=config.near_stable)
-    e_hull = {row["hash"]: row["e_hull"] for row in store.stability(rnd)} if store.stability(rnd) else {}
+    rule = config.stability_rule
+    e_hull = {v.hash: v.e_hull for v in store.stability(rnd)}
     sources = query_sources(store, rnd)
     hits_by_source: dict[str, int] = {}
     for h, src in sources.items():
@@ -196,11 +199,11 @@ def round_metrics(store: CampaignStore, rnd: int) -> dict[str, float]:
     """Flat numeric metrics of one round, from the results its stages committed."""
     metrics: dict[str, float] = {}
     for stage in store.stages():
-        if stage["round"] != rnd or stage["stage"] == "track":
+        if stage.round != rnd or stage.stage == "track":
             continue
-        result = dict(stage["result"])
-        metrics[f"time_{stage['stage']}_s"] = float(result.pop("wall_time_s", 0.0))
-        metrics.update(flatten_numeric(result, prefix=stage["stage"]))
+        result = dict(stage.result)
+        metrics[f"time_{stage.stage}_s"] = float(result.pop("wall_time_s", 0.0))
+        metrics.update(flatten_numeric(result, prefix=stage.stage))
     return metrics
 
 
@@ -208,9 +211,9 @@ def source_yield(config: CampaignConfig, store: CampaignStore, rnd: int) -> dict
     """generated / passed_funnel / queried / hits counts per generator for one round."""
     out: dict[str, dict[str, int]] = {}
     for c in store.candidates(rnd):
-        d = out.setdefault(c["source"], {"generated": 0, "passed_funnel": 0, "queried": 0, "hits": 0})
+        d = out.setdefault(c.source, {"generated": 0, "passed_funnel": 0, "queried": 0, "hits": 0})
         d["generated"] += 1
-        d["passed_funnel"] += c["passed"]
+        d["passed_funnel"] += int(c.passed)
     science = round_science(config, store, rnd)
     for src in query_sources(store, rnd).values():
         if src in out:
@@ -229,12 +232,10 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
 def round_description(config: CampaignConfig, store: CampaignStore, rnd: int) -> str:
     """Markdown summary of a round for its run's description."""
     science = round_science(config, store, rnd)
-    rule = StabilityRule(near_stable=config.near_stable)
-    e_hull = {row["hash"]: row["e_hull"] for row in store.stability(rnd)}
-    formulas = {
-        r["hash"]: r["reduced_formula"] for r in store.structure_rows(where="round = ?", params=(rnd,))
-    }
-    queried = [q["hash"] for q in store.queries(rnd)]
+    rule = config.stability_rule
+    e_hull = {v.hash: v.e_hull for v in store.stability(rnd)}
+    formulas = {r.hash: r.reduced_formula for r in store.structure_rows(where="round = ?", params=(rnd,))}
+    queried = [q.hash for q in store.round_queries(rnd)]
     if rnd == 0:
         names = sorted(formulas.get(h, h[:8]) for h in queried)
         return (
@@ -290,7 +291,7 @@ def campaign_description(
     ended: tuple[str, str] | None = None,
 ) -> str:
     """Markdown description of the parent run: what the campaign is, where it stands, the science report."""
-    done = [r["round"] for r in store.rounds() if r["status"] == "done" and r["round"] > 0]
+    done = [r.round for r in store.rounds() if r.status == "done" and r.round > 0]
     last = round_science(config, store, max(done)) if done else None
     oracle = config.oracle.model_dump(mode="json")
     settings = ", ".join(
@@ -310,7 +311,7 @@ def campaign_description(
         f"- a hit: E_hull <= {config.near_stable:g} eV/atom above the oracle hull",
         f"- progress: {len(done)} discovery rounds, "
         f"{last.oracle_calls_cumulative if last else 0} oracle calls "
-        f"(+ {len(store.queries(0))} reference labels), {last.hits_cumulative if last else 0} hits",
+        f"(+ {len(store.round_queries(0))} reference labels), {last.hits_cumulative if last else 0} hits",
     ]
     if ended is not None:
         lines.append(f"- ended: {ended[0]} ({ended[1]})")
@@ -346,7 +347,7 @@ def _open_parent(tracker: Tracker, config: CampaignConfig, store: CampaignStore)
             "the MLflow store no longer holds run %s (replaced or reset): logging every round again", stored
         )
         for r in store.rounds():
-            store.set_meta(_round_run_meta(r["round"]), None)
+            store.set_meta(_round_run_meta(r.round), None)
         store.set_meta(LOGGED_META, [])
         parent = tracker.start_campaign(run_id=None)
     assert parent is not None
@@ -361,7 +362,7 @@ def _open_parent(tracker: Tracker, config: CampaignConfig, store: CampaignStore)
 def pending_rounds(store: CampaignStore) -> list[int]:
     """Rounds whose track stage ran but whose logging did not reach MLflow."""
     logged = set(store.get_meta(LOGGED_META) or [])
-    return sorted({s["round"] for s in store.stages() if s["stage"] == "track"} - logged)
+    return sorted({s.round for s in store.stages() if s.stage == "track"} - logged)
 
 
 def _log_round(
@@ -379,13 +380,13 @@ def _log_round(
     tracker.log_metrics(science.metrics(), step=rnd)
     tracker.log_metric("hits_vs_oracle_calls", science.hits_cumulative, step=science.oracle_calls_cumulative)
 
-    queried = store.get_structures([q["hash"] for q in store.queries(rnd)])
+    queried = store.get_structures([q.hash for q in store.round_queries(rnd)])
     if rnd == 0:
         tracker.log_structures(queried, artifact_path="references", run_id=run_id)
     else:
         tracker.log_structures(queried, artifact_path="queried", run_id=run_id)
-        rule = StabilityRule(near_stable=config.near_stable)
-        hits = {r["hash"] for r in store.stability(rnd) if r["hash"] in queried and rule.is_hit(r["e_hull"])}
+        rule = config.stability_rule
+        hits = {v.hash for v in store.stability(rnd) if v.hash in queried and rule.is_hit(v.e_hull)}
         tracker.log_structures(
             {h: queried[h] for h in sorted(hits)}, artifact_path="discovered", run_id=run_id
         )
@@ -401,10 +402,8 @@ def _log_round(
 def _log_plots(
     config: CampaignConfig, *, store: CampaignStore, round: int, tracker: Tracker, run_id: str
 ) -> None:
-    from loop import plots
-
     hull = current_hull(config, store)
-    queried = [q["hash"] for q in store.queries(round)]
+    queried = [q.hash for q in store.round_queries(round)]
     for system in config.chemical_systems:
         try:
             fig = plots.plot_convex_hull(
@@ -417,9 +416,9 @@ def _log_plots(
     if round == 0:
         return
     settings_hash = config.oracle.settings_hash()
-    preds = {r["relaxed_hash"]: r for r in store.predictions(round)}
+    preds = {p.relaxed_hash: p for p in store.round_predictions(round)}
     pts = [
-        (preds[h]["energy_per_atom"], preds[h]["energy_per_atom_std"], res.energy_per_atom)
+        (preds[h].energy_per_atom, preds[h].energy_per_atom_std, res.energy_per_atom)
         for h in queried
         if h in preds and (res := store.get_oracle_result(h, settings_hash)) is not None and res.ok
     ]
@@ -473,12 +472,10 @@ def _version_tags(
             labels = store.oracle_results(settings_hash=config.oracle.settings_hash(), ok_only=True)
             tags["data_hash"] = _sha256_of([r.hash for r in labels if (r.round or 0) <= rnd])
     else:
-        rule = StabilityRule(near_stable=config.near_stable)
+        rule = config.stability_rule
         first = store.first_query_rounds()
         hits = [
-            r["hash"]
-            for r in store.stability(rnd)
-            if rule.is_hit(r["e_hull"]) and first.get(r["hash"], 0) >= 1
+            v.hash for v in store.stability(rnd) if rule.is_discovery(v.e_hull, first_round=first.get(v.hash))
         ]
         tags["data_hash"] = _sha256_of(hits)
         tags["data_n_discoveries"] = len(hits)
@@ -542,22 +539,15 @@ def _log_models(
 
 
 def _log_science_report(tracker: Tracker, workdir: Path) -> str | None:
-    """Write the science report (when `loop.science_report` is installed) and log it to the parent run.
+    """Write the science report and log it to the parent run.
 
     Returns:
         A link to the report for the parent's description, or None when no report was written.
     """
-    try:
-        from loop import science_report  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    write = getattr(science_report, "write_report", None)
-    if write is None:
-        return None
     out = workdir / "logs" / REPORT_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        write(workdir=workdir, out=out)
+        write_report(workdir=workdir, out=out)
     except Exception as exc:  # a report that cannot be drawn must not stop discovery or its tracking either
         log.warning("science report not written: %s: %s", type(exc).__name__, exc)
         return None
@@ -569,12 +559,10 @@ def _log_science_report(tracker: Tracker, workdir: Path) -> str | None:
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {}
     for pkg in ("matloop", "chgnet", "torch", "pymatgen", "ase", "gpaw", "modAL-python", "mlflow"):
         try:
-            out[f"version.{pkg}"] = version(pkg)
+            out[f"version.{pkg}"] = package_version(pkg)
         except PackageNotFoundError:
             out[f"version.{pkg}"] = "absent"
     return out
@@ -750,8 +738,6 @@ def sync_tracking_in(workdir: Path) -> dict[str, Any]:
 
 def ui_address(workdir: Path, *, port: int) -> str:
     """The address `matloop ui` prints: the campaign's runs view when its experiment is known, else the list."""
-    from loop.tracking import ui_url
-
     store = CampaignStore.in_workdir(workdir)
     try:
         experiment = store.get_meta(EXPERIMENT_META)

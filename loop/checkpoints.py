@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from emulator.checkpoint import MANIFEST, sha256
+
 CHECKPOINT_KINDS = ("emulator", "generator")
 
 
 def checkpoint_sha256(kind: str, path: Path) -> str:
     """The hash recorded for a checkpoint when it is saved: of the emulator's manifest, or of the generator file."""
-    from emulator.checkpoint import MANIFEST, sha256
-
     return sha256(Path(path) / MANIFEST if kind == "emulator" else Path(path))
 
 
@@ -28,8 +28,6 @@ def checkpoint_problem(kind: str, path: Path, expected_sha256: str | None) -> st
         expected_sha256: The hash recorded when it was saved (None for checkpoints saved before hashes were kept:
             then only the emulator's files are checked against its manifest).
     """
-    from emulator.checkpoint import MANIFEST, sha256
-
     path = Path(path)
     if kind == "generator":
         if not path.is_file():

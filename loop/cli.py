@@ -15,11 +15,15 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import json  # noqa: E402
+import logging  # noqa: E402
 import sys  # noqa: E402
+import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Annotated, Any  # noqa: E402
 
 import typer  # noqa: E402
+
+from loop.errors import CampaignHalted, InputError  # noqa: E402
 
 app = typer.Typer(
     name="matloop",
@@ -79,8 +83,9 @@ def label(
     if as_json:
         _emit_json(rows)
         return
-    from rich.console import Console  # the table only for human output
-    from rich.table import Table
+    from rich.table import Table  # the table only for human output
+
+    from loop.report import make_console
 
     table = Table(title=f"oracle labels ({workdir})")
     for col in (
@@ -105,7 +110,7 @@ def label(
             f"{r['wall_time']:.1f}",
             "yes" if r["cached"] else "no",
         )
-    Console().print(table)
+    make_console().print(table)
 
 
 @app.command()
@@ -319,7 +324,7 @@ def ui(
 def sync_tracking(workdir: WorkdirOpt, as_json: JsonOpt = False) -> None:
     """Log to MLflow what a campaign could not log while its tracking backend was down (never loses a round)."""
     from loop.campaign_tracking import sync_tracking_in  # mlflow
-    from loop.tracking import TrackingUnavailable
+    from loop.tracking import TrackingUnavailable  # pydantic (0.13 s); already loaded by the line above
 
     try:
         info = sync_tracking_in(_existing_workdir(workdir))
@@ -337,13 +342,14 @@ def _usage_error_types() -> tuple[type[BaseException], ...]:
     """Click's usage-error classes: typer 0.29 raises its vendored copy (`typer._click`), older typers plain click's."""
     found: list[type[BaseException]] = []
     try:
+        # Optional: only typer >= 0.29 vendors click.
         from typer._click.exceptions import ClickException as VendoredClickException
 
         found.append(VendoredClickException)
     except ImportError:  # pragma: no cover - typer without a vendored click
         pass
     try:
-        from click import ClickException
+        from click import ClickException  # optional: typers that still use plain click
 
         found.append(ClickException)
     except ImportError:  # pragma: no cover - typer without click
@@ -370,8 +376,6 @@ _INPUT_ERRORS = (
 
 def _input_error_types() -> tuple[type[BaseException], ...]:
     """`InputError` plus the bad-input errors of every room that the command imported."""
-    from loop.errors import InputError
-
     found: list[type[BaseException]] = [InputError]
     for module_name, class_name in _INPUT_ERRORS:
         module = sys.modules.get(module_name)
@@ -383,11 +387,6 @@ def _input_error_types() -> tuple[type[BaseException], ...]:
 def main() -> None:
     """Console entry point: bad input and usage errors become one line on stderr and exit code 2; a campaign that
     halted on a fault it cannot get past (disk full, corrupt checkpoint) one line and exit code 3."""
-    import logging
-    import warnings
-
-    from loop.errors import CampaignHalted
-
     # Library warnings (torch, CHGNet, pymatgen internals) are noise on a command line; results are unaffected.
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)

@@ -22,7 +22,7 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
-from pymatgen.core import Composition
+from pymatgen.core import Composition, Element
 
 import emulator as _emulator_pkg  # noqa: F401  (registers emulators)
 import generator as _generator_pkg  # noqa: F401  (registers generators)
@@ -235,8 +235,6 @@ class CampaignConfig(StrictModel):
     @field_validator("chemical_systems")
     @classmethod
     def _known_elements(cls, systems: list[str]) -> list[str]:
-        from pymatgen.core import Element
-
         out = []
         for system in systems:
             elements = [e.strip() for e in system.split("-") if e.strip()]

@@ -11,6 +11,7 @@ structure cannot take the cluster down forever.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -19,6 +20,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import dask
+from dask.utils import parse_timedelta
+from distributed import Client, KilledWorker, LocalCluster, as_completed
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from loop.errors import InputError
@@ -43,8 +47,6 @@ def duration_seconds(text: str) -> float:
         fields = [int(p) for p in parts if p is not None]
         fields = [0] * (3 - len(fields)) + fields
         return int(days or 0) * 86400 + fields[0] * 3600 + fields[1] * 60 + fields[2]
-    from dask.utils import parse_timedelta
-
     pieces = re.findall(r"\d+(?:\.\d+)?\s*[a-z]*", text.lower())
     try:
         if not pieces or "".join(pieces).replace(" ", "") != text.lower().replace(" ", ""):
@@ -217,8 +219,6 @@ def task_result(future: Any) -> Any:
 
     Any other exception of the task is raised here, as `future.result()` would.
     """
-    from distributed import KilledWorker
-
     try:
         return future.result()
     except KilledWorker as exc:
@@ -246,8 +246,6 @@ class Executor:
         return self.client.submit(fn, *args, **kwargs)
 
     def as_completed(self, futures: list[Any]) -> Iterator[Any]:
-        from distributed import as_completed
-
         return iter(as_completed(futures))
 
     def map_chunks(
@@ -294,7 +292,7 @@ def jobqueue_cluster(execution: ExecutionConfig) -> Any:
         InputError: dask-jobqueue is missing.
     """
     try:
-        import dask_jobqueue
+        import dask_jobqueue  # optional: the `hpc` extra, only for cluster kinds
     except ImportError:
         raise InputError(
             f"execution.kind {execution.kind!r} needs dask-jobqueue: pip install 'matloop[hpc]'"
@@ -330,9 +328,6 @@ def make_executor(execution: ExecutionConfig) -> Iterator[Executor]:
     # Worker processes inherit the environment: one BLAS/torch thread each keeps 2 cores from thrashing.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(execution.threads_per_worker)
-    import dask
-    from distributed import Client
-
     cluster = None
     # The scheduler of local and jobqueue clusters lives in this process and reads these when it starts. A worker
     # holds only the task it runs (saturation 1.0): tasks are long (DFT, relaxations), so prefetching gains nothing,
@@ -343,8 +338,6 @@ def make_executor(execution: ExecutionConfig) -> Iterator[Executor]:
     }
     with dask.config.set(settings):
         if execution.kind == "local":
-            from distributed import LocalCluster
-
             cluster = LocalCluster(
                 n_workers=execution.adapt.minimum if execution.adapt else execution.n_workers,
                 threads_per_worker=1,
@@ -370,8 +363,6 @@ def make_executor(execution: ExecutionConfig) -> Iterator[Executor]:
 def _shut_down(client: Any, cluster: Any | None) -> None:
     """Close the client and the cluster; a slow shutdown (workers that take long to exit on a busy machine) is
     logged, never raised: every result is committed by then, and the nanny kills what is left."""
-    import asyncio
-
     try:
         client.close()
         if cluster is not None:

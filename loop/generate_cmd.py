@@ -10,6 +10,9 @@ from typing import Any
 
 from pymatgen.core import Structure
 
+from generator.diffusion import iter_sample_batches, parse_conditions, validate_conditions
+from generator.diffusion.adherence import AdherenceTally
+from generator.diffusion.sampler import SamplingOptions
 from loop.errors import InputError
 from loop.structures import write_structures
 
@@ -36,10 +39,6 @@ def generate_to_file(
     Raises:
         InputError: `out` already exists or a checkpoint is missing (conditions raise `GeneratorError`).
     """
-    from generator.diffusion import iter_sample_batches, parse_conditions, validate_conditions
-    from generator.diffusion.adherence import AdherenceTally
-    from generator.diffusion.sampler import SamplingOptions
-
     out = Path(out)
     if out.exists():
         raise InputError(f"{out}: already exists; choose a new --out (nothing is overwritten)")

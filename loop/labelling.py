@@ -92,9 +92,7 @@ def mark_duplicates(store: CampaignStore, hashes: Sequence[str], *, settings_has
         for r in results[indexed : position[h]]:
             index.add_lazy(
                 id=r.hash,
-                formula=store.structure_rows(where="hash = ?", params=[r.structure_hash])[0][
-                    "reduced_formula"
-                ],
+                formula=store.structure_row(r.structure_hash).reduced_formula,
                 loader=lambda k=r.structure_hash: store.get_structure(k),
             )
         indexed = position[h]

@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 from pymatgen.core import Composition, Element
+from scipy.special import erf
+from scipy.stats import spearmanr
 
 from loop.errors import InputError
 from loop.hull import HullEntry, HullError, OracleHull
@@ -586,10 +589,6 @@ def plot_calibration(
     if not keep.any():
         raise PlotError("no finite (σ, |error|) pair; label some screened candidates first")
     s, e, r = s[keep], np.abs(e[keep]), r[keep]
-    from matplotlib import colormaps
-    from scipy.special import erf
-    from scipy.stats import spearmanr
-
     fig = _new_figure((10.0, 4.0))
     ax1, ax2 = fig.subplots(1, 2)
     floor = 1e-4  # 0.1 meV/atom keeps exact zeros on the log axes

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import csv
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pymatgen.core import Structure
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from rich.console import Console
 from rich.table import Table
 
+from loop.hull import HullEntry, OracleHull
 from loop.stages import stages_of
-from loop.store import CampaignStore
+from loop.store import CampaignStore, StructureRow
 from loop.verdicts import StabilityRule
 
 
@@ -22,14 +27,60 @@ def stability_rule(store: CampaignStore) -> StabilityRule:
     return StabilityRule(near_stable=float(config["near_stable"]))
 
 
-def _is_discovery(rule: StabilityRule, verdict: dict[str, Any] | None, first_round: int | None) -> bool:
-    # a discovery is a hit the campaign itself queried (round >= 1), never a round-0 reference
-    return verdict is not None and rule.is_hit(verdict["e_hull"]) and (first_round or 0) >= 1
+DERIVED_SOURCES = ("relaxed", "oracle_relaxed")
+"""Sources of structures the campaign derives from another stored one: the emulator's and the oracle's
+relaxations (their `parent` is the structure they started from)."""
 
 
-def _next_stage(store: CampaignStore) -> tuple[int, str | None]:
+def origin(rows: Mapping[str, StructureRow], h: str) -> StructureRow | None:
+    """The row of what structure `h` was made from: up through its relaxations to the generated candidate, the
+    bundled crystal or the user's file (`h`'s own row when it is one of those; None when `h` is not stored)."""
+    row = rows.get(h)
+    for _ in range(len(rows)):  # a parent chain cannot be longer than the store
+        if row is None or row.source not in DERIVED_SOURCES or row.parent not in rows:
+            break
+        row = rows[row.parent]
+    return row
+
+
+def _origin_source(rows: Mapping[str, StructureRow], h: str) -> str | None:
+    row = origin(rows, h)
+    return None if row is None else row.source
+
+
+def known_hull_distance(store: CampaignStore, hashes: Sequence[str]) -> dict[str, float]:
+    """Energy of each labelled structure in `hashes` above the hull of the round-0 references alone (the known
+    crystals at the oracle's level of theory), eV/atom; negative means below every known phase. Structures that
+    cannot be placed on it (no label, a missing element) are left out."""
+    settings_hash = (store.get_meta("identity") or {}).get("oracle")
+    results = {r.hash: r for r in store.oracle_results(settings_hash=settings_hash, ok_only=True)}
+    first = store.first_query_rounds()
+    rows = {r.hash: r for r in store.structure_rows()}
+    known = OracleHull.from_entries(
+        HullEntry(entry_id=h, composition=rows[h].formula, energy_per_atom=r.energy_per_atom)
+        for h, r in results.items()
+        if first.get(h) == 0 and h in rows and r.energy_per_atom is not None
+    )
+    placed = [h for h in hashes if h in results and h in rows and results[h].energy_per_atom is not None]
+    ev = known.evaluate([rows[h].formula for h in placed], [results[h].energy_per_atom for h in placed])
+    return {h: float(e) for h, e in zip(placed, ev.e_above_hull, strict=True) if math.isfinite(e)}
+
+
+def space_group(structure: Structure | None) -> str:
+    """Hermann-Mauguin symbol and number at a 0.1 Å tolerance (loose enough for relaxed cells); "?" if unknown."""
+    if structure is None:
+        return "?"
+    try:
+        sga = SpacegroupAnalyzer(structure, symprec=0.1)
+        return f"{sga.get_space_group_symbol()} ({sga.get_space_group_number()})"
+    except Exception:  # spglib fails on a broken cell; a report still prints the row
+        return "?"
+
+
+def next_stage(store: CampaignStore) -> tuple[int, str | None]:
+    """The round in progress and its first stage not done (None: the round is complete)."""
     rounds = store.rounds()
-    rnd = rounds[-1]["round"] if rounds else 0
+    rnd = rounds[-1].round if rounds else 0
     for stage in stages_of(rnd):
         if not store.stage_done(rnd, stage):
             return rnd, stage
@@ -47,20 +98,20 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
         identity = store.get_meta("identity") or {}
         config = store.get_meta("config") or {}
         rule = stability_rule(store)
-        rnd, stage = _next_stage(store)
+        rnd, stage = next_stage(store)
         per_round = []
         for r in store.rounds():
-            summary = r.get("summary") or {}
-            generate = store.stage_result(r["round"], "generate") or {}
-            funnel = store.stage_result(r["round"], "funnel") or {}
-            update = store.stage_result(r["round"], "update") or {}
+            summary = r.summary or {}
+            generate = store.stage_result(r.round, "generate") or {}
+            funnel = store.stage_result(r.round, "funnel") or {}
+            update = store.stage_result(r.round, "update") or {}
             per_round.append(
                 {
-                    "round": r["round"],
-                    "status": r["status"],
+                    "round": r.round,
+                    "status": r.status,
                     "generated": generate.get("n_generated", 0),
                     "passed_funnel": funnel.get("n_passed", 0),
-                    "queried": summary.get("queried", len(store.queries(r["round"]))),
+                    "queried": summary.get("queried", len(store.round_queries(r.round))),
                     "labelled": summary.get("labelled"),
                     "failed": summary.get("failed"),
                     "stable": summary.get("stable"),
@@ -68,31 +119,40 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
                     "hits": summary.get("hits"),
                     "hit_rate": summary.get("hit_rate", update.get("hit_rate")),
                     "emulator_mae": update.get("emulator_mae"),
-                    "wall_time_s": None
-                    if r.get("finished_at") is None
-                    else round(r["finished_at"] - r["started_at"], 1),
+                    "wall_time_s": None if r.finished_at is None else round(r.finished_at - r.started_at, 1),
                 }
             )
         query_round = store.first_query_rounds()
-        rows = {r["hash"]: r for r in store.structure_rows()}
+        rows = {r.hash: r for r in store.structure_rows()}
         discoveries = []
-        for s in store.stability():
-            if not _is_discovery(rule, s, query_round.get(s["hash"])):
+        for v in store.stability():
+            if not rule.is_discovery(v.e_hull, first_round=query_round.get(v.hash)):
                 continue
-            row = rows.get(s["hash"], {})
-            parent = rows.get(row.get("parent") or "", {})
+            row = rows.get(v.hash)
             discoveries.append(
                 {
-                    "hash": s["hash"],
-                    "formula": row.get("reduced_formula"),
-                    "e_hull": s["e_hull"],
-                    "verdict": rule.classify(s["e_hull"]).value,
-                    "stable": rule.is_stable(s["e_hull"]),
-                    "round": query_round[s["hash"]],
-                    "source": parent.get("source", row.get("source")),
+                    "hash": v.hash,
+                    "formula": None if row is None else row.reduced_formula,
+                    "e_hull": v.e_hull,
+                    "verdict": rule.classify(v.e_hull).value,
+                    "stable": rule.is_stable(v.e_hull),
+                    "round": query_round[v.hash],
+                    "source": _origin_source(rows, v.hash),
                 }
             )
-        discoveries.sort(key=lambda d: d["e_hull"])
+        vs_known = known_hull_distance(store, [d["hash"] for d in discoveries])
+        for d in discoveries:
+            d["vs_known"] = vs_known.get(d["hash"])
+        discoveries.sort(
+            key=lambda d: (d["e_hull"], d["vs_known"] if d["vs_known"] is not None else math.inf)
+        )
+        best = discoveries[:20]
+        # The symmetry of what the oracle relaxed each one to.
+        results = {r.hash: r for r in store.oracle_results(ok_only=True)}
+        finals = {d["hash"]: results[d["hash"]].structure_hash for d in best if d["hash"] in results}
+        structures = store.get_structures(sorted(set(finals.values())))
+        for d in best:
+            d["space_group"] = space_group(structures.get(finals.get(d["hash"], d["hash"])))
         tracking = config.get("tracking") or {}
         return {
             "workdir": str(workdir),
@@ -104,7 +164,7 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
             "stopped_because": store.get_meta("stopped_because"),
             "counts": store.counts(),
             "rounds": per_round,
-            "discoveries": discoveries[:20],
+            "discoveries": best,
             "n_discoveries": len(discoveries),
             "mlflow": tracking.get("tracking_uri")
             or f"sqlite:///{Path(workdir).resolve() / 'mlflow' / 'mlflow.db'}",
@@ -114,8 +174,14 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
             store.close()
 
 
+def make_console() -> Console:
+    """Rich output to stdout; a log file or pipe gets 132 columns (rich's 80 cut the round table's headers)."""
+    out = Console()
+    return out if out.is_terminal else Console(width=132)
+
+
 def render_status(info: dict[str, Any]) -> None:
-    console = Console()
+    console = make_console()
     console.print(
         f"[bold]{info['campaign']}[/bold] ({', '.join(info['chemical_systems'] or [])}) in {info['workdir']}: "
         f"round {info['round']}, next stage: {info['stage']}"
@@ -146,14 +212,14 @@ def render_status(info: dict[str, Any]) -> None:
     console.print(table)
     if info["discoveries"]:
         disc = Table(
-            title=f"best discoveries ({info['n_discoveries']} hits: E_hull <= {info['near_stable']} eV/atom)"
+            title=f"best discoveries ({info['n_discoveries']} hits: E_hull <= {info['near_stable']} eV/atom; "
+            "vs known: E above the hull of the round-0 references, < 0 is below every known phase)"
         )
-        for c in ("formula", "e_hull", "stable", "round", "source", "hash"):
-            disc.add_column(c)
+        cols = ("formula", "space_group", "e_hull", "vs_known", "stable", "round", "source", "hash")
+        for c in cols:
+            disc.add_column(c.replace("_", " "))
         for d in info["discoveries"][:10]:
-            disc.add_row(
-                *(_fmt(d.get(c)) for c in ("formula", "e_hull", "stable", "round", "source", "hash"))
-            )
+            disc.add_row(*(_fmt(d.get(c)) for c in cols))
         console.print(disc)
     if info.get("stopped_because"):
         console.print(f"stopped: {info['stopped_because']}")
@@ -161,9 +227,9 @@ def render_status(info: dict[str, Any]) -> None:
 
 def render_summary(info: dict[str, Any]) -> None:
     render_status(info)
-    Console().print(
+    make_console().print(
         f"dashboard: matloop ui --workdir {info['workdir']}   (MLflow store {info['mlflow']})\n"
-        f"export:    matloop export --workdir {info['workdir']} --stable --out discoveries/"
+        f"export:    matloop export --workdir {info['workdir']} --hits --out discoveries/"
     )
 
 
@@ -184,14 +250,15 @@ def export_discoveries(workdir: Path, *, out: Path, hits_only: bool) -> dict[str
     store = CampaignStore.in_workdir(workdir)
     try:
         rule = stability_rule(store)
-        verdicts = {s["hash"]: s for s in store.stability()}
+        verdicts = {v.hash: v for v in store.stability()}
         query_round = store.first_query_rounds()
-        rows = {r["hash"]: r for r in store.structure_rows()}
+        rows = {r.hash: r for r in store.structure_rows()}
         results = [r for r in store.oracle_results(ok_only=True)]
         chosen = []
         for res in results:
             v = verdicts.get(res.hash)
-            if hits_only and not _is_discovery(rule, v, query_round.get(res.hash)):
+            e_hull = None if v is None else v.e_hull
+            if hits_only and not rule.is_discovery(e_hull, first_round=query_round.get(res.hash)):
                 continue
             chosen.append((res, v))
         out.mkdir(parents=True, exist_ok=True)
@@ -215,8 +282,7 @@ def export_discoveries(workdir: Path, *, out: Path, hits_only: bool) -> dict[str
             )
             for res, v in chosen:
                 s = structures[res.hash]
-                row = rows.get(res.hash, {})
-                parent = rows.get(row.get("parent") or "", {})
+                e_hull = None if v is None else v.e_hull
                 name = f"{s.composition.reduced_formula}_{res.hash}"
                 s.to(filename=str(out / f"{name}.cif"))
                 writer.writerow(
@@ -225,12 +291,12 @@ def export_discoveries(workdir: Path, *, out: Path, hits_only: bool) -> dict[str
                         s.composition.reduced_formula,
                         len(s),
                         query_round.get(res.hash, ""),
-                        parent.get("source", row.get("source", "")),
+                        _origin_source(rows, res.hash) or "",
                         f"{res.energy_per_atom:.6f}",
-                        "" if v is None else f"{v['e_hull']:.6f}",
-                        rule.classify(None if v is None else v["e_hull"]).value,
-                        "" if v is None else int(rule.is_stable(v["e_hull"])),
-                        "" if v is None else int(rule.is_hit(v["e_hull"])),
+                        "" if e_hull is None else f"{e_hull:.6f}",
+                        rule.classify(e_hull).value,
+                        "" if e_hull is None else int(rule.is_stable(e_hull)),
+                        "" if e_hull is None else int(rule.is_hit(e_hull)),
                     ]
                 )
         return {"n": len(chosen), "csv": str(csv_path), "out": str(out)}

@@ -28,15 +28,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 
+import oracle  # noqa: F401  (registers the oracles)
+from loop import plots
+from loop.config import CampaignConfig
 from loop.errors import InputError
-from loop.store import CampaignStore, StoredResult
+from loop.hull import HullEntry, OracleHull
+from loop.report import next_stage, origin, space_group
+from loop.stages.update import emulator_metrics
+from loop.store import CampaignStore, StoredResult, StructureRow
 from loop.verdicts import StabilityRule, Verdict
-
-GENERATOR_SOURCES = ("diffusion", "substitution", "random_search")
-# Settings that do not change the physics of a label; left out of the oracle settings column.
-_NON_PHYSICS_SETTINGS = ("kind", "max_attempts", "timeout_s")
+from oracle.base import OracleSettings, get_oracle_class
 
 
 class ReportError(InputError):
@@ -197,11 +201,8 @@ def _level_of_theory(config: Mapping[str, Any], settings_hash: str) -> LevelOfTh
     oracle_cfg = dict(config.get("oracle") or {})
     kind = str(oracle_cfg.get("kind", "unknown"))
     try:
-        import oracle  # noqa: F401  (registers the oracles)
-        from oracle.base import get_oracle_class
-
         cls = get_oracle_class(kind)
-    except Exception:
+    except KeyError:  # a campaign of an oracle this installation does not have
         cls = None
     if cls is None:
         theory = "unknown"
@@ -210,21 +211,19 @@ def _level_of_theory(config: Mapping[str, Any], settings_hash: str) -> LevelOfTh
         theory = str(declared) if declared else ("dft" if getattr(cls, "is_dft", True) else "non-dft")
         if theory == "dft" and not getattr(cls, "is_dft", True):
             theory = "non-dft"
-    settings = {k: v for k, v in oracle_cfg.items() if k not in _NON_PHYSICS_SETTINGS}
+    # What does not change the physics of a label (limits, retries, parallel layout) stays out of the report.
+    skip = {"kind", *(cls.Settings if cls is not None else OracleSettings).non_physics_fields}
+    settings = {k: v for k, v in oracle_cfg.items() if k not in skip}
     return LevelOfTheory(kind=kind, theory=theory, settings=settings, settings_hash=settings_hash)
 
 
 def _rule(config: Mapping[str, Any]) -> StabilityRule:
     if "near_stable" in config:
         return StabilityRule(near_stable=float(config["near_stable"]))
-    from loop.config import CampaignConfig
-
     return StabilityRule(near_stable=float(CampaignConfig.model_fields["near_stable"].default))
 
 
 def _oracle_hull(results: Sequence[StoredResult], structures: Mapping[str, Structure]) -> Any:
-    from loop.hull import HullEntry, OracleHull
-
     entries = [
         HullEntry.from_total_energy(
             entry_id=r.hash, composition=structures[r.hash].composition, energy=r.energy
@@ -253,21 +252,13 @@ def _final_hash(result: StoredResult | None) -> str | None:
     return None if value is None or value == result.hash else str(value)
 
 
-def _origin(h: str, rows: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """The generated ancestor of a queried structure (queried structures are emulator-relaxed candidates)."""
-    row = rows.get(h, {})
-    for _ in range(8):
-        if row.get("source") in (*GENERATOR_SOURCES, "seed", "user") or row.get("parent") not in rows:
-            break
-        row = rows[row["parent"]]
-    return dict(row)
-
-
-def _describe_provenance(row: Mapping[str, Any]) -> tuple[str | None, str]:
+def _describe_provenance(row: StructureRow | None) -> tuple[str | None, str]:
     """(parent, what was done) in a few words, from a generated structure's stored provenance."""
-    info = dict(row.get("provenance") or {})
-    source = row.get("source")
-    parent = row.get("parent") or info.get("parent") or info.get("material_id")
+    if row is None:
+        return None, ""
+    info = dict(row.provenance)
+    source = row.source
+    parent = row.parent or info.get("parent") or info.get("material_id")
     if source == "substitution":
         subs = info.get("substitutions") or {}
         text = ", ".join(f"{a}→{b}" for a, b in subs.items())
@@ -303,7 +294,7 @@ def _describe_provenance(row: Mapping[str, Any]) -> tuple[str | None, str]:
 def _settings_text(settings: Mapping[str, Any]) -> str:
     parts = []
     for key, value in settings.items():
-        if key in _NON_PHYSICS_SETTINGS or value is None:
+        if value is None:
             continue
         if isinstance(value, dict):
             value = ", ".join(f"{k} {v}" for k, v in value.items())
@@ -335,12 +326,11 @@ def _withheld(store: CampaignStore, config: Mapping[str, Any]) -> tuple[list[Wit
         group = item.get("spacegroup")
         found[wid] = Withheld(id=wid, formula=formula, structure=structure, space_group=group)
     rows = store.structure_rows(where="source = ?", params=("withheld",))
-    structures = store.get_structures([r["hash"] for r in rows])
+    structures = store.get_structures([r.hash for r in rows])
     for r in rows:
-        prov = r.get("provenance") or {}
-        wid = str(prov.get("material_id") or r.get("parent") or r["hash"])
+        wid = str(r.provenance.get("material_id") or r.parent or r.hash)
         if wid not in found:
-            found[wid] = Withheld(id=wid, formula=r["reduced_formula"], structure=structures.get(r["hash"]))
+            found[wid] = Withheld(id=wid, formula=r.reduced_formula, structure=structures.get(r.hash))
     listed = config.get("withhold") or []
     # Only a store that records nothing leaves the config's entries (ids, formulas, all_compounds) unresolved.
     unresolved = [] if meta is not None or found else [str(x) for x in listed]
@@ -350,8 +340,6 @@ def _withheld(store: CampaignStore, config: Mapping[str, Any]) -> tuple[list[Wit
 def _match_rediscoveries(
     withheld: list[Withheld], calls: list[Call], structures: Mapping[str, Structure]
 ) -> None:
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
     matcher = StructureMatcher()
     for w in withheld:
         if w.structure is None:
@@ -375,8 +363,6 @@ def collect(workdir: Path) -> ScienceData:
     Raises:
         ReportError: `workdir` holds no campaign.
     """
-    from loop.stages.update import emulator_metrics
-
     workdir = Path(workdir)
     if not CampaignStore.exists_in(workdir):
         raise ReportError(f"{workdir}: not a campaign (no {CampaignStore.FILENAME})")
@@ -392,25 +378,25 @@ def collect(workdir: Path) -> ScienceData:
         rule = _rule(config)
         results = store.oracle_results(settings_hash=level.settings_hash or None)
         by_hash = {r.hash: r for r in results}
-        rows = {r["hash"]: r for r in store.structure_rows()}
+        rows = {r.hash: r for r in store.structure_rows()}
         structures = store.get_structures(list(by_hash))
         hull = _oracle_hull(results, structures)
         e_hull = hull.entry_e_above_hull() if hull is not None else {}
 
-        queries = store.queries()
+        queries = store.queries_by_round()
         reference_ids = {
-            q["hash"]: str(rows.get(q["hash"], {}).get("parent") or "") for q in queries if q["round"] == 0
+            q.hash: str((row.parent if (row := rows.get(q.hash)) else None) or "") for q in queries.get(0, [])
         }
         calls: list[Call] = []
-        for q in (q for q in queries if q["round"] >= 1):
-            res = by_hash.get(q["hash"])
-            eh = e_hull.get(q["hash"])
+        for q_round, q in ((r, q) for r, qs in sorted(queries.items()) if r >= 1 for q in qs):
+            res = by_hash.get(q.hash)
+            eh = e_hull.get(q.hash)
             eh = None if eh is None or not math.isfinite(eh) else float(eh)
             calls.append(
                 Call(
                     index=len(calls) + 1,
-                    round=int(q["round"]),
-                    hash=q["hash"],
+                    round=q_round,
+                    hash=q.hash,
                     status="pending" if res is None else res.status,
                     e_hull=eh,
                     verdict=rule.classify(eh),
@@ -418,13 +404,18 @@ def collect(workdir: Path) -> ScienceData:
                     result=res,
                 )
             )
-        predictions = {(p["round"], p["relaxed_hash"]): p for p in store.predictions() if p["relaxed_hash"]}
+        predictions = {
+            (rnd, p.relaxed_hash): p
+            for rnd, preds in store.predictions_by_round().items()
+            for p in preds
+            if p.relaxed_hash
+        }
 
         rounds: list[RoundScience] = []
         calibration: list[tuple[int, float, float]] = []
         cum_calls = cum_hits = 0
         for r in store.rounds():
-            rnd = int(r["round"])
+            rnd = r.round
             if rnd < 1:
                 continue
             mine = [c for c in calls if c.round == rnd]
@@ -434,27 +425,25 @@ def collect(workdir: Path) -> ScienceData:
             pairs = []
             for c in mine:
                 p = predictions.get((rnd, c.hash))
-                if p is None or c.result is None or not c.result.ok or p["energy_per_atom"] is None:
+                if p is None or c.result is None or not c.result.ok or p.energy_per_atom is None:
                     continue
-                pairs.append(
-                    (p["energy_per_atom"], p["energy_per_atom_std"] or 0.0, c.result.energy_per_atom)
-                )
+                pairs.append((p.energy_per_atom, p.energy_per_atom_std or 0.0, c.result.energy_per_atom))
                 calibration.append(
                     (
                         rnd,
-                        float(p["energy_per_atom_std"] or 0.0),
-                        abs(p["energy_per_atom"] - c.result.energy_per_atom),
+                        float(p.energy_per_atom_std or 0.0),
+                        abs(p.energy_per_atom - c.result.energy_per_atom),
                     )
                 )
             metrics = emulator_metrics(pairs)
             cands = store.candidates(rnd)
-            finished = r.get("finished_at")
+            finished = r.finished_at
             rounds.append(
                 RoundScience(
                     round=rnd,
-                    status=str(r["status"]),
+                    status=r.status,
                     generated=len(cands),
-                    passed_funnel=sum(c["passed"] for c in cands),
+                    passed_funnel=sum(c.passed for c in cands),
                     screened=len([p for (pr, _), p in predictions.items() if pr == rnd]),
                     oracle_calls=len(mine),
                     failed=sum(1 for c in mine if c.status == "failed"),
@@ -469,7 +458,7 @@ def collect(workdir: Path) -> ScienceData:
                     within_1sigma=metrics.get("emulator_within_1sigma"),
                     within_2sigma=metrics.get("emulator_within_2sigma"),
                     n_pairs=len(pairs),
-                    wall_time_s=None if finished is None else round(finished - r["started_at"], 1),
+                    wall_time_s=None if finished is None else round(finished - r.started_at, 1),
                 )
             )
 
@@ -483,10 +472,10 @@ def collect(workdir: Path) -> ScienceData:
         for c in calls:
             if not c.is_hit:
                 continue
-            origin = _origin(c.hash, rows)
-            parent, what = _describe_provenance(origin)
+            made_from = origin(rows, c.hash)
+            parent, what = _describe_provenance(made_from)
             if parent in rows:  # a structure of this campaign (an earlier discovery or reference)
-                parent = f"{rows[parent]['reduced_formula']} {parent} (this campaign)"
+                parent = f"{rows[parent].reduced_formula} {parent} (this campaign)"
             p = predictions.get((c.round, c.hash))
             s = structures.get(c.hash)
             relaxed = "; relaxed by the oracle" if _final_hash(c.result) else ""
@@ -495,14 +484,14 @@ def collect(workdir: Path) -> ScienceData:
                     call=c,
                     formula=s.composition.reduced_formula
                     if s is not None
-                    else rows.get(c.hash, {}).get("reduced_formula", "?"),
-                    natoms=len(s) if s is not None else int(rows.get(c.hash, {}).get("nsites", 0)),
-                    space_group=_space_group(structures.get(_final_hash(c.result) or c.hash, s)),
-                    source=str(origin.get("source", "?")),
+                    else (row.reduced_formula if (row := rows.get(c.hash)) else "?"),
+                    natoms=len(s) if s is not None else (row.nsites if (row := rows.get(c.hash)) else 0),
+                    space_group=space_group(structures.get(_final_hash(c.result) or c.hash, s)),
+                    source="?" if made_from is None else made_from.source,
                     parent=parent,
                     provenance=what,
-                    predicted_e_hull=None if p is None else p["e_hull"],
-                    predicted_std=None if p is None else p["e_hull_std"],
+                    predicted_e_hull=None if p is None else p.e_hull,
+                    predicted_std=None if p is None else p.e_hull_std,
                     oracle_settings=f"{level.kind}: {settings_text or 'defaults'}{relaxed}",
                     rediscovers=rediscovered.get(c.hash),
                 )
@@ -512,9 +501,7 @@ def collect(workdir: Path) -> ScienceData:
         )
 
         source_yield = _source_yield(store, calls, rows)
-        from loop.report import _next_stage
-
-        rnd, stage = _next_stage(store)
+        rnd, stage = next_stage(store)
         notes = []
         if not calls:
             notes.append("No oracle call after round 0 yet: the hull holds the references only.")
@@ -542,19 +529,6 @@ def collect(workdir: Path) -> ScienceData:
         store.close()
 
 
-def _space_group(structure: Structure | None) -> str:
-    """Hermann-Mauguin symbol and number at a 0.1 Å tolerance (loose enough for relaxed cells)."""
-    if structure is None:
-        return "?"
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-
-    try:
-        sga = SpacegroupAnalyzer(structure, symprec=0.1)
-        return f"{sga.get_space_group_symbol()} ({sga.get_space_group_number()})"
-    except Exception:
-        return "?"
-
-
 def _median(values: Sequence[float]) -> float | None:
     if not values:
         return None
@@ -564,7 +538,7 @@ def _median(values: Sequence[float]) -> float | None:
 
 
 def _source_yield(
-    store: CampaignStore, calls: Sequence[Call], rows: Mapping[str, Mapping[str, Any]]
+    store: CampaignStore, calls: Sequence[Call], rows: Mapping[str, StructureRow]
 ) -> dict[str, dict[str, int]]:
     """generated / passed funnel / oracle calls / hits / stable per generator over rounds >= 1."""
     out: dict[str, dict[str, int]] = {}
@@ -575,14 +549,15 @@ def _source_yield(
         )
 
     for r in store.rounds():
-        if r["round"] < 1:
+        if r.round < 1:
             continue
-        for c in store.candidates(r["round"]):
-            d = slot(c["source"])
+        for c in store.candidates(r.round):
+            d = slot(c.source)
             d["generated"] += 1
-            d["passed funnel"] += int(c["passed"])
+            d["passed funnel"] += int(c.passed)
     for call in calls:
-        d = slot(str(_origin(call.hash, rows).get("source", "unknown")))
+        made_from = origin(rows, call.hash)
+        d = slot("unknown" if made_from is None else made_from.source)
         d["oracle calls"] += 1
         d["hits"] += int(call.is_hit)
         d["stable"] += int(call.is_hit and call.verdict == Verdict.STABLE)
@@ -598,8 +573,6 @@ def _png(fig: Any) -> str:
 
 def figures(data: ScienceData) -> dict[str, tuple[str, str]]:
     """The report's figures: key -> (base64 PNG, caption); figures without data are left out."""
-    from loop import plots
-
     out: dict[str, tuple[str, str]] = {}
     roles: dict[str, str] = {h: "reference" for h in data.reference_ids}
     for d in data.discoveries:
@@ -936,7 +909,7 @@ def render_html(data: ScienceData) -> str:
                 [
                     _e(w.id),
                     _e(w.formula),
-                    _e(w.space_group if w.space_group is not None else _space_group(w.structure)),
+                    _e(w.space_group if w.space_group is not None else space_group(w.structure)),
                     "yes" if f is not None else ("no" if w.structure is not None else "structure not stored"),
                     "–" if f is None else str(f.round),
                     "–" if f is None else str(f.index),

@@ -211,6 +211,51 @@ class Verdict:
     hit: bool
 
 
+@dataclass(frozen=True)
+class StructureRow:
+    """A stored structure's row, without the structure itself (`CampaignStore.get_structure` reads that).
+
+    Attributes:
+        source: seed | withheld | diffusion | substitution | random_search | relaxed | oracle | user.
+        parent: The parent's structure hash or external id (a substitution's parent, a relaxation's start).
+        round: The round that made it (None for structures bundled with the campaign).
+        provenance: What was done to make it.
+    """
+
+    hash: str
+    formula: str
+    reduced_formula: str
+    chemsys: str
+    nsites: int
+    source: str
+    parent: str | None
+    round: int | None
+    provenance: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RoundRow:
+    """One round: `status` running or done; times are Unix seconds; `summary` is set when it is done."""
+
+    round: int
+    status: str
+    started_at: float
+    finished_at: float | None
+    summary: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class StageRow:
+    """A finished stage of a round and its report (metrics only); times are Unix seconds."""
+
+    round: int
+    stage: str
+    status: str
+    started_at: float | None
+    finished_at: float
+    result: dict[str, Any]
+
+
 @dataclass
 class StoredResult:
     """An oracle result as stored. Units: eV, eV/atom, eV/Å, GPa, s.
@@ -428,14 +473,25 @@ class CampaignStore:
             raise KeyError(f"no structure {h} in {self.path}")
         return structure_from_json(rows[0]["structure"])
 
-    def structure_rows(self, *, where: str = "1=1", params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """Structure rows (without the structure JSON) matching a WHERE clause."""
+    def structure_rows(self, *, where: str = "1=1", params: Sequence[Any] = ()) -> list[StructureRow]:
+        """Structure rows (without the structure JSON) matching a WHERE clause, in insertion order."""
         rows = self._query(
             "SELECT hash, formula, reduced_formula, chemsys, nsites, source, parent, round, provenance"
-            f" FROM structures WHERE {where}",
+            f" FROM structures WHERE {where} ORDER BY rowid",
             params,
         )
-        return [dict(r) | {"provenance": json.loads(r["provenance"])} for r in rows]
+        return [StructureRow(**(dict(r) | {"provenance": json.loads(r["provenance"])})) for r in rows]
+
+    def structure_row(self, h: str) -> StructureRow:
+        """The row of structure `h`.
+
+        Raises:
+            KeyError: `h` is not stored.
+        """
+        rows = self.structure_rows(where="hash = ?", params=(h,))
+        if not rows:
+            raise KeyError(f"no structure {h} in {self.path}")
+        return rows[0]
 
     def get_structures(self, hashes: Sequence[str]) -> dict[str, Structure]:
         out: dict[str, Structure] = {}
@@ -609,9 +665,9 @@ class CampaignStore:
                 (time.time(), json.dumps(summary), rnd),
             )
 
-    def rounds(self) -> list[dict[str, Any]]:
+    def rounds(self) -> list[RoundRow]:
         rows = self._query("SELECT * FROM rounds ORDER BY round")
-        return [dict(r) | {"summary": _loads(r["summary"])} for r in rows]
+        return [RoundRow(**(dict(r) | {"summary": _loads(r["summary"])})) for r in rows]
 
     def stage_done(self, rnd: int, stage: str) -> bool:
         return bool(self._query("SELECT 1 FROM stages WHERE round = ? AND stage = ?", (rnd, stage)))
@@ -630,9 +686,10 @@ class CampaignStore:
                 (rnd, stage, "done", started_at, time.time(), json.dumps(result, default=str)),
             )
 
-    def stages(self) -> list[dict[str, Any]]:
+    def stages(self) -> list[StageRow]:
+        """Every finished stage, in the order they finished."""
         rows = self._query("SELECT * FROM stages ORDER BY finished_at")
-        return [dict(r) | {"result": json.loads(r["result"])} for r in rows]
+        return [StageRow(**(dict(r) | {"result": json.loads(r["result"])})) for r in rows]
 
     # -- round products -----------------------------------------------------------------------------------------------
     def add_generated(self, rnd: int, rows: Sequence[Generated]) -> None:
@@ -658,13 +715,23 @@ class CampaignStore:
                 [(rnd, o.hash, o.source, int(o.passed), o.reason, o.fingerprint) for o in rows],
             )
 
-    def candidates(self, rnd: int, *, passed: bool | None = None) -> list[dict[str, Any]]:
+    def candidates(self, rnd: int, *, passed: bool | None = None) -> list[FunnelOutcome]:
+        """The funnel's verdicts of round `rnd` (only those that passed, or failed, when `passed` says so)."""
         sql = "SELECT * FROM candidates WHERE round = ?"
         params: list[Any] = [rnd]
         if passed is not None:
             sql += " AND passed = ?"
             params.append(int(passed))
-        return [dict(r) for r in self._query(sql + " ORDER BY rowid", params)]
+        return [
+            FunnelOutcome(
+                hash=r["hash"],
+                source=r["source"],
+                passed=bool(r["passed"]),
+                reason=r["reason"],
+                fingerprint=r["fingerprint"],
+            )
+            for r in self._query(sql + " ORDER BY rowid", params)
+        ]
 
     def fingerprints(self, *, before_round: int) -> dict[str, str]:
         """The stored fingerprint of every candidate that passed the funnel before `before_round`, by hash."""
@@ -698,27 +765,29 @@ class CampaignStore:
 
     def round_predictions(self, rnd: int) -> list[Prediction]:
         """The screening results of round `rnd`, in screening order."""
-        rows = self._query("SELECT * FROM predictions WHERE round = ? ORDER BY rowid", (rnd,))
-        return [
-            Prediction(
-                hash=r["hash"],
-                relaxed_hash=r["relaxed_hash"],
-                model=r["model"],
-                energy_per_atom=r["energy_per_atom"],
-                energy_per_atom_std=r["energy_per_atom_std"],
-                e_hull=r["e_hull"],
-                e_hull_std=r["e_hull_std"],
-                data=json.loads(r["data"]),
-            )
-            for r in rows
-        ]
+        return self.predictions_by_round(rnd).get(rnd, [])
 
-    def predictions(self, rnd: int | None = None) -> list[dict[str, Any]]:
+    def predictions_by_round(self, rnd: int | None = None) -> dict[int, list[Prediction]]:
+        """The screening results of every round (or only of `rnd`), each round's in screening order."""
         if rnd is None:
             rows = self._query("SELECT * FROM predictions ORDER BY round, rowid")
         else:
             rows = self._query("SELECT * FROM predictions WHERE round = ? ORDER BY rowid", (rnd,))
-        return [dict(r) | {"data": json.loads(r["data"])} for r in rows]
+        out: dict[int, list[Prediction]] = {}
+        for r in rows:
+            out.setdefault(r["round"], []).append(
+                Prediction(
+                    hash=r["hash"],
+                    relaxed_hash=r["relaxed_hash"],
+                    model=r["model"],
+                    energy_per_atom=r["energy_per_atom"],
+                    energy_per_atom_std=r["energy_per_atom_std"],
+                    e_hull=r["e_hull"],
+                    e_hull_std=r["e_hull_std"],
+                    data=json.loads(r["data"]),
+                )
+            )
+        return out
 
     def add_queries(self, rnd: int, rows: Sequence[Query]) -> None:
         """Acquisition: the structures to send to the oracle in round `rnd`."""
@@ -735,10 +804,14 @@ class CampaignStore:
             for r in self._query("SELECT * FROM queries WHERE round = ? ORDER BY rank", (rnd,))
         ]
 
-    def queries(self, rnd: int | None = None) -> list[dict[str, Any]]:
-        if rnd is None:
-            return [dict(r) for r in self._query("SELECT * FROM queries ORDER BY round, rank")]
-        return [dict(r) for r in self._query("SELECT * FROM queries WHERE round = ? ORDER BY rank", (rnd,))]
+    def queries_by_round(self) -> dict[int, list[Query]]:
+        """The queries of every round, each round's by rank."""
+        out: dict[int, list[Query]] = {}
+        for r in self._query("SELECT * FROM queries ORDER BY round, rank"):
+            out.setdefault(r["round"], []).append(
+                Query(hash=r["hash"], strategy=r["strategy"], rank=r["rank"], score=r["score"])
+            )
+        return out
 
     def first_query_rounds(self) -> dict[str, int]:
         """The round in which each queried structure was first sent to the oracle (0 = a round-0 reference)."""
@@ -754,15 +827,15 @@ class CampaignStore:
                 [(rnd, v.hash, float(v.e_hull), int(v.stable), int(v.hit)) for v in rows],
             )
 
-    def stability(self, rnd: int | None = None) -> list[dict[str, Any]]:
-        """Hull verdicts of round `rnd` (default: the latest round that has any)."""
+    def stability(self, rnd: int | None = None) -> list[Verdict]:
+        """Hull verdicts of round `rnd` (default: the latest round that has any), lowest E_hull first."""
         if rnd is None:
             last = self._query("SELECT MAX(round) AS r FROM stability")[0]["r"]
             if last is None:
                 return []
             rnd = last
         return [
-            dict(r)
+            Verdict(hash=r["hash"], e_hull=r["e_hull"], stable=bool(r["stable"]), hit=bool(r["near_stable"]))
             for r in self._query("SELECT * FROM stability WHERE round = ? ORDER BY e_hull, hash", (rnd,))
         ]
 

@@ -64,6 +64,7 @@ def _check_sane(structure: Structure, where: str) -> Structure:
 def _check_cif_numbers(path: Path) -> None:
     """Name a NaN or infinite cell parameter or coordinate in a CIF (pymatgen drops such a block and then reports
     only that the file holds no structure)."""
+    # CIF and ASE readers/writers only in the file commands: this module is on `matloop status`'s path (~1 s).
     from pymatgen.io.cif import CifFile
 
     try:
@@ -106,6 +107,7 @@ def read_structures(paths: Iterable[str | Path]) -> list[tuple[str, Structure]]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if suffix in (".extxyz", ".xyz", ".traj"):
+                    # ASE only for extxyz/traj files (see `_check_cif_numbers`).
                     from ase.io import read as ase_read
                     from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -148,6 +150,7 @@ def write_structures(
 
 def append_extxyz(structures: Sequence[Structure], path: Path) -> None:
     """Append structures to an extxyz file (used for incremental, kill-safe writes of batches)."""
+    # ASE only for extxyz output (see `_check_cif_numbers`).
     from ase.io import write as ase_write
     from pymatgen.io.ase import AseAtomsAdaptor
 

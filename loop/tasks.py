@@ -13,24 +13,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from pymatgen.core import Structure
 
+from emulator.base import LabelledStructure
+from emulator.tasks import clear_cache, load_member
+from emulator.tasks import load_emulator as cached_emulator
+from emulator.update import EmulatorVariants, update_emulator
+from generator.diffusion import DiffusionGenerator
 from generator.sanity import too_close
 
 
 def _pin_threads() -> None:
-    import torch  # only workers that relax or train need torch, and they need it pinned
-
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
 
 def load_emulator(settings: Any, checkpoint: str | Path | None) -> Any:
     """The emulator of a checkpoint directory, or a fresh one from `settings`, from the emulator room's one
     per-process cache (`emulator.tasks.load_emulator`), with torch pinned to this process's thread budget."""
-    from emulator.tasks import (
-        load_emulator as cached_emulator,  # torch and chgnet: only where a model is used
-    )
-
     _pin_threads()
     return cached_emulator(settings, None if checkpoint is None else Path(checkpoint))
 
@@ -82,8 +82,6 @@ def member_relax_chunk(
     if not structure_dicts:
         return []
     warnings.filterwarnings("ignore", category=UserWarning)
-    from emulator.tasks import load_member  # torch and the member's package: only where a member runs
-
     _pin_threads()
     member = load_member(settings)
     out = []
@@ -138,10 +136,6 @@ def fine_tune_emulator(
     Returns:
         The checkpoint directory and flat metrics (`deployed`, `reason`, `heldout_<variant>_mae`, ...).
     """
-    from emulator.base import LabelledStructure
-    from emulator.tasks import clear_cache
-    from emulator.update import EmulatorVariants, update_emulator
-
     labels = [
         LabelledStructure(
             structure=d["structure"],
@@ -185,8 +179,6 @@ def fine_tune_generator(
             discoveries is not drowned by the original crystals mixed in against forgetting.
         exclude_ids: Material ids of original crystals never mixed in (withheld by the campaign).
     """
-    from generator.diffusion import DiffusionGenerator
-
     if checkpoint_in is not None:
         settings = settings.model_copy(update={"checkpoint": str(checkpoint_in)})
     gen = DiffusionGenerator(settings=settings)

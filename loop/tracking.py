@@ -252,7 +252,8 @@ class Tracker:
     def client(self) -> MlflowClient:
         """The MLflow client (creates the local store on first use; sqlite creation takes several seconds)."""
         if self._client is None:
-            # mlflow is imported on first use: it takes seconds, and `loop.config` (every CLI command) imports us.
+            # mlflow (~2 s to import) only on first use: a campaign with tracking disabled never imports it, nor
+            # does any command that only loads a config.
             from mlflow import MlflowClient
 
             # MLflow announces sqlite schema creation and migration at INFO on stderr (its logger is configured on
@@ -266,6 +267,7 @@ class Tracker:
     @property
     @_backend_call
     def experiment_id(self) -> str:
+        # mlflow only on first use (see `client`).
         from mlflow.exceptions import MlflowException
 
         if self._experiment_id is None:
@@ -332,6 +334,7 @@ class Tracker:
         return runs[0].info.run_id if runs else None
 
     def _resume(self, run_id: str) -> str:
+        # mlflow only on first use (see `client`).
         from mlflow.exceptions import MlflowException
 
         try:
@@ -450,6 +453,7 @@ class Tracker:
         """Log params (nested mappings are flattened with dots; values become strings, cut at 6000 chars)."""
         if not self.enabled:
             return
+        # mlflow only on first use (see `client`).
         from mlflow.entities import Param, RunTag
 
         rid = self._run(run_id)
@@ -482,6 +486,7 @@ class Tracker:
         """
         if not self.enabled:
             return 0
+        # mlflow only on first use (see `client`).
         from mlflow.entities import Metric
 
         rid = self._run(run_id)
@@ -508,6 +513,7 @@ class Tracker:
     @_backend_call
     def set_tags(self, tags: Mapping[str, Any], *, run_id: str | None = None) -> None:
         """Set tags (values become strings)."""
+        # mlflow only on first use (see `client`).
         from mlflow.entities import RunTag
 
         if not self.enabled:
@@ -599,6 +605,7 @@ class Tracker:
     @_backend_call
     def run_status(self, *, run_id: str | None = None) -> str | None:
         """RUNNING, FINISHED, FAILED or KILLED (None when disabled)."""
+        # mlflow only on first use (see `client`).
         from mlflow.entities import RunStatus
 
         if not self.enabled:
@@ -631,6 +638,7 @@ class Tracker:
         Returns:
             The version number as a string (None when disabled).
         """
+        # mlflow only on first use (see `client`).
         from mlflow.exceptions import MlflowException
 
         if not self.enabled:

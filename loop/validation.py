@@ -1,4 +1,4 @@
-"""Light-weight validation helpers (no heavy imports), shared by the config loader and `matloop label`."""
+"""Validation helpers shared by the config loader and `matloop label`; torch-free, as `matloop label` is."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+import oracle  # noqa: F401  (registers the implementations)
 from loop.errors import InputError
+from oracle.base import oracle_names, settings_models
 
 
 def discriminated_union(models: tuple[type[BaseModel], ...]) -> Any:
@@ -22,8 +24,8 @@ HIDDEN_CONTAINERS = {("generator", "settings")}
 
 
 def _union_tags(*, generators: bool) -> set[str]:
+    # The emulator room imports torch and chgnet (~3 s), which `matloop label` avoids: only to word an error.
     from emulator.base import emulator_names
-    from oracle.base import oracle_names
 
     tags = {*oracle_names(), *emulator_names()}
     if generators:
@@ -67,9 +69,6 @@ def validate_oracle_settings(data: dict[str, Any], *, source: str = "config") ->
     Raises:
         InputError: unknown kind, unknown key or wrong type, in one line with the key path.
     """
-    import oracle  # noqa: F401  (registers the implementations)
-    from oracle.base import oracle_names, settings_models
-
     kind = data.get("kind") if isinstance(data, dict) else None
     if kind not in oracle_names():
         raise InputError(

@@ -57,6 +57,10 @@ class StabilityRule:
     def is_hit(self, e_hull: float | None) -> bool:
         return e_hull is not None and math.isfinite(e_hull) and e_hull <= self.hit_threshold
 
+    def is_discovery(self, e_hull: float | None, *, first_round: int | None) -> bool:
+        """A discovery is a hit the campaign itself queried (first in round >= 1), never a round-0 reference."""
+        return self.is_hit(e_hull) and (first_round or 0) >= 1
+
     def classify(self, e_hull: float | None) -> Verdict:
         if e_hull is None or not math.isfinite(e_hull):
             return Verdict.UNPLACED

@@ -30,7 +30,7 @@ PROTOTYPES_MIN = 64  # fewest prototype parents searched per round
 def spent_prototypes(store: CampaignStore, round: int) -> set[str]:
     """Prototypes whose parent already gave substitution candidates in an earlier round (children known)."""
     rows = store.structure_rows(where="source = ? AND round < ?", params=("substitution", round))
-    return {r["provenance"]["parent_prototype"] for r in rows if r["provenance"].get("parent_prototype")}
+    return {r.provenance["parent_prototype"] for r in rows if r.provenance.get("parent_prototype")}
 
 
 def substitution_candidates(

@@ -202,7 +202,7 @@ class ScreenStage:
     name = "screen"
 
     def compute(self, ctx: StageContext) -> Screening:
-        passed = [c["hash"] for c in ctx.store.candidates(ctx.round, passed=True)]
+        passed = [c.hash for c in ctx.store.candidates(ctx.round, passed=True)]
         return screen(
             ctx.config,
             store=ctx.store,

@@ -26,10 +26,10 @@ def known_index(config: CampaignConfig, *, store: CampaignStore, before_round: i
     index = KnownIndex.from_seed_data(matcher=config.generator.funnel.matcher, withhold=config.withholding)
     earlier = store.structure_rows(where="round < ? OR round IS NULL", params=(before_round,))
     stored = store.fingerprints(before_round=before_round)
-    structures = store.get_structures([r["hash"] for r in earlier if r["hash"] not in stored])
+    structures = store.get_structures([r.hash for r in earlier if r.hash not in stored])
     for r in earlier:
-        h = r["hash"]
-        origin = "seed" if r["source"] == "seed" else "campaign"
+        h = r.hash
+        origin = "seed" if r.source == "seed" else "campaign"
         if h in stored:
             index.add(id=h, structure=lambda h=h: store.get_structure(h), fp=stored[h], origin=origin)
         else:
@@ -65,14 +65,12 @@ def discoveries(config: CampaignConfig, store: CampaignStore) -> list[KnownStruc
     round >= 1. References (round 0) are never discoveries."""
     rule = config.stability_rule
     first_query = store.first_query_rounds()
-    rows = [r for r in store.stability() if rule.is_hit(r["e_hull"]) and first_query.get(r["hash"], 0) >= 1]
-    structures = store.get_structures([r["hash"] for r in rows])
+    rows = [v for v in store.stability() if rule.is_discovery(v.e_hull, first_round=first_query.get(v.hash))]
+    structures = store.get_structures([v.hash for v in rows])
     return [
-        KnownStructure(
-            id=r["hash"], structure=structures[r["hash"]], properties={"e_above_hull": r["e_hull"]}
-        )
-        for r in rows
-        if r["hash"] in structures
+        KnownStructure(id=v.hash, structure=structures[v.hash], properties={"e_above_hull": v.e_hull})
+        for v in rows
+        if v.hash in structures
     ]
 
 

@@ -46,16 +46,17 @@ def smoke_run(tmp_path_factory) -> Path:
 
 def test_stages_ran_in_order(smoke_run):
     store = CampaignStore.in_workdir(smoke_run)
-    done = [(s["round"], s["stage"]) for s in store.stages()]
+    done = [(s.round, s.stage) for s in store.stages()]
     expected = [(0, s) for s in ROUND0_STAGES] + [(r, s) for r in (1, 2) for s in ROUND_STAGES]
     assert done == expected
     rounds = store.rounds()
-    assert [r["round"] for r in rounds] == [0, 1, 2] and all(r["status"] == "done" for r in rounds)
+    assert [r.round for r in rounds] == [0, 1, 2] and all(r.status == "done" for r in rounds)
     counts = store.counts()
     assert counts["generated"] > 0 and counts["screened"] > 0
     # round 0 labels the references, rounds 1-2 at most the budget each; EMT never fails on Cu-Au
-    assert counts["labelled"] == len(store.queries()) and counts["failed"] == 0
-    assert all(len(store.queries(r)) <= 3 for r in (1, 2))
+    queries = store.queries_by_round()
+    assert counts["labelled"] == sum(map(len, queries.values())) and counts["failed"] == 0
+    assert all(len(queries[r]) <= 3 for r in (1, 2))
 
 
 def test_mlflow_has_parent_and_nested_round_runs(smoke_run):
@@ -155,17 +156,16 @@ def _snapshot(workdir: Path) -> dict[str, object]:
     store = CampaignStore.in_workdir(workdir)
     rnd6 = lambda x: None if x is None else round(x, 6)  # noqa: E731
     return {
-        "structures": sorted((r["hash"], r["source"], r["round"]) for r in store.structure_rows()),
-        "candidates": sorted(
-            (c["round"], c["hash"], c["passed"]) for r in (1, 2) for c in store.candidates(r)
-        ),
+        "structures": sorted((r.hash, r.source, r.round) for r in store.structure_rows()),
+        "candidates": sorted((rnd, c.hash, c.passed) for rnd in (1, 2) for c in store.candidates(rnd)),
         "predictions": sorted(
-            (p["round"], p["hash"], p["relaxed_hash"], rnd6(p["energy_per_atom"]))
-            for p in store.predictions()
+            (rnd, p.hash, p.relaxed_hash, rnd6(p.energy_per_atom))
+            for rnd, preds in store.predictions_by_round().items()
+            for p in preds
         ),
-        "queries": [(q["round"], q["hash"], q["rank"]) for q in store.queries()],
+        "queries": [(rnd, q.hash, q.rank) for rnd, qs in store.queries_by_round().items() for q in qs],
         "oracle": sorted((r.hash, r.status, rnd6(r.energy)) for r in store.oracle_results()),
-        "stability": sorted((s["hash"], rnd6(s["e_hull"])) for s in store.stability()),
+        "stability": sorted((v.hash, rnd6(v.e_hull)) for v in store.stability()),
     }
 
 
@@ -186,13 +186,13 @@ def test_kill_inside_label_stage_then_resume(smoke_run, tmp_path):
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
     store = CampaignStore.in_workdir(workdir)
     assert store.stage_done(1, "acquire") and not store.stage_done(1, "label")
-    assert 1 <= len([r for r in store.oracle_results() if r.round == 1]) < len(store.queries(1))
+    assert 1 <= len([r for r in store.oracle_results() if r.round == 1]) < len(store.round_queries(1))
     store.close()
 
     resumed = matloop("run", SMOKE, "--workdir", workdir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     calls = _oracle_calls(workdir)
-    queried = {q["hash"] for q in CampaignStore.in_workdir(workdir).queries()}
+    queried = {q.hash for qs in CampaignStore.in_workdir(workdir).queries_by_round().values() for q in qs}
     assert set(calls) == queried
     # Every label was completed exactly once over both processes; only a calculation that was still running when
     # the process was killed (at most one per worker) had to start again.

@@ -130,7 +130,7 @@ def done_stages(workdir: Path) -> list[tuple[int, str]]:
         return []
     store = CampaignStore.in_workdir(workdir)
     try:
-        return [(s["round"], s["stage"]) for s in store.stages()]
+        return [(s.round, s.stage) for s in store.stages()]
     finally:
         store.close()
 
@@ -153,9 +153,9 @@ def test_sigkill_inside_stage_leaves_it_unrecorded(config, reference_run, crashe
         if stage in ("generate", "funnel"):
             assert not store.candidates(int(rnd))
         if stage == "screen":
-            assert not store.predictions(int(rnd))
+            assert not store.round_predictions(int(rnd))
         if stage == "acquire":
-            assert not store.queries(int(rnd))
+            assert not store.round_queries(int(rnd))
         if stage == "update":
             assert not store.stability(int(rnd))
         if stage == "retrain" and where.startswith("write"):
@@ -178,16 +178,17 @@ def snapshot(workdir: Path) -> dict[str, object]:
     rnd6 = lambda x: None if x is None else round(x, 6)  # noqa: E731
     try:
         return {
-            "stages": [(s["round"], s["stage"]) for s in store.stages()],
-            "structures": sorted((r["hash"], r["source"], r["round"]) for r in store.structure_rows()),
-            "candidates": sorted((c["hash"], c["passed"], c["reason"]) for c in store.candidates(1)),
+            "stages": [(s.round, s.stage) for s in store.stages()],
+            "structures": sorted((r.hash, r.source, r.round) for r in store.structure_rows()),
+            "candidates": sorted((c.hash, c.passed, c.reason) for c in store.candidates(1)),
             "predictions": sorted(
-                (p["round"], p["hash"], p["relaxed_hash"], rnd6(p["energy_per_atom"]), rnd6(p["e_hull"]))
-                for p in store.predictions()
+                (rnd, p.hash, p.relaxed_hash, rnd6(p.energy_per_atom), rnd6(p.e_hull))
+                for rnd, preds in store.predictions_by_round().items()
+                for p in preds
             ),
-            "queries": [(q["round"], q["hash"], q["rank"]) for q in store.queries()],
+            "queries": [(rnd, q.hash, q.rank) for rnd, qs in store.queries_by_round().items() for q in qs],
             "oracle": sorted((r.hash, r.status, rnd6(r.energy)) for r in store.oracle_results()),
-            "stability": sorted((s["round"], s["hash"], rnd6(s["e_hull"])) for s in store.stability()),
+            "stability": sorted((v.hash, rnd6(v.e_hull)) for v in store.stability()),
             "stopped_because": store.get_meta("stopped_because"),
         }
     finally:
@@ -231,8 +232,8 @@ def test_rerun_after_every_crash_equals_the_uninterrupted_campaign(config, refer
     # The stop rule's oracle budget is spent exactly: the acquire stage capped the last batch.
     store = CampaignStore.in_workdir(crashed)
     assert len(store.oracle_results()) == MAX_ORACLE_CALLS
-    assert store.stage_result(1, "acquire")["budget"] == MAX_ORACLE_CALLS - len(store.queries(0))
-    queried = {q["hash"] for q in store.queries()}
+    assert store.stage_result(1, "acquire")["budget"] == MAX_ORACLE_CALLS - len(store.round_queries(0))
+    queried = {q.hash for qs in store.queries_by_round().values() for q in qs}
     store.close()
 
     # No oracle call lost or repeated: every queried structure finished exactly once over all the processes (a
@@ -306,7 +307,7 @@ def test_disk_full_stops_cleanly_then_resumes(config, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert done_stages(workdir) == ORDER[: len(ROUND0_STAGES)]
     store = CampaignStore.in_workdir(workdir)
-    references = {q["hash"] for q in store.queries(0)}
+    references = {q.hash for q in store.round_queries(0)}
     assert {r.hash for r in store.oracle_results() if r.ok} == references
     assert store.get_meta("emulator_checkpoint") == "checkpoints/round_000/emulator"
     store.close()

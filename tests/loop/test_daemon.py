@@ -40,7 +40,7 @@ def _done(workdir: Path) -> list[tuple[int, str]]:
         return []
     store = CampaignStore.in_workdir(workdir)
     try:
-        return [(s["round"], s["stage"]) for s in store.stages()]
+        return [(s.round, s.stage) for s in store.stages()]
     finally:
         store.close()
 

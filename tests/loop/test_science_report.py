@@ -75,17 +75,17 @@ def independent_hits(workdir: Path) -> tuple[dict[str, float], dict[int, int], f
         structures = store.get_structures([r.hash for r in results])
         entries = {r.hash: PDEntry(structures[r.hash].composition, r.energy, name=r.hash) for r in results}
         pd = PhaseDiagram(list(entries.values()))
-        queries = [q for q in store.queries() if q["round"] >= 1]
+        queries = [(rnd, q) for rnd, qs in store.queries_by_round().items() if rnd >= 1 for q in qs]
         # A label whose relaxed structure repeats an earlier one is no new discovery.
         repeats = {r.hash for r in results if getattr(r, "duplicate_of", None)}
         e_hull = {
-            q["hash"]: pd.get_e_above_hull(entries[q["hash"]])
-            for q in queries
-            if q["hash"] in entries and q["hash"] not in repeats
+            q.hash: pd.get_e_above_hull(entries[q.hash])
+            for _, q in queries
+            if q.hash in entries and q.hash not in repeats
         }
         per_round: dict[int, int] = {}
-        for q in queries:
-            per_round[q["round"]] = per_round.get(q["round"], 0) + 1
+        for rnd, _ in queries:
+            per_round[rnd] = per_round.get(rnd, 0) + 1
         return e_hull, per_round, near
     finally:
         store.close()
@@ -280,10 +280,10 @@ def test_rediscovery_section_matches_withheld_structures(smoke_campaign, tmp_pat
             shutil.copy2(smoke_campaign / name, workdir / name)
     e_hull, _, _ = independent_hits(smoke_campaign)
     store = CampaignStore.in_workdir(workdir)
-    queries = [q for q in store.queries() if q["round"] >= 1]
-    target = next(q for q in queries if q["hash"] in e_hull)
-    labelled = store.get_structures([q["hash"] for q in queries])
-    withheld = labelled[target["hash"]].copy()
+    queries = [q for rnd, qs in store.queries_by_round().items() if rnd >= 1 for q in qs]
+    target = next(q for q in queries if q.hash in e_hull)
+    labelled = store.get_structures([q.hash for q in queries])
+    withheld = labelled[target.hash].copy()
     withheld.make_supercell([[1, 1, 0], [-1, 1, 0], [0, 0, 1]])
     withheld.apply_operation(SymmOp.from_axis_angle_and_translation([0, 0, 1], 17.0))
     never = Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.75), ["Cu"], [[0, 0, 0]])
@@ -312,7 +312,7 @@ def test_rediscovery_section_matches_withheld_structures(smoke_campaign, tmp_pat
     store.close()
     data = collect(workdir)
     found = {w.id: w.found for w in data.withheld}
-    order = [q["hash"] for q in queries]
+    order = [q.hash for q in queries]
     first_match = next(h for h in order if matcher.fit(labelled[h], withheld))
     assert found["mp-withheld-1"] is not None and found["mp-withheld-1"].hash == first_match
     assert found["mp-withheld-1"].index == order.index(first_match) + 1

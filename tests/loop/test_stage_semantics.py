@@ -67,7 +67,7 @@ def test_funnel_without_dedup_still_rejects_known_crystals_but_not_the_campaigns
         ],
     )
     report = run_stage(funnel.STAGE, StageContext(config=cfg, store=store, workdir=tmp_path, round=1))
-    outcome = [(c["passed"], (c["reason"] or "").split(":")[0]) for c in store.candidates(1)]
+    outcome = [(int(c.passed), (c.reason or "").split(":")[0]) for c in store.candidates(1)]
     if deduplicate:
         assert [passed for passed, _ in outcome] == [0, 0, 0]
     else:
@@ -103,7 +103,7 @@ def test_per_source_yield_follows_each_generator_through_funnel_labels_and_hull(
         "random_search": {"in": 2, "passed": 0},
     }
     # Screening is skipped: each survivor is recorded as its own relaxed structure, then queried and labelled.
-    passed = [c["hash"] for c in store.candidates(1, passed=True)]
+    passed = [c.hash for c in store.candidates(1, passed=True)]
     store.add_predictions(
         1,
         [
@@ -123,7 +123,7 @@ def test_per_source_yield_follows_each_generator_through_funnel_labels_and_hull(
     store.add_queries(1, [Query(hash=h, strategy="max_std", rank=i, score=1.0) for i, h in enumerate(passed)])
     label_hashes(store, passed, settings=cfg.oracle, workdir=tmp_path, round=1)
     hull = run_stage(update.STAGE, ctx)
-    e_hull = {s["hash"]: s["e_hull"] for s in store.stability(1)}
+    e_hull = {v.hash: v.e_hull for v in store.stability(1)}
     hit = int(cfg.stability_rule.is_hit(e_hull[passed[0]]))
     assert hull["n_hits_new"] == hit
     assert source_yield(cfg, store, 1) == {
@@ -186,7 +186,7 @@ def test_the_funnel_stores_fingerprints_that_the_next_rounds_index_reuses(tmp_pa
     store = CampaignStore.in_workdir(tmp_path)
     generate(store, 1, [(hexagonal_cuau(), "random_search"), (fcc_cu(), "random_search")])
     run_stage(funnel.STAGE, StageContext(config=cfg, store=store, workdir=tmp_path, round=1))
-    kept = [c["hash"] for c in store.candidates(1, passed=True)]
+    kept = [c.hash for c in store.candidates(1, passed=True)]
     assert list(store.fingerprints(before_round=2)) == kept
     assert store.fingerprints(before_round=1) == {}
     # Round 2's index knows the kept candidate by its stored fingerprint, and finds it again.

@@ -35,7 +35,10 @@ def test_schema_is_wal_and_round_trips_structures(tmp_path):
     # The first provenance wins: re-adding the same crystal from another source keeps the original row.
     assert store.add_structure(NACL.copy(), source="substitution", round=3) == h
     rows = store.structure_rows()
-    assert len(rows) == 1 and rows[0]["source"] == "seed" and rows[0]["provenance"] == {"role": "compound"}
+    assert len(rows) == 1 and rows[0].source == "seed" and rows[0].provenance == {"role": "compound"}
+    assert rows[0] == store.structure_row(h) and rows[0].nsites == len(NACL) and rows[0].parent == "mp-22862"
+    with pytest.raises(KeyError):
+        store.structure_row("no-such-hash")
     assert structure_hash(store.get_structure(h)) == h
     mode = sqlite3.connect(tmp_path / "matloop.db").execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
@@ -64,13 +67,14 @@ def test_stage_and_results_commit_together_or_not_at_all(tmp_path):
         store.add_queries(1, [Query(hash=h, strategy="max_std", rank=0, score=0.3)])
         store.mark_stage_done(1, "acquire", {"n": 1})
         raise RuntimeError("killed mid-stage")
-    assert store.queries(1) == [] and not store.stage_done(1, "acquire")
+    assert store.round_queries(1) == [] and not store.stage_done(1, "acquire")
     with store.transaction():
         store.add_queries(1, [Query(hash=h, strategy="max_std", rank=0, score=0.3)])
         store.mark_stage_done(1, "acquire", {"n": 1})
     reopened = CampaignStore.in_workdir(tmp_path)
     assert reopened.stage_done(1, "acquire") and reopened.stage_result(1, "acquire")["n"] == 1
-    assert [q["hash"] for q in reopened.queries(1)] == [h]
+    assert reopened.round_queries(1) == [Query(hash=h, strategy="max_std", rank=0, score=0.3)]
+    assert reopened.queries_by_round() == {1: reopened.round_queries(1)}
     with pytest.raises(sqlite3.IntegrityError):
         reopened.mark_stage_done(1, "acquire", {"n": 2})
 
@@ -81,8 +85,8 @@ def test_stability_keeps_history_per_round(tmp_path):
     store.set_stability(
         2, [Verdict("a", 0.03, False, True), Verdict("b", 0.2, False, False), Verdict("c", 0.0, True, True)]
     )
-    assert [r["hash"] for r in store.stability()] == ["c", "a", "b"]
-    assert [r["hash"] for r in store.stability(1)] == ["a", "b"]
+    assert [v.hash for v in store.stability()] == ["c", "a", "b"]
+    assert store.stability(1) == [Verdict("a", 0.0, True, True), Verdict("b", 0.2, False, False)]
 
 
 def test_final_structure_frames_and_typed_failure_round_trip(tmp_path):
@@ -108,7 +112,7 @@ def test_final_structure_frames_and_typed_failure_round_trip(tmp_path):
     assert got.duplicate_of == "earlier"
     # The final structure is a structure of its own, linked to the queried one.
     row = store.structure_rows(where="hash = ?", params=[got.final_hash])[0]
-    assert row["source"] == "oracle_relaxed" and row["parent"] == h and row["round"] == 2
+    assert row.source == "oracle_relaxed" and row.parent == h and row.round == 2
     assert structure_hash(store.get_structure(got.final_hash)) == got.final_hash
     stored_frames = store.oracle_frames(h, "aaa")
     assert [f.step for f in stored_frames] == [0, 1] and [f.energy for f in stored_frames] == [-10.2, -10.5]

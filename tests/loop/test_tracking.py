@@ -431,8 +431,8 @@ def _assert_campaign_tracked(client, *, name: str, store, rounds: int) -> None:
         assert any(p.startswith("checkpoints/emulator/") for p in paths)
         expected_hits = sorted(
             h
-            for h in (q["hash"] for q in store.queries(rnd))
-            if rule.is_hit(next((s["e_hull"] for s in store.stability(rnd) if s["hash"] == h), None))
+            for h in (q.hash for q in store.round_queries(rnd))
+            if rule.is_hit(next((v.e_hull for v in store.stability(rnd) if v.hash == h), None))
         )
         assert sorted(p.split("/")[1][:-4] for p in paths if p.startswith("discovered/")) == expected_hits
         assert run.data.metrics["science.hits"] == len(expected_hits)
@@ -449,14 +449,12 @@ def _assert_campaign_tracked(client, *, name: str, store, rounds: int) -> None:
         m.value == 0 for m in history["hits_cumulative"]
     )
     final = round_science(config, store, rounds)
-    hits_now = sum(
-        1 for s in store.stability(rounds) if rule.is_hit(s["e_hull"]) and first.get(s["hash"], 0) >= 1
-    )
+    hits_now = sum(1 for v in store.stability(rounds) if rule.is_hit(v.e_hull) and first.get(v.hash, 0) >= 1)
     assert final.hits_cumulative == hits_now
     last = {m.step: m.value for m in history["hits_cumulative"]}
     assert last[rounds] == hits_now
     calls = {m.step: m.value for m in history["oracle_calls_cumulative"]}
-    assert calls[rounds] == sum(len(store.queries(r)) for r in range(1, rounds + 1))
+    assert calls[rounds] == sum(len(store.round_queries(r)) for r in range(1, rounds + 1))
     curve = {m.step: m.value for m in history["hits_vs_oracle_calls"]}
     assert curve[int(calls[rounds])] == hits_now
     assert "plots/hits_vs_oracle_calls.png" in _artifact_paths(client, parent.info.run_id)
@@ -486,7 +484,7 @@ def test_broken_store_never_stops_discovery_and_sync_logs_everything(tmp_path_fa
     assert "Traceback" not in run.broken_run.stderr
     store = CampaignStore.in_workdir(run.workdir)
     try:
-        assert [r["round"] for r in store.rounds() if r["status"] == "done"] == [0, 1, 2]
+        assert [r.round for r in store.rounds() if r.status == "done"] == [0, 1, 2]
         assert store.stage_result(2, "track")["tracking"] == "pending"
         synced = json.loads(run.sync.stdout)
         assert 2 in synced["rounds"] and synced["parent_status"] == "FINISHED"
