@@ -33,7 +33,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import psutil
@@ -253,9 +253,15 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
             break
         except subprocess.TimeoutExpired:
             continue
-    # Ranks that outlived the leader are still in the group; make sure none is left behind.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    # Ranks that outlived the leader are still in the group; make sure none is left behind. A killed process
+    # lingers until the kernel schedules it (long on a loaded machine): wait, boundedly, until the group is gone.
+    deadline = time.monotonic() + _KILL_GRACE_S
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
 
 
 def group_cpu_seconds(pid: int) -> float:
@@ -273,6 +279,19 @@ def group_cpu_seconds(pid: int) -> float:
     return total
 
 
+@dataclass(frozen=True)
+class ChildExit:
+    """How an attempt's calculation process ended.
+
+    Attributes:
+        returncode: Its exit code; negative for a signal (e.g. -11 segfault); None when it was stopped at a limit.
+        limit: The limit that stopped it: "wall" (`timeout_s`) or "cpu" (`cpu_timeout_s`); None if it ended itself.
+    """
+
+    returncode: int | None
+    limit: Literal["wall", "cpu"] | None = None
+
+
 def run_child(
     command: list[str],
     *,
@@ -280,14 +299,11 @@ def run_child(
     timeout_s: float,
     cpu_timeout_s: float | None = None,
     env: dict[str, str] | None = None,
-) -> tuple[int | None, bool]:
+) -> ChildExit:
     """Run `command` in its own process group, killing the group after `timeout_s` s of wall time or, when
     `cpu_timeout_s` is given, once the group has used that many CPU seconds.
 
     A CPU-time limit does not kill a calculation that merely waited for a core on a busy machine.
-
-    Returns:
-        (return code, timed out). The return code is negative for a signal (e.g. -11 segfault), None on timeout.
     """
     deadline = time.monotonic() + timeout_s
     with open(cwd / "stdout.txt", "wb") as log:
@@ -296,17 +312,19 @@ def run_child(
         )
         (cwd / "child.pid").write_text(str(proc.pid))
         try:
+            limit: Literal["wall", "cpu"] = "wall"
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 try:
-                    return proc.wait(timeout=min(left, _CPU_POLL_S) if cpu_timeout_s else left), False
+                    return ChildExit(proc.wait(timeout=min(left, _CPU_POLL_S) if cpu_timeout_s else left))
                 except subprocess.TimeoutExpired:
                     if cpu_timeout_s is not None and group_cpu_seconds(proc.pid) > cpu_timeout_s:
+                        limit = "cpu"
                         break
             _kill_group(proc)
-            return None, True
+            return ChildExit(None, limit)
         except BaseException:
             # e.g. KeyboardInterrupt in the caller: never leave a calculation running unattended.
             _kill_group(proc)
@@ -369,12 +387,11 @@ class AseOracle(Oracle):
         """The command that runs the worker on `job_file`."""
         return [sys.executable, str(WORKER_SCRIPT), str(job_file)]
 
-    def run_attempt(self, job_file: Path, *, directory: Path) -> tuple[int | None, bool]:
+    def run_attempt(self, job_file: Path, *, directory: Path) -> ChildExit:
         """Run one attempt's job file, leaving the worker's answer in `directory`.
 
-        Returns:
-            (return code, timed out), as `run_child`. The default isolates the calculator in a child process;
-            an oracle whose calculator is cheap to keep loaded may run it in this process instead.
+        The default isolates the calculator in a child process (`run_child`); an oracle whose calculator is cheap
+        to keep loaded may run it in this process instead.
         """
         return run_child(
             self.launch_command(job_file),
@@ -570,7 +587,7 @@ class AseOracle(Oracle):
             _audit(workdir, attempt=attempt, event="started")
             t_attempt = time.perf_counter()
             try:
-                code, timed_out = self.run_attempt(job_file, directory=directory)
+                ended = self.run_attempt(job_file, directory=directory)
             except OSError as exc:  # launcher missing or not executable
                 entry["outcome"] = f"could not start the calculation: {exc}"
                 raise OracleUnavailable(entry["outcome"]) from None
@@ -579,14 +596,15 @@ class AseOracle(Oracle):
             _audit(
                 workdir, attempt=attempt, event="finished", ok=bool(answer and answer.get("status") == "ok")
             )
-            if timed_out:
-                limit = self.settings.cpu_timeout_s
-                if limit is not None and entry["wall_time"] < self.settings.timeout_s:
-                    failure = OracleTimeout(f"timeout: attempt {attempt} exceeded {limit:g} CPU s")
-                else:
-                    failure = OracleTimeout(
-                        f"timeout: attempt {attempt} exceeded {self.settings.timeout_s:g} s of wall time"
-                    )
+            code = ended.returncode
+            if ended.limit == "cpu":
+                failure = OracleTimeout(
+                    f"timeout: attempt {attempt} exceeded {self.settings.cpu_timeout_s:g} CPU s"
+                )
+            elif ended.limit == "wall":
+                failure = OracleTimeout(
+                    f"timeout: attempt {attempt} exceeded {self.settings.timeout_s:g} s of wall time"
+                )
             elif answer is None:
                 why = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
                 failure = CalculationFailed(
@@ -602,7 +620,7 @@ class AseOracle(Oracle):
                 entry["outcome"] = "ok"
                 return self._ok(answer, structure, reduced, attempts=attempt, metadata=metadata)
             entry["outcome"] = failure.reason
-            if timed_out:
+            if ended.limit is not None:
                 break  # a slower retry of a run that hit the wall would only hit it again
         raise failure
 

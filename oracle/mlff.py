@@ -23,7 +23,7 @@ from pydantic import Field
 from pymatgen.core import Structure
 
 from oracle import calc_worker
-from oracle.ase_runner import AseOracle, AseOracleSettings
+from oracle.ase_runner import AseOracle, AseOracleSettings, ChildExit
 from oracle.base import register
 from oracle.cost import pair_potential_memory_gb
 
@@ -76,7 +76,7 @@ class MLFFOracle(AseOracle):
     def code_version(self) -> str:
         return f"sevennet {self.settings.model}"
 
-    def run_attempt(self, job_file: Path, *, directory: Path) -> tuple[int | None, bool]:
+    def run_attempt(self, job_file: Path, *, directory: Path) -> ChildExit:
         """In process (see `MLFFSettings.in_process`): the same worker code, with the model kept loaded."""
         if not self.settings.in_process:
             return super().run_attempt(job_file, directory=directory)
@@ -86,4 +86,4 @@ class MLFFOracle(AseOracle):
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(answer))
         os.replace(tmp, out)
-        return 0, False
+        return ChildExit(0)

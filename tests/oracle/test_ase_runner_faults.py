@@ -14,7 +14,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from oracle import EMTOracle, GPAWOracle, GPAWSettings, UnsupportedStructure
-from oracle.ase_runner import RESULT_FILE, run_child
+from oracle.ase_runner import RESULT_FILE, ChildExit, run_child
 
 CHEAP = {"cutoff": 400.0, "kpoint_density": 2.0, "relax_steps": 0}
 
@@ -61,7 +61,7 @@ def test_timeout_kills_the_calculation(nacl_rattled, tmp_path):
     t0 = time.perf_counter()
     result = GPAWOracle(settings).label(nacl_rattled, workdir=tmp_path / "slow")
     assert result.status == "failed"
-    assert result.reason.startswith("timeout")
+    assert result.reason == "timeout: attempt 1 exceeded 1 s of wall time"
     assert result.failure_kind == "timeout"
     assert result.attempts == 1  # a retry of a timed-out run would only time out again
     assert time.perf_counter() - t0 < 30
@@ -75,20 +75,29 @@ def test_timeout_kills_the_calculation(nacl_rattled, tmp_path):
 def test_cpu_time_limit_spares_a_waiting_process_and_stops_a_busy_one(tmp_path):
     # A process that only waits (as a calculation does for a core on a loaded machine) uses no CPU time.
     (tmp_path / "wait").mkdir()
-    code, timed_out = run_child(
+    ended = run_child(
         [sys.executable, "-c", "import time; time.sleep(4)"],
         cwd=tmp_path / "wait",
         timeout_s=60.0,
         cpu_timeout_s=1.5,
     )
-    assert (code, timed_out) == (0, False)
+    assert ended == ChildExit(0)
     (tmp_path / "busy").mkdir()
     t0 = time.perf_counter()
-    code, timed_out = run_child(
+    ended = run_child(
         [sys.executable, "-c", "while True: pass"], cwd=tmp_path / "busy", timeout_s=60.0, cpu_timeout_s=1.5
     )
-    assert (code, timed_out) == (None, True)
+    assert ended == ChildExit(None, "cpu")
     assert time.perf_counter() - t0 < 30  # stopped by CPU time, long before the wall limit
+    # A process that waits past the wall-clock limit is stopped by that one, and says so.
+    (tmp_path / "hung").mkdir()
+    ended = run_child(
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        cwd=tmp_path / "hung",
+        timeout_s=2.0,
+        cpu_timeout_s=30,
+    )
+    assert ended == ChildExit(None, "wall")
     assert _process_group_gone(int((tmp_path / "busy" / "child.pid").read_text()))
 
 
