@@ -15,7 +15,7 @@ from rich.table import Table
 
 from loop.hull import HullEntry, OracleHull
 from loop.stages import stages_of
-from loop.store import CampaignStore, StructureRow
+from loop.store import CampaignStore, StoredResult, StructureRow
 from loop.verdicts import StabilityRule
 
 
@@ -48,14 +48,21 @@ def _origin_source(rows: Mapping[str, StructureRow], h: str) -> str | None:
     return None if row is None else row.source
 
 
-def known_hull_distance(store: CampaignStore, hashes: Sequence[str]) -> dict[str, float]:
+def known_hull_distance(
+    hashes: Sequence[str],
+    *,
+    results: Mapping[str, StoredResult],
+    rows: Mapping[str, StructureRow],
+    first: Mapping[str, int],
+) -> dict[str, float]:
     """Energy of each labelled structure in `hashes` above the hull of the round-0 references alone (the known
     crystals at the oracle's level of theory), eV/atom; negative means below every known phase. Structures that
-    cannot be placed on it (no label, a missing element) are left out."""
-    settings_hash = (store.get_meta("identity") or {}).get("oracle")
-    results = {r.hash: r for r in store.oracle_results(settings_hash=settings_hash, ok_only=True)}
-    first = store.first_query_rounds()
-    rows = {r.hash: r for r in store.structure_rows()}
+    cannot be placed on it (no label, a missing element) are left out.
+
+    Args:
+        results: The campaign's successful labels by hash; rows: stored structures by hash; first: the round each
+            hash was first queried in (`CampaignStore.first_query_rounds`).
+    """
     known = OracleHull.from_entries(
         HullEntry(entry_id=h, composition=rows[h].formula, energy_per_atom=r.energy_per_atom)
         for h, r in results.items()
@@ -140,7 +147,11 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
                     "source": _origin_source(rows, v.hash),
                 }
             )
-        vs_known = known_hull_distance(store, [d["hash"] for d in discoveries])
+        settings_hash = identity.get("oracle")
+        results = {r.hash: r for r in store.oracle_results(settings_hash=settings_hash, ok_only=True)}
+        vs_known = known_hull_distance(
+            [d["hash"] for d in discoveries], results=results, rows=rows, first=query_round
+        )
         for d in discoveries:
             d["vs_known"] = vs_known.get(d["hash"])
         discoveries.sort(
@@ -148,7 +159,6 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
         )
         best = discoveries[:20]
         # The symmetry of what the oracle relaxed each one to.
-        results = {r.hash: r for r in store.oracle_results(ok_only=True)}
         finals = {d["hash"]: results[d["hash"]].structure_hash for d in best if d["hash"] in results}
         structures = store.get_structures(sorted(set(finals.values())))
         for d in best:

@@ -216,7 +216,7 @@ class StructureRow:
     """A stored structure's row, without the structure itself (`CampaignStore.get_structure` reads that).
 
     Attributes:
-        source: seed | withheld | diffusion | substitution | random_search | relaxed | oracle | user.
+        source: seed | withheld | diffusion | substitution | random_search | relaxed | oracle_relaxed | user.
         parent: The parent's structure hash or external id (a substitution's parent, a relaxation's start).
         round: The round that made it (None for structures bundled with the campaign).
         provenance: What was done to make it.
@@ -323,6 +323,10 @@ def _migrate_1(c: sqlite3.Connection) -> int:
 
 # Schema version -> the step that brings a store of that version to the next one (inside the opening transaction).
 _MIGRATIONS = {1: _migrate_1}
+
+
+def _as_query(row: sqlite3.Row) -> Query:
+    return Query(hash=row["hash"], strategy=row["strategy"], rank=row["rank"], score=row["score"])
 
 
 def _loads(text: str | None) -> Any:
@@ -800,17 +804,14 @@ class CampaignStore:
     def round_queries(self, rnd: int) -> list[Query]:
         """The queries of round `rnd`, by rank."""
         return [
-            Query(hash=r["hash"], strategy=r["strategy"], rank=r["rank"], score=r["score"])
-            for r in self._query("SELECT * FROM queries WHERE round = ? ORDER BY rank", (rnd,))
+            _as_query(r) for r in self._query("SELECT * FROM queries WHERE round = ? ORDER BY rank", (rnd,))
         ]
 
     def queries_by_round(self) -> dict[int, list[Query]]:
         """The queries of every round, each round's by rank."""
         out: dict[int, list[Query]] = {}
         for r in self._query("SELECT * FROM queries ORDER BY round, rank"):
-            out.setdefault(r["round"], []).append(
-                Query(hash=r["hash"], strategy=r["strategy"], rank=r["rank"], score=r["score"])
-            )
+            out.setdefault(r["round"], []).append(_as_query(r))
         return out
 
     def first_query_rounds(self) -> dict[str, int]:
