@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dask
 import pytest
 
 from loop.config import validate_config
@@ -53,6 +54,17 @@ def test_unknown_jobqueue_key_is_refused() -> None:
 def test_worker_lifetime_arguments() -> None:
     job = JobQueueConfig(**JOB)  # default lifetime: 60 min - 2 x 5 min stagger - 2 min
     assert job.cluster_kwargs()["worker_extra_args"] == ["--lifetime", "2880s", "--lifetime-stagger", "300s"]
+
+
+def test_local_workers_run_without_dask_dashboard_monitors() -> None:
+    # The 10 ms profiler and the GIL probe feed a dashboard nobody opens and take CPU from the calculations.
+    with make_executor(ExecutionConfig(kind="local", n_workers=1)) as ex:
+        for key, value in (
+            ("distributed.worker.profile.enabled", False),
+            ("distributed.admin.system-monitor.gil.enabled", False),
+            ("distributed.admin.tick.interval", "500ms"),
+        ):
+            assert set(ex.client.run(dask.config.get, key).values()) == {value}
 
 
 def test_inline_runs_in_this_process_without_dask() -> None:

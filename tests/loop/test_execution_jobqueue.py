@@ -43,6 +43,10 @@ def test_slurm_job_script_from_the_example_config() -> None:
     assert "-t 04:00:00" in lines  # walltime
     assert lines[-2:] == ["--constraint=cpu", "--mail-type=FAIL"]  # job-extra lines, verbatim and last
     assert "source $HOME/matloop/.venv/bin/activate" in script
+    # Dask's dashboard monitors are switched off in the job's environment, before the user's lines (which may
+    # override them).
+    quiet = script.index("export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False")
+    assert quiet < script.index("source $HOME/matloop/.venv/bin/activate")
     command = worker_command(script)
     assert "--nworkers 4" in command and "--nthreads 1" in command
     # Workers leave gracefully 3h45m (± 5 min) into a 4 h job, before the walltime kill.
