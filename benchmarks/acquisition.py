@@ -23,7 +23,9 @@ retrained on them. Each round it
      run with few seeds and strategies.
    * ``refit`` (cheap): the reference-energy refit of the emulator alone (`emulator.training.refit_reference_shift`
      on all labels, from the pretrained ensemble each round), applied to the pretrained per-member energies stored
-     in the pool; σ is the raw member spread. No weights change, so hundreds of replays take minutes.
+     in the pool, with the campaign's σ calibration (bias and spread scale fitted on the refit's leave-one-out
+     pairs, as the retrain stage does while no member has been trained). No weights change, so hundreds of
+     replays take minutes.
 
 Each seed offers a random `--subset` fraction of the pool's candidates (a different "generation batch"), and seeds
 the random baseline. Reported per strategy: hits per oracle call, DAF = hit rate / prevalence (its ceiling is
@@ -53,7 +55,7 @@ from pymatgen.core import Structure
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_pool import read_pool, structure_from_compact
 
-STRATEGIES = ("p_stable", "ucb", "max_std", "greedy", "random")
+STRATEGIES = ("p_stable", "expected_improvement", "ucb", "max_std", "greedy", "random")
 log = logging.getLogger("acquisition")
 
 
@@ -117,34 +119,64 @@ def load_pool(path: Path, *, near_stable: float | None = None) -> Pool:
 
 # -- emulators of a replay ----------------------------------------------------------------------------------------------
 class RefitEmulator:
-    """The pretrained ensemble with its reference energies refitted on all labels so far (no weight updates)."""
+    """The pretrained ensemble with its reference energies refitted on all labels so far (no weight updates), and
+    its σ calibrated as a campaign's retrain stage does before any member is trained: a bias and a spread scale
+    fitted on the leave-one-out pairs of the refit (`ChgnetEnsemble.loo_pairs`), shrunk toward the previous fit."""
 
     mode = "refit"
 
     def __init__(self, pool: Pool) -> None:
+        from emulator.calibration import Calibration
         from emulator.chgnet_ensemble import ChgnetEnsembleSettings
         from emulator.training import composition_fractions
 
         self.pool = pool
-        self.alpha = ChgnetEnsembleSettings.model_validate(pool.emulator_settings).ridge_alpha
+        self.settings = ChgnetEnsembleSettings.model_validate(pool.emulator_settings)
         self.fractions = composition_fractions([np.array([s.specie.Z for s in st]) for st in pool.structures])
         self.shift = np.zeros(self.fractions.shape[1])
+        self.calibration = Calibration()
+
+    def _refit(self, idx: np.ndarray, residuals: np.ndarray) -> np.ndarray:
+        from emulator.training import refit_reference_shift
+
+        return refit_reference_shift(
+            fractions=self.fractions[idx], residuals=residuals, alpha=self.settings.ridge_alpha
+        )
 
     def retrain(self, labelled: Sequence[int], new: Sequence[int], *, round: int) -> None:
-        from emulator.training import refit_reference_shift
+        from emulator.calibration import HeldOutPairs, fit_calibration
 
         idx = np.array([i for i in labelled if np.isfinite(self.pool.oracle_energy[i])], dtype=int)
         # The oracle energy belongs to the oracle's geometry, so the residual is taken there.
-        at_geometry = self.pool.members_oracle_geometry[:, idx].mean(axis=0)
-        fallback = self.pool.members[:, idx].mean(axis=0)
-        pred = np.where(np.isfinite(at_geometry), at_geometry, fallback)
-        self.shift = refit_reference_shift(
-            fractions=self.fractions[idx], residuals=self.pool.oracle_energy[idx] - pred, alpha=self.alpha
+        at_geometry = self.pool.members_oracle_geometry[:, idx]
+        members = np.where(np.isfinite(at_geometry), at_geometry, self.pool.members[:, idx])
+        pred = members.mean(axis=0)
+        target = self.pool.oracle_energy[idx]
+        residual = target - pred
+        self.shift = self._refit(idx, residual)
+        keep = np.ones(len(idx), dtype=bool)
+        loo = []
+        for j in range(len(idx)):
+            keep[j] = False
+            loo.append(float(pred[j] + self.fractions[idx[j]] @ self._refit(idx[keep], residual[keep])))
+            keep[j] = True
+        pairs = HeldOutPairs(
+            predicted=loo,
+            std=members.std(axis=0).tolist(),
+            target=target.tolist(),
+            round=[round] * len(idx),
+        )
+        self.calibration = fit_calibration(
+            pairs,
+            previous=self.calibration,
+            prior_weight=self.settings.calibration_prior_weight,
+            fit_bias=self.settings.calibration_bias,
+            rule=self.settings.calibration_rule,
         )
 
     def predict(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         members = self.pool.members[:, idx] + self.fractions[idx] @ self.shift
-        return members.mean(axis=0), members.std(axis=0)
+        return members.mean(axis=0) + self.calibration.bias, self.calibration.std(members.std(axis=0))
 
     def close(self) -> None:
         pass

@@ -6,13 +6,15 @@
   candidates (rattled, strained 4-atom fcc orderings), against an EMT hull of fcc Cu and Au.
 
 Both modes start from empty work directories (no cached results) and include loading the emulator (once inline,
-once per worker on Dask); the Dask time excludes starting the cluster (a campaign keeps one for its whole run),
+once per worker on Dask; torch and CHGNet are imported in every process beforehand, as a campaign's workers do once
+per run); the Dask time excludes starting the cluster (a campaign keeps one for its whole run),
 which is reported separately. The machine's load average is recorded before and after each part: on a shared
 machine a speed-up below 2x mostly measures the other processes.
 
 * label also runs the same calculations from 2 plain threads of this process (each calculation is its own child
   process, so threads are enough): the speed-up the workload itself allows on this machine, with no Dask at all.
   Two GPAW processes share the memory bandwidth and the L3 cache, so this can sit well below the CPU-loop ceiling.
+* screen also runs the same chunks on a plain `concurrent.futures` process pool of the same size (no Dask).
 * hardware: the ceiling the machine itself allows. The same pure-Python CPU loop runs `workers` times one after the
   other and then in `workers` parallel processes; the ratio of the two wall times is the best speed-up any program
   can get from `workers` processes here (a virtual machine's cores may share a physical core or a host).
@@ -28,16 +30,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import as_completed as futures_as_completed
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pymatgen.core import Lattice, Structure
+
+# What this process has imported before its inline screen (torch, CHGNet, the tasks): worker processes import them
+# once per campaign run, not per stage, so they are imported before the timing in the parallel modes as well.
+# The emulator itself is loaded inside the timing in every mode.
+WARM_IMPORTS = "import loop.tasks, chgnet.model.model"
 
 FCC = [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]]
 
@@ -72,8 +80,6 @@ def _spin(n: int) -> float:
 
 def hardware_ceiling(workers: int, *, repeats: int, n: int = 20_000_000) -> dict[str, Any]:
     """The machine's own parallel throughput: `workers` loops in sequence vs in parallel processes."""
-    from concurrent.futures import ProcessPoolExecutor
-
     ratios = []
     with ProcessPoolExecutor(max_workers=workers) as pool:
         list(pool.map(_spin, [1000] * workers))  # start the processes outside the timing
@@ -155,6 +161,17 @@ class _ThreadSubmit:
         return futures_as_completed(futures)
 
 
+class _PoolClient:
+    """The part of a Dask client `Executor.map_chunks` uses, over a process pool."""
+
+    def __init__(self, pool: ProcessPoolExecutor) -> None:
+        self.pool = pool
+
+    def submit(self, fn: Any, *args: Any, pure: bool = True) -> Any:
+        del pure
+        return self.pool.submit(fn, *args)
+
+
 def bench_label(n: int, workers: int, *, cutoff: float, kpoint_density: float) -> dict[str, Any]:
     from loop.execution import ExecutionConfig, make_executor
     from oracle.gpaw_dft import GPAWSettings
@@ -193,7 +210,7 @@ def bench_label(n: int, workers: int, *, cutoff: float, kpoint_density: float) -
 def bench_screen(n: int, workers: int) -> dict[str, Any]:
     from emulator.tasks import clear_cache
     from loop.config import validate_config
-    from loop.execution import make_executor
+    from loop.execution import Executor, make_executor
     from loop.labelling import label_hashes
     from loop.stages.screen import screen
     from loop.store import CampaignStore
@@ -232,14 +249,33 @@ def bench_screen(n: int, workers: int) -> dict[str, Any]:
             out["cluster_start_s"] = round(time.perf_counter() - t0, 1)
             # CPU of the main process and the workers together: above inline's, the workers slowed each other
             # (shared caches, memory bandwidth) or paid per-task costs; wall x 2 above it, they waited.
+            ex.client.run(exec, WARM_IMPORTS)
             t0, c0 = time.perf_counter(), tree_cpu_s()
             rows = screen(config, store=store, hashes=hashes, checkpoint=None, executor=ex).predictions
             out["dask"] = {"wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(tree_cpu_s() - c0, 1)}
         energies["dask"] = [r.energy_per_atom for r in rows]
+        # The same chunks on plain worker processes (no Dask): what two CHGNet processes get on this machine.
+        clear_cache()
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            # Started and warm outside the timing, as the Dask workers are (a few calls each reach every process).
+            list(pool.map(exec, [WARM_IMPORTS] * workers * 4))
+            t0, c0 = time.perf_counter(), tree_cpu_s()
+            rows = screen(
+                config, store=store, hashes=hashes, checkpoint=None, executor=Executor(_PoolClient(pool))
+            ).predictions
+            out["processes"] = {
+                "wall_s": round(time.perf_counter() - t0, 1),
+                "cpu_s": round(tree_cpu_s() - c0, 1),
+            }
+        energies["processes"] = [r.energy_per_atom for r in rows]
         store.close()
     out["load_after"] = load()
     out["speedup"] = round(out["inline"]["wall_s"] / out["dask"]["wall_s"], 2)
-    out["same_energies"] = bool(np.allclose(energies["inline"], energies["dask"], atol=1e-5))
+    out["processes_speedup"] = round(out["inline"]["wall_s"] / out["processes"]["wall_s"], 2)
+    out["same_energies"] = all(
+        bool(np.allclose(energies["inline"], energies[mode], atol=1e-5)) for mode in ("dask", "processes")
+    )
     return out
 
 
