@@ -36,7 +36,7 @@ from loop import plots
 from loop.config import CampaignConfig
 from loop.errors import InputError
 from loop.hull import HullEntry, OracleHull
-from loop.report import next_stage, origin, space_group
+from loop.report import known_hull_distance, next_stage, origin, space_group
 from loop.stages.update import emulator_metrics
 from loop.store import CampaignStore, StoredResult, StructureRow
 from loop.verdicts import StabilityRule, Verdict
@@ -142,6 +142,7 @@ class Discovery:
     predicted_std: float | None
     oracle_settings: str
     rediscovers: str | None = None
+    vs_known: float | None = None
 
 
 @dataclass
@@ -468,6 +469,14 @@ def collect(workdir: Path) -> ScienceData:
         rediscovered = {w.found.hash: w.id for w in withheld if w.found is not None}
 
         settings_text = _settings_text(level.settings)
+        # On the final hull a discovery that lowered it reads 0.000; against the known phases alone (the round-0
+        # references) it shows by how much it beat them.
+        vs_known = known_hull_distance(
+            [c.hash for c in calls if c.is_hit],
+            results={h: r for h, r in by_hash.items() if r.ok},
+            rows=rows,
+            first=store.first_query_rounds(),
+        )
         discoveries = []
         for c in calls:
             if not c.is_hit:
@@ -494,6 +503,7 @@ def collect(workdir: Path) -> ScienceData:
                     predicted_std=None if p is None else p.e_hull_std,
                     oracle_settings=f"{level.kind}: {settings_text or 'defaults'}{relaxed}",
                     rediscovers=rediscovered.get(c.hash),
+                    vs_known=vs_known.get(c.hash),
                 )
             )
         discoveries.sort(
@@ -875,6 +885,7 @@ def render_html(data: ScienceData) -> str:
                     _e(d.space_group),
                     str(d.natoms),
                     _num(c.e_hull, "{:+.4f}"),
+                    _num(d.vs_known, "{:+.4f}"),
                     tag,
                     pred,
                     str(c.round),
@@ -885,13 +896,11 @@ def render_html(data: ScienceData) -> str:
                     f'<span class="small">{_e(d.oracle_settings)}</span>',
                 ]
             )
-        headers = ["formula / structure hash", "space group", "atoms", "E_hull (eV/atom)", "verdict", "emulator E_hull ± σ",
-                   "round", "oracle call #", "generator", "parent", "operation or conditions", "oracle settings"]  # fmt: skip
-        parts.append(
-            _table(
-                headers, rows, [False, False, True, True, False, True, True, True, False, False, False, False]
-            )
-        )
+        headers = ["formula / structure hash", "space group", "atoms", "E_hull (eV/atom)", "vs known phases (eV/atom)",
+                   "verdict", "emulator E_hull ± σ", "round", "oracle call #", "generator", "parent",
+                   "operation or conditions", "oracle settings"]  # fmt: skip
+        numeric = [False, False, True, True, True, False, True, True, True, False, False, False, False]
+        parts.append(_table(headers, rows, numeric))
     else:
         parts.append('<p class="note">No hit yet.</p>')
 
@@ -952,6 +961,11 @@ def render_html(data: ScienceData) -> str:
         ("near-stable", f"0 < E_hull ≤ {data.rule.near_stable:g} eV/atom"),
         ("hit", "stable or near-stable, not a duplicate of an earlier label"),
         ("oracle call", "one query of a round ≥ 1; failed calls count; round-0 references do not"),
+        (
+            "vs known phases",
+            "energy above the hull of the round-0 references alone (the known crystals at the oracle's level); "
+            "negative: below every known phase",
+        ),
         (
             "emulator error",
             "emulator energy per atom at its relaxed geometry against the oracle's, before retraining",

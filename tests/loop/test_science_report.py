@@ -255,6 +255,37 @@ def test_report_numbers_match_the_store(smoke_campaign, smoke_report):
     assert len(re.findall(r"<td>(?:diffusion|substitution|random_search)</td>", section)) == len(hits)
 
 
+def test_discoveries_show_their_distance_to_the_known_phases(smoke_campaign, smoke_report):
+    """The "vs known phases" column: each hit's energy above the hull of the round-0 references alone, rebuilt
+    here with pymatgen from the stored energies."""
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+
+    store = CampaignStore.in_workdir(smoke_campaign)
+    try:
+        settings_hash = store.get_meta("identity")["oracle"]
+        results = {r.hash: r for r in store.oracle_results(settings_hash=settings_hash, ok_only=True)}
+        structures = store.get_structures(list(results))
+        first = store.first_query_rounds()
+    finally:
+        store.close()
+    known = PhaseDiagram(
+        [PDEntry(structures[h].composition, r.energy) for h, r in results.items() if first.get(h) == 0]
+    )
+    text = html.unescape(smoke_report.read_text())
+    section = text.split("<h2>Discoveries")[1].split("<h2>")[0]
+    assert "vs known phases (eV/atom)" in section
+    e_hull, _, near = independent_hits(smoke_campaign)
+    hits = [h for h, e in e_hull.items() if StabilityRule(near_stable=near).is_hit(e)]
+    for row in re.findall(r"<tr>(.*?)</tr>", section.split("<tbody>")[1]):
+        h = re.findall(r"<span class='mono'>([0-9a-f]+)</span>", row)[0]
+        assert h in hits
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+        expected = known.get_e_above_hull(
+            PDEntry(structures[h].composition, results[h].energy), allow_negative=True
+        )
+        assert float(cells[4]) == pytest.approx(expected, abs=1e-4)
+
+
 def _round_of(workdir: Path, h: str) -> int:
     store = CampaignStore.in_workdir(workdir)
     try:
