@@ -161,8 +161,11 @@ def table(result: dict[str, Any]) -> str:
         found_hits = sum(f["withheld"].get(w, {}).get("round") is not None for w in hit_ids)
         per = f"{f['oracle_calls'] / n_found:.1f}" if n_found else "–"
         summary.append(
-            f"{n_found}/{len(f['withheld'])} found ({found_hits}/{len(hit_ids)} of the oracle's hits), "
-            f"{f['oracle_calls']} calls, {per} calls per rediscovery"
+            f"{n_found}/{len(f['withheld'])} found ({found_hits}/{len(hit_ids)} of the oracle's hits); "
+            f"{f['oracle_calls']} calls, {per} calls per rediscovery; {f['hits']} hits in all "
+            f"({f['hits'] / f['oracle_calls']:.0%} of calls)"
+            if f["oracle_calls"]
+            else "no oracle call"
         )
     lines.append("| **all** | | " + " | ".join(summary) + " |")
     return "\n".join(lines)
