@@ -136,15 +136,12 @@ class RefitEmulator:
         self.shift = np.zeros(self.fractions.shape[1])
         self.calibration = Calibration()
 
-    def _refit(self, idx: np.ndarray, residuals: np.ndarray) -> np.ndarray:
-        from emulator.training import refit_reference_shift
-
-        return refit_reference_shift(
-            fractions=self.fractions[idx], residuals=residuals, alpha=self.settings.ridge_alpha
-        )
-
     def retrain(self, labelled: Sequence[int], new: Sequence[int], *, round: int) -> None:
-        from emulator.calibration import HeldOutPairs, fit_calibration
+        from emulator.calibration import Calibration, HeldOutPairs, fit_calibration
+        from emulator.training import leave_one_out_refit, refit_reference_shift
+
+        if round == 0:  # a new replay: one instance serves them all, and no fit may carry over
+            self.calibration = Calibration()
 
         idx = np.array([i for i in labelled if np.isfinite(self.pool.oracle_energy[i])], dtype=int)
         # The oracle energy belongs to the oracle's geometry, so the residual is taken there.
@@ -153,15 +150,13 @@ class RefitEmulator:
         pred = members.mean(axis=0)
         target = self.pool.oracle_energy[idx]
         residual = target - pred
-        self.shift = self._refit(idx, residual)
-        keep = np.ones(len(idx), dtype=bool)
-        loo = []
-        for j in range(len(idx)):
-            keep[j] = False
-            loo.append(float(pred[j] + self.fractions[idx[j]] @ self._refit(idx[keep], residual[keep])))
-            keep[j] = True
+        alpha = self.settings.ridge_alpha
+        self.shift = refit_reference_shift(fractions=self.fractions[idx], residuals=residual, alpha=alpha)
+        loo = leave_one_out_refit(
+            pretrained=pred, fractions=self.fractions[idx], residuals=residual, alpha=alpha
+        )
         pairs = HeldOutPairs(
-            predicted=loo,
+            predicted=loo.tolist(),
             std=members.std(axis=0).tolist(),
             target=target.tolist(),
             round=[round] * len(idx),

@@ -64,6 +64,7 @@ from emulator.training import (
     bootstrap_weights,
     composition_fractions,
     fine_tune_members,
+    leave_one_out_refit,
     matrix_to_voigt,
     refit_reference_shift,
     to_examples,
@@ -497,15 +498,11 @@ class ChgnetEnsemble(Emulator):
         pretrained = pred.energy_per_atom - fractions @ self._reference_shift()
         target = np.array([item.energy_per_atom for item in data])
         residual = target - pretrained
-        predicted = []
-        for i in range(len(data)):
-            keep = np.arange(len(data)) != i
-            shift = refit_reference_shift(
-                fractions=fractions[keep], residuals=residual[keep], alpha=self.settings.ridge_alpha
-            )
-            predicted.append(float(pretrained[i] + fractions[i] @ shift))
+        predicted = leave_one_out_refit(
+            pretrained=pretrained, fractions=fractions, residuals=residual, alpha=self.settings.ridge_alpha
+        )
         return HeldOutPairs(
-            predicted=predicted,
+            predicted=[float(x) for x in predicted],
             std=[float(x) for x in pred.energy_per_atom_std],
             target=[float(x) for x in target],
             round=[int(round)] * len(data),

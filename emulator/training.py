@@ -75,6 +75,28 @@ def refit_reference_shift(*, fractions: np.ndarray, residuals: np.ndarray, alpha
     return shift
 
 
+def leave_one_out_refit(
+    *, pretrained: np.ndarray, fractions: np.ndarray, residuals: np.ndarray, alpha: float
+) -> np.ndarray:
+    """Each label's prediction by the reference refit made without it (eV/atom): the held-out test of the refit.
+
+    Args:
+        pretrained: (n,) energies before any refit, eV/atom.
+        fractions: (n, 94) atom fractions.
+        residuals: (n,) oracle minus `pretrained`, eV/atom.
+        alpha: Ridge penalty of `refit_reference_shift`.
+
+    Returns:
+        (n,) `pretrained[i]` plus the shifts refitted on every label but i.
+    """
+    out = np.empty(len(pretrained))
+    for i in range(len(pretrained)):
+        keep = np.arange(len(pretrained)) != i
+        shift = refit_reference_shift(fractions=fractions[keep], residuals=residuals[keep], alpha=alpha)
+        out[i] = pretrained[i] + fractions[i] @ shift
+    return out
+
+
 def bootstrap_weights(*, n_members: int, n_data: int, seed: int, bootstrap: bool) -> np.ndarray:
     """(K, n) per-example loss weights: multinomial resample counts per member (all ones if no bootstrap)."""
     if not bootstrap:
