@@ -73,23 +73,27 @@ def read_pool(path: Path) -> dict[str, Any]:
     return pool
 
 
-def oracle_settings(kind: str, overrides: list[str]) -> Any:
-    """Validated oracle settings: the benchmark defaults of `kind`, then KEY=VALUE overrides (YAML values)."""
+def oracle_settings(kind: str, overrides: list[str], *, config_path: str | None = None) -> Any:
+    """Validated oracle settings: `kind`'s defaults, or the `oracle` section of the campaign config `config_path`
+    (e.g. `configs/demo.yaml`, the converged Li-Al GPAW settings), then KEY=VALUE overrides (YAML values)."""
     import yaml
 
+    from loop.errors import InputError
     from loop.validation import validate_oracle_settings
 
-    defaults: dict[str, dict[str, Any]] = {
-        # The converged Li-Al settings of the demo audit: sp metals, so 400 eV; metals need dense k-points.
-        "gpaw": {
-            "cutoff": 400.0,
-            "kpoint_density": 6.0,
-            "smearing": "marzari-vanderbilt",
-            "smearing_width": 0.1,
-            "timeout_s": 3600.0,
-        },
-    }
-    data: dict[str, Any] = {"kind": kind, **defaults.get(kind, {})}
+    data: dict[str, Any] = {"kind": kind}
+    if config_path is not None:
+        try:
+            section = (yaml.safe_load(Path(config_path).read_text()) or {}).get("oracle") or {}
+        except (OSError, yaml.YAMLError, AttributeError) as exc:
+            raise InputError(
+                f"--oracle-config {config_path}: cannot read an oracle section ({exc})"
+            ) from None
+        if section.get("kind", kind) != kind:
+            raise InputError(
+                f"--oracle-config {config_path} configures oracle kind {section['kind']!r}, not --oracle {kind!r}"
+            )
+        data.update(section)
     for item in overrides:
         key, _, value = item.partition("=")
         data[key.strip()] = yaml.safe_load(value)
@@ -333,7 +337,7 @@ def _git_commit() -> str | None:
 def build(args: argparse.Namespace) -> dict[str, Any]:
     from loop.store import CampaignStore
 
-    settings = oracle_settings(args.oracle, args.oracle_setting)
+    settings = oracle_settings(args.oracle, args.oracle_setting, config_path=args.oracle_config)
     config = pool_config(args, settings)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -512,6 +516,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--system", required=True, help="chemical system, e.g. Li-Al")
     p.add_argument("--n", type=int, default=300, help="candidates in the pool")
     p.add_argument("--oracle", default="mlff", help="oracle kind (mlff, gpaw, ...)")
+    p.add_argument(
+        "--oracle-config", help="take the oracle settings from this campaign config's oracle section"
+    )
     p.add_argument("--oracle-setting", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", required=True, help="pool file to write (.json.gz)")
     p.add_argument("--workdir", required=True, help="campaign store and oracle files (resumable)")
