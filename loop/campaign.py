@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loop.campaign_tracking import end_campaign
-from loop.checkpoints import CHECKPOINT_KINDS, checkpoint_problem
+from loop.campaign_tracking import end_campaign, logged_rounds
+from loop.checkpoints import CHECKPOINT_KINDS, checkpoint_problem, prune_checkpoints
 from loop.config import CampaignConfig, load_config
 from loop.control import LOCK_FILE, STOP_FILE, request_stop, stop_requested, workdir_lock
 from loop.errors import CampaignHalted, CheckpointCorrupt, DiskFull, InputError
@@ -314,6 +314,7 @@ class Campaign:
             run_stage(STAGES[name], ctx)
             log.info("round %d: %s done in %.1f s", rnd, name, time.time() - started)
         store.finish_round(rnd, self._round_summary(rnd))
+        self._prune_checkpoints()
 
     def _open_store(self) -> CampaignStore:
         if self.store is None:
@@ -323,6 +324,27 @@ class Campaign:
     # -- paths --------------------------------------------------------------------------------------------------------
     def checkpoint_dir(self, rnd: int) -> Path:
         return checkpoint_dir(self.workdir, rnd)
+
+    def _prune_checkpoints(self) -> None:
+        """Old rounds' checkpoints leave the workdir once MLflow holds a copy (`checkpoints.keep_rounds`): a
+        daemon that runs for weeks would otherwise fill the disk with them."""
+        keep = self.config.checkpoints.keep_rounds
+        if keep is None or not self.config.tracking.enabled:
+            return
+        store = self._open_store()
+        deleted = prune_checkpoints(
+            root=self.workdir / "checkpoints",
+            keep_rounds=keep,
+            in_use=[store.get_meta(f"{kind}_checkpoint") for kind in CHECKPOINT_KINDS],
+            safe_to_delete=logged_rounds(store),
+        )
+        if deleted:
+            log.info(
+                "checkpoints of round(s) %s deleted from the workdir: MLflow keeps them as model versions "
+                "(checkpoints.keep_rounds: %d)",
+                ", ".join(map(str, deleted)),
+                keep,
+            )
 
     # -- checkpoint integrity -----------------------------------------------------------------------------------------
     def _saved_checkpoints(self, kind: str) -> list[tuple[int, str, str | None]]:

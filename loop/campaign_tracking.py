@@ -361,8 +361,12 @@ def _open_parent(tracker: Tracker, config: CampaignConfig, store: CampaignStore)
 
 def pending_rounds(store: CampaignStore) -> list[int]:
     """Rounds whose track stage ran but whose logging did not reach MLflow."""
-    logged = set(store.get_meta(LOGGED_META) or [])
-    return sorted({s.round for s in store.stages() if s.stage == "track"} - logged)
+    return sorted({s.round for s in store.stages() if s.stage == "track"} - set(logged_rounds(store)))
+
+
+def logged_rounds(store: CampaignStore) -> list[int]:
+    """Rounds whose metrics, artifacts and checkpoints reached MLflow."""
+    return sorted(store.get_meta(LOGGED_META) or [])
 
 
 def _log_round(
@@ -394,8 +398,7 @@ def _log_round(
     _log_models(tracker, config, store, rnd, run_id, workdir)
     tracker.set_description(round_description(config, store, rnd), run_id=run_id)
     tracker.end_run(run_id=run_id)
-    logged = set(store.get_meta(LOGGED_META) or [])
-    store.set_meta(LOGGED_META, sorted(logged | {rnd}))
+    store.set_meta(LOGGED_META, sorted({*logged_rounds(store), rnd}))
     return run_id
 
 

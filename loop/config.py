@@ -195,6 +195,19 @@ class StopRule(StrictModel):
     patience: int | None = Field(default=None, ge=1)
 
 
+class CheckpointRetention(StrictModel):
+    """How many rounds of retrained checkpoints stay in the workdir (each round adds ~9 MiB at the demo's sizes).
+
+    Attributes:
+        keep_rounds: The checkpoint folders (`checkpoints/round_NNN`) of the newest `keep_rounds` rounds stay;
+            older ones are deleted once their round is logged to MLflow, which keeps a copy of every checkpoint
+            as a registered model version. The checkpoints in use are never deleted, and nothing is deleted
+            while tracking is off or a round's logging is still pending. None keeps every round.
+    """
+
+    keep_rounds: int | None = Field(default=3, ge=1)
+
+
 class CampaignConfig(StrictModel):
     """A whole campaign.
 
@@ -212,6 +225,7 @@ class CampaignConfig(StrictModel):
             `[{kind: sevennet}]`). Each relaxes every candidate and the oracle hull's phases and places the
             candidate against its own energies of those phases; a candidate's E_hull is then the mean over the
             families and its std adds their spread to the emulator's calibrated std (`loop.stages.screen`).
+        checkpoints: Which rounds' checkpoints stay on disk.
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -229,6 +243,7 @@ class CampaignConfig(StrictModel):
     acquisition: AcquisitionConfig = Field(default_factory=AcquisitionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    checkpoints: CheckpointRetention = Field(default_factory=CheckpointRetention)
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
 

@@ -1,6 +1,7 @@
 """End to end: the smoke campaign (EMT oracle on Cu-Au, 2 rounds) through the real CLI, Dask, CHGNet, MLflow.
 
-One uninterrupted run is shared by the assertions below and is the reference for the crash-and-resume test.
+One uninterrupted run (the session's smoke campaign, `conftest.smoke_campaign`) is shared by the assertions below and
+is the reference for the crash-and-resume test.
 """
 
 from __future__ import annotations
@@ -9,14 +10,17 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from loop.campaign import ROUND0_STAGES, ROUND_STAGES
+from loop.checkpoints import CHECKPOINT_KINDS, checkpoint_problem
 from loop.store import CampaignStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,11 +41,8 @@ def matloop(*args: object, env: dict[str, str] | None = None) -> subprocess.Comp
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("smoke") / "campaign"
-    proc = matloop("run", SMOKE, "--workdir", workdir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return workdir
+def smoke_run(smoke_campaign) -> Path:
+    return smoke_campaign
 
 
 def test_stages_ran_in_order(smoke_run):
@@ -116,6 +117,71 @@ def test_checkpoints_change_between_rounds(smoke_run):
     generators = [ck / f"round_{r:03d}" / "generator.pt" for r in (1, 2)]
     assert all(g.is_file() for g in generators)
     assert _digest(generators[0]) != _digest(generators[1])
+
+
+def test_old_checkpoints_leave_the_workdir_once_mlflow_holds_them(smoke_run, tmp_path):
+    """The smoke campaign continued for a third round with `checkpoints.keep_rounds: 1`: only the newest round's
+    folder and the ones holding a checkpoint in use stay, and every deleted checkpoint can be fetched back from its
+    MLflow model version with the bytes the retrain stage recorded."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from loop.campaign_tracking import model_names
+
+    workdir = tmp_path / "campaign"
+    shutil.copytree(smoke_run, workdir)
+    config = yaml.safe_load(SMOKE.read_text())
+    config["stop"]["max_rounds"] = 3
+    config["checkpoints"] = {"keep_rounds": 1}
+    path = tmp_path / "smoke-3-rounds.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = matloop("run", path, "--workdir", workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    store = CampaignStore.in_workdir(workdir)
+    in_use = [store.get_meta(f"{kind}_checkpoint") for kind in CHECKPOINT_KINDS]
+    saved = {
+        (s.round, kind): (Path(s.result[f"{kind}_checkpoint"]).name, s.result["checkpoint_sha256"][kind])
+        for s in store.stages()
+        if s.stage == "retrain"
+        for kind in CHECKPOINT_KINDS
+        if s.result.get(f"{kind}_checkpoint")
+    }
+    store.close()
+    protected = {Path(p).parts[1] for p in in_use if p}
+    left = {p.name for p in (workdir / "checkpoints").iterdir()}
+    assert left == {"round_003"} | protected
+    deleted = [r for r in range(4) if f"round_{r:03d}" not in left]
+    assert deleted  # 4 rounds, 1 kept, at most 2 in use
+    assert "deleted from the workdir" in proc.stderr
+    for p in in_use:
+        if p:
+            assert (workdir / p).exists()
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow' / 'mlflow.db'}")
+    by_checkpoint = {
+        v.tags["checkpoint"]: v
+        for name in model_names(config["name"]).values()
+        for v in client.search_model_versions(f"name='{name}'")
+    }
+    checked = 0
+    for (rnd, kind), (name, sha) in saved.items():
+        if rnd not in deleted:
+            continue
+        rel = f"checkpoints/round_{rnd:03d}/{name}"
+        version = by_checkpoint[rel]
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=version.run_id,
+                artifact_path=f"checkpoints/{kind}",
+                dst_path=str(tmp_path / "fetched" / f"{rnd}-{kind}"),
+                tracking_uri=client.tracking_uri,
+            )
+        )
+        fetched = local if kind == "emulator" else local / name
+        assert checkpoint_problem(kind, fetched, sha) is None, (rnd, kind)
+        checked += 1
+    assert checked >= 1
 
 
 def test_exported_discoveries_are_on_the_oracle_hull(smoke_run, tmp_path):

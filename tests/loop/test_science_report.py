@@ -1,8 +1,8 @@
 """The science report (`matloop report`): built from a real smoke campaign (EMT on Cu-Au, 2 rounds), checked
 against an independent reading of its store, and rendered in headless chromium.
 
-The smoke campaign runs once per session. Set MATLOOP_TEST_SMOKE_WORKDIR to a finished smoke campaign's workdir to
-reuse it (it is only read, never changed).
+The smoke campaign is the session's shared one (`conftest.smoke_campaign`; MATLOOP_TEST_SMOKE_WORKDIR reuses a finished
+one); it is only read, never changed.
 """
 
 from __future__ import annotations
@@ -40,17 +40,6 @@ def matloop(*args: object) -> subprocess.CompletedProcess[str]:
         env=env,
         timeout=1800,
     )
-
-
-@pytest.fixture(scope="session")
-def smoke_campaign(tmp_path_factory) -> Path:
-    given = os.environ.get("MATLOOP_TEST_SMOKE_WORKDIR")
-    if given:
-        return Path(given)
-    workdir = tmp_path_factory.mktemp("report-smoke") / "campaign"
-    proc = matloop("run", SMOKE, "--workdir", workdir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return workdir
 
 
 @pytest.fixture(scope="session")
