@@ -206,8 +206,12 @@ def pool_candidates(store: Any) -> list[dict[str, Any]]:
     return out
 
 
-def label_all(config: Any, store: Any, hashes: list[str], *, workdir: Path, what: str) -> dict[str, Any]:
-    """Label `hashes` with the pool's oracle through the store (resumes), logging progress."""
+def label_all(
+    config: Any, store: Any, hashes: list[str], *, workdir: Path, what: str, workers: int = 1
+) -> dict[str, Any]:
+    """Label `hashes` with the pool's oracle through the store (resumes), logging progress; with `workers` > 1 on
+    a local Dask cluster of that many single-threaded workers, as a campaign's label stage does."""
+    from loop.execution import ExecutionConfig, make_executor
     from loop.labelling import label_hashes
 
     settings_hash = config.oracle.settings_hash()
@@ -220,9 +224,52 @@ def label_all(config: Any, store: Any, hashes: list[str], *, workdir: Path, what
         if done[0] % 10 == 0 or done[0] == len(hashes):
             log.info("%s: %d/%d labelled (%.0f s)", what, done[0], len(hashes), time.time() - started)
 
-    return label_hashes(
-        store, hashes, settings=config.oracle, workdir=workdir, round=None, on_commit=progress
-    )
+    execution = ExecutionConfig(kind="local" if workers > 1 and todo else "inline", n_workers=max(workers, 1))
+    with make_executor(execution) as ex:
+        return label_hashes(
+            store,
+            hashes,
+            settings=config.oracle,
+            workdir=workdir,
+            round=None,
+            submit=None if ex.inline else ex.submit,
+            as_completed=None if ex.inline else ex.as_completed,
+            on_commit=progress,
+        )
+
+
+def import_labels(store: Any, path: Path, *, settings_hash: str, oracle: str) -> int:
+    """Store the labels of an earlier (partial) pool file made with the same oracle settings, for every structure of
+    this build that it labelled, so a build can go on from a pool file alone (its workdir lost). Energies come back
+    to the pool file's precision (1e-6 eV/atom). Returns the number of labels imported."""
+    pool = read_pool(path)
+    if pool["oracle"]["settings_hash"] != settings_hash:
+        raise ValueError(f"{path}: labelled with other oracle settings ({pool['oracle']['settings_hash']})")
+    n = 0
+    for e in pool["entries"]:
+        if e["oracle"]["status"] != "ok" or not store.has_structure(e["hash"]):
+            continue
+        if store.get_oracle_result(e["hash"], settings_hash) is not None:
+            continue
+        o = e["oracle"]
+        relaxed = e.get("oracle_relaxed_structure")
+        result = {
+            "status": "ok",
+            "energy": o["energy_per_atom"] * e["n_atoms"],
+            "energy_per_atom": o["energy_per_atom"],
+            "forces": o["forces"],
+            "stress": o["stress"],
+            "wall_time": o.get("wall_time") or 0.0,
+            "final_structure": None if relaxed is None else structure_from_compact(relaxed).as_dict(),
+            "metadata": {
+                "relax_converged": o.get("relax_converged"),
+                "relax_steps_taken": o.get("relax_steps"),
+                "imported_from": path.name,
+            },
+        }
+        store.add_oracle_result(e["hash"], oracle=oracle, settings_hash=settings_hash, result=result)
+        n += 1
+    return n
 
 
 def member_energies(config: Any, structures: list[Structure]) -> list[list[float]]:
@@ -346,25 +393,41 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     try:
         ref_hashes = add_references(config, store)
         log.info("%d references", len(ref_hashes))
-        if not args.finish:
-            label_all(config, store, ref_hashes, workdir=workdir, what="references")
         borrowed = None
+        cands: list[dict[str, Any]] = []
+        if args.from_pool or args.from_workdir:
+            cands, found, borrowed = borrowed_candidates(args)
+            import_candidates(store, cands, found)
+        if args.labels_from:
+            n = import_labels(
+                store,
+                Path(args.labels_from),
+                settings_hash=config.oracle.settings_hash(),
+                oracle=settings.kind,
+            )
+            log.info("%d labels imported from %s", n, args.labels_from)
+        if not args.finish:
+            label_all(config, store, ref_hashes, workdir=workdir, what="references", workers=args.workers)
         settings_hash = config.oracle.settings_hash()
         if args.finish:
             # A short pool: what is labelled so far, nothing generated or computed (besides the emulator energies).
             ref_hashes = [h for h in ref_hashes if store.get_oracle_result(h, settings_hash) is not None]
-            everything = pool_candidates(store) if not args.from_workdir else borrowed_candidates(args)[0]
+            everything = cands if borrowed is not None else pool_candidates(store)
             cands = [c for c in everything if store.get_oracle_result(c["hash"], settings_hash) is not None]
             cands = cands[: args.n]
-        elif args.from_pool or args.from_workdir:
-            cands, found, borrowed = borrowed_candidates(args)
-            import_candidates(store, cands, found)
-        else:
+        elif borrowed is None:
             batch = 1
             while True:
                 cands = pool_candidates(store)
                 # Label as batches come, so a build stopped early still leaves labelled candidates behind.
-                label_all(config, store, [c["hash"] for c in cands], workdir=workdir, what="candidates")
+                label_all(
+                    config,
+                    store,
+                    [c["hash"] for c in cands],
+                    workdir=workdir,
+                    what="candidates",
+                    workers=args.workers,
+                )
                 if len(cands) >= args.n or batch > args.max_batches:
                     break
                 if not store.stage_done(batch, "screen"):
@@ -373,8 +436,17 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
                 batch += 1
             cands = cands[: args.n]
         log.info("%d candidates", len(cands))
-        results = label_all(config, store, [c["hash"] for c in cands], workdir=workdir, what="candidates")
-        ref_results = label_all(config, store, ref_hashes, workdir=workdir, what="references")
+        results = label_all(
+            config,
+            store,
+            [c["hash"] for c in cands],
+            workdir=workdir,
+            what="candidates",
+            workers=args.workers,
+        )
+        ref_results = label_all(
+            config, store, ref_hashes, workdir=workdir, what="references", workers=args.workers
+        )
         if args.finish:
             log.info(
                 "short pool (--finish): %d references, %d candidates labelled", len(ref_hashes), len(cands)
@@ -527,6 +599,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--from-workdir", help="label the first --n candidates of another build's workdir instead")
     p.add_argument(
+        "--labels-from",
+        help="reuse the labels of an earlier (partial) pool file with the same oracle settings",
+    )
+    p.add_argument(
         "--near-stable", type=float, default=0.05, help="eV/atom above the hull that still is a hit"
     )
     p.add_argument("--mix", default=DEFAULT_MIX, help="candidates per generator and batch")
@@ -544,6 +620,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="write the pool from what is labelled so far, without generating or labelling more",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="oracle labels in parallel (local Dask workers)")
     return p.parse_args(argv)
 
 
