@@ -113,6 +113,58 @@ def truth(first: Path, *, workdir: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def joint_hits(workdirs: dict[str, Path], truth_dir: Path) -> dict[str, dict[str, Any]]:
+    """Each run's calls judged on one hull: every label of every run and of the truth store (same oracle settings).
+
+    A campaign counts hits on its own hull, so a run that never labels the true ground state of a composition
+    counts its worse polymorphs as hits; on the joint hull both runs are held to the best structure either found.
+
+    Returns:
+        Per run: `calls`, `hits` (E_hull ≤ near_stable on the joint hull) and `stable` (on it).
+    """
+    from loop.config import validate_config
+    from loop.hull import HullEntry, OracleHull
+    from loop.store import CampaignStore
+    from loop.verdicts import StabilityRule
+
+    labels: dict[str, tuple[Any, float]] = {}
+    calls: dict[str, list[str]] = {}
+    settings: set[str] = set()
+    near_stable = None
+    for name, workdir in {**workdirs, "truth": truth_dir}.items():
+        store = CampaignStore.in_workdir(workdir)
+        try:
+            if name != "truth":
+                config = validate_config(store.get_meta("config"), source="campaign store")
+                settings.add(config.oracle.settings_hash())
+                near_stable = config.near_stable
+                queried = [q.hash for r, qs in sorted(store.queries_by_round().items()) if r > 0 for q in qs]
+                calls[name] = queried
+            ok = [
+                r for r in store.oracle_results(ok_only=True) if not settings or r.settings_hash in settings
+            ]
+            structures = store.get_structures([r.hash for r in ok])
+            for r in ok:
+                labels.setdefault(r.hash, (structures[r.hash].composition, float(r.energy_per_atom)))
+        finally:
+            store.close()
+    if len(settings) != 1 or near_stable is None:
+        raise SystemExit(f"rediscovery: the runs used different oracle settings ({sorted(settings)})")
+    hull = OracleHull.from_entries(
+        HullEntry(entry_id=h, composition=c, energy_per_atom=e) for h, (c, e) in labels.items()
+    )
+    rule = StabilityRule(near_stable=near_stable)
+    out = {}
+    for name, hashes in calls.items():
+        e_hull = [hull.e_above_hull(*labels[h]) for h in hashes if h in labels]
+        out[name] = {
+            "calls": len(hashes),
+            "hits": sum(rule.is_hit(e) for e in e_hull),
+            "stable": sum(rule.is_stable(e) for e in e_hull),
+        }
+    return out
+
+
 def found(workdir: Path) -> dict[str, Any]:
     """What one campaign found: per withheld phase, the call that rediscovered it (round, calls so far)."""
     from loop.science_report import collect
@@ -203,7 +255,14 @@ def main(argv: list[str] | None = None) -> int:
             "found": found(args.workdir / strategy),
         }
     result["truth"] = truth(args.workdir / strategies[0], workdir=args.workdir / "truth")
+    result["joint_hull"] = joint_hits(
+        {s: args.workdir / s for s in strategies}, truth_dir=args.workdir / "truth"
+    )
     print(table(result))
+    for s, j in result["joint_hull"].items():
+        print(
+            f"{s}: {j['hits']} hits ({j['stable']} stable) in {j['calls']} calls on the joint hull of every run"
+        )
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
     return 0
