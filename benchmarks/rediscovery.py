@@ -84,6 +84,18 @@ def truth(first: Path, *, workdir: Path) -> dict[str, dict[str, Any]]:
         ref_structures = source.get_structures([r.hash for r in refs])
     finally:
         source.close()
+    # A withheld crystal larger than the funnel lets through cannot come back in this campaign: it is no target,
+    # and labelling it (a 24-atom LiAl cell with GPAW) would cost more than the campaigns.
+    max_atoms = config.generator.funnel.max_atoms
+    out: dict[str, dict[str, Any]] = {}
+    for w in withheld:
+        n = len(Structure.from_dict(w["structure"]))
+        if n > max_atoms:
+            out[str(w.get("material_id"))] = {
+                "e_hull": None,
+                "verdict": f"not a target ({n} atoms > {max_atoms})",
+            }
+    withheld = [w for w in withheld if str(w.get("material_id")) not in out]
     store = CampaignStore.in_workdir(workdir)
     try:
         named: dict[str, str] = {}
@@ -103,7 +115,6 @@ def truth(first: Path, *, workdir: Path) -> dict[str, dict[str, Any]]:
         for h, r in ok.items()
     )
     rule = StabilityRule(near_stable=config.near_stable)
-    out = {}
     for h, wid in named.items():
         if h not in ok:
             out[wid] = {"e_hull": None, "verdict": "failed", "oracle_status": results[h].status}
@@ -128,6 +139,7 @@ def joint_hits(workdirs: dict[str, Path], truth_dir: Path) -> dict[str, dict[str
     from loop.verdicts import StabilityRule
 
     labels: dict[str, tuple[Any, float]] = {}
+    repeats: set[tuple[str, str]] = set()
     calls: dict[str, list[str]] = {}
     settings: set[str] = set()
     near_stable = None
@@ -143,6 +155,8 @@ def joint_hits(workdirs: dict[str, Path], truth_dir: Path) -> dict[str, dict[str
             ok = [
                 r for r in store.oracle_results(ok_only=True) if not settings or r.settings_hash in settings
             ]
+            # As in the campaign's own count: a label that relaxed onto an earlier label's crystal is no new hit.
+            repeats |= {(name, r.hash) for r in ok if r.duplicate_of}
             structures = store.get_structures([r.hash for r in ok])
             for r in ok:
                 labels.setdefault(r.hash, (structures[r.hash].composition, float(r.energy_per_atom)))
@@ -156,7 +170,7 @@ def joint_hits(workdirs: dict[str, Path], truth_dir: Path) -> dict[str, dict[str
     rule = StabilityRule(near_stable=near_stable)
     out = {}
     for name, hashes in calls.items():
-        e_hull = [hull.e_above_hull(*labels[h]) for h in hashes if h in labels]
+        e_hull = [hull.e_above_hull(*labels[h]) for h in hashes if h in labels and (name, h) not in repeats]
         out[name] = {
             "calls": len(hashes),
             "hits": sum(rule.is_hit(e) for e in e_hull),
@@ -199,7 +213,7 @@ def table(result: dict[str, Any]) -> str:
         t = result["truth"][wid]
         meta = first.get(wid, {})
         name = f"{meta.get('formula', '?')} ({wid}, {meta.get('space_group') or '?'})"
-        e = "failed" if t["e_hull"] is None else f"{t['e_hull']:+.3f} ({t['verdict']})"
+        e = t["verdict"] if t["e_hull"] is None else f"{t['e_hull']:+.3f} ({t['verdict']})"
         cells = []
         for s in strategies:
             w = result["runs"][s]["found"]["withheld"].get(wid, {})
