@@ -216,8 +216,6 @@ class CampaignRetrainEmulator:
         o = e["oracle"]
         ok = o["status"] == "ok"
         metadata: dict[str, Any] = {"level_of_theory": self.pool.oracle.get("level_of_theory")}
-        if ok and "oracle_relaxed_structure" in e:
-            metadata["relaxed_structure"] = self.pool.oracle_structures[i].as_dict()
         result = {
             "status": o["status"],
             "energy": o["energy_per_atom"] * len(structure) if ok else None,
@@ -227,6 +225,10 @@ class CampaignRetrainEmulator:
             "reason": o.get("reason"),
             "settings": self.pool.oracle["settings"],
             "metadata": metadata,
+            # The energy belongs to the oracle's relaxed geometry: the store keeps it as the label's final structure.
+            "final_structure": self.pool.oracle_structures[i].as_dict()
+            if ok and "oracle_relaxed_structure" in e
+            else None,
         }
         self.store.add_oracle_result(
             e["hash"],

@@ -283,10 +283,10 @@ def member_energies(config: Any, structures: list[Structure]) -> list[list[float
     return np.round(np.asarray(pred.member_energy_per_atom, dtype=float).T, 6).tolist()
 
 
-def oracle_relaxed(stored: Any, fallback: Structure) -> Structure:
-    """The structure the oracle's energy belongs to (its relaxed one when it relaxed)."""
-    relaxed = (stored.metadata or {}).get("relaxed_structure")
-    return Structure.from_dict(relaxed) if relaxed else fallback
+def oracle_relaxed(store: Any, h: str, stored: Any) -> Structure | None:
+    """The structure the oracle's energy of `h` belongs to when it is not `h` itself (the oracle relaxed it)."""
+    final = stored.final_hash
+    return store.get_structure(final) if stored.ok and final and final != h else None
 
 
 def ground_truth(entries: list[dict[str, Any]], *, near_stable: float) -> dict[str, Any]:
@@ -339,6 +339,7 @@ def _entry(
     role: str,
     structure: Structure,
     stored: Any,
+    relaxed: Structure | None,
     meta: dict[str, Any],
 ) -> dict[str, Any]:
     oracle: dict[str, Any] = {"status": stored.status, "reason": stored.reason, "wall_time": stored.wall_time}
@@ -352,7 +353,6 @@ def _entry(
         "oracle": oracle,
     }
     if stored.ok:
-        relaxed = oracle_relaxed(stored, structure)
         oracle.update(
             energy_per_atom=round(float(stored.energy_per_atom), 6),
             forces=np.round(np.asarray(stored.forces, dtype=float), 4).tolist(),
@@ -360,7 +360,7 @@ def _entry(
             relax_converged=stored.metadata.get("relax_converged"),
             relax_steps=stored.metadata.get("relax_steps_taken"),
         )
-        if relaxed is not structure:
+        if relaxed is not None:
             entry["oracle_relaxed_structure"] = compact_structure(relaxed)
     return entry
 
@@ -462,6 +462,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
                     role="reference",
                     structure=structures[h],
                     stored=ref_results[h],
+                    relaxed=oracle_relaxed(store, h, ref_results[h]),
                     meta={"source": "seed", "provenance": ref_rows[h].provenance},
                 )
             )
@@ -473,6 +474,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
                     role="candidate",
                     structure=structures[c["hash"]],
                     stored=results[c["hash"]],
+                    relaxed=oracle_relaxed(store, c["hash"], results[c["hash"]]),
                     meta=meta,
                 )
             )
