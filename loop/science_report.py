@@ -101,6 +101,27 @@ class Call:
     def is_hit(self) -> bool:
         return self.verdict in (Verdict.STABLE, Verdict.NEAR_STABLE) and self.duplicate_of is None
 
+    @property
+    def relax_unconverged(self) -> bool:
+        """The oracle's relaxation stopped at its step limit: the energy, and so E_hull, is an upper bound."""
+        return bool(
+            self.result is not None
+            and self.result.ok
+            and self.result.metadata.get("relax_converged") is False
+        )
+
+    @property
+    def relaxation(self) -> str:
+        """The oracle relaxation in a few words ("single point", "converged in 3 steps", "not converged (6 steps)")."""
+        meta = self.result.metadata if self.result is not None and self.result.ok else {}
+        steps = meta.get("relax_steps_taken")
+        n = f"{steps} step{'' if steps == 1 else 's'}"
+        if meta.get("relax_converged") is None:
+            return "single point" if steps in (None, 0) else n
+        if self.relax_unconverged:
+            return f"not converged ({n}): E_hull is an upper bound"
+        return f"converged in {n}"
+
 
 @dataclass
 class RoundScience:
@@ -115,6 +136,7 @@ class RoundScience:
     failed: int
     hits: int
     stable: int
+    unconverged: int
     cumulative_calls: int
     cumulative_hits: int
     calls_per_hit: float | None
@@ -448,6 +470,7 @@ def collect(workdir: Path) -> ScienceData:
                     screened=len([p for (pr, _), p in predictions.items() if pr == rnd]),
                     oracle_calls=len(mine),
                     failed=sum(1 for c in mine if c.status == "failed"),
+                    unconverged=sum(c.relax_unconverged for c in mine),
                     hits=hits,
                     stable=sum(1 for c in mine if c.verdict == Verdict.STABLE and c.duplicate_of is None),
                     cumulative_calls=cum_calls,
@@ -820,6 +843,7 @@ def render_html(data: ScienceData) -> str:
                 str(x.screened),
                 str(x.oracle_calls),
                 str(x.failed),
+                str(x.unconverged),
                 str(x.hits),
                 str(x.stable),
                 _num(x.hits / x.oracle_calls if x.oracle_calls else None, "{:.0%}"),
@@ -832,7 +856,8 @@ def render_html(data: ScienceData) -> str:
             ]
             for x in data.rounds
         ]
-        headers = ["round", "generated", "passed funnel", "screened", "oracle calls", "failed", "hits", "stable",
+        headers = ["round", "generated", "passed funnel", "screened", "oracle calls", "failed",
+                   "relaxation not converged", "hits", "stable",
                    "hit rate", "cum. hits", "calls / hit (cum.)", "MAE (meV/atom)", "Spearman σ–|err|",
                    "within 1σ", "wall time (s)"]  # fmt: skip
         parts.append(_table(headers, rows, [True] * len(headers)))
@@ -893,13 +918,14 @@ def render_html(data: ScienceData) -> str:
                     _e(d.source),
                     _e(d.parent or "–"),
                     _e(d.provenance),
+                    _e(c.relaxation),
                     f'<span class="small">{_e(d.oracle_settings)}</span>',
                 ]
             )
         headers = ["formula / structure hash", "space group", "atoms", "E_hull (eV/atom)", "vs known phases (eV/atom)",
                    "verdict", "emulator E_hull ± σ", "round", "oracle call #", "generator", "parent",
-                   "operation or conditions", "oracle settings"]  # fmt: skip
-        numeric = [False, False, True, True, True, False, True, True, True, False, False, False, False]
+                   "operation or conditions", "oracle relaxation", "oracle settings"]  # fmt: skip
+        numeric = [False, False, True, True, True, False, True, True, True, False, False, False, False, False]
         parts.append(_table(headers, rows, numeric))
     else:
         parts.append('<p class="note">No hit yet.</p>')
@@ -969,6 +995,11 @@ def render_html(data: ScienceData) -> str:
         (
             "emulator error",
             "emulator energy per atom at its relaxed geometry against the oracle's, before retraining",
+        ),
+        (
+            "relaxation not converged",
+            "the oracle's relaxation stopped at its step limit before the force criterion: the energy and E_hull "
+            "are upper bounds, so such a call may be a hit that a longer relaxation would show",
         ),
         ("workdir", str(data.workdir)),
     ]

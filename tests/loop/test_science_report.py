@@ -228,7 +228,17 @@ def test_report_numbers_match_the_store(smoke_campaign, smoke_report):
     total = sum(per_round.values())
     assert f'<div class="v">{total}</div><div class="k">oracle calls after round 0</div>' in text
     assert f'<div class="v">{len(hits)}</div><div class="k">hits' in text
-    # per-round table: round, generated, passed, screened, calls, failed, hits
+    # per-round table: round, generated, passed, screened, calls, failed, relaxation not converged, hits
+    store = CampaignStore.in_workdir(smoke_campaign)
+    try:
+        settings_hash = store.get_meta("identity")["oracle"]
+        meta = {r.hash: r.metadata for r in store.oracle_results(settings_hash=settings_hash, ok_only=True)}
+        unconverged = {
+            rnd: sum(meta.get(q.hash, {}).get("relax_converged") is False for q in qs)
+            for rnd, qs in store.queries_by_round().items()
+        }
+    finally:
+        store.close()
     table = text.split("<h2>Discovery per round</h2>")[1].split("<h2>")[0]
     rows = re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1])
     assert [int(re.findall(r"<td[^>]*>(.*?)</td>", r)[0]) for r in rows] == sorted(per_round)
@@ -236,8 +246,17 @@ def test_report_numbers_match_the_store(smoke_campaign, smoke_report):
         cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
         rnd = int(cells[0])
         assert int(cells[4]) == per_round[rnd]
+        assert int(cells[6]) == unconverged[rnd]
         round_hits = sum(1 for h in hits if _round_of(smoke_campaign, h) == rnd)
-        assert int(cells[6]) == round_hits
+        assert int(cells[7]) == round_hits
+    # each discovery says how the oracle's relaxation ended, from the stored result
+    for row in re.findall(r"<tr>(.*?)</tr>", section.split("<tbody>")[1]):
+        h = re.findall(r"<span class='mono'>([0-9a-f]+)</span>", row)[0]
+        m = meta[h]
+        if m.get("relax_converged") is True:
+            assert f"converged in {m['relax_steps_taken']} steps" in row
+        elif m.get("relax_converged") is False:
+            assert "not converged" in row and "upper bound" in row
     # provenance: every discovery names its generator
     for source in re.findall(r"<td>(diffusion|substitution|random_search)</td>", section):
         assert source in ("diffusion", "substitution", "random_search")
@@ -401,3 +420,44 @@ def test_report_renders_in_headless_chromium(smoke_report, tmp_path):
     keep = os.environ.get("MATLOOP_TEST_SCREENSHOT_DIR")
     if keep:
         shutil.copy2(shot, Path(keep) / "science_report.png")
+
+
+def test_a_relaxation_stopped_at_its_step_limit_is_flagged_as_an_upper_bound(tmp_path):
+    """Real EMT relaxations of a rattled Cu cell, stored as a campaign stores them: one stopped after 1 step (not
+    converged), one run to convergence; the report's words for each come from the stored result."""
+    import numpy as np
+    from pymatgen.core import Lattice, Structure
+
+    from loop.science_report import Call
+    from loop.verdicts import Verdict
+    from oracle import EMTOracle, EMTSettings
+
+    cell = Structure(
+        Lattice.cubic(3.62), ["Cu"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
+    )
+    rng = np.random.default_rng(7)
+    for i in range(len(cell)):
+        cell.translate_sites([i], rng.normal(0, 0.08, 3), frac_coords=False)
+    store = CampaignStore(tmp_path / "matloop.db")
+    calls = {}
+    try:
+        h = store.add_structure(cell, source="relaxed", round=1)
+        for steps in (1, 200):
+            settings = EMTSettings(relax_steps=steps, relax_fmax=0.01)
+            result = EMTOracle(settings).label(cell, workdir=tmp_path / f"steps-{steps}")
+            assert result.ok, result.reason
+            store.add_oracle_result(
+                h, oracle="emt", settings_hash=settings.settings_hash(), result=result.to_dict()
+            )
+            stored = store.get_oracle_result(h, settings.settings_hash())
+            calls[steps] = Call(
+                index=1, round=1, hash=h, status="ok", e_hull=0.0, verdict=Verdict.STABLE, duplicate_of=None,
+                result=stored,
+            )  # fmt: skip
+    finally:
+        store.close()
+    short, long = calls[1], calls[200]
+    assert short.relax_unconverged and short.relaxation == "not converged (1 step): E_hull is an upper bound"
+    assert not long.relax_unconverged
+    assert long.relaxation == f"converged in {long.result.metadata['relax_steps_taken']} steps"
+    assert 1 < long.result.metadata["relax_steps_taken"] < 200
