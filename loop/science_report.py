@@ -491,7 +491,6 @@ def collect(workdir: Path) -> ScienceData:
         _match_rediscoveries(withheld, calls, store.get_structures([c.hash for c in calls] + finals))
         rediscovered = {w.found.hash: w.id for w in withheld if w.found is not None}
 
-        settings_text = _settings_text(level.settings)
         # On the final hull a discovery that lowered it reads 0.000; against the known phases alone (the round-0
         # references) it shows by how much it beat them.
         vs_known = known_hull_distance(
@@ -510,7 +509,6 @@ def collect(workdir: Path) -> ScienceData:
                 parent = f"{rows[parent].reduced_formula} {parent} (this campaign)"
             p = predictions.get((c.round, c.hash))
             s = structures.get(c.hash)
-            relaxed = "; relaxed by the oracle" if _final_hash(c.result) else ""
             discoveries.append(
                 Discovery(
                     call=c,
@@ -524,7 +522,8 @@ def collect(workdir: Path) -> ScienceData:
                     provenance=what,
                     predicted_e_hull=None if p is None else p.e_hull,
                     predicted_std=None if p is None else p.e_hull_std,
-                    oracle_settings=f"{level.kind}: {settings_text or 'defaults'}{relaxed}",
+                    # One settings text for all is above the table; each row names the settings by their hash.
+                    oracle_settings=f"{level.kind} {level.settings_hash[:12]}",
                     rediscovers=rediscovered.get(c.hash),
                     vs_known=vs_known.get(c.hash),
                 )
@@ -895,6 +894,10 @@ def render_html(data: ScienceData) -> str:
 
     parts.append(f"<h2>Discoveries ({len(data.discoveries)})</h2>")
     if data.discoveries:
+        parts.append(
+            f'<p class="note">Every label: {_e(level.kind)} with {_e(_settings_text(level.settings) or "defaults")}'
+            f" (settings hash {_e(level.settings_hash)}).</p>"
+        )
         rows = []
         for d in data.discoveries:
             c = d.call
