@@ -118,6 +118,8 @@ def main() -> int:
                 "fds": len(os.listdir(f"/proc/{proc.pid}/fd")),
                 "store_mib": round(store_mib(args.workdir), 3),
                 "workdir_mib": round(dir_mib(args.workdir), 2),
+                "checkpoints_mib": round(dir_mib(args.workdir / "checkpoints"), 2),
+                "mlflow_mib": round(dir_mib(args.workdir / "mlflow"), 2),
                 "children_rss_mib": round(tree_rss_mib(proc.pid), 1),
                 "load_1min": round(os.getloadavg()[0], 2),
             }
