@@ -312,6 +312,7 @@ def replay(
                 energy_per_atom=pool.oracle_energy[i],
             )
             for i in labelled
+            if np.isfinite(pool.oracle_energy[i])  # a failed label costs its call but places nothing
         )
         ev = hull.evaluate([pool.structures[i].composition for i in avail], mean, std)
         result = select_structures(
