@@ -390,6 +390,10 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     store = CampaignStore.in_workdir(workdir)
     started = time.time()
+
+    def label(hashes: list[str], *, what: str) -> dict[str, Any]:
+        return label_all(config, store, hashes, workdir=workdir, what=what, workers=args.workers)
+
     try:
         ref_hashes = add_references(config, store)
         log.info("%d references", len(ref_hashes))
@@ -407,7 +411,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
             )
             log.info("%d labels imported from %s", n, args.labels_from)
         if not args.finish:
-            label_all(config, store, ref_hashes, workdir=workdir, what="references", workers=args.workers)
+            label(ref_hashes, what="references")
         settings_hash = config.oracle.settings_hash()
         if args.finish:
             # A short pool: what is labelled so far, nothing generated or computed (besides the emulator energies).
@@ -420,14 +424,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
             while True:
                 cands = pool_candidates(store)
                 # Label as batches come, so a build stopped early still leaves labelled candidates behind.
-                label_all(
-                    config,
-                    store,
-                    [c["hash"] for c in cands],
-                    workdir=workdir,
-                    what="candidates",
-                    workers=args.workers,
-                )
+                label([c["hash"] for c in cands], what="candidates")
                 if len(cands) >= args.n or batch > args.max_batches:
                     break
                 if not store.stage_done(batch, "screen"):
@@ -436,17 +433,8 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
                 batch += 1
             cands = cands[: args.n]
         log.info("%d candidates", len(cands))
-        results = label_all(
-            config,
-            store,
-            [c["hash"] for c in cands],
-            workdir=workdir,
-            what="candidates",
-            workers=args.workers,
-        )
-        ref_results = label_all(
-            config, store, ref_hashes, workdir=workdir, what="references", workers=args.workers
-        )
+        results = label([c["hash"] for c in cands], what="candidates")
+        ref_results = label(ref_hashes, what="references")
         if args.finish:
             log.info(
                 "short pool (--finish): %d references, %d candidates labelled", len(ref_hashes), len(cands)

@@ -162,7 +162,6 @@ class Discovery:
     provenance: str
     predicted_e_hull: float | None
     predicted_std: float | None
-    oracle_settings: str
     rediscovers: str | None = None
     vs_known: float | None = None
 
@@ -522,8 +521,6 @@ def collect(workdir: Path) -> ScienceData:
                     provenance=what,
                     predicted_e_hull=None if p is None else p.e_hull,
                     predicted_std=None if p is None else p.e_hull_std,
-                    # One settings text for all is above the table; each row names the settings by their hash.
-                    oracle_settings=f"{level.kind} {level.settings_hash[:12]}",
                     rediscovers=rediscovered.get(c.hash),
                     vs_known=vs_known.get(c.hash),
                 )
@@ -922,7 +919,8 @@ def render_html(data: ScienceData) -> str:
                     _e(d.parent or "–"),
                     _e(d.provenance),
                     _e(c.relaxation),
-                    f'<span class="small">{_e(d.oracle_settings)}</span>',
+                    # One settings text for all is above the table; each row names the settings by their hash.
+                    f'<span class="small">{_e(level.kind)} {_e(level.settings_hash[:12])}</span>',
                 ]
             )
         headers = ["formula / structure hash", "space group", "atoms", "E_hull (eV/atom)", "vs known phases (eV/atom)",
