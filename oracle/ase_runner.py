@@ -119,6 +119,20 @@ def niggli_reduce(structure: Structure) -> Structure:
         UnsupportedStructure: if the reduction changed frame or order (never expected; guards a library change).
     """
     reduced = structure.get_reduced_structure("niggli")
+    negative = [i for i in range(3) if reduced.lattice.matrix[i, i] < 0]
+    if len(negative) >= 2:
+        # pymatgen returns every orthogonal cell as diag(-a, -b, c), and GPAW's text log, drawing the cell, fails
+        # on it ("negative dimensions are not allowed"). Negating two rows keeps the frame, the handedness, the
+        # lengths and the Cartesian positions.
+        matrix = reduced.lattice.matrix.copy()
+        matrix[negative[:2]] *= -1
+        reduced = Structure(
+            Lattice(matrix),
+            reduced.species,
+            reduced.cart_coords,
+            coords_are_cartesian=True,
+            site_properties=reduced.site_properties,
+        )
     transform = np.linalg.solve(structure.lattice.matrix.T, reduced.lattice.matrix.T).T
     integer = np.round(transform)
     same_sites = [a.species_string for a in reduced] == [b.species_string for b in structure]

@@ -96,6 +96,16 @@ def test_nacl_forces_follow_input_site_order(nacl_rattled, tmp_path):
     np.testing.assert_allclose(forces.sum(axis=0), 0.0, atol=2e-3)
 
 
+def test_orthogonal_cell_is_labelled(tmp_path):
+    # Niggli reduction used to hand GPAW every orthogonal cell as diag(-a, -b, c), on which GPAW's text log failed
+    # ("negative dimensions are not allowed"): 8 of 60 cells of the Li-Al GPAW pool were lost that way.
+    b2 = Structure(Lattice.cubic(3.16), ["Li", "Al"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    result = GPAWOracle(GPAWSettings(**CHEAP)).label(b2, workdir=tmp_path / "b2")
+    assert result.ok, result.reason
+    assert -4.5 < result.energy_per_atom < -2.0  # PBE total energy of B2 LiAl is about -3.0 eV/atom
+    np.testing.assert_allclose(result.forces, 0.0, atol=1e-3)  # every site is an inversion centre
+
+
 def test_mpi_two_ranks_agrees_with_serial(si, si_labelled, tmp_path):
     _, _, serial = si_labelled
     result = GPAWOracle(GPAWSettings(**CHEAP, mpi_ranks=2)).label(si, workdir=tmp_path / "mpi")

@@ -8,7 +8,7 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from oracle import GPAWOracle, GPAWSettings
-from oracle.ase_runner import symmetrize
+from oracle.ase_runner import niggli_reduce, symmetrize
 from oracle.emt_toy import EMTOracle, EMTSettings
 
 
@@ -112,3 +112,18 @@ def test_gpaw_uses_the_space_group_of_a_blurred_candidate(tmp_path):
     )
     assert reference.ok and "symmetry" not in reference.metadata
     assert result.energy_per_atom == pytest.approx(reference.energy_per_atom, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    "lattice", [Lattice.cubic(3.75), Lattice.tetragonal(2.9, 7.8), Lattice.orthorhombic(3, 4, 5)]
+)
+def test_niggli_reduction_gives_orthogonal_cells_positive_axes_in_the_same_frame(lattice):
+    start = noisy(Structure(lattice, ["Au", "Cu"], [[0, 0, 0], [0.5, 0.5, 0.5]]), amplitude=0.05)
+    reduced = niggli_reduce(start)
+    matrix = reduced.lattice.matrix
+    assert np.all(np.diag(matrix) > 0)
+    assert np.linalg.det(matrix) > 0
+    np.testing.assert_allclose(sorted(reduced.lattice.abc), sorted(start.lattice.abc), atol=1e-9)
+    # Each site is a periodic image of the same site of the input (forces need no mapping back).
+    shift = start.lattice.get_fractional_coords(reduced.cart_coords - start.cart_coords)
+    np.testing.assert_allclose(shift, np.round(shift), atol=1e-9)
