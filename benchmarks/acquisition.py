@@ -117,6 +117,66 @@ def load_pool(path: Path, *, near_stable: float | None = None) -> Pool:
     )
 
 
+def load_committee(pool: Pool, paths: Sequence[Path]) -> dict[str, np.ndarray]:
+    """Energies (eV/atom) of the pool's entries at other levels of theory, for a committee across model families.
+
+    Each path is a pool file of the same candidates labelled by another oracle (e.g. the `mlff` pool a GPAW pool was
+    drawn from): its label of an entry is what that model family gives at the end of its own relaxation from the
+    same starting geometry, as a campaign's committee member (`loop.stages.screen.committee_e_hull`) does.
+
+    Returns:
+        Family name (the other pool's oracle kind) -> energies aligned with `pool.entries`, NaN where that pool has
+        no successful label of the entry.
+    """
+    out: dict[str, np.ndarray] = {}
+    for path in paths:
+        data = read_pool(path)
+        energy = {
+            e["hash"]: e["oracle"]["energy_per_atom"]
+            for e in data["entries"]
+            if e["oracle"]["status"] == "ok"
+        }
+        out[data["oracle"]["kind"]] = np.array([energy.get(e["hash"], math.nan) for e in pool.entries], float)
+    return out
+
+
+def committee_e_hull(
+    pool: Pool,
+    committee: dict[str, np.ndarray],
+    *,
+    hull: Any,
+    avail: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The emulator's E_hull (mean, std) combined with each family's, as a campaign's screening stage combines them.
+
+    A family places a candidate against its own energies of the phases on the current oracle hull, so its offsets
+    from the oracle's level of theory cancel (`loop.stages.screen.committee_e_hull`); the combination is the
+    campaign's own rule (`loop.stages.screen.combine_committee`). Units: eV/atom.
+    """
+    from loop.hull import HullEntry, OracleHull
+    from loop.stages.screen import combine_committee
+
+    phases = [int(i) for i in hull.stable_ids()]
+    comps = [pool.structures[i].composition for i in avail]
+    families = []
+    for energies in committee.values():
+        own = OracleHull.from_entries(
+            HullEntry(
+                entry_id=str(i), composition=pool.structures[i].composition, energy_per_atom=energies[i]
+            )
+            for i in phases
+            if np.isfinite(energies[i])
+        )
+        families.append(np.asarray(own.evaluate(comps, energies[avail], np.zeros(len(avail))).e_above_hull))
+    pairs = [
+        combine_committee(float(m), float(s), [float(f[r]) for f in families])
+        for r, (m, s) in enumerate(zip(mean, std, strict=True))
+    ]
+    return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+
+
 # -- emulators of a replay ----------------------------------------------------------------------------------------------
 class RefitEmulator:
     """The pretrained ensemble with its reference energies refitted on all labels so far (no weight updates), and
@@ -286,8 +346,13 @@ def replay(
     budget: int,
     seed: int,
     emulator: Any,
+    committee: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """One campaign replay; returns hits, calls and per-round emulator metrics."""
+    """One campaign replay; returns hits, calls and per-round emulator metrics.
+
+    With `committee` (`load_committee`), the acquisition sees the emulator's E_hull combined with the other model
+    families', as a campaign configured with `committee:` does; the emulator metrics stay the emulator's own.
+    """
     from loop.acquisition import AcquisitionConfig, select_structures
     from loop.hull import HullEntry, OracleHull
     from loop.stages.update import emulator_metrics
@@ -315,10 +380,15 @@ def replay(
             if np.isfinite(pool.oracle_energy[i])  # a failed label costs its call but places nothing
         )
         ev = hull.evaluate([pool.structures[i].composition for i in avail], mean, std)
+        e_hull, e_hull_std = np.asarray(ev.e_above_hull, float), np.asarray(ev.e_above_hull_std, float)
+        if committee:
+            e_hull, e_hull_std = committee_e_hull(
+                pool, committee, hull=hull, avail=avail, mean=e_hull, std=e_hull_std
+            )
         result = select_structures(
             structures=[pool.structures[i] for i in avail],
-            mean=ev.e_above_hull,
-            std=ev.e_above_hull_std,
+            mean=e_hull,
+            std=e_hull_std,
             config=config.model_copy(update={"seed": seed * 1000 + rnd}),
             rule=rule,
             labelled=[pool.structures[i] for i in labelled],
@@ -341,7 +411,7 @@ def replay(
                 "hits": round_hits,
                 "mae": metrics.get("emulator_mae"),
                 "spearman": metrics.get("emulator_spearman_std_err"),
-                "picked_e_hull_pred": np.round(ev.e_above_hull[rows], 4).tolist(),
+                "picked_e_hull_pred": np.round(e_hull[rows], 4).tolist(),
             }
         )
         picked = set(picks.tolist())
@@ -400,7 +470,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"**{meta['system']}** ({meta['oracle']}, {meta['level_of_theory']}): {meta['n_candidates']} candidates, "
         f"{meta['n_hits']} hits (E_hull ≤ {meta['near_stable']:g} eV/atom), prevalence {meta['prevalence']:.3f} (DAF ceiling {1 / meta['prevalence']:.1f}); "
         f"{meta['rounds']} rounds × {meta['budget']} queries, {meta['seeds']} seeds × {meta['subset']:.0%} of the pool, "
-        f"retraining mode `{meta['mode']}`, default strategy `{meta['default_strategy']}`.",
+        f"retraining mode `{meta['mode']}`, default strategy `{meta['default_strategy']}`"
+        + (f", committee with {', '.join(meta['committee'])}" if meta.get("committee") else "")
+        + ".",
         "",
         "| strategy | hits / call | DAF (mean ± sd) | × random | × greedy | MAE per round (eV/atom) | Spearman(σ, err) per round |",
         "|---|---|---|---|---|---|---|",
@@ -429,6 +501,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from loop.acquisition import AcquisitionConfig
 
     pool = load_pool(Path(args.pool), near_stable=args.near_stable)
+    committee = load_committee(pool, [Path(p) for p in args.committee])
     cands = pool.cands
     n_offer = max(1, round(args.subset * len(cands)))
     strategies = args.strategies.split(",")
@@ -453,6 +526,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     budget=args.budget,
                     seed=seed,
                     emulator=emulator,
+                    committee=committee,
                 )
             finally:
                 if emulator is not shared:
@@ -484,6 +558,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "seeds": args.seeds,
             "subset": args.subset,
             "mode": args.mode,
+            "committee": sorted(committee),
+            "committee_pools": [Path(p).name for p in args.committee],
             "default_strategy": AcquisitionConfig().strategy,
             "wall_time_s": round(time.time() - started, 1),
         },
@@ -507,6 +583,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--near-stable", type=float, help="hit threshold above the hull, eV/atom (default: the pool's, 0.05)"
     )
+    p.add_argument(
+        "--committee",
+        action="append",
+        default=[],
+        metavar="POOL",
+        help="a pool file of the same candidates labelled by another model family: replay with a committee",
+    )
     p.add_argument("--out", help="write the full result (JSON) here")
     return p.parse_args(argv)
 
@@ -522,6 +605,10 @@ def main(argv: list[str] | None = None) -> int:
             f"acquisition: {args.pool}: no such pool file; build one with benchmarks/build_pool.py",
             file=sys.stderr,
         )
+        return 2
+    missing = [p for p in args.committee if not Path(p).is_file()]
+    if missing:
+        print(f"acquisition: --committee {missing[0]}: no such pool file", file=sys.stderr)
         return 2
     unknown = sorted(set(args.strategies.split(",")) - set(STRATEGIES))
     if unknown:
