@@ -185,15 +185,20 @@ class RefitEmulator:
 
     mode = "refit"
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, *, per_element_only: bool = False) -> None:
         from emulator.calibration import Calibration
         from emulator.chgnet_ensemble import ChgnetEnsembleSettings
-        from emulator.training import composition_fractions
+        from emulator.training import refit_design
 
         self.pool = pool
         self.settings = ChgnetEnsembleSettings.model_validate(pool.emulator_settings)
-        self.fractions = composition_fractions([np.array([s.specie.Z for s in st]) for st in pool.structures])
-        self.shift = np.zeros(self.fractions.shape[1])
+        # The emulator's own refit design (its `convention_features` setting), unless asked for the bare one.
+        convention = self.settings.convention_features and not per_element_only
+        # Labels are fitted at the oracle's geometry and candidates predicted at the emulator's, as in a campaign
+        # (an oxide type depends on the O-O distances).
+        self.fit_design = refit_design(pool.oracle_structures, convention=convention)
+        self.predict_design = refit_design(pool.structures, convention=convention)
+        self.shift = np.zeros(self.fit_design.shape[1])
         self.calibration = Calibration()
 
     def retrain(self, labelled: Sequence[int], new: Sequence[int], *, round: int) -> None:
@@ -211,9 +216,9 @@ class RefitEmulator:
         target = self.pool.oracle_energy[idx]
         residual = target - pred
         alpha = self.settings.ridge_alpha
-        self.shift = refit_reference_shift(fractions=self.fractions[idx], residuals=residual, alpha=alpha)
+        self.shift = refit_reference_shift(fractions=self.fit_design[idx], residuals=residual, alpha=alpha)
         loo = leave_one_out_refit(
-            pretrained=pred, fractions=self.fractions[idx], residuals=residual, alpha=alpha
+            pretrained=pred, fractions=self.fit_design[idx], residuals=residual, alpha=alpha
         )
         pairs = HeldOutPairs(
             predicted=loo.tolist(),
@@ -230,7 +235,7 @@ class RefitEmulator:
         )
 
     def predict(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        members = self.pool.members[:, idx] + self.fractions[idx] @ self.shift
+        members = self.pool.members[:, idx] + self.predict_design[idx] @ self.shift
         return members.mean(axis=0) + self.calibration.bias, self.calibration.std(members.std(axis=0))
 
     def close(self) -> None:
@@ -507,7 +512,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     strategies = args.strategies.split(",")
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in strategies}
     started = time.time()
-    shared = RefitEmulator(pool) if args.mode == "refit" else None
+    shared = RefitEmulator(pool, per_element_only=args.per_element_refit) if args.mode == "refit" else None
     for seed in range(args.seeds):
         rng = np.random.default_rng(seed)
         offered = np.sort(rng.choice(cands, size=n_offer, replace=False))
@@ -559,6 +564,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "subset": args.subset,
             "mode": args.mode,
             "committee": sorted(committee),
+            "per_element_refit": bool(args.per_element_refit),
             "committee_pools": [Path(p).name for p in args.committee],
             "default_strategy": AcquisitionConfig().strategy,
             "wall_time_s": round(time.time() - started, 1),
@@ -589,6 +595,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="POOL",
         help="a pool file of the same candidates labelled by another model family: replay with a committee",
+    )
+    p.add_argument(
+        "--per-element-refit",
+        action="store_true",
+        help="refit mode: per-element shifts only (without the emulator's convention features)",
     )
     p.add_argument("--out", help="write the full result (JSON) here")
     return p.parse_args(argv)

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from chgnet.graph import CrystalGraph
+from pymatgen.core import Structure
 from torch import Tensor
 
 from emulator.base import LabelledStructure
+from emulator.convention_features import convention_features
 from emulator.multihead import MultiHeadChgnet
 
 N_ELEMENTS = 94
@@ -53,6 +55,19 @@ def composition_fractions(atomic_numbers: Sequence[np.ndarray]) -> np.ndarray:
     return out
 
 
+def refit_design(structures: Sequence[Structure], *, convention: bool) -> np.ndarray:
+    """The reference refit's design matrix: (n, 94) atom fractions, then `convention_features` when asked.
+
+    Args:
+        structures: The crystals of the rows.
+        convention: Append the columns of `emulator.convention_features.FEATURES`.
+    """
+    fractions = composition_fractions([np.array([site.specie.Z for site in s]) for s in structures])
+    if not convention:
+        return fractions
+    return np.hstack([fractions, convention_features(structures)])
+
+
 def refit_reference_shift(*, fractions: np.ndarray, residuals: np.ndarray, alpha: float) -> np.ndarray:
     """Per-element shifts of the reference energies that best explain the residuals (ridge, eV/atom).
 
@@ -60,17 +75,17 @@ def refit_reference_shift(*, fractions: np.ndarray, residuals: np.ndarray, alpha
     pretrained reference is kept) and collinear compositions share the shift instead of diverging.
 
     Args:
-        fractions: (n, 94) atom fractions.
+        fractions: (n, m) atom fractions (94 columns), optionally followed by further composition features.
         residuals: (n,) oracle minus current ensemble-mean energy, eV/atom.
         alpha: Ridge penalty (in units of the squared atom fractions).
 
     Returns:
-        (94,) shifts to add to the AtomRef weights, eV/atom.
+        (m,) shifts: the first 94 add to the AtomRef weights, eV/atom.
     """
     seen = np.flatnonzero(fractions.sum(axis=0) > 0)
     x = fractions[:, seen]
     gram = x.T @ x + alpha * np.eye(len(seen))
-    shift = np.zeros(N_ELEMENTS)
+    shift = np.zeros(fractions.shape[1])
     shift[seen] = np.linalg.solve(gram, x.T @ residuals)
     return shift
 
