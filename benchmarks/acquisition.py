@@ -22,7 +22,8 @@ retrained on them. Each round it
      `loop.tasks.load_emulator(...).predict` on the candidates. Tens of seconds per round on one core, so it is
      run with few seeds and strategies.
    * ``refit`` (cheap): the reference-energy refit of the emulator alone (`emulator.training.refit_reference_shift`
-     on all labels, from the pretrained ensemble each round), applied to the pretrained per-member energies stored
+     on all labels, from the pretrained ensemble each round, on the emulator's design `emulator.training.refit_design`:
+     element fractions and, unless `--per-element-refit`, the convention features), applied to the pretrained per-member energies stored
      in the pool, with the campaign's σ calibration (bias and spread scale fitted on the refit's leave-one-out
      pairs, as the retrain stage does while no member has been trained). No weights change, so hundreds of
      replays take minutes.
