@@ -402,14 +402,19 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
         if args.from_pool or args.from_workdir:
             cands, found, borrowed = borrowed_candidates(args)
             import_candidates(store, cands, found)
-        if args.labels_from:
-            n = import_labels(
-                store,
-                Path(args.labels_from),
-                settings_hash=config.oracle.settings_hash(),
-                oracle=settings.kind,
-            )
-            log.info("%d labels imported from %s", n, args.labels_from)
+
+        def import_earlier() -> None:
+            # Before every labelling: a batch generated again brings structures the earlier file has labels for.
+            if args.labels_from:
+                n = import_labels(
+                    store,
+                    Path(args.labels_from),
+                    settings_hash=config.oracle.settings_hash(),
+                    oracle=settings.kind,
+                )
+                log.info("%d labels imported from %s", n, args.labels_from)
+
+        import_earlier()
         if not args.finish:
             label(ref_hashes, what="references")
         settings_hash = config.oracle.settings_hash()
@@ -423,6 +428,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
             batch = 1
             while True:
                 cands = pool_candidates(store)
+                import_earlier()
                 # Label as batches come, so a build stopped early still leaves labelled candidates behind.
                 label([c["hash"] for c in cands], what="candidates")
                 if len(cands) >= args.n or batch > args.max_batches:

@@ -11,12 +11,13 @@ import numpy as np
 import yaml
 from pymatgen.core import Structure
 
+from generator.sanity import MIN_DISTANCE, shortest_distance
 from loop.errors import InputError
 from loop.execution import TaskQuarantined, task_result
 from loop.store import CampaignStore, StoredResult
 from loop.structures import read_structures
 from loop.validation import validate_oracle_settings
-from oracle.base import OracleError, OracleResult, make_oracle
+from oracle.base import CalculationFailed, OracleError, OracleResult, make_oracle
 
 log = logging.getLogger("matloop")
 
@@ -107,6 +108,33 @@ def mark_duplicates(store: CampaignStore, hashes: Sequence[str], *, settings_has
     return found
 
 
+def reject_collapsed(result: dict[str, Any], *, settings: dict[str, Any]) -> dict[str, Any]:
+    """`result` as a failure when the oracle's relaxation pulled two atoms closer than `MIN_DISTANCE` Å.
+
+    A force field's energy of a collapsed cell means nothing: SevenNet relaxed a layered LiPO2 candidate onto atoms
+    0.08 Å apart and reported -2e16 eV/atom, which broke the hull of every later round. The rule is the one the
+    screening relaxation uses (`generator.sanity`).
+    """
+    final = result.get("final_structure")
+    if result.get("status") != "ok" or not final:
+        return result
+    structure = Structure.from_dict(final)
+    distance = shortest_distance(structure)
+    if distance >= MIN_DISTANCE:
+        return result
+    error = CalculationFailed(
+        f"the oracle's relaxation collapsed the cell (two atoms {distance:.2f} Å apart, below {MIN_DISTANCE} Å); "
+        f"its energy, {result.get('energy_per_atom'):.4g} eV/atom, is not a label"
+    )
+    return OracleResult.failure(
+        error,
+        wall_time=float(result.get("wall_time") or 0.0),
+        attempts=int(result.get("attempts") or 1),
+        settings=settings,
+        metadata=result.get("metadata") or {},
+    ).to_dict()
+
+
 def label_hashes(
     store: CampaignStore,
     hashes: Sequence[str],
@@ -144,6 +172,7 @@ def label_hashes(
     transient: dict[str, dict[str, Any]] = {}
 
     def commit(h: str, result: dict[str, Any]) -> None:
+        result = reject_collapsed(result, settings=settings_dict)
         # A failure that says nothing lasting about the structure (missing executable, internal fault) is not a
         # label: keep it out of the store so a later round or run can try again.
         if result.get("status") != "ok" and result.get("transient"):

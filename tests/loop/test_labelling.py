@@ -121,3 +121,24 @@ def test_corrupt_result_file_in_a_campaign_is_recomputed_once_and_logged(tmp_pat
     assert "corrupt" in results[h].metadata["replaced_corrupt_result"]
     assert sum("was corrupt and was recomputed once" in r.getMessage() for r in caplog.records) == 1
     assert len(list(oracle_dir.glob("result.json.corrupt-*"))) == 1
+
+
+def test_a_relaxation_that_collapses_the_cell_is_a_failed_label(tmp_path):
+    # A layered LiPO2 candidate of a Li-P-O pool build (funnel and emulator screening passed it): SevenNet-0 relaxes
+    # it onto atoms a fraction of an Å apart and reports an energy of order -1e16 eV/atom, which broke the hull of
+    # every later batch before this check.
+    from oracle import MLFFSettings
+
+    lipo2 = Structure(
+        Lattice([[1.44203073, -0.83255731, 0.0], [0.0, 1.66511464, 0.0], [0.0, 0.0, 13.67550567]]),
+        ["Li", "O", "O", "P"],
+        [[0, 0, 0], [1 / 3, 2 / 3, 0.5], [2 / 3, 1 / 3, 0.5], [0, 0, 0.5]],
+    )
+    store = CampaignStore.in_workdir(tmp_path)
+    h = store.add_structure(lipo2, source="relaxed", round=1)
+    settings = MLFFSettings()
+    result = label_hashes(store, [h], settings=settings, workdir=tmp_path, round=1)[h]
+    assert result.status == "failed"
+    assert "collapsed" in result.reason and result.energy_per_atom is None
+    stored = store.get_oracle_result(h, settings.settings_hash())
+    assert stored is not None and stored.status == "failed"  # kept: the same relaxation would collapse again
