@@ -153,24 +153,27 @@ def committee_e_hull(
     """The emulator's E_hull (mean, std) combined with each family's, as a campaign's screening stage combines them.
 
     A family places a candidate against its own energies of the phases on the current oracle hull, so its offsets
-    from the oracle's level of theory cancel (`loop.stages.screen.committee_e_hull`); the combination is the
+    from the oracle's level of theory cancel (`loop.stages.screen.family_e_hull`); the combination is the
     campaign's own rule (`loop.stages.screen.combine_committee`). Units: eV/atom.
     """
-    from loop.hull import HullEntry, OracleHull
-    from loop.stages.screen import combine_committee
+    from loop.hull import HullEntry
+    from loop.stages.screen import combine_committee, family_e_hull
 
     phases = [int(i) for i in hull.stable_ids()]
     comps = [pool.structures[i].composition for i in avail]
-    families = []
-    for energies in committee.values():
-        own = OracleHull.from_entries(
-            HullEntry(
-                entry_id=str(i), composition=pool.structures[i].composition, energy_per_atom=energies[i]
-            )
-            for i in phases
-            if np.isfinite(energies[i])
+    families = [
+        family_e_hull(
+            (
+                HullEntry(
+                    entry_id=str(i), composition=pool.structures[i].composition, energy_per_atom=energies[i]
+                )
+                for i in phases
+            ),
+            compositions=comps,
+            energies=energies[avail],
         )
-        families.append(np.asarray(own.evaluate(comps, energies[avail], np.zeros(len(avail))).e_above_hull))
+        for energies in committee.values()
+    ]
     pairs = [
         combine_committee(float(m), float(s), [float(f[r]) for f in families])
         for r, (m, s) in enumerate(zip(mean, std, strict=True))

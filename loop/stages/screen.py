@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pymatgen.core import Structure
+from pymatgen.core import Composition, Structure
 
 from loop.config import CampaignConfig
 from loop.execution import TaskQuarantined
@@ -83,18 +83,30 @@ def committee_e_hull(
                 member_relax_chunk, chunks, *args, on_quarantine=_quarantined_member
             )
         n = len(structures)
-        own = OracleHull.from_entries(
-            HullEntry(entry_id=h, composition=phases[h].composition, energy_per_atom=res["energy_per_atom"])
-            for h, res in zip(phase_ids, results[n:], strict=True)
-            if math.isfinite(res["energy_per_atom"]) and not res["collapsed"]
+        out[member.kind] = family_e_hull(
+            (
+                HullEntry(
+                    entry_id=h, composition=phases[h].composition, energy_per_atom=res["energy_per_atom"]
+                )
+                for h, res in zip(phase_ids, results[n:], strict=True)
+                if not res["collapsed"]
+            ),
+            compositions=[s.composition for s in structures],
+            energies=[
+                res["energy_per_atom"] if not res["collapsed"] else float("nan") for res in results[:n]
+            ],
         )
-        ev = own.evaluate(
-            [s.composition for s in structures],
-            [res["energy_per_atom"] if not res["collapsed"] else float("nan") for res in results[:n]],
-            [0.0] * n,
-        )
-        out[member.kind] = np.asarray(ev.e_above_hull, dtype=float)
     return out
+
+
+def family_e_hull(
+    phases: Iterable[HullEntry], *, compositions: Sequence[Composition], energies: Sequence[float]
+) -> np.ndarray:
+    """E_hull (eV/atom; NaN where it cannot be placed) of a model family's `energies` at `compositions`, against
+    the hull of that family's own energies of the oracle hull's `phases` (those it could not compute, NaN, left
+    out): the committee rule, which cancels the family's offsets from the oracle's level of theory."""
+    own = OracleHull.from_entries(p for p in phases if math.isfinite(p.energy_per_atom))
+    return np.asarray(own.evaluate(compositions, energies, [0.0] * len(energies)).e_above_hull, dtype=float)
 
 
 def combine_committee(mean: float, std: float, members: Sequence[float]) -> tuple[float, float]:
