@@ -376,8 +376,8 @@ class ChgnetEnsemble(Emulator):
         graphs = self._graphs(structs)
         target = np.array([item.energy_per_atom for item in data])
         raw, _, _ = self._raw(graphs, forces=False, stress=False, per_member=False)
-        before = raw.mean(axis=0) + self._convention_energy(structs)
         design = refit_design(structs, convention=self.settings.convention_features)
+        before = raw.mean(axis=0) + self._convention_energy(structs, design=design)
         shift = refit_reference_shift(
             fractions=design, residuals=target - before, alpha=self.settings.ridge_alpha
         )
@@ -499,11 +499,20 @@ class ChgnetEnsemble(Emulator):
         stored = self.state.get("convention_shift") or {}
         return np.array([stored.get(name, 0.0) for name in CONVENTION_FEATURES])
 
-    def _convention_energy(self, structures: Sequence[Structure]) -> np.ndarray:
-        """(n,) the fitted convention offsets of `structures`, eV/atom (zeros before any is fitted)."""
+    def _convention_energy(
+        self, structures: Sequence[Structure], *, design: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(n,) the fitted convention offsets of `structures`, eV/atom (zeros before any is fitted).
+
+        Args:
+            structures: The crystals.
+            design: Their `refit_design`, when already computed (its convention columns are reused).
+        """
         shift = self._convention_shift()
         if not shift.any():
             return np.zeros(len(structures))
+        if design is not None and design.shape[1] > N_ELEMENTS:
+            return design[:, N_ELEMENTS:] @ shift
         return convention_features(structures) @ shift
 
     def _reference_shift(self) -> np.ndarray:
