@@ -6,10 +6,12 @@ Units: energies eV/atom.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pymatgen.core import Structure
 
 from loop.acquisition import select_structures
 from loop.config import CampaignConfig
@@ -28,19 +30,61 @@ def oracle_calls_left(config: CampaignConfig, store: CampaignStore) -> int | Non
     return max(0, limit - len(store.oracle_results()))
 
 
+def one_per_crystal(
+    candidates: Sequence[Structure], *, labelled: Iterable[tuple[str, Callable[[], Structure]]]
+) -> list[int]:
+    """Positions of the candidates to offer: each crystal once, and none already labelled.
+
+    Candidates the funnel saw as different can relax onto one crystal: in the Li-Co-O pool 17 diffusion samples
+    ended as one LiCoO2 under the oracle. A second label of a crystal is a call spent on no new information
+    (`loop.labelling.mark_duplicates` flags it as a duplicate afterwards), so a candidate is dropped when its
+    relaxed structure is the crystal (pymatgen `StructureMatcher` inside the funnel's formula buckets,
+    `loop.funnel.KnownIndex`) of a labelled structure or of a candidate kept before it.
+
+    Args:
+        candidates: Relaxed structures, in order of preference (the first of a crystal is kept).
+        labelled: (reduced formula, loader) of each labelled structure: inputs and oracle-relaxed final structures.
+    """
+    if not candidates:
+        return []
+    # torch (~3 s) comes with the generator room: imported only when there are candidates.
+    from loop.funnel import KnownIndex
+
+    index = KnownIndex()
+    for formula, loader in labelled:
+        index.add_lazy(id="labelled", formula=formula, loader=loader)
+    kept = []
+    for i, structure in enumerate(candidates):
+        if index.find(structure, seed=False) is None:
+            index.add(id=str(i), structure=structure)
+            kept.append(i)
+    return kept
+
+
 def acquisition_pool(config: CampaignConfig, *, store: CampaignStore, round: int) -> list[Prediction]:
-    """The predictions of `round` acquisition may pick from: one per relaxed structure (the first), none whose
-    relaxed structure already has an oracle result, none without a relaxed structure."""
+    """The predictions of `round` acquisition may pick from: those with a relaxed structure, one per crystal and
+    none of a crystal already labelled at these oracle settings (`one_per_crystal`), in the store's order."""
     settings_hash = config.oracle.settings_hash()
     seen: set[str] = set()
-    pool = []
+    predictions = []
     for p in store.round_predictions(round):
-        h = p.relaxed_hash
-        if not h or h in seen or store.get_oracle_result(h, settings_hash) is not None:
-            continue
-        seen.add(h)
-        pool.append(p)
-    return pool
+        if p.relaxed_hash and p.relaxed_hash not in seen:
+            seen.add(p.relaxed_hash)
+            predictions.append(p)
+    labelled = {
+        h
+        for r in store.oracle_results(settings_hash=settings_hash, ok_only=True)
+        for h in (r.hash, r.structure_hash)
+    }
+    relaxed = store.get_structures([p.relaxed_hash for p in predictions])
+    kept = one_per_crystal(
+        [relaxed[p.relaxed_hash] for p in predictions],
+        labelled=[
+            (store.structure_row(h).reduced_formula, lambda k=h: store.get_structure(k))
+            for h in sorted(labelled)
+        ],
+    )
+    return [predictions[i] for i in kept]
 
 
 @dataclass(frozen=True)
@@ -54,7 +98,7 @@ class Acquisition:
 def acquire(config: CampaignConfig, *, store: CampaignStore, round: int) -> Acquisition:
     """Choose the oracle queries of this round with the configured modAL strategy under the budget.
 
-    Relaxed structures already labelled, or relaxed onto the same structure as another candidate, are offered once.
+    Each crystal is offered once, and none already labelled (`acquisition_pool`).
     The batch never exceeds the oracle calls `stop.max_oracle_calls` still allows.
     """
     budget = config.acquisition.budget

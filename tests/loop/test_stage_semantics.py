@@ -1,5 +1,5 @@
 """What single stages decide, on real small data (Cu-Au, bundled crystals, EMT labels): the funnel's novelty
-without dedup, per-source yield through funnel, labels and hull, the dedup of relaxed structures in acquire, and
+without dedup, per-source yield through funnel, labels and hull, the dedup of relaxed structures and crystals in acquire, and
 transient oracle failures (never stored, so tried again). The stop rules are tested in test_daemon.py."""
 
 from __future__ import annotations
@@ -163,6 +163,43 @@ def test_acquire_offers_each_relaxed_structure_once_and_never_a_labelled_one(tmp
         [same, other]
     )  # budget 3, two distinct structures
     assert result.report["n_queries"] == 2 and result.report["n_pool"] == 2
+
+
+def test_acquire_offers_each_crystal_once_even_when_relaxed_structures_differ(tmp_path):
+    cfg = config(acquisition={"strategy": "max_std", "budget": 4})
+    store = CampaignStore.in_workdir(tmp_path)
+    labelled = store.add_structure(fcc_cu(), source="seed", round=0)
+    label_hashes(store, [labelled], settings=cfg.oracle, workdir=tmp_path, round=0)
+    strained_cu = Structure(
+        Lattice(0.5 * 3.70 * np.array([[0, 1, 1], [1, 0, 1], [1, 1, 0]])), ["Cu"], [[0, 0, 0]]
+    )
+    # Four candidates, four relaxed structures with four hashes, but three crystals, one of them labelled already.
+    relaxed_to = {
+        "c1": store.add_structure(hexagonal_cuau(2.70), source="relaxed", round=1),
+        "c2": store.add_structure(hexagonal_cuau(2.73), source="relaxed", round=1),  # c1's crystal, 1 % wider
+        "c3": store.add_structure(strained_cu, source="relaxed", round=1),  # the labelled fcc Cu, 2.5 % wider
+        "c4": store.add_structure(b2_cuau(), source="relaxed", round=1),
+    }
+    assert len(set(relaxed_to.values())) == 4
+    store.add_predictions(
+        1,
+        [
+            Prediction(
+                hash=c,
+                relaxed_hash=r,
+                model="pretrained",
+                energy_per_atom=-3.0,
+                energy_per_atom_std=0.02,
+                e_hull=0.01 * i,
+                e_hull_std=0.02,
+                data={},
+            )
+            for i, (c, r) in enumerate(relaxed_to.items())
+        ],
+    )
+    assert [p.hash for p in acquisition_pool(cfg, store=store, round=1)] == ["c1", "c4"]
+    result = acquire(cfg, store=store, round=1)
+    assert sorted(q.hash for q in result.queries) == sorted([relaxed_to["c1"], relaxed_to["c4"]])
 
 
 def test_transient_oracle_failures_are_returned_not_stored_and_tried_again(tmp_path, monkeypatch):
