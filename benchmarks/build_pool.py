@@ -608,7 +608,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-batches", type=int, default=40, help="stop generating after this many batches (a short pool)"
     )
     p.add_argument("--members", type=int, default=4, help="emulator ensemble members")
-    p.add_argument("--relax-steps", type=int, default=60, help="emulator screening relaxation steps")
+    p.add_argument("--relax-steps", type=int, default=300, help="emulator screening relaxation steps")
     p.add_argument("--diffusion-steps", type=int, default=100, help="diffusion sampler steps")
     p.add_argument(
         "--finish",

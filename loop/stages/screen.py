@@ -199,6 +199,8 @@ def screen(
     report = {
         "n_screened": len(predictions),
         "n_placed": len(placed_e),
+        # An unconverged relaxation leaves the candidate above its minimum, so its E_hull is an upper bound.
+        "n_unconverged": sum(1 for p in predictions if not p.data["converged"]),
         "relax_time_s": seconds(relax_time),
         "e_hull_min": min(placed_e) if placed_e else None,
         "e_hull_median": float(np.median(placed_e)) if placed_e else None,
