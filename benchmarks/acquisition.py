@@ -86,12 +86,41 @@ class Pool:
         return np.flatnonzero(self.role == "candidate")
 
 
-def load_pool(path: Path, *, near_stable: float | None = None) -> Pool:
-    """Read a pool; `near_stable` (eV/atom) re-judges its hits with another threshold than the one it was built with."""
+def rescreened(entry: dict[str, Any]) -> bool:
+    """Whether the entry carries a usable continued screening relaxation (`rescreen_pool.py`)."""
+    r = entry.get("rescreen")
+    return bool(r) and not r["collapsed"] and "member_energy_per_atom_rescreened" in entry["emulator"]
+
+
+def load_pool(path: Path, *, near_stable: float | None = None, screening: str = "as_built") -> Pool:
+    """Read a pool.
+
+    Args:
+        path: Pool file of `build_pool.py`.
+        near_stable: Re-judge its hits with another threshold than the one it was built with (eV/atom).
+        screening: ``as_built``: candidates at the geometry the build's screening reached within its step budget;
+            ``rescreened``: where `rescreen_pool.py` continued an unconverged one, at that new geometry and energy.
+    """
     from loop.verdicts import StabilityRule
 
     data = read_pool(path)
     entries = data["entries"]
+    if screening == "rescreened":
+        if not any(rescreened(e) for e in entries):
+            raise ValueError(f"{path}: no rescreened candidates; run benchmarks/rescreen_pool.py on it first")
+        entries = [
+            {
+                **e,
+                "structure": e["rescreen"]["structure"],
+                "emulator": {
+                    **e["emulator"],
+                    "member_energy_per_atom": e["emulator"]["member_energy_per_atom_rescreened"],
+                },
+            }
+            if rescreened(e)
+            else e
+            for e in entries
+        ]
     rule = StabilityRule(near_stable=data["summary"]["near_stable"] if near_stable is None else near_stable)
     k = len(entries[0]["emulator"]["member_energy_per_atom"])
     nan = [math.nan] * k
@@ -116,6 +145,40 @@ def load_pool(path: Path, *, near_stable: float | None = None) -> Pool:
         ).T,
         entries=entries,
     )
+
+
+def distinct_candidates(pool: Pool) -> tuple[np.ndarray, np.ndarray]:
+    """One candidate per oracle minimum, and which of those are known crystals.
+
+    Candidates that look different to the funnel can relax, under the oracle, onto the same crystal: in the Li-Co-O
+    pool 17 diffusion samples end as one LiCoO2. Counting each as a hit rewards labelling one crystal many times.
+    Candidates are grouped by their oracle-relaxed structures (pymatgen `StructureMatcher`, default tolerances);
+    each group keeps its first candidate in generation order, as a campaign that met the others later would call
+    them copies. A kept candidate whose oracle minimum matches a reference's is a known crystal, not a discovery.
+    Failed labels stay, each on its own: they cost their call.
+
+    Returns:
+        The kept candidates' indices (sorted) and, for the pool's entries, whether each is a known crystal.
+    """
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    matcher = StructureMatcher()
+    ok = [int(i) for i in pool.cands if np.isfinite(pool.oracle_energy[i])]
+    failed = [int(i) for i in pool.cands if not np.isfinite(pool.oracle_energy[i])]
+    at = {id(pool.oracle_structures[i]): i for i in ok}
+    groups = matcher.group_structures([pool.oracle_structures[i] for i in ok])
+    kept = sorted(min(at[id(s)] for s in g) for g in groups)
+    known = np.zeros(len(pool.entries), dtype=bool)
+    refs = [int(i) for i in pool.refs if np.isfinite(pool.oracle_energy[i])]
+    for i in kept:
+        s = pool.oracle_structures[i]
+        formula = s.composition.reduced_formula
+        known[i] = any(
+            matcher.fit(s, pool.oracle_structures[r])
+            for r in refs
+            if pool.oracle_structures[r].composition.reduced_formula == formula
+        )
+    return np.array(sorted(kept + failed), dtype=int), known
 
 
 def load_committee(pool: Pool, paths: Sequence[Path]) -> dict[str, np.ndarray]:
@@ -364,6 +427,7 @@ def replay(
     """
     from loop.acquisition import AcquisitionConfig, select_structures
     from loop.hull import HullEntry, OracleHull
+    from loop.stages.acquire import one_per_crystal
     from loop.stages.update import emulator_metrics
     from loop.verdicts import StabilityRule
 
@@ -375,9 +439,18 @@ def replay(
     per_round = []
     hits = calls = 0
     for rnd in range(1, rounds + 1):
-        if not available:
+        # The campaign's acquisition pool: one candidate per crystal, none of a crystal labelled already.
+        kept = one_per_crystal(
+            [pool.structures[i] for i in available],
+            labelled=[
+                (s.composition.reduced_formula, lambda s=s: s)
+                for i in labelled
+                for s in {id(x): x for x in (pool.structures[i], pool.oracle_structures[i])}.values()
+            ],
+        )
+        if not kept:
             break
-        avail = np.array(available, dtype=int)
+        avail = np.array([available[k] for k in kept], dtype=int)
         mean, std = emulator.predict(avail)
         hull = OracleHull.from_entries(
             HullEntry(
@@ -452,6 +525,10 @@ def summarize(runs: dict[str, list[dict[str, Any]]], *, rounds: int) -> dict[str
             "hits_per_call": rate,
             "daf": d,
             "ceiling": _mean_sd([1 / r["prevalence"] for r in rs]),
+            # All hits found: with more calls than offered hits, even a perfect strategy stays below 1/prevalence.
+            "ceiling_at_budget": _mean_sd(
+                [min(1 / r["prevalence"], r["n_offered"] / r["calls"]) for r in rs if "n_offered" in r]
+            ),
         }
         for base in ("random", "greedy"):
             if base in daf and base != s:
@@ -475,12 +552,23 @@ def summarize(runs: dict[str, list[dict[str, Any]]], *, rounds: int) -> dict[str
 def markdown(result: dict[str, Any]) -> str:
     """The benchmark table of one pool."""
     meta = result["meta"]
+    first = next(iter(result["strategies"].values()), {})
+    at_budget = first.get("ceiling_at_budget", (math.nan,))[0]
+    # Over the seeds' offered subsets, as the DAFs are (the pool's own is 1 / meta["prevalence"]).
+    ceiling = first.get("ceiling", (1 / meta["prevalence"],))[0]
     lines = [
         f"**{meta['system']}** ({meta['oracle']}, {meta['level_of_theory']}): {meta['n_candidates']} candidates, "
-        f"{meta['n_hits']} hits (E_hull ≤ {meta['near_stable']:g} eV/atom), prevalence {meta['prevalence']:.3f} (DAF ceiling {1 / meta['prevalence']:.1f}); "
+        f"{meta['n_hits']} hits (E_hull ≤ {meta['near_stable']:g} eV/atom), prevalence {meta['prevalence']:.3f} (DAF ceiling {ceiling:.1f}"
+        + (f", {at_budget:.1f} at this budget" if math.isfinite(at_budget) else "")
+        + "); "
         f"{meta['rounds']} rounds × {meta['budget']} queries, {meta['seeds']} seeds × {meta['subset']:.0%} of the pool, "
-        f"retraining mode `{meta['mode']}`, default strategy `{meta['default_strategy']}`"
+        f"retraining mode `{meta['mode']}`, screening `{meta.get('screening', 'as_built')}`, default strategy `{meta['default_strategy']}`"
         + (f", committee with {', '.join(meta['committee'])}" if meta.get("committee") else "")
+        + (
+            f", distinct oracle minima only ({meta['known_crystals_not_counted']} known crystals not counted)"
+            if meta.get("distinct")
+            else ""
+        )
         + ".",
         "",
         "| strategy | hits / call | DAF (mean ± sd) | × random | × greedy | MAE per round (eV/atom) | Spearman(σ, err) per round |",
@@ -491,6 +579,11 @@ def markdown(result: dict[str, Any]) -> str:
         def pm(pair: Sequence[float], fmt: str = ".2f") -> str:
             return "–" if not math.isfinite(pair[0]) else f"{pair[0]:{fmt}} ± {pair[1]:{fmt}}"
 
+        def ratio(strategy: str, base: str, row: dict[str, Any] = row) -> str:
+            if f"vs_{base}" in row:
+                return pm(row[f"vs_{base}"])
+            return "1" if strategy == base else "–"  # the baseline itself, or a baseline not run
+
         maes = " / ".join(
             "–" if not math.isfinite(r["mae"][0]) else f"{r['mae'][0]:.3f}" for r in row["per_round"]
         )
@@ -500,7 +593,7 @@ def markdown(result: dict[str, Any]) -> str:
         )
         lines.append(
             f"| {s} | {pm(row['hits_per_call'], '.3f')} | {pm(row['daf'])} | "
-            f"{pm(row['vs_random']) if 'vs_random' in row else '1'} | {pm(row['vs_greedy']) if 'vs_greedy' in row else '1'} | "
+            f"{ratio(s, 'random')} | {ratio(s, 'greedy')} | "
             f"{maes} | {rhos} |"
         )
     return "\n".join(lines)
@@ -509,9 +602,14 @@ def markdown(result: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from loop.acquisition import AcquisitionConfig
 
-    pool = load_pool(Path(args.pool), near_stable=args.near_stable)
+    pool = load_pool(Path(args.pool), near_stable=args.near_stable, screening=args.screening)
     committee = load_committee(pool, [Path(p) for p in args.committee])
     cands = pool.cands
+    n_known = 0
+    if args.distinct:
+        cands, known = distinct_candidates(pool)
+        n_known = int((known & pool.hit).sum())
+        pool.hit = pool.hit & ~known
     n_offer = max(1, round(args.subset * len(cands)))
     strategies = args.strategies.split(",")
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in strategies}
@@ -540,7 +638,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 if emulator is not shared:
                     emulator.close()
-            r.update(seed=seed, prevalence=prevalence, wall_time_s=round(time.time() - t0, 1))
+            r.update(
+                seed=seed,
+                prevalence=prevalence,
+                n_offered=len(offered),
+                wall_time_s=round(time.time() - t0, 1),
+            )
             runs[s].append(r)
             log.info(
                 "seed %d %-8s hits %d / %d calls (prevalence %.3f), %.0f s",
@@ -567,6 +670,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "seeds": args.seeds,
             "subset": args.subset,
             "mode": args.mode,
+            "screening": args.screening,
+            "distinct": bool(args.distinct),
+            "known_crystals_not_counted": n_known,
             "committee": sorted(committee),
             "per_element_refit": bool(args.per_element_refit),
             "committee_pools": [Path(p).name for p in args.committee],
@@ -605,6 +711,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="refit mode: per-element shifts only (without the emulator's convention features)",
     )
+    p.add_argument(
+        "--screening",
+        choices=("as_built", "rescreened"),
+        default="as_built",
+        help="candidates at the build's screening geometry, or where rescreen_pool.py continued it to convergence",
+    )
+    p.add_argument(
+        "--distinct",
+        action="store_true",
+        help="one candidate per oracle minimum, known crystals not counted as hits (distinct_candidates)",
+    )
     p.add_argument("--out", help="write the full result (JSON) here")
     return p.parse_args(argv)
 
@@ -631,7 +748,11 @@ def main(argv: list[str] | None = None) -> int:
             f"acquisition: unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}", file=sys.stderr
         )
         return 2
-    result = run(args)
+    try:
+        result = run(args)
+    except ValueError as err:
+        print(f"acquisition: {err}", file=sys.stderr)
+        return 2
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
     print(markdown(result))
