@@ -494,6 +494,7 @@ def replay(
                 "mae": metrics.get("emulator_mae"),
                 "spearman": metrics.get("emulator_spearman_std_err"),
                 "picked_e_hull_pred": np.round(e_hull[rows], 4).tolist(),
+                "picks": picks.tolist(),  # pool entry indices, for audits
             }
         )
         picked = set(picks.tolist())
