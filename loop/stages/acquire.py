@@ -62,14 +62,17 @@ def one_per_crystal(
 
 
 def acquisition_pool(config: CampaignConfig, *, store: CampaignStore, round: int) -> list[Prediction]:
-    """The predictions of `round` acquisition may pick from: those with a relaxed structure, one per crystal and
-    none of a crystal already labelled at these oracle settings (`one_per_crystal`), in the store's order."""
+    """The predictions of `round` acquisition may pick from, in the store's order: those with a relaxed structure
+    that has no oracle result at these settings (not even a failed one), one per crystal and none of a crystal
+    already labelled (`one_per_crystal`)."""
     settings_hash = config.oracle.settings_hash()
     seen: set[str] = set()
     predictions = []
     for p in store.round_predictions(round):
-        if p.relaxed_hash and p.relaxed_hash not in seen:
-            seen.add(p.relaxed_hash)
+        h = p.relaxed_hash
+        # A stored result, failed ones included, means this very structure was called already.
+        if h and h not in seen and store.get_oracle_result(h, settings_hash) is None:
+            seen.add(h)
             predictions.append(p)
     labelled = {
         h
