@@ -152,32 +152,27 @@ def distinct_candidates(pool: Pool) -> tuple[np.ndarray, np.ndarray]:
 
     Candidates that look different to the funnel can relax, under the oracle, onto the same crystal: in the Li-Co-O
     pool 17 diffusion samples end as one LiCoO2. Counting each as a hit rewards labelling one crystal many times.
-    Candidates are grouped by their oracle-relaxed structures (pymatgen `StructureMatcher`, default tolerances);
-    each group keeps its first candidate in generation order, as a campaign that met the others later would call
-    them copies. A kept candidate whose oracle minimum matches a reference's is a known crystal, not a discovery.
-    Failed labels stay, each on its own: they cost their call.
+    The oracle-relaxed structures are compared by the campaign's own rule for "the same crystal"
+    (`loop.stages.acquire.one_per_crystal`, as `loop.labelling.mark_duplicates` judges labels): each crystal keeps
+    its first candidate in generation order, as a campaign that met the others later would call them duplicates. A
+    kept candidate whose oracle minimum is a reference's crystal is a known crystal, not a discovery. Failed labels
+    stay, each on its own: they cost their call.
 
     Returns:
         The kept candidates' indices (sorted) and, for the pool's entries, whether each is a known crystal.
     """
-    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from loop.stages.acquire import one_per_crystal
 
-    matcher = StructureMatcher()
     ok = [int(i) for i in pool.cands if np.isfinite(pool.oracle_energy[i])]
     failed = [int(i) for i in pool.cands if not np.isfinite(pool.oracle_energy[i])]
-    at = {id(pool.oracle_structures[i]): i for i in ok}
-    groups = matcher.group_structures([pool.oracle_structures[i] for i in ok])
-    kept = sorted(min(at[id(s)] for s in g) for g in groups)
+    kept = [ok[k] for k in one_per_crystal([pool.oracle_structures[i] for i in ok], labelled=[])]
+    refs = [
+        (s.composition.reduced_formula, lambda s=s: s)
+        for s in (pool.oracle_structures[int(i)] for i in pool.refs if np.isfinite(pool.oracle_energy[i]))
+    ]
+    new = {kept[k] for k in one_per_crystal([pool.oracle_structures[i] for i in kept], labelled=refs)}
     known = np.zeros(len(pool.entries), dtype=bool)
-    refs = [int(i) for i in pool.refs if np.isfinite(pool.oracle_energy[i])]
-    for i in kept:
-        s = pool.oracle_structures[i]
-        formula = s.composition.reduced_formula
-        known[i] = any(
-            matcher.fit(s, pool.oracle_structures[r])
-            for r in refs
-            if pool.oracle_structures[r].composition.reduced_formula == formula
-        )
+    known[[i for i in kept if i not in new]] = True
     return np.array(sorted(kept + failed), dtype=int), known
 
 

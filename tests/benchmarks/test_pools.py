@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from pymatgen.analysis.structure_matcher import StructureMatcher
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -17,6 +16,8 @@ sys.path.insert(0, str(BENCH))
 from acquisition import distinct_candidates, load_pool  # noqa: E402
 from build_pool import read_pool, structure_from_compact  # noqa: E402
 from rescreen_pool import main as rescreen_main  # noqa: E402
+
+from loop.stages.acquire import one_per_crystal  # noqa: E402
 
 POOL = BENCH / "pools" / "li-co-o_mlff.json.gz"
 
@@ -26,21 +27,24 @@ def test_distinct_candidates_keep_one_candidate_per_oracle_minimum_and_no_known_
     kept, known = distinct_candidates(pool)
     assert set(kept) <= set(pool.cands.tolist())
     assert 200 < len(kept) < len(pool.cands)  # many diffusion samples relax onto one LiCoO2
-    matcher = StructureMatcher()
-    structures = [pool.oracle_structures[i] for i in kept]
-    # No two kept candidates are one crystal (checked within each formula).
-    by_formula: dict[str, list] = {}
-    for s in structures:
-        by_formula.setdefault(s.composition.reduced_formula, []).append(s)
-    for group in by_formula.values():
-        assert len(matcher.group_structures(group)) == len(group)
-    # A dropped candidate is the crystal of a kept one (the first of its group in generation order).
+    oracle = [pool.oracle_structures[i] for i in kept]
+    # Under the campaign's rule for "the same crystal", no two kept candidates are one.
+    assert one_per_crystal(oracle, labelled=[]) == list(range(len(kept)))
+    # Each dropped candidate is the crystal of a kept one that came before it in generation order.
     dropped = [int(i) for i in pool.cands if i not in set(kept.tolist())][:5]
     for i in dropped:
-        s = pool.oracle_structures[i]
-        twins = [k for k in kept if k < i and matcher.fit(s, pool.oracle_structures[k])]
-        assert twins
-    assert not known[pool.refs].any()
+        earlier = [pool.oracle_structures[k] for k in kept if k < i]
+        assert one_per_crystal([*earlier, pool.oracle_structures[i]], labelled=[]) == list(
+            range(len(earlier))
+        )
+    # The one known crystal among the hits is a reference's crystal, and references are never candidates.
+    refs = [
+        (pool.oracle_structures[r].composition.reduced_formula, lambda r=r: pool.oracle_structures[r])
+        for r in pool.refs
+    ]
+    for i in np.flatnonzero(known):
+        assert one_per_crystal([pool.oracle_structures[i]], labelled=refs) == []
+    assert not known[pool.refs].any() and known.sum() >= 1
 
 
 def test_rescreen_continues_unconverged_screening_to_a_lower_converged_minimum(tmp_path):
