@@ -13,8 +13,8 @@ the pool gains
 
 * ``rescreen``: the new geometry, the steps taken in all, whether it converged, and whether it collapsed;
 * ``emulator.member_energy_per_atom_rescreened``: the pretrained members' energies there (eV/atom);
-* ``rescreen_basin``: whether the new geometry matches the oracle-relaxed one (pymatgen StructureMatcher with
-  its default tolerances) and the emulator's energy difference between the two (eV/atom).
+* ``rescreen_basin``: whether the new geometry is the oracle-relaxed crystal (the campaign's same-crystal rule,
+  `loop.stages.acquire.one_per_crystal`) and the emulator's energy difference between the two (eV/atom).
 
 The oracle's labels are not recomputed: the oracle relaxed each candidate from the stored geometry, and the
 basin record says how often the emulator's own minimum is the oracle's. The replay (`acquisition.py --screening
@@ -77,8 +77,9 @@ def relax_further(
 
 
 def basin(entry: dict[str, Any], rescreened: dict[str, Any]) -> dict[str, Any] | None:
-    """Does the emulator's new minimum match the oracle-relaxed structure; emulator energy difference (eV/atom)."""
-    from pymatgen.analysis.structure_matcher import StructureMatcher
+    """Is the emulator's new minimum the oracle-relaxed crystal (the campaign's same-crystal rule,
+    `loop.stages.acquire.one_per_crystal`); the emulator's energy difference between the two (eV/atom)."""
+    from loop.stages.acquire import one_per_crystal
 
     if "oracle_relaxed_structure" not in entry:
         return None
@@ -88,7 +89,8 @@ def basin(entry: dict[str, Any], rescreened: dict[str, Any]) -> dict[str, Any] |
     diff = (
         float(np.mean(rescreened["member_energy_per_atom"]) - np.mean(at_oracle)) if at_oracle else math.nan
     )
-    return {"matches_oracle": bool(StructureMatcher().fit(new, oracle)), "emulator_minus_at_oracle": diff}
+    same = not one_per_crystal([new], labelled=[(oracle.composition.reduced_formula, lambda: oracle)])
+    return {"matches_oracle": same, "emulator_minus_at_oracle": diff}
 
 
 def rescreen(args: argparse.Namespace) -> dict[str, Any]:
