@@ -132,15 +132,8 @@ def test_per_source_yield_follows_each_generator_through_funnel_labels_and_hull(
     }
 
 
-def test_acquire_offers_each_relaxed_structure_once_and_never_a_labelled_one(tmp_path):
-    cfg = config(acquisition={"strategy": "max_std", "budget": 3})
-    store = CampaignStore.in_workdir(tmp_path)
-    labelled = store.add_structure(fcc_cu(), source="seed", round=0)
-    label_hashes(store, [labelled], settings=cfg.oracle, workdir=tmp_path, round=0)
-    same = store.add_structure(hexagonal_cuau(), source="relaxed", round=1)
-    other = store.add_structure(b2_cuau(), source="relaxed", round=1)
-    # Two candidates relaxed onto one structure, one onto an already labelled crystal, one onto its own.
-    relaxed_to = {"c1": same, "c2": same, "c3": labelled, "c4": other}
+def add_round_predictions(store: CampaignStore, relaxed_to: dict[str, str]) -> None:
+    """Round-1 predictions of candidates (by name) relaxed onto stored structures, E_hull rising in that order."""
     store.add_predictions(
         1,
         [
@@ -157,6 +150,18 @@ def test_acquire_offers_each_relaxed_structure_once_and_never_a_labelled_one(tmp
             for i, (c, r) in enumerate(relaxed_to.items())
         ],
     )
+
+
+def test_acquire_offers_each_relaxed_structure_once_and_never_a_labelled_one(tmp_path):
+    cfg = config(acquisition={"strategy": "max_std", "budget": 3})
+    store = CampaignStore.in_workdir(tmp_path)
+    labelled = store.add_structure(fcc_cu(), source="seed", round=0)
+    label_hashes(store, [labelled], settings=cfg.oracle, workdir=tmp_path, round=0)
+    same = store.add_structure(hexagonal_cuau(), source="relaxed", round=1)
+    other = store.add_structure(b2_cuau(), source="relaxed", round=1)
+    # Two candidates relaxed onto one structure, one onto an already labelled crystal, one onto its own.
+    relaxed_to = {"c1": same, "c2": same, "c3": labelled, "c4": other}
+    add_round_predictions(store, relaxed_to)
     assert [p.hash for p in acquisition_pool(cfg, store=store, round=1)] == ["c1", "c4"]
     result = acquire(cfg, store=store, round=1)
     assert sorted(q.hash for q in result.queries) == sorted(
@@ -181,22 +186,7 @@ def test_acquire_offers_each_crystal_once_even_when_relaxed_structures_differ(tm
         "c4": store.add_structure(b2_cuau(), source="relaxed", round=1),
     }
     assert len(set(relaxed_to.values())) == 4
-    store.add_predictions(
-        1,
-        [
-            Prediction(
-                hash=c,
-                relaxed_hash=r,
-                model="pretrained",
-                energy_per_atom=-3.0,
-                energy_per_atom_std=0.02,
-                e_hull=0.01 * i,
-                e_hull_std=0.02,
-                data={},
-            )
-            for i, (c, r) in enumerate(relaxed_to.items())
-        ],
-    )
+    add_round_predictions(store, relaxed_to)
     assert [p.hash for p in acquisition_pool(cfg, store=store, round=1)] == ["c1", "c4"]
     result = acquire(cfg, store=store, round=1)
     assert sorted(q.hash for q in result.queries) == sorted([relaxed_to["c1"], relaxed_to["c4"]])
