@@ -19,7 +19,7 @@ from loop.stages.screen import screen
 from loop.store import CampaignStore
 from oracle.ase_runner import CALLS_FILE
 from oracle.emt_toy import EMTSettings
-from tests.loop.worker_faults import die_on, echo, kill_busy_worker
+from tests.loop.worker_faults import die_on, echo, kill_busy_worker, kill_worker_in_calculation
 
 FCC = [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]]
 
@@ -53,8 +53,8 @@ def test_label_stage_survives_a_worker_killed_mid_calculation(tmp_path: Path) ->
     with make_executor(local()) as ex:
 
         def on_commit() -> None:
-            if not killed:  # after the first committed label, while the others are running
-                killed.append(kill_busy_worker(ex.client))
+            if not killed:  # after the first committed label, inside one of the others' calculations
+                killed.append(kill_worker_in_calculation(tmp_path / "oracle", calls_file=CALLS_FILE))
 
         results = label_hashes(
             store,
