@@ -141,7 +141,7 @@ def replay(
         )
         print(
             f"  round {r}: {len(new)} new, deployed {report.deployed} ({report.reason}); held-out MAE "
-            + ", ".join(f"{k} {v['mae']:.4f}" for k, v in report.held_out.items())
+            + ", ".join(f"{k} {v['mae']:.4f} (NLL {v['cal_nll']:.2f})" for k, v in report.held_out.items())
             + f"; {time.perf_counter() - start:.0f} s",
             flush=True,
         )

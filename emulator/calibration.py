@@ -60,12 +60,23 @@ class HeldOutPairs:
         std: Raw member spread, eV/atom (no calibration scale applied).
         target: Oracle energy per atom, eV/atom.
         round: Campaign round in which each label arrived.
+        cal_predicted: The calibrated mean the model gave when it predicted the pair, eV/atom (NaN when the
+            calibration in use then is unknown: leave-one-out pairs, pairs saved before this was kept).
+        cal_std: The calibrated std it gave then, eV/atom (NaN likewise).
     """
 
     predicted: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
     target: list[float] = field(default_factory=list)
     round: list[int] = field(default_factory=list)
+    cal_predicted: list[float] = field(default_factory=list)
+    cal_std: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = len(self.target)
+        for name in ("cal_predicted", "cal_std"):
+            values = getattr(self, name)
+            setattr(self, name, [*values, *[float("nan")] * (n - len(values))])
 
     def __len__(self) -> int:
         return len(self.target)
@@ -77,7 +88,21 @@ class HeldOutPairs:
             std=[*self.std, *other.std],
             target=[*self.target, *other.target],
             round=[*self.round, *other.round],
+            cal_predicted=[*self.cal_predicted, *other.cal_predicted],
+            cal_std=[*self.cal_std, *other.cal_std],
         )
+
+    def nll(self) -> np.ndarray:
+        """Gaussian negative log-likelihood of each label under the calibrated mean and std given when it was
+        predicted (dimensionless, per pair; NaN where those are unknown).
+
+        A proper score of mean and σ together: an overconfident σ costs (error/σ)², a needlessly wide one log σ,
+        so a model cannot win on error alone while its σ misleads the acquisition.
+        """
+        mean = np.asarray(self.cal_predicted, float)
+        std = np.maximum(np.asarray(self.cal_std, float), MIN_STD)
+        z = (np.asarray(self.target, float) - mean) / std
+        return 0.5 * np.log(2 * np.pi) + np.log(std) + 0.5 * z**2
 
     def to_dict(self) -> dict[str, list[float] | list[int]]:
         return asdict(self)
@@ -131,6 +156,17 @@ class Calibration:
         """Calibrated energy std, eV/atom, from the raw member spread (eV/atom)."""
         raw = np.asarray(raw, float)
         return np.sqrt((self.scale * raw) ** 2 + self.floor**2)
+
+    def stamp(self, pairs: HeldOutPairs) -> HeldOutPairs:
+        """The pairs with their calibrated mean and std under this calibration (the one in use when predicted)."""
+        return HeldOutPairs(
+            predicted=list(pairs.predicted),
+            std=list(pairs.std),
+            target=list(pairs.target),
+            round=list(pairs.round),
+            cal_predicted=[float(x) for x in np.asarray(pairs.predicted, float) + self.bias],
+            cal_std=[float(x) for x in self.std(pairs.std)],
+        )
 
     def apply(self, pairs: HeldOutPairs) -> dict[str, float]:
         """`calibration_metrics` of these pairs under this calibration."""

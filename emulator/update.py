@@ -8,9 +8,12 @@ Each round keeps two variants of the ensemble, both trained on all labels gather
 
 When the next round's labels arrive, both variants (and the deployed model, one of them) predict them *before*
 training on them: those are true held-out errors (leave-last-round-out validation, with the training on the older
-rounds already done in the previous round). Their held-out pairs accumulate per variant, and the variant with the
-lower held-out MAE over all rounds so far is deployed. Before any held-out label exists (round 0) the refit variant
-is deployed. A fine-tune whose error on its own training labels is worse than the refit's leave-one-out error is
+rounds already done in the previous round). Their held-out pairs accumulate per variant, each with the calibrated
+mean and σ the variant gave at the time, and the variant whose lineage scores the lower mean Gaussian negative
+log-likelihood over all rounds so far is deployed. The score judges mean and σ together because the acquisition
+uses both: a fine-tune that lowers the error while its members' spread collapses below it would otherwise be
+deployed and turn p_stable into a thresholded greedy ranking. Before any held-out label exists (round 0) the refit
+variant is deployed. A fine-tune whose error on its own training labels is worse than the refit's leave-one-out error is
 never deployed (this is how a wrecking learning rate showed itself). Calibration (bias and std scale) of each
 variant is refitted on its held-out pairs plus, for the refit variant, leave-one-out pairs on every label so far
 (its only label-dependent parameters are the reference shifts, so those are honest held-out predictions), shrunk
@@ -129,6 +132,8 @@ class UpdateReport:
         held_out: Variant (and "previous") -> metrics on this round's new labels: raw `mae`, and `cal_mae`,
             `cal_spearman`, `cal_within_1sigma` under the calibration in use when they were predicted.
         held_out_all: Variant -> raw MAE (eV/atom) over all its held-out pairs so far.
+        held_out_all_nll: Variant -> mean Gaussian negative log-likelihood of those pairs under the calibrated
+            mean and σ it gave when it predicted them (pairs without them left out): the deployment score.
         train: Variant -> training metrics (`train_mae` eV/atom, refit MAEs, epochs, ...).
         calibration: Variant -> the calibration fitted for the next round.
     """
@@ -139,6 +144,7 @@ class UpdateReport:
     n_held_out: int
     held_out: dict[str, dict[str, float]] = field(default_factory=dict)
     held_out_all: dict[str, float] = field(default_factory=dict)
+    held_out_all_nll: dict[str, float] = field(default_factory=dict)
     train: dict[str, dict[str, float]] = field(default_factory=dict)
     calibration: dict[str, Calibration] = field(default_factory=dict)
 
@@ -152,6 +158,7 @@ class UpdateReport:
         for name, values in self.held_out.items():
             out |= {f"heldout_{name}_{k}": float(v) for k, v in values.items()}
         out |= {f"heldout_all_{name}_mae": float(v) for name, v in self.held_out_all.items()}
+        out |= {f"heldout_all_{name}_nll": float(v) for name, v in self.held_out_all_nll.items()}
         for name, values in self.train.items():
             out |= {f"train_{name}_{k}": float(v) for k, v in values.items() if isinstance(v, int | float)}
         for name, cal in self.calibration.items():
@@ -169,7 +176,15 @@ def _held_out_metrics(pairs: HeldOutPairs, calibration: Calibration) -> dict[str
         "cal_spearman": cal["spearman_std_abs_error"],
         "cal_within_1sigma": cal["frac_within_1sigma"],
         "cal_mean_std": cal["mean_std"],
+        "cal_nll": _mean_nll(pairs),
     }
+
+
+def _mean_nll(pairs: HeldOutPairs) -> float:
+    """Mean negative log-likelihood over the pairs that carry their calibrated prediction (NaN if none do)."""
+    nll = pairs.nll()
+    nll = nll[np.isfinite(nll)]
+    return float(nll.mean()) if len(nll) else float("nan")
 
 
 def update_emulator(
@@ -212,7 +227,7 @@ def update_emulator(
         report.n_held_out = len(new)
         history = dict(previous.history)
         for name, model in previous.models.items():
-            pairs = model.held_out_pairs(new, round=round)
+            pairs = model.calibration.stamp(model.held_out_pairs(new, round=round))
             if len(pairs):
                 history[name] = history.get(name, HeldOutPairs()).extend(pairs)
                 report.held_out[name] = _held_out_metrics(pairs, model.calibration)
@@ -243,6 +258,7 @@ def update_emulator(
         if len(pairs):
             report.calibration[name] = model.calibrate(pairs)
     report.held_out_all = {k: float(np.mean(np.abs(v.errors()))) for k, v in history.items()}
+    report.held_out_all_nll = {k: _mean_nll(v) for k, v in history.items()}
 
     report.deployed, report.reason = choose_variant(models, report)
     return (
@@ -252,11 +268,12 @@ def update_emulator(
 
 
 def choose_variant(models: dict[str, Emulator], report: UpdateReport) -> tuple[str, str]:
-    """The variant to deploy and why: the lower held-out MAE over the lineage, unless the fine-tune is wrecked.
+    """The variant to deploy and why: the lower held-out negative log-likelihood over the lineage, unless the
+    fine-tune is wrecked.
 
     Args:
         models: This round's variants by name.
-        report: This round's measurements (`train` and `held_out_all`, eV/atom).
+        report: This round's measurements (`train` in eV/atom, `held_out_all_nll`; `held_out_all` for the reason).
 
     Returns:
         The variant name and a one-line reason.
@@ -275,9 +292,14 @@ def choose_variant(models: dict[str, Emulator], report: UpdateReport) -> tuple[s
             f"fine-tune's error on its own training labels {train_ft:.3f} > refit's leave-one-out error "
             f"{bar:.3f} eV/atom",
         )
-    if "fine_tuned" not in report.held_out_all or "refit" not in report.held_out_all:
-        return "refit", "no held-out labels yet for both variants"
-    ft, rf = report.held_out_all["fine_tuned"], report.held_out_all["refit"]
-    if ft < rf:
-        return "fine_tuned", f"fine-tuned held-out MAE {ft:.4f} < refit {rf:.4f} eV/atom"
-    return "refit", f"refit held-out MAE {rf:.4f} <= fine-tuned {ft:.4f} eV/atom"
+    nll = report.held_out_all_nll
+    if not all(np.isfinite(nll.get(name, np.nan)) for name in VARIANTS):
+        return "refit", "no scored held-out labels yet for both variants"
+    mae = report.held_out_all
+    both = (
+        f"held-out NLL fine-tuned {nll['fine_tuned']:.2f} vs refit {nll['refit']:.2f} "
+        f"(MAE {mae['fine_tuned']:.4f} vs {mae['refit']:.4f} eV/atom)"
+    )
+    if nll["fine_tuned"] < nll["refit"]:
+        return "fine_tuned", both
+    return "refit", both

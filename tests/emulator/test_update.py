@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from scipy.stats import norm
 
 from emulator import ChgnetEnsemble, LabelledStructure
 from emulator.calibration import Calibration, HeldOutPairs, fit_calibration
@@ -113,6 +114,14 @@ def test_a_fine_tune_worse_on_held_out_labels_is_not_deployed(
     assert r1.deployed == "refit"  # ... so it is not deployed
     assert r1.held_out["previous"] == r1.held_out["refit"]
     assert r1.held_out_all == pytest.approx(held)
+    # Each held-out pair keeps the calibrated mean and σ its variant gave when it predicted it; the deployment score
+    # is their Gaussian negative log-likelihood.
+    for name in ("refit", "fine_tuned"):
+        given = v0.models[name].predict([d.structure for d in rounds[1]], forces=False, stress=False)
+        target = np.array([d.energy_per_atom for d in rounds[1]])
+        expected = -norm.logpdf(target, loc=given.energy_per_atom, scale=given.energy_per_atom_std).mean()
+        assert r1.held_out_all_nll[name] == pytest.approx(expected, rel=1e-4)
+    assert r1.metrics()["heldout_all_refit_nll"] == pytest.approx(r1.held_out_all_nll["refit"])
     # The held-out errors also fix each variant's calibration, and the report flattens for MLflow.
     assert set(r1.calibration) == {"refit", "fine_tuned"}
     assert v1.model.calibration == r1.calibration["refit"]
@@ -170,26 +179,51 @@ def test_refit_only_model_gives_exact_leave_one_out_pairs(
     assert len(again.loo_pairs(data, round=2)) == 0
 
 
-def _report(*, train_ft: float, train_refit: float, loo_refit: float, held_ft: float, held_refit: float):
+def _lineage(errors: list[float], sigma: float) -> HeldOutPairs:
+    """Held-out pairs with these signed errors (eV/atom), predicted with calibrated σ = `sigma` (eV/atom)."""
+    n = len(errors)
+    raw = HeldOutPairs(predicted=[-e for e in errors], std=[sigma] * n, target=[0.0] * n, round=[1] * n)
+    return Calibration().stamp(raw)
+
+
+def _report(*, train_ft: float, loo_refit: float, held_ft: HeldOutPairs, held_refit: HeldOutPairs):
     report = UpdateReport(deployed="refit", reason="", n_labels=11, n_held_out=4)
     report.train = {
-        "refit": {"train_mae": train_refit, "loo_mae": loo_refit},
+        "refit": {"train_mae": 0.039, "loo_mae": loo_refit},
         "fine_tuned": {"train_mae": train_ft},
     }
-    report.held_out_all = {"refit": held_refit, "fine_tuned": held_ft}
+    for name, pairs in (("refit", held_refit), ("fine_tuned", held_ft)):
+        report.held_out_all[name] = float(np.mean(np.abs(pairs.errors())))
+        report.held_out_all_nll[name] = float(np.mean(pairs.nll()))
     return report
 
 
-def test_choice_rests_on_held_out_labels_unless_the_fine_tune_cannot_fit_its_own() -> None:
+def test_choice_scores_mean_and_sigma_on_held_out_labels_unless_the_fine_tune_cannot_fit_its_own() -> None:
     models = {"refit": None, "fine_tuned": None}
+    refit = _lineage([0.06, -0.08, 0.07, -0.07, 0.08, 0.06], sigma=0.15)
+    honest_ft = _lineage([0.04, -0.05, 0.03, -0.04, 0.05, 0.04], sigma=0.05)
     # A fine-tune 15 meV/atom worse in-sample than the refit (energy traded for forces and stresses), but within the
     # refit's own error on labels it left out (the fair bar for "wrecked"), and its lineage better on unseen labels.
-    demo = _report(train_ft=0.054, train_refit=0.039, loo_refit=0.081, held_ft=0.043, held_refit=0.079)
-    assert choose_variant(models, demo)[0] == "fine_tuned"
-    wrecked = _report(train_ft=0.30, train_refit=0.039, loo_refit=0.081, held_ft=0.043, held_refit=0.079)
+    deployed, reason = choose_variant(
+        models, _report(train_ft=0.054, loo_refit=0.081, held_ft=honest_ft, held_refit=refit)
+    )
+    assert deployed == "fine_tuned" and "NLL" in reason
+    wrecked = _report(train_ft=0.30, loo_refit=0.081, held_ft=honest_ft, held_refit=refit)
     deployed, reason = choose_variant(models, wrecked)
     assert deployed == "refit" and "leave-one-out" in reason
-    worse_held_out = _report(
-        train_ft=0.02, train_refit=0.039, loo_refit=0.081, held_ft=0.09, held_refit=0.079
+    worse = _lineage([0.09, -0.10, 0.08, -0.09, 0.10, 0.09], sigma=0.05)
+    assert (
+        choose_variant(models, _report(train_ft=0.02, loo_refit=0.081, held_ft=worse, held_refit=refit))[0]
+        == "refit"
     )
-    assert choose_variant(models, worse_held_out)[0] == "refit"
+    # The Li-Co-O replay's case: the fine-tune errs less (0.04-0.08 against 0.06-0.08 eV/atom) but its members'
+    # spread has collapsed to 0.01 eV/atom. Judged by MAE it would be deployed; its σ would mislead p_stable.
+    collapsed = _lineage([0.04, -0.05, 0.06, -0.04, 0.08, 0.05], sigma=0.01)
+    overconfident = _report(train_ft=0.02, loo_refit=0.081, held_ft=collapsed, held_refit=refit)
+    assert overconfident.held_out_all["fine_tuned"] < overconfident.held_out_all["refit"]
+    assert choose_variant(models, overconfident)[0] == "refit"
+    # Pairs saved without the calibrated prediction they were given cannot be scored: the safe baseline stays.
+    unscored = HeldOutPairs(predicted=[0.01], std=[0.02], target=[0.0], round=[1])
+    assert np.isnan(unscored.nll()).all()
+    old = _report(train_ft=0.02, loo_refit=0.081, held_ft=unscored, held_refit=unscored)
+    assert choose_variant(models, old) == ("refit", "no scored held-out labels yet for both variants")
