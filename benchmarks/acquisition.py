@@ -365,7 +365,7 @@ class CampaignRetrainEmulator:
             round=round,
         )
 
-    def retrain(self, labelled: Sequence[int], new: Sequence[int], *, round: int) -> None:
+    def retrain(self, labelled: Sequence[int], new: Sequence[int], *, round: int) -> dict[str, Any]:
         from loop.stages.retrain import retrain
         from loop.store import Query
 
@@ -390,6 +390,12 @@ class CampaignRetrainEmulator:
             out_dir=self.workdir / "checkpoints" / f"round_{round:03d}",
         )
         self.checkpoint = Path(report["emulator_checkpoint"])
+        # What the update rule decided, for audits of the replay: the deployed variant, why, and its evidence.
+        return {
+            k: v
+            for k, v in report.items()
+            if k in ("emulator_deployed", "emulator_reason") or "_heldout_" in k
+        }
 
     def predict(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         from loop.tasks import load_emulator
@@ -496,7 +502,9 @@ def replay(
         available = [i for i in available if i not in picked]
         labelled.extend(int(i) for i in picks)
         if rnd < rounds:
-            emulator.retrain(labelled, [int(i) for i in picks], round=rnd)
+            update = emulator.retrain(labelled, [int(i) for i in picks], round=rnd)
+            if update:  # the campaign's retrain stage: what its update rule decided after this round's labels
+                per_round[-1]["update"] = update
     return {"hits": hits, "calls": calls, "rounds": per_round}
 
 
