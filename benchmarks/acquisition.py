@@ -247,13 +247,17 @@ class RefitEmulator:
 
     mode = "refit"
 
-    def __init__(self, pool: Pool, *, per_element_only: bool = False) -> None:
+    def __init__(
+        self, pool: Pool, *, per_element_only: bool = False, calibration_rule: str | None = None
+    ) -> None:
         from emulator.calibration import Calibration
         from emulator.chgnet_ensemble import ChgnetEnsembleSettings
         from emulator.training import refit_design
 
         self.pool = pool
         self.settings = ChgnetEnsembleSettings.model_validate(pool.emulator_settings)
+        if calibration_rule is not None:  # a what-if against the emulator's own rule
+            self.settings = self.settings.model_copy(update={"calibration_rule": calibration_rule})
         # The emulator's own refit design (its `convention_features` setting), unless asked for the bare one.
         convention = self.settings.convention_features and not per_element_only
         # Labels are fitted at the oracle's geometry and candidates predicted at the emulator's, as in a campaign
@@ -618,7 +622,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     strategies = args.strategies.split(",")
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in strategies}
     started = time.time()
-    shared = RefitEmulator(pool, per_element_only=args.per_element_refit) if args.mode == "refit" else None
+    shared = (
+        RefitEmulator(pool, per_element_only=args.per_element_refit, calibration_rule=args.calibration_rule)
+        if args.mode == "refit"
+        else None
+    )
     for seed in range(args.seeds):
         rng = np.random.default_rng(seed)
         offered = np.sort(rng.choice(cands, size=n_offer, replace=False))
@@ -679,6 +687,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "known_crystals_not_counted": n_known,
             "committee": sorted(committee),
             "per_element_refit": bool(args.per_element_refit),
+            "calibration_rule": args.calibration_rule or "the emulator's",
             "committee_pools": [Path(p).name for p in args.committee],
             "default_strategy": AcquisitionConfig().strategy,
             "wall_time_s": round(time.time() - started, 1),
@@ -716,6 +725,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="refit mode: per-element shifts only (without the emulator's convention features)",
     )
     p.add_argument(
+        "--calibration-rule",
+        choices=("quantile", "floor"),
+        help="refit mode: calibrate σ by this rule instead of the emulator's setting (emulator.calibration)",
+    )
+    p.add_argument(
         "--screening",
         choices=("as_built", "rescreened"),
         default="as_built",
@@ -739,6 +753,12 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.pool).is_file():
         print(
             f"acquisition: {args.pool}: no such pool file; build one with benchmarks/build_pool.py",
+            file=sys.stderr,
+        )
+        return 2
+    if args.calibration_rule and args.mode != "refit":
+        print(
+            "acquisition: --calibration-rule applies to --mode refit (retrain uses the config's)",
             file=sys.stderr,
         )
         return 2

@@ -13,7 +13,8 @@ import numpy as np
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-from acquisition import distinct_candidates, load_pool  # noqa: E402
+from acquisition import RefitEmulator, distinct_candidates, load_pool  # noqa: E402
+from acquisition import main as acquisition_main  # noqa: E402
 from build_pool import read_pool, structure_from_compact  # noqa: E402
 from rescreen_pool import main as rescreen_main  # noqa: E402
 
@@ -79,3 +80,19 @@ def test_rescreen_continues_unconverged_screening_to_a_lower_converged_minimum(t
 def test_rescreen_refuses_a_missing_pool_with_exit_code_2(tmp_path, capsys):
     assert rescreen_main(["--pool", str(tmp_path / "none.json.gz")]) == 2
     assert "no such pool file" in capsys.readouterr().err
+
+
+def test_replay_calibration_rule_what_if_fits_an_error_floor_only_under_the_floor_rule(capsys):
+    pool = load_pool(POOL, screening="rescreened")
+    refs = [int(i) for i in pool.refs if np.isfinite(pool.oracle_energy[i])]
+    fits = {}
+    for rule in ("quantile", "floor"):
+        emulator = RefitEmulator(pool, calibration_rule=rule)
+        emulator.retrain(refs, [], round=0)
+        fits[rule] = emulator.calibration
+    assert fits["quantile"].floor == 0.0 and fits["floor"].floor > 1e-3  # eV/atom, fitted on the references
+    assert fits["quantile"].n_pairs == fits["floor"].n_pairs == len(refs)
+    # The retrain mode calibrates as the campaign's config says: the what-if is refused there.
+    argv = ["--pool", str(POOL), "--mode", "retrain", "--calibration-rule", "floor"]
+    assert acquisition_main(argv) == 2
+    assert "applies to --mode refit" in capsys.readouterr().err
