@@ -104,6 +104,14 @@ class HeldOutPairs:
         z = (np.asarray(self.target, float) - mean) / std
         return 0.5 * np.log(2 * np.pi) + np.log(std) + 0.5 * z**2
 
+    def calibrated_metrics(self) -> dict[str, float]:
+        """`calibration_metrics` of the calibrated mean and std given when the pairs were predicted."""
+        return calibration_metrics(
+            predicted=np.asarray(self.cal_predicted, float),
+            std=np.maximum(np.asarray(self.cal_std, float), MIN_STD),
+            target=np.asarray(self.target, float),
+        )
+
     def to_dict(self) -> dict[str, list[float] | list[int]]:
         return asdict(self)
 
@@ -166,14 +174,6 @@ class Calibration:
             round=list(pairs.round),
             cal_predicted=[float(x) for x in np.asarray(pairs.predicted, float) + self.bias],
             cal_std=[float(x) for x in self.std(pairs.std)],
-        )
-
-    def apply(self, pairs: HeldOutPairs) -> dict[str, float]:
-        """`calibration_metrics` of these pairs under this calibration."""
-        return calibration_metrics(
-            predicted=np.asarray(pairs.predicted, float) + self.bias,
-            std=np.maximum(self.std(pairs.std), MIN_STD),
-            target=np.asarray(pairs.target, float),
         )
 
 

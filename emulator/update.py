@@ -166,9 +166,10 @@ class UpdateReport:
         return out
 
 
-def _held_out_metrics(pairs: HeldOutPairs, calibration: Calibration) -> dict[str, float]:
+def _held_out_metrics(pairs: HeldOutPairs) -> dict[str, float]:
+    """Raw MAE and, under the calibration stamped on the pairs when they were predicted, the calibrated figures."""
     raw = float(np.mean(np.abs(pairs.errors())))
-    cal = calibration.apply(pairs)
+    cal = pairs.calibrated_metrics()
     return {
         "n": float(len(pairs)),
         "mae": raw,
@@ -230,7 +231,7 @@ def update_emulator(
             pairs = model.calibration.stamp(model.held_out_pairs(new, round=round))
             if len(pairs):
                 history[name] = history.get(name, HeldOutPairs()).extend(pairs)
-                report.held_out[name] = _held_out_metrics(pairs, model.calibration)
+                report.held_out[name] = _held_out_metrics(pairs)
                 if name == previous.deployed:
                     report.held_out["previous"] = report.held_out[name]
         base = previous.models["refit"]

@@ -25,7 +25,7 @@ def test_calibration_fit_is_shrunk_toward_the_previous_fit() -> None:
     # Plenty of pairs: the fit finds the 0.03 eV/atom offset and a scale near 2 (68 % quantile of |N(0, 2)|/1 ≈ 2).
     assert first.bias == pytest.approx(0.03, abs=0.01)
     assert first.scale == pytest.approx(2.0, rel=0.2)
-    assert abs(first.apply(pairs)["frac_within_1sigma"] - 0.68) < 0.05
+    assert abs(first.stamp(pairs).calibrated_metrics()["frac_within_1sigma"] - 0.68) < 0.05
     # Four new pairs that say "scale 10, bias -0.2" move an established fit only part of the way ...
     few = HeldOutPairs(predicted=[0.2, 0.2, 0.1, 0.3], std=[0.01] * 4, target=[0.0] * 4, round=[2] * 4)
     moved = fit_calibration(few, previous=first, prior_weight=8.0)
@@ -52,8 +52,8 @@ def test_floor_rule_recovers_a_shared_error_the_spread_cannot_show() -> None:
     )
     quantile = fit_calibration(pairs, previous=Calibration(), prior_weight=8.0, rule="quantile")
     assert quantile.floor == 0.0
-    assert abs(fit.apply(small)["frac_within_1sigma"] - 0.68) < 0.05
-    assert quantile.apply(small)["frac_within_1sigma"] < 0.5
+    assert abs(fit.stamp(small).calibrated_metrics()["frac_within_1sigma"] - 0.68) < 0.05
+    assert quantile.stamp(small).calibrated_metrics()["frac_within_1sigma"] < 0.5
     # Saved fits of before the floor existed read back with no floor.
     old = {"bias": 0.01, "scale": 2.0, "n_pairs": 5.0}
     assert Calibration.from_dict(old).floor == 0.0
