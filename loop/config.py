@@ -149,7 +149,8 @@ class ReferencesConfig(StrictModel):
 
     The known crystals are every bundled Materials Project crystal of the target systems and their subsystems
     (mp_20 and mpts_52) plus ASE's reference state of each element. Round 0 labels every elemental polymorph up to
-    `max_element_atoms` (they are cheap, and the hull's end points decide every verdict) and the lowest-lying
+    `max_element_atoms`, and always the fcc, bcc and hcp cells of every element whose standard state is not a
+    molecule (1-2 atoms each: they are cheap, and the hull's end points decide every verdict), and the lowest-lying
     known compounds, one per composition, ranked by the pretrained emulator.
 
     Attributes:

@@ -5,10 +5,14 @@ Energies eV/atom.
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Element, Lattice, Structure
 
 from generator.base import KnownStructure
 from generator.seeds import load_seeds, reference_states, seed_table
@@ -53,10 +57,68 @@ def withheld_records(config: CampaignConfig) -> list[dict[str, Any]]:
     ]
 
 
+SIMPLE_CELL_PREFIX = "cell:"
+"""Id prefix of the simple elemental cells round 0 adds ("cell:Li-fcc")."""
+# Elements whose standard state is a molecule (or an atom): a close-packed atomic cell of them is no phase anyone
+# places on a hull, and their molecular crystals come from the known data.
+_MOLECULAR = frozenset({"H", "N", "O", "F", "Cl", "Br", "I"})
+
+
+def simple_cells(element: str, *, volume_per_atom: float) -> list[KnownStructure]:
+    """The fcc, bcc and hcp cells (1, 1 and 2 atoms, hcp at the ideal c/a) of one element at one volume per atom.
+
+    Many elements' ground state at a given level of theory is one of these three even where the data hold only
+    another (the bundled Li rows are cI16 and 9R; GPAW at the demo settings puts fcc Li lowest), and they cost
+    almost nothing to label, so round 0 always labels them: a hull end is then never a polymorph lying above
+    another one. The oracle relaxes them from this volume.
+
+    Args:
+        element: The element symbol.
+        volume_per_atom: The cells' volume, Å^3/atom (the element's known crystal's).
+
+    Returns:
+        The three cells, ids "cell:<El>-fcc" etc., properties formula, symmetry, source "simple cell".
+    """
+    v = float(volume_per_atom)
+    c_over_a = float(np.sqrt(8 / 3))
+    a_fcc = (4 * v) ** (1 / 3)
+    a_bcc = (2 * v) ** (1 / 3)
+    a_hcp = (2 * v / (np.sqrt(3) / 2 * c_over_a)) ** (1 / 3)
+    lattices = {
+        "fcc": (Lattice(0.5 * a_fcc * np.array([[0, 1, 1], [1, 0, 1], [1, 1, 0]])), [[0.0, 0.0, 0.0]]),
+        "bcc": (Lattice(0.5 * a_bcc * np.array([[-1, 1, 1], [1, -1, 1], [1, 1, -1]])), [[0.0, 0.0, 0.0]]),
+        "hcp": (Lattice.hexagonal(a_hcp, a_hcp * c_over_a), [[1 / 3, 2 / 3, 0.25], [2 / 3, 1 / 3, 0.75]]),
+    }
+    return [
+        KnownStructure(
+            id=f"{SIMPLE_CELL_PREFIX}{element}-{kind}",
+            structure=Structure(lattice, [element] * len(coords), coords),
+            properties={"formula": element, "symmetry": kind, "source": "simple cell"},
+        )
+        for kind, (lattice, coords) in lattices.items()
+    ]
+
+
+def _simple_cells_of(elements: Sequence[str], known: Sequence[KnownStructure]) -> list[KnownStructure]:
+    """`simple_cells` of every non-molecular element at the volume of its ASE reference state, else the median
+    volume per atom of its known elemental crystals (none known: no cells; `reference_pool` then refuses)."""
+    out: list[KnownStructure] = []
+    for el in elements:
+        if el in _MOLECULAR or Element(el).is_noble_gas:
+            continue
+        mine = [k.structure for k in known if k.structure.composition.reduced_formula == el]
+        ase = [k.structure for k in reference_states([el])]
+        volumes = [s.volume / len(s) for s in (ase or mine)]
+        if volumes:
+            out.extend(simple_cells(el, volume_per_atom=statistics.median(volumes)))
+    return out
+
+
 def reference_pool(config: CampaignConfig) -> list[KnownStructure]:
     """The known crystals round 0 may label: every elemental polymorph of the target elements up to
-    `references.max_element_atoms` atoms (bundled crystals and ASE's reference states, the same crystal given
-    twice kept once, bundled first), and every bundled compound of the target systems and their subsystems up to
+    `references.max_element_atoms` atoms (bundled crystals and ASE's reference states) and their fcc, bcc and hcp
+    cells (`simple_cells`, whatever `max_element_atoms`), the same crystal given twice kept once (bundled first,
+    then ASE's, then the simple cells), and every bundled compound of the target systems and their subsystems up to
     `references.max_atoms` atoms, minus the withheld ones.
 
     Raises:
@@ -73,9 +135,10 @@ def reference_pool(config: CampaignConfig) -> list[KnownStructure]:
         ]
         if len(k.structure.composition) == 1 and len(k.structure) <= refs.max_element_atoms
     ]
-    # Only the same crystal given twice is dropped (ASE's fcc Al and the bundled one). The funnel's matcher would
-    # also merge small distortions such as cI16 Li into bcc Li, whose oracle energies differ (13 meV/atom in the
-    # demo's GPAW), and both are cheap to label.
+    elements += _simple_cells_of(config.elements, [k for k in bundled if len(k.structure.composition) == 1])
+    # Only the same crystal given twice is dropped (ASE's fcc Al, the fcc cell and the bundled one). The funnel's
+    # matcher would also merge small distortions such as cI16 Li into bcc Li, whose oracle energies differ
+    # (13 meV/atom in the demo's GPAW), and both are cheap to label.
     same = StructureMatcher(ltol=0.05, stol=0.05, angle_tol=1.0, primitive_cell=False, scale=True)
     polymorphs: list[KnownStructure] = []
     for k in elements:
