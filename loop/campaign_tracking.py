@@ -149,11 +149,13 @@ def query_sources(store: CampaignStore, rnd: int) -> dict[str, str]:
     """
     if rnd == 0:
         return {q.hash: "references" for q in store.round_queries(0)}
-    source_of = {c.hash: c.source for c in store.candidates(rnd)}
     relaxed_from = {p.relaxed_hash: p.hash for p in store.round_predictions(rnd)}
-    return {
-        q.hash: source_of.get(relaxed_from.get(q.hash, q.hash), "unknown") for q in store.round_queries(rnd)
-    }
+    out = {}
+    for q in store.round_queries(rnd):
+        # A candidate carried in the pool from an earlier round: its generator is its structure row's source.
+        candidate = relaxed_from.get(q.hash, q.hash)
+        out[q.hash] = store.structure_row(candidate).source if store.has_structure(candidate) else "unknown"
+    return out
 
 
 def round_science(config: CampaignConfig, store: CampaignStore, rnd: int) -> RoundScience:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -36,6 +36,7 @@ from loop.acquisition import AcquisitionConfig
 from loop.errors import InputError
 from loop.execution import ExecutionConfig
 from loop.funnel import FunnelConfig
+from loop.provider_crystals import OptimadeSettings
 from loop.tracking import TrackingConfig
 from loop.validation import discriminated_union, format_validation_error
 from loop.verdicts import StabilityRule
@@ -153,12 +154,22 @@ class ReferencesConfig(StrictModel):
     molecule (1-2 atoms each: they are cheap, and the hull's end points decide every verdict), and the lowest-lying
     known compounds, one per composition, ranked by the pretrained emulator.
 
+    With `source: optimade` the known crystals also include every structure of the target systems and their
+    subsystems that the OPTIMADE providers serve (`loop.provider_crystals`; queried once, cached in the workdir):
+    their elemental crystals up to `max_element_atoms` join the polymorphs, their compounds up to `max_atoms` the
+    emulator's ranking, and all of them the funnel's novelty index, the substitution parents and the novelty
+    verdicts.
+
     Attributes:
+        source: "bundled" (offline, the default) or "optimade" (bundled plus the providers' crystals).
+        optimade: The providers and how to ask them (used with `source: optimade`).
         max_compounds: Known compounds labelled in round 0 (at most one per composition).
         max_atoms: Largest compound cell (atoms) taken as a reference, to bound round-0 cost.
         max_element_atoms: Largest elemental cell (atoms) labelled in round 0.
     """
 
+    source: Literal["bundled", "optimade"] = "bundled"
+    optimade: OptimadeSettings = Field(default_factory=OptimadeSettings)
     max_compounds: int = Field(default=4, ge=0)
     max_atoms: int = Field(default=12, ge=1)
     max_element_atoms: int = Field(default=8, ge=1)
@@ -262,6 +273,18 @@ class CampaignConfig(StrictModel):
                     raise ValueError(f"unknown element {e!r} in chemical system {system!r}")
             out.append("-".join(sorted(set(elements))))
         return out
+
+    @model_validator(mode="after")
+    def _committee_is_not_the_oracle(self) -> CampaignConfig:
+        own = self.oracle.potential
+        for member in self.committee:
+            if own is not None and member.potential == own:
+                raise ValueError(
+                    f"committee: {member.kind} ({own}) is the oracle's own model (oracle.kind {self.oracle.kind}),"
+                    " so it would screen candidates with the model that labels them; remove it from committee or"
+                    " choose another oracle"
+                )
+        return self
 
     @model_validator(mode="after")
     def _withheld_compounds_only(self) -> CampaignConfig:

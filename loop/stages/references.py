@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from generator.seeds import load_seeds, reference_states, seed_table
 from loop.config import CampaignConfig
 from loop.errors import InputError
 from loop.hull import HullEntry, OracleHull
+from loop.provider_crystals import ProviderCrystal, cached_provider_crystals, fetch_provider_crystals
 from loop.stages.base import StageContext
 from loop.store import Query
 from loop.tasks import predict_energies
@@ -114,12 +116,46 @@ def _simple_cells_of(elements: Sequence[str], known: Sequence[KnownStructure]) -
     return out
 
 
-def reference_pool(config: CampaignConfig) -> list[KnownStructure]:
+def provider_crystals(config: CampaignConfig, *, workdir: Path) -> list[ProviderCrystal]:
+    """The OPTIMADE providers' cached crystals of the target systems (`loop.provider_crystals`), each marked
+    withheld when its id or formula is, or when it is the same crystal (the funnel's matcher) as a withheld bundled
+    one. Empty with `references.source: bundled`; never queries."""
+    refs = config.references
+    if refs.source != "optimade":
+        return []
+    crystals = cached_provider_crystals(
+        refs.optimade, chemical_systems=config.chemical_systems, workdir=workdir
+    )
+    withhold = config.withholding
+    if not withhold:
+        return crystals
+    held: dict[str, list[Structure]] = {}
+    for r in withheld_records(config):
+        held.setdefault(r["formula"], []).append(Structure.from_dict(r["structure"]))
+    matcher = config.generator.funnel.matcher.matcher()
+    out = []
+    for c in crystals:
+        comp = c.structure.composition
+        covered = withhold.covers(
+            material_id=c.id,
+            reduced_formula=comp.reduced_formula,
+            elements=[el.symbol for el in comp.elements],
+        ) or any(matcher.fit(c.structure, w) for w in held.get(comp.reduced_formula, []))
+        out.append(replace(c, withheld=covered))
+    return out
+
+
+def reference_pool(
+    config: CampaignConfig, *, providers: Sequence[KnownStructure] = ()
+) -> list[KnownStructure]:
     """The known crystals round 0 may label: every elemental polymorph of the target elements up to
     `references.max_element_atoms` atoms (bundled crystals and ASE's reference states) and their fcc, bcc and hcp
     cells (`simple_cells`, whatever `max_element_atoms`), the same crystal given twice kept once (bundled first,
-    then ASE's, then the simple cells), and every bundled compound of the target systems and their subsystems up to
-    `references.max_atoms` atoms, minus the withheld ones.
+    then ASE's, then the simple cells, then the providers'), and every bundled compound of the target systems and
+    their subsystems up to `references.max_atoms` atoms, minus the withheld ones, then the providers' compounds.
+
+    Args:
+        providers: Crystals of the OPTIMADE providers not withheld (`provider_crystals`), as `KnownStructure`s.
 
     Raises:
         InputError: an element of the target systems has no elemental crystal at all, so the hull could not be
@@ -136,6 +172,11 @@ def reference_pool(config: CampaignConfig) -> list[KnownStructure]:
         if len(k.structure.composition) == 1 and len(k.structure) <= refs.max_element_atoms
     ]
     elements += _simple_cells_of(config.elements, [k for k in bundled if len(k.structure.composition) == 1])
+    elements += [
+        k
+        for k in providers
+        if len(k.structure.composition) == 1 and len(k.structure) <= refs.max_element_atoms
+    ]
     # Only the same crystal given twice is dropped (ASE's fcc Al, the fcc cell and the bundled one). The funnel's
     # matcher would also merge small distortions such as cI16 Li into bcc Li, whose oracle energies differ
     # (13 meV/atom in the demo's GPAW), and both are cheap to label.
@@ -157,7 +198,7 @@ def reference_pool(config: CampaignConfig) -> list[KnownStructure]:
         )
     compounds = [
         k
-        for k in sorted(bundled, key=lambda k: k.id)
+        for k in [*sorted(bundled, key=lambda k: k.id), *providers]
         if len(k.structure.composition) > 1 and len(k.structure) <= refs.max_atoms
     ]
     return [*polymorphs, *compounds]
@@ -171,11 +212,14 @@ class ReferencePick:
     role: str
 
 
-def select_references(config: CampaignConfig) -> list[ReferencePick]:
+def select_references(
+    config: CampaignConfig, *, providers: Sequence[KnownStructure] = ()
+) -> list[ReferencePick]:
     """Round 0: every elemental polymorph of the pool and the lowest-lying known compounds, one per composition,
     ranked by the pretrained emulator (only to choose what to label: the hull itself is built from oracle
-    energies), at most `references.max_compounds`."""
-    pool = reference_pool(config)
+    energies), at most `references.max_compounds`. Bundled and provider compounds compete on the same ranking, so
+    a provider's polymorph is labelled where the emulator puts it below the bundled ones."""
+    pool = reference_pool(config, providers=providers)
     picks = [ReferencePick(known=k, role="element") for k in pool if len(k.structure.composition) == 1]
     compounds = [k for k in pool if len(k.structure.composition) > 1]
     if not compounds or config.references.max_compounds == 0:
@@ -208,19 +252,39 @@ def select_references(config: CampaignConfig) -> list[ReferencePick]:
 
 @dataclass(frozen=True)
 class References:
-    """The references to label and the withheld crystals (rediscovery mode) the report matches discoveries to."""
+    """The references to label, the withheld crystals (rediscovery mode) the report matches discoveries to, and how
+    many crystals each OPTIMADE provider gave (and how many of them were withheld)."""
 
     picks: list[ReferencePick]
     withheld: list[dict[str, Any]]
+    providers: dict[str, dict[str, int]]
 
 
 class ReferencesStage:
-    """Store the references as round-0 structures and queue them for the oracle."""
+    """Fetch the providers' crystals (`references.source: optimade`, once: cached in the workdir), store the
+    references as round-0 structures and queue them for the oracle."""
 
     name = "references"
 
     def compute(self, ctx: StageContext) -> References:
-        return References(picks=select_references(ctx.config), withheld=withheld_records(ctx.config))
+        config = ctx.config
+        if config.references.source == "optimade":
+            fetch_provider_crystals(
+                config.references.optimade, chemical_systems=config.chemical_systems, workdir=ctx.workdir
+            )
+        crystals = provider_crystals(config, workdir=ctx.workdir)
+        counts = {
+            p: {
+                "n": sum(1 for c in crystals if c.provider == p),
+                "n_withheld": sum(1 for c in crystals if c.provider == p and c.withheld),
+            }
+            for p in (config.references.optimade.providers if crystals else {})
+        }
+        return References(
+            picks=select_references(config, providers=[c.as_known() for c in crystals if not c.withheld]),
+            withheld=withheld_records(config),
+            providers=counts,
+        )
 
     def commit(self, ctx: StageContext, result: References) -> dict[str, Any]:
         store = ctx.store
@@ -243,6 +307,8 @@ class ReferencesStage:
             "n_elements": sum(1 for p in result.picks if p.role == "element"),
             "n_compounds": sum(1 for p in result.picks if p.role == "compound"),
             "n_withheld": len(result.withheld),
+            "n_provider_references": sum(1 for p in result.picks if "provider" in p.known.properties),
+            "providers": result.providers,
         }
 
 

@@ -1,0 +1,220 @@
+"""References from the public databases, against a REAL OPTIMADE server (the `optimade` package's reference
+implementation) started here on 127.0.0.1 and asked through the package's own HTTP client: the references and the
+novelty verdicts come from it, the cache answers every later question, and a dead server gives the documented
+error (nothing cached) or the cached answer."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from pymatgen.core import Lattice, Structure
+
+from generator.seeds import load_seeds
+from loop.campaign import run_stage
+from loop.config import validate_config
+from loop.errors import InputError
+from loop.provider_crystals import (
+    CACHE_PATH,
+    ProviderUnavailable,
+    entry_structure,
+    fetch_provider_crystals,
+    subsystem_filters,
+)
+from loop.stages import references
+from loop.stages.base import StageContext
+from loop.stages.references import provider_crystals
+from loop.store import CampaignStore
+from tests.loop.optimade_server import write_jsonl
+
+SERVER = Path(__file__).with_name("optimade_server.py")
+
+
+def b32_lial() -> Structure:
+    """B32 (NaTl-type) LiAl, the PBE ground state of LiAl, which no bundled row holds."""
+    conventional = Structure.from_spacegroup(
+        "Fd-3m", Lattice.cubic(6.37), ["Li", "Al"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    )
+    return conventional.get_primitive_structure()
+
+
+def l12_lial3() -> Structure:
+    """L1_2 LiAl3 (δ′-Al3Li), the demo's 'discovery'."""
+    return Structure(
+        Lattice.cubic(4.03),
+        ["Li", "Al", "Al", "Al"],
+        [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]],
+    )
+
+
+def overlapping() -> dict:
+    """A broken entry: two atoms 0.1 Å apart."""
+    from optimade.adapters.structures.pymatgen import from_pymatgen
+
+    s = Structure(Lattice.cubic(4.0), ["Li", "Al"], [[0, 0, 0], [0.025, 0, 0]])
+    return {
+        **from_pymatgen(s).model_dump(mode="json", exclude_none=True),
+        "last_modified": "2026-01-01T00:00:00Z",
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """The reference OPTIMADE server in a child process; its request log counts what the client asked."""
+
+    def __init__(self, tmp: Path) -> None:
+        data = tmp / "structures.jsonl"
+        fcc_al = load_seeds(ids=["mp-134"])[0].structure
+        write_jsonl(
+            data,
+            {"srv-b32": b32_lial(), "srv-l12": l12_lial3(), "mp-134": fcc_al},
+            raw={"srv-broken": overlapping()},
+        )
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp / "server.log"
+        env = {**os.environ, "OPTIMADE_CONFIG_FILE": str(tmp / "none.json")}
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(SERVER), str(data), str(self.port)], stdout=log, stderr=log, env=env
+            )
+        for _ in range(600):
+            try:
+                if requests.get(f"{self.url}/v1/info", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.log.read_text()[-2000:])
+            time.sleep(0.1)
+        raise RuntimeError("the OPTIMADE server did not start")
+
+    def structure_requests(self) -> int:
+        return sum("GET /v1/structures" in line for line in self.log.read_text().splitlines())
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = Server(tmp_path)
+    yield srv
+    srv.kill()
+
+
+def config(url: str, **kw):
+    data = {
+        "name": "t",
+        "chemical_systems": ["Li-Al"],
+        "oracle": {"kind": "emt"},
+        "references": {
+            "source": "optimade",
+            "optimade": {"providers": {"srv": url}, "retries": 0, "timeout_s": 10},
+            "max_compounds": 10,
+            "max_element_atoms": 2,
+        },
+        **kw,
+    }
+    return validate_config(data)
+
+
+def test_references_come_from_a_real_optimade_server_then_from_the_cache_only(server, tmp_path):
+    cfg = config(server.url, withhold=["LiAl3"])
+    workdir = tmp_path / "campaign"
+    store = CampaignStore.in_workdir(workdir)
+    report = run_stage(references.STAGE, StageContext(config=cfg, store=store, workdir=workdir, round=0))
+
+    cache = json.loads((workdir / CACHE_PATH).read_text())
+    answers = cache["answers"]
+    assert {a["filter"] for a in answers} == set(subsystem_filters(["Li-Al"], max_sites=20))
+    assert all(a["provider"] == "srv" and a["base_url"] == server.url and a["fetched_at"] for a in answers)
+    ids = sorted(e["id"] for a in answers for e in a["entries"])
+    assert ids == ["mp-134", "srv-b32", "srv-l12"]  # every page followed (the server pages by 2)
+    assert [s["id"] for a in answers for s in a["skipped"]] == ["srv-broken"]
+
+    # The withheld formula covers the server's L1_2 LiAl3 too; the rest feed the references.
+    crystals = {c.id: c for c in provider_crystals(cfg, workdir=workdir)}
+    assert crystals["srv-l12"].withheld and not crystals["srv-b32"].withheld
+    assert report["providers"] == {"srv": {"n": 3, "n_withheld": 1}}
+    parents = {r.hash: r for r in store.structure_rows()}
+    queried = [parents[q.hash] for q in store.round_queries(0)]
+    picked = {r.parent for r in queried}
+    # The emulator puts the server's B32 below every bundled LiAl polymorph: it is the LiAl reference.
+    lial = [r.parent for r in queried if store.get_structure(r.hash).composition.reduced_formula == "LiAl"]
+    assert lial == ["optimade:srv:srv-b32"]
+    assert report["n_provider_references"] == 1
+    assert "optimade:srv:srv-l12" not in picked  # withheld
+    assert "optimade:srv:mp-134" not in picked and "mp-134" in picked  # the same fcc Al as the bundled one
+    b32_row = next(r for r in queried if r.parent == "optimade:srv:srv-b32")
+    assert b32_row.provenance["url"] == f"{server.url}/v1/structures/srv-b32"
+
+    # A resumed round 0 asks the cache, not the server.
+    asked = server.structure_requests()
+    assert asked >= 3
+    fetch_provider_crystals(cfg.references.optimade, chemical_systems=cfg.chemical_systems, workdir=workdir)
+    assert server.structure_requests() == asked
+
+    # The server dies: everything after round 0 reads the cache, offline.
+    server.kill()
+    fetch_provider_crystals(cfg.references.optimade, chemical_systems=cfg.chemical_systems, workdir=workdir)
+    assert {c.id for c in provider_crystals(cfg, workdir=workdir)} == {"mp-134", "srv-b32", "srv-l12"}
+    store.close()
+
+
+def test_a_dead_provider_with_nothing_cached_halts_in_one_line_and_writes_nothing(server, tmp_path):
+    url = server.url
+    server.kill()
+    cfg = config(url)
+    workdir = tmp_path / "campaign"
+    with pytest.raises(ProviderUnavailable) as info:
+        fetch_provider_crystals(
+            cfg.references.optimade, chemical_systems=cfg.chemical_systems, workdir=workdir
+        )
+    message = str(info.value)
+    assert "\n" not in message and "srv:" in message and "references.source: bundled" in message
+    assert not (workdir / CACHE_PATH).exists() and not (workdir / CACHE_PATH).parent.exists()
+
+
+def test_a_bad_provider_url_is_a_config_error():
+    for bad in ("optimade.materialsproject.org", "ftp://host/optimade", "https://host/x?filter=1"):
+        with pytest.raises(InputError, match=r"references\.optimade\.providers.*srv.*https://host/path"):
+            config(bad)
+
+
+def test_entries_that_are_not_ordered_3d_crystals_are_refused():
+    good = {
+        "attributes": {
+            "lattice_vectors": np.eye(3).tolist(),
+            "cartesian_site_positions": [[0, 0, 0]],
+            "species_at_sites": ["Li"],
+            "species": [{"name": "Li", "chemical_symbols": ["Li"], "concentration": [1.0]}],
+        }
+    }
+    assert entry_structure(good).composition.reduced_formula == "Li"
+    attrs = good["attributes"]
+    broken = [
+        {**attrs, "species": [{"name": "Li", "chemical_symbols": ["Li", "Na"], "concentration": [0.5, 0.5]}]},
+        {**attrs, "nperiodic_dimensions": 2},
+        {**attrs, "structure_features": ["disorder"]},
+        {**attrs, "lattice_vectors": [[1, 0, 0], [0, 1, 0], [0, 0, None]]},
+        {**attrs, "species_at_sites": ["X"]},
+        {**attrs, "cartesian_site_positions": []},
+    ]
+    for attributes in broken:
+        with pytest.raises(ValueError):
+            entry_structure({"attributes": attributes})
