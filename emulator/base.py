@@ -173,6 +173,11 @@ class CommitteeMemberSettings(BaseModel):
 
     kind: str
 
+    @property
+    def potential(self) -> str:
+        """The potential this member evaluates ("family:model"), compared with the oracle's own."""
+        return self.kind
+
 
 class CommitteeMember(ABC):
     """A frozen universal potential of another model family, screened beside the emulator ensemble.

@@ -38,6 +38,10 @@ class SevenNetMemberSettings(CommitteeMemberSettings):
     kind: Literal["sevennet"] = "sevennet"
     model: Literal["7net-0"] = "7net-0"
 
+    @property
+    def potential(self) -> str:
+        return f"sevennet:{self.model}"
+
 
 @register_member
 class SevenNetMember(CommitteeMember):

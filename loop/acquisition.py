@@ -13,8 +13,9 @@ positions in `X` ranked best first and `utilities` their utility (higher is bett
 
 Batch diversity (all strategies): a greedy pick in the spirit of modAL's ranked batch mode. Utilities are scaled to
 [0, 1]; each pick then loses `similarity_penalty * 1 / (1 + d)` where d is the Euclidean feature distance to the
-nearest candidate already picked this round (or already labelled, if their features are given); and at most
-`max_per_formula` candidates share one reduced formula, so one round does not spend its budget on near-copies.
+nearest candidate already picked this round (or already labelled, if their features are given); and a formula that
+already has `max_per_formula` picks goes behind every formula that has fewer. Both re-rank and never leave a call
+unused: a round picks `budget` candidates whenever that many are on offer, even when all share one formula.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ class DiversityConfig(BaseModel):
     """Batch-diversity settings for one round.
 
     Attributes:
-        max_per_formula: At most this many picks share one reduced formula (None: no cap).
+        max_per_formula: A formula with this many picks goes behind every formula with fewer (None: no cap);
+            once every formula on offer has reached it, picks go on by score (the budget is always spent).
         similarity_penalty: Weight of the feature-space similarity penalty on the [0, 1]-scaled utility
             (0 switches it off; 1 lets an exact copy of a pick lose all its utility).
         structure_weight: Weight of the structural descriptors relative to the composition fractions in the
@@ -65,6 +67,25 @@ class DiversityConfig(BaseModel):
     max_per_formula: int | None = Field(default=2, ge=1)
     similarity_penalty: float = Field(default=0.5, ge=0.0)
     structure_weight: float = Field(default=0.5, ge=0.0)
+
+
+class PoolConfig(BaseModel):
+    """The persistent candidate pool: screened candidates that were not labelled stay on offer in later rounds.
+
+    Attributes:
+        carry_over: Keep every unlabelled screened candidate on offer, re-scored each round by the current emulator
+            (False: a round offers only the candidates it generated).
+        rerelax_force: eV/Å. A carried candidate is re-scored by one batched prediction at its stored
+            emulator-relaxed geometry; when the current emulator's largest force there exceeds this, that
+            geometry is no longer near the current model's minimum and the candidate is relaxed again from it.
+        max_age: Rounds a candidate stays on offer after its first screening (None: until labelled).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    carry_over: bool = True
+    rerelax_force: float = Field(default=0.3, gt=0.0)
+    max_age: int | None = Field(default=None, ge=1)
 
 
 class StrategyParams(BaseModel):
@@ -91,6 +112,7 @@ class AcquisitionConfig(BaseModel):
         strategy: Registered strategy name (see `strategy_names()`).
         budget: Oracle queries per round.
         diversity: Batch-diversity settings.
+        pool: The persistent candidate pool.
     """
 
     model_config = ConfigDict(extra="allow")
@@ -98,6 +120,7 @@ class AcquisitionConfig(BaseModel):
     strategy: str = "p_stable"
     budget: int = Field(default=8, ge=1)
     diversity: DiversityConfig = Field(default_factory=DiversityConfig)
+    pool: PoolConfig = Field(default_factory=PoolConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -309,6 +332,8 @@ def _select(
             lab[:, _N_ELEMENTS:] *= structure_weight
         nearest = pairwise_distances(feats, lab).min(axis=1)
     available = np.ones(n, dtype=bool)
+    # Candidates of a formula that reached the cap: picked only when no uncapped candidate is left.
+    capped = np.zeros(n, dtype=bool)
     # Integer codes so that capping a formula is one vectorised comparison.
     codes = (
         None if groups is None else np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)[1]
@@ -318,16 +343,16 @@ def _select(
     for _ in range(n_instances):
         score = scaled - similarity_penalty * (1.0 / (1.0 + nearest)) if use_features else scaled.copy()
         score[~available] = -np.inf
+        if np.any(available & ~capped):
+            score[capped] = -np.inf
         best = int(np.argmax(score))
-        if not np.isfinite(score[best]):
-            break  # every remaining candidate is capped out by its formula
         picked.append(best)
         available[best] = False
         if codes is not None:
             code = int(codes[best])
             per_group[code] = per_group.get(code, 0) + 1
             if max_per_group is not None and per_group[code] >= max_per_group:
-                available &= codes != code
+                capped |= codes == code
         if use_features:
             d = pairwise_distances(feats, feats[best : best + 1]).reshape(-1)
             nearest = np.minimum(nearest, d)
@@ -382,6 +407,61 @@ def expected_improvement(
     """
     mean, std = _predict(learner, X)
     utility = np.asarray(EI(-mean, std, -threshold, 0.0), dtype=float)
+    return _select(utility, X, n_instances, **kwargs)
+
+
+def ground_state_probability(
+    mean: np.ndarray,
+    std: np.ndarray,
+    *,
+    groups: Sequence[Any],
+    threshold: float,
+    n_samples: int = 4000,
+    seed: int = 0,
+) -> np.ndarray:
+    """P(a candidate is a hit and the lowest of its formula's candidates) under independent Gaussians (Monte Carlo).
+
+    Candidates of one reduced formula compete for one ground state: the energy of each is drawn from N(mean, std)
+    jointly with the others of its formula, and a draw counts for the candidate when it is the lowest of the formula
+    and within `threshold` of the hull. The probabilities of one formula's candidates sum to at most 1, so a formula
+    whose candidates all lie far below the hull no longer fills a batch with near-certain, interchangeable picks.
+
+    Args:
+        mean: (n,) E_hull means, eV/atom.
+        std: (n,) E_hull standard deviations, eV/atom (> 0).
+        groups: n formula labels.
+        threshold: Hit threshold on E_hull, eV/atom.
+        n_samples: Monte Carlo draws per formula; the probabilities' standard error is at most 0.5/sqrt(n_samples).
+        seed: Seed of the draws (the ranking is reproducible).
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.asarray([str(g) for g in groups])
+    out = np.zeros(mean.shape[0])
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        draws = mean[idx] + std[idx] * rng.standard_normal((n_samples, idx.size))
+        lowest = np.argmin(draws, axis=1)
+        hit = draws[np.arange(n_samples), lowest] <= threshold
+        out[idx] = np.bincount(lowest[hit], minlength=idx.size) / n_samples
+    return out
+
+
+def p_ground_state(
+    learner: Any, X: np.ndarray, n_instances: int = 1, *, threshold: float, **kwargs: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probability of being a new ground state: a hit (E_hull <= threshold) and the lowest of the candidates of
+    its formula (`ground_state_probability`). Ranks like `p_stable` where candidates do not compete, and prefers the
+    likely lowest polymorph where many are surely below the hull (where `p_stable` saturates at 1).
+
+    Without formulas (no `groups`), every candidate is its own formula and this is `p_stable`.
+    """
+    mean, std = _predict(learner, X)
+    groups = kwargs.get("groups")
+    utility = ground_state_probability(
+        mean, std, groups=range(mean.size) if groups is None else groups, threshold=threshold
+    )
+    # Two candidates with no chance at all still rank by how close they come: P(hit) breaks the tie.
+    utility = utility + 1e-9 * np.asarray(PI(-mean, std, -threshold, 0.0), dtype=float)
     return _select(utility, X, n_instances, **kwargs)
 
 
@@ -469,6 +549,7 @@ def register_strategy(
 register_strategy("max_std", max_std)
 register_strategy("p_stable", p_stable, params=PStableParams)
 register_strategy("expected_improvement", expected_improvement, params=PStableParams)
+register_strategy("p_ground_state", p_ground_state, params=PStableParams)
 register_strategy("ucb", ucb, params=UCBParams)
 register_strategy("greedy", greedy)
 register_strategy("random", random, params=RandomParams)

@@ -466,7 +466,9 @@ def collect(workdir: Path) -> ScienceData:
                     status=r.status,
                     generated=len(cands),
                     passed_funnel=sum(c.passed for c in cands),
-                    screened=len([p for (pr, _), p in predictions.items() if pr == rnd]),
+                    screened=len(
+                        [p for (pr, _), p in predictions.items() if pr == rnd and "pool" not in p.data]
+                    ),
                     oracle_calls=len(mine),
                     failed=sum(1 for c in mine if c.status == "failed"),
                     unconverged=sum(c.relax_unconverged for c in mine),

@@ -70,6 +70,31 @@ def relax_chunk(
     return out
 
 
+def rescore_chunk(
+    structure_dicts: Sequence[dict[str, Any]], checkpoint: str | None, settings: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """One batched prediction of structures with the ensemble (no relaxation); plain dicts in, plain dicts out.
+
+    Returns:
+        Per structure: `energy_per_atom` and `energy_per_atom_std` (eV/atom) and `max_force`, the largest atomic
+        force of the ensemble mean (eV/Å), which says whether the geometry is still near this model's minimum.
+    """
+    if not structure_dicts:
+        return []
+    warnings.filterwarnings("ignore", category=UserWarning)
+    model = load_emulator(settings, checkpoint)
+    structures = [Structure.from_dict(d) for d in structure_dicts]
+    pred = model.predict(structures, return_std=True, forces=True, stress=False, derivative_std=False)
+    return [
+        {
+            "energy_per_atom": float(e),
+            "energy_per_atom_std": float(sd),
+            "max_force": float(np.linalg.norm(np.asarray(f), axis=1).max()) if len(f) else 0.0,
+        }
+        for e, sd, f in zip(pred.energy_per_atom, pred.energy_per_atom_std, pred.forces, strict=True)
+    ]
+
+
 def member_relax_chunk(
     structure_dicts: Sequence[dict[str, Any]], settings: dict[str, Any], fmax: float, steps: int
 ) -> list[dict[str, Any]]:

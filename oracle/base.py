@@ -118,6 +118,14 @@ class OracleSettings(BaseModel):
     )
     """Fields that decide whether or how hard to try, not the answer: left out of `settings_hash`."""
 
+    @property
+    def potential(self) -> str | None:
+        """The machine-learned potential that computes the labels ("family:model"), None for a DFT code.
+
+        A committee member with the same potential would screen candidates with the very model that labels them.
+        """
+        return None
+
     def settings_hash(self) -> str:
         """Stable hash of every setting that changes the physics (used to key stored results)."""
         payload = json.dumps(self.model_dump(exclude=set(self.non_physics_fields)), sort_keys=True)

@@ -52,6 +52,10 @@ class MLFFSettings(AseOracleSettings):
         {"max_attempts", "timeout_s", "cpu_timeout_s", "in_process"}
     )
 
+    @property
+    def potential(self) -> str:
+        return f"sevennet:{self.model}"
+
 
 @register
 class MLFFOracle(AseOracle):

@@ -15,6 +15,7 @@ from typing import Any
 import generator  # noqa: F401  (registers the generators)
 from generator.base import Candidate, GenerationContext, KnownStructure, get_generator_class
 from generator.substitution import SubstitutionGenerator, prototype_parents
+from loop.candidate_pool import live_candidates
 from loop.config import CampaignConfig
 from loop.funnel import KnownIndex
 from loop.stages.base import StageContext, seconds
@@ -27,10 +28,17 @@ SUBSTITUTION_CHUNK = 16  # parents offered to the substitution generator at a ti
 PROTOTYPES_MIN = 64  # fewest prototype parents searched per round
 
 
-def spent_prototypes(store: CampaignStore, round: int) -> set[str]:
-    """Prototypes whose parent already gave substitution candidates in an earlier round (children known)."""
+def spent_prototypes(config: CampaignConfig, store: CampaignStore, round: int) -> set[str]:
+    """Prototypes spent by labels: a substitution child of an earlier round is labelled or still in the candidate
+    pool (`loop.candidate_pool.live_candidates`). A prototype whose children were only screened and dropped (the
+    funnel removed them, or the pool let them go) is offered again."""
+    alive = live_candidates(config, store=store, round=round)
     rows = store.structure_rows(where="source = ? AND round < ?", params=("substitution", round))
-    return {r.provenance["parent_prototype"] for r in rows if r.provenance.get("parent_prototype")}
+    return {
+        r.provenance["parent_prototype"]
+        for r in rows
+        if r.provenance.get("parent_prototype") and r.hash in alive
+    }
 
 
 def substitution_candidates(
@@ -54,7 +62,7 @@ def substitution_candidates(
         The candidates and counts: parents offered, prototypes skipped as spent, children dropped as known.
     """
     settings = config.generator.substitution
-    spent = spent_prototypes(store, round)
+    spent = spent_prototypes(config, store, round)
     parents = [
         *discoveries,
         *prototype_parents(

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Composition, Structure
 
+from loop.candidate_pool import carried_candidates, first_round
 from loop.config import CampaignConfig
 from loop.execution import TaskQuarantined
 from loop.hull import HullEntry, OracleHull
@@ -22,9 +23,10 @@ from loop.stages.base import StageContext, seconds
 from loop.stages.shared import current_hull, hull_phases
 from loop.store import CampaignStore, Prediction
 from loop.structures import structure_hash
-from loop.tasks import member_relax_chunk, relax_chunk
+from loop.tasks import member_relax_chunk, relax_chunk, rescore_chunk
 
 RELAX_CHUNK = 4  # structures per screening task
+RESCORE_CHUNK = 16  # structures per pool re-scoring task (one batched prediction, no relaxation)
 
 
 def _quarantined_relaxations(
@@ -127,23 +129,15 @@ class Screening:
     report: dict[str, Any]
 
 
-def screen(
-    config: CampaignConfig,
-    *,
-    store: CampaignStore,
-    hashes: Sequence[str],
-    checkpoint: Path | None,
-    executor: Any,
-) -> Screening:
-    """Relax the structures `hashes` with the emulator ensemble (`checkpoint`, None: the pretrained one) and place
-    them against the oracle hull."""
-    structures = store.get_structures(list(hashes))
-    ordered = [structures[h].as_dict() for h in hashes]
+def _relax(
+    config: CampaignConfig, *, structures: Sequence[Structure], checkpoint: Path | None, executor: Any
+) -> list[dict[str, Any]]:
+    """`relax_chunk` results of `structures`, in order (quarantined chunks stand in with NaN energies)."""
+    ordered = [s.as_dict() for s in structures]
     # Fixed-size contiguous chunks, whatever the number of workers: the emulator evaluates a chunk's final energies
     # as one batch, so the chunking must not depend on how many workers happen to be up (reproducible resumes).
     chunks = [ordered[i : i + RELAX_CHUNK] for i in range(0, len(ordered), RELAX_CHUNK)]
     train = config.emulator_training
-    started = time.time()
     args = (
         str(checkpoint) if checkpoint else None,
         config.emulator.model_dump(),
@@ -151,10 +145,109 @@ def screen(
         train.relax_steps,
     )
     if executor is None:
-        results = [item for chunk in chunks for item in relax_chunk(chunk, *args)]
+        return [item for chunk in chunks for item in relax_chunk(chunk, *args)]
+    return executor.map_chunks(relax_chunk, chunks, *args, on_quarantine=_quarantined_relaxations)
+
+
+def _quarantined_rescore(chunk: list[dict[str, Any]], quarantine: TaskQuarantined) -> list[dict[str, Any]]:
+    return [
+        {"energy_per_atom": float("nan"), "energy_per_atom_std": float("nan"), "max_force": float("inf")}
+        for _ in chunk
+    ]
+
+
+def rescore_pool(
+    config: CampaignConfig,
+    *,
+    store: CampaignStore,
+    carried: Sequence[Prediction],
+    checkpoint: Path | None,
+    executor: Any,
+) -> list[dict[str, Any]]:
+    """Re-score the pool's candidates with the current emulator, in the form of `relax_chunk` results.
+
+    One batched prediction at each stored emulator-relaxed geometry; a candidate whose current largest force there
+    exceeds `acquisition.pool.rerelax_force` is relaxed again from that geometry (the model moved its minimum).
+    Each result carries `rescore` ("static" or "relaxed") and the `max_force` that decided it (eV/Å).
+    """
+    if not carried:
+        return []
+    structures = store.get_structures([str(p.relaxed_hash) for p in carried])
+    ordered = [structures[str(p.relaxed_hash)] for p in carried]
+    dicts = [s.as_dict() for s in ordered]
+    chunks = [dicts[i : i + RESCORE_CHUNK] for i in range(0, len(dicts), RESCORE_CHUNK)]
+    args = (str(checkpoint) if checkpoint else None, config.emulator.model_dump())
+    if executor is None:
+        scores = [item for chunk in chunks for item in rescore_chunk(chunk, *args)]
     else:
-        results = executor.map_chunks(relax_chunk, chunks, *args, on_quarantine=_quarantined_relaxations)
+        scores = executor.map_chunks(rescore_chunk, chunks, *args, on_quarantine=_quarantined_rescore)
+    limit = config.acquisition.pool.rerelax_force
+    moved = [i for i, sc in enumerate(scores) if not sc["max_force"] <= limit]
+    relaxed = _relax(config, structures=[ordered[i] for i in moved], checkpoint=checkpoint, executor=executor)
+    again = dict(zip(moved, relaxed, strict=True))
+    out = []
+    for i, (p, sc) in enumerate(zip(carried, scores, strict=True)):
+        if i in again:
+            out.append({**again[i], "rescore": "relaxed", "max_force": sc["max_force"]})
+            continue
+        out.append(
+            {
+                "structure": dicts[i],
+                "energy_per_atom": sc["energy_per_atom"],
+                "energy_per_atom_std": sc["energy_per_atom_std"],
+                "n_steps": 0,
+                "converged": bool(p.data.get("converged", True)),
+                "collapsed": False,
+                "rescore": "static",
+                "max_force": sc["max_force"],
+                "relaxed_hash": p.relaxed_hash,
+            }
+        )
+    return out
+
+
+def screen(
+    config: CampaignConfig,
+    *,
+    store: CampaignStore,
+    hashes: Sequence[str],
+    checkpoint: Path | None,
+    executor: Any,
+    carried: Sequence[Prediction] = (),
+    round: int = 1,
+) -> Screening:
+    """Relax the structures `hashes` with the emulator ensemble (`checkpoint`, None: the pretrained one), re-score
+    the pool's `carried` candidates (`rescore_pool`), and place them all against the oracle hull.
+
+    Args:
+        config: The campaign's settings.
+        store: The campaign store.
+        hashes: The round's new candidates (funnel survivors).
+        checkpoint: The emulator in use (None: the pretrained one).
+        executor: Where chunks run (None: in this process).
+        carried: Predictions of the previous round whose candidates stay on offer (`loop.candidate_pool`).
+        round: The round being screened (a carried candidate's age is counted from it).
+    """
+    new = list(hashes)
+    # A candidate screened afresh this round is not re-scored as well.
+    carried = [p for p in carried if p.hash not in set(new)]
+    structures = store.get_structures(list(new))
+    started = time.time()
+    results = _relax(
+        config, structures=[structures[h] for h in new], checkpoint=checkpoint, executor=executor
+    )
     relax_time = time.time() - started
+    started = time.time()
+    results += rescore_pool(config, store=store, carried=carried, checkpoint=checkpoint, executor=executor)
+    rescore_time = time.time() - started
+    hashes = [*new, *(p.hash for p in carried)]
+    pool_info = {
+        p.hash: {
+            "first_round": first_round(p, round=round - 1),
+            "age": round - first_round(p, round=round - 1),
+        }
+        for p in carried
+    }
 
     hull = current_hull(config, store)
     relaxed = {h: Structure.from_dict(res["structure"]) for h, res in zip(hashes, results, strict=True)}
@@ -179,6 +272,8 @@ def screen(
         placed = math.isfinite(e_hull)
         e_hull_std = float(ev.e_above_hull_std[i]) if placed else float("nan")
         data: dict[str, Any] = {"n_steps": res["n_steps"], "converged": res["converged"], "reason": reason}
+        if h in pool_info:
+            data["pool"] = {**pool_info[h], "rescore": res["rescore"], "max_force": res["max_force"]}
         if committee and placed:
             members = {kind: float(values[i]) for kind, values in committee.items()}
             data["committee"] = {"emulator": float(e_hull), "emulator_std": e_hull_std, **members}
@@ -186,7 +281,7 @@ def screen(
         predictions.append(
             Prediction(
                 hash=h,
-                relaxed_hash=structure_hash(relaxed[h]),
+                relaxed_hash=res.get("relaxed_hash") or structure_hash(relaxed[h]),
                 model=model,
                 energy_per_atom=res["energy_per_atom"],
                 energy_per_atom_std=res["energy_per_atom_std"],
@@ -196,8 +291,17 @@ def screen(
             )
         )
     placed_e = [p.e_hull for p in predictions if p.e_hull is not None]
+    ages = [info["age"] for info in pool_info.values()]
     report = {
-        "n_screened": len(predictions),
+        "n_screened": len(new),
+        "n_pool_carried": len(carried),
+        "n_offered": len(predictions),
+        "n_pool_relaxed_again": sum(
+            1 for p in predictions if p.data.get("pool", {}).get("rescore") == "relaxed"
+        ),
+        "pool_age_max": max(ages) if ages else 0,
+        "pool_age_mean": float(np.mean(ages)) if ages else 0.0,
+        "rescore_time_s": seconds(rescore_time),
         "n_placed": len(placed_e),
         # An unconverged relaxation leaves the candidate above its minimum, so its E_hull is an upper bound.
         "n_unconverged": sum(1 for p in predictions if not p.data["converged"]),
@@ -223,6 +327,8 @@ class ScreenStage:
             hashes=passed,
             checkpoint=ctx.checkpoint("emulator"),
             executor=ctx.executor,
+            carried=carried_candidates(ctx.config, store=ctx.store, round=ctx.round),
+            round=ctx.round,
         )
 
     def commit(self, ctx: StageContext, result: Screening) -> dict[str, Any]:

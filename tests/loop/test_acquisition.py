@@ -201,7 +201,7 @@ def test_similarity_penalty_avoids_copies(mp20: dict[str, Structure]) -> None:
     assert again.indices[0] == 3
 
 
-def test_polymorphs_allowed_up_to_cap(mp20: dict[str, Structure]) -> None:
+def test_polymorphs_over_the_cap_come_last_but_still_fill_the_budget(mp20: dict[str, Structure]) -> None:
     polymorphs = [s for s in mp20.values() if s.composition.reduced_formula == "CuAu"]
     assert len(polymorphs) == 2
     structures = [*polymorphs, polymorphs[0].copy()]
@@ -211,7 +211,8 @@ def test_polymorphs_allowed_up_to_cap(mp20: dict[str, Structure]) -> None:
     res = select_structures(
         structures=structures, mean=[0.0, 0.01, -0.01], std=[0.1] * 3, config=config, rule=RULE
     )
-    assert len(res.indices) == 2  # the third CuAu is over the cap and nothing else is left
+    # The cap re-ranks: the third CuAu comes after the two allowed ones, and the budget is spent.
+    assert len(res.indices) == 3 and sorted(res.indices[:2].tolist()) == [0, 2]
 
 
 def test_structure_features_from_real_crystals(mp20: dict[str, Structure]) -> None:
@@ -333,3 +334,55 @@ def test_strategy_parameters_are_validated_by_their_own_model() -> None:
         AcquisitionConfig(strategy="ucb", kappa=-1)
     with pytest.raises(ValidationError, match="unknown key 'budgett'"):
         AcquisitionConfig(strategy="greedy", budgett=3)
+
+
+def test_a_round_of_one_formula_spends_its_whole_budget(mp20: dict[str, Structure]) -> None:
+    """Nearly every candidate shares one formula: the per-formula cap re-ranks, it never leaves calls unused."""
+    cuau = mp20["mp-522"]
+    rng = np.random.default_rng(3)
+    structures = [cuau.copy() for _ in range(11)] + [mp20["mp-22862"]]  # 11 CuAu and one NaCl
+    for s in structures[:11]:
+        s.perturb(0.05, min_distance=0.01)
+    mean = rng.normal(-0.3, 0.1, size=12)
+    std = np.full(12, 0.03)
+    for strategy in ("p_stable", "p_ground_state", "expected_improvement", "greedy"):
+        config = AcquisitionConfig(
+            strategy=strategy, budget=8, diversity=DiversityConfig(max_per_formula=2, similarity_penalty=0.5)
+        )
+        res = select_structures(structures=structures, mean=mean, std=std, config=config, rule=RULE)
+        assert res.indices.size == 8, strategy
+        assert len(set(res.indices.tolist())) == 8
+        # the cap still re-ranks: the one NaCl comes before the third CuAu
+        formulas = [structures[i].composition.reduced_formula for i in res.indices]
+        assert "NaCl" in formulas[:3], (strategy, formulas)
+
+
+def test_ground_state_probability_prefers_the_likely_lowest_polymorph() -> None:
+    """Where every candidate is surely below the hull, p_stable saturates at 1 and cannot tell them apart; the
+    probability of being the formula's ground state ranks the deepest polymorph of each formula first."""
+    # Formula A: three polymorphs far below the hull; formula B: one polymorph just below it.
+    mean = np.array([-0.60, -0.45, -0.40, -0.02])
+    std = np.array([0.02, 0.02, 0.02, 0.03])
+    groups = ["A", "A", "A", "B"]
+    from loop.acquisition import ground_state_probability
+
+    p = ground_state_probability(mean, std, groups=groups, threshold=0.0)
+    assert p[0] > 0.99 and p[1] < 0.01 and p[2] < 0.01  # the deepest A is its ground state
+    assert abs(p[3] - norm.cdf(0.02 / 0.03)) < 0.03  # B alone: P(hit) of the Gaussian
+    assert p[:3].sum() <= 1.0 + 1e-12
+    stable = select_queries(
+        mean=mean,
+        std=std,
+        config=cfg("p_stable", budget=2),
+        rule=StabilityRule(near_stable=0.0),
+        formulas=groups,
+    )
+    ground = select_queries(
+        mean=mean,
+        std=std,
+        config=cfg("p_ground_state", budget=2),
+        rule=StabilityRule(near_stable=0.0),
+        formulas=groups,
+    )
+    assert set(ground.indices.tolist()) == {0, 3}  # one likely ground state per formula
+    assert 3 not in stable.indices.tolist()  # p_stable spends both calls on formula A

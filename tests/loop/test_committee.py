@@ -112,3 +112,26 @@ def test_unknown_committee_member_is_a_one_line_input_error():
     with pytest.raises(InputError) as info:
         validate_config({"name": "x", "chemical_systems": ["Li-Al"], "committee": [{"kind": "mace"}]})
     assert "\n" not in str(info.value) and "committee" in str(info.value)
+
+
+def test_a_committee_of_the_oracles_own_model_is_refused_in_one_line():
+    with pytest.raises(InputError) as info:
+        validate_config(
+            {
+                "name": "x",
+                "chemical_systems": ["Li-Al"],
+                "oracle": {"kind": "mlff"},
+                "committee": [{"kind": "sevennet"}],
+            }
+        )
+    message = str(info.value)
+    assert "\n" not in message and "oracle's own model" in message and "sevennet:7net-0" in message
+    # The same member beside a DFT oracle is another model family: accepted.
+    validate_config(
+        {
+            "name": "x",
+            "chemical_systems": ["Li-Al"],
+            "oracle": {"kind": "gpaw"},
+            "committee": [{"kind": "sevennet"}],
+        }
+    )

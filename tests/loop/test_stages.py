@@ -9,7 +9,7 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from loop.config import validate_config
+from loop.config import CampaignConfig, validate_config
 from loop.errors import InputError
 from loop.labelling import label_hashes
 from loop.stages.generate import substitution_candidates
@@ -17,7 +17,7 @@ from loop.stages.references import reference_pool, withheld_records
 from loop.stages.retrain import withheld_training_ids
 from loop.stages.shared import discoveries, known_index, withheld_structures
 from loop.stages.update import update_hull
-from loop.store import CampaignStore, Query
+from loop.store import CampaignStore, Prediction, Query
 from loop.structures import structure_hash
 
 B32 = "AB:227:4"
@@ -98,18 +98,49 @@ def test_substitution_searches_structure_types_and_does_not_repeat_parents(tmp_p
     assert all(len(c.structure) <= cfg.generator.funnel.max_atoms for c in made)
     for c in made:
         store.add_structure(c.structure, source=c.source, parent=c.parent, round=1, provenance=c.info)
-    again, counts2 = substitution_candidates(
-        cfg,
-        store=store,
-        round=2,
-        n=40,
-        discoveries=[],
-        known=known_index(cfg, store=store, before_round=2),
-    )
     used = {c.info["parent_prototype"] for c in made}
+
+    def round_2(cfg: CampaignConfig) -> tuple[list, dict]:
+        return substitution_candidates(
+            cfg,
+            store=store,
+            round=2,
+            n=40,
+            discoveries=[],
+            known=known_index(cfg, store=store, before_round=2),
+        )
+
+    # Generated but never screened: the children were dropped, so their prototypes are not spent.
+    _, counts_dropped = round_2(cfg)
+    assert counts_dropped["spent_prototypes"] == 0
+    # Screened and unlabelled: the children stay in the candidate pool, so their prototypes are spent.
+    store.add_predictions(
+        1,
+        [
+            Prediction(
+                hash=structure_hash(c.structure),
+                relaxed_hash=structure_hash(c.structure),
+                model="pretrained",
+                energy_per_atom=-3.0,
+                energy_per_atom_std=0.01,
+                e_hull=0.1,
+                e_hull_std=0.02,
+                data={"reason": None},
+            )
+            for c in made
+        ],
+    )
+    again, counts2 = round_2(cfg)
     assert counts2["spent_prototypes"] == len(used)
     assert not used & {c.info.get("parent_prototype") for c in again}
     assert not {c.parent for c in made} & {c.parent for c in again}
+    # Without the pool nothing carries over and nothing is labelled: the prototypes come back.
+    no_pool = config(
+        generator={"substitution": {"max_candidates_per_parent": 2}},
+        acquisition={"pool": {"carry_over": False}},
+    )
+    _, counts_no_pool = round_2(no_pool)
+    assert counts_no_pool["spent_prototypes"] == 0
 
 
 def cu_au(kind: str) -> Structure:

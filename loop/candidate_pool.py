@@ -1,0 +1,66 @@
+"""The persistent candidate pool: which screened candidates stay on offer, and which candidates are still alive.
+
+A candidate screened in one round and not labelled is not thrown away: it is carried into the next round's
+screening (re-scored there by the current emulator, `loop.stages.screen`) and offered to acquisition again. A
+candidate leaves the pool when its emulator-relaxed structure has an oracle result (failed ones included), when its
+screening cannot place it for good (collapsed or quarantined relaxation), or when it is older than
+`acquisition.pool.max_age` rounds.
+
+Units: energies eV/atom.
+"""
+
+from __future__ import annotations
+
+from loop.config import CampaignConfig
+from loop.store import CampaignStore, Prediction
+
+# Screening outcomes that no later round can change: such candidates are not carried.
+_FINAL_REASONS = ("relaxation collapsed", "quarantined")
+
+
+def first_round(prediction: Prediction, *, round: int) -> int:
+    """The round in which the candidate of `prediction` (stored in `round`) was first screened."""
+    return int(prediction.data.get("pool", {}).get("first_round", round))
+
+
+def carried_candidates(config: CampaignConfig, *, store: CampaignStore, round: int) -> list[Prediction]:
+    """The predictions of round `round - 1` whose candidates stay on offer in `round`, in screening order.
+
+    Each round's predictions hold the whole pool (its new candidates and those it carried), so the previous round's
+    rows are the pool at the start of this one. Empty when `acquisition.pool.carry_over` is off or before round 2.
+    """
+    settings = config.acquisition.pool
+    if not settings.carry_over or round < 2:
+        return []
+    settings_hash = config.oracle.settings_hash()
+    labelled = {r.hash for r in store.oracle_results(settings_hash=settings_hash)}
+    out = []
+    for p in store.round_predictions(round - 1):
+        if p.relaxed_hash is None or p.relaxed_hash in labelled:
+            continue
+        reason = str(p.data.get("reason") or "")
+        if any(final in reason for final in _FINAL_REASONS):
+            continue
+        if settings.max_age is not None and round - first_round(p, round=round - 1) > settings.max_age:
+            continue
+        out.append(p)
+    return out
+
+
+def live_candidates(config: CampaignConfig, *, store: CampaignStore, round: int) -> set[str]:
+    """Candidates (by hash) of rounds before `round` that are in the pool at its start or were labelled.
+
+    A structure prototype whose substitution children are among these is spent (`loop.stages.generate`); one whose
+    children were only screened and dropped is not.
+    """
+    settings_hash = config.oracle.settings_hash()
+    labelled = {r.hash for r in store.oracle_results(settings_hash=settings_hash, ok_only=True)}
+    alive = {p.hash for p in carried_candidates(config, store=store, round=round)}
+    for rnd, predictions in store.predictions_by_round().items():
+        if rnd >= round:
+            continue
+        alive.update(p.hash for p in predictions if p.relaxed_hash in labelled)
+    return alive
+
+
+__all__ = ["carried_candidates", "first_round", "live_candidates"]
