@@ -111,6 +111,7 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
             summary = r.summary or {}
             generate = store.stage_result(r.round, "generate") or {}
             funnel = store.stage_result(r.round, "funnel") or {}
+            screened = store.stage_result(r.round, "screen") or {}
             update = store.stage_result(r.round, "update") or {}
             per_round.append(
                 {
@@ -118,6 +119,11 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
                     "status": r.status,
                     "generated": generate.get("n_generated", 0),
                     "passed_funnel": funnel.get("n_passed", 0),
+                    # the persistent pool: candidates on offer (new and carried), carried ones, their oldest
+                    "on_offer": screened.get("n_offered", screened.get("n_screened")),
+                    "carried": screened.get("n_pool_carried"),
+                    "pool_age_max": screened.get("pool_age_max"),
+                    "rescore_time_s": screened.get("rescore_time_s"),
                     "queried": summary.get("queried", len(store.round_queries(r.round))),
                     "labelled": summary.get("labelled"),
                     "failed": summary.get("failed"),
@@ -199,12 +205,14 @@ def render_status(info: dict[str, Any]) -> None:
     counts = info["counts"]
     console.print(", ".join(f"{k} {v}" for k, v in counts.items()))
     table = Table(title="rounds (E in eV/atom)")
-    cols = ("round", "generated", "passed_funnel", "queried", "labelled", "failed", "stable", "near_stable")
-    cols += ("hits", "hit_rate", "emulator_mae", "wall_time_s")
+    cols = ("round", "generated", "passed_funnel", "on_offer", "carried", "queried", "labelled", "failed")
+    cols += ("stable", "near_stable", "hits", "hit_rate", "emulator_mae", "wall_time_s")
     heads = (
         "round",
         "gen",
         "funnel",
+        "offer",
+        "carried",
         "query",
         "ok",
         "fail",

@@ -1,0 +1,249 @@
+"""Whole campaigns against uniform random ones: what a user runs, on chemistries written down before any tuning.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.campaigns --workdir runs/campaigns --chemistries K-O,Ti-Al \
+        --arms default,random,one_shot --seeds 0,1,2 --out campaigns.json
+
+Each campaign is `configs/default.yaml` with the changes BENCHMARKS.md lists ("Whole campaigns against random
+ones"): the chemistry, every known compound withheld, the `mlff` oracle, no committee, `--rounds` rounds of
+`--budget` calls. It runs as a user runs it (`python -m loop.cli run CONFIG --workdir DIR --rounds N`, a fresh
+process per campaign; a stopped benchmark resumes where it was). Arms:
+
+* `default`: that configuration unchanged;
+* `random`: `acquisition.strategy: random` (seeded by the campaign's seed) with no similarity penalty and no
+  per-formula cap: the same generators, funnel, screening and budget;
+* `one_shot`: one round with a 4x generator mix, screened by the pretrained emulator, all `rounds x budget` calls
+  in one batch by the default strategy;
+* `strategy=NAME`: the default configuration with `acquisition.strategy: NAME` (for comparing strategies).
+
+What counts (`benchmarks.rediscovery`): the truth is every withheld crystal that fits the funnel and every round-0
+reference, labelled by the same oracle in a separate store; a withheld phase is a target when it is stable on that
+hull. A target is rediscovered by the first call whose structure or oracle-relaxed structure matches it
+(`StructureMatcher`, as the campaign's science report marks it). Reported per run: targets found after k calls
+(k = 1 .. all), hits on the joint hull of every run of the chemistry and the truth; per arm: the mean over seeds
+with a bootstrap 95 % interval, and the ratio of the default's mean to random's with its bootstrap interval.
+
+Units: eV/atom; times s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from benchmarks.rediscovery import found, joint_hits, truth
+
+log = logging.getLogger("campaigns")
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
+# Written into BENCHMARKS.md before the first measurement; not to be changed after it.
+CHEMISTRIES = {"K-O": "ionic binary", "Ti-O": "oxide", "Ti-Al": "intermetallic", "Na-Al-O": "ternary"}
+BOOTSTRAP = 2000
+
+
+def campaign_config(*, system: str, arm: str, seed: int, rounds: int, budget: int) -> dict[str, Any]:
+    """The campaign configuration of one run: the default config with the benchmark's changes and the arm's."""
+    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    data.update(
+        name=f"bench-{system}-{arm.replace('=', '-')}-s{seed}",
+        seed=seed,
+        chemical_systems=[system],
+        withhold=["all_compounds"],
+        oracle={"kind": "mlff"},
+        committee=[],
+    )
+    data["stop"] = {**data.get("stop", {}), "max_rounds": rounds}
+    acquisition = {**data.get("acquisition", {}), "budget": budget}
+    if arm == "random":
+        acquisition.update(
+            strategy="random",
+            seed=seed,
+            diversity={"max_per_formula": None, "similarity_penalty": 0.0},
+        )
+    elif arm == "one_shot":
+        data["stop"]["max_rounds"] = 1
+        acquisition["budget"] = rounds * budget
+        data["generator"] = {
+            **data["generator"],
+            "mix": {name: 4 * n for name, n in data["generator"]["mix"].items()},
+        }
+    elif arm.startswith("strategy="):
+        acquisition["strategy"] = arm.split("=", 1)[1]
+    elif arm != "default":
+        raise SystemExit(f"campaigns: unknown arm {arm!r}; use default, random, one_shot or strategy=NAME")
+    data["acquisition"] = acquisition
+    return data
+
+
+def run(config: dict[str, Any], *, workdir: Path) -> float:
+    """Run (or resume) one campaign in `workdir` in a fresh process; returns this call's wall time, s."""
+    workdir.parent.mkdir(parents=True, exist_ok=True)
+    path = workdir.parent / f"{workdir.name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    rounds = str(config["stop"]["max_rounds"])
+    cmd = [sys.executable, "-m", "loop.cli", "run", str(path), "--workdir", str(workdir), "--rounds", rounds]
+    started = time.time()
+    with open(workdir.parent / f"{workdir.name}.log", "a") as fh:
+        done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False, cwd=ROOT)
+    if done.returncode != 0:
+        raise SystemExit(f"campaigns: {workdir} exited {done.returncode}; see {fh.name}")
+    return time.time() - started
+
+
+def cpu_seconds(workdir: Path) -> float:
+    """Wall time of a finished campaign's stages, s (its rounds' start to finish, from the store)."""
+    from loop.store import CampaignStore
+
+    store = CampaignStore.in_workdir(workdir)
+    try:
+        return float(sum((r.finished_at or r.started_at) - r.started_at for r in store.rounds()))
+    finally:
+        store.close()
+
+
+def curve(run_found: dict[str, Any], *, targets: set[str], calls: int) -> list[int]:
+    """Targets rediscovered after k = 1 .. `calls` oracle calls (of rounds >= 1)."""
+    when = [
+        w["after_calls"]
+        for wid, w in run_found["withheld"].items()
+        if wid in targets and w["after_calls"] is not None
+    ]
+    return [sum(1 for c in when if c <= k) for k in range(1, calls + 1)]
+
+
+def bootstrap_mean(values: list[float], *, seed: int = 0) -> tuple[float, float, float]:
+    """Mean and bootstrap 95 % interval over seeds."""
+    x = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(BOOTSTRAP, x.size))].mean(axis=1)
+    return float(x.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def bootstrap_ratio(a: list[float], b: list[float], *, seed: int = 0) -> tuple[float, float, float]:
+    """Ratio of means a/b and its bootstrap 95 % interval (seeds resampled within each arm); inf where b's mean is 0."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    rng = np.random.default_rng(seed)
+    ma = x[rng.integers(0, x.size, size=(BOOTSTRAP, x.size))].mean(axis=1)
+    mb = y[rng.integers(0, y.size, size=(BOOTSTRAP, y.size))].mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(mb > 0, ma / np.where(mb > 0, mb, 1.0), np.where(ma > 0, np.inf, 1.0))
+    point = x.mean() / y.mean() if y.mean() > 0 else (np.inf if x.mean() > 0 else 1.0)
+    return float(point), float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
+
+
+def measure(system: str, *, arms: list[str], seeds: list[int], args: argparse.Namespace) -> dict[str, Any]:
+    """Run every arm and seed of one chemistry, then judge them against the truth."""
+    base = args.workdir / system
+    runs: dict[str, Path] = {}
+    wall: dict[str, float] = {}
+    for arm in arms:
+        for seed in seeds:
+            key = f"{arm}/s{seed}"
+            workdir = base / arm.replace("=", "-") / f"s{seed}"
+            config = campaign_config(
+                system=system, arm=arm, seed=seed, rounds=args.rounds, budget=args.budget
+            )
+            log.info("%s %s", system, key)
+            wall[key] = run(config, workdir=workdir)
+            runs[key] = workdir
+    first = next(iter(runs.values()))
+    verdicts = truth(first, workdir=base / "truth")
+    targets = {wid for wid, t in verdicts.items() if t["verdict"] == "stable"}
+    joint = joint_hits(runs, truth_dir=base / "truth")
+    calls = args.rounds * args.budget
+    per_run = {}
+    for key, workdir in runs.items():
+        f = found(workdir)
+        per_run[key] = {
+            "found": f,
+            "curve": curve(f, targets=targets, calls=calls),
+            "joint_hull": joint[key],
+            "stage_time_s": round(cpu_seconds(workdir), 1),
+            "wall_s_this_call": round(wall[key], 1),
+        }
+    summary: dict[str, Any] = {}
+    for arm in arms:
+        rows = [per_run[f"{arm}/s{s}"] for s in seeds]
+        at_budget = [float(r["curve"][-1]) if r["curve"] else 0.0 for r in rows]
+        summary[arm] = {
+            "rediscovered_at_budget": bootstrap_mean(at_budget),
+            "joint_hits": bootstrap_mean([float(r["joint_hull"]["hits"]) for r in rows]),
+            "calls": float(np.mean([r["joint_hull"]["calls"] for r in rows])),
+            "share_of_targets": float(np.mean(at_budget)) / len(targets) if targets else None,
+        }
+    if "default" in arms and "random" in arms:
+        d = [float(per_run[f"default/s{s}"]["curve"][-1]) for s in seeds]
+        r = [float(per_run[f"random/s{s}"]["curve"][-1]) for s in seeds]
+        summary["default_over_random"] = bootstrap_ratio(d, r)
+    return {
+        "system": system,
+        "role": CHEMISTRIES.get(system, "extra"),
+        "targets": sorted(targets),
+        "truth": verdicts,
+        "runs": per_run,
+        "summary": summary,
+    }
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """Markdown: per chemistry and arm, targets rediscovered at the budget, hits on the joint hull (mean [95 % CI])."""
+    lines = [
+        "| system | targets | arm | rediscovered (mean [95 % CI]) | share | joint-hull hits | per seed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for res in results:
+        for arm, s in res["summary"].items():
+            if arm == "default_over_random":
+                continue
+            m, lo, hi = s["rediscovered_at_budget"]
+            hm, hlo, hhi = s["joint_hits"]
+            seeds = [
+                v["curve"][-1] if v["curve"] else 0 for k, v in res["runs"].items() if k.startswith(arm + "/")
+            ]
+            share = "–" if s["share_of_targets"] is None else f"{s['share_of_targets']:.0%}"
+            lines.append(
+                f"| {res['system']} | {len(res['targets'])} | {arm} | {m:.2f} [{lo:.2f}, {hi:.2f}] | {share} | "
+                f"{hm:.1f} [{hlo:.1f}, {hhi:.1f}] | {seeds} |"
+            )
+        if "default_over_random" in res["summary"]:
+            p, lo, hi = res["summary"]["default_over_random"]
+            lines.append(f"| {res['system']} | | default / random | {p:.2f} [{lo:.2f}, {hi:.2f}] | | | |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", required=True, type=Path)
+    p.add_argument("--chemistries", default=",".join(CHEMISTRIES))
+    p.add_argument("--arms", default="default,random,one_shot")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--rounds", type=int, default=4, help="rounds after round 0")
+    p.add_argument("--budget", type=int, default=8, help="oracle calls per round")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    args.workdir = args.workdir.resolve()
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    arms = [a for a in args.arms.split(",") if a]
+    started = time.time()
+    results = [measure(s, arms=arms, seeds=seeds, args=args) for s in args.chemistries.split(",") if s]
+    print(table(results))
+    print(f"benchmark wall time {time.time() - started:.0f} s")
+    if args.out:
+        args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
