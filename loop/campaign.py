@@ -431,7 +431,9 @@ class Campaign:
             "stable": stable,
             "near_stable": hits - stable,
             "hits": hits,
-            "new_discoveries": hits,
+            # a hit that is a known crystal (`loop.novelty`) is a rediscovery, not a new discovery
+            "new_discoveries": update.get("n_new_discoveries", hits),
+            "rediscoveries": update.get("n_rediscoveries_new", 0),
             "hit_rate": update.get("hit_rate"),
         }
 

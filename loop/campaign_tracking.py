@@ -60,6 +60,8 @@ _PARENT_SUMMARY_KEYS = (
     "update.stable_rate",
     "update.cumulative_hits",
     "update.cumulative_stable",
+    "update.cumulative_new_discoveries",  # hits that are no known crystal (`loop.novelty`)
+    "update.cumulative_rediscoveries",
     "retrain.emulator_heldout_refit_mae",
     "retrain.emulator_heldout_fine_tuned_mae",
     "update.emulator_mae",

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loop.hull import HullEntry, OracleHull
+from loop.novelty import stored_novelty
 from loop.stages import stages_of
 from loop.store import CampaignStore, StoredResult, StructureRow
 from loop.verdicts import StabilityRule
@@ -158,8 +159,13 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
         vs_known = known_hull_distance(
             [d["hash"] for d in discoveries], results=results, rows=rows, first=query_round
         )
+        novelty = stored_novelty(store)
         for d in discoveries:
             d["vs_known"] = vs_known.get(d["hash"])
+            # "new" or "known: <provider> <id>" (`loop.novelty`); a known one is a rediscovery, not new
+            found = novelty.get(d["hash"])
+            d["novelty"] = None if found is None else found.label
+            d["known_url"] = None if found is None else found.url
         discoveries.sort(
             key=lambda d: (d["e_hull"], d["vs_known"] if d["vs_known"] is not None else math.inf)
         )
@@ -182,6 +188,8 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
             "rounds": per_round,
             "discoveries": best,
             "n_discoveries": len(discoveries),
+            "n_new_discoveries": sum(1 for d in discoveries if not (d["novelty"] or "").startswith("known")),
+            "n_rediscoveries": sum(1 for d in discoveries if (d["novelty"] or "").startswith("known")),
             "mlflow": tracking.get("tracking_uri")
             or f"sqlite:///{Path(workdir).resolve() / 'mlflow' / 'mlflow.db'}",
         }
@@ -230,10 +238,12 @@ def render_status(info: dict[str, Any]) -> None:
     console.print(table)
     if info["discoveries"]:
         disc = Table(
-            title=f"best discoveries ({info['n_discoveries']} hits: E_hull <= {info['near_stable']} eV/atom; "
+            title=f"best discoveries ({info['n_discoveries']} hits, {info.get('n_rediscoveries', 0)} of them known "
+            f"crystals: E_hull <= {info['near_stable']} eV/atom; "
             "vs known: E above the hull of the round-0 references, < 0 is below every known phase)"
         )
-        cols = ("formula", "space_group", "e_hull", "vs_known", "stable", "round", "source", "hash")
+        cols = ("formula", "space_group", "e_hull", "vs_known", "stable", "round", "source", "novelty")
+        cols += ("hash",)
         for c in cols:
             disc.add_column(c.replace("_", " "))
         for d in info["discoveries"][:10]:
@@ -263,7 +273,8 @@ def export_discoveries(workdir: Path, *, out: Path, hits_only: bool) -> dict[str
     """Write labelled structures (or only the campaign's discoveries, i.e. its hits) as CIFs plus `summary.csv`.
 
     Columns: hash, formula, natoms, round, source, energy_per_atom (eV/atom), e_hull (eV/atom), verdict
-    (stable / near_stable / unstable / unplaced, `loop.verdicts`), stable (0/1), hit (0/1).
+    (stable / near_stable / unstable / unplaced, `loop.verdicts`), stable (0/1), hit (0/1), novelty ("new" or
+    "known: <provider> <id>", `loop.novelty`; empty for references), known_url.
     """
     store = CampaignStore.in_workdir(workdir)
     try:
@@ -272,6 +283,7 @@ def export_discoveries(workdir: Path, *, out: Path, hits_only: bool) -> dict[str
         query_round = store.first_query_rounds()
         rows = {r.hash: r for r in store.structure_rows()}
         results = [r for r in store.oracle_results(ok_only=True)]
+        novelty = stored_novelty(store)
         chosen = []
         for res in results:
             v = verdicts.get(res.hash)
@@ -296,6 +308,8 @@ def export_discoveries(workdir: Path, *, out: Path, hits_only: bool) -> dict[str
                     "verdict",
                     "stable",
                     "hit",
+                    "novelty",
+                    "known_url",
                 ]
             )
             for res, v in chosen:
@@ -315,6 +329,8 @@ def export_discoveries(workdir: Path, *, out: Path, hits_only: bool) -> dict[str
                         rule.classify(e_hull).value,
                         "" if e_hull is None else int(rule.is_stable(e_hull)),
                         "" if e_hull is None else int(rule.is_hit(e_hull)),
+                        novelty[res.hash].label if res.hash in novelty else "",
+                        (novelty[res.hash].url or "") if res.hash in novelty else "",
                     ]
                 )
         return {"n": len(chosen), "csv": str(csv_path), "out": str(out)}

@@ -36,6 +36,7 @@ from loop import plots
 from loop.config import CampaignConfig
 from loop.errors import InputError
 from loop.hull import HullEntry, OracleHull
+from loop.novelty import Novelty, stored_novelty
 from loop.report import known_hull_distance, next_stage, origin, space_group
 from loop.stages.update import emulator_metrics
 from loop.store import CampaignStore, StoredResult, StructureRow
@@ -164,6 +165,7 @@ class Discovery:
     predicted_std: float | None
     rediscovers: str | None = None
     vs_known: float | None = None
+    novelty: Novelty | None = None  # new, or the known crystal it is (`loop.novelty`)
 
 
 @dataclass
@@ -501,6 +503,7 @@ def collect(workdir: Path) -> ScienceData:
             first=store.first_query_rounds(),
         )
         discoveries = []
+        novelty = stored_novelty(store)
         for c in calls:
             if not c.is_hit:
                 continue
@@ -525,6 +528,7 @@ def collect(workdir: Path) -> ScienceData:
                     predicted_std=None if p is None else p.e_hull_std,
                     rediscovers=rediscovered.get(c.hash),
                     vs_known=vs_known.get(c.hash),
+                    novelty=novelty.get(c.hash),
                 )
             )
         discoveries.sort(
@@ -891,7 +895,8 @@ def render_html(data: ScienceData) -> str:
             )
         )
 
-    parts.append(f"<h2>Discoveries ({len(data.discoveries)})</h2>")
+    n_known = sum(1 for d in data.discoveries if d.novelty is not None and d.novelty.known)
+    parts.append(f"<h2>Discoveries ({len(data.discoveries)}, of which {n_known} known crystals)</h2>")
     if data.discoveries:
         parts.append(
             f'<p class="note">Every label: {_e(level.kind)} with {_e(_settings_text(level.settings) or "defaults")}'
@@ -903,6 +908,11 @@ def render_html(data: ScienceData) -> str:
             tag = f'<span class="tag {c.verdict.value}">{_e(c.verdict.value.replace("_", "-"))}</span>'
             if d.rediscovers:
                 tag += f' <span class="tag re">rediscovers {_e(d.rediscovers)}</span>'
+            if d.novelty is not None and d.novelty.known:
+                # a known crystal found again: a rediscovery, linked to its provider's entry
+                tag += f' <a class="tag re" href="{_e(d.novelty.url or "")}">{_e(d.novelty.label)}</a>'
+            elif d.novelty is not None:
+                tag += ' <span class="tag">new</span>'
             pred = _num(d.predicted_e_hull, "{:+.3f}")
             if d.predicted_e_hull is not None and d.predicted_std is not None:
                 pred += f" ± {d.predicted_std:.3f}"

@@ -19,6 +19,7 @@ from loop.candidate_pool import live_candidates
 from loop.config import CampaignConfig
 from loop.funnel import KnownIndex
 from loop.stages.base import StageContext, seconds
+from loop.stages.references import provider_crystals
 from loop.stages.shared import discoveries, known_index
 from loop.store import CampaignStore, Generated
 
@@ -52,7 +53,8 @@ def substitution_candidates(
 ) -> tuple[list[Candidate], dict[str, int]]:
     """Up to `n` substitution candidates that search structure types.
 
-    Parents: the campaign's discoveries, then one bundled crystal per prototype (`prototype_parents`: every
+    Parents: the campaign's discoveries, the OPTIMADE providers' crystals not withheld, then one bundled crystal
+    per prototype (`prototype_parents`: every
     bundled chemical system that substitutes into a target system, best Hautier score first), skipping the
     withheld crystals and the prototypes used in earlier rounds. Children matching a known structure (`known`,
     which also receives every child kept) or larger than the funnel's `max_atoms` are dropped here, so a parent
@@ -63,8 +65,11 @@ def substitution_candidates(
     """
     settings = config.generator.substitution
     spent = spent_prototypes(config, store, round)
+    # The providers' crystals of the target systems (`references.source: optimade`) are parents as well.
+    providers = [c.as_known() for c in provider_crystals(config, workdir=store.path.parent) if not c.withheld]
     parents = [
         *discoveries,
+        *providers,
         *prototype_parents(
             chemical_systems=config.chemical_systems,
             settings=settings,

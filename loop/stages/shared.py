@@ -13,17 +13,22 @@ from generator.base import KnownStructure
 from loop.config import CampaignConfig
 from loop.funnel import KnownIndex
 from loop.hull import HullEntry, OracleHull
+from loop.stages.references import provider_crystals
 from loop.store import CampaignStore
 
 
 def known_index(config: CampaignConfig, *, store: CampaignStore, before_round: int) -> KnownIndex:
-    """The duplicate/novelty index of a round: every bundled crystal not withheld (origin "seed", lazily parsed)
-    and every structure the campaign stored before `before_round` (its references count as "seed").
+    """The duplicate/novelty index of a round: every bundled crystal not withheld (origin "seed", lazily parsed),
+    every OPTIMADE provider crystal not withheld (`references.source: optimade`, from the workdir's cache; origin
+    "seed") and every structure the campaign stored before `before_round` (its references count as "seed").
 
     Candidates that passed an earlier funnel come with the fingerprint it stored, so they are parsed only when a
     query's formula and fingerprint come close to theirs.
     """
     index = KnownIndex.from_seed_data(matcher=config.generator.funnel.matcher, withhold=config.withholding)
+    for crystal in provider_crystals(config, workdir=store.path.parent):
+        if not crystal.withheld:
+            index.add(id=crystal.key, structure=crystal.structure, origin="seed")
     earlier = store.structure_rows(where="round < ? OR round IS NULL", params=(before_round,))
     stored = store.fingerprints(before_round=before_round)
     structures = store.get_structures([r.hash for r in earlier if r.hash not in stored])

@@ -5,14 +5,15 @@ Units: energies eV/atom.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from scipy.stats import spearmanr
 
 from loop.config import CampaignConfig
+from loop.novelty import META_KEY, Novelty, judge_labels, stored_novelty
 from loop.stages.base import StageContext
 from loop.stages.shared import current_hull
 from loop.store import CampaignStore, Verdict
@@ -41,18 +42,24 @@ def emulator_metrics(pairs: Sequence[tuple[float, float, float]]) -> dict[str, f
 
 @dataclass(frozen=True)
 class HullUpdate:
-    """The verdict on every labelled structure at the end of the round, and the stage's metrics."""
+    """The verdict on every labelled structure at the end of the round, the stage's metrics, and the novelty of the
+    labels judged this time (`loop.novelty`)."""
 
     verdicts: list[Verdict]
     report: dict[str, Any]
+    novelty: dict[str, Novelty] = field(default_factory=dict)
 
 
-def update_hull(config: CampaignConfig, *, store: CampaignStore, round: int) -> HullUpdate:
+def update_hull(
+    config: CampaignConfig, *, store: CampaignStore, round: int, novelty: Mapping[str, Novelty] | None = None
+) -> HullUpdate:
     """Rebuild the oracle hull with everything labelled so far and judge every labelled structure against it.
 
     Verdicts follow `loop.verdicts` (the campaign's `stability_rule`). Rates count this round's queries; cumulative
-    counts are the campaign's own discoveries (first queried in a round >= 1), never the references.
+    counts are the campaign's own discoveries (first queried in a round >= 1), never the references. With
+    `novelty` (by hash), hits that are known crystals are counted as rediscoveries, apart from the new ones.
     """
+    known = {h for h, n in (novelty or {}).items() if n.known}
     rule = config.stability_rule
     hull = current_hull(config, store)
     e_hull = hull.entry_e_above_hull()
@@ -95,6 +102,11 @@ def update_hull(config: CampaignConfig, *, store: CampaignStore, round: int) -> 
         discovered = [v for v in verdicts if v.hit and first_query.get(v.hash, -1) >= 1]
         report["cumulative_stable"] = sum(1 for v in discovered if v.stable)
         report["cumulative_hits"] = len(discovered)
+        rediscovered = sum(1 for h, e in this_round.items() if rule.is_hit(e) and h in known)
+        report["n_rediscoveries_new"] = rediscovered
+        report["n_new_discoveries"] = n_hits - rediscovered
+        report["cumulative_new_discoveries"] = sum(1 for v in discovered if v.hash not in known)
+        report["cumulative_rediscoveries"] = sum(1 for v in discovered if v.hash in known)
         preds = {p.relaxed_hash: p for p in store.round_predictions(round)}
         pairs = []
         for h in queried:
@@ -111,10 +123,17 @@ class UpdateStage:
     name = "update"
 
     def compute(self, ctx: StageContext) -> HullUpdate:
-        return update_hull(ctx.config, store=ctx.store, round=ctx.round)
+        fresh = judge_labels(ctx.config, store=ctx.store, workdir=ctx.workdir)
+        novelty = {**stored_novelty(ctx.store), **fresh}
+        return replace(
+            update_hull(ctx.config, store=ctx.store, round=ctx.round, novelty=novelty), novelty=fresh
+        )
 
     def commit(self, ctx: StageContext, result: HullUpdate) -> dict[str, Any]:
         ctx.store.set_stability(ctx.round, result.verdicts)
+        if result.novelty:
+            recorded = ctx.store.get_meta(META_KEY) or {}
+            ctx.store.set_meta(META_KEY, {**recorded, **{h: n.as_dict() for h, n in result.novelty.items()}})
         return result.report
 
 

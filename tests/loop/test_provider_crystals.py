@@ -5,6 +5,7 @@ error (nothing cached) or the cached answer."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import socket
@@ -19,9 +20,11 @@ import requests
 from pymatgen.core import Lattice, Structure
 
 from generator.seeds import load_seeds
-from loop.campaign import run_stage
+from loop.campaign import Campaign, run_stage
 from loop.config import validate_config
 from loop.errors import InputError
+from loop.labelling import label_hashes
+from loop.novelty import stored_novelty
 from loop.provider_crystals import (
     CACHE_PATH,
     ProviderUnavailable,
@@ -29,10 +32,12 @@ from loop.provider_crystals import (
     fetch_provider_crystals,
     subsystem_filters,
 )
-from loop.stages import references
+from loop.report import campaign_status, export_discoveries
+from loop.stages import references, update
 from loop.stages.base import StageContext
 from loop.stages.references import provider_crystals
-from loop.store import CampaignStore
+from loop.stages.shared import known_index
+from loop.store import CampaignStore, Query
 from tests.loop.optimade_server import write_jsonl
 
 SERVER = Path(__file__).with_name("optimade_server.py")
@@ -75,14 +80,12 @@ def free_port() -> int:
 class Server:
     """The reference OPTIMADE server in a child process; its request log counts what the client asked."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, structures: dict[str, Structure] | None = None) -> None:
         data = tmp / "structures.jsonl"
-        fcc_al = load_seeds(ids=["mp-134"])[0].structure
-        write_jsonl(
-            data,
-            {"srv-b32": b32_lial(), "srv-l12": l12_lial3(), "mp-134": fcc_al},
-            raw={"srv-broken": overlapping()},
-        )
+        if structures is None:
+            fcc_al = load_seeds(ids=["mp-134"])[0].structure
+            structures = {"srv-b32": b32_lial(), "srv-l12": l12_lial3(), "mp-134": fcc_al}
+        write_jsonl(data, structures, raw={"srv-broken": overlapping()})
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / "server.log"
@@ -117,7 +120,7 @@ def server(tmp_path):
     srv.kill()
 
 
-def config(url: str, **kw):
+def config(url: str, max_compounds: int = 10, **kw):
     data = {
         "name": "t",
         "chemical_systems": ["Li-Al"],
@@ -125,7 +128,7 @@ def config(url: str, **kw):
         "references": {
             "source": "optimade",
             "optimade": {"providers": {"srv": url}, "retries": 0, "timeout_s": 10},
-            "max_compounds": 10,
+            "max_compounds": max_compounds,
             "max_element_atoms": 2,
         },
         **kw,
@@ -218,3 +221,74 @@ def test_entries_that_are_not_ordered_3d_crystals_are_refused():
     for attributes in broken:
         with pytest.raises(ValueError):
             entry_structure({"attributes": attributes})
+
+
+def b2_cuau() -> Structure:
+    return Structure(Lattice.cubic(3.15), ["Cu", "Au"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def l12_cu3au() -> Structure:
+    return Structure(
+        Lattice.cubic(3.75),
+        ["Au", "Cu", "Cu", "Cu"],
+        [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]],
+    )
+
+
+def stacked_cuau2() -> Structure:
+    """A CuAu2 stacking no database holds."""
+    return Structure(
+        Lattice.tetragonal(2.9, 8.4), ["Cu", "Au", "Au"], [[0, 0, 0], [0, 0, 1 / 3], [0, 0, 2 / 3]]
+    )
+
+
+def test_every_discovery_is_new_or_a_known_crystal_cited_from_the_server_or_the_bundle(tmp_path):
+    """EMT on Cu-Au: the server serves B2 CuAu (no bundled row has it); L1_2 Cu3Au is bundled and withheld. The
+    server dies after round 0, and round 1's verdicts still cite it, from the cache."""
+    server = Server(tmp_path, {"srv-b2": b2_cuau()})
+    workdir = tmp_path / "campaign"
+    cfg = config(server.url, max_compounds=0, chemical_systems=["Cu-Au"], withhold=["Cu3Au"], near_stable=2.0)
+    store = CampaignStore.in_workdir(workdir)
+    store.set_meta("identity", Campaign.identity(cfg))
+    store.set_meta("config", cfg.model_dump(mode="json"))
+    try:
+        run_stage(references.STAGE, StageContext(config=cfg, store=store, workdir=workdir, round=0))
+    finally:
+        server.kill()
+    refs = [q.hash for q in store.round_queries(0)]
+    label_hashes(store, refs, settings=cfg.oracle, workdir=workdir, round=0)
+    run_stage(update.STAGE, StageContext(config=cfg, store=store, workdir=workdir, round=0))
+    assert stored_novelty(store) == {}  # references are no discoveries
+
+    # The funnel's novelty index knows the server's crystal (the campaign would not propose it as new) ...
+    index = known_index(cfg, store=store, before_round=1)
+    assert index.find(b2_cuau()) == ("optimade:srv:srv-b2", "seed")
+    # ... but round 1 labels it anyway (as a candidate that relaxed into it would be), beside the withheld L1_2
+    # Cu3Au and a new stacking.
+    made = {"b2": b2_cuau(), "l12": l12_cu3au(), "new": stacked_cuau2()}
+    hashes = {k: store.add_structure(s, source="random_search", round=1) for k, s in made.items()}
+    store.add_queries(
+        1, [Query(hash=h, strategy="p_stable", rank=i, score=None) for i, h in enumerate(hashes.values())]
+    )
+    label_hashes(store, list(hashes.values()), settings=cfg.oracle, workdir=workdir, round=1)
+    report = run_stage(update.STAGE, StageContext(config=cfg, store=store, workdir=workdir, round=1))
+
+    novelty = stored_novelty(store)
+    assert novelty[hashes["b2"]].label == "known: srv srv-b2"
+    assert novelty[hashes["b2"]].url == f"{server.url}/v1/structures/srv-b2"
+    assert novelty[hashes["l12"]].label == "known: bundled mp-2258 (withheld)"
+    assert novelty[hashes["new"]].label == "new"
+    assert report["n_hits_new"] == 3  # all within 2 eV/atom of the hull
+    assert report["n_new_discoveries"] == 1 and report["n_rediscoveries_new"] == 2
+    assert report["cumulative_new_discoveries"] == 1 and report["cumulative_rediscoveries"] == 2
+
+    status = campaign_status(workdir, store=store)
+    labels = {d["hash"]: d["novelty"] for d in status["discoveries"]}
+    assert labels == {h: novelty[h].label for h in hashes.values()}
+    assert status["n_new_discoveries"] == 1 and status["n_rediscoveries"] == 2
+    store.close()
+    export_discoveries(workdir, out=tmp_path / "out", hits_only=True)
+    with open(tmp_path / "out" / "summary.csv") as fh:
+        rows = {r["hash"]: r for r in csv.DictReader(fh)}
+    assert {h: rows[h]["novelty"] for h in hashes.values()} == labels
+    assert rows[hashes["l12"]]["known_url"].endswith("/materials/mp-2258")
