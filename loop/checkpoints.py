@@ -12,7 +12,8 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from emulator.checkpoint import MANIFEST, sha256
@@ -63,22 +64,66 @@ def checkpoint_problem(kind: str, path: Path, expected_sha256: str | None) -> st
     return None
 
 
-def prune_checkpoints(
-    *, root: Path, keep_rounds: int, in_use: Iterable[str | Path | None], safe_to_delete: Iterable[int]
-) -> list[int]:
-    """Delete the checkpoint folders `root/round_NNN` of all but the newest `keep_rounds` rounds.
+def copy_mismatch(original: Path, copy: Path) -> str | None:
+    """Why `copy`, a folder fetched back from where a checkpoint is kept, is not a byte-for-byte copy of it.
 
-    A folder is deleted only if its round is in `safe_to_delete` (its checkpoints are copied elsewhere, e.g.
-    logged to MLflow) and it holds none of the checkpoints `in_use` (paths relative to `root`'s parent, the
-    workdir, or absolute). A folder is renamed before it is removed, so a kill mid-way leaves either the whole
-    folder or a `.deleting-` one, which the next call removes; a failing deletion is logged, never raised.
+    Args:
+        original: The checkpoint in the workdir: a folder (emulator) or a file (generator).
+        copy: The folder that holds the copy: the folder's files, or the file under its own name.
 
     Returns:
-        The rounds whose folders were deleted.
+        None when every file of `original` is in `copy` with the same sha256, else the first difference.
+    """
+    original, copy = Path(original), Path(copy)
+    if original.is_file():
+        base, files = original.parent, [original]
+    else:
+        base, files = original, sorted(p for p in original.rglob("*") if p.is_file())
+    if not files:
+        return f"{original.name} holds no files"
+    for path in files:
+        name = path.relative_to(base)
+        other = copy / name
+        if not other.is_file():
+            return f"{name} is missing from the copy"
+        if sha256(other) != sha256(path):
+            return f"{name} differs from the copy"
+    return None
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What `prune_checkpoints` did.
+
+    Attributes:
+        deleted: Rounds whose checkpoint folders were deleted.
+        kept: Rounds old enough to go that stayed, with why (no verified copy elsewhere, or the deletion failed).
+    """
+
+    deleted: list[int] = field(default_factory=list)
+    kept: dict[int, str] = field(default_factory=dict)
+
+
+def prune_checkpoints(
+    *,
+    root: Path,
+    keep_rounds: int,
+    in_use: Iterable[str | Path | None],
+    copy_problem: Callable[[int], str | None],
+) -> Pruned:
+    """Delete the checkpoint folders `root/round_NNN` of all but the newest `keep_rounds` rounds.
+
+    A folder is deleted only if it holds none of the checkpoints `in_use` (paths relative to `root`'s parent, the
+    workdir, or absolute) and `copy_problem(round)` returns None: the caller has read the round's checkpoints back
+    from where they are kept (MLflow) and found them identical. Any other answer is the reason the folder stays.
+    `copy_problem` is asked only about rounds that would otherwise go, oldest first. A folder is renamed before it
+    is removed, so a kill mid-way leaves either the whole folder or a `.deleting-` one, which the next call
+    removes; a failing deletion is logged, never raised.
     """
     root = Path(root)
+    pruned = Pruned()
     if not root.is_dir():
-        return []
+        return pruned
     for leftover in root.glob(f"{_DELETING}*"):
         shutil.rmtree(leftover, ignore_errors=True)
     rounds = sorted(int(m.group(1)) for p in root.iterdir() if p.is_dir() and (m := _ROUND_DIR.match(p.name)))
@@ -94,10 +139,12 @@ def prune_checkpoints(
             continue
         if m := _ROUND_DIR.match(first):
             protected.add(int(m.group(1)))
-    safe = set(safe_to_delete)
-    deleted = []
     for rnd in rounds[:-keep_rounds]:
-        if rnd in protected or rnd not in safe:
+        if rnd in protected:
+            continue
+        problem = copy_problem(rnd)
+        if problem is not None:
+            pruned.kept[rnd] = problem
             continue
         folder = root / f"round_{rnd:03d}"
         trash = root / f"{_DELETING}{folder.name}"
@@ -106,9 +153,17 @@ def prune_checkpoints(
             shutil.rmtree(trash)
         except OSError as exc:
             log.warning("could not delete the old checkpoints %s (%s); they stay on disk", folder, exc)
+            pruned.kept[rnd] = f"the deletion failed ({exc})"
             continue
-        deleted.append(rnd)
-    return deleted
+        pruned.deleted.append(rnd)
+    return pruned
 
 
-__all__ = ["CHECKPOINT_KINDS", "checkpoint_problem", "checkpoint_sha256", "prune_checkpoints"]
+__all__ = [
+    "CHECKPOINT_KINDS",
+    "Pruned",
+    "checkpoint_problem",
+    "checkpoint_sha256",
+    "copy_mismatch",
+    "prune_checkpoints",
+]

@@ -31,6 +31,8 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 # With a tracking server MLflow writes "View run ... at: URL" to stdout whenever a run ends, which would corrupt the
 # CLI's --json output; the campaign reports its own links.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+# Checkpoints are read back before they are pruned; a progress bar per read would fill the campaign's stderr.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import functools
 import logging
@@ -136,6 +138,71 @@ def local_store(workdir: Path | str) -> tuple[str, str]:
     """The campaign-local store: (sqlite tracking URI, artifact root URI) under `<workdir>/mlflow/`."""
     root = Path(workdir).resolve() / "mlflow"
     return f"sqlite:///{(root / 'mlflow.db').as_posix()}", (root / "artifacts").as_uri()
+
+
+# Every column of MLflow's sqlite schema that holds an artifact location (MLflow 3.x).
+_ARTIFACT_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+    ("logged_models", "artifact_location"),
+)
+_LOCAL_ROOT_TAIL = "/mlflow/artifacts"
+
+
+def follow_moved_store(workdir: Path | str) -> str | None:
+    """Point a campaign-local MLflow store's artifact locations at `<workdir>/mlflow/artifacts` again.
+
+    MLflow stores absolute artifact URIs. A campaign folder that was moved or copied would otherwise keep reading
+    and writing artifacts (checkpoints, plots, the report) under its old path; this rewrites every location under
+    the old root to the same place under the new one. A store that cannot be read is left as it is (opening it
+    then fails as `TrackingUnavailable`).
+
+    Returns:
+        The old artifact root when locations were rewritten, else None.
+    """
+    db_path, root = local_store(workdir)
+    db = Path(db_path[len("sqlite:///") :])
+    if not db.is_file() or db.stat().st_size == 0:
+        return None
+    import sqlite3  # only here: most commands never open a moved store
+
+    try:
+        conn = sqlite3.connect(db, timeout=30.0)
+    except sqlite3.Error:
+        return None
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "experiments" not in tables:
+            return None
+        old = next(
+            (
+                loc
+                for (loc,) in conn.execute("SELECT artifact_location FROM experiments")
+                if isinstance(loc, str)
+                and loc.startswith("file://")
+                and loc.endswith(_LOCAL_ROOT_TAIL)
+                and loc != root
+            ),
+            None,
+        )
+        if old is None:
+            return None
+        with conn:
+            for table, column in _ARTIFACT_COLUMNS:
+                if table not in tables:
+                    continue
+                conn.execute(
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                    f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                    (root, len(old) + 1, old, len(old) + 1, f"{old}/"),
+                )
+        return old
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
 
 
 def ui_command(workdir: Path | str, port: int = 5000, *, tracking_uri: str | None = None) -> list[str]:
@@ -261,6 +328,17 @@ class Tracker:
             logging.getLogger("mlflow").setLevel(logging.WARNING)
             if self.config.tracking_uri is None:
                 (self.workdir / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
+                if (old := follow_moved_store(self.workdir)) is not None:
+                    # MLflow caches each run's artifact location per process; drop what this process cached.
+                    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+                    getattr(tracking_utils, "_artifact_repos_cache", {}).clear()
+                    logging.getLogger("matloop").info(
+                        "the campaign folder moved: its MLflow artifacts are read and written under %s now "
+                        "(were %s)",
+                        self._artifact_root,
+                        old,
+                    )
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 
@@ -670,6 +748,29 @@ class Tracker:
         if not self.enabled:
             return
         self.client.set_registered_model_alias(model_name, alias, str(version))
+
+    @_backend_call
+    def fetch_version(self, *, model_name: str, tag: str, value: str, dst: Path) -> Path | None:
+        """Download the files of the version of `model_name` whose tag `tag` is `value`, from where the registry
+        says they are (the version's source).
+
+        Returns:
+            The downloaded folder (under `dst`), or None when the registry holds no such version.
+        """
+        if not self.enabled:
+            return None
+        import mlflow.artifacts  # mlflow only on first use (see `client`)
+
+        for v in self.client.search_model_versions(f"name = '{_quote(model_name)}'"):
+            if v.tags.get(tag) == value:
+                return Path(
+                    mlflow.artifacts.download_artifacts(
+                        artifact_uri=v.source,
+                        dst_path=str(dst),
+                        tracking_uri=self.tracking_uri,
+                    )
+                )
+        return None
 
     @_backend_call
     def model_versions(self, model_name: str) -> dict[str, dict[str, str]]:

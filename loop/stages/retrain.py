@@ -189,14 +189,16 @@ class RetrainStage:
             for kind in CHECKPOINT_KINDS
             if report.get(f"{kind}_checkpoint")
         }
+        # Stored relative to the workdir, which may be relative itself or moved later.
+        for kind in CHECKPOINT_KINDS:
+            if report.get(f"{kind}_checkpoint"):
+                report[f"{kind}_checkpoint"] = os.path.relpath(report[f"{kind}_checkpoint"], ctx.workdir)
         return Retrained(report=report)
 
     def commit(self, ctx: StageContext, result: Retrained) -> dict[str, Any]:
         for kind in CHECKPOINT_KINDS:
             if result.report.get(f"{kind}_checkpoint"):
-                ctx.store.set_meta(
-                    f"{kind}_checkpoint", os.path.relpath(result.report[f"{kind}_checkpoint"], ctx.workdir)
-                )
+                ctx.store.set_meta(f"{kind}_checkpoint", result.report[f"{kind}_checkpoint"])
         return result.report
 
 

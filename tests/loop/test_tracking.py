@@ -242,6 +242,42 @@ def test_model_versions_alias_and_load_by_uri(
     assert tracker.model_versions("no-such-model") == {}
 
 
+def test_moved_store_reads_and_writes_only_under_its_new_folder(tmp_path: Path) -> None:
+    old = tmp_path / "old" / "campaign"
+    t = Tracker(config=TrackingConfig(), workdir=old, campaign_name="moving")
+    t.start_campaign()
+    rid = t.start_round(round_index=0)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "manifest.json").write_text('{"round": 0}')
+    t.log_artifacts(ckpt, artifact_path="checkpoints/emulator", run_id=rid)
+    t.register_version(
+        model_name="moving-emulator",
+        run_id=rid,
+        artifact_path="checkpoints/emulator",
+        tags={"checkpoint": "c0"},
+    )
+    new = tmp_path / "new" / "campaign"
+    new.parent.mkdir()
+    os.replace(old, new)
+
+    moved = Tracker(config=TrackingConfig(), workdir=new, campaign_name="moving")
+    moved.start_campaign()
+    root = (new / "mlflow" / "artifacts").resolve().as_uri()
+    assert moved.artifact_uri(run_id=rid).startswith(f"{root}/")
+    fetched = moved.fetch_version(
+        model_name="moving-emulator", tag="checkpoint", value="c0", dst=tmp_path / "dl"
+    )
+    assert fetched is not None and (fetched / "manifest.json").read_text() == '{"round": 0}'
+    assert (
+        moved.fetch_version(model_name="moving-emulator", tag="checkpoint", value="c9", dst=tmp_path) is None
+    )
+    moved.log_metric("after_move", 1.0, step=0, run_id=moved.start_round(round_index=1))
+    moved.log_artifacts(ckpt, artifact_path="more", run_id=rid)
+    assert (new / "mlflow" / "artifacts" / rid / "artifacts" / "more" / "manifest.json").is_file()
+    assert not old.exists()  # nothing written where the campaign was
+
+
 def test_corrupt_store_is_a_typed_unavailable_error(tmp_path: Path) -> None:
     db = tmp_path / "mlflow" / "mlflow.db"
     db.parent.mkdir()
