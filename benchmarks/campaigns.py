@@ -111,6 +111,48 @@ def cpu_seconds(workdir: Path) -> float:
         store.close()
 
 
+def generation_recall(workdir: Path, *, targets: set[str]) -> dict[str, dict[str, list[str]]]:
+    """Which targets (withheld stable phases, by material id) each generator proposed, round by round.
+
+    A target counts for a generator in a round when one of the candidates it proposed that round and that passed the
+    funnel, or that candidate's emulator-relaxed structure, matches the target (`StructureMatcher`, default
+    tolerances). Returns, per round (as a string) and generator, the sorted target ids found up to that round.
+    """
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Structure
+
+    from loop.store import CampaignStore
+
+    store = CampaignStore.in_workdir(workdir)
+    try:
+        withheld = {
+            str(w["material_id"]): Structure.from_dict(w["structure"])
+            for w in store.get_meta("withheld") or []
+            if str(w.get("material_id")) in targets and isinstance(w.get("structure"), dict)
+        }
+        by_formula: dict[str, list[str]] = {}
+        for wid, s in withheld.items():
+            by_formula.setdefault(s.composition.reduced_formula, []).append(wid)
+        matcher = StructureMatcher()
+        seen: dict[str, set[str]] = {}
+        out: dict[str, dict[str, list[str]]] = {}
+        for rnd, predictions in sorted(store.predictions_by_round().items()):
+            for p in predictions:
+                if "pool" in p.data:
+                    continue  # carried from an earlier round: proposed then
+                source = store.structure_row(p.hash).source
+                mine = seen.setdefault(source, set())
+                hashes = [p.hash, *([p.relaxed_hash] if p.relaxed_hash else [])]
+                for structure in store.get_structures(hashes).values():
+                    for wid in by_formula.get(structure.composition.reduced_formula, []):
+                        if wid not in mine and matcher.fit(structure, withheld[wid]):
+                            mine.add(wid)
+            out[str(rnd)] = {source: sorted(ids) for source, ids in seen.items()}
+        return out
+    finally:
+        store.close()
+
+
 def curve(run_found: dict[str, Any], *, targets: set[str], calls: int) -> list[int]:
     """Targets rediscovered after k = 1 .. `calls` oracle calls (of rounds >= 1)."""
     when = [
@@ -167,6 +209,7 @@ def measure(system: str, *, arms: list[str], seeds: list[int], args: argparse.Na
         per_run[key] = {
             "found": f,
             "curve": curve(f, targets=targets, calls=calls),
+            "generation_recall": generation_recall(workdir, targets=targets),
             "joint_hull": joint[key],
             "stage_time_s": round(cpu_seconds(workdir), 1),
             "wall_s_this_call": round(wall[key], 1),
@@ -193,6 +236,32 @@ def measure(system: str, *, arms: list[str], seeds: list[int], args: argparse.Na
         "runs": per_run,
         "summary": summary,
     }
+
+
+def recall_table(results: list[dict[str, Any]]) -> str:
+    """Markdown: share of the targets that fit the funnel proposed (screened) by each round, per generator and in
+    all, mean over the default arm's seeds."""
+    lines = ["| system | targets | generator | " + " | ".join(f"round {r}" for r in range(1, 5)) + " |"]
+    lines.append("|---|---|---|" + "---|" * 4)
+    for res in results:
+        n = len(res["targets"])
+        runs = [v for k, v in res["runs"].items() if k.startswith("default/")]
+        if not n or not runs:
+            continue
+        generators = sorted({g for v in runs for per in v["generation_recall"].values() for g in per})
+        for g in [*generators, "all"]:
+            cells = []
+            for r in range(1, 5):
+                shares = []
+                for v in runs:
+                    per = v["generation_recall"].get(str(r))
+                    if per is None:
+                        continue
+                    ids = set(per.get(g, [])) if g != "all" else {i for x in per.values() for i in x}
+                    shares.append(len(ids) / n)
+                cells.append("–" if not shares else f"{np.mean(shares):.0%}")
+            lines.append(f"| {res['system']} | {n} | {g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -239,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     results = [measure(s, arms=arms, seeds=seeds, args=args) for s in args.chemistries.split(",") if s]
     print(table(results))
+    print(recall_table(results))
     print(f"benchmark wall time {time.time() - started:.0f} s")
     if args.out:
         args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "results": results}, indent=1))
