@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pymatgen.core import Composition
+
 from loop.store import CampaignStore
 
 if TYPE_CHECKING:  # status and export read verdicts without importing the campaign's rooms
@@ -107,17 +109,11 @@ class NoveltyIndex:
                 withheld=crystal.withheld,
             )
         formula = self._formulas.get(key, "")
-        elements = [e for e in _elements(formula)]
+        elements = [el.symbol for el in Composition(formula).elements] if formula else []
         withheld = self._config.withholding.covers(
             material_id=key, reduced_formula=formula, elements=elements
         )
         return Novelty(known=True, provider=BUNDLED, id=key, url=MP_URL.format(id=key), withheld=withheld)
-
-
-def _elements(formula: str) -> list[str]:
-    from pymatgen.core import Composition
-
-    return [el.symbol for el in Composition(formula).elements] if formula else []
 
 
 def judge_labels(config: CampaignConfig, *, store: CampaignStore, workdir: Path) -> dict[str, Novelty]:
@@ -146,18 +142,11 @@ def stored_novelty(store: CampaignStore) -> dict[str, Novelty]:
     return {h: Novelty.from_dict(d) for h, d in (store.get_meta(META_KEY) or {}).items()}
 
 
-def novelty_label(novelty: Mapping[str, Novelty], h: str) -> str | None:
-    """The verdict text of `h`, None when it was never judged (a reference, or a campaign from before)."""
-    found = novelty.get(h)
-    return None if found is None else found.label
-
-
 __all__ = [
     "BUNDLED",
     "META_KEY",
     "Novelty",
     "NoveltyIndex",
     "judge_labels",
-    "novelty_label",
     "stored_novelty",
 ]
