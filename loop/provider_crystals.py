@@ -92,6 +92,8 @@ class OptimadeSettings(BaseModel):
         for name, url in providers.items():
             if not name or not all(c.isalnum() or c in "_-." for c in name):
                 raise ValueError(f"provider name {name!r}: use letters, digits, '_', '-' or '.'")
+            if name == "bundled":  # verdicts cite the bundled crystals as "known: bundled <id>"
+                raise ValueError("provider name 'bundled' is taken by the bundled crystals; choose another")
             parsed = urlparse(str(url))
             if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.query or parsed.fragment:
                 raise ValueError(
@@ -291,10 +293,13 @@ def read_cache(workdir: Path) -> list[dict[str, Any]]:
     path = cache_file(workdir)
     if not path.is_file():
         return []
-    data = json.loads(path.read_text())
-    if data.get("version") != CACHE_VERSION:
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or "answers" not in data:
         raise CampaignHalted(
-            f"{path}: written by another matloop (cache version {data.get('version')}); delete it"
+            f"{path}: not a cache this matloop wrote (edited by hand?); delete it to fetch again"
         )
     return list(data["answers"])
 

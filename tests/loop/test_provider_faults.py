@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from loop.config import validate_config
+from loop.errors import CampaignHalted, InputError
 from loop.provider_crystals import (
     CACHE_PATH,
     ProviderUnavailable,
@@ -190,3 +191,13 @@ def test_cli_dead_provider_exits_3_and_bad_url_exits_2_in_one_line(tmp_path):
     (line,) = proc.stderr.strip().splitlines()
     assert "references.optimade.providers" in line and "provider srv" in line and "https://host/path" in line
     assert not (tmp_path / "w2").exists()
+
+
+def test_a_cache_edited_by_hand_halts_with_the_fix_and_bundled_is_no_provider_name(tmp_path):
+    path = tmp_path / CACHE_PATH
+    path.parent.mkdir(parents=True)
+    path.write_text('{"version": 1, "answers": [')  # cut short
+    with pytest.raises(CampaignHalted, match=r"optimade\.json: not a cache .*; delete it to fetch again$"):
+        read_cache(tmp_path)
+    with pytest.raises(InputError, match="'bundled' is taken"):
+        settings({"bundled": "https://example.org/optimade"})
