@@ -56,7 +56,8 @@ from pymatgen.core import Structure
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_pool import read_pool, structure_from_compact
 
-STRATEGIES = ("p_stable", "expected_improvement", "ucb", "max_std", "greedy", "random")
+UNIFORM_RANDOM = "uniform_random"  # random picks without the diversity penalty and formula cap
+STRATEGIES = ("p_stable", "expected_improvement", "ucb", "max_std", "greedy", "random", UNIFORM_RANDOM)
 log = logging.getLogger("acquisition")
 
 
@@ -147,33 +148,84 @@ def load_pool(path: Path, *, near_stable: float | None = None, screening: str = 
     )
 
 
-def distinct_candidates(pool: Pool) -> tuple[np.ndarray, np.ndarray]:
-    """One candidate per oracle minimum, and which of those are known crystals.
+def oracle_crystals(pool: Pool, idx: Sequence[int]) -> dict[int, int]:
+    """The oracle crystal of each entry of `idx`: the first entry (in `idx` order) whose oracle-relaxed structure is
+    the same crystal by the campaign's rule (`loop.funnel.KnownIndex`, as `one_per_crystal` judges it)."""
+    from loop.funnel import KnownIndex
 
-    Candidates that look different to the funnel can relax, under the oracle, onto the same crystal: in the Li-Co-O
-    pool 17 diffusion samples end as one LiCoO2. Counting each as a hit rewards labelling one crystal many times.
-    The oracle-relaxed structures are compared by the campaign's own rule for "the same crystal"
-    (`loop.stages.acquire.one_per_crystal`, as `loop.labelling.mark_duplicates` judges labels): each crystal keeps
-    its first candidate in generation order, as a campaign that met the others later would call them duplicates. A
-    kept candidate whose oracle minimum is a reference's crystal is a known crystal, not a discovery. Failed labels
-    stay, each on its own: they cost their call.
+    index = KnownIndex()
+    out: dict[int, int] = {}
+    for i in idx:
+        match = index.find(pool.oracle_structures[i], seed=False)
+        if match is None:
+            index.add(id=str(i), structure=pool.oracle_structures[i])
+            out[i] = i
+        else:
+            out[i] = int(match[0])
+    return out
+
+
+def distinct_candidates(pool: Pool) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
+    """One candidate per emulator-relaxed crystal, which of them are known crystals, and their oracle crystals.
+
+    What a campaign can see decides what it offers: candidates whose emulator-relaxed structures are one crystal are
+    one candidate (`loop.stages.acquire.one_per_crystal` on the screened geometry, as the campaign's acquire stage
+    offers them), each crystal keeping its first candidate in generation order. What the oracle says decides what
+    counts: a kept candidate whose oracle minimum is a reference's crystal is a known crystal, not a discovery, and
+    candidates that the oracle relaxes onto one crystal (17 diffusion samples of the Li-Co-O pool end as one LiCoO2)
+    share that crystal, which the replay counts as a hit once (`replay`). Failed labels stay, each on its own: they
+    cost their call.
 
     Returns:
-        The kept candidates' indices (sorted) and, for the pool's entries, whether each is a known crystal.
+        The kept candidates' indices (sorted); for the pool's entries, whether each is a known crystal; and the
+        oracle crystal (an entry index) of each kept candidate with a label.
     """
+    from loop.funnel import KnownIndex
     from loop.stages.acquire import one_per_crystal
 
     ok = [int(i) for i in pool.cands if np.isfinite(pool.oracle_energy[i])]
     failed = [int(i) for i in pool.cands if not np.isfinite(pool.oracle_energy[i])]
-    kept = [ok[k] for k in one_per_crystal([pool.oracle_structures[i] for i in ok], labelled=[])]
-    refs = [
-        (s.composition.reduced_formula, lambda s=s: s)
-        for s in (pool.oracle_structures[int(i)] for i in pool.refs if np.isfinite(pool.oracle_energy[i]))
-    ]
-    new = {kept[k] for k in one_per_crystal([pool.oracle_structures[i] for i in kept], labelled=refs)}
+    kept = [ok[k] for k in one_per_crystal([pool.structures[i] for i in ok], labelled=[])]
+
+    references = KnownIndex()
+    for i in pool.refs:
+        if np.isfinite(pool.oracle_energy[i]):
+            references.add(id=str(i), structure=pool.oracle_structures[int(i)])
     known = np.zeros(len(pool.entries), dtype=bool)
-    known[[i for i in kept if i not in new]] = True
-    return np.array(sorted(kept + failed), dtype=int), known
+    known[[i for i in kept if references.find(pool.oracle_structures[i], seed=False) is not None]] = True
+    return np.array(sorted(kept + failed), dtype=int), known, oracle_crystals(pool, kept)
+
+
+def campaign_references(pool: Pool, *, max_compounds: int, max_atoms: int = 12) -> list[int]:
+    """The pool's references that a campaign's round 0 labels: every elemental one, and the `max_compounds` compounds
+    of at most `max_atoms` atoms that the pretrained emulator places lowest on the hull of the elements, one per
+    composition (`references.max_compounds`, as `loop.stages.references` chooses them), instead of every bundled
+    crystal of the system (53 for Li-Co-O, where a campaign labels 4)."""
+    from loop.hull import HullEntry, OracleHull
+
+    refs = [int(i) for i in pool.refs]
+    energy = pool.members.mean(axis=0)
+    elements = [i for i in refs if len(pool.structures[i].composition) == 1]
+    hull = OracleHull.from_entries(
+        HullEntry(
+            entry_id=str(i), composition=pool.structures[i].composition, energy_per_atom=float(energy[i])
+        )
+        for i in elements
+    )
+    compounds = [
+        i for i in refs if len(pool.structures[i].composition) > 1 and len(pool.structures[i]) <= max_atoms
+    ]
+    e_hull = hull.evaluate(
+        [pool.structures[i].composition for i in compounds],
+        [float(energy[i]) for i in compounds],
+        [0.0] * len(compounds),
+    ).e_above_hull
+    chosen: dict[str, int] = {}
+    for _, i in sorted(zip(e_hull, compounds, strict=True)):
+        formula = pool.structures[i].composition.reduced_formula
+        if formula not in chosen and len(chosen) < max_compounds:
+            chosen[formula] = i
+    return sorted(elements + list(chosen.values()))
 
 
 def load_committee(pool: Pool, paths: Sequence[Path]) -> dict[str, np.ndarray]:
@@ -424,21 +476,40 @@ def replay(
     seed: int,
     emulator: Any,
     committee: dict[str, np.ndarray] | None = None,
+    references: Sequence[int] | None = None,
+    crystals: dict[int, int] | None = None,
 ) -> dict[str, Any]:
     """One campaign replay; returns hits, calls and per-round emulator metrics.
+
+    `references` are the entries labelled in round 0 (None: every reference of the pool); `crystals` maps a
+    candidate to its oracle crystal (`distinct_candidates`), so that a crystal is counted as a hit once.
 
     With `committee` (`load_committee`), the acquisition sees the emulator's E_hull combined with the other model
     families', as a campaign configured with `committee:` does; the emulator metrics stay the emulator's own.
     """
-    from loop.acquisition import AcquisitionConfig, select_structures
+    from loop.acquisition import AcquisitionConfig, DiversityConfig, select_structures
     from loop.hull import HullEntry, OracleHull
     from loop.stages.acquire import one_per_crystal
     from loop.stages.update import emulator_metrics
     from loop.verdicts import StabilityRule
 
     rule = StabilityRule(near_stable=pool.near_stable)
-    config = AcquisitionConfig(strategy=strategy, budget=budget, seed=seed)
-    labelled = [int(i) for i in pool.refs if np.isfinite(pool.oracle_energy[i])]
+    if strategy == UNIFORM_RANDOM:
+        # The baseline a whole-campaign comparison needs: random picks with no penalty and no cap.
+        config = AcquisitionConfig(
+            strategy="random",
+            budget=budget,
+            seed=seed,
+            diversity=DiversityConfig(max_per_formula=None, similarity_penalty=0.0),
+        )
+    else:
+        config = AcquisitionConfig(strategy=strategy, budget=budget, seed=seed)
+    labelled = [
+        int(i)
+        for i in (pool.refs if references is None else references)
+        if np.isfinite(pool.oracle_energy[i])
+    ]
+    counted: set[int] = set()  # oracle crystals already counted as a hit
     emulator.retrain(labelled, [], round=0)
     available = [int(i) for i in offered]
     per_round = []
@@ -482,7 +553,12 @@ def replay(
         )
         rows = np.asarray(result.indices, dtype=int)
         picks = avail[rows]
-        round_hits = int(pool.hit[picks].sum())
+        round_hits = 0
+        for i in picks:
+            crystal = (crystals or {}).get(int(i), int(i))
+            if pool.hit[i] and crystal not in counted:
+                counted.add(crystal)
+                round_hits += 1
         hits += round_hits
         calls += len(picks)
         pairs = [
@@ -614,10 +690,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     committee = load_committee(pool, [Path(p) for p in args.committee])
     cands = pool.cands
     n_known = 0
+    crystals = None
     if args.distinct:
-        cands, known = distinct_candidates(pool)
+        cands, known, crystals = distinct_candidates(pool)
         n_known = int((known & pool.hit).sum())
         pool.hit = pool.hit & ~known
+    references = (
+        campaign_references(pool, max_compounds=args.max_compounds) if args.campaign_references else None
+    )
     n_offer = max(1, round(args.subset * len(cands)))
     strategies = args.strategies.split(",")
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in strategies}
@@ -646,6 +726,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     seed=seed,
                     emulator=emulator,
                     committee=committee,
+                    references=references,
+                    crystals=crystals,
                 )
             finally:
                 if emulator is not shared:
@@ -684,6 +766,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "mode": args.mode,
             "screening": args.screening,
             "distinct": bool(args.distinct),
+            "round_0_references": "all of the pool's"
+            if references is None
+            else f"{len(references)}, as a campaign labels them",
             "known_crystals_not_counted": n_known,
             "committee": sorted(committee),
             "per_element_refit": bool(args.per_element_refit),
@@ -738,7 +823,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--distinct",
         action="store_true",
-        help="one candidate per oracle minimum, known crystals not counted as hits (distinct_candidates)",
+        help="one candidate per emulator-relaxed crystal (what a campaign offers), each oracle crystal counted as a "
+        "hit once, known crystals not counted (distinct_candidates)",
+    )
+    p.add_argument(
+        "--campaign-references",
+        action="store_true",
+        help="round 0 labels only what a campaign labels (the elements and --max-compounds compounds) instead of "
+        "every reference of the pool",
+    )
+    p.add_argument(
+        "--max-compounds",
+        type=int,
+        default=4,
+        help="compounds labelled in round 0 (references.max_compounds)",
     )
     p.add_argument("--out", help="write the full result (JSON) here")
     return p.parse_args(argv)
