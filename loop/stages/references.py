@@ -70,8 +70,8 @@ def simple_cells(element: str, *, volume_per_atom: float) -> list[KnownStructure
     """The fcc, bcc and hcp cells (1, 1 and 2 atoms, hcp at the ideal c/a) of one element at one volume per atom.
 
     Many elements' ground state at a given level of theory is one of these three even where the data hold only
-    another (the bundled Li rows are cI16 and 9R; GPAW at the demo settings puts fcc Li lowest), and they cost
-    almost nothing to label, so round 0 always labels them: a hull end is then never a polymorph lying above
+    others (the bundled data hold no fcc Li and no hcp Al cell; at the demo's GPAW settings the three Li polymorphs
+    lie within 1 meV/atom, so any of them can be the end), and they cost almost nothing to label, so round 0 always labels them: a hull end is then never a polymorph lying above
     another one. The oracle relaxes them from this volume.
 
     Args:
