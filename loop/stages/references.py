@@ -145,26 +145,15 @@ def provider_crystals(config: CampaignConfig, *, workdir: Path) -> list[Provider
     return out
 
 
-def graphable(known: Sequence[KnownStructure]) -> list[KnownStructure]:
-    """`known` without the crystals the emulator cannot graph (`emulator.graphs`), each noted in the log: such a
-    seed (e.g. mp-689577, one Na atom in 350 Å³) could be neither ranked nor trained on."""
-    kept = []
-    for k in known:
-        if (problem := graph_problem(k.structure)) is None:
-            kept.append(k)
-        else:
-            log.info("reference %s (%s) skipped: %s", k.id, k.structure.composition.reduced_formula, problem)
-    return kept
-
-
 def reference_pool(
     config: CampaignConfig, *, providers: Sequence[KnownStructure] = ()
 ) -> list[KnownStructure]:
     """The known crystals round 0 may label: every elemental polymorph of the target elements up to
     `references.max_element_atoms` atoms (bundled crystals and ASE's reference states) and their fcc, bcc and hcp
-    cells (`simple_cells`; hcp has 2 atoms, so `max_element_atoms: 1` leaves it out), the same crystal given twice kept once (bundled first,
-    then ASE's, then the simple cells, then the providers'), and every bundled compound of the target systems and
-    their subsystems up to `references.max_atoms` atoms, minus the withheld ones, then the providers' compounds.
+    cells (`simple_cells`; hcp has 2 atoms, so `max_element_atoms: 1` leaves it out), the same crystal given
+    twice kept once (bundled first, then ASE's, then the simple cells, then the providers'), and every bundled
+    compound of the target systems and their subsystems up to `references.max_atoms` atoms, minus the withheld
+    ones, then the providers' compounds.
 
     Args:
         providers: Crystals of the OPTIMADE providers not withheld (`provider_crystals`), as `KnownStructure`s.
