@@ -33,6 +33,7 @@ from loop.provider_crystals import (
     subsystem_filters,
 )
 from loop.report import campaign_status, export_discoveries
+from loop.science_report import collect, render_html
 from loop.stages import references, update
 from loop.stages.base import StageContext
 from loop.stages.references import provider_crystals
@@ -292,3 +293,11 @@ def test_every_discovery_is_new_or_a_known_crystal_cited_from_the_server_or_the_
         rows = {r["hash"]: r for r in csv.DictReader(fh)}
     assert {h: rows[h]["novelty"] for h in hashes.values()} == labels
     assert rows[hashes["l12"]]["known_url"].endswith("/materials/mp-2258")
+
+    # The science report links each known crystal to its provider's entry.
+    data = collect(workdir)
+    cited = {d.call.hash: d.novelty.label for d in data.discoveries}
+    assert cited == labels
+    page = render_html(data)
+    assert f'href="{server.url}/v1/structures/srv-b2">known: srv srv-b2</a>' in page
+    assert "Discoveries (3, of which 2 known crystals)" in page
