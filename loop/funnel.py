@@ -34,6 +34,7 @@ FILTERS = (
     "invalid_structure",
     "volume",
     "min_distance",
+    "graph",
     "charge_balance",
     "duplicate_in_batch",
     "known",
@@ -503,6 +504,12 @@ class Funnel:
         if short is not None:
             a, b, d, limit = short
             return "min_distance", f"{a}-{b} distance {d:.2f} Å < {limit:.2f} Å"
+        # The screen could not predict it, nor the emulator train on it, however plausible the cell. (Imported
+        # here: the campaign config imports this module, and the emulator room imports CHGNet.)
+        from emulator.graphs import graph_problem
+
+        if (problem := graph_problem(structure)) is not None:
+            return "graph", problem
         return None
 
 

@@ -108,31 +108,59 @@ def mark_duplicates(store: CampaignStore, hashes: Sequence[str], *, settings_has
     return found
 
 
-def reject_collapsed(result: dict[str, Any], *, settings: dict[str, Any]) -> dict[str, Any]:
-    """`result` as a failure when the oracle's relaxation pulled two atoms closer than `MIN_DISTANCE` Å.
+def reject_unphysical(
+    result: dict[str, Any], *, settings: dict[str, Any], max_volume_per_atom: float | None = None
+) -> dict[str, Any]:
+    """`result` as a failed label when the oracle's final structure cannot be physical, else `result` itself.
 
     A force field's energy of a collapsed cell means nothing: SevenNet relaxed a layered LiPO2 candidate onto atoms
-    0.08 Å apart and reported -2e16 eV/atom, which broke the hull of every later round. The rule is the one the
-    screening relaxation uses (`generator.sanity`).
+    0.08 Å apart and reported -2e16 eV/atom, which broke the hull of every later round (the rule is the one the
+    screening relaxation uses, `generator.sanity`). Nor does that of a cell blown apart: a SevenNet relaxation
+    expanded a 6-atom cell to 230 Å³/atom, and retraining then failed on atoms with no neighbour. In a campaign
+    (`max_volume_per_atom` given) a final structure above the funnel's volume limit, or one the emulator cannot
+    turn into a crystal graph (`emulator.graphs`), is refused as well: the emulator could never train on it.
+
+    Args:
+        result: `OracleResult.to_dict()`.
+        settings: The oracle settings, for the failed result.
+        max_volume_per_atom: The funnel's upper volume limit, Å³/atom (`generator.funnel.volume_per_atom`);
+            None checks the collapse only (`matloop label`, where no emulator trains on the result).
     """
     final = result.get("final_structure")
     if result.get("status") != "ok" or not final:
         return result
     structure = Structure.from_dict(final)
-    distance = shortest_distance(structure)
-    if distance >= MIN_DISTANCE:
+    energy = f"its energy, {result.get('energy_per_atom'):.4g} eV/atom, is not a label"
+    why = _unphysical(structure, max_volume_per_atom=max_volume_per_atom)
+    if why is None:
         return result
-    error = CalculationFailed(
-        f"the oracle's relaxation collapsed the cell (two atoms {distance:.2f} Å apart, below {MIN_DISTANCE} Å); "
-        f"its energy, {result.get('energy_per_atom'):.4g} eV/atom, is not a label"
-    )
     return OracleResult.failure(
-        error,
+        CalculationFailed(f"the oracle's relaxation {why}; {energy}"),
         wall_time=float(result.get("wall_time") or 0.0),
         attempts=int(result.get("attempts") or 1),
         settings=settings,
         metadata=result.get("metadata") or {},
     ).to_dict()
+
+
+def _unphysical(structure: Structure, *, max_volume_per_atom: float | None) -> str | None:
+    """What the oracle's relaxation did to `structure` that no label may keep (see `reject_unphysical`)."""
+    distance = shortest_distance(structure)
+    if distance < MIN_DISTANCE:
+        return f"collapsed the cell (two atoms {distance:.2f} Å apart, below {MIN_DISTANCE} Å)"
+    if max_volume_per_atom is None:
+        return None
+    volume = structure.volume / len(structure)
+    if volume > max_volume_per_atom:
+        return (
+            f"expanded the cell to {volume:.1f} Å³/atom, above the funnel's limit of {max_volume_per_atom:g} "
+            "(generator.funnel.volume_per_atom)"
+        )
+    # Here, not at the top: the emulator room imports CHGNet, which `matloop label` never needs.
+    from emulator.graphs import graph_problem
+
+    problem = graph_problem(structure)
+    return None if problem is None else f"left a structure the emulator cannot graph ({problem})"
 
 
 def label_hashes(
@@ -145,6 +173,7 @@ def label_hashes(
     submit: Callable[..., Any] | None = None,
     as_completed: Callable[[Any], Any] | None = None,
     on_commit: Callable[[], None] | None = None,
+    max_volume_per_atom: float | None = None,
 ) -> dict[str, StoredResult]:
     """Label the structures `hashes` (already in the store), skipping every one that has a stored result.
 
@@ -158,6 +187,8 @@ def label_hashes(
     Args:
         submit / as_completed: A Dask client's `submit` and `distributed.as_completed`; None runs in this process.
         on_commit: Called after each committed result (the campaign checks for stop requests there).
+        max_volume_per_atom: In a campaign, the funnel's upper volume limit, Å³/atom: a result whose final
+            structure exceeds it or cannot be graphed by the emulator is stored as failed (`reject_unphysical`).
 
     Returns:
         The result of every hash: the stored one, or for a transient failure (nothing computed, not stored, so
@@ -172,7 +203,7 @@ def label_hashes(
     transient: dict[str, dict[str, Any]] = {}
 
     def commit(h: str, result: dict[str, Any]) -> None:
-        result = reject_collapsed(result, settings=settings_dict)
+        result = reject_unphysical(result, settings=settings_dict, max_volume_per_atom=max_volume_per_atom)
         # A failure that says nothing lasting about the structure (missing executable, internal fault) is not a
         # label: keep it out of the store so a later round or run can try again.
         if result.get("status") != "ok" and result.get("transient"):

@@ -51,6 +51,7 @@ class LabelStage:
             submit=None if ex is None or ex.inline else ex.submit,
             as_completed=None if ex is None or ex.inline else ex.as_completed,
             on_commit=on_commit,
+            max_volume_per_atom=ctx.config.generator.funnel.volume_per_atom[1],
         )
         return Labels(queried=hashes, results=results)
 

@@ -5,6 +5,7 @@ Energies eV/atom.
 
 from __future__ import annotations
 
+import logging
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -15,6 +16,7 @@ import numpy as np
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Element, Lattice, Structure
 
+from emulator.graphs import graph_problem
 from generator.base import KnownStructure
 from generator.seeds import load_seeds, reference_states, seed_table
 from loop.config import CampaignConfig
@@ -24,6 +26,8 @@ from loop.provider_crystals import ProviderCrystal, cached_provider_crystals, fe
 from loop.stages.base import StageContext
 from loop.store import Query
 from loop.tasks import predict_energies
+
+log = logging.getLogger("matloop")
 
 
 def withheld_records(config: CampaignConfig) -> list[dict[str, Any]]:
@@ -145,6 +149,18 @@ def provider_crystals(config: CampaignConfig, *, workdir: Path) -> list[Provider
     return out
 
 
+def graphable(known: Sequence[KnownStructure]) -> list[KnownStructure]:
+    """`known` without the crystals the emulator cannot graph (`emulator.graphs`), each noted in the log: such a
+    seed (e.g. mp-689577, one Na atom in 350 Å³) could be neither ranked nor trained on."""
+    kept = []
+    for k in known:
+        if (problem := graph_problem(k.structure)) is None:
+            kept.append(k)
+        else:
+            log.info("reference %s (%s) skipped: %s", k.id, k.structure.composition.reduced_formula, problem)
+    return kept
+
+
 def reference_pool(
     config: CampaignConfig, *, providers: Sequence[KnownStructure] = ()
 ) -> list[KnownStructure]:
@@ -163,7 +179,8 @@ def reference_pool(
             built in the oracle's level of theory.
     """
     refs = config.references
-    bundled = load_seeds(chemical_systems=config.chemical_systems, withhold=config.withholding)
+    bundled = graphable(load_seeds(chemical_systems=config.chemical_systems, withhold=config.withholding))
+    providers = graphable(providers)
     elements = [
         k
         for k in [

@@ -5,6 +5,7 @@ Units: energies eV, forces eV/Å, stress GPa, times s.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from emulator.graphs import graph_problem
 from generator.base import get_generator_class
 from generator.seeds import seed_table
 from loop.checkpoints import CHECKPOINT_KINDS, checkpoint_sha256
@@ -22,13 +24,16 @@ from loop.stages.shared import discoveries
 from loop.store import CampaignStore
 from loop.tasks import fine_tune_emulator, fine_tune_generator
 
+log = logging.getLogger("matloop")
+
 
 def training_labels(config: CampaignConfig, store: CampaignStore, *, frames: int = 0) -> list[dict[str, Any]]:
     """The emulator's training data: every successful oracle label of this campaign's oracle settings.
 
     Each label pairs the oracle's energy, forces and stress with the structure they belong to: the oracle's final
     (relaxed) structure, never the queried input. Labels whose final structure duplicates an earlier one's are
-    kept (a second, independent sample of the same minimum costs nothing and weighs it as observed).
+    kept (a second, independent sample of the same minimum costs nothing and weighs it as observed). A label or
+    frame whose structure the emulator cannot graph (`emulator.graphs`) is left out, with a line in the log.
 
     Args:
         config: The campaign config (its oracle settings select the labels).
@@ -46,6 +51,11 @@ def training_labels(config: CampaignConfig, store: CampaignStore, *, frames: int
     structures = store.get_structures([r.structure_hash for r in results])
     data: list[dict[str, Any]] = []
     for r in results:
+        # Labels stored before the label stage refused such results (or by another oracle path) may still hold
+        # a structure the emulator cannot graph: training on them would fail, so they are left out and said so.
+        if (problem := graph_problem(structures[r.structure_hash])) is not None:
+            log.warning("label %s is left out of the emulator's training: %s", r.hash, problem)
+            continue
         data.append(
             {
                 "structure": structures[r.structure_hash],
@@ -72,6 +82,7 @@ def training_labels(config: CampaignConfig, store: CampaignStore, *, frames: int
                 "kind": "frame",
             }
             for i in picks
+            if graph_problem(steps[i].structure) is None
         )
     return data
 
