@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from mlflow.tracking import MlflowClient
 from pymatgen.core import Lattice, Structure
 
 from generator.seeds import load_seeds
 from loop.campaign import Campaign, run_stage
+from loop.campaign_tracking import track_round
 from loop.config import validate_config
 from loop.errors import InputError
 from loop.labelling import label_hashes
@@ -293,6 +295,16 @@ def test_every_discovery_is_new_or_a_known_crystal_cited_from_the_server_or_the_
         rows = {r["hash"]: r for r in csv.DictReader(fh)}
     assert {h: rows[h]["novelty"] for h in hashes.values()} == labels
     assert rows[hashes["l12"]]["known_url"].endswith("/materials/mp-2258")
+
+    # MLflow: the round run and the campaign's parent run count new discoveries apart from rediscoveries.
+    store = CampaignStore.in_workdir(workdir)
+    logged = track_round(cfg, store=store, round=1, workdir=workdir)
+    store.close()
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow' / 'mlflow.db'}")
+    round_run = client.get_run(logged["round_run"]).data.metrics
+    assert round_run["update.n_new_discoveries"] == 1 and round_run["update.n_rediscoveries_new"] == 2
+    parent = client.get_run(logged["parent_run"]).data.metrics
+    assert parent["update.cumulative_new_discoveries"] == 1 and parent["update.cumulative_rediscoveries"] == 2
 
     # The science report links each known crystal to its provider's entry.
     data = collect(workdir)
