@@ -43,11 +43,15 @@ class GenerationContext:
         known: Known crystals (seed data plus the campaign's discoveries) to substitute on or learn from.
         chemical_systems: Target chemical systems such as "Li-Fe-P-O"; empty means unrestricted.
         conditions: Property conditions for conditional generators, e.g. {"band_gap": (1.5, 3.0)}.
+        compositions: Reduced formulas the round needs, most needed first (`generator.compositions`); generators
+            that make a given composition (random search, diffusion) work down this list, several structures per
+            composition; empty leaves the choice to each generator.
     """
 
     known: Sequence[KnownStructure] = ()
     chemical_systems: Sequence[str] = ()
     conditions: dict[str, Any] = field(default_factory=dict)
+    compositions: Sequence[str] = ()
 
 
 @dataclass

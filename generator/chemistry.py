@@ -15,7 +15,13 @@ from pymatgen.core import Composition, Element
 
 from generator.base import GeneratorError
 
-ChargeRule = Literal["pymatgen", "common"]
+ChargeRule = Literal["pymatgen", "common", "allowed"]
+CompositionClass = Literal["common", "icsd", "full", "anion_rich", "metal_rich", "intermetallic"]
+
+METAL_RICH_MAX_RATIO = 6
+"""Most metal atoms per non-metal atom of a metal-rich composition (Ti6O, Fe3P, Ni3B, Cs11O3 lie within it)."""
+ANION_RICH_MAX_RATIO = 3
+"""Most anion atoms per other atom of an anion-rich composition (KO3, MgB2 and CoP3 lie within it)."""
 
 
 class ChemistryError(GeneratorError):
@@ -133,6 +139,99 @@ def neutral_counts(counts: Mapping[int, int]) -> bool:
     return len(key) <= 1 or 0 in reachable_charges(key)
 
 
+@cache
+def _all_states(symbol: str) -> tuple[int, ...]:
+    """Every oxidation state pymatgen knows for an element: its full list joined with the ICSD one, without 0."""
+    el = Element(symbol)
+    return tuple(sorted((set(el.oxidation_states) | set(el.icsd_oxidation_states or ())) - {0}))
+
+
+@lru_cache(maxsize=65536)
+def _site_sums(states: tuple[int, ...], n: int) -> frozenset[int]:
+    """Every total of `n` sites that each take one of `states` (mixed valence allowed)."""
+    if n == 0 or not states:
+        return frozenset({0}) if n == 0 else frozenset()
+    half = _site_sums(states, n // 2)
+    out = {a + b for a in half for b in half}
+    if n % 2:
+        out = {a + q for a in out for q in states}
+    return frozenset(out)
+
+
+@lru_cache(maxsize=262144)
+def classify_counts(counts: tuple[tuple[str, int], ...]) -> CompositionClass | None:
+    """The composition rule of generation and of the funnel's "allowed" charge rule, on (symbol, count) pairs.
+
+    A compound (two or more elements) is allowed, and classed by the first test it passes:
+
+    1. "intermetallic": every element is a metal (no formal charges; any ratio).
+    2. "common": one common oxidation state per element balances it (`neutral_counts`, SMACT-style).
+    3. "icsd": per-site ICSD oxidation states balance it (pymatgen's `oxi_state_guesses`, mixed valence):
+       Ti2O3, Fe3O4, and many metal-rich pnictides and chalcogenides (Co2P, Ni12P5, Ni3S2, Ni3B, Mn5Si3).
+    4. "full": per-site states from pymatgen's full lists (`Element.oxidation_states` joined with the ICSD
+       ones) balance it, metals positive and the anion (the most electronegative non-metal) negative:
+       peroxides (K2O2), Fe2P, Fe3P, Fe3C, V3Si.
+    5. "anion_rich": the cations' total charge (same states) can be shared by more anions than balance allows,
+       with at least 1/3 of a charge per anion and at most `ANION_RICH_MAX_RATIO` anions per other atom, for
+       anions that can take -2 or less (not halogens): anion-anion bonds such as superoxides and ozonides
+       (KO2, KO3), polysulfides, polyphosphides, boride and carbide networks (MgB2, TiB2).
+    6. "metal_rich": the cations' smallest total charge exceeds what every anion at its most negative state
+       can take: metal-metal bonds beyond every oxidation-state list, as in suboxides (Ti2O, Ti6O, Zr3O,
+       Cs11O3) and metal-rich phosphides, silicides, sulfides and antimonides (Ti3P, Nb3Si, Ta2S, Pd4S,
+       Ti3Sb), up to `METAL_RICH_MAX_RATIO` metal atoms per non-metal atom.
+
+    Anything else (one element, an anion-rich excess beyond either bound, a metal-rich excess beyond the ratio)
+    is None.
+    """
+    key = tuple((s, c) for s, c in counts if c > 0)
+    if len(key) <= 1:
+        return None
+    metals = [(s, c) for s, c in key if Element(s).is_metal]
+    if len(metals) == len(key):
+        return "intermetallic"
+    if neutral_counts({Element(s).Z: c for s, c in key}):
+        return "common"
+    if _balanced_pymatgen(Composition(dict(key)).reduced_formula):
+        return "icsd"
+    nonmetals = [(s, c) for s, c in key if not Element(s).is_metal]
+    anion, n_anion = max(nonmetals, key=lambda sc: (Element(sc[0]).X, Element(sc[0]).Z))
+    anion_states = tuple(q for q in _all_states(anion) if q < 0)
+    if not anion_states:
+        return None
+    cation_totals = {0}
+    for s, c in key:
+        if s == anion:
+            continue
+        states = _all_states(s)
+        states = tuple(q for q in states if q > 0) if Element(s).is_metal else states
+        cation_totals = {t + r for t in cation_totals for r in _site_sums(states, c)}
+    anion_totals = _site_sums(anion_states, n_anion)
+    if any(-t in anion_totals for t in cation_totals):
+        return "full"
+    most = n_anion * max(-q for q in anion_states)
+    n_other = sum(c for s, c in key if s != anion)
+    # halogens (most negative state -1) bond to each other only in rare polyhalides
+    bonds = min(anion_states) <= -2
+    if (
+        bonds
+        and n_anion <= ANION_RICH_MAX_RATIO * n_other
+        and any(n_anion <= 3 * t <= 3 * most for t in cation_totals)
+    ):
+        return "anion_rich"
+    n_metal = sum(c for _, c in metals)
+    if min(cation_totals) > most and n_metal <= METAL_RICH_MAX_RATIO * sum(c for _, c in nonmetals):
+        return "metal_rich"
+    return None
+
+
+def composition_class(comp: Composition) -> CompositionClass | None:
+    """`classify_counts` of a composition (reduced first; oxidation states on species are ignored)."""
+    reduced = comp.element_composition.reduced_composition
+    if any(abs(a - round(a)) > 1e-6 for a in reduced.values()):
+        return None
+    return classify_counts(tuple(sorted((el.symbol, round(a)) for el, a in reduced.items())))
+
+
 def is_charge_balanced(
     comp: Composition, *, rule: ChargeRule = "pymatgen", allow_intermetallics: bool = True
 ) -> bool:
@@ -142,7 +241,9 @@ def is_charge_balanced(
         comp: The composition (oxidation states on species, if any, are ignored).
         rule: "pymatgen" asks whether `Composition.oxi_state_guesses` would find any guess (same ICSD
             oxidation-state lists, mixed valence allowed, computed much faster); "common" is `neutral_counts`
-            (one common oxidation state per element, SMACT-style), the rule the diffusion sampler decodes with.
+            (one common oxidation state per element, SMACT-style), the rule the diffusion sampler decodes with;
+            "allowed" is the composition rule of generation (`classify_counts`: full oxidation-state lists,
+            anion-rich and metal-rich compounds).
         allow_intermetallics: Accept compositions made only of metals (and pure elements) without a charge check.
     """
     element_comp = comp.element_composition
@@ -155,7 +256,9 @@ def is_charge_balanced(
         return _balanced_pymatgen(reduced)
     if rule == "common":
         return _balanced_common(reduced)
-    raise ChemistryError(f"unknown charge-balance rule {rule!r}; choose 'pymatgen' or 'common'")
+    if rule == "allowed":
+        return composition_class(element_comp) not in (None, "intermetallic")
+    raise ChemistryError(f"unknown charge-balance rule {rule!r}; choose 'pymatgen', 'common' or 'allowed'")
 
 
 def enumerate_compositions(

@@ -45,6 +45,9 @@ class RandomSearchSettings(GeneratorSettings):
         distance_factor: Closest allowed contact as a multiple of half the sum of covalent radii (pyxtal's
             default is 1.0, which lets e.g. Li-P sit at 1.2 Å).
         attempts_per_candidate: pyxtal attempts allowed per requested candidate before giving up.
+        structures_per_composition: Structures made for each composition of `GenerationContext.compositions`
+            before the next one (many random structures per composition, as in AIRSS and GNoME's compositional
+            pipeline).
     """
 
     kind: Literal["random_search"] = "random_search"
@@ -58,6 +61,7 @@ class RandomSearchSettings(GeneratorSettings):
     volume_factor: float = Field(1.1, gt=0.3, le=5.0)
     distance_factor: float = Field(1.2, gt=0, le=2.0)
     attempts_per_candidate: int = Field(4, ge=1)
+    structures_per_composition: int = Field(4, ge=1)
 
     @field_validator("formulas")
     @classmethod
@@ -120,7 +124,9 @@ class RandomSearchGenerator(Generator):
         self.settings = settings or RandomSearchSettings()
 
     def compositions(self, context: GenerationContext) -> list[Composition]:
-        """The compositions (formula units) this generator will sample for `context`.
+        """The compositions (formula units) this generator will sample for `context`: the settings' formulas,
+        else the context's compositions (those whose formula unit fits `max_atoms`), else compositions
+        enumerated from its chemical systems.
 
         Raises:
             GeneratorError: If there are neither formulas nor chemical systems, or a system has no
@@ -129,6 +135,9 @@ class RandomSearchGenerator(Generator):
         cfg = self.settings
         if cfg.formulas:
             return [parse_formula(f).reduced_composition for f in cfg.formulas]
+        if context.compositions:
+            comps = [parse_formula(f).reduced_composition for f in context.compositions]
+            return [c for c in comps if c.num_atoms <= cfg.max_atoms]
         if not context.chemical_systems:
             raise GeneratorError(
                 "random search needs settings.formulas or context.chemical_systems; give one"
@@ -151,10 +160,13 @@ class RandomSearchGenerator(Generator):
         return out
 
     def generate(self, *, n: int, context: GenerationContext, seed: int = 0) -> list[Candidate]:
-        """Propose up to `n` random symmetric crystals, cycling over the compositions.
+        """Propose up to `n` random symmetric crystals.
 
-        Each candidate's `info` holds the formula, formula units, the space group drawn, and the volume
-        factor. Fewer than `n` come back only if pyxtal fails `attempts_per_candidate * n` times.
+        With the context's compositions: `structures_per_composition` structures for each composition in turn,
+        most needed first, a composition pyxtal cannot place being passed over after its attempts. Otherwise
+        cycling over the compositions. Each candidate's `info` holds the formula, formula units, the space group
+        drawn, and the volume factor. Fewer than `n` come back only if pyxtal fails
+        `attempts_per_candidate * n` times (or the context's compositions run out).
 
         Raises:
             GeneratorError: On a negative `n`, or see `compositions`.
@@ -165,6 +177,8 @@ class RandomSearchGenerator(Generator):
         comps = self.compositions(context)
         groups = tuple(cfg.space_groups or range(2, 231))
         rng = np.random.default_rng(seed)
+        if context.compositions and not cfg.formulas:
+            return self._per_composition(n, comps, groups, rng)
         out: list[Candidate] = []
         attempts = 0
         while len(out) < n and attempts < cfg.attempts_per_candidate * max(n, 1):
@@ -175,6 +189,26 @@ class RandomSearchGenerator(Generator):
                 continue
             structure, info = structure_info
             out.append(Candidate(structure=structure, source=self.name, parent=None, info=info))
+        return out
+
+    def _per_composition(
+        self, n: int, comps: list[Composition], groups: tuple[int, ...], rng: np.random.Generator
+    ) -> list[Candidate]:
+        cfg = self.settings
+        out: list[Candidate] = []
+        for comp in comps:
+            want = min(cfg.structures_per_composition, n - len(out))
+            if want <= 0:
+                break
+            made = 0
+            for _ in range(cfg.attempts_per_candidate * want):
+                structure_info = self._attempt(comp, groups, rng)
+                if structure_info is not None:
+                    structure, info = structure_info
+                    out.append(Candidate(structure=structure, source=self.name, parent=None, info=info))
+                    made += 1
+                    if made >= want:
+                        break
         return out
 
     def _attempt(

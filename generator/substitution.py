@@ -603,6 +603,214 @@ def prototype_parents(
     return out
 
 
+@lru_cache(maxsize=65536)
+def element_substitution_probability(old: str, new: str) -> float:
+    """P(new | old) between two elements: the largest Hautier probability over their species of one sign (a
+    cation for a cation, an anion for an anion); 1 for the same element, 0 when no such pair is in the table."""
+    if old == new:
+        return 1.0
+    model = _probability_model()
+    olds, news = _species_pool(frozenset({old})), _species_pool(frozenset({new}))
+    return max(
+        (float(model.cond_prob(b, a)) for a in olds for b in news if _same_sign(a, b)),
+        default=0.0,
+    )
+
+
+@lru_cache(maxsize=65536)
+def _reduced_counts(formula: str) -> tuple[tuple[str, int], ...]:
+    comp = Composition(formula).reduced_composition
+    return tuple(sorted((el.symbol, round(a)) for el, a in comp.items()))
+
+
+@lru_cache(maxsize=262144)
+def decoration_map(
+    parent_formula: str, target_formula: str
+) -> tuple[float, tuple[tuple[str, str], ...]] | None:
+    """The element map that decorates a parent's structure type with a target composition, and its score.
+
+    Elements are paired by their share of the formula (the anonymous formulas must agree); among elements of
+    equal share, the pairing with the largest product of `element_substitution_probability` is taken, so the
+    anion of the parent carries the anion of the target. Returns (score, ((old, new), ...)) or None when the
+    anonymous formulas differ or some pair has no probability.
+    """
+    parent, target = _reduced_counts(parent_formula), _reduced_counts(target_formula)
+    if sorted(c for _, c in parent) != sorted(c for _, c in target):
+        return None
+    score, pairs = 1.0, []
+    for amount in sorted({c for _, c in parent}):
+        olds = [s for s, c in parent if c == amount]
+        news = [s for s, c in target if c == amount]
+        best: tuple[float, tuple[str, ...]] | None = None
+        for perm in itertools.permutations(news):
+            p = float(
+                np.prod([element_substitution_probability(o, n) for o, n in zip(olds, perm, strict=True)])
+            )
+            if best is None or p > best[0]:
+                best = (p, perm)
+        assert best is not None
+        if best[0] <= 0:
+            return None
+        score *= best[0]
+        pairs.extend(zip(olds, best[1], strict=True))
+    return score, tuple(sorted(pairs))
+
+
+def _radius(symbol: str) -> float:
+    el = Element(symbol)
+    return float(el.atomic_radius or el.atomic_radius_calculated or 1.5)
+
+
+def decorate(structure: Structure, mapping: dict[str, str]) -> Structure:
+    """The parent's structure with its elements replaced by `mapping` (all sites of an element at once), its
+    volume scaled by the ratio of the summed cubes of the atomic radii (Å) so the cell starts near a
+    plausible density; fractional coordinates are the parent's."""
+    child = structure.copy()
+    child.remove_oxidation_states()
+    old = sum(_radius(site.specie.symbol) ** 3 for site in child)
+    child.replace_species({a: b for a, b in mapping.items() if a != b})
+    new = sum(_radius(site.specie.symbol) ** 3 for site in child)
+    child.scale_lattice(child.volume * new / old)
+    return child
+
+
+@dataclass(frozen=True)
+class Decoration:
+    """A bundled structure type decorated with a target composition.
+
+    Attributes:
+        prototype: The structure type (`prototype_key`).
+        material_id: The bundled crystal that represents it (best score of its members).
+        formula: The target's reduced formula.
+        mapping: (parent element, target element) pairs.
+        score: Product of the pairs' substitution probabilities (`decoration_map`).
+        rank_score: What decorations are ranked by: the target composition's weight times `score`, halved for
+        each better-scoring decoration of the same formula (so formulas take turns instead of the heaviest
+            one taking every slot).
+    """
+
+    prototype: str
+    material_id: str
+    formula: str
+    mapping: tuple[tuple[str, str], ...]
+    score: float
+    rank_score: float
+
+
+def prototype_decorations(
+    *,
+    weights: dict[str, float],
+    max_sites: int,
+    withhold: Withholding | None = None,
+    exclude: Collection[tuple[str, str]] = (),
+    splits: Sequence[str] = SPLITS,
+) -> list[Decoration]:
+    """Every bundled structure type whose anonymous formula is that of a target composition, decorated with it.
+
+    For each target formula (`weights`: reduced formula -> weight, e.g. from `generator.compositions`) every
+    bundled crystal of the same anonymous formula (two or more elements, at most `max_sites` atoms, not
+    withheld) is a candidate parent; the best-scoring crystal (`decoration_map`) of each prototype represents it.
+    A prototype is decorated once per target formula that fits it, so the search covers every structure type
+    of every allowed composition instead of the types the ionic substitution table reaches.
+
+    Args:
+        weights: Target reduced formulas and their weights (formulas of one element are ignored).
+        max_sites: Largest parent cell, atoms (the child has as many).
+        withhold: Crystals hidden from the campaign; never parents.
+        exclude: (prototype, formula) pairs already spent, skipped.
+        splits: Bundled splits searched.
+
+    Returns:
+        Decorations, highest `rank_score` first (ties: prototype, formula).
+    """
+    targets: dict[str, list[str]] = {}
+    for formula in weights:
+        counts = _reduced_counts(formula)
+        if len(counts) >= 2:
+            anonymous = Composition(dict(counts)).anonymized_formula
+            targets.setdefault(anonymous, []).append(formula)
+    table = seed_table(splits=splits)
+    mask = (table["n_sites"] <= max_sites) & table["anonymous_formula"].isin(set(targets))
+    if withhold:
+        mask &= ~withhold.mask(table)
+    rows = table[mask]
+    spent = set(exclude)
+    best: dict[tuple[str, str], tuple[float, str, tuple[tuple[str, str], ...]]] = {}
+    for ident, parent_formula, anonymous, group, n_sites in zip(
+        rows["material_id"],
+        rows["reduced_formula"],
+        rows["anonymous_formula"],
+        rows["spacegroup.number"],
+        rows["n_sites"],
+        strict=True,
+    ):
+        proto = prototype_key(anonymous_formula=anonymous, spacegroup=int(group), n_sites=int(n_sites))
+        for formula in targets[anonymous]:
+            if (proto, formula) in spent:
+                continue
+            found = decoration_map(parent_formula, formula)
+            if found is None:
+                continue
+            key = (proto, formula)
+            if key not in best or (-found[0], str(ident)) < (-best[key][0], best[key][1]):
+                best[key] = (found[0], str(ident), found[1])
+    by_formula: dict[str, list[tuple[float, str, str, tuple[tuple[str, str], ...]]]] = {}
+    for (proto, formula), (score, ident, mapping) in best.items():
+        by_formula.setdefault(formula, []).append((score, proto, ident, mapping))
+    out = []
+    for formula, found in by_formula.items():
+        for k, (score, proto, ident, mapping) in enumerate(sorted(found, key=lambda t: (-t[0], t[1]))):
+            out.append(
+                Decoration(
+                    prototype=proto,
+                    material_id=ident,
+                    formula=formula,
+                    mapping=mapping,
+                    score=score,
+                    rank_score=weights[formula] * score * 0.5**k,
+                )
+            )
+    return sorted(out, key=lambda d: (-d.rank_score, d.prototype, d.formula))
+
+
+def decorated_candidates(
+    decorations: Sequence[Decoration], *, splits: Sequence[str] = SPLITS
+) -> Iterator[Candidate]:
+    """The children of `decorations`, in their order (parents parsed in batches as they are needed).
+
+    Each candidate's `info`: operation "decoration", parent_prototype, formula, mapping and score.
+    """
+    batch = 32
+    for start in range(0, len(decorations), batch):
+        chunk = decorations[start : start + batch]
+        parents = {k.id: k for k in load_seeds(splits=splits, ids=[d.material_id for d in chunk])}
+        for d in chunk:
+            child = decorate(parents[d.material_id].structure, dict(d.mapping))
+            yield Candidate(
+                structure=child,
+                source=SubstitutionGenerator.name,
+                parent=d.material_id,
+                info={
+                    "operation": "decoration",
+                    "parent_prototype": d.prototype,
+                    "formula": d.formula,
+                    "substitutions": {a: b for a, b in d.mapping if a != b},
+                    "score": round(d.score, 8),
+                },
+            )
+
+
+def structure_prototype(structure: Structure, *, symprec: float = 0.1) -> str:
+    """`prototype_key` of a structure: its anonymous formula, space group (at `symprec`, Å; 1 when spglib
+    fails) and atoms in the cell."""
+    dataset = _symmetry_dataset(structure, symprec)
+    return prototype_key(
+        anonymous_formula=structure.composition.reduced_composition.anonymized_formula,
+        spacegroup=int(dataset.number) if dataset is not None else 1,
+        n_sites=len(structure),
+    )
+
+
 def substitution_score(old: str, new: str) -> float:
     """P(new | old) for two species strings such as "Mn2+" and "Fe2+" (Hautier et al. data).
 
@@ -623,9 +831,16 @@ def substitution_score(old: str, new: str) -> float:
 
 
 __all__ = [
+    "Decoration",
     "SubstitutionGenerator",
     "SubstitutionSettings",
+    "decorate",
+    "decorated_candidates",
+    "decoration_map",
+    "element_substitution_probability",
+    "prototype_decorations",
     "prototype_key",
     "prototype_parents",
+    "structure_prototype",
     "substitution_score",
 ]

@@ -83,8 +83,9 @@ class FunnelConfig(BaseModel):
         volume_per_atom: Accepted range of cell volume per atom, Å³.
         min_distance: Absolute minimum interatomic distance, Å.
         min_distance_factor: Pairs closer than this fraction of the sum of the two atomic radii are rejected.
-        charge_balance: "pymatgen" (ICSD-based oxidation-state guesses), "common" (SMACT-style, common
-            oxidation states and electronegativity order) or "off".
+        charge_balance: "allowed" (the compositions generation asks for: `generator.chemistry.classify_counts`,
+            full oxidation-state lists, anion-rich and metal-rich compounds), "pymatgen" (ICSD-based
+            oxidation-state guesses), "common" (SMACT-style, common oxidation states) or "off".
         allow_intermetallics: Let all-metal compositions (e.g. Cu-Au) through the charge-balance filter.
         deduplicate: Remove duplicates within the batch and of structures the campaign already knows.
         require_novel: Remove candidates matching a seed structure.
@@ -101,7 +102,7 @@ class FunnelConfig(BaseModel):
     volume_per_atom: tuple[float, float] = (4.0, 150.0)
     min_distance: float = Field(MIN_DISTANCE, ge=0)
     min_distance_factor: float = Field(0.5, ge=0)
-    charge_balance: Literal["pymatgen", "common", "off"] = "pymatgen"
+    charge_balance: Literal["allowed", "pymatgen", "common", "off"] = "allowed"
     allow_intermetallics: bool = True
     deduplicate: bool = True
     require_novel: bool = True

@@ -11,6 +11,10 @@ chemical system) every completion is enumerated, so the check is exact. Otherwis
 unit and a relaxation before it (each remaining unit may take any oxidation state offered by the allowed
 elements): it never rejects a completable choice, and dead ends are rare because many elements share each
 oxidation state.
+
+With a `formula`, the constraint asks for that composition exactly instead: a crystal of N atoms must end with
+N / (atoms per formula unit) formula units, so a unit may only take an element still short of its share and the
+units left must fill the shortfalls exactly.
 """
 
 from __future__ import annotations
@@ -40,16 +44,26 @@ class CompositionConstraint:
         allowed_z: Elements the sampler may emit.
         required: Elements that must all appear (a requested chemical system).
         charge_balance: Also require that a charge-balanced completion exists.
+        formula: {atomic number: atoms per formula unit}: every crystal must have exactly this composition
+            (then `charge_balance` is not checked: the composition was chosen by the caller).
     """
 
     exact_max_elements = 4  # up to this many allowed elements, completions are enumerated exactly
 
     def __init__(
-        self, *, allowed_z: Iterable[int], required: Sequence[int] = (), charge_balance: bool = True
+        self,
+        *,
+        allowed_z: Iterable[int],
+        required: Sequence[int] = (),
+        charge_balance: bool = True,
+        formula: Mapping[int, int] | None = None,
     ):
         self.allowed = tuple(sorted(int(z) for z in allowed_z))
         self.required = tuple(int(z) for z in required)
         self.charge_balance = charge_balance
+        self.formula = (
+            tuple(sorted((int(z), int(c)) for z, c in formula.items() if c > 0)) if formula else None
+        )
         self._unit_charges = tuple(sorted({q for z in self.allowed for q in oxidation_states(z)}))
         self._any_metal = any(is_metal(z) for z in self.allowed)
 
@@ -84,6 +98,8 @@ class CompositionConstraint:
 
         With `max_species`, a crystal that already has that many elements must be completed with them.
         """
+        if self.formula is not None:
+            return self._fits_formula(_key(counts), tuple(sorted(remaining, reverse=True)))
         present = {z for z, c in counts.items() if c > 0}
         missing = [z for z in self.required if z not in present]
         if len(missing) > len(remaining):
@@ -107,6 +123,24 @@ class CompositionConstraint:
         reach = self._remaining_sums(tuple(sorted(remaining)))
         return any(-q in reach for q in _charges(_key(counts)))
 
+    @functools.lru_cache(maxsize=20_000)  # noqa: B019 - one instance per sampling call, bounded cache
+    def _fits_formula(self, key: tuple[tuple[int, int], ...], remaining: tuple[int, ...]) -> bool:
+        """Whether units of multiplicities `remaining` (largest first) complete `key` to whole formula units."""
+        assert self.formula is not None
+        per_unit = sum(c for _, c in self.formula)
+        total = sum(c for _, c in key) + sum(remaining)
+        if total % per_unit:
+            return False
+        have = dict(key)
+        if set(have) - {z for z, _ in self.formula}:
+            return False
+        short = [c * (total // per_unit) - have.get(z, 0) for z, c in self.formula]
+        if min(short) < 0:
+            return False
+        if all(m == 1 for m in remaining):
+            return True  # single atoms fill any shortfall; the totals already agree
+        return _fill(tuple(short), remaining)
+
     def allowed_for(
         self,
         counts: Mapping[int, int],
@@ -123,6 +157,21 @@ class CompositionConstraint:
             nxt[z] = nxt.get(z, 0) + multiplicity
             out.append(self.feasible(nxt, remaining, max_species=max_species))
         return out
+
+
+@functools.lru_cache(maxsize=20_000)
+def _fill(short: tuple[int, ...], remaining: tuple[int, ...]) -> bool:
+    """Whether the units `remaining` (largest first) can be shared out to make every shortfall exactly zero."""
+    if not remaining:
+        return not any(short)
+    m, rest = remaining[0], remaining[1:]
+    tried = set()
+    for i, s in enumerate(short):
+        if s >= m and s not in tried:
+            tried.add(s)  # equal shortfalls are interchangeable
+            if _fill(tuple(sorted((*short[:i], s - m, *short[i + 1 :]), reverse=True)), rest):
+                return True
+    return False
 
 
 def counts_of(zs: Iterable[int]) -> dict[int, int]:

@@ -25,6 +25,7 @@ from generator.base import (
     GeneratorSettings,
     register,
 )
+from generator.chemistry import parse_formula
 from generator.diffusion.charge import CompositionConstraint
 from generator.diffusion.conditions import (
     Condition,
@@ -64,6 +65,8 @@ class DiffusionSettings(GeneratorSettings):
         species_prior: Cap each crystal's number of elements at a draw from the training distribution.
         require_charge_balance: Also drop compositions that are not charge-balanced in `generate` (only
             matters with `charge_balance` off; then it oversamples threefold).
+        structures_per_composition: Crystals sampled for each composition of `GenerationContext.compositions`
+            before the next one (their types decoded to that composition exactly).
     """
 
     kind: Literal["diffusion"] = "diffusion"
@@ -80,6 +83,7 @@ class DiffusionSettings(GeneratorSettings):
     space_group_templates: bool = SamplingOptions.space_group_templates
     species_prior: bool = SamplingOptions.species_prior
     require_charge_balance: bool = False
+    structures_per_composition: int = Field(default=4, ge=1)
 
     def sampling_options(self) -> SamplingOptions:
         """The sampler's share of these settings."""
@@ -149,6 +153,7 @@ def iter_sample_batches(
     num_atoms: int | None = None,
     seed: int = 0,
     options: SamplingOptions | None = None,
+    formula: str | None = None,
 ) -> Iterator[list[Structure]]:
     """Sample `n` crystals (unfiltered) from a diffusion checkpoint, yielding them batch by batch.
 
@@ -162,10 +167,19 @@ def iter_sample_batches(
             group, from its templates).
         seed: Random seed (same seed, same crystals).
         options: How to sample (`SamplingOptions`; default: its defaults, which are `DiffusionSettings`'s).
+        formula: Sample this composition exactly (a reduced formula such as "Ti2O3"): whole formula units
+            (atom counts that are multiples of the formula unit), types decoded to it; the chemical_system
+            condition becomes its elements.
     """
     options = options or SamplingOptions()
     if n < 0:
         raise GeneratorError(f"n={n} is negative; ask for at least one crystal")
+    target = None
+    if formula is not None:
+        target = parse_formula(formula)
+        system = "-".join(sorted(el.symbol for el in target.elements))
+        conditions = {**(conditions or {}), "chemical_system": system}
+        options = replace(options, mask_system=True)
     conds = validate_conditions(conditions)
     model, payload = _load(checkpoint)
     minimum = _check_request(conds, num_atoms, payload)
@@ -179,11 +193,14 @@ def iter_sample_batches(
             allowed_z=chem.elements if chem else stats["allowed_z"],
             required=chem.elements if chem else (),
             charge_balance=options.charge_balance,
+            formula={el.Z: round(a) for el, a in target.items()} if target is not None else None,
         )
         if options.charge_balance or chem
         else None
     )
     what = f"{conds['chemical_system'].describe()} " if chem else ""
+    if target is not None:
+        what = f"{target.reduced_formula} "
     rows = None
     hist = list(stats["num_atoms_hist"])
     if "space_group" in conds and options.space_group_templates:
@@ -205,6 +222,11 @@ def iter_sample_batches(
         sizes = [num_atoms] if num_atoms is not None else range(1, len(hist))
         ok = [k for k in sizes if constraint.feasible({}, [1] * k)]
         if not ok:
+            if target is not None:
+                raise GeneratorError(
+                    f"no crystal of 1-{MAX_ATOMS} atoms (num_atoms {num_atoms}) holds whole formula units of "
+                    f"{target.reduced_formula}; choose a smaller formula or another num_atoms"
+                )
             raise GeneratorError(
                 f"no charge-balanced {what}composition has {num_atoms} atoms; choose another num_atoms "
                 "or use --no-charge-balance"
@@ -280,12 +302,13 @@ def sample_structures(
     seed: int = 0,
     options: SamplingOptions | None = None,
     on_batch: Callable[[list[Structure]], None] | None = None,
+    formula: str | None = None,
     **changes: Any,
 ) -> list[Structure]:
     """Sample crystals (unfiltered) and return them in sampling order.
 
     Args:
-        n, conditions, checkpoint, num_atoms, seed, options: As in `iter_sample_batches`.
+        n, conditions, checkpoint, num_atoms, seed, options, formula: As in `iter_sample_batches`.
         on_batch: Called with each finished batch (e.g. to append it to a file).
         **changes: `SamplingOptions` fields to change from `options` (e.g. steps=20), for short scripts.
     """
@@ -297,6 +320,7 @@ def sample_structures(
         "checkpoint": checkpoint,
         "num_atoms": num_atoms,
         "seed": seed,
+        "formula": formula,
     }
     for batch in iter_sample_batches(**request, options=options):
         if on_batch is not None:
@@ -321,9 +345,14 @@ class DiffusionGenerator(Generator):
         """Propose up to `n` structurally valid crystals honouring `context` (conditions, chemical systems).
 
         Context conditions override the settings' defaults; several chemical systems share `n` round-robin.
+        With `context.compositions`, `structures_per_composition` crystals of each composition in turn (most
+        needed first), decoded to it exactly; compositions the model cannot make (more than 20 atoms, an
+        element it never saw) are passed over.
         """
         s = self.settings
         base = {**s.conditions, **dict(context.conditions)}
+        if context.compositions:
+            return self._per_composition(n=n, formulas=context.compositions, base=base, seed=seed)
         systems = list(context.chemical_systems) or [None]
         shares = [n // len(systems) + (1 if i < n % len(systems) else 0) for i in range(len(systems))]
         out: list[Candidate] = []
@@ -352,24 +381,48 @@ class DiffusionGenerator(Generator):
                         continue
                     if s.require_charge_balance and not charge_balanced(st.composition):
                         continue
-                    got.append(
-                        Candidate(
-                            structure=st,
-                            source=self.name,
-                            info={
-                                "conditions": {key: str(v) for key, v in conds.items()},
-                                "steps": s.steps,
-                                "guidance_scale": s.guidance_scale,
-                                "checkpoint": Path(s.checkpoint).name
-                                if s.checkpoint
-                                else SHIPPED_CHECKPOINT.name,
-                                "seed": seed,
-                            },
-                        )
-                    )
+                    got.append(self._candidate(st, conds, seed))
                 attempt += 1
             out.extend(got[:share])
         return out
+
+    def _per_composition(
+        self, *, n: int, formulas: Sequence[str], base: dict[str, Any], seed: int
+    ) -> list[Candidate]:
+        s = self.settings
+        out: list[Candidate] = []
+        for k, formula in enumerate(formulas):
+            want = min(s.structures_per_composition, n - len(out))
+            if want <= 0:
+                break
+            try:
+                structures = sample_structures(
+                    n=int(want * 1.1) + 1 if s.filter_invalid else want,
+                    conditions=base,
+                    checkpoint=s.checkpoint,
+                    seed=seed * 1000 + k,
+                    options=s.sampling_options(),
+                    formula=formula,
+                )
+            except GeneratorError:
+                continue  # this composition is beyond the model (size, elements, template); the next one is not
+            kept = [st for st in structures if not s.filter_invalid or structurally_valid(st)][:want]
+            out.extend(self._candidate(st, {**base, "formula": formula}, seed) for st in kept)
+        return out
+
+    def _candidate(self, structure: Structure, conds: dict[str, Any], seed: int) -> Candidate:
+        s = self.settings
+        return Candidate(
+            structure=structure,
+            source=self.name,
+            info={
+                "conditions": {key: str(v) for key, v in conds.items()},
+                "steps": s.steps,
+                "guidance_scale": s.guidance_scale,
+                "checkpoint": Path(s.checkpoint).name if s.checkpoint else SHIPPED_CHECKPOINT.name,
+                "seed": seed,
+            },
+        )
 
     def fine_tune(
         self,

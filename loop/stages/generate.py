@@ -6,15 +6,28 @@ Units: times s.
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import generator  # noqa: F401  (registers the generators)
 from generator.base import Candidate, GenerationContext, KnownStructure, get_generator_class
-from generator.substitution import SubstitutionGenerator, prototype_parents
+from generator.compositions import (
+    AllowedComposition,
+    allowed_compositions,
+    composition_weights,
+    rank_compositions,
+)
+from generator.substitution import (
+    SubstitutionGenerator,
+    decorated_candidates,
+    prototype_decorations,
+    prototype_parents,
+    structure_prototype,
+)
 from loop.candidate_pool import live_candidates
 from loop.config import CampaignConfig
 from loop.funnel import KnownIndex
@@ -27,6 +40,39 @@ log = logging.getLogger("matloop")
 
 SUBSTITUTION_CHUNK = 16  # parents offered to the substitution generator at a time
 PROTOTYPES_MIN = 64  # fewest prototype parents searched per round
+CELL_LIMIT = 40  # atoms per formula unit enumerated when the funnel sets no max_atoms
+GENERATED_SOURCES = ("diffusion", "substitution", "random_search")
+
+
+def cell_limit(config: CampaignConfig) -> int:
+    """The largest cell a candidate may have (the funnel's `max_atoms`), atoms; it bounds the formula units
+    the round asks for."""
+    return config.generator.funnel.max_atoms or CELL_LIMIT
+
+
+def round_compositions(
+    config: CampaignConfig, *, store: CampaignStore, round: int
+) -> tuple[list[AllowedComposition], dict[str, float]]:
+    """The compositions a round asks for, most needed first, and each one's weight (`generator.compositions`).
+
+    Every allowed composition of the target systems up to the cell limit is weighted by its class and size,
+    down-weighted when a labelled structure of that formula is already a hit (stable or near-stable on the
+    latest hull) and for every earlier round that generated it; the order is drawn from the weights with a
+    seed of the campaign and round.
+    """
+    allowed = allowed_compositions(config.chemical_systems, max_atoms=cell_limit(config))
+    hits = {v.hash for v in store.stability() if v.hit}
+    rows = store.structure_rows(
+        where=f"round < ? AND source IN ({','.join('?' * len(GENERATED_SOURCES))})",
+        params=(round, *GENERATED_SOURCES),
+    )
+    rounds_of: dict[str, set[int]] = {}
+    for r in rows:
+        rounds_of.setdefault(r.reduced_formula, set()).add(int(r.round or 0))
+    solved = {store.structure_row(h).reduced_formula for h in hits if store.has_structure(h)}
+    weights = composition_weights(allowed, solved=solved, tried={f: len(v) for f, v in rounds_of.items()})
+    ranked = rank_compositions(allowed, weights=weights, seed=config.seed * 1000 + round)
+    return ranked, {c.formula: w for c, w in zip(allowed, weights, strict=True)}
 
 
 def spent_prototypes(config: CampaignConfig, store: CampaignStore, round: int) -> set[str]:
@@ -42,6 +88,18 @@ def spent_prototypes(config: CampaignConfig, store: CampaignStore, round: int) -
     }
 
 
+def spent_decorations(config: CampaignConfig, store: CampaignStore, round: int) -> set[tuple[str, str]]:
+    """(prototype, formula) pairs spent the same way as `spent_prototypes`: a substitution child of that
+    prototype and formula is labelled or still in the candidate pool."""
+    alive = live_candidates(config, store=store, round=round)
+    rows = store.structure_rows(where="source = ? AND round < ?", params=("substitution", round))
+    return {
+        (r.provenance["parent_prototype"], r.reduced_formula)
+        for r in rows
+        if r.provenance.get("parent_prototype") and r.hash in alive
+    }
+
+
 def substitution_candidates(
     config: CampaignConfig,
     *,
@@ -50,21 +108,37 @@ def substitution_candidates(
     n: int,
     discoveries: Sequence[KnownStructure],
     known: KnownIndex,
+    weights: dict[str, float] | None = None,
 ) -> tuple[list[Candidate], dict[str, int]]:
-    """Up to `n` substitution candidates that search structure types.
+    """Up to `n` substitution candidates that search structure types, from two sources taking turns.
 
-    Parents: the campaign's discoveries, the OPTIMADE providers' crystals not withheld, then one bundled crystal
-    per prototype (`prototype_parents`: every
-    bundled chemical system that substitutes into a target system, best Hautier score first), skipping the
-    withheld crystals and the prototypes used in earlier rounds. Children matching a known structure (`known`,
-    which also receives every child kept) or larger than the funnel's `max_atoms` are dropped here, so a parent
-    whose children are all known yields nothing and the next prototype is tried.
+    Ionic substitution (half of `n` first, then whatever decoration leaves): parents are the campaign's
+    discoveries, the OPTIMADE providers' crystals not withheld, then one bundled crystal per prototype
+    (`prototype_parents`: every bundled chemical system that substitutes into a target system, best Hautier
+    score first; full and partial (SAPS) substitutions), skipping the withheld crystals and spent prototypes.
+    Decoration: every bundled structure type whose anonymous formula is that of an allowed composition
+    (`prototype_decorations`, ranked by substitution probability times the composition's weight from
+    `round_compositions`, or `weights`), skipping (prototype, formula) pairs spent by labels or pool entries,
+    so the search goes on round after round until the types are exhausted.
+    Children matching a known structure (`known`, which also receives every child kept) or larger than the
+    funnel's `max_atoms` are dropped here, so a parent whose children are all known yields nothing and the next
+    one is tried.
 
     Returns:
-        The candidates and counts: parents offered, prototypes skipped as spent, children dropped as known.
+        The candidates and counts: parents offered, prototypes skipped as spent, children dropped as known,
+        decorations on offer and decorations proposed.
     """
     settings = config.generator.substitution
     spent = spent_prototypes(config, store, round)
+    if weights is None:
+        weights = round_compositions(config, store=store, round=round)[1]
+    max_atoms = config.generator.funnel.max_atoms
+    decorations = prototype_decorations(
+        weights=weights,
+        max_sites=min(max_atoms or CELL_LIMIT, settings.max_parent_sites),
+        withhold=config.withholding,
+        exclude=spent_decorations(config, store, round),
+    )
     # The providers' crystals of the target systems (`references.source: optimade`) are parents as well.
     providers = [c.as_known() for c in provider_crystals(config, workdir=store.path.parent) if not c.withheld]
     parents = [
@@ -81,18 +155,31 @@ def substitution_candidates(
         ),
     ]
     made_by = SubstitutionGenerator(settings=settings)
+    counts = {
+        "parents": len(parents),
+        "spent_prototypes": len(spent),
+        "known_children": 0,
+        "decorations_offered": len(decorations),
+        "decorations": 0,
+    }
+
+    def ionic() -> Iterator[Candidate]:
+        for start in range(0, len(parents), SUBSTITUTION_CHUNK):
+            chunk = parents[start : start + SUBSTITUTION_CHUNK]
+            context = GenerationContext(known=chunk, chemical_systems=config.chemical_systems)
+            yield from made_by.generate(
+                n=len(chunk) * settings.max_candidates_per_parent,
+                context=context,
+                seed=config.seed * 1000 + round + start,
+            )
+
     out: list[Candidate] = []
-    counts = {"parents": len(parents), "spent_prototypes": len(spent), "known_children": 0}
-    max_atoms = config.generator.funnel.max_atoms
-    for start in range(0, len(parents), SUBSTITUTION_CHUNK):
-        chunk = parents[start : start + SUBSTITUTION_CHUNK]
-        context = GenerationContext(known=chunk, chemical_systems=config.chemical_systems)
-        made = made_by.generate(
-            n=len(chunk) * settings.max_candidates_per_parent,
-            context=context,
-            seed=config.seed * 1000 + round + start,
-        )
-        for cand in made:
+
+    def take(source: Iterator[Candidate], upto: int) -> None:
+        while len(out) < upto:
+            cand = next(source, None)
+            if cand is None:
+                return
             if max_atoms is not None and len(cand.structure) > max_atoms:
                 continue  # the funnel would drop it; spend the slot on another structure type
             if known.find(cand.structure) is not None:
@@ -101,8 +188,12 @@ def substitution_candidates(
             # two parents can give the same child: keep the first
             known.add(id=f"substitution-{len(out)}", structure=cand.structure, origin="campaign")
             out.append(cand)
-            if len(out) >= n:
-                return out, counts
+            counts["decorations"] += cand.info.get("operation") == "decoration"
+
+    from_ionic = ionic()
+    take(from_ionic, math.ceil(n / 2))
+    take(decorated_candidates(decorations), n)
+    take(from_ionic, n)
     return out, counts
 
 
@@ -119,6 +210,9 @@ def generate_candidates(
     """
     gen_cfg = config.generator
     found = discoveries(config, store)
+    ranked, weights = round_compositions(config, store=store, round=round)
+    formulas = [c.formula for c in ranked]
+    offset = 0  # each generator that makes given compositions starts where the previous one stopped
     candidates: list[Candidate] = []
     timings: dict[str, float] = {}
     for name, n in gen_cfg.mix.items():
@@ -133,26 +227,49 @@ def generate_candidates(
             # The structure-type search needs the campaign's store and known index, not only a context.
             known = known_index(config, store=store, before_round=round)
             made, counts = substitution_candidates(
-                config, store=store, round=round, n=n, discoveries=found, known=known
+                config, store=store, round=round, n=n, discoveries=found, known=known, weights=weights
             )
             log.info(
-                "round %d: substitution searched %d parents (%d prototypes spent), dropped %d known children",
+                "round %d: substitution searched %d parents (%d prototypes spent) and %d decorations (%d used), "
+                "dropped %d known children",
                 round,
                 counts["parents"],
                 counts["spent_prototypes"],
+                counts["decorations_offered"],
+                counts["decorations"],
                 counts["known_children"],
             )
         else:
+            per = getattr(settings, "structures_per_composition", None)
             context = GenerationContext(
                 known=found,
                 chemical_systems=config.chemical_systems,
                 conditions=dict(settings.conditions) if cls.supports_conditions else {},
+                compositions=formulas[offset:] + formulas[:offset] if per else (),
             )
+            if per:
+                offset = (offset + math.ceil(n / per)) % max(len(formulas), 1)
             made = cls(settings=settings).generate(n=n, context=context, seed=config.seed * 1000 + round)
         timings[name] = seconds(time.time() - started)
         candidates.extend(made)
         log.info("round %d: %s proposed %d candidates in %.1f s", round, name, len(made), timings[name])
     return candidates, timings
+
+
+def breadth(candidates: Sequence[Candidate]) -> dict[str, Any]:
+    """Distinct formulas and prototypes (`structure_prototype`: anonymous formula, space group, atoms) of a
+    round's candidates, in all and per generator."""
+    formulas: dict[str, set[str]] = {}
+    prototypes: dict[str, set[str]] = {}
+    for c in candidates:
+        formulas.setdefault(c.source, set()).add(c.structure.composition.reduced_formula)
+        prototypes.setdefault(c.source, set()).add(structure_prototype(c.structure))
+    return {
+        "distinct_formulas": len(set().union(*formulas.values())) if formulas else 0,
+        "distinct_prototypes": len(set().union(*prototypes.values())) if prototypes else 0,
+        "formulas_per_source": {k: len(v) for k, v in sorted(formulas.items())},
+        "prototypes_per_source": {k: len(v) for k, v in sorted(prototypes.items())},
+    }
 
 
 @dataclass(frozen=True)
@@ -188,7 +305,12 @@ class GenerateStage:
         per_source: dict[str, int] = {}
         for g in rows:
             per_source[g.source] = per_source.get(g.source, 0) + 1
-        return {"n_generated": len(rows), "per_source": per_source, "timings_s": result.timings}
+        return {
+            "n_generated": len(rows),
+            "per_source": per_source,
+            "timings_s": result.timings,
+            **breadth(result.candidates),
+        }
 
 
 STAGE = GenerateStage()

@@ -12,12 +12,13 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from loop.config import CampaignConfig, validate_config
 from loop.errors import InputError
 from loop.labelling import label_hashes
-from loop.stages.generate import substitution_candidates
+from loop.stages.funnel import run_funnel
+from loop.stages.generate import breadth, generate_candidates, substitution_candidates
 from loop.stages.references import reference_pool, withheld_records
 from loop.stages.retrain import withheld_training_ids
 from loop.stages.shared import discoveries, known_index, withheld_structures
 from loop.stages.update import update_hull
-from loop.store import CampaignStore, Prediction, Query
+from loop.store import CampaignStore, Generated, Prediction, Query
 from loop.structures import structure_hash
 
 B32 = "AB:227:4"
@@ -132,8 +133,12 @@ def test_substitution_searches_structure_types_and_does_not_repeat_parents(tmp_p
     )
     again, counts2 = round_2(cfg)
     assert counts2["spent_prototypes"] == len(used)
-    assert not used & {c.info.get("parent_prototype") for c in again}
-    assert not {c.parent for c in made} & {c.parent for c in again}
+    # a structure type is spent per formula it was decorated with (A2B3 types fit Li2Al3 and Li3Al2)
+    pairs = {(c.info["parent_prototype"], c.structure.composition.reduced_formula) for c in made}
+    assert not pairs & {(c.info["parent_prototype"], c.structure.composition.reduced_formula) for c in again}
+    ionic = [c for c in again if c.info["operation"] != "decoration"]
+    assert not used & {c.info["parent_prototype"] for c in ionic}
+    assert not {c.parent for c in made} & {c.parent for c in ionic}
     # Without the pool nothing carries over and nothing is labelled: the prototypes come back.
     no_pool = config(
         generator={"substitution": {"max_candidates_per_parent": 2}},
@@ -203,3 +208,90 @@ def test_update_hull_counts_hits_and_discoveries_exclude_references(tmp_path):
     found = discoveries(cfg, store)
     assert {k.id for k in found} == {h[k] for k in expected_hits}  # never the round-0 references
     assert h["Cu"] not in {k.id for k in found} and h["CuAu"] not in {k.id for k in found}
+
+
+def _pool(store: CampaignStore, rnd: int, made) -> None:
+    """Store a round's children and screen them, so they stay in the candidate pool (unlabelled)."""
+    for c in made:
+        store.add_structure(c.structure, source=c.source, parent=c.parent, round=rnd, provenance=c.info)
+    store.add_predictions(
+        rnd,
+        [
+            Prediction(
+                hash=structure_hash(c.structure),
+                relaxed_hash=structure_hash(c.structure),
+                model="pretrained",
+                energy_per_atom=-3.0,
+                energy_per_atom_std=0.01,
+                e_hull=0.1,
+                e_hull_std=0.02,
+                data={"reason": None},
+            )
+            for c in made
+        ],
+    )
+
+
+def test_a_multivalent_oxide_round_spans_many_formulas(tmp_path):
+    """Mn-O with every known compound withheld: each generator covers several compositions in one round, and
+    the candidates that pass the funnel span at least three formulas (the diffusion sampler alone, conditioned on
+    the system, used to give MnO2 only)."""
+    cfg = config(
+        chemical_systems=["Mn-O"],
+        withhold=["all_compounds"],
+        generator={
+            "mix": {"diffusion": 8, "substitution": 12, "random_search": 8},
+            "diffusion": {"steps": 10},
+            "funnel": {"max_atoms": 20},
+        },
+    )
+    store = CampaignStore.in_workdir(tmp_path)
+    made, _ = generate_candidates(cfg, store=store, round=1, generator_checkpoint=None)
+    per_source: dict[str, set[str]] = {}
+    for c in made:
+        per_source.setdefault(c.source, set()).add(c.structure.composition.reduced_formula)
+    assert all(len(per_source[name]) >= 2 for name in ("diffusion", "substitution", "random_search")), (
+        per_source
+    )
+    rows = [
+        Generated(
+            hash=store.add_structure(
+                c.structure, source=c.source, parent=c.parent, round=1, provenance=c.info
+            ),
+            source=c.source,
+        )
+        for c in made
+    ]
+    passed = [o for o in run_funnel(cfg, store=store, round=1, candidates=rows).outcomes if o.passed]
+    formulas = {store.structure_row(o.hash).reduced_formula for o in passed}
+    assert len(formulas) >= 3, formulas
+    report = breadth(made)
+    assert report["distinct_formulas"] == len(set().union(*per_source.values()))
+    assert report["distinct_prototypes"] >= report["distinct_formulas"]
+
+
+def test_substitution_proposes_new_structure_types_in_round_5(tmp_path):
+    """K-O, every known compound withheld: each round's children stay in the pool (screened, unlabelled), so
+    their (prototype, formula) pairs are spent; round 5 still proposes structure types never proposed before
+    (the ionic table alone ran dry after round 1 on this system)."""
+    cfg = config(
+        chemical_systems=["K-O"], withhold=["all_compounds"], generator={"funnel": {"max_atoms": 20}}
+    )
+    store = CampaignStore.in_workdir(tmp_path)
+    seen: set[str] = set()
+    for rnd in range(1, 6):
+        made, counts = substitution_candidates(
+            cfg,
+            store=store,
+            round=rnd,
+            n=12,
+            discoveries=[],
+            known=known_index(cfg, store=store, before_round=rnd),
+        )
+        prototypes = {c.info["parent_prototype"] for c in made}
+        assert len(made) == 12, (rnd, counts)
+        if rnd == 5:
+            assert counts["decorations"] > 0 and prototypes - seen, counts
+            assert len({c.structure.composition.reduced_formula for c in made}) >= 3
+        seen |= prototypes
+        _pool(store, rnd, made)
