@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+import yaml
 from mlflow.tracking import MlflowClient
 from pymatgen.core import Lattice, Structure
 
@@ -313,3 +314,70 @@ def test_every_discovery_is_new_or_a_known_crystal_cited_from_the_server_or_the_
     page = render_html(data)
     assert f'href="{server.url}/v1/structures/srv-b2">known: srv srv-b2</a>' in page
     assert "Discoveries (3, of which 2 known crystals)" in page
+
+
+def simple_cubic_au() -> Structure:
+    return Structure(Lattice.cubic(2.72), ["Au"], [[0, 0, 0]])
+
+
+@pytest.mark.slow
+def test_a_campaign_takes_references_from_the_server_and_goes_on_from_the_cache_once_it_is_dead(tmp_path):
+    """`matloop run` on Cu-Au (EMT): round 0 fetches from the real server and labels its simple-cubic Au; the
+    server is killed; round 1 runs from the cache and records a novelty verdict for every label."""
+    server = Server(tmp_path, {"srv-sc-au": simple_cubic_au(), "srv-b2": b2_cuau()})
+    root = Path(__file__).resolve().parents[2]
+    data = yaml.safe_load((root / "configs" / "smoke.yaml").read_text())
+    data["name"] = "optimade-cu-au"
+    data["references"] = {
+        "source": "optimade",
+        "optimade": {"providers": {"srv": server.url}, "retries": 0, "timeout_s": 10},
+        "max_compounds": 2,
+        "max_atoms": 8,
+        "max_element_atoms": 1,
+    }
+    data["stop"] = {"max_rounds": 1}
+    data["generator"]["mix"] = {"diffusion": 0, "substitution": 4, "random_search": 3}
+    data["emulator"].update(distill_steps=5, distill_structures=8)
+    data["emulator_training"].update(relax_steps=8, relax_fmax=0.3)
+    data["tracking"] = {"enabled": False}
+    data["execution"] = {"kind": "inline"}
+    cfg_path = tmp_path / "campaign.yaml"
+    cfg_path.write_text(yaml.safe_dump(data))
+    workdir = tmp_path / "w"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+    def run(rounds: int) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "loop.cli", "run", str(cfg_path), "--workdir", str(workdir)]
+        return subprocess.run(
+            [*command, "--rounds", str(rounds)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=1800,
+            cwd=root,
+        )
+
+    try:
+        first = run(0)
+        assert first.returncode == 0, first.stderr[-3000:]
+        asked = server.structure_requests()
+    finally:
+        server.kill()
+    assert asked >= 3 and (workdir / CACHE_PATH).is_file()
+    store = CampaignStore.in_workdir(workdir)
+    parents = {r.hash: r.parent for r in store.structure_rows()}
+    ok = {r.hash for r in store.oracle_results() if r.ok}
+    labelled = {parents[q.hash] for q in store.round_queries(0) if q.hash in ok}
+    assert "optimade:srv:srv-sc-au" in labelled  # a provider polymorph, labelled by the oracle
+    store.close()
+
+    second = run(1)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "did not answer" not in second.stderr  # nothing was asked: the cache answered
+    store = CampaignStore.in_workdir(workdir)
+    first_round = store.first_query_rounds()
+    round1 = {r.hash for r in store.oracle_results() if r.ok and first_round.get(r.hash) == 1}
+    novelty = stored_novelty(store)
+    store.close()
+    assert round1 and round1 <= set(novelty)
+    assert all(n.label == "new" or n.label.startswith("known: ") for n in novelty.values())
