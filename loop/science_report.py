@@ -133,6 +133,7 @@ class RoundScience:
     generated: int
     passed_funnel: int
     screened: int
+    carried: int  # candidates of earlier rounds still on offer (the persistent pool), re-scored this round
     oracle_calls: int
     failed: int
     hits: int
@@ -471,6 +472,7 @@ def collect(workdir: Path) -> ScienceData:
                     screened=len(
                         [p for (pr, _), p in predictions.items() if pr == rnd and "pool" not in p.data]
                     ),
+                    carried=len([p for (pr, _), p in predictions.items() if pr == rnd and "pool" in p.data]),
                     oracle_calls=len(mine),
                     failed=sum(1 for c in mine if c.status == "failed"),
                     unconverged=sum(c.relax_unconverged for c in mine),
@@ -843,6 +845,7 @@ def render_html(data: ScienceData) -> str:
                 str(x.generated),
                 str(x.passed_funnel),
                 str(x.screened),
+                str(x.carried),
                 str(x.oracle_calls),
                 str(x.failed),
                 str(x.unconverged),
@@ -858,7 +861,7 @@ def render_html(data: ScienceData) -> str:
             ]
             for x in data.rounds
         ]
-        headers = ["round", "generated", "passed funnel", "screened", "oracle calls", "failed",
+        headers = ["round", "generated", "passed funnel", "screened", "carried in the pool", "oracle calls", "failed",
                    "relaxation not converged", "hits", "stable",
                    "hit rate", "cum. hits", "calls / hit (cum.)", "MAE (meV/atom)", "Spearman σ–|err|",
                    "within 1σ", "wall time (s)"]  # fmt: skip

@@ -228,7 +228,7 @@ def test_report_numbers_match_the_store(smoke_campaign, smoke_report):
     total = sum(per_round.values())
     assert f'<div class="v">{total}</div><div class="k">oracle calls after round 0</div>' in text
     assert f'<div class="v">{len(hits)}</div><div class="k">hits' in text
-    # per-round table: round, generated, passed, screened, calls, failed, relaxation not converged, hits
+    # per-round table: round, generated, passed, screened, carried, calls, failed, relaxation not converged, hits
     store = CampaignStore.in_workdir(smoke_campaign)
     try:
         settings_hash = store.get_meta("identity")["oracle"]
@@ -236,6 +236,9 @@ def test_report_numbers_match_the_store(smoke_campaign, smoke_report):
         unconverged = {
             rnd: sum(meta.get(q.hash, {}).get("relax_converged") is False for q in qs)
             for rnd, qs in store.queries_by_round().items()
+        }
+        carried = {
+            rnd: sum("pool" in p.data for p in preds) for rnd, preds in store.predictions_by_round().items()
         }
     finally:
         store.close()
@@ -245,10 +248,11 @@ def test_report_numbers_match_the_store(smoke_campaign, smoke_report):
     for row in rows:
         cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
         rnd = int(cells[0])
-        assert int(cells[4]) == per_round[rnd]
-        assert int(cells[6]) == unconverged[rnd]
+        assert int(cells[4]) == carried.get(rnd, 0)
+        assert int(cells[5]) == per_round[rnd]
+        assert int(cells[7]) == unconverged[rnd]
         round_hits = sum(1 for h in hits if _round_of(smoke_campaign, h) == rnd)
-        assert int(cells[7]) == round_hits
+        assert int(cells[8]) == round_hits
     # each discovery says how the oracle's relaxation ended, from the stored result
     for row in re.findall(r"<tr>(.*?)</tr>", section.split("<tbody>")[1]):
         h = re.findall(r"<span class='mono'>([0-9a-f]+)</span>", row)[0]
