@@ -188,8 +188,9 @@ def measure(system: str, *, arms: list[str], seeds: list[int], args: argparse.Na
     base = args.workdir / system
     runs: dict[str, Path] = {}
     wall: dict[str, float] = {}
-    for arm in arms:
-        for seed in seeds:
+    # Seed by seed, so that a stopped benchmark has every arm at the seeds it finished.
+    for seed in seeds:
+        for arm in arms:
             key = f"{arm}/s{seed}"
             workdir = base / arm.replace("=", "-") / f"s{seed}"
             config = campaign_config(
