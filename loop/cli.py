@@ -48,6 +48,37 @@ def _emit_json(payload: Any) -> None:
     typer.echo(json.dumps(payload, indent=2, default=str))
 
 
+def _folder_path(path: Path, option: str) -> Path:
+    """`path` as a folder a command may create or use: exit 2 when it, or a folder above it, is a file.
+
+    Checked before any work, so a run or a sampling never ends on a path that could not have been written.
+    """
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                where = "is a file" if part == path else f"is inside {part}, which is a file"
+                _fail(f"{option} {path}: {where}; give a folder (new or existing)")
+            break
+    return path
+
+
+_EXTXYZ = (".extxyz", ".xyz")
+
+
+def _structures_out(out: Path) -> Path:
+    """`generate --out`: an .extxyz file that does not exist yet, or a folder for CIFs."""
+    if out.suffix.lower() in _EXTXYZ:
+        _folder_path(out.parent, "--out's folder")
+        if out.exists():
+            _fail(f"{out}: already exists; choose a new --out (nothing is overwritten)")
+        return out
+    if out.suffix:
+        _fail(
+            f"--out {out}: give an .extxyz file or a folder name for CIFs (without a suffix such as {out.suffix})"
+        )
+    return _folder_path(out, "--out")
+
+
 def _existing_workdir(workdir: Path) -> Path:
     from loop.store import CampaignStore  # pymatgen: only commands that open a campaign
 
@@ -77,6 +108,7 @@ def label(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the oracle on structures; a structure already labelled with the same settings is not recomputed."""
+    _folder_path(workdir, "--workdir")
     from loop.labelling import label_files  # the oracle room (ASE, pymatgen)
 
     rows = label_files(files, oracle_name=oracle, config_path=config, workdir=workdir)
@@ -135,6 +167,7 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Start or resume a campaign in the foreground."""
+    _folder_path(workdir, "--workdir")
     from loop.campaign import Campaign  # every room: torch, chgnet, mlflow, dask
 
     campaign = Campaign.open(config_path=config, workdir=workdir, max_rounds=rounds)
@@ -150,6 +183,7 @@ def run(
 @app.command()
 def daemon(config: Annotated[Path, typer.Argument(help="Campaign YAML.")], workdir: WorkdirOpt) -> None:
     """Keep running rounds until the config's stop rule; SIGTERM/SIGINT or `matloop stop` end it cleanly."""
+    _folder_path(workdir, "--workdir")
     from loop.campaign import Campaign  # every room: torch, chgnet, mlflow, dask
 
     campaign = Campaign.open(config_path=config, workdir=workdir, max_rounds=None)
@@ -187,6 +221,7 @@ def export(
         _fail(
             f"{out}: exists and is not a folder; give a new or existing folder for the CIFs and summary.csv"
         )
+    _folder_path(out, "--out")
     info = export_discoveries(workdir, out=out, hits_only=hits_only or stable_alias)
     if as_json:
         _emit_json(info)
@@ -205,6 +240,7 @@ def report(
     """Write the campaign's science report: hull, hit rates, emulator error, calibration, yield, discoveries."""
     from loop.science_report import write_report  # matplotlib and the hull
 
+    _folder_path(out.parent, "--out's folder")
     path = write_report(workdir=workdir, out=out, overwrite=force)
     typer.echo(f"wrote {path}")
 
@@ -279,6 +315,7 @@ def generate(
     as_json: JsonOpt = False,
 ) -> None:
     """Sample crystals from the diffusion model (written batch by batch, so a kill loses at most one batch)."""
+    _structures_out(out)
     from loop.generate_cmd import generate_to_file  # the diffusion model (torch)
 
     info = generate_to_file(

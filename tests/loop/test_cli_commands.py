@@ -157,3 +157,34 @@ def test_nan_coordinates_are_refused_before_anything_is_stored(tmp_path):
         "matloop: error: POSCAR: the lattice or atomic coordinates hold NaN or infinite numbers; fix them in the file"
     ]
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("run", SMOKE, "--workdir", "taken.csv"), "--workdir taken.csv: is a file"),
+        (
+            ("daemon", SMOKE, "--workdir", "taken.csv/w"),
+            "--workdir taken.csv/w: is inside taken.csv, which is a file",
+        ),
+        (("label", SI, "--oracle", "emt", "--workdir", "taken.csv"), "--workdir taken.csv: is a file"),
+        (
+            ("export", "--workdir", "campaign", "--out", "taken.csv/sub"),
+            "--out taken.csv/sub: is inside taken.csv",
+        ),
+        (("generate", "--n", "2", "--out", "taken.csv/s.extxyz"), "--out's folder taken.csv: is a file"),
+        (("generate", "--n", "2", "--out", "s.txt"), "give an .extxyz file or a folder name for CIFs"),
+    ],
+)
+def test_a_file_where_a_folder_belongs_is_one_line_and_nothing_is_written(tmp_path, args, message):
+    from loop.store import CampaignStore
+
+    CampaignStore.in_workdir(tmp_path / "campaign").close()
+    (tmp_path / "taken.csv").write_text("mine")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    proc = matloop(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("matloop: error:") and message in lines[0], proc.stderr
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert (tmp_path / "taken.csv").read_text() == "mine"
