@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loop.campaign_tracking import end_campaign, logged_rounds
+from loop.campaign_tracking import end_campaign, mlflow_copy_checker
 from loop.checkpoints import CHECKPOINT_KINDS, checkpoint_problem, prune_checkpoints
 from loop.config import CampaignConfig, load_config
 from loop.control import LOCK_FILE, STOP_FILE, request_stop, stop_requested, workdir_lock
@@ -332,19 +332,21 @@ class Campaign:
         if keep is None or not self.config.tracking.enabled:
             return
         store = self._open_store()
-        deleted = prune_checkpoints(
+        pruned = prune_checkpoints(
             root=self.workdir / "checkpoints",
             keep_rounds=keep,
             in_use=[store.get_meta(f"{kind}_checkpoint") for kind in CHECKPOINT_KINDS],
-            safe_to_delete=logged_rounds(store),
+            copy_problem=mlflow_copy_checker(self.config, store=store, workdir=self.workdir),
         )
-        if deleted:
+        if pruned.deleted:
             log.info(
-                "checkpoints of round(s) %s deleted from the workdir: MLflow keeps them as model versions "
-                "(checkpoints.keep_rounds: %d)",
-                ", ".join(map(str, deleted)),
+                "checkpoints of round(s) %s deleted from the workdir: read back from their MLflow model versions "
+                "and identical (checkpoints.keep_rounds: %d)",
+                ", ".join(map(str, pruned.deleted)),
                 keep,
             )
+        for rnd, why in pruned.kept.items():
+            log.info("checkpoints of round %d stay in the workdir: %s", rnd, why)
 
     # -- checkpoint integrity -----------------------------------------------------------------------------------------
     def _saved_checkpoints(self, kind: str) -> list[tuple[int, str, str | None]]:

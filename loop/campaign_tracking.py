@@ -20,8 +20,10 @@ import hashlib
 import json
 import logging
 import math
+import re
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from loop import plots
+from loop.checkpoints import CHECKPOINT_KINDS, checkpoint_problem, copy_mismatch
 from loop.config import CampaignConfig
 from loop.control import workdir_lock
 from loop.science_report import write_report
@@ -73,6 +76,7 @@ _PARENT_SUMMARY_KEYS = (
 
 
 _NOT_METRICS = ("_s", "minutes", "steps", "epochs")
+_ROUND = re.compile(r"^round_\d{3,}$")
 
 
 def _round_run_meta(rnd: int) -> str:
@@ -452,14 +456,15 @@ def _sha256_of(items: list[str]) -> str:
 
 
 def _version_tags(
-    config: CampaignConfig, store: CampaignStore, rnd: int, kind: str, path: Path, workdir: Path
+    config: CampaignConfig, store: CampaignStore, rnd: int, kind: str, path: Path, checkpoint: str
 ) -> dict[str, Any]:
-    """Validation metrics and data hash of a checkpoint, as model-version tags."""
+    """Validation metrics and data hash of a checkpoint (its files at `path`, its place in the workdir
+    `checkpoint`), as model-version tags."""
     result = store.stage_result(rnd, "retrain") or {}
     tags: dict[str, Any] = {
         "round_index": rnd,
         "campaign": config.name,
-        "checkpoint": _relative(path, workdir),
+        "checkpoint": checkpoint,
     }
     prefix = f"{kind}_"
     for k, v in flatten_numeric(result).items():
@@ -490,17 +495,41 @@ def _version_tags(
 
 
 def _in_workdir(raw: str | None, workdir: Path) -> Path | None:
-    """A checkpoint path recorded by the retrain stage, found in `workdir` even if the campaign was moved since."""
+    """A checkpoint path recorded by the retrain stage, found in `workdir` even if the campaign was moved since.
+
+    Paths are recorded relative to the workdir; older campaigns recorded them absolute or relative to the
+    directory the campaign was started from, so their `checkpoints/round_NNN/...` tail is looked up too.
+    """
     if not raw:
         return None
     path = Path(raw)
-    if not path.is_absolute():
+    if not path.is_absolute() and (workdir / path).exists():
         return workdir / path
-    if "checkpoints" in path.parts:
-        here = workdir.joinpath(*path.parts[path.parts.index("checkpoints") :])
+    tails = [
+        i
+        for i, part in enumerate(path.parts[:-1])
+        if part == "checkpoints" and _ROUND.match(path.parts[i + 1])
+    ]
+    if tails:
+        here = workdir.joinpath(*path.parts[tails[-1] :])
         if here.exists():
             return here
-    return path
+    return path if path.is_absolute() else workdir / path
+
+
+def _kept_copy(kind: str, name: str, sha256: str | None, workdir: Path, *, skip_run: str) -> Path | None:
+    """A checkpoint pruned from the workdir, found among the campaign-local MLflow store's artifacts by the hash
+    recorded when it was saved: what a rebuilt store (after `matloop sync-tracking` moved a corrupt one aside)
+    registers again, as no database references those files any more."""
+    if sha256 is None:
+        return None
+    for folder in sorted((Path(workdir) / "mlflow" / "artifacts").glob(f"*/artifacts/checkpoints/{kind}")):
+        if folder.parents[2].name == skip_run:
+            continue
+        path = folder if kind == "emulator" else folder / name
+        if path.exists() and checkpoint_problem(kind, path, sha256) is None:
+            return path
+    return None
 
 
 def _relative(path: Path, workdir: Path) -> str:
@@ -518,8 +547,19 @@ def _log_models(
     names = model_names(config.name)
     for kind in ("emulator", "generator"):
         path = _in_workdir(result.get(f"{kind}_checkpoint"), workdir)
+        rel = None if path is None else _relative(path, workdir)
+        registered = {t.get("checkpoint") for t in tracker.model_versions(names[kind]).values()}
+        if (
+            path is not None
+            and not path.exists()
+            and rel not in registered
+            and config.tracking.tracking_uri is None
+        ):
+            sha = (result.get("checkpoint_sha256") or {}).get(kind)
+            path = _kept_copy(kind, path.name, sha, workdir, skip_run=run_id)
+            if path is not None:
+                log.info("round %d: %s is logged again from the copy MLflow kept (%s)", rnd, rel, path)
         if path is not None and path.exists():
-            registered = {t.get("checkpoint") for t in tracker.model_versions(names[kind]).values()}
             # A version is a folder (the emulator's checkpoint dir, or the folder holding generator.pt), so
             # `models:/` URIs download the same way for both.
             artifact_path = f"checkpoints/{kind}"
@@ -527,12 +567,12 @@ def _log_models(
                 tracker.log_artifacts(path, artifact_path=artifact_path, run_id=run_id)
             else:
                 tracker.log_artifact(path, artifact_path=artifact_path, run_id=run_id)
-            if _relative(path, workdir) not in registered:
+            if rel not in registered:
                 tracker.register_version(
                     model_name=names[kind],
                     run_id=run_id,
                     artifact_path=artifact_path,
-                    tags=_version_tags(config, store, rnd, kind, path, workdir),
+                    tags=_version_tags(config, store, rnd, kind, path, rel),
                     description=f"{kind} checkpoint of round {rnd} of campaign {config.name}",
                 )
         in_use = store.get_meta(f"{kind}_checkpoint")
@@ -543,6 +583,50 @@ def _log_models(
             if tags.get("checkpoint") == in_use:
                 tracker.set_alias(model_name=names[kind], version=version)
                 break
+
+
+def mlflow_copy_checker(
+    config: CampaignConfig, *, store: CampaignStore, workdir: Path
+) -> Callable[[int], str | None]:
+    """`copy_problem(round)` for `loop.checkpoints.prune_checkpoints`: why the checkpoints retrained in a round
+    may not leave the workdir yet, or None when MLflow holds them.
+
+    MLflow holds a checkpoint when its registry has a version tagged with the checkpoint's path and the files of
+    that version, downloaded through the registry, hash-match the workdir's. The campaign store's record that a
+    round was logged is not enough: a corrupt or replaced MLflow store would then cost the only copy.
+    """
+    names = model_names(config.name)
+    tracker: Tracker | None = None
+
+    def copy_problem(rnd: int) -> str | None:
+        nonlocal tracker
+        if not config.tracking.enabled:
+            return "tracking is disabled, so MLflow keeps no copy"
+        result = store.stage_result(rnd, "retrain")
+        if result is None:
+            return "its retrain stage is not recorded"
+        tracker = tracker or campaign_tracker(config, store, workdir)
+        checked = 0
+        for kind in CHECKPOINT_KINDS:
+            path = _in_workdir(result.get(f"{kind}_checkpoint"), workdir)
+            if path is None or not path.exists():
+                continue
+            rel = _relative(path, workdir)
+            with tempfile.TemporaryDirectory(prefix="matloop-readback-") as tmp:
+                try:
+                    copy = tracker.fetch_version(
+                        model_name=names[kind], tag="checkpoint", value=rel, dst=Path(tmp)
+                    )
+                except (TrackingUnavailable, TrackingError) as exc:
+                    return f"MLflow could not be read back ({exc})"
+                if copy is None:
+                    return f"MLflow's registry holds no version of {rel}"
+                if (mismatch := copy_mismatch(path, copy)) is not None:
+                    return f"the MLflow copy of {rel} does not match it ({mismatch})"
+            checked += 1
+        return None if checked else "no checkpoint of this round is recorded"
+
+    return copy_problem
 
 
 def _log_science_report(tracker: Tracker, workdir: Path) -> str | None:
