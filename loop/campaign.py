@@ -26,6 +26,7 @@ from loop.control import LOCK_FILE, STOP_FILE, request_stop, stop_requested, wor
 from loop.errors import CampaignHalted, CheckpointCorrupt, DiskFull, InputError
 from loop.execution import make_executor
 from loop.faults import crash_point, stage_writes
+from loop.oracle_calls import oracle_calls, reference_labels
 from loop.report import campaign_status
 from loop.stages import (
     ROUND0_STAGES,
@@ -260,7 +261,10 @@ class Campaign:
         if next_round > self.max_rounds:
             return f"reached {self.max_rounds} rounds"
         if oracle_calls_left(self.config, store) == 0:
-            return f"reached {rule.max_oracle_calls} oracle calls (stop.max_oracle_calls)"
+            return (
+                f"made {oracle_calls(store)} oracle calls, stop.max_oracle_calls is {rule.max_oracle_calls} "
+                f"(round 0's {reference_labels(store)} reference labels are not calls)"
+            )
         if rule.max_hours is not None:
             hours = (time.time() - float(store.get_meta("started_at", time.time()))) / 3600
             if hours >= rule.max_hours:

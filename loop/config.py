@@ -199,7 +199,8 @@ class StopRule(StrictModel):
 
     Attributes:
         max_rounds: Rounds after round 0.
-        max_oracle_calls: Total oracle labels, all rounds included.
+        max_oracle_calls: Oracle calls of the discovery rounds (`loop.oracle_calls`: round 0's reference labels
+            are not calls).
         max_hours: Wall-clock hours since the campaign started.
         patience: Stop after this many consecutive rounds without a new stable or near-stable discovery.
     """

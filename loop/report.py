@@ -15,6 +15,7 @@ from rich.table import Table
 
 from loop.hull import HullEntry, OracleHull
 from loop.novelty import stored_novelty
+from loop.oracle_calls import oracle_calls, reference_labels
 from loop.stages import stages_of
 from loop.store import CampaignStore, StoredResult, StructureRow
 from loop.verdicts import StabilityRule
@@ -184,6 +185,10 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
             "round": rnd,
             "stage": stage or "done",
             "stopped_because": store.get_meta("stopped_because"),
+            # `loop.oracle_calls`: the stop rule's count; round 0's reference labels apart
+            "oracle_calls": oracle_calls(store),
+            "reference_labels": reference_labels(store),
+            "max_oracle_calls": (config.get("stop") or {}).get("max_oracle_calls"),
             "counts": store.counts(),
             "rounds": per_round,
             "discoveries": best,
@@ -212,6 +217,11 @@ def render_status(info: dict[str, Any]) -> None:
     )
     counts = info["counts"]
     console.print(", ".join(f"{k} {v}" for k, v in counts.items()))
+    limit = info.get("max_oracle_calls")
+    console.print(
+        f"oracle calls {info['oracle_calls']}{'' if limit is None else f' of {limit}'} "
+        f"(rounds >= 1), reference labels {info['reference_labels']} (round 0)"
+    )
     table = Table(title="rounds (E in eV/atom)")
     cols = ("round", "generated", "passed_funnel", "on_offer", "carried", "queried", "labelled", "failed")
     cols += ("stable", "near_stable", "hits", "hit_rate", "emulator_mae", "wall_time_s")

@@ -15,6 +15,7 @@ from pymatgen.core import Structure
 
 from loop.acquisition import select_structures
 from loop.config import CampaignConfig
+from loop.oracle_calls import oracle_calls
 from loop.stages.base import StageContext
 from loop.store import CampaignStore, Prediction, Query
 
@@ -22,12 +23,12 @@ log = logging.getLogger("matloop")
 
 
 def oracle_calls_left(config: CampaignConfig, store: CampaignStore) -> int | None:
-    """Oracle calls the stop rule still allows (`stop.max_oracle_calls` minus every stored result, failed ones
-    included); None without that rule."""
+    """Oracle calls the stop rule still allows (`stop.max_oracle_calls` minus the calls made, as
+    `loop.oracle_calls` counts them: round 0's references are not calls); None without that rule."""
     limit = config.stop.max_oracle_calls
     if limit is None:
         return None
-    return max(0, limit - len(store.oracle_results()))
+    return max(0, limit - oracle_calls(store))
 
 
 def one_per_crystal(

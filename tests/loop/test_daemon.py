@@ -17,7 +17,7 @@ from loop.campaign import LOCK_FILE, ROUND0_STAGES, ROUND_STAGES, STOP_FILE, Cam
 from loop.config import load_config
 from loop.labelling import label_hashes
 from loop.stages.acquire import acquire
-from loop.store import CampaignStore, Prediction
+from loop.store import CampaignStore, Prediction, Query
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -144,9 +144,13 @@ def test_max_rounds_stops_before_the_next_round(tmp_path):
 
 
 def test_max_oracle_calls_caps_the_batch_then_stops(tmp_path):
-    campaign = _campaign(tmp_path, max_oracle_calls=4)
+    campaign = _campaign(tmp_path, max_oracle_calls=2)
     assert campaign.store is not None
-    _label(campaign, STRUCTURES[:2], round=0)
+    references = _label(campaign, STRUCTURES[:2], round=0)
+    # Round 0's reference labels are not oracle calls (`loop.oracle_calls`): the whole limit is left for round 1.
+    campaign.store.add_queries(
+        0, [Query(hash=h, strategy="references", rank=i, score=None) for i, h in enumerate(references)]
+    )
     # Round 1 offers three candidates; the budget (3) would overshoot the limit by one.
     relaxed = [campaign.store.add_structure(s, source="relaxed", round=1) for s in STRUCTURES[2:]]
     campaign.store.add_predictions(
@@ -170,9 +174,12 @@ def test_max_oracle_calls_caps_the_batch_then_stops(tmp_path):
     picks, report = result.queries, result.report
     assert len(picks) == 2 and report["budget"] == 2 and report["budget_capped"]
     assert campaign._should_stop_campaign(2) is None  # 2 calls left: the next round may still run
+    campaign.store.add_queries(1, picks)
     _label(campaign, [campaign.store.get_structure(q.hash) for q in picks], round=1)
     assert len(campaign.store.oracle_results()) == 4
-    assert campaign._should_stop_campaign(2) == "reached 4 oracle calls (stop.max_oracle_calls)"
+    assert campaign._should_stop_campaign(2) == (
+        "made 2 oracle calls, stop.max_oracle_calls is 2 (round 0's 2 reference labels are not calls)"
+    )
     # Had a round started anyway (a resumed round is always finished), it would query nothing.
     result = acquire(campaign.config, store=campaign.store, round=1)
     assert result.queries == [] and result.report["budget"] == 0
