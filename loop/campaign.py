@@ -183,7 +183,8 @@ class Campaign:
     def run(self, *, daemon: bool = False) -> dict[str, Any]:
         """Run (or resume) rounds until `max_rounds` or the stop rule; returns the campaign summary.
 
-        With `daemon=True`, SIGTERM/SIGINT finish the current atomic step, checkpoint and return normally.
+        With `daemon=True`, SIGTERM/SIGINT let the step under way finish and be stored (in the label stage: the
+        calculations under way; those not started wait for the resume), then return normally.
         """
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
@@ -244,7 +245,11 @@ class Campaign:
             return summary
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        log.info("signal %s: finishing the current step, then stopping", signum)
+        log.info(
+            "signal %s: the calculation (or stage) under way finishes and is stored, then the campaign stops; "
+            "rerun to resume",
+            signum,
+        )
         self._stop.signalled = True
 
     def _init_meta(self) -> None:

@@ -79,6 +79,15 @@ def _structures_out(out: Path) -> Path:
     return _folder_path(out, "--out")
 
 
+def _not_running(workdir: Path) -> Path:
+    """Refuse a campaign another process is running, before the rooms load (the lock itself is taken later)."""
+    from loop.control import LOCK_FILE, campaign_running  # light: fcntl only
+
+    if campaign_running(workdir):
+        _fail(f"{workdir}: another matloop process is running this campaign (see {workdir / LOCK_FILE})")
+    return workdir
+
+
 def _existing_workdir(workdir: Path) -> Path:
     from loop.store import CampaignStore  # pymatgen: only commands that open a campaign
 
@@ -167,7 +176,7 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Start or resume a campaign in the foreground."""
-    _folder_path(workdir, "--workdir")
+    _not_running(_folder_path(workdir, "--workdir"))
     from loop.campaign import Campaign  # every room: torch, chgnet, mlflow, dask
 
     campaign = Campaign.open(config_path=config, workdir=workdir, max_rounds=rounds)
@@ -182,8 +191,9 @@ def run(
 
 @app.command()
 def daemon(config: Annotated[Path, typer.Argument(help="Campaign YAML.")], workdir: WorkdirOpt) -> None:
-    """Keep running rounds until the config's stop rule; SIGTERM/SIGINT or `matloop stop` end it cleanly."""
-    _folder_path(workdir, "--workdir")
+    """Keep running rounds until the config's stop rule; SIGTERM/SIGINT or `matloop stop` end it cleanly (the
+    calculation under way finishes and is stored first)."""
+    _not_running(_folder_path(workdir, "--workdir"))
     from loop.campaign import Campaign  # every room: torch, chgnet, mlflow, dask
 
     campaign = Campaign.open(config_path=config, workdir=workdir, max_rounds=None)
@@ -192,7 +202,7 @@ def daemon(config: Annotated[Path, typer.Argument(help="Campaign YAML.")], workd
 
 @app.command()
 def stop(workdir: WorkdirOpt) -> None:
-    """Ask a running daemon to stop after its current step."""
+    """Ask a running daemon to stop once the calculation (or stage) under way is stored."""
     from loop.control import request_stop  # light: no room is imported to ask a campaign to stop
 
     typer.echo(request_stop(_existing_workdir(workdir)))
@@ -360,11 +370,12 @@ def ui(
 @app.command("sync-tracking")
 def sync_tracking(workdir: WorkdirOpt, as_json: JsonOpt = False) -> None:
     """Log to MLflow what a campaign could not log while its tracking backend was down (never loses a round)."""
+    _not_running(_existing_workdir(workdir))
     from loop.campaign_tracking import sync_tracking_in  # mlflow
     from loop.tracking import TrackingUnavailable  # pydantic (0.13 s); already loaded by the line above
 
     try:
-        info = sync_tracking_in(_existing_workdir(workdir))
+        info = sync_tracking_in(workdir)
     except TrackingUnavailable as exc:
         typer.echo(f"matloop: error: {exc}; nothing was lost, run this again once it is back", err=True)
         raise typer.Exit(code=1) from None

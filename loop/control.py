@@ -61,7 +61,7 @@ def workdir_lock(workdir: Path) -> Iterator[None]:
 
 
 def request_stop(workdir: Path) -> str:
-    """Ask a running campaign to stop after its current step (`matloop stop`).
+    """Ask a running campaign to stop once the calculation (or stage) under way is stored (`matloop stop`).
 
     The request is a file the running process removes when it stops; with no process running nothing is written,
     so a stale request cannot stop the next run.
@@ -70,7 +70,10 @@ def request_stop(workdir: Path) -> str:
     if not campaign_running(workdir):
         return f"no matloop process is running the campaign in {workdir}; nothing to stop"
     (workdir / STOP_FILE).write_text(str(time.time()))
-    return f"stop requested: the campaign in {workdir} will stop after its current step"
+    return (
+        f"stop requested: the campaign in {workdir} stops once the calculation (or stage) under way is stored; "
+        "rerun to resume"
+    )
 
 
 def stop_requested(workdir: Path) -> bool:

@@ -250,6 +250,14 @@ class Executor:
     def as_completed(self, futures: list[Any]) -> Iterator[Any]:
         return iter(as_completed(futures))
 
+    def cancel_queued(self, futures: list[Any]) -> list[Any]:
+        """Cancel the futures no worker has taken yet; return the others, which run to their end."""
+        taken = {key for keys in self.client.processing().values() for key in keys}
+        queued = [f for f in futures if f.key not in taken and not f.done()]
+        if queued:
+            self.client.cancel(queued)
+        return [f for f in futures if f not in queued]
+
     def map_chunks(
         self,
         fn: Callable[..., list[Any]],

@@ -174,6 +174,8 @@ def label_hashes(
     as_completed: Callable[[Any], Any] | None = None,
     on_commit: Callable[[], None] | None = None,
     max_volume_per_atom: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    cancel_queued: Callable[[list[Any]], list[Any]] | None = None,
 ) -> dict[str, StoredResult]:
     """Label the structures `hashes` (already in the store), skipping every one that has a stored result.
 
@@ -189,6 +191,9 @@ def label_hashes(
         on_commit: Called after each committed result (the campaign checks for stop requests there).
         max_volume_per_atom: In a campaign, the funnel's upper volume limit, Å³/atom: a result whose final
             structure exceeds it or cannot be graphed by the emulator is stored as failed (`reject_unphysical`).
+        should_stop: Asked after each committed result; once it says True no calculation starts any more, the
+            ones under way finish and are stored, and the structures never started are left out of the result.
+        cancel_queued: With Dask, cancels the given futures no worker has started and returns the others.
 
     Returns:
         The result of every hash: the stored one, or for a transient failure (nothing computed, not stored, so
@@ -239,9 +244,13 @@ def label_hashes(
     # workers busy until the end (round 0 of the demo: 466 s -> ~420 s on 2 workers). Stable, so ties keep the
     # canonical order.
     runnable.sort(key=lambda h: -len(structures[h]))
+    stopping = False
     if submit is None or as_completed is None:
         for h in runnable:
             commit(h, run_label(settings_dict, structures[h].as_dict(), str(oracle_workdir(workdir, h))))
+            if should_stop is not None and should_stop():
+                stopping = True
+                break
     else:
         futures = {
             submit(
@@ -249,17 +258,30 @@ def label_hashes(
             ): h
             for h in runnable
         }
+        outstanding = set(futures)
         for future in as_completed(list(futures)):
+            if future not in outstanding:  # cancelled on a stop request: never started
+                continue
+            outstanding.discard(future)
             outcome = task_result(future)
             if isinstance(outcome, TaskQuarantined):
                 outcome = quarantined_label(outcome, settings=settings)
             commit(futures[future], outcome)
+            if not stopping and should_stop is not None and should_stop():
+                stopping = True
+                # The calculations workers have started finish and are stored; the queued ones never start.
+                running = cancel_queued(list(outstanding)) if cancel_queued is not None else list(outstanding)
+                outstanding = set(running)
+            if stopping and not outstanding:
+                break
     # After all commits, in canonical order (also covering labels committed before a kill).
     mark_duplicates(store, hashes, settings_hash=settings_hash)
     results = {}
     for h in hashes:
         stored = store.get_oracle_result(h, settings_hash)
         if stored is None:
+            if stopping and h not in transient:
+                continue  # never started: labelled when the campaign resumes
             stored = _as_stored(h, settings, transient[h])
         results[h] = stored
     return results

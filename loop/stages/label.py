@@ -39,8 +39,6 @@ class LabelStage:
             nonlocal committed
             committed += 1
             crash_point(self.name, ctx.round, committed)
-            if ctx.should_stop():
-                raise StopRequested
 
         results = label_hashes(
             ctx.store,
@@ -52,7 +50,12 @@ class LabelStage:
             as_completed=None if ex is None or ex.inline else ex.as_completed,
             on_commit=on_commit,
             max_volume_per_atom=ctx.config.generator.funnel.volume_per_atom[1],
+            # A stop request lets the calculations under way finish and be stored; the rest wait for the resume.
+            should_stop=ctx.should_stop,
+            cancel_queued=None if ex is None or ex.inline else ex.cancel_queued,
         )
+        if ctx.should_stop():
+            raise StopRequested
         return Labels(queried=hashes, results=results)
 
     def commit(self, ctx: StageContext, result: Labels) -> dict[str, Any]:

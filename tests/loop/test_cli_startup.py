@@ -80,3 +80,26 @@ def test_export_offers_hits_and_keeps_stable_as_a_hidden_alias():
     assert "--hits" in proc.stdout and "--stable" not in proc.stdout
     info, proc = probe("export", "--workdir", "/nonexistent-campaign", "--stable", "--out", "x")
     assert info["code"] == 2 and "no campaign here" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "daemon", "sync-tracking"])
+def test_a_campaign_already_running_is_refused_before_the_rooms_load(tmp_path, command):
+    from pathlib import Path
+
+    from loop.control import workdir_lock
+    from loop.store import CampaignStore
+
+    smoke = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
+    workdir = tmp_path / "campaign"
+    CampaignStore.in_workdir(workdir).close()
+    args = (
+        (command, "--workdir", str(workdir))
+        if command == "sync-tracking"
+        else (command, str(smoke), "--workdir", str(workdir))
+    )
+    with workdir_lock(workdir):  # as the process running the campaign holds it
+        info, proc = probe(*args)
+    assert info["code"] == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "another matloop process is running this campaign" in lines[0]
+    assert info["heavy"] == []

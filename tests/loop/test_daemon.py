@@ -217,3 +217,35 @@ def test_stop_request_is_written_only_while_a_campaign_runs(tmp_path):
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert "stop requested" in request_stop(workdir)
     assert (workdir / STOP_FILE).exists()
+
+
+def test_a_stop_during_labelling_stores_the_calculation_under_way_and_starts_no_other(tmp_path):
+    """SIGTERM or `matloop stop` while the label stage runs: the calculation under way finishes and is stored, no
+    other starts, and the resumed stage labels only the rest (real EMT labels, this process)."""
+    from dataclasses import replace
+
+    from loop.stages.base import StageContext, StopRequested
+    from loop.stages.label import STAGE as LABEL
+
+    campaign = _campaign(tmp_path)
+    store = campaign.store
+    assert store is not None
+    hashes = [store.add_structure(s, source="relaxed", round=1) for s in STRUCTURES[:3]]
+    store.add_queries(1, [Query(hash=h, strategy="test", rank=i, score=None) for i, h in enumerate(hashes)])
+    ctx = StageContext(
+        config=campaign.config,
+        store=store,
+        workdir=campaign.workdir,
+        round=1,
+        should_stop=lambda: True,  # the request arrived while the first calculation ran
+    )
+    with pytest.raises(StopRequested):
+        LABEL.compute(ctx)
+    first = store.oracle_results()
+    assert len(first) == 1 and first[0].ok
+
+    labels = LABEL.compute(replace(ctx, should_stop=lambda: False))
+    assert sorted(labels.results) == sorted(hashes) and all(r.ok for r in labels.results.values())
+    assert len(store.oracle_results()) == 3
+    kept = store.get_oracle_result(first[0].hash, campaign.config.oracle.settings_hash())
+    assert kept is not None and kept.wall_time == first[0].wall_time  # stored once, not computed again

@@ -165,3 +165,33 @@ def test_screen_stage_survives_a_worker_killed_mid_relaxation(tmp_path: Path) ->
         [r.energy_per_atom for r in rows], [r.energy_per_atom for r in inline_rows], atol=1e-5
     )
     store.close()
+
+
+@pytest.mark.slow
+def test_a_stop_request_lets_started_calculations_finish_and_starts_no_other(tmp_path: Path) -> None:
+    """On Dask, after a stop request no calculation starts any more, and every one a worker had started is finished
+    and stored (its audit log has "finished" and the store its result); a second call labels the rest."""
+    store = CampaignStore.in_workdir(tmp_path)
+    hashes = [store.add_structure(s, source="test") for s in cu_au_cells(12)]
+    settings = EMTSettings()
+    with make_executor(local()) as ex:
+        first = label_hashes(
+            store,
+            hashes,
+            settings=settings,
+            workdir=tmp_path,
+            submit=ex.submit,
+            as_completed=ex.as_completed,
+            should_stop=lambda: True,  # asked after the first stored result
+            cancel_queued=ex.cancel_queued,
+        )
+        started = {h for h in hashes if (oracle_workdir(tmp_path, h) / CALLS_FILE).is_file()}
+        assert 1 <= len(first) < len(hashes) and set(first) == started
+        for h in started:
+            assert [c["event"] for c in audit(tmp_path, h)][-1] == "finished", h
+            assert store.get_oracle_result(h, settings.settings_hash()) is not None
+        rest = label_hashes(
+            store, hashes, settings=settings, workdir=tmp_path, submit=ex.submit, as_completed=ex.as_completed
+        )
+    assert all(r.ok for r in rest.values()) and len(store.oracle_results()) == len(hashes)
+    assert all(len(audit(tmp_path, h)) == 2 for h in hashes)  # each calculated once: started, finished
