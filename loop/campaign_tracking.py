@@ -24,7 +24,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -34,8 +34,16 @@ from loop import plots
 from loop.checkpoints import CHECKPOINT_KINDS, checkpoint_problem, copy_mismatch
 from loop.config import CampaignConfig
 from loop.control import workdir_lock
+from loop.round_science import (
+    RoundScience,
+    calls_judged_at,
+    campaign_science,
+    prevalence,
+    random_expectation,
+    round_hull,
+    round_roles,
+)
 from loop.science_report import write_report
-from loop.stages.shared import current_hull
 from loop.store import CampaignStore
 from loop.tracking import (
     CHAMPION,
@@ -56,25 +64,8 @@ EXPERIMENT_META = "mlflow_experiment_id"
 REPORT_LINK_META = "mlflow_report_link"
 REPORT_ARTIFACT = "report"
 REPORT_FILE = "science_report.html"
-CURVE_PLOT = "plots/hits_vs_oracle_calls.png"
-# Stage-result keys copied to the parent run as well, for comparing campaigns at a glance.
-_PARENT_SUMMARY_KEYS = (
-    "update.hit_rate",
-    "update.stable_rate",
-    "update.cumulative_hits",
-    "update.cumulative_stable",
-    "update.cumulative_new_discoveries",  # hits that are no known crystal (`loop.novelty`)
-    "update.cumulative_rediscoveries",
-    "retrain.emulator_heldout_refit_mae",
-    "retrain.emulator_heldout_fine_tuned_mae",
-    "update.emulator_mae",
-    "label.n_ok",
-    "label.n_failed",
-    "generate.n_generated",
-    "funnel.n_passed",
-)
-
-
+CURVE_PLOT = "plots/discoveries_vs_oracle_calls.png"
+DISCOVERY_CURVE = "discoveries_vs_oracle_calls"  # step = oracle call index (rounds >= 1)
 _NOT_METRICS = ("_s", "minutes", "steps", "epochs")
 _ROUND = re.compile(r"^round_\d{3,}$")
 
@@ -89,146 +80,49 @@ def model_names(campaign: str) -> dict[str, str]:
 
 
 # -- science per round ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RoundScience:
-    """Discovery figures of one round, judged on the oracle hull at the end of that round.
+def round_science(store: CampaignStore, rnd: int) -> RoundScience:
+    """The figures of round `rnd`, from `loop.round_science` (what status and the science report read too).
 
-    Attributes:
-        round: Round index (0 = the reference labels).
-        oracle_calls: Structures sent to the oracle this round.
-        oracle_calls_cumulative: Oracle calls of discovery rounds 1..round (round 0's references excluded).
-        hits: This round's queries that are hits (stable or near-stable).
-        hits_cumulative: Structures first queried in rounds 1..round that are hits on this round's hull.
-        stable: This round's queries on the hull.
-        hits_by_source / hits_cumulative_by_source: The same counts per generator.
-        emulator: Emulator vs oracle on this round's labels, before retraining (MAE eV/atom, Spearman of σ
-            against |error|, fraction of errors within 1σ), as the update stage measured them.
+    Raises:
+        KeyError: The store holds nothing of round `rnd`.
     """
-
-    round: int
-    oracle_calls: int
-    oracle_calls_cumulative: int
-    hits: int
-    hits_cumulative: int
-    stable: int
-    hits_by_source: dict[str, int] = field(default_factory=dict)
-    hits_cumulative_by_source: dict[str, int] = field(default_factory=dict)
-    emulator: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def hit_rate(self) -> float | None:
-        return self.hits / self.oracle_calls if self.oracle_calls and self.round > 0 else None
-
-    @property
-    def oracle_calls_per_hit(self) -> float | None:
-        return self.oracle_calls_cumulative / self.hits_cumulative if self.hits_cumulative else None
-
-    def metrics(self) -> dict[str, Any]:
-        """The parent run's per-round metrics (None values are not logged)."""
-        if self.round == 0:
-            return {
-                "oracle_calls_references": self.oracle_calls,
-                "hits_cumulative": 0,
-                "oracle_calls_cumulative": 0,
-            }
-        out: dict[str, Any] = {
-            "hits": self.hits,
-            "hits_stable": self.stable,
-            "hits_cumulative": self.hits_cumulative,
-            "oracle_calls": self.oracle_calls,
-            "oracle_calls_cumulative": self.oracle_calls_cumulative,
-            "hit_rate": self.hit_rate,
-            "oracle_calls_per_hit": self.oracle_calls_per_hit,
-            "hits_by_source": self.hits_by_source,
-            "hits_cumulative_by_source": self.hits_cumulative_by_source,
-            "emulator_mae_before_retrain": self.emulator.get("mae"),
-            "spearman_sigma_abs_error": self.emulator.get("spearman"),
-            "coverage_1sigma": self.emulator.get("coverage_1sigma"),
-        }
-        return {k: v for k, v in out.items() if v is not None}
-
-
-def query_sources(store: CampaignStore, rnd: int) -> dict[str, str]:
-    """The generator behind each structure queried in round `rnd` ("references" in round 0).
-
-    Queries are emulator-relaxed candidates, so each is traced back through its prediction to its candidate.
-    """
-    if rnd == 0:
-        return {q.hash: "references" for q in store.round_queries(0)}
-    relaxed_from = {p.relaxed_hash: p.hash for p in store.round_predictions(rnd)}
-    out = {}
-    for q in store.round_queries(rnd):
-        # A candidate carried in the pool from an earlier round: its generator is its structure row's source.
-        candidate = relaxed_from.get(q.hash, q.hash)
-        out[q.hash] = store.structure_row(candidate).source if store.has_structure(candidate) else "unknown"
-    return out
-
-
-def round_science(config: CampaignConfig, store: CampaignStore, rnd: int) -> RoundScience:
-    """Hits, oracle calls and emulator quality of round `rnd`, on the hull at the end of that round."""
-    rule = config.stability_rule
-    e_hull = {v.hash: v.e_hull for v in store.stability(rnd)}
-    sources = query_sources(store, rnd)
-    hits_by_source: dict[str, int] = {}
-    for h, src in sources.items():
-        if rule.is_hit(e_hull.get(h)):
-            hits_by_source[src] = hits_by_source.get(src, 0) + 1
-    calls_cum, cumulative_by_source = 0, {}
-    for k in range(1, rnd + 1):
-        earlier = query_sources(store, k)
-        calls_cum += len(earlier)
-        for h, src in earlier.items():
-            if rule.is_hit(e_hull.get(h)):
-                cumulative_by_source[src] = cumulative_by_source.get(src, 0) + 1
-    update = store.stage_result(rnd, "update") or {}
-    emulator = {
-        name: float(update[key])
-        for name, key in (
-            ("mae", "emulator_mae"),
-            ("spearman", "emulator_spearman_std_err"),
-            ("coverage_1sigma", "emulator_within_1sigma"),
-        )
-        if isinstance(update.get(key), int | float) and math.isfinite(update[key])
-    }
-    return RoundScience(
-        round=rnd,
-        oracle_calls=len(sources),
-        oracle_calls_cumulative=calls_cum,
-        hits=sum(hits_by_source.values()) if rnd > 0 else 0,
-        hits_cumulative=sum(cumulative_by_source.values()),
-        stable=sum(1 for h in sources if rule.is_stable(e_hull.get(h))) if rnd > 0 else 0,
-        hits_by_source=hits_by_source if rnd > 0 else {},
-        hits_cumulative_by_source=cumulative_by_source,
-        emulator=emulator,
-    )
+    for science in campaign_science(store):
+        if science.round == rnd:
+            return science
+    raise KeyError(f"round {rnd} is not in the campaign store")
 
 
 def round_metrics(store: CampaignStore, rnd: int) -> dict[str, float]:
-    """Flat numeric metrics of one round, from the results its stages committed."""
+    """What each stage of one round reported, grouped apart from the science: `stage/<stage>.<key>`, and the
+    stage's wall time as `time/<stage>_s`."""
     metrics: dict[str, float] = {}
     for stage in store.stages():
         if stage.round != rnd or stage.stage == "track":
             continue
         result = dict(stage.result)
-        metrics[f"time_{stage.stage}_s"] = float(result.pop("wall_time_s", 0.0))
-        metrics.update(flatten_numeric(result, prefix=stage.stage))
+        metrics[f"time/{stage.stage}_s"] = float(result.pop("wall_time_s", 0.0))
+        metrics.update(flatten_numeric(result, prefix=f"stage/{stage.stage}"))
     return metrics
 
 
 def source_yield(config: CampaignConfig, store: CampaignStore, rnd: int) -> dict[str, dict[str, int]]:
     """generated / passed_funnel / queried / hits counts per generator for one round."""
+    del config  # the rule is the one the update stage applied, read from the store
+    science = round_science(store, rnd)
     out: dict[str, dict[str, int]] = {}
-    for c in store.candidates(rnd):
-        d = out.setdefault(c.source, {"generated": 0, "passed_funnel": 0, "queried": 0, "hits": 0})
-        d["generated"] += 1
-        d["passed_funnel"] += int(c.passed)
-    science = round_science(config, store, rnd)
-    for src in query_sources(store, rnd).values():
+    for src, n in science.generated_by_source.items():
+        out[src] = {
+            "generated": n,
+            "passed_funnel": science.passed_by_source.get(src, 0),
+            "queried": 0,
+            "hits": 0,
+        }
+    for src, n in science.calls_by_source.items():
         if src in out:
-            out[src]["queried"] += 1
-    for src, n in science.hits_by_source.items():
+            out[src]["queried"] = n
+    for src, n in science.discoveries_by_source.items():
         if src in out:
-            out[src]["hits"] += n
+            out[src]["hits"] = n
     return out
 
 
@@ -239,7 +133,7 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
 
 def round_description(config: CampaignConfig, store: CampaignStore, rnd: int) -> str:
     """Markdown summary of a round for its run's description."""
-    science = round_science(config, store, rnd)
+    science = round_science(store, rnd)
     rule = config.stability_rule
     e_hull = {v.hash: v.e_hull for v in store.stability(rnd)}
     formulas = {r.hash: r.reduced_formula for r in store.structure_rows(where="round = ?", params=(rnd,))}
@@ -254,7 +148,7 @@ def round_description(config: CampaignConfig, store: CampaignStore, rnd: int) ->
     generate = store.stage_result(rnd, "generate") or {}
     funnel = store.stage_result(rnd, "funnel") or {}
     per_source = ", ".join(f"{k} {v}" for k, v in (generate.get("per_source") or {}).items())
-    sources = query_sources(store, rnd)
+    sources = {c.hash: c.source for c in science.calls}
     placed = sorted((e_hull[h], h) for h in queried if h in e_hull and math.isfinite(e_hull[h]))
     if placed:
         e, h = placed[0]
@@ -270,11 +164,14 @@ def round_description(config: CampaignConfig, store: CampaignStore, rnd: int) ->
         f"**Round {rnd}** of campaign `{config.name}`\n\n"
         f"- generated: {generate.get('n_generated', 0)} ({per_source or 'none'})\n"
         f"- through the funnel: {funnel.get('n_passed', 0)}\n"
-        f"- queried (oracle calls): {science.oracle_calls}\n"
-        f"- hits (E_hull <= {config.near_stable:g} eV/atom): {science.hits}, of which {science.stable} on the hull;"
-        f" hit rate {_fmt(science.hit_rate, '.2f')}\n"
-        f"- emulator MAE before retraining: {_fmt(science.emulator.get('mae'))} eV/atom;"
-        f" Spearman(σ, |error|) {_fmt(science.emulator.get('spearman'), '.2f')}\n"
+        f"- oracle calls: {science.oracle_calls} ({science.oracle_calls_cumulative} so far)\n"
+        f"- discoveries (E_hull <= {config.near_stable:g} eV/atom on this round's hull): {science.discoveries}, "
+        f"of which {science.on_hull} on the hull; {science.discoveries_cumulative} so far\n"
+        f"- screening error (emulator at its relaxed geometry vs oracle, before retraining): MAE "
+        f"{_fmt(science.screening_mae)} eV/atom, Spearman(σ, |error|) {_fmt(science.screening_spearman, '.2f')}"
+        f" over {len(science.screening_pairs)} labels\n"
+        f"- model error at the oracle's geometry (retrain check, raw single points): MAE "
+        f"{_fmt(science.retrain_mae)} eV/atom\n"
         f"- best discovery: {best}\n"
     )
 
@@ -296,11 +193,16 @@ def campaign_description(
     store: CampaignStore,
     *,
     report_link: str | None,
+    registered: Mapping[str, tuple[int, str | None]],
     ended: tuple[str, str] | None = None,
 ) -> str:
-    """Markdown description of the parent run: what the campaign is, where it stands, the science report."""
+    """Markdown description of the parent run: what the campaign is, where it stands, the science report.
+
+    Args:
+        registered: The campaign's models the registry holds: name -> (versions, the `champion` version or None).
+    """
     done = [r.round for r in store.rounds() if r.status == "done" and r.round > 0]
-    last = round_science(config, store, max(done)) if done else None
+    last = round_science(store, max(done)) if done else None
     oracle = config.oracle.model_dump(mode="json")
     settings = ", ".join(
         f"{k} {v}"
@@ -319,17 +221,29 @@ def campaign_description(
         f"- a hit: E_hull <= {config.near_stable:g} eV/atom above the oracle hull",
         f"- progress: {len(done)} discovery rounds, "
         f"{last.oracle_calls_cumulative if last else 0} oracle calls "
-        f"(+ {len(store.round_queries(0))} reference labels), {last.hits_cumulative if last else 0} hits",
+        f"(+ {len(store.round_queries(0))} reference labels), "
+        f"{last.discoveries_cumulative if last else 0} discoveries",
     ]
     if ended is not None:
         lines.append(f"- ended: {ended[0]} ({ended[1]})")
     if report_link:
         lines.append(f"- science report: [{REPORT_ARTIFACT}/{REPORT_FILE}]({report_link})")
-    lines.append(
-        f"- registered models: `{model_names(config.name)['emulator']}`, `{model_names(config.name)['generator']}`"
-        f" (alias `{CHAMPION}` = the version in use)"
-    )
+    held = [
+        f"`{name}` ({n} version{'s' if n != 1 else ''}"
+        + (f", `{CHAMPION}` = version {champion}, the one in use)" if champion else ")")
+        for name, (n, champion) in registered.items()
+        if n
+    ]
+    lines.append(f"- registered models: {', '.join(held) if held else 'none yet'}")
     return "\n".join(lines) + "\n"
+
+
+def _registered(tracker: Tracker, config: CampaignConfig) -> dict[str, tuple[int, str | None]]:
+    """What the registry holds of the campaign's models, read back from it: name -> (versions, champion)."""
+    return {
+        name: (len(tracker.model_versions(name)), tracker.alias_version(name))
+        for name in model_names(config.name).values()
+    }
 
 
 # -- the tracker of a campaign ----------------------------------------------------------------------------------------
@@ -346,8 +260,9 @@ def _open_parent(tracker: Tracker, config: CampaignConfig, store: CampaignStore)
     """Start or resume the parent run. A stored id unknown to the backend means the store was replaced or reset:
     the stored run ids are forgotten and every round is logged again."""
     stored = store.get_meta(PARENT_META)
+    started = store.get_meta("started_at")
     try:
-        parent = tracker.start_campaign(run_id=stored)
+        parent = tracker.start_campaign(run_id=stored, start_time=started)
     except TrackingError:
         if stored is None:
             raise
@@ -357,7 +272,7 @@ def _open_parent(tracker: Tracker, config: CampaignConfig, store: CampaignStore)
         for r in store.rounds():
             store.set_meta(_round_run_meta(r.round), None)
         store.set_meta(LOGGED_META, [])
-        parent = tracker.start_campaign(run_id=None)
+        parent = tracker.start_campaign(run_id=None, start_time=started)
     assert parent is not None
     if parent != stored:
         store.set_meta(PARENT_META, parent)
@@ -381,31 +296,34 @@ def _log_round(
     tracker: Tracker, config: CampaignConfig, store: CampaignStore, rnd: int, workdir: Path
 ) -> str:
     key = _round_run_meta(rnd)
-    run_id = tracker.start_round(round_index=rnd, run_id=store.get_meta(key))
+    science = round_science(store, rnd)
+    run_id = tracker.start_round(round_index=rnd, run_id=store.get_meta(key), start_time=science.started_at)
     assert run_id is not None
     store.set_meta(key, run_id)
 
-    metrics = round_metrics(store, rnd)
-    science = round_science(config, store, rnd)
-    tracker.log_metrics({**metrics, "science": science.metrics()}, step=rnd, run_id=run_id)
-    tracker.log_metrics({k: v for k, v in metrics.items() if k in _PARENT_SUMMARY_KEYS}, step=rnd)
+    # The round run holds the science under the same names as the parent, and every stage's own report grouped
+    # apart (`stage/...`, `time/...`); the parent holds only the curated science curves.
+    tracker.log_metrics({**round_metrics(store, rnd), **science.metrics()}, step=rnd, run_id=run_id)
     tracker.log_metrics(science.metrics(), step=rnd)
-    tracker.log_metric("hits_vs_oracle_calls", science.hits_cumulative, step=science.oracle_calls_cumulative)
+    # One point per oracle call: discoveries so far (on this round's hull) against the calls made so far.
+    earlier = science.discoveries_cumulative - science.discoveries
+    for call in science.calls:
+        earlier += call.hit
+        tracker.log_metric(DISCOVERY_CURVE, earlier, step=call.index)
 
     queried = store.get_structures([q.hash for q in store.round_queries(rnd)])
     if rnd == 0:
         tracker.log_structures(queried, artifact_path="references", run_id=run_id)
     else:
         tracker.log_structures(queried, artifact_path="queried", run_id=run_id)
-        rule = config.stability_rule
-        hits = {v.hash for v in store.stability(rnd) if v.hash in queried and rule.is_hit(v.e_hull)}
+        hits = {c.hash for c in science.calls if c.hit}
         tracker.log_structures(
             {h: queried[h] for h in sorted(hits)}, artifact_path="discovered", run_id=run_id
         )
     _log_plots(config, store=store, round=rnd, tracker=tracker, run_id=run_id)
     _log_models(tracker, config, store, rnd, run_id, workdir)
     tracker.set_description(round_description(config, store, rnd), run_id=run_id)
-    tracker.end_run(run_id=run_id)
+    tracker.end_run(run_id=run_id, end_time=science.finished_at)
     store.set_meta(LOGGED_META, sorted({*logged_rounds(store), rnd}))
     return run_id
 
@@ -413,12 +331,20 @@ def _log_round(
 def _log_plots(
     config: CampaignConfig, *, store: CampaignStore, round: int, tracker: Tracker, run_id: str
 ) -> None:
-    hull = current_hull(config, store)
-    queried = [q.hash for q in store.round_queries(round)]
+    sciences = [s for s in campaign_science(store) if s.round <= round]
+    science = sciences[-1]
+    hull = round_hull(store, round)
+    roles = round_roles(store, sciences, round)
     for system in config.chemical_systems:
         try:
-            fig = plots.plot_convex_hull(
-                hull, chemsys=system.split("-"), highlight_ids=queried, threshold=config.near_stable
+            if hull is None:
+                raise plots.PlotError("no oracle label yet")
+            fig = plots.plot_hull_roles(
+                hull,
+                chemsys=system.split("-"),
+                roles=roles,
+                near_stable=config.near_stable,
+                title=f"{system}: oracle hull after round {round}",
             )
         except plots.PlotError as exc:
             log.info("no hull plot of %s this round: %s", system, exc)
@@ -426,29 +352,35 @@ def _log_plots(
         tracker.log_figure(fig, artifact_file=f"plots/hull_{system}_round_{round:03d}.png", run_id=run_id)
     if round == 0:
         return
-    settings_hash = config.oracle.settings_hash()
-    preds = {p.relaxed_hash: p for p in store.round_predictions(round)}
-    pts = [
-        (preds[h].energy_per_atom, preds[h].energy_per_atom_std, res.energy_per_atom)
-        for h in queried
-        if h in preds and (res := store.get_oracle_result(h, settings_hash)) is not None and res.ok
-    ]
-    if pts:
-        pred, std, true = zip(*pts, strict=True)
+    if science.screening_pairs:
+        pred, std, true = zip(*science.screening_pairs, strict=True)
         fig = plots.plot_parity(predicted=pred, oracle=true, predicted_std=std)
+        fig.axes[0].set_title(f"screening error, round {round}: {fig.axes[0].get_title()}", fontsize=9)
         tracker.log_figure(fig, artifact_file=f"plots/parity_round_{round:03d}.png", run_id=run_id)
     per_source = source_yield(config, store, round)
     if per_source:
         fig = plots.plot_source_yield(per_source, stages=("generated", "passed_funnel", "queried", "hits"))
         tracker.log_figure(fig, artifact_file=f"plots/yield_round_{round:03d}.png", run_id=run_id)
-    curve = [round_science(config, store, k) for k in range(1, round + 1) if store.stage_done(k, "update")]
-    fig = plots.plot_discovery_curve(
-        oracle_calls=[0, *(s.oracle_calls_cumulative for s in curve)],
-        hits=[0, *(s.hits_cumulative for s in curve)],
-        rounds=[0, *(s.round for s in curve)],
-        title=f"{config.name}: hits (E_hull <= {config.near_stable:g} eV/atom) vs oracle calls",
-    )
-    tracker.log_figure(fig, artifact_file=CURVE_PLOT)
+    calls = calls_judged_at(store, sciences, upto=round)
+    if calls:
+        rates = prevalence(store, near_stable=config.near_stable)
+        fig = plots.plot_discovery_curve(
+            hits=[c.hit for _, c in calls],
+            rounds=[rnd for rnd, _ in calls],
+            expected=random_expectation(calls, rates),
+            expected_label=_random_label(rates),
+            title=f"{config.name}: discoveries (E_hull <= {config.near_stable:g} eV/atom on the hull after round "
+            f"{round}) vs oracle calls",
+        )
+        tracker.log_figure(fig, artifact_file=CURVE_PLOT)
+
+
+def _random_label(rates: Mapping[int, tuple[float, int]]) -> str:
+    """The legend of the random baseline: its estimated hits per call."""
+    if not rates:
+        return "uniform random (no estimate)"
+    text = ", ".join(f"r{k} {100 * p:.0f}%" for k, (p, _) in sorted(rates.items()))
+    return f"uniform random, expected (hits/call est. {text})"
 
 
 def _sha256_of(items: list[str]) -> str:
@@ -676,7 +608,12 @@ def track_round(config: CampaignConfig, *, store: CampaignStore, round: int, wor
         todo = sorted(set(pending_rounds(store)) | {round})
         run_ids = {rnd: _log_round(tracker, config, store, rnd, workdir) for rnd in todo}
         tracker.set_description(
-            campaign_description(config, store, report_link=store.get_meta(REPORT_LINK_META))
+            campaign_description(
+                config,
+                store,
+                report_link=store.get_meta(REPORT_LINK_META),
+                registered=_registered(tracker, config),
+            )
         )
     except (TrackingUnavailable, TrackingError) as exc:
         log.warning(
@@ -730,8 +667,15 @@ def _close_parent(
         _log_round(tracker, config, store, rnd, workdir)
     link = _log_science_report(tracker, workdir) or store.get_meta(REPORT_LINK_META)
     store.set_meta(REPORT_LINK_META, link)
-    tracker.set_description(campaign_description(config, store, report_link=link, ended=(status, reason)))
-    tracker.end_run(status=status, reason=reason)
+    tracker.set_description(
+        campaign_description(
+            config, store, report_link=link, registered=_registered(tracker, config), ended=(status, reason)
+        )
+    )
+    # The campaign's work ended with its last stage; logging the report afterwards is not part of it.
+    tracker.end_run(
+        status=status, reason=reason, end_time=max((s.finished_at for s in store.stages()), default=None)
+    )
     store.set_meta(END_META, {"status": status, "reason": reason, "closed": True})
 
 
@@ -805,7 +749,12 @@ def sync_tracking(config: CampaignConfig, *, store: CampaignStore, workdir: Path
         _close_parent(tracker, config, store, workdir, status=end["status"], reason=end["reason"])
     else:
         tracker.set_description(
-            campaign_description(config, store, report_link=store.get_meta(REPORT_LINK_META))
+            campaign_description(
+                config,
+                store,
+                report_link=store.get_meta(REPORT_LINK_META),
+                registered=_registered(tracker, config),
+            )
         )
     return SyncResult(rounds=todo, parent_status=tracker.run_status(), moved_aside=moved)
 

@@ -1,4 +1,4 @@
-"""Campaign figures: convex hull, emulator-vs-oracle parity, per-source yield.
+"""Campaign figures: convex hull by role, emulator-vs-oracle parity, per-source yield, discoveries per call.
 
 Figures are built on matplotlib's object API with the Agg canvas (no pyplot state, so a long-running daemon does
 not accumulate open figures). Each function returns the `Figure` and, given `path`, also writes a PNG there.
@@ -44,98 +44,6 @@ def _save(fig: Figure, path: Path | str | None) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-
-
-def plot_convex_hull(
-    hull: OracleHull,
-    *,
-    chemsys: Sequence[str],
-    candidates: Sequence[tuple[Composition | str, float]] = (),
-    highlight_ids: Sequence[str] = (),
-    threshold: float | None = None,
-    path: Path | str | None = None,
-) -> Figure:
-    """Hull of one chemical system in the oracle's level of theory.
-
-    Binary systems: formation energy per atom against the atomic fraction of the second element (elements in the
-    order given), the hull as a line through the stable entries, unstable oracle entries as open circles,
-    `highlight_ids` (e.g. this round's discoveries) as stars and `candidates` (composition, emulator energy per
-    atom) as crosses. Other systems: a bar chart of E_hull per oracle entry, then per candidate, with `threshold`
-    as a dashed line.
-
-    Artists are labelled "hull", "stable", "unstable", "highlighted", "candidates" (binary) or "entries",
-    "stable", "candidates", "threshold" (otherwise) so callers and tests can find them.
-
-    Raises:
-        PlotError: The system has no oracle entries or lacks an elemental reference.
-    """
-    elements = [str(Element(s)) for s in chemsys]
-    entries = hull.entries_in(elements)
-    if not entries:
-        raise PlotError(f"no oracle entries in {'-'.join(elements)}; label that chemical system first")
-    try:
-        hull.phase_diagram(elements)
-    except HullError as exc:
-        raise PlotError(str(exc)) from None
-    e_hull = hull.entry_e_above_hull()
-    highlight = set(highlight_ids)
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    system = "-".join(elements)
-    if len(elements) == 2:
-        other = Element(elements[1])
-
-        def xy(comp: Composition | str, energy: float) -> tuple[float, float]:
-            c = Composition(comp)
-            return c.get_atomic_fraction(other), hull.formation_energy_per_atom(c, energy)
-
-        points = {e.entry_id: xy(e.composition, e.energy_per_atom) for e in entries}
-        stable = sorted(
-            (points[e.entry_id] for e in entries if e_hull[e.entry_id] <= 1e-6), key=lambda p: p[0]
-        )
-        unstable = [points[e.entry_id] for e in entries if e_hull[e.entry_id] > 1e-6]
-        sx, sy = np.array(stable).T
-        ax.plot(sx, sy, "-", color="k", lw=1.2, label="hull", zorder=1)
-        ax.scatter(sx, sy, s=40, color="k", label="stable", zorder=3)
-        if unstable:
-            ux, uy = np.array(unstable).T
-            ax.scatter(ux, uy, s=36, facecolors="none", edgecolors="0.4", label="unstable", zorder=2)
-        marked = [points[i] for i in points if i in highlight]
-        if marked:
-            hx, hy = np.array(marked).T
-            ax.scatter(hx, hy, s=160, marker="*", color="tab:red", label="highlighted", zorder=4)
-        if len(candidates):
-            cx, cy = np.array([xy(c, e) for c, e in candidates]).T
-            ax.scatter(cx, cy, s=30, marker="x", color="tab:blue", label="candidates", zorder=2)
-        ax.set_xlim(-0.02, 1.02)
-        ax.set_xlabel(f"x in {elements[0]}$_{{1-x}}${elements[1]}$_x$")
-        ax.set_ylabel("formation energy (eV/atom)")
-    else:
-        names = [e.entry_id for e in entries]
-        values = [e_hull[i] for i in names]
-        colors = [
-            "tab:red" if i in highlight else ("k" if v <= 1e-6 else "0.6")
-            for i, v in zip(names, values, strict=True)
-        ]
-        pos = np.arange(len(names))
-        ax.bar(pos, values, color=colors, label="entries")
-        on_hull = [p for p, v in zip(pos, values, strict=True) if v <= 1e-6]
-        # Stable entries have zero-height bars; mark them so they are visible.
-        ax.scatter(on_hull, np.zeros(len(on_hull)), marker="o", color="k", zorder=3, label="stable")
-        ticks = list(names)
-        if len(candidates):
-            ev = hull.evaluate([c for c, _ in candidates], [e for _, e in candidates])
-            cpos = np.arange(len(names), len(names) + len(candidates))
-            ax.bar(cpos, np.nan_to_num(ev.e_above_hull), color="tab:blue", label="candidates")
-            ticks += [Composition(c).reduced_formula for c, _ in candidates]
-        ax.set_xticks(np.arange(len(ticks)), ticks, rotation=60, ha="right", fontsize=7)
-        ax.set_ylabel("energy above hull (eV/atom)")
-        if threshold is not None:
-            ax.axhline(threshold, ls="--", color="tab:green", lw=1, label="threshold")
-    ax.set_title(f"{system} hull (oracle level of theory)")
-    ax.legend(fontsize=8)
-    _save(fig, path)
-    return fig
 
 
 def plot_parity(
@@ -230,10 +138,19 @@ def plot_source_yield(
 HULL_ROLE_STYLE: dict[str, tuple[str, str, float, str]] = {
     "reference": ("s", "k", 42.0, "reference (round 0)"),
     "candidate": ("o", "none", 30.0, "labelled candidate, not a hit"),
+    "earlier_discovery": ("*", "0.65", 110.0, "hit of an earlier round"),
+    "query": ("o", "tab:blue", 40.0, "queried this round, not a hit"),
     "discovery": ("*", "tab:red", 170.0, "discovery (hit)"),
     "rediscovery": ("D", "gold", 70.0, "rediscovery of a withheld phase"),
 }
-_ROLE_ZORDER = {"candidate": 2, "reference": 3, "rediscovery": 4, "discovery": 5}
+_ROLE_ZORDER = {
+    "candidate": 2,
+    "earlier_discovery": 3,
+    "query": 3,
+    "reference": 3,
+    "rediscovery": 4,
+    "discovery": 5,
+}
 
 
 class _RoleLegend:
@@ -284,8 +201,9 @@ def plot_hull_roles(
     Ternary systems: the Gibbs triangle with the hull's tie-lines. Larger systems: E_hull of each entry by formula.
 
     Args:
-        roles: Entry id -> "reference", "candidate", "discovery" or "rediscovery" (see `HULL_ROLE_STYLE`);
-            entries without a role count as "candidate".
+        roles: Entry id -> "reference", "candidate", "discovery", "rediscovery", "query" (queried in the round
+            drawn, not a hit) or "earlier_discovery" (see `HULL_ROLE_STYLE`); entries without a role count as
+            "candidate". Only "discovery" is a red star, so a hull drawn for one round stars only its hits.
         near_stable: The campaign's hit threshold above the hull, eV/atom.
 
     Artists are labelled with the role names (and "hull") so callers and tests can find them.
@@ -456,15 +374,17 @@ def plot_discovery_progress(
     rounds: Sequence[int],
     oracle_calls: Sequence[int],
     hits: Sequence[int],
+    cumulative_hits: Sequence[int],
 ) -> Figure:
-    """Discovery per round: hit rate, cumulative discoveries against cumulative oracle calls, oracle calls per hit.
+    """Discovery per round: the hit rate of each round's calls, and cumulative oracle calls per discovery.
 
     Args:
         rounds: Round numbers (>= 1).
         oracle_calls: Oracle calls made in each round (failed calls count: they cost the same).
         hits: Hits (stable or near-stable) among each round's calls.
+        cumulative_hits: Discoveries so far after each round (they may fall when a later label lowers the hull).
 
-    Panels are titled "hit rate per round", "cumulative discoveries" and "oracle calls per hit".
+    Panels are titled "hit rate per round" and "oracle calls per discovery".
 
     Raises:
         PlotError: Lengths differ, no round, a negative count, or more hits than calls.
@@ -472,13 +392,16 @@ def plot_discovery_progress(
     r = np.asarray(rounds, dtype=int)
     calls = np.asarray(oracle_calls, dtype=float)
     found = np.asarray(hits, dtype=float)
-    if not (r.shape == calls.shape == found.shape) or r.size == 0:
-        raise PlotError("rounds, oracle_calls and hits need one value per round (at least one round)")
-    if (calls < 0).any() or (found < 0).any() or (found > calls).any():
+    cum_hits = np.asarray(cumulative_hits, dtype=float)
+    if not (r.shape == calls.shape == found.shape == cum_hits.shape) or r.size == 0:
+        raise PlotError(
+            "rounds, oracle_calls, hits and cumulative_hits need one value per round (at least one)"
+        )
+    if (calls < 0).any() or (found < 0).any() or (found > calls).any() or (cum_hits < 0).any():
         raise PlotError("counts must be >= 0 and hits <= oracle calls")
-    cum_calls, cum_hits = np.cumsum(calls), np.cumsum(found)
-    fig = _new_figure((10.5, 3.5))
-    ax1, ax2, ax3 = fig.subplots(1, 3)
+    cum_calls = np.cumsum(calls)
+    fig = _new_figure((8.0, 3.5))
+    ax1, ax3 = fig.subplots(1, 2)
     rate = np.divide(found, calls, out=np.zeros_like(found), where=calls > 0)
     bars = ax1.bar(r, 100 * rate, color="tab:blue", width=0.6)
     ax1.bar_label(
@@ -488,18 +411,6 @@ def plot_discovery_progress(
     ax1.set_xlabel("round")
     ax1.set_ylabel("hits / oracle calls (%)")
     ax1.set_title("hit rate per round", fontsize=10)
-    ax2.plot(cum_calls, cum_hits, "o-", color="tab:red")
-    for x, y, k in zip(cum_calls, cum_hits, r, strict=True):
-        ax2.annotate(f"round {k}", (x, y), xytext=(4, -11), textcoords="offset points", fontsize=7)
-    ax2.plot([0, cum_calls[-1]], [0, cum_calls[-1]], ":", color="0.6", lw=1, label="every call a hit")
-    ax2.set_xlim(0, cum_calls[-1] * 1.08 + 0.5)
-    ax2.set_ylim(0, max(cum_hits[-1], 1) * 1.3)
-    ax2.set_xlabel("cumulative oracle calls")
-    ax2.set_ylabel("cumulative discoveries")
-    ax2.set_title("cumulative discoveries", fontsize=10)
-    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax2.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax2.legend(fontsize=7, loc="upper left")
     per_hit = np.divide(cum_calls, cum_hits, out=np.full_like(cum_calls, np.nan), where=cum_hits > 0)
     ax3.plot(r, per_hit, "o-", color="k")
     for x, h in zip(r, cum_hits, strict=True):
@@ -510,8 +421,8 @@ def plot_discovery_progress(
     finite = per_hit[np.isfinite(per_hit)]
     ax3.set_ylim(0, max(finite.max() if finite.size else 1.0, 1.0) * 1.25)
     ax3.set_xlabel("round")
-    ax3.set_ylabel("cumulative oracle calls per hit")
-    ax3.set_title("oracle calls per hit", fontsize=10)
+    ax3.set_ylabel("oracle calls so far / discoveries so far")
+    ax3.set_title("oracle calls per discovery", fontsize=10)
     for ax in (ax1, ax3):
         ax.set_xticks(r)
         ax.set_xlim(r.min() - 0.6, r.max() + 0.6)
@@ -687,48 +598,58 @@ def plot_ehull_by_call(
 
 def plot_discovery_curve(
     *,
-    oracle_calls: Sequence[int],
-    hits: Sequence[int],
-    rounds: Sequence[int] | None = None,
-    title: str = "hits vs oracle calls",
+    hits: Sequence[bool],
+    rounds: Sequence[int],
+    expected: Sequence[float] | None = None,
+    expected_label: str = "uniform random (expected)",
+    title: str = "discoveries vs oracle calls",
     path: Path | str | None = None,
 ) -> Figure:
-    """Cumulative hits against cumulative oracle calls, one point per round (the campaign's efficiency curve).
-
-    A dotted line from the origin through the last point shows the campaign's average hits per call, so a curve
-    above it has found hits early.
+    """Cumulative discoveries against oracle calls, one step per call: each hit is drawn at the call that made it.
 
     Args:
-        oracle_calls: Cumulative oracle calls after each round (non-decreasing).
-        hits: Cumulative hits after each round.
-        rounds: Round index of each point, annotated beside it.
+        hits: Whether each oracle call of rounds >= 1 is a hit, in campaign order (call 1 first).
+        rounds: The round of each call (rounds are separated by vertical lines and named above the axes).
+        expected: Cumulative hits a baseline would expect after each call (e.g. uniform random picks), drawn
+            dashed and labelled `expected_label`.
         title: Axes title.
 
+    Artists are labelled "discoveries" (the step curve), "hits" (a marker per hit) and "expected".
+
     Raises:
-        PlotError: Empty or mismatched inputs, negative or decreasing call counts.
+        PlotError: No call, or lengths differ.
     """
-    calls = np.asarray(oracle_calls, dtype=float)
-    found = np.asarray(hits, dtype=float)
-    if calls.size == 0 or calls.shape != found.shape:
-        raise PlotError("pass one cumulative oracle-call count and one cumulative hit count per round")
-    if rounds is not None and len(rounds) != calls.size:
-        raise PlotError("pass one round index per point")
-    if (calls < 0).any() or (found < 0).any() or (np.diff(calls) < 0).any():
-        raise PlotError("cumulative counts must be >= 0 and oracle calls must not decrease")
-    fig = _new_figure((5.5, 4.0))
+    flags = np.asarray(hits, dtype=bool).reshape(-1)
+    r = np.asarray(rounds, dtype=int).reshape(-1)
+    if flags.size == 0 or r.shape != flags.shape:
+        raise PlotError("pass one hit flag and one round per oracle call (at least one call)")
+    base = None if expected is None else np.asarray(expected, dtype=float).reshape(-1)
+    if base is not None and base.shape != flags.shape:
+        raise PlotError("pass one expected cumulative count per oracle call")
+    x = np.arange(0, flags.size + 1)
+    y = np.concatenate([[0], np.cumsum(flags)])
+    fig = _new_figure((6.4, 4.0))
     ax = fig.add_subplot()
-    ax.step(calls, found, where="post", color="C0", label="hits")
-    ax.plot(calls, found, "o", color="C0")
-    if calls[-1] > 0:
-        ax.plot([0, calls[-1]], [0, found[-1]], ":", color="grey", label="average rate")
-    if rounds is not None:
-        for x, y, r in zip(calls, found, rounds, strict=True):
-            ax.annotate(f"r{r}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xlabel("oracle calls (cumulative)")
-    ax.set_ylabel("hits (cumulative)")
-    ax.set_xlim(0, max(calls[-1], 1.0) * 1.08)
-    ax.set_ylim(0, max(found.max(), 1.0) * 1.2)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.step(x, y, where="post", color="C0", label="discoveries")
+    at = np.flatnonzero(flags) + 1
+    ax.plot(at, y[at], "*", ms=11, color="tab:red", markeredgecolor="k", mew=0.5, label="hits")
+    if base is not None:
+        ax.plot(x, np.concatenate([[0.0], base]), "--", color="0.45", label="expected")
+    for k in np.flatnonzero(np.diff(r)):
+        ax.axvline(k + 1.5, color="0.8", lw=0.8, zorder=0)
+    for rnd in sorted(set(r.tolist())):
+        ax.text(float(np.mean(np.flatnonzero(r == rnd) + 1)), 1.01, f"round {rnd}", transform=ax.get_xaxis_transform(),
+                ha="center", va="bottom", fontsize=7.5, color="0.3")  # fmt: skip
+    ax.set_xlabel("oracle call (campaign order, rounds >= 1)")
+    ax.set_ylabel("discoveries so far")
+    ax.set_xlim(0, flags.size + 0.5)
+    top = max(float(y.max()), float(base.max()) if base is not None else 0.0, 1.0)
+    ax.set_ylim(0, top * 1.25)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(title, fontsize=9, pad=16)
+    handles, labels = ax.get_legend_handles_labels()
+    texts = {"discoveries": "discoveries so far", "hits": "a hit, at its call", "expected": expected_label}
+    ax.legend(handles, [texts.get(label, label) for label in labels], fontsize=7.5, loc="upper left")
     _save(fig, path)
     return fig

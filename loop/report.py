@@ -16,6 +16,7 @@ from rich.table import Table
 from loop.hull import HullEntry, OracleHull
 from loop.novelty import stored_novelty
 from loop.oracle_calls import oracle_calls, reference_labels
+from loop.round_science import campaign_science, origin
 from loop.stages import stages_of
 from loop.store import CampaignStore, StoredResult, StructureRow
 from loop.verdicts import StabilityRule
@@ -27,22 +28,6 @@ def stability_rule(store: CampaignStore) -> StabilityRule:
     if "near_stable" not in config:
         raise ValueError(f"{store.path}: no campaign config stored; is this a matloop workdir?")
     return StabilityRule(near_stable=float(config["near_stable"]))
-
-
-DERIVED_SOURCES = ("relaxed", "oracle_relaxed")
-"""Sources of structures the campaign derives from another stored one: the emulator's and the oracle's
-relaxations (their `parent` is the structure they started from)."""
-
-
-def origin(rows: Mapping[str, StructureRow], h: str) -> StructureRow | None:
-    """The row of what structure `h` was made from: up through its relaxations to the generated candidate, the
-    bundled crystal or the user's file (`h`'s own row when it is one of those; None when `h` is not stored)."""
-    row = rows.get(h)
-    for _ in range(len(rows)):  # a parent chain cannot be longer than the store
-        if row is None or row.source not in DERIVED_SOURCES or row.parent not in rows:
-            break
-        row = rows[row.parent]
-    return row
 
 
 def _origin_source(rows: Mapping[str, StructureRow], h: str) -> str | None:
@@ -109,12 +94,14 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
         rule = stability_rule(store)
         rnd, stage = next_stage(store)
         per_round = []
+        # The figures MLflow logs and the science report tables: one computation (`loop.round_science`).
+        science = {s.round: s for s in campaign_science(store)}
         for r in store.rounds():
             summary = r.summary or {}
+            sci = science[r.round]
             generate = store.stage_result(r.round, "generate") or {}
             funnel = store.stage_result(r.round, "funnel") or {}
             screened = store.stage_result(r.round, "screen") or {}
-            update = store.stage_result(r.round, "update") or {}
             per_round.append(
                 {
                     "round": r.round,
@@ -129,12 +116,13 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
                     "queried": summary.get("queried", len(store.round_queries(r.round))),
                     "labelled": summary.get("labelled"),
                     "failed": summary.get("failed"),
-                    "stable": summary.get("stable"),
-                    "near_stable": summary.get("near_stable"),
-                    "hits": summary.get("hits"),
-                    "hit_rate": summary.get("hit_rate", update.get("hit_rate")),
-                    "emulator_mae": update.get("emulator_mae"),
-                    "wall_time_s": None if r.finished_at is None else round(r.finished_at - r.started_at, 1),
+                    "stable": sci.on_hull if sci.judged and r.round > 0 else None,
+                    "near_stable": sci.discoveries - sci.on_hull if sci.judged and r.round > 0 else None,
+                    "hits": sci.discoveries if sci.judged and r.round > 0 else None,
+                    "hits_cumulative": sci.discoveries_cumulative if sci.judged else None,
+                    "hit_rate": sci.discoveries_per_oracle_call,
+                    "emulator_mae": sci.screening_mae,
+                    "wall_time_s": sci.wall_time_s,
                 }
             )
         query_round = store.first_query_rounds()

@@ -642,6 +642,7 @@ def figures(data: ScienceData) -> dict[str, tuple[str, str]]:
                     rounds=[x.round for x in r],
                     oracle_calls=[x.oracle_calls for x in r],
                     hits=[x.hits for x in r],
+                    cumulative_hits=[x.cumulative_hits for x in r],
                 )
             ),
             "Hits among each round's oracle calls (labels give hits/calls), cumulative discoveries against "

@@ -431,13 +431,18 @@ class Tracker:
 
     @_backend_call
     def start_campaign(
-        self, *, run_id: str | None = None, tags: Mapping[str, str] | None = None
+        self,
+        *,
+        run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        start_time: float | None = None,
     ) -> str | None:
         """Start or resume the campaign's parent run; returns its id (None when tracking is disabled).
 
         Args:
             run_id: Id stored by an earlier process; that run is continued (set back to RUNNING).
             tags: Extra tags for a newly created run.
+            start_time: When the campaign started (Unix time, s) for a newly created run; default now.
 
         Raises:
             TrackingError: `run_id` does not exist in this store or is deleted.
@@ -457,13 +462,21 @@ class Tracker:
             CAMPAIGN_ID_TAG: self.campaign_id,
             **(tags or {}),
         }
-        run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=self.campaign_name)
+        run = self.client.create_run(
+            self.experiment_id, tags=all_tags, run_name=self.campaign_name, start_time=_ms(start_time)
+        )
         self.parent_run_id = run.info.run_id
         return self.parent_run_id
 
     @_backend_call
-    def start_round(self, *, round_index: int, run_id: str | None = None) -> str | None:
+    def start_round(
+        self, *, round_index: int, run_id: str | None = None, start_time: float | None = None
+    ) -> str | None:
         """Start or resume the nested run of round `round_index`; returns its id (None when disabled).
+
+        Args:
+            start_time: When the round started (Unix time, s) for a newly created run; default now. A round is
+                logged when it ends, so its run would otherwise last as long as the logging.
 
         Raises:
             TrackingError: No campaign run was started, or `run_id` is unknown.
@@ -484,7 +497,12 @@ class Tracker:
             CAMPAIGN_TAG: self.campaign_name,
             CAMPAIGN_ID_TAG: self.campaign_id,
         }
-        run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"round-{int(round_index):03d}")
+        run = self.client.create_run(
+            self.experiment_id,
+            tags=tags,
+            run_name=f"round-{int(round_index):03d}",
+            start_time=_ms(start_time),
+        )
         return run.info.run_id
 
     @_backend_call
@@ -500,12 +518,18 @@ class Tracker:
 
     @_backend_call
     def end_run(
-        self, *, run_id: str | None = None, status: str = "FINISHED", reason: str | None = None
+        self,
+        *,
+        run_id: str | None = None,
+        status: str = "FINISHED",
+        reason: str | None = None,
+        end_time: float | None = None,
     ) -> None:
         """Mark a run (default: the campaign run) FINISHED, FAILED or KILLED.
 
         Args:
             reason: Why the run ended (tag `matloop.end_reason`), e.g. the stop rule or the error.
+            end_time: When the work the run records ended (Unix time, s); default now.
         """
         if not self.enabled:
             return
@@ -514,7 +538,7 @@ class Tracker:
         rid = self._run(run_id)
         if reason is not None:
             self.client.set_tag(rid, END_REASON_TAG, reason[:_MAX_PARAM_LEN])
-        self.client.set_terminated(rid, status=status)
+        self.client.set_terminated(rid, status=status, end_time=_ms(end_time))
 
     def _require_parent(self) -> str:
         if self.parent_run_id is None:
@@ -773,12 +797,33 @@ class Tracker:
         return None
 
     @_backend_call
+    def alias_version(self, model_name: str, alias: str = CHAMPION) -> str | None:
+        """The version `alias` (default `champion`) of a registered model points at; None when the model or the
+        alias does not exist."""
+        # mlflow only on first use (see `client`).
+        from mlflow.exceptions import MlflowException
+
+        if not self.enabled:
+            return None
+        try:
+            return str(self.client.get_model_version_by_alias(model_name, alias).version)
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                raise
+            return None
+
+    @_backend_call
     def model_versions(self, model_name: str) -> dict[str, dict[str, str]]:
         """Versions of a registered model: version -> its tags (empty when the model does not exist)."""
         if not self.enabled:
             return {}
         versions = self.client.search_model_versions(f"name = '{_quote(model_name)}'")
         return {str(v.version): dict(v.tags) for v in versions}
+
+
+def _ms(seconds: float | None) -> int | None:
+    """Unix seconds as MLflow's milliseconds (None stays None: MLflow then takes now)."""
+    return None if seconds is None else round(1000 * seconds)
 
 
 def flatten_numeric(metrics: Mapping[str, Any], *, prefix: str = "") -> dict[str, float]:

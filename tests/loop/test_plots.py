@@ -5,12 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 from pymatgen.core import Composition
 
 from loop.errors import InputError
 from loop.hull import HullEntry, OracleHull
-from loop.plots import PlotError, plot_convex_hull, plot_parity, plot_source_yield
+from loop.plots import PlotError, plot_hull_roles, plot_parity, plot_source_yield
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Made-up but physical oracle energies per atom, eV/atom.
@@ -40,50 +39,45 @@ def check_png(path: Path) -> None:
     assert path.read_bytes()[:8] == PNG_MAGIC
 
 
-def test_binary_hull_plot(tmp_path: Path) -> None:
-    hull = make_hull(LI_O)
-    path = tmp_path / "plots" / "hull.png"
-    fig = plot_convex_hull(
-        hull, chemsys=["Li", "O"], candidates=[("Li3O2", -4.2)], highlight_ids=["Li2O"], path=path
-    )
-    check_png(path)
-    assert isinstance(fig, Figure)
-    ax = fig.axes[0]
-    expected = sorted(formation(c, e) for k, (c, e) in LI_O.items() if k != "Li2O2")
-    line = artist(ax, "hull")
-    np.testing.assert_allclose(np.column_stack(line.get_data()), expected, atol=1e-9)
-    np.testing.assert_allclose(artist(ax, "unstable").get_offsets(), [formation("Li2O2", -4.75)], atol=1e-9)
-    np.testing.assert_allclose(
-        artist(ax, "highlighted").get_offsets(), [formation("Li2O", -4.7667)], atol=1e-9
-    )
-    np.testing.assert_allclose(artist(ax, "candidates").get_offsets(), [formation("Li3O2", -4.2)], atol=1e-9)
-    assert "eV/atom" in ax.get_ylabel()
-
-
-def test_ternary_falls_back_to_e_hull_bars(tmp_path: Path) -> None:
-    hull = make_hull(LI_FE_O)
-    path = tmp_path / "hull3.png"
-    fig = plot_convex_hull(
-        hull, chemsys=["Li", "Fe", "O"], candidates=[("Li5FeO4", -5.5)], threshold=0.1, path=path
-    )
-    check_png(path)
-    ax = fig.axes[0]
+def test_round_hull_stars_only_the_hits_and_shows_the_hit_band(tmp_path: Path) -> None:
+    """A round's hull as MLflow logs it: of the round's two queries only the hit is a red star; the other is a
+    plain query marker; the band near_stable above the hull is shaded and both are named in the legend."""
+    table = {**LI_O, "LiO3": ("LiO3", -4.40)}  # far above the hull: queried, not a hit
+    hull = make_hull(table)
     e_hull = hull.entry_e_above_hull()
-    heights = [p.get_height() for p in artist(ax, "entries").patches]
-    np.testing.assert_allclose(heights, [e_hull[k] for k in LI_FE_O], atol=1e-9)
-    stable_x = artist(ax, "stable").get_offsets()[:, 0]
-    assert [list(LI_FE_O)[int(x)] for x in stable_x] == hull.stable_ids()
-    cand = [p.get_height() for p in artist(ax, "candidates").patches]
-    assert cand == [pytest.approx(hull.e_above_hull("Li5FeO4", -5.5))]
-    assert artist(ax, "threshold").get_ydata()[0] == pytest.approx(0.1)
+    assert e_hull["Li2O2"] <= 0.1 < e_hull["LiO3"]
+    roles = {
+        "Li": "reference",
+        "O2": "reference",
+        "Li2O": "earlier_discovery",
+        "Li2O2": "discovery",
+        "LiO3": "query",
+    }
+    fig = plot_hull_roles(hull, chemsys=["Li", "O"], roles=roles, near_stable=0.1, title="round 2")
+    fig.savefig(tmp_path / "hull.png")
+    check_png(tmp_path / "hull.png")
+    ax = fig.axes[0]
+    np.testing.assert_allclose(artist(ax, "discovery").get_offsets(), [formation("Li2O2", -4.75)], atol=1e-9)
+    stars = [c for c in ax.collections if c.get_label() in ("discovery", "earlier_discovery")]
+    assert {c.get_label() for c in stars} == {"discovery", "earlier_discovery"}
+    np.testing.assert_allclose(artist(ax, "query").get_offsets(), [formation("LiO3", -4.40)], atol=1e-9)
+    # the band: near_stable above the hull, at every hull vertex
+    band = artist(ax, "band").get_paths()[0].vertices
+    for comp, e in (("Li", -1.90), ("Li2O", -4.7667), ("O2", -4.90)):
+        x, y = formation(comp, e)
+        assert band[np.isclose(band[:, 0], x), 1].max() == pytest.approx(y + 0.1, abs=1e-9)
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "discovery (hit) (1)" in texts
+    assert "queried this round, not a hit (1)" in texts
+    assert "hit band (≤ 100 meV/atom above)" in texts
 
 
 def test_hull_plot_needs_references() -> None:
     hull = make_hull({"Li": LI_O["Li"], "Li2O": LI_O["Li2O"]})
     with pytest.raises(PlotError, match="O"):
-        plot_convex_hull(hull, chemsys=["Li", "O"])
+        plot_hull_roles(hull, chemsys=["Li", "O"], roles={}, near_stable=0.1)
     with pytest.raises(PlotError, match="no oracle entries"):
-        plot_convex_hull(hull, chemsys=["Cu", "Au"])
+        plot_hull_roles(hull, chemsys=["Cu", "Au"], roles={}, near_stable=0.1)
 
 
 def test_parity_plot(tmp_path: Path) -> None:
@@ -133,19 +127,35 @@ def test_source_yield_plot(tmp_path: Path) -> None:
         plot_source_yield({})
 
 
-def test_discovery_curve_plot(tmp_path: Path) -> None:
+def test_discovery_curve_draws_each_hit_at_its_call(tmp_path: Path) -> None:
     from loop.plots import plot_discovery_curve
 
     path = tmp_path / "curve.png"
-    fig = plot_discovery_curve(oracle_calls=[0, 3, 6, 9], hits=[0, 2, 2, 5], rounds=[0, 1, 2, 3], path=path)
+    hits = [True, True, False, False, False, True]
+    rounds = [1, 1, 1, 2, 2, 2]
+    expected = [0.3, 0.6, 0.9, 1.1, 1.3, 1.5]
+    fig = plot_discovery_curve(
+        hits=hits, rounds=rounds, expected=expected, expected_label="random", path=path
+    )
     check_png(path)
     ax = fig.axes[0]
-    hits = artist(ax, "hits")
-    assert list(hits.get_xdata()) == [0, 3, 6, 9] and list(hits.get_ydata()) == [0, 2, 2, 5]
-    average = artist(ax, "average rate")
-    assert list(average.get_xdata()) == [0, 9] and list(average.get_ydata()) == [0, 5]
-    assert [t.get_text() for t in ax.texts] == ["r0", "r1", "r2", "r3"]
-    with pytest.raises(PlotError, match="decrease"):
-        plot_discovery_curve(oracle_calls=[0, 3, 2], hits=[0, 1, 1])
+    curve = artist(ax, "discoveries")
+    assert list(curve.get_xdata()) == [0, 1, 2, 3, 4, 5, 6] and list(curve.get_ydata()) == [
+        0,
+        1,
+        2,
+        2,
+        2,
+        2,
+        3,
+    ]
+    markers = artist(ax, "hits")
+    assert list(markers.get_xdata()) == [1, 2, 6] and list(markers.get_ydata()) == [1, 2, 3]
+    baseline = artist(ax, "expected")
+    np.testing.assert_allclose(baseline.get_ydata(), [0.0, *expected])
+    assert "random" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert [t.get_text() for t in ax.texts] == ["round 1", "round 2"]
+    with pytest.raises(PlotError, match="one expected"):
+        plot_discovery_curve(hits=[True], rounds=[1], expected=[0.1, 0.2])
     with pytest.raises(PlotError):
-        plot_discovery_curve(oracle_calls=[0, 3], hits=[0])
+        plot_discovery_curve(hits=[], rounds=[])

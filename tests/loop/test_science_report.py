@@ -166,7 +166,7 @@ def test_progress_and_calibration_figures_check_their_input():
     from loop.plots import PlotError, plot_calibration, plot_discovery_progress
 
     with pytest.raises(PlotError):
-        plot_discovery_progress(rounds=[1, 2], oracle_calls=[4, 4], hits=[1, 5])
+        plot_discovery_progress(rounds=[1, 2], oracle_calls=[4, 4], hits=[1, 5], cumulative_hits=[1, 6])
     with pytest.raises(PlotError):
         plot_calibration(std=[float("nan")], abs_error=[0.1], rounds=[1])
     fig = plot_calibration(std=[0.1] * 4, abs_error=[0.05, 0.05, 0.15, 0.3], rounds=[1, 1, 2, 2])

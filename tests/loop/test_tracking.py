@@ -424,9 +424,8 @@ def _artifact_paths(client, run_id: str, path: str | None = None) -> list[str]:
 
 def _assert_campaign_tracked(client, *, name: str, store, rounds: int) -> None:
     """Everything issue 14 asks of a finished campaign's MLflow record, checked against the campaign store."""
-    from loop.campaign_tracking import model_names, round_science
+    from loop.campaign_tracking import DISCOVERY_CURVE, model_names, round_science
     from loop.config import CampaignConfig
-    from loop.verdicts import StabilityRule
 
     config = CampaignConfig.model_validate(store.get_meta("config"))
     experiment = client.get_experiment_by_name(name)
@@ -454,12 +453,11 @@ def _assert_campaign_tracked(client, *, name: str, store, rounds: int) -> None:
     assert any(p.startswith("references/") and p.endswith(".cif") for p in round0)
     assert not any(p.startswith(("discovered/", "queried/")) for p in round0)
 
-    rule = StabilityRule(near_stable=config.near_stable)
     first = store.first_query_rounds()
     for rnd in range(1, rounds + 1):
         run = nested[rnd]
         assert f"**Round {rnd}**" in run.data.tags[NOTE_TAG]
-        for line in ("generated:", "through the funnel:", "queried", "hits (", "MAE", "best discovery:"):
+        for line in ("generated:", "funnel:", "oracle calls:", "discoveries (", "MAE", "best discovery:"):
             assert line in run.data.tags[NOTE_TAG], line
         paths = _artifact_paths(client, run.info.run_id)
         assert any(p.startswith("queried/") and p.endswith(".cif") for p in paths)
@@ -468,34 +466,53 @@ def _assert_campaign_tracked(client, *, name: str, store, rounds: int) -> None:
         expected_hits = sorted(
             h
             for h in (q.hash for q in store.round_queries(rnd))
-            if rule.is_hit(next((v.e_hull for v in store.stability(rnd) if v.hash == h), None))
+            # a duplicate of an earlier label is no hit
+            if any(v.hit for v in store.stability(rnd) if v.hash == h)
         )
         assert sorted(p.split("/")[1][:-4] for p in paths if p.startswith("discovered/")) == expected_hits
-        assert run.data.metrics["science.hits"] == len(expected_hits)
+        assert run.data.metrics["discoveries"] == len(expected_hits)
+        # stage internals are grouped apart from the science on the round run, and never reach the parent
+        assert any(k.startswith("stage/label.") for k in run.data.metrics)
+        assert any(k.startswith("time/") for k in run.data.metrics)
+        # the run lasts as long as the round's stages did, not as long as its logging
+        science = round_science(store, rnd)
+        assert run.info.start_time == round(1000 * science.started_at)
+        assert run.info.end_time == round(1000 * science.finished_at)
+        stage_times = [s for s in store.stages() if s.round == rnd and s.stage != "track"]
+        assert science.finished_at == max(s.finished_at for s in stage_times)
 
     history = _histories(client, parent.info.run_id)
     for key, points in history.items():  # idempotent logging: one point per key and step
         steps = [m.step for m in points]
         assert len(steps) == len(set(steps)), key
     steps = {key: sorted(m.step for m in points) for key, points in history.items()}
-    assert steps["hits_cumulative"] == steps["oracle_calls_cumulative"] == list(range(rounds + 1))
-    for key in ("hit_rate", "emulator_mae_before_retrain", "oracle_calls"):
+    assert steps["discoveries_cumulative"] == steps["oracle_calls_cumulative"] == list(range(rounds + 1))
+    for key in ("discoveries_per_oracle_call", "screening_mae_eV_per_atom", "oracle_calls"):
         assert steps[key] == list(range(1, rounds + 1)), key
-    assert any(k.startswith("hits_cumulative_by_source.") for k in history) or all(
-        m.value == 0 for m in history["hits_cumulative"]
+    assert not any(k.startswith(("stage/", "time/", "science.")) for k in history), "the parent is curated"
+    assert any(k.startswith("by_source/") for k in history) or all(
+        m.value == 0 for m in history["discoveries_cumulative"]
     )
-    final = round_science(config, store, rounds)
-    hits_now = sum(1 for v in store.stability(rounds) if rule.is_hit(v.e_hull) and first.get(v.hash, 0) >= 1)
-    assert final.hits_cumulative == hits_now
-    last = {m.step: m.value for m in history["hits_cumulative"]}
+    final = round_science(store, rounds)
+    hits_now = sum(1 for v in store.stability(rounds) if v.hit and first.get(v.hash, 0) >= 1)
+    assert final.discoveries_cumulative == hits_now
+    last = {m.step: m.value for m in history["discoveries_cumulative"]}
     assert last[rounds] == hits_now
     calls = {m.step: m.value for m in history["oracle_calls_cumulative"]}
     assert calls[rounds] == sum(len(store.round_queries(r)) for r in range(1, rounds + 1))
-    curve = {m.step: m.value for m in history["hits_vs_oracle_calls"]}
+    # one point per oracle call, at the call that made each hit
+    curve = {m.step: m.value for m in history[DISCOVERY_CURVE]}
+    assert sorted(curve) == list(range(1, int(calls[rounds]) + 1))
     assert curve[int(calls[rounds])] == hits_now
-    assert "plots/hits_vs_oracle_calls.png" in _artifact_paths(client, parent.info.run_id)
+    assert "plots/discoveries_vs_oracle_calls.png" in _artifact_paths(client, parent.info.run_id)
+    # the parent's run spans the campaign's stages
+    assert parent.info.start_time == round(1000 * store.get_meta("started_at"))
 
     names = model_names(name)
+    for model in names.values():
+        versions = client.search_model_versions(f"name = '{model}'")
+        # the description names a model only when the registry holds it
+        assert (f"`{model}` ({len(versions)} version" in note) == bool(versions), model
     emulator = {v.version: v for v in client.search_model_versions(f"name = '{names['emulator']}'")}
     assert len(emulator) == rounds + 1  # every round retrains the emulator
     assert all("data_hash" in v.tags and v.tags["round_index"] for v in emulator.values())
@@ -507,6 +524,25 @@ def _assert_campaign_tracked(client, *, name: str, store, rounds: int) -> None:
         gen_champion = client.get_model_version_by_alias(names["generator"], CHAMPION)
         assert gen_champion.tags["checkpoint"] == store.get_meta("generator_checkpoint")
         assert all("data_hash" in v.tags for v in generator)
+
+
+@pytest.mark.slow
+def test_a_store_logged_afresh_from_the_campaign_store_has_everything(
+    smoke_campaign, tmp_path_factory
+) -> None:
+    """The shared smoke campaign's store logged into a new MLflow store by `matloop sync-tracking`: runs timed by
+    the stages, curated parent, models named only when registered (see `_assert_campaign_tracked`)."""
+    from tracked_smoke import SMOKE_NAME, resynced_smoke
+
+    from loop.store import CampaignStore
+
+    workdir = resynced_smoke(smoke_campaign, tmp_path_factory)
+    store = CampaignStore.in_workdir(workdir)
+    try:
+        client = Tracker(config=TrackingConfig(), workdir=workdir, campaign_name=SMOKE_NAME).client
+        _assert_campaign_tracked(client, name=SMOKE_NAME, store=store, rounds=2)
+    finally:
+        store.close()
 
 
 @pytest.mark.slow

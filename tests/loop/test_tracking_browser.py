@@ -136,8 +136,8 @@ def test_parent_shows_hits_vs_oracle_calls(ui: str, campaign: dict[str, str], br
     browser.screenshot(ARTIFACTS / "parent_run.png")
     text = browser.text()
     assert "Finished" in text
-    curve = f"{parent}/artifactPath/plots/hits_vs_oracle_calls.png{ML_VIEW}"
-    browser.open(curve, until=_image_loaded("hits_vs_oracle_calls"))
+    curve = f"{parent}/artifactPath/plots/discoveries_vs_oracle_calls.png{ML_VIEW}"
+    browser.open(curve, until=_image_loaded("discoveries_vs_oracle_calls"))
     browser.screenshot(ARTIFACTS / "parent_hits_vs_oracle_calls.png")
 
 

@@ -7,6 +7,7 @@ The campaign is run once per test session and shared by `test_tracking.py` and `
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -98,3 +99,20 @@ def tracked_smoke(tmp_path_factory: pytest.TempPathFactory) -> TrackedSmoke:
     assert sync.returncode == 0, sync.stderr[-3000:]
     _RUNS["smoke"] = TrackedSmoke(workdir=workdir, broken_run=broken, sync=sync)
     return _RUNS["smoke"]
+
+
+def resynced_smoke(smoke_campaign: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the finished smoke campaign (its store and checkpoints) whose MLflow record is logged afresh from
+    the store by `matloop sync-tracking` (once per session): what the current code logs, without running again."""
+    if "resynced" in _RUNS:
+        return _RUNS["resynced"].workdir
+    workdir = tmp_path_factory.mktemp("resynced-smoke") / "campaign"
+    workdir.mkdir()
+    for item in smoke_campaign.iterdir():
+        if item.name.startswith("matloop.db"):
+            shutil.copy2(item, workdir / item.name)
+    shutil.copytree(smoke_campaign / "checkpoints", workdir / "checkpoints")
+    sync = matloop("sync-tracking", "--workdir", workdir, "--json")
+    assert sync.returncode == 0, sync.stderr[-3000:]
+    _RUNS["resynced"] = TrackedSmoke(workdir=workdir, broken_run=sync, sync=sync)
+    return workdir
