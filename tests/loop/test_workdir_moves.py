@@ -22,6 +22,7 @@ import yaml
 from loop.campaign_tracking import PARENT_META, mlflow_copy_checker, model_names
 from loop.checkpoints import CHECKPOINT_KINDS, checkpoint_sha256
 from loop.config import CampaignConfig
+from loop.report import campaign_status
 from loop.store import CampaignStore
 from loop.tracking import Tracker, TrackingConfig
 
@@ -140,6 +141,11 @@ def test_relative_workdir_registers_every_model_and_prunes_only_what_mlflow_hold
     store = CampaignStore.in_workdir(workdir)
     try:
         assert store.get_meta("emulator_checkpoint") == "checkpoints/round_002/emulator"
+        # One count of oracle calls (`loop.oracle_calls`) for status and MLflow.
+        calls = campaign_status(workdir, store=store)["oracle_calls"]
+        assert calls == len(store.round_queries(1)) + len(store.round_queries(2)) > 0
+        parent = client_of(workdir).get_run(store.get_meta(PARENT_META))
+        assert parent.data.metrics["oracle_calls_cumulative"] == calls
     finally:
         store.close()
 
