@@ -19,6 +19,7 @@ from ase.optimize import BFGS, FIRE
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
+from emulator.graphs import graph_problem
 from emulator.multihead import EV_PER_A3_TO_GPA
 
 # (structure) -> (energy eV total, forces eV/Å (n, 3), stress GPa (3, 3)) of the ensemble mean
@@ -27,14 +28,23 @@ MeanPotential = Callable[[Structure], tuple[float, np.ndarray, np.ndarray]]
 OPTIMIZERS = {"FIRE": FIRE, "BFGS": BFGS}
 
 
+class _LeftTheGraph(Exception):
+    """An optimiser step moved the structure to one the model cannot graph (`emulator.graphs`)."""
+
+
 class EnsembleMeanCalculator(Calculator):
-    """ASE calculator over the ensemble-mean energy, forces and stress."""
+    """ASE calculator over the ensemble-mean energy, forces and stress.
+
+    Attributes:
+        last_good: The last structure it evaluated (None before the first).
+    """
 
     implemented_properties: ClassVar[list[str]] = ["energy", "free_energy", "forces", "stress"]
 
     def __init__(self, *, potential: MeanPotential, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.potential = potential
+        self.last_good: Structure | None = None
 
     def calculate(
         self,
@@ -44,7 +54,10 @@ class EnsembleMeanCalculator(Calculator):
     ) -> None:
         super().calculate(atoms, properties, system_changes)
         structure = AseAtomsAdaptor.get_structure(self.atoms)
+        if self.last_good is not None and graph_problem(structure) is not None:
+            raise _LeftTheGraph
         energy, forces, stress = self.potential(structure)
+        self.last_good = structure
         s = stress / EV_PER_A3_TO_GPA
         self.results = {
             "energy": energy,
@@ -64,13 +77,22 @@ def relax_one(
     optimizer: str,
     relax_cell: bool,
 ) -> tuple[Structure, int, bool]:
-    """Relax one structure; returns (relaxed structure, steps taken, converged)."""
+    """Relax one structure; returns (relaxed structure, steps taken, converged).
+
+    A step that would leave a structure the model cannot graph (an atom pushed out of every neighbour's reach, a
+    cell blown up) ends the relaxation at the last geometry evaluated, unconverged, instead of failing the batch.
+    """
     atoms = AseAtomsAdaptor.get_atoms(structure)
-    atoms.calc = EnsembleMeanCalculator(potential=potential)
+    calc = EnsembleMeanCalculator(potential=potential)
+    atoms.calc = calc
     target = FrechetCellFilter(atoms) if relax_cell else atoms
     # ASE optimisers print a line per step; workers should stay quiet.
     with contextlib.redirect_stdout(io.StringIO()):
         opt = OPTIMIZERS[optimizer](target, logfile=None)
-        converged = bool(opt.run(fmax=fmax, steps=steps))
+        try:
+            converged = bool(opt.run(fmax=fmax, steps=steps))
+        except _LeftTheGraph:
+            assert calc.last_good is not None
+            return calc.last_good, int(opt.nsteps), False
     relaxed = AseAtomsAdaptor.get_structure(atoms)
     return relaxed, int(opt.nsteps), converged
