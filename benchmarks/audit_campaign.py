@@ -1,7 +1,10 @@
 """Structure-by-structure audit of a campaign: every oracle call with what the emulator predicted for it.
 
 For each oracle call (round order): formula, source and parent, space group of the oracle's final structure, the
-emulator's E_hull ± σ when it was chosen, the E_hull on the campaign's final oracle hull, the error and |error|/σ,
+emulator's E_hull ± σ when it was chosen, the E_hull on the campaign's final oracle hull, the error of the predicted
+energy against the oracle's (eV/atom, both per atom of the same composition; the predicted E_hull was measured on
+the hull of its round, the oracle's on the final hull, so their difference mixes the error with what the hull
+learnt since, e.g. a whole compound's formation energy in a campaign whose compounds are withheld) and |error|/σ,
 and the oracle relaxation (steps, max force, pressure, wall time). Then, per composition on the final hull, every
 labelled phase, so one can check that the references are the ground states the hull claims.
 
@@ -50,7 +53,7 @@ def main() -> None:
         print(f"campaign {data.campaign}: {len(data.calls)} oracle calls, level of theory {data.level.kind}")
         print()
         print(
-            "| round | formula | source (parent) | space group | predicted E_hull ± σ | oracle E_hull | error | "
+            "| round | formula | source (parent) | space group | predicted E_hull ± σ | oracle E_hull | energy error | "
             "\\|err\\|/σ | relax steps | max F | P (GPa) | wall (s) |"
         )
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -67,8 +70,8 @@ def main() -> None:
             pe = f"{pred.e_hull:+.3f} ± {pred.e_hull_std:.3f}" if pred and pred.e_hull is not None else "–"
             oe = f"{call.e_hull:+.3f}" if call.e_hull is not None else f"failed ({call.status})"
             err = ratio = "–"
-            if pred and pred.e_hull is not None and call.e_hull is not None:
-                e = pred.e_hull - call.e_hull
+            if pred and pred.energy_per_atom is not None and res and res.ok:
+                e = pred.energy_per_atom - res.energy_per_atom
                 err = f"{e:+.3f}"
                 if pred.e_hull_std:
                     ratios.append(abs(e) / pred.e_hull_std)

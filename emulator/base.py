@@ -123,10 +123,15 @@ class Emulator(ABC):
 
     @abstractmethod
     def calibrate(
-        self, pairs: HeldOutPairs, *, prior_weight: float, previous: Calibration | None = None
+        self,
+        pairs: HeldOutPairs,
+        *,
+        prior_weight: float,
+        previous: Calibration | None = None,
+        fit_bias: bool | None = None,
     ) -> Calibration:
         """Fit bias and scale on all held-out pairs so far, shrunk toward `previous` (default: the fit in use),
-        and adopt the result."""
+        and adopt the result; `fit_bias` False keeps the bias at 0 (None: the emulator's setting)."""
 
     @abstractmethod
     def save(self, directory: Path) -> dict[str, Any]:

@@ -555,7 +555,12 @@ class ChgnetEnsemble(Emulator):
         )
 
     def calibrate(
-        self, pairs: HeldOutPairs, *, prior_weight: float | None = None, previous: Calibration | None = None
+        self,
+        pairs: HeldOutPairs,
+        *,
+        prior_weight: float | None = None,
+        previous: Calibration | None = None,
+        fit_bias: bool | None = None,
     ) -> Calibration:
         """Fit bias and std scale on all held-out pairs so far, shrunk toward `previous`, and adopt them.
 
@@ -563,6 +568,8 @@ class ChgnetEnsemble(Emulator):
             pairs: Every held-out pair of this model's lineage (raw predictions; see `held_out_pairs`).
             prior_weight: Pseudo-count of the previous fit in pairs (None: `calibration_prior_weight`).
             previous: The fit to shrink toward (None: the one in use).
+            fit_bias: Fit a bias (None: `calibration_bias`); False when the pairs' errors are offsets the model
+                has trained away since (a fine-tune's lineage).
 
         Returns:
             The calibration now in use.
@@ -571,7 +578,9 @@ class ChgnetEnsemble(Emulator):
             pairs,
             previous=self.calibration if previous is None else previous,
             prior_weight=self.settings.calibration_prior_weight if prior_weight is None else prior_weight,
-            fit_bias=self.settings.calibration_bias,
+            fit_bias=self.settings.calibration_bias
+            if fit_bias is None
+            else fit_bias and self.settings.calibration_bias,
             rule=self.settings.calibration_rule,
         )
         self.state["calibration"] = fit.to_dict()
