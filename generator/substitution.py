@@ -800,6 +800,27 @@ def decorated_candidates(
             )
 
 
+@dataclass(frozen=True)
+class Breadth:
+    """How varied a set of structures is: distinct reduced formulas and distinct prototypes
+    (`structure_prototype`)."""
+
+    formulas: int
+    prototypes: int
+
+    def narrower_than(self, other: Breadth) -> bool:
+        """Fewer distinct formulas or fewer distinct prototypes than `other`."""
+        return self.formulas < other.formulas or self.prototypes < other.prototypes
+
+
+def breadth(structures: Sequence[Structure]) -> Breadth:
+    """Distinct formulas and prototypes of `structures`."""
+    return Breadth(
+        formulas=len({s.composition.reduced_formula for s in structures}),
+        prototypes=len({structure_prototype(s) for s in structures}),
+    )
+
+
 def structure_prototype(structure: Structure, *, symprec: float = 0.1) -> str:
     """`prototype_key` of a structure: its anonymous formula, space group (at `symprec`, Å; 1 when spglib
     fails) and atoms in the cell."""
@@ -831,9 +852,11 @@ def substitution_score(old: str, new: str) -> float:
 
 
 __all__ = [
+    "Breadth",
     "Decoration",
     "SubstitutionGenerator",
     "SubstitutionSettings",
+    "breadth",
     "decorate",
     "decorated_candidates",
     "decoration_map",

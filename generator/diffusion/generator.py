@@ -65,6 +65,8 @@ class DiffusionSettings(GeneratorSettings):
         species_prior: Cap each crystal's number of elements at a draw from the training distribution.
         require_charge_balance: Also drop compositions that are not charge-balanced in `generate` (only
             matters with `charge_balance` off; then it oversamples threefold).
+        max_atoms: Largest crystal sampled (1-20 atoms, the model's training range); a campaign lowers it to its
+            funnel's `max_atoms`.
         structures_per_composition: Crystals sampled for each composition of `GenerationContext.compositions`
             before the next one (their types decoded to that composition exactly).
     """
@@ -84,6 +86,7 @@ class DiffusionSettings(GeneratorSettings):
     species_prior: bool = SamplingOptions.species_prior
     require_charge_balance: bool = False
     structures_per_composition: int = Field(default=4, ge=1)
+    max_atoms: int = Field(default=MAX_ATOMS, ge=1, le=MAX_ATOMS)
 
     def sampling_options(self) -> SamplingOptions:
         """The sampler's share of these settings."""
@@ -96,6 +99,7 @@ class DiffusionSettings(GeneratorSettings):
             charge_balance=self.charge_balance,
             space_group_templates=self.space_group_templates,
             species_prior=self.species_prior,
+            max_atoms=self.max_atoms,
         )
 
 
@@ -202,14 +206,14 @@ def iter_sample_batches(
     if target is not None:
         what = f"{target.reduced_formula} "
     rows = None
-    hist = list(stats["num_atoms_hist"])
+    hist = list(stats["num_atoms_hist"])[: options.max_atoms + 1]
     if "space_group" in conds and options.space_group_templates:
         rows = templates_for(
             int(conds["space_group"].value or 0),
             num_atoms=num_atoms,
             min_orbits=minimum,
             n_species=len(chem.elements) if chem else None,
-            max_atoms=MAX_ATOMS,
+            max_atoms=min(MAX_ATOMS, options.max_atoms),
         )
         if constraint is not None:
             rows = [r for r in rows if constraint.feasible({}, _multiplicities(r))]
@@ -224,7 +228,7 @@ def iter_sample_batches(
         if not ok:
             if target is not None:
                 raise GeneratorError(
-                    f"no crystal of 1-{MAX_ATOMS} atoms (num_atoms {num_atoms}) holds whole formula units of "
+                    f"no crystal of 1-{options.max_atoms} atoms (num_atoms {num_atoms}) holds whole formula units of "
                     f"{target.reduced_formula}; choose a smaller formula or another num_atoms"
                 )
             raise GeneratorError(

@@ -46,6 +46,7 @@ class SamplingOptions:
         species_prior: Cap each free crystal's number of distinct elements at a draw from the training
             distribution for its atom count (the model alone puts 5+ elements in 1 of 5 crystals, the data
             in 1 of 35); False leaves the count to the model.
+        max_atoms: Largest crystal drawn, atoms (the model's training range ends at 20).
     """
 
     steps: int = 100
@@ -58,6 +59,7 @@ class SamplingOptions:
     charge_balance: bool = True
     space_group_templates: bool = True
     species_prior: bool = True
+    max_atoms: int = 20
 
 
 @dataclass

@@ -22,11 +22,12 @@ from generator.compositions import (
     rank_compositions,
 )
 from generator.substitution import (
+    Breadth,
     SubstitutionGenerator,
+    breadth,
     decorated_candidates,
     prototype_decorations,
     prototype_parents,
-    structure_prototype,
 )
 from loop.candidate_pool import live_candidates
 from loop.config import CampaignConfig
@@ -48,6 +49,15 @@ def cell_limit(config: CampaignConfig) -> int:
     """The largest cell a candidate may have (the funnel's `max_atoms`), atoms; it bounds the formula units
     the round asks for."""
     return config.generator.funnel.max_atoms or CELL_LIMIT
+
+
+def within_cell_limit(config: CampaignConfig, settings: Any) -> Any:
+    """A generator's settings with its own `max_atoms` (if it has one) lowered to the cell limit, so it does not
+    make cells the funnel would drop."""
+    limit = getattr(settings, "max_atoms", None)
+    if limit is None or limit <= cell_limit(config):
+        return settings
+    return settings.model_copy(update={"max_atoms": cell_limit(config)})
 
 
 def round_compositions(
@@ -197,6 +207,40 @@ def substitution_candidates(
     return out, counts
 
 
+def _context(
+    config: CampaignConfig, cls: type, settings: Any, found: Sequence[KnownStructure], formulas: list[str]
+) -> GenerationContext:
+    return GenerationContext(
+        known=found,
+        chemical_systems=config.chemical_systems,
+        conditions=dict(settings.conditions) if cls.supports_conditions else {},
+        compositions=formulas,
+    )
+
+
+def sample_breadth(
+    config: CampaignConfig, *, store: CampaignStore, round: int, name: str, checkpoint: Path | None
+) -> dict[str, Breadth]:
+    """Distinct formulas and prototypes of what a fine-tunable generator `name` proposes from `checkpoint` (None:
+    its settings' own), at least 16 structures with one fixed seed, so two checkpoints answer the same requests:
+    "request", round `round`'s compositions as the generate stage asks for them (prototypes tell), and "free",
+    the target systems alone (the model's own choice of formulas tells).
+    """
+    cls = get_generator_class(name)
+    settings = within_cell_limit(config, config.generator.settings_for(name))
+    if checkpoint is not None:
+        settings = settings.model_copy(update={"checkpoint": str(checkpoint)})
+    ranked, _ = round_compositions(config, store=store, round=round)
+    found = discoveries(config, store)
+    n = max(config.generator.mix.get(name, 0), 16)
+    out = {}
+    for kind, formulas in (("request", [c.formula for c in ranked]), ("free", [])):
+        context = _context(config, cls, settings, found, formulas)
+        made = cls(settings=settings).generate(n=n, context=context, seed=config.seed * 1000 + round)
+        out[kind] = breadth([c.structure for c in made])
+    return out
+
+
 def generate_candidates(
     config: CampaignConfig, *, store: CampaignStore, round: int, generator_checkpoint: Path | None
 ) -> tuple[list[Candidate], dict[str, float]]:
@@ -222,6 +266,7 @@ def generate_candidates(
         settings = gen_cfg.settings_for(name)
         if cls.supports_fine_tune and generator_checkpoint is not None:
             settings = settings.model_copy(update={"checkpoint": str(generator_checkpoint)})
+        settings = within_cell_limit(config, settings)
         started = time.time()
         if cls is SubstitutionGenerator:
             # The structure-type search needs the campaign's store and known index, not only a context.
@@ -241,11 +286,8 @@ def generate_candidates(
             )
         else:
             per = getattr(settings, "structures_per_composition", None)
-            context = GenerationContext(
-                known=found,
-                chemical_systems=config.chemical_systems,
-                conditions=dict(settings.conditions) if cls.supports_conditions else {},
-                compositions=formulas[offset:] + formulas[:offset] if per else (),
+            context = _context(
+                config, cls, settings, found, formulas[offset:] + formulas[:offset] if per else []
             )
             if per:
                 offset = (offset + math.ceil(n / per)) % max(len(formulas), 1)
@@ -256,19 +298,19 @@ def generate_candidates(
     return candidates, timings
 
 
-def breadth(candidates: Sequence[Candidate]) -> dict[str, Any]:
-    """Distinct formulas and prototypes (`structure_prototype`: anonymous formula, space group, atoms) of a
-    round's candidates, in all and per generator."""
-    formulas: dict[str, set[str]] = {}
-    prototypes: dict[str, set[str]] = {}
-    for c in candidates:
-        formulas.setdefault(c.source, set()).add(c.structure.composition.reduced_formula)
-        prototypes.setdefault(c.source, set()).add(structure_prototype(c.structure))
+def round_breadth(candidates: Sequence[Candidate]) -> dict[str, Any]:
+    """Distinct formulas and prototypes (`generator.substitution.breadth`) of a round's candidates, in all and per
+    generator."""
+    every = breadth([c.structure for c in candidates])
+    per = {
+        source: breadth([c.structure for c in candidates if c.source == source])
+        for source in sorted({c.source for c in candidates})
+    }
     return {
-        "distinct_formulas": len(set().union(*formulas.values())) if formulas else 0,
-        "distinct_prototypes": len(set().union(*prototypes.values())) if prototypes else 0,
-        "formulas_per_source": {k: len(v) for k, v in sorted(formulas.items())},
-        "prototypes_per_source": {k: len(v) for k, v in sorted(prototypes.items())},
+        "distinct_formulas": every.formulas,
+        "distinct_prototypes": every.prototypes,
+        "formulas_per_source": {k: b.formulas for k, b in per.items()},
+        "prototypes_per_source": {k: b.prototypes for k, b in per.items()},
     }
 
 
@@ -309,7 +351,7 @@ class GenerateStage:
             "n_generated": len(rows),
             "per_source": per_source,
             "timings_s": result.timings,
-            **breadth(result.candidates),
+            **round_breadth(result.candidates),
         }
 
 

@@ -20,6 +20,7 @@ from generator.seeds import seed_table
 from loop.checkpoints import CHECKPOINT_KINDS, checkpoint_sha256
 from loop.config import CampaignConfig
 from loop.stages.base import StageContext, seconds
+from loop.stages.generate import sample_breadth
 from loop.stages.shared import discoveries
 from loop.store import CampaignStore
 from loop.tasks import fine_tune_emulator, fine_tune_generator
@@ -102,8 +103,11 @@ def retrain_generator(
     references), mixed with original training crystals minus the withheld ones. Nothing happens before round 1,
     without discoveries, or when no generator of the mix learns.
 
+    A fine-tune that narrows the generator's proposals (`generator_breadth_check`) is not deployed: its file is
+    deleted and the report says why.
+
     Returns:
-        Metrics and `generator_checkpoint` when a new checkpoint was written.
+        Metrics, the breadth check, and `generator_checkpoint` when a new checkpoint was written and deployed.
     """
     gen_cfg = config.generator
     found = discoveries(config, store) if round > 0 else []
@@ -130,6 +134,43 @@ def retrain_generator(
         "generator_n_discoveries": len(found),
     }
     report.update({f"generator_{k}": v for k, v in gen_metrics.items() if isinstance(v, int | float)})
+    report.update(
+        generator_breadth_check(config, store=store, round=round, before=generator_in, after=gen_path)
+    )
+    if not report["generator_deployed"]:
+        del report["generator_checkpoint"]  # the campaign keeps sampling from the checkpoint it had
+        gen_path.unlink(missing_ok=True)
+    return report
+
+
+def generator_breadth_check(
+    config: CampaignConfig, *, store: CampaignStore, round: int, before: Path | None, after: Path
+) -> dict[str, Any]:
+    """Whether a generator fine-tune may be deployed: not when it narrows what the generator proposes.
+
+    Both checkpoints answer the next round's requests (`loop.stages.generate.sample_breadth`: its compositions,
+    and the target systems alone; same conditions and seed); the fine-tune is deployed unless it gives fewer
+    distinct formulas or fewer distinct prototypes on either. Returns the counts (`generator_<request>_<what>_
+    <before|after>`), `generator_deployed` and `generator_reason`.
+    """
+    name = next(
+        n for n, k in config.generator.mix.items() if k > 0 and get_generator_class(n).supports_fine_tune
+    )
+    old = sample_breadth(config, store=store, round=round + 1, name=name, checkpoint=before)
+    new = sample_breadth(config, store=store, round=round + 1, name=name, checkpoint=after)
+    narrower = [kind for kind in old if new[kind].narrower_than(old[kind])]
+    report: dict[str, Any] = {}
+    for kind in old:
+        for label, b in (("before", old[kind]), ("after", new[kind])):
+            report[f"generator_{kind}_formulas_{label}"] = b.formulas
+            report[f"generator_{kind}_prototypes_{label}"] = b.prototypes
+    report["generator_deployed"] = not narrower
+    report["generator_reason"] = "; ".join(
+        f"{kind}: {new[kind].formulas} formulas and {new[kind].prototypes} prototypes after fine-tuning, "
+        f"{old[kind].formulas} and {old[kind].prototypes} before"
+        + (" (narrower)" if kind in narrower else "")
+        for kind in old
+    )
     return report
 
 

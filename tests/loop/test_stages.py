@@ -9,13 +9,14 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
+from generator.diffusion.generator import SHIPPED_CHECKPOINT, DiffusionGenerator, DiffusionSettings
 from loop.config import CampaignConfig, validate_config
 from loop.errors import InputError
 from loop.labelling import label_hashes
 from loop.stages.funnel import run_funnel
-from loop.stages.generate import breadth, generate_candidates, substitution_candidates
+from loop.stages.generate import generate_candidates, round_breadth, substitution_candidates
 from loop.stages.references import reference_pool, withheld_records
-from loop.stages.retrain import withheld_training_ids
+from loop.stages.retrain import generator_breadth_check, withheld_training_ids
 from loop.stages.shared import discoveries, known_index, withheld_structures
 from loop.stages.update import update_hull
 from loop.store import CampaignStore, Generated, Prediction, Query
@@ -265,7 +266,7 @@ def test_a_multivalent_oxide_round_spans_many_formulas(tmp_path):
     passed = [o for o in run_funnel(cfg, store=store, round=1, candidates=rows).outcomes if o.passed]
     formulas = {store.structure_row(o.hash).reduced_formula for o in passed}
     assert len(formulas) >= 3, formulas
-    report = breadth(made)
+    report = round_breadth(made)
     assert report["distinct_formulas"] == len(set().union(*per_source.values()))
     assert report["distinct_prototypes"] >= report["distinct_formulas"]
 
@@ -295,3 +296,29 @@ def test_substitution_proposes_new_structure_types_in_round_5(tmp_path):
             assert len({c.structure.composition.reduced_formula for c in made}) >= 3
         seen |= prototypes
         _pool(store, rnd, made)
+
+
+@pytest.mark.slow
+def test_a_generator_fine_tune_that_narrows_its_proposals_is_not_deployed(tmp_path):
+    """Li-Al: the shipped diffusion model, sampling the system freely, proposes 19 formulas in 48 crystals; a
+    fine-tune on B32 LiAl alone (no original crystals mixed in) narrows that to 15, so the check refuses it. The
+    same model compared with itself is deployed (same requests, same seed: the same crystals)."""
+    cfg = config(
+        generator={
+            "mix": {"diffusion": 48, "substitution": 0, "random_search": 0},
+            "diffusion": {"steps": 20},
+        }
+    )
+    store = CampaignStore.in_workdir(tmp_path)
+    b32 = Structure.from_spacegroup("Fd-3m", Lattice.cubic(6.37), ["Li", "Al"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    narrow = tmp_path / "b32.pt"
+    DiffusionGenerator(DiffusionSettings(steps=20)).fine_tune(
+        [b32] * 64, checkpoint_out=narrow, steps=400, lr=3e-3, mix_original=0, batch_size=16
+    )
+    refused = generator_breadth_check(cfg, store=store, round=1, before=None, after=narrow)
+    assert not refused["generator_deployed"] and "(narrower)" in refused["generator_reason"]
+    assert refused["generator_free_formulas_after"] < refused["generator_free_formulas_before"]
+    assert refused["generator_request_formulas_before"] >= 3  # the request asks for several compositions
+    same = generator_breadth_check(cfg, store=store, round=1, before=None, after=SHIPPED_CHECKPOINT)
+    assert same["generator_deployed"] and "(narrower)" not in same["generator_reason"]
+    assert same["generator_free_formulas_after"] == same["generator_free_formulas_before"]
