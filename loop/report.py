@@ -107,6 +107,9 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
                     "round": r.round,
                     "status": r.status,
                     "generated": generate.get("n_generated", 0),
+                    # how varied the round's candidates were (the generate stage's distinct formulas, prototypes)
+                    "formulas": generate.get("distinct_formulas"),
+                    "prototypes": generate.get("distinct_prototypes"),
                     "passed_funnel": funnel.get("n_passed", 0),
                     # the persistent pool: candidates on offer (new and carried), carried ones, their oldest
                     "on_offer": screened.get("n_offered", screened.get("n_screened")),
@@ -211,11 +214,24 @@ def render_status(info: dict[str, Any]) -> None:
         f"(rounds >= 1), reference labels {info['reference_labels']} (round 0)"
     )
     table = Table(title="rounds (E in eV/atom)")
-    cols = ("round", "generated", "passed_funnel", "on_offer", "carried", "queried", "labelled", "failed")
+    cols = (
+        "round",
+        "generated",
+        "formulas",
+        "prototypes",
+        "passed_funnel",
+        "on_offer",
+        "carried",
+        "queried",
+        "labelled",
+        "failed",
+    )
     cols += ("stable", "near_stable", "hits", "hit_rate", "emulator_mae", "wall_time_s")
     heads = (
         "round",
         "gen",
+        "forms",
+        "types",
         "funnel",
         "offer",
         "carried",
