@@ -5,11 +5,14 @@ from the store: a round whose track stage met an unavailable backend is marked p
 stage, by the end of the campaign, or by `matloop sync-tracking`. Logging is idempotent (one metric point per key
 and step, one round run per round, one model version per round run), so re-running any of these is harmless.
 
-Per round, the parent run gets the curves a scientist follows with step = round (cumulative hits and oracle calls,
-hit rate, emulator MAE before retraining, Spearman(σ, |error|), 1σ coverage, hits per source), plus
-`hits_vs_oracle_calls` whose step is the cumulative number of discovery oracle calls. Hits are judged by
-`loop.verdicts.StabilityRule`. Oracle calls count the discovery rounds (>= 1); round 0's reference labels are
-logged apart as `oracle_calls_references`.
+The figures are `loop.round_science`'s, the ones `matloop status` and the science report show. Per round, the parent
+run gets only the curves a scientist follows, with step = round: discoveries and oracle calls (this round and so
+far), discoveries per oracle call, oracle calls per discovery, the screening error (MAE, Spearman(σ, |error|), 1σ
+coverage), the model error at the oracle's geometry, discoveries so far per generator (`by_source/`), plus
+`discoveries_vs_oracle_calls` with one point per oracle call (step = the call's index). Round runs carry the same
+names and every stage's own report grouped apart (`stage/<stage>.<key>`, `time/<stage>_s`); their start and end are
+the round's stage times, the parent's the campaign's. Oracle calls count the discovery rounds (>= 1); round 0's
+reference labels are logged apart as `reference_labels`.
 
 Units: energies eV/atom.
 """

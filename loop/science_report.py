@@ -1,8 +1,10 @@
 """The science report of a campaign: one self-contained HTML file a scientist reads (`matloop report`).
 
-Everything is read from the campaign store, during or after a run, and judged against the campaign's *final* oracle
-hull (every successful label with the campaign's oracle settings) with the one stability vocabulary of
-`loop.verdicts`. Figures are embedded as base64 PNG; the file loads nothing from anywhere.
+Everything is read from the campaign store, during or after a run, with the one stability vocabulary of
+`loop.verdicts`. The discoveries are judged against the campaign's *final* oracle hull (every successful label with
+the campaign's oracle settings); the per-round figures are `loop.round_science`'s, each round judged on the hull at
+its end, the same numbers MLflow and `matloop status` show. Figures are embedded as base64 PNG, structures as inline
+SVG and CIF data links; the file loads nothing from anywhere and runs no script.
 
 What counts (units eV/atom):
 
@@ -30,16 +32,28 @@ from typing import Any
 
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
+from pymatgen.io.cif import CifWriter
 
 import oracle  # noqa: F401  (registers the oracles)
 from loop import plots
+from loop.acquisition import PrecomputedEnsembleRegressor, candidate_matrix, get_strategy
+from loop.candidate_pool import first_round
 from loop.config import CampaignConfig
 from loop.errors import InputError
 from loop.hull import HullEntry, OracleHull
 from loop.novelty import Novelty, stored_novelty
-from loop.report import known_hull_distance, next_stage, origin, space_group
-from loop.stages.update import emulator_metrics
+from loop.report import known_hull_distance, next_stage, space_group
+from loop.round_science import (
+    RoundScience,
+    campaign_science,
+    origin,
+    prevalence,
+    random_expectation,
+    round_hull,
+    round_roles,
+)
 from loop.store import CampaignStore, StoredResult, StructureRow
+from loop.structure_view import structure_svg
 from loop.verdicts import StabilityRule, Verdict
 from oracle.base import OracleSettings, get_oracle_class
 
@@ -125,30 +139,29 @@ class Call:
 
 
 @dataclass
-class RoundScience:
-    """Per-round figures. Energies eV/atom; `calls_per_hit` is cumulative (calls so far / hits so far)."""
+class PoolCandidate:
+    """A candidate screened in the last round: queried (with its call) or left in the pool. Energies eV/atom.
 
-    round: int
-    status: str
-    generated: int
-    passed_funnel: int
-    screened: int
-    carried: int  # candidates of earlier rounds still on offer (the persistent pool), re-scored this round
-    oracle_calls: int
-    failed: int
-    hits: int
-    stable: int
-    unconverged: int
-    cumulative_calls: int
-    cumulative_hits: int
-    calls_per_hit: float | None
-    emulator_mae: float | None
-    median_std: float | None
-    spearman: float | None
-    within_1sigma: float | None
-    within_2sigma: float | None
-    n_pairs: int
-    wall_time_s: float | None
+    Attributes:
+        hash: The emulator-relaxed structure (what an oracle call would label).
+        formula / natoms / source: What it is and which generator made it.
+        e_hull / e_hull_std: The emulator's calibrated E_hull and σ.
+        score: The acquisition strategy's utility (before the diversity penalty), None when it cannot be placed.
+        first_round: The round it was first screened in (carried in the pool since).
+        call: Its oracle call index when it was queried, else None.
+        structure: The emulator-relaxed structure (for its CIF).
+    """
+
+    hash: str
+    formula: str
+    natoms: int
+    source: str
+    e_hull: float | None
+    e_hull_std: float | None
+    score: float | None
+    first_round: int
+    call: int | None
+    structure: Structure | None
 
 
 @dataclass
@@ -193,7 +206,7 @@ class ScienceData:
     stopped_because: str | None
     n_references: int
     reference_ids: dict[str, str]
-    rounds: list[RoundScience]
+    rounds: list[RoundScience]  # rounds >= 1 (`loop.round_science`: what MLflow and status read too)
     calls: list[Call]
     discoveries: list[Discovery]
     withheld: list[Withheld]
@@ -202,6 +215,14 @@ class ScienceData:
     source_yield: dict[str, dict[str, int]]
     hull: Any = None  # loop.hull.OracleHull, None before any label
     notes: list[str] = field(default_factory=list)
+    structures: dict[str, Structure] = field(
+        default_factory=dict
+    )  # each discovery's oracle-relaxed structure
+    pool: list[PoolCandidate] = field(default_factory=list)  # the last round's screened candidates
+    pool_round: int | None = None
+    strategy: str = ""
+    prevalence: dict[int, tuple[float, int]] = field(default_factory=dict)  # `loop.round_science.prevalence`
+    round_hulls: list[tuple[int, Any, dict[str, str]]] = field(default_factory=list)  # (round, hull, roles)
 
 
 # -- reading the store ------------------------------------------------------------------------------------------------
@@ -436,60 +457,11 @@ def collect(workdir: Path) -> ScienceData:
             if p.relaxed_hash
         }
 
-        rounds: list[RoundScience] = []
-        calibration: list[tuple[int, float, float]] = []
-        cum_calls = cum_hits = 0
-        for r in store.rounds():
-            rnd = r.round
-            if rnd < 1:
-                continue
-            mine = [c for c in calls if c.round == rnd]
-            hits = sum(c.is_hit for c in mine)
-            cum_calls += len(mine)
-            cum_hits += hits
-            pairs = []
-            for c in mine:
-                p = predictions.get((rnd, c.hash))
-                if p is None or c.result is None or not c.result.ok or p.energy_per_atom is None:
-                    continue
-                pairs.append((p.energy_per_atom, p.energy_per_atom_std or 0.0, c.result.energy_per_atom))
-                calibration.append(
-                    (
-                        rnd,
-                        float(p.energy_per_atom_std or 0.0),
-                        abs(p.energy_per_atom - c.result.energy_per_atom),
-                    )
-                )
-            metrics = emulator_metrics(pairs)
-            cands = store.candidates(rnd)
-            finished = r.finished_at
-            rounds.append(
-                RoundScience(
-                    round=rnd,
-                    status=r.status,
-                    generated=len(cands),
-                    passed_funnel=sum(c.passed for c in cands),
-                    screened=len(
-                        [p for (pr, _), p in predictions.items() if pr == rnd and "pool" not in p.data]
-                    ),
-                    carried=len([p for (pr, _), p in predictions.items() if pr == rnd and "pool" in p.data]),
-                    oracle_calls=len(mine),
-                    failed=sum(1 for c in mine if c.status == "failed"),
-                    unconverged=sum(c.relax_unconverged for c in mine),
-                    hits=hits,
-                    stable=sum(1 for c in mine if c.verdict == Verdict.STABLE and c.duplicate_of is None),
-                    cumulative_calls=cum_calls,
-                    cumulative_hits=cum_hits,
-                    calls_per_hit=(cum_calls / cum_hits) if cum_hits else None,
-                    emulator_mae=metrics.get("emulator_mae"),
-                    median_std=_median([p[1] for p in pairs]),
-                    spearman=metrics.get("emulator_spearman_std_err"),
-                    within_1sigma=metrics.get("emulator_within_1sigma"),
-                    within_2sigma=metrics.get("emulator_within_2sigma"),
-                    n_pairs=len(pairs),
-                    wall_time_s=None if finished is None else round(finished - r.started_at, 1),
-                )
-            )
+        sciences = campaign_science(store)
+        rounds = [x for x in sciences if x.round >= 1]
+        calibration = [
+            (x.round, sd, abs(pred - true)) for x in rounds for pred, sd, true in x.screening_pairs
+        ]
 
         withheld, unmatched = _withheld(store, config)
         finals = [h for c in calls if (h := _final_hash(c.result))]
@@ -539,6 +511,8 @@ def collect(workdir: Path) -> ScienceData:
 
         source_yield = _source_yield(store, calls, rows)
         rnd, stage = next_stage(store)
+        pool_round, pool, strategy = _pool(store, config, calls)
+        judged = [x.round for x in sciences if x.judged]
         notes = []
         if not calls:
             notes.append("No oracle call after round 0 yet: the hull holds the references only.")
@@ -561,17 +535,105 @@ def collect(workdir: Path) -> ScienceData:
             source_yield=source_yield,
             hull=hull,
             notes=notes,
+            structures={
+                d.call.hash: s
+                for d in discoveries
+                if (
+                    s := structures.get(_final_hash(d.call.result) or d.call.hash)
+                    or structures.get(d.call.hash)
+                )
+            },
+            pool=pool,
+            pool_round=pool_round,
+            strategy=strategy,
+            prevalence=prevalence(store, near_stable=rule.near_stable),
+            round_hulls=[(k, round_hull(store, k), round_roles(store, sciences, k)) for k in judged[-12:]],
         )
     finally:
         store.close()
 
 
-def _median(values: Sequence[float]) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return float(ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2)
+def _utilities(
+    config: Mapping[str, Any], mean: Sequence[float], std: Sequence[float], formulas: Sequence[str]
+):
+    """The campaign's acquisition utility of each candidate (before the diversity penalty), as the acquire stage
+    computes it with `loop.acquisition` (`p_ground_state` weighs the candidates of one formula against each
+    other); None for a candidate that cannot be placed, or for all when the stored config is not readable."""
+    try:
+        campaign = CampaignConfig.model_validate(config)
+    except ValueError:  # a store written by another version: the table goes without scores
+        return [None] * len(mean)
+    placed = [
+        i for i, (m, sd) in enumerate(zip(mean, std, strict=True)) if math.isfinite(m) and math.isfinite(sd)
+    ]
+    out: list[float | None] = [None] * len(mean)
+    if not placed:
+        return out
+    X = candidate_matrix(len(placed))
+    model = PrecomputedEnsembleRegressor(mean=[mean[i] for i in placed], std=[std[i] for i in placed]).fit(X)
+    rows, values = get_strategy(campaign.acquisition.strategy)(
+        model,
+        X,
+        n_instances=len(placed),
+        groups=[formulas[i] for i in placed],
+        **campaign.acquisition.strategy_arguments(rule=campaign.stability_rule),
+    )
+    for row, value in zip(rows, values, strict=True):
+        out[placed[int(row)]] = float(value)
+    return out
+
+
+def _pool(
+    store: CampaignStore, config: Mapping[str, Any], calls: Sequence[Call]
+) -> tuple[int | None, list[PoolCandidate], str]:
+    """The last screened round's candidates (one per relaxed structure), best acquisition score first."""
+    by_round = store.predictions_by_round()
+    screened = [k for k, preds in by_round.items() if k >= 1 and preds]
+    if not screened:
+        return None, [], ""
+    rnd = max(screened)
+    seen: dict[str, Any] = {}
+    for p in by_round[rnd]:
+        if p.relaxed_hash and p.relaxed_hash not in seen:
+            seen[p.relaxed_hash] = p
+    preds = list(seen.values())
+    structures = store.get_structures(list(seen))
+    rows = {r.hash: r for r in store.structure_rows(where="round <= ?", params=(rnd,))}
+    nan = float("nan")
+    formulas = [structures[h].composition.reduced_formula if h in structures else h for h in seen]
+    scores = _utilities(
+        config,
+        [nan if p.e_hull is None else float(p.e_hull) for p in preds],
+        [nan if p.e_hull_std is None else float(p.e_hull_std) for p in preds],
+        formulas,
+    )
+    call_of = {c.hash: c.index for c in calls}
+    out = []
+    for p, formula, score in zip(preds, formulas, scores, strict=True):
+        made_from = origin(rows, p.hash)
+        s = structures.get(p.relaxed_hash)
+        out.append(
+            PoolCandidate(
+                hash=str(p.relaxed_hash),
+                formula=formula,
+                natoms=0 if s is None else len(s),
+                source="?" if made_from is None else made_from.source,
+                e_hull=p.e_hull,
+                e_hull_std=p.e_hull_std,
+                score=score,
+                first_round=first_round(p, round=rnd),
+                call=call_of.get(str(p.relaxed_hash)),
+                structure=s,
+            )
+        )
+    out.sort(
+        key=lambda c: (
+            -(c.score if c.score is not None else -math.inf),
+            c.e_hull if c.e_hull is not None else math.inf,
+        )
+    )
+    strategy = str((config.get("acquisition") or {}).get("strategy", ""))
+    return rnd, out, strategy
 
 
 def _source_yield(
@@ -634,32 +696,81 @@ def figures(data: ScienceData) -> dict[str, tuple[str, str]]:
                 "hull.",
             )
     # A round under way has no calls yet (or only some): it is in the table, not in the per-round figures.
-    r = [x for x in data.rounds if x.status == "done" or x.oracle_calls]
+    r = [x for x in data.rounds if x.judged]
     if r:
         out["progress"] = (
             _png(
                 plots.plot_discovery_progress(
                     rounds=[x.round for x in r],
                     oracle_calls=[x.oracle_calls for x in r],
-                    hits=[x.hits for x in r],
-                    cumulative_hits=[x.cumulative_hits for x in r],
+                    hits=[x.discoveries for x in r],
+                    cumulative_hits=[x.discoveries_cumulative for x in r],
                 )
             ),
-            "Hits among each round's oracle calls (labels give hits/calls), cumulative discoveries against "
-            "cumulative oracle calls, and cumulative oracle calls per hit. Round-0 reference labels are not counted.",
+            "Hits among each round's oracle calls, judged on the hull at the end of that round (labels give "
+            "hits/calls), and oracle calls so far per discovery so far. Round-0 reference labels are not counted.",
         )
         out["emulator_mae"] = (
             _png(
                 plots.plot_emulator_error(
                     rounds=[x.round for x in r],
-                    mae=[math.nan if x.emulator_mae is None else x.emulator_mae for x in r],
-                    n_labels=[x.n_pairs for x in r],
-                    median_std=[math.nan if x.median_std is None else x.median_std for x in r],
+                    mae=[math.nan if x.screening_mae is None else x.screening_mae for x in r],
+                    n_labels=[len(x.screening_pairs) for x in r],
+                    median_std=[
+                        math.nan if x.screening_median_sigma is None else x.screening_median_sigma for x in r
+                    ],
                 )
             ),
-            "Mean absolute error of the emulator's energy per atom on each round's new oracle labels, predicted "
-            "before the emulator was retrained on them (a true held-out error), beside the median ensemble σ.",
+            "Screening error: the emulator that screened each round, its calibrated energy per atom at the geometry "
+            "it relaxed to, against the oracle's at the oracle's relaxed geometry, on the round's new labels before "
+            "retraining (a true held-out error), beside the median ensemble σ it gave them.",
         )
+    if data.calls:
+        rates = data.prevalence
+        pairs = [(c.round, c) for c in data.calls]
+        mean_rate = sum(rates.get(c.round, (0.0, 0))[0] for c in data.calls) / len(data.calls)
+        out["curve"] = (
+            _png(
+                plots.plot_discovery_curve(
+                    hits=[c.is_hit for c in data.calls],
+                    rounds=[c.round for c in data.calls],
+                    expected=random_expectation(pairs, rates) if rates else None,
+                    expected_label="uniform random among the screened candidates (expected)",
+                    title="discoveries on the final hull against oracle calls",
+                )
+            ),
+            "Each hit is drawn at the oracle call that made it, judged on the final hull. Dashed: what uniform "
+            "random picks among the same screened candidates would expect, "
+            + (
+                f"{100 * mean_rate:.0f} % hits per call on average ("
+                + "; ".join(f"round {k}: {100 * p:.0f} % of {n}" for k, (p, n) in sorted(rates.items()))
+                + "), estimated as the mean emulator probability of a hit, P(E_hull ≤ "
+                f"{data.rule.near_stable:g} eV/atom) under N(E_hull, σ), over each round's screened candidates: "
+                "a prevalence estimate that is only as good as the emulator's calibration."
+                if rates
+                else "not estimated (no screened candidate with a predicted E_hull)."
+            ),
+        )
+    for k, hull, roles in data.round_hulls:
+        for system in data.chemical_systems:
+            if hull is None:
+                continue
+            try:
+                fig = plots.plot_hull_roles(
+                    hull,
+                    chemsys=system.split("-"),
+                    roles=roles,
+                    near_stable=data.rule.near_stable,
+                    title=f"{system}: oracle hull after round {k}",
+                )
+            except plots.PlotError as exc:
+                out[f"hull_{system}_round_{k}"] = ("", f"No hull of {system} after round {k}: {exc}")
+                continue
+            out[f"hull_{system}_round_{k}"] = (
+                _png(fig),
+                f"{system} after round {k}: the hull of the labels so far; red stars: round {k}'s hits, blue: its "
+                f"other oracle calls, grey stars: earlier hits still within the band ({band}).",
+            )
     if data.calibration:
         rr, ss, ee = zip(*data.calibration, strict=True)
         try:
@@ -724,7 +835,13 @@ figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; max-width: 9
 table { border-collapse: collapse; font-size: 13px; margin: 8px 0 14px; width: 100%; }
 th, td { border-bottom: 1px solid var(--line); padding: 5px 7px; text-align: left; vertical-align: top; }
 th { background: #eef1f5; font-weight: 600; vertical-align: bottom; }
-.scroll { overflow-x: auto; }
+.scroll { overflow-x: auto; max-width: 100%; border: 1px solid var(--line); border-radius: 4px; }
+.scroll table { width: max-content; min-width: 100%; margin: 0; }
+details { margin: 6px 0; } summary { cursor: pointer; font-weight: 600; }
+.viewer { display: flex; flex-wrap: wrap; gap: 12px; }
+.viewer .cell { border: 1px solid var(--line); border-radius: 6px; padding: 8px 10px; max-width: 100%; overflow-x: auto; }
+.viewer svg .label { font-size: 11px; fill: var(--muted); }
+.viewer h3 { font-size: 15px; margin: 2px 0 6px; }
 td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr:nth-child(even) td { background: #fafbfc; }
 .tag { display: inline-block; padding: 0 6px; border-radius: 8px; font-size: 12px; }
@@ -774,6 +891,90 @@ def _figure(figs: Mapping[str, tuple[str, str]], key: str, alt: str) -> str:
         f'<figure><img alt="{_e(alt)}" src="data:image/png;base64,{png}">'
         f"<figcaption>{_e(caption)}</figcaption></figure>"
     )
+
+
+def _cif_link(structure: Structure, name: str) -> str:
+    """A link that downloads `structure` as `<name>.cif` from the page itself (a data: URI)."""
+    text = str(CifWriter(structure))
+    data = base64.b64encode(text.encode()).decode("ascii")
+    return f'<a class="cif" download="{_e(name)}.cif" href="data:chemical/x-cif;base64,{data}">CIF</a>'
+
+
+def _viewer(data: ScienceData) -> list[str]:
+    """Each discovery's oracle-relaxed cell, drawn in the page (inline SVG), with its CIF."""
+    shown = [d for d in data.discoveries if d.call.hash in data.structures]
+    if not shown:
+        return []
+    cells = []
+    for d in shown:
+        s = data.structures[d.call.hash]
+        cells.append(
+            f'<div class="cell" id="structure-{_e(d.call.hash)}"><h3>{_e(d.formula)} · {_e(d.space_group)} · '
+            f"E_hull {_num(d.call.e_hull, '{:+.3f}')} eV/atom · {_cif_link(s, f'{d.formula}_{d.call.hash}')}</h3>"
+            f"{structure_svg(s, uid=d.call.hash)}"
+            f'<div class="small">a {s.lattice.a:.3f} Å, b {s.lattice.b:.3f} Å, c {s.lattice.c:.3f} Å; '
+            f"α {s.lattice.alpha:.1f}°, β {s.lattice.beta:.1f}°, γ {s.lattice.gamma:.1f}°; {len(s)} atoms; "
+            f"{s.volume / len(s):.2f} Å³/atom</div></div>"
+        )
+    return [
+        "<h2>Structures of the discoveries</h2>",
+        '<p class="note">The oracle\'s relaxed cell of each discovery from three directions (drawn in the page); '
+        "atoms on a face of the cell are repeated on the opposite face. CIF downloads the same cell.</p>",
+        f'<div class="viewer">{"".join(cells)}</div>',
+    ]
+
+
+_POOL_ROWS = 60
+
+
+def _pool_table(data: ScienceData) -> list[str]:
+    """The last round's screened candidates: queried ones with their call, the others left in the pool."""
+    if data.pool_round is None:
+        return []
+    waiting = [c for c in data.pool if c.call is None]
+    rows = []
+    for rank, c in enumerate(data.pool[:_POOL_ROWS], start=1):
+        pred = _num(c.e_hull, "{:+.3f}")
+        if c.e_hull is not None and c.e_hull_std is not None:
+            pred += f" ± {c.e_hull_std:.3f}"
+        rows.append(
+            [
+                str(rank),
+                f"<b>{_e(c.formula)}</b><br><span class='mono'>{_e(c.hash)}</span>",
+                str(c.natoms),
+                _e(c.source),
+                pred,
+                _num(c.score, "{:.3f}"),
+                f"oracle call {c.call}" if c.call is not None else "in the pool",
+                str(c.first_round),
+                "–" if c.structure is None else _cif_link(c.structure, f"{c.formula}_{c.hash}"),
+            ]
+        )
+    out = [
+        f"<h2>Candidates screened in round {data.pool_round} ({len(waiting)} not queried)</h2>",
+        f'<p class="note">Every candidate the emulator screened in round {data.pool_round}, new or carried in the '
+        f"pool, ranked by the acquisition score of the campaign's strategy (<code>{_e(data.strategy)}</code>, "
+        "before its diversity penalty and per-formula cap, which is why a rank can be skipped). Those not queried "
+        "stay on offer to the next round unless the pool's age limit drops them.</p>",
+        _table(
+            [
+                "rank",
+                "formula / relaxed structure hash",
+                "atoms",
+                "generator",
+                "emulator E_hull ± σ (eV/atom)",
+                "acquisition score",
+                "status",
+                "first screened in round",
+                "structure",
+            ],
+            rows,
+            [True, False, True, False, True, True, False, True, False],
+        ),
+    ]
+    if len(data.pool) > _POOL_ROWS:
+        out.append(f'<p class="note">The first {_POOL_ROWS} of {len(data.pool)} candidates.</p>')
+    return out
 
 
 def render_html(data: ScienceData) -> str:
@@ -834,15 +1035,37 @@ def render_html(data: ScienceData) -> str:
     if data.hull is None:
         parts.append('<p class="note">No oracle label yet, so no hull.</p>')
 
+    if len(data.round_hulls) > 1:
+        parts.append("<h2>The hull round by round</h2>")
+        parts.append(
+            '<p class="note">Each round judged on the hull of the labels it had (what MLflow logged for it); open a '
+            "round to see its figure.</p>"
+        )
+        last = data.round_hulls[-1][0]
+        for k, _, _ in data.round_hulls:
+            inner = "".join(
+                _figure(figs, f"hull_{system}_round_{k}", f"{system} hull after round {k}")
+                for system in data.chemical_systems
+            )
+            parts.append(
+                f"<details{' open' if k == last else ''}><summary>after round {k}</summary>{inner}</details>"
+            )
+
     parts.append("<h2>Discovery per round</h2>")
     parts.append(
-        _figure(figs, "progress", "hit rate, cumulative discoveries and oracle calls per hit per round")
+        _figure(figs, "curve", "discoveries against oracle calls, with the uniform random expectation")
     )
+    parts.append(_figure(figs, "progress", "hit rate per round and oracle calls per discovery"))
     parts.append(_figure(figs, "ehull_by_call", "energy above hull of every oracle call"))
     if data.rounds:
+        parts.append(
+            '<p class="note">Each round is judged on the hull at its end, as MLflow logged it and <code>matloop '
+            "status</code> shows it; the discoveries so far at the last round are the discoveries on the final hull "
+            "listed below.</p>"
+        )
         rows = [
             [
-                str(x.round) + ("" if x.status == "done" else " (running)"),
+                str(x.round) + ("" if x.finished else " (running)"),
                 str(x.generated),
                 str(x.passed_funnel),
                 str(x.screened),
@@ -850,26 +1073,37 @@ def render_html(data: ScienceData) -> str:
                 str(x.oracle_calls),
                 str(x.failed),
                 str(x.unconverged),
-                str(x.hits),
-                str(x.stable),
-                _num(x.hits / x.oracle_calls if x.oracle_calls else None, "{:.0%}"),
-                str(x.cumulative_hits),
-                _num(x.calls_per_hit, "{:.1f}"),
-                _num(None if x.emulator_mae is None else 1000 * x.emulator_mae, "{:.0f}"),
-                _num(x.spearman, "{:+.2f}"),
-                _num(x.within_1sigma, "{:.0%}"),
+                str(x.discoveries) if x.judged else "–",
+                str(x.on_hull) if x.judged else "–",
+                _num(x.discoveries_per_oracle_call, "{:.0%}"),
+                str(x.discoveries_cumulative) if x.judged else "–",
+                _num(x.oracle_calls_per_discovery, "{:.1f}"),
+                _num(None if x.screening_mae is None else 1000 * x.screening_mae, "{:.0f}"),
+                _num(x.screening_spearman, "{:+.2f}"),
+                _num(x.screening_within_1sigma, "{:.0%}"),
+                _num(None if x.retrain_mae is None else 1000 * x.retrain_mae, "{:.0f}"),
                 _num(x.wall_time_s, "{:.0f}"),
             ]
             for x in data.rounds
         ]
         headers = ["round", "generated", "passed funnel", "screened", "carried in the pool", "oracle calls", "failed",
-                   "relaxation not converged", "hits", "stable",
-                   "hit rate", "cum. hits", "calls / hit (cum.)", "MAE (meV/atom)", "Spearman σ–|err|",
-                   "within 1σ", "wall time (s)"]  # fmt: skip
+                   "relaxation not converged", "hits", "on the hull",
+                   "hit rate", "discoveries so far", "oracle calls per discovery", "screening MAE (meV/atom)",
+                   "screening Spearman σ–|err|", "screening errors within 1σ",
+                   "model MAE at the oracle's geometry (meV/atom)", "wall time (s)"]  # fmt: skip
         parts.append(_table(headers, rows, [True] * len(headers)))
 
     parts.append("<h2>Emulator accuracy before retraining</h2>")
-    parts.append(_figure(figs, "emulator_mae", "emulator MAE per round"))
+    parts.append(_figure(figs, "emulator_mae", "screening error per round"))
+    parts.append(
+        '<p class="note">Two errors on the same labels, two questions. The <b>screening error</b> is what the '
+        "acquisition lived with: the emulator that screened the round, calibrated, at the geometry it relaxed each "
+        "candidate to, against the oracle at the oracle's relaxed geometry. The <b>model MAE at the oracle's "
+        "geometry</b> is the retrain stage's check of the same model on the oracle's relaxed structures, raw "
+        "(without the calibration's bias shift): the model alone. The retrain stage also scores each variant it "
+        "trains (refit, fine-tuned; in MLflow under <code>stage/retrain.</code>): those are other models, so their "
+        "MAE and Spearman differ again.</p>"
+    )
     parts.append("<h2>Uncertainty calibration</h2>")
     parts.append(_figure(figs, "calibration", "ensemble sigma against absolute error, and coverage"))
     if not data.calibration:
@@ -946,6 +1180,8 @@ def render_html(data: ScienceData) -> str:
         parts.append(_table(headers, rows, numeric))
     else:
         parts.append('<p class="note">No hit yet.</p>')
+    parts.extend(_viewer(data))
+    parts.extend(_pool_table(data))
 
     if data.withheld or data.withheld_without_structure:
         parts.append("<h2>Rediscovery of withheld phases</h2>")
@@ -1010,8 +1246,18 @@ def render_html(data: ScienceData) -> str:
             "negative: below every known phase",
         ),
         (
-            "emulator error",
-            "emulator energy per atom at its relaxed geometry against the oracle's, before retraining",
+            "screening error",
+            "the emulator that screened the round (calibrated) at the geometry it relaxed to, against the oracle's "
+            "energy per atom at the oracle's relaxed geometry, on the round's labels before retraining",
+        ),
+        (
+            "model MAE at the oracle's geometry",
+            "the retrain stage's check of the same model on the oracle's relaxed structures, raw (no calibration)",
+        ),
+        (
+            "acquisition score",
+            "the strategy's utility (e.g. p_stable: P(E_hull ≤ hit threshold) under N(E_hull, σ)), before the "
+            "diversity penalty",
         ),
         (
             "relaxation not converged",
