@@ -14,6 +14,10 @@ from generator.seeds import Withholding, load_seeds, seed_table
 from generator.substitution import (
     SubstitutionGenerator,
     SubstitutionSettings,
+    decorate,
+    decorated_candidates,
+    decoration_map,
+    prototype_decorations,
     prototype_parents,
     substitution_score,
 )
@@ -213,3 +217,36 @@ def test_withheld_and_spent_prototypes_are_not_parents(li_al_parents):
     assert any(p.properties["prototype"] == B32 for p in hidden)
     spent = prototype_parents(chemical_systems=["Li-Al"], limit=40, exclude_prototypes={B32})
     assert B32 not in {p.properties["prototype"] for p in spent}
+
+
+def test_decoration_maps_elements_by_share_and_keeps_the_anion_an_anion():
+    score, mapping = decoration_map("NaCl", "FeO")
+    assert dict(mapping) == {"Na": "Fe", "Cl": "O"} and 0 < score <= 1
+    assert dict(decoration_map("Al2O3", "V2O3")[1]) == {"Al": "V", "O": "O"}
+    assert decoration_map("NaCl", "V2O3") is None  # anonymous formulas differ
+    rocksalt = Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    )
+    child = decorate(rocksalt, {"Na": "Fe", "Cl": "O"})
+    assert child.composition.reduced_formula == "FeO" and len(child) == len(rocksalt)
+    assert child.volume < rocksalt.volume  # Fe and O are smaller atoms than Na and Cl
+    assert SpacegroupAnalyzer(child).get_space_group_number() == 225
+
+
+def test_every_structure_type_of_an_allowed_composition_is_decorated_once():
+    held = Withholding(compounds_in=(frozenset({"V", "O"}),))
+    found = prototype_decorations(weights={"VO": 1.0, "V2O3": 0.5, "V": 1.0}, max_sites=12, withhold=held)
+    pairs = [(d.prototype, d.formula) for d in found]
+    assert len(pairs) == len(set(pairs)) and {f for _, f in pairs} == {"VO", "V2O3"}
+    assert ("AB:225:2", "VO") in pairs  # rock salt
+    assert all(d.prototype.startswith("AB:") == (d.formula == "VO") for d in found)
+    table = seed_table().set_index("material_id")
+    assert not any(table.loc[d.material_id, "element_set"] <= {"V", "O"} for d in found)  # withheld
+    assert [d.rank_score for d in found] == sorted((d.rank_score for d in found), reverse=True)
+    fewer = prototype_decorations(
+        weights={"VO": 1.0, "V2O3": 0.5}, max_sites=12, withhold=held, exclude={("AB:225:2", "VO")}
+    )
+    assert len(fewer) == len(found) - 1
+    children = list(decorated_candidates(found[:5]))
+    assert [c.structure.composition.reduced_formula for c in children] == [d.formula for d in found[:5]]
+    assert all(c.info["operation"] == "decoration" and c.info["parent_prototype"] for c in children)
