@@ -33,6 +33,7 @@ from typing import Any
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 from pymatgen.io.cif import CifWriter
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 import oracle  # noqa: F401  (registers the oracles)
 from loop import plots
@@ -900,6 +901,16 @@ def _cif_link(structure: Structure, name: str) -> str:
     return f'<a class="cif" download="{_e(name)}.cif" href="data:chemical/x-cif;base64,{data}">CIF</a>'
 
 
+def _conventional(structure: Structure) -> Structure:
+    """The conventional standard cell (at the report's 0.1 Å symmetry tolerance) when it is at most 64 atoms, else
+    the cell as it is: a crystallographer recognises a structure type in its conventional cell."""
+    try:
+        cell = SpacegroupAnalyzer(structure, symprec=0.1).get_conventional_standard_structure()
+    except Exception:  # spglib fails on a broken cell; the cell is then drawn as it is
+        return structure
+    return cell if len(cell) <= 64 else structure
+
+
 def _viewer(data: ScienceData) -> list[str]:
     """Each discovery's oracle-relaxed cell, drawn in the page (inline SVG), with its CIF."""
     shown = [d for d in data.discoveries if d.call.hash in data.structures]
@@ -908,18 +919,20 @@ def _viewer(data: ScienceData) -> list[str]:
     cells = []
     for d in shown:
         s = data.structures[d.call.hash]
+        cell = _conventional(s)
         cells.append(
             f'<div class="cell" id="structure-{_e(d.call.hash)}"><h3>{_e(d.formula)} · {_e(d.space_group)} · '
             f"E_hull {_num(d.call.e_hull, '{:+.3f}')} eV/atom · {_cif_link(s, f'{d.formula}_{d.call.hash}')}</h3>"
-            f"{structure_svg(s, uid=d.call.hash)}"
-            f'<div class="small">a {s.lattice.a:.3f} Å, b {s.lattice.b:.3f} Å, c {s.lattice.c:.3f} Å; '
-            f"α {s.lattice.alpha:.1f}°, β {s.lattice.beta:.1f}°, γ {s.lattice.gamma:.1f}°; {len(s)} atoms; "
-            f"{s.volume / len(s):.2f} Å³/atom</div></div>"
+            f"{structure_svg(cell, uid=d.call.hash)}"
+            f'<div class="small">drawn: a {cell.lattice.a:.3f} Å, b {cell.lattice.b:.3f} Å, c {cell.lattice.c:.3f} Å; '
+            f"α {cell.lattice.alpha:.1f}°, β {cell.lattice.beta:.1f}°, γ {cell.lattice.gamma:.1f}°; {len(cell)} "
+            f"atoms; {s.volume / len(s):.2f} Å³/atom (CIF: the labelled cell, {len(s)} atoms)</div></div>"
         )
     return [
         "<h2>Structures of the discoveries</h2>",
-        '<p class="note">The oracle\'s relaxed cell of each discovery from three directions (drawn in the page); '
-        "atoms on a face of the cell are repeated on the opposite face. CIF downloads the same cell.</p>",
+        '<p class="note">The oracle\'s relaxed structure of each discovery in its conventional standard cell, from '
+        "three directions (drawn in the page); atoms on a face of the cell are repeated on the opposite face. CIF "
+        "downloads the cell the oracle labelled.</p>",
         f'<div class="viewer">{"".join(cells)}</div>',
     ]
 

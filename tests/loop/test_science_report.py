@@ -374,6 +374,7 @@ def test_each_discovery_is_drawn_in_the_page_and_downloads_as_cif(smoke_campaign
     opposite faces) drawn, and a CIF data link that parses back to the same crystal."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
     from pymatgen.core import Structure
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
     from loop.structure_view import VIEWS
 
@@ -388,13 +389,16 @@ def test_each_discovery_is_drawn_in_the_page_and_downloads_as_cif(smoke_campaign
         relaxed = store.get_structures(sorted(set(finals.values())))
     finally:
         store.close()
-    cells = dict(re.findall(r'<div class="cell" id="structure-([0-9a-f]+)">(.*?)</svg>', section, re.S))
+    cells = dict(re.findall(r'<div class="cell" id="structure-([0-9a-f]+)">(.*?)</div></div>', section, re.S))
     assert set(cells) == hits
     for h, cell in cells.items():
         structure = relaxed[finals[h]]
-        # at least one disc per site in each view, plus its images on the faces it touches
+        # drawn in its conventional standard cell: at least one disc per site of that cell in each view, plus
+        # the images on the faces a site touches
+        drawn = SpacegroupAnalyzer(structure, symprec=0.1).get_conventional_standard_structure()
         discs = len(re.findall(r"<circle ", cell)) - len({s.specie.symbol for s in structure})
-        assert discs >= len(VIEWS) * len(structure) and discs % len(VIEWS) == 0
+        assert discs >= len(VIEWS) * len(drawn) and discs % len(VIEWS) == 0
+        assert f"{len(drawn)} atoms;" in cell and f"(CIF: the labelled cell, {len(structure)} atoms)" in cell
         cif = re.search(r'download="[^"]+\.cif" href="data:chemical/x-cif;base64,([^"]+)"', cell).group(1)
         parsed = Structure.from_str(base64.b64decode(cif).decode(), fmt="cif")
         assert StructureMatcher().fit(parsed, structure)
