@@ -74,25 +74,30 @@ def test_mlflow_has_parent_and_nested_round_runs(smoke_run):
     assert set(nested) == {0, 1, 2}
     for rnd in (1, 2):
         metrics = nested[rnd].data.metrics
+        # the round's science under the parent's names, each stage's own report grouped apart
         for key in (
-            "generate.n_generated",
-            "funnel.n_passed",
-            "label.n_ok",
-            "update.hit_rate",
-            "update.emulator_mae",
-            "time_screen_s",
-            "acquire.n_queries",
+            "discoveries",
+            "oracle_calls",
+            "screening_mae_eV_per_atom",
+            "stage/generate.n_generated",
+            "stage/funnel.n_passed",
+            "stage/label.n_ok",
+            "stage/update.hit_rate",
+            "time/screen_s",
+            "stage/acquire.n_queries",
         ):
             assert key in metrics, key
-        assert any(k.startswith("funnel.report.removed.") for k in metrics)
+        assert any(k.startswith("stage/funnel.report.removed.") for k in metrics)
         paths = _artifact_paths(client, nested[rnd].info.run_id)
         assert any(p.startswith("queried/") and p.endswith(".cif") for p in paths)
         assert any(p.startswith("plots/hull_") for p in paths)
         assert any(p.startswith("plots/parity_") for p in paths)
         assert any(p.startswith("plots/yield_") for p in paths)
         assert any(p.startswith("checkpoints/emulator/") for p in paths)
-    history = client.get_metric_history(parent.info.run_id, "label.n_ok")
-    assert sorted(m.step for m in history) == [0, 1, 2]
+    # the parent: reference labels at round 0, oracle calls of the discovery rounds, no stage internals
+    assert [m.step for m in client.get_metric_history(parent.info.run_id, "reference_labels")] == [0]
+    assert sorted(m.step for m in client.get_metric_history(parent.info.run_id, "oracle_calls")) == [1, 2]
+    assert not any(k.startswith(("stage/", "time/")) for k in parent.data.metrics)
 
 
 def _artifact_paths(client, run_id: str, path: str | None = None) -> list[str]:
