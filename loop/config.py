@@ -72,6 +72,9 @@ class GeneratorConfig(StrictModel):
         fine_tune_steps: Optimiser steps of one generator fine-tune.
         fine_tune_max_minutes: Wall-time bound of one generator fine-tune, minutes (a run that hits it is no
             longer reproducible step for step).
+        fine_tune_check_samples: Crystals each checkpoint samples per request when a generator fine-tune is checked
+            for narrowing (`loop.stages.retrain.generator_breadth_check`: two requests, two checkpoints, so four
+            times this many samples); 0 deploys every fine-tune unchecked.
     """
 
     mix: dict[str, int] = Field(
@@ -82,6 +85,7 @@ class GeneratorConfig(StrictModel):
     fine_tune_weight: float = Field(default=4.0, ge=0.0)
     fine_tune_steps: int = Field(default=200, ge=1)
     fine_tune_max_minutes: float = Field(default=1.0, gt=0.0)
+    fine_tune_check_samples: int = Field(default=16, ge=0)
 
     @model_validator(mode="before")
     @classmethod

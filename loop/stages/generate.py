@@ -222,7 +222,8 @@ def sample_breadth(
     config: CampaignConfig, *, store: CampaignStore, round: int, name: str, checkpoint: Path | None
 ) -> dict[str, Breadth]:
     """Distinct formulas and prototypes of what a fine-tunable generator `name` proposes from `checkpoint` (None:
-    its settings' own), at least 16 structures with one fixed seed, so two checkpoints answer the same requests:
+    its settings' own), `generator.fine_tune_check_samples` structures per request with one fixed seed, so two
+    checkpoints answer the same requests:
     "request", round `round`'s compositions as the generate stage asks for them (prototypes tell), and "free",
     the target systems alone (the model's own choice of formulas tells).
     """
@@ -232,7 +233,7 @@ def sample_breadth(
         settings = settings.model_copy(update={"checkpoint": str(checkpoint)})
     ranked, _ = round_compositions(config, store=store, round=round)
     found = discoveries(config, store)
-    n = max(config.generator.mix.get(name, 0), 16)
+    n = config.generator.fine_tune_check_samples
     out = {}
     for kind, formulas in (("request", [c.formula for c in ranked]), ("free", [])):
         context = _context(config, cls, settings, found, formulas)

@@ -134,9 +134,12 @@ def retrain_generator(
         "generator_n_discoveries": len(found),
     }
     report.update({f"generator_{k}": v for k, v in gen_metrics.items() if isinstance(v, int | float)})
-    report.update(
-        generator_breadth_check(config, store=store, round=round, before=generator_in, after=gen_path)
-    )
+    if gen_cfg.fine_tune_check_samples > 0:
+        report.update(
+            generator_breadth_check(config, store=store, round=round, before=generator_in, after=gen_path)
+        )
+    else:
+        report.update(generator_deployed=True, generator_reason="not checked (fine_tune_check_samples: 0)")
     if not report["generator_deployed"]:
         del report["generator_checkpoint"]  # the campaign keeps sampling from the checkpoint it had
         gen_path.unlink(missing_ok=True)

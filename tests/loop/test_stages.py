@@ -305,8 +305,9 @@ def test_a_generator_fine_tune_that_narrows_its_proposals_is_not_deployed(tmp_pa
     same model compared with itself is deployed (same requests, same seed: the same crystals)."""
     cfg = config(
         generator={
-            "mix": {"diffusion": 48, "substitution": 0, "random_search": 0},
+            "mix": {"diffusion": 16, "substitution": 0, "random_search": 0},
             "diffusion": {"steps": 20},
+            "fine_tune_check_samples": 48,
         }
     )
     store = CampaignStore.in_workdir(tmp_path)
