@@ -108,6 +108,11 @@ def mark_duplicates(store: CampaignStore, hashes: Sequence[str], *, settings_has
     return found
 
 
+# eV/atom. Pseudopotential codes report absolute energies of hundreds to a few thousand eV/atom (CP2K, Quantum
+# ESPRESSO), PAW-referenced ones a few eV/atom (GPAW, VASP): an energy beyond this is a numerical failure.
+MAX_ABS_ENERGY_PER_ATOM = 1e5
+
+
 def reject_unphysical(
     result: dict[str, Any], *, settings: dict[str, Any], max_volume_per_atom: float | None = None
 ) -> dict[str, Any]:
@@ -132,6 +137,10 @@ def reject_unphysical(
     structure = Structure.from_dict(final)
     energy = f"its energy, {result.get('energy_per_atom'):.4g} eV/atom, is not a label"
     why = _unphysical(structure, max_volume_per_atom=max_volume_per_atom)
+    value = float(result.get("energy_per_atom") or 0.0)
+    if why is None and not abs(value) <= MAX_ABS_ENERGY_PER_ATOM:
+        # No atoms too close, yet no code's energy is this: SevenNet gave -3.6e7 eV/atom for a squeezed Na2S.
+        why = f"ended at an energy no code gives (|E| > {MAX_ABS_ENERGY_PER_ATOM:g} eV/atom)"
     if why is None:
         return result
     return OracleResult.failure(

@@ -168,6 +168,19 @@ def test_an_oracle_result_it_cannot_graph_or_too_large_is_a_failed_label():
     assert reject_unphysical(isolated, settings=settings)["status"] == "ok"
 
 
+def test_an_energy_no_code_gives_is_a_failed_label_even_in_a_sound_cell():
+    """SevenNet relaxed a squeezed Na2S to -3.6e7 eV/atom with no two atoms closer than 0.5 Å."""
+    settings = EMTSettings().model_dump()
+    bcc_na = Structure(Lattice.cubic(4.23), ["Na", "Na"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    wild = {**_ok_result(bcc_na), "energy_per_atom": -3.6e7, "energy": -7.2e7}
+    for volume_limit in (150.0, None):  # in a campaign and through `matloop label`
+        rejected = reject_unphysical(wild, settings=settings, max_volume_per_atom=volume_limit)
+        assert rejected["status"] == "failed" and "energy no code gives" in rejected["reason"]
+    # An absolute pseudopotential energy of a few hundred eV/atom (CP2K, Quantum ESPRESSO) is a label.
+    absolute = {**_ok_result(bcc_na), "energy_per_atom": -1302.5, "energy": -2605.0}
+    assert reject_unphysical(absolute, settings=settings, max_volume_per_atom=150.0)["status"] == "ok"
+
+
 def test_training_leaves_out_a_stored_label_it_cannot_graph(tmp_path, caplog):
     config = validate_config({"name": "na", "chemical_systems": ["Na"], "oracle": {"kind": "emt"}})
     store = CampaignStore.in_workdir(tmp_path)
