@@ -303,9 +303,12 @@ def test_every_discovery_is_new_or_a_known_crystal_cited_from_the_server_or_the_
     store.close()
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow' / 'mlflow.db'}")
     round_run = client.get_run(logged["round_run"]).data.metrics
-    assert round_run["update.n_new_discoveries"] == 1 and round_run["update.n_rediscoveries_new"] == 2
+    assert (
+        round_run["stage/update.n_new_discoveries"] == 1
+        and round_run["stage/update.n_rediscoveries_new"] == 2
+    )
     parent = client.get_run(logged["parent_run"]).data.metrics
-    assert parent["update.cumulative_new_discoveries"] == 1 and parent["update.cumulative_rediscoveries"] == 2
+    assert parent["new_discoveries_cumulative"] == 1 and parent["rediscoveries_cumulative"] == 2
 
     # The science report links each known crystal to its provider's entry.
     data = collect(workdir)
