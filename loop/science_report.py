@@ -587,15 +587,20 @@ def _utilities(
 def _pool(
     store: CampaignStore, config: Mapping[str, Any], calls: Sequence[Call]
 ) -> tuple[int | None, list[PoolCandidate], str]:
-    """The last screened round's candidates (one per relaxed structure), best acquisition score first."""
+    """The last screened round's candidates as acquisition saw them (one per relaxed structure, none labelled in an
+    earlier round), best acquisition score first."""
     by_round = store.predictions_by_round()
     screened = [k for k, preds in by_round.items() if k >= 1 and preds]
     if not screened:
         return None, [], ""
     rnd = max(screened)
+    settings_hash = (store.get_meta("identity") or {}).get("oracle")
+    labelled_before = {
+        r.hash for r in store.oracle_results(settings_hash=settings_hash) if (r.round or 0) < rnd
+    }
     seen: dict[str, Any] = {}
     for p in by_round[rnd]:
-        if p.relaxed_hash and p.relaxed_hash not in seen:
+        if p.relaxed_hash and p.relaxed_hash not in seen and p.relaxed_hash not in labelled_before:
             seen[p.relaxed_hash] = p
     preds = list(seen.values())
     structures = store.get_structures(list(seen))

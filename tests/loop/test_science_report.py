@@ -425,7 +425,11 @@ def test_the_candidates_left_in_the_pool_are_listed_with_prediction_and_score(sm
     store = CampaignStore.in_workdir(smoke_campaign)
     try:
         last = max(store.predictions_by_round())
-        preds = {p.relaxed_hash: p for p in store.round_predictions(last) if p.relaxed_hash}
+        settings_hash = store.get_meta("identity")["oracle"]
+        earlier = {r.hash for r in store.oracle_results(settings_hash=settings_hash) if r.round < last}
+        # what acquisition was offered: none labelled in an earlier round
+        preds = {p.relaxed_hash: p for p in store.round_predictions(last) if p.relaxed_hash not in earlier}
+        preds.pop(None, None)
         queries = {q.hash: q for q in store.round_queries(last)}
         order = [q.hash for rnd, qs in sorted(store.queries_by_round().items()) if rnd >= 1 for q in qs]
     finally:
