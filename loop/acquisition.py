@@ -701,14 +701,3 @@ def select_structures(
         formulas=[s.composition.reduced_formula for s in structures],
         labelled_features=structure_features(labelled) if len(labelled) else None,
     )
-
-
-def hit_rate(e_above_hull: Sequence[float] | np.ndarray, *, rule: StabilityRule) -> float:
-    """Fraction of oracle-labelled queries that are hits under `rule` (E_hull in eV/atom); NaN counts as a miss.
-
-    Returns NaN for an empty list.
-    """
-    values = np.asarray(e_above_hull, dtype=float).reshape(-1)
-    if values.size == 0:
-        return float("nan")
-    return float(np.mean([rule.is_hit(float(v)) for v in values]))

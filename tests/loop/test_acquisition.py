@@ -18,7 +18,6 @@ from loop.acquisition import (
     PrecomputedEnsembleRegressor,
     candidate_matrix,
     get_strategy,
-    hit_rate,
     select_queries,
     select_structures,
     strategy_names,
@@ -242,13 +241,6 @@ def test_select_on_hull_evaluated_candidates() -> None:
         mean=ev.e_above_hull, std=ev.e_above_hull_std, config=cfg("greedy", budget=1), rule=RULE
     )
     assert formulas[res.indices[0]] == "Cu3Au" and ev.e_above_hull[res.indices[0]] < 0
-
-
-def test_hit_rate_counts_hits_of_the_campaign_rule() -> None:
-    assert hit_rate([0.0, 0.05, 0.2, np.nan], rule=StabilityRule(near_stable=0.1)) == pytest.approx(0.5)
-    # E_hull exactly at near_stable is a hit; float noise above it too (the on-hull tolerance)
-    assert hit_rate([0.05, 0.05 + 5e-7, 0.0501], rule=RULE) == pytest.approx(2 / 3)
-    assert np.isnan(hit_rate([], rule=RULE))
 
 
 def test_old_stability_threshold_key_gets_a_clear_error() -> None:
