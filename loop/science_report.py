@@ -556,7 +556,7 @@ def collect(workdir: Path) -> ScienceData:
 
 def _utilities(
     config: Mapping[str, Any], mean: Sequence[float], std: Sequence[float], formulas: Sequence[str]
-):
+) -> list[float | None]:
     """The campaign's acquisition utility of each candidate (before the diversity penalty), as the acquire stage
     computes it with `loop.acquisition` (`p_ground_state` weighs the candidates of one formula against each
     other); None for a candidate that cannot be placed, or for all when the stored config is not readable."""
