@@ -33,7 +33,12 @@ from generator.base import (
     KnownStructure,
     register,
 )
-from generator.chemistry import is_charge_balanced, is_intermetallic, parse_chemical_system
+from generator.chemistry import (
+    composition_class,
+    is_charge_balanced,
+    is_intermetallic,
+    parse_chemical_system,
+)
 from generator.seeds import SPLITS, Withholding, load_seeds, seed_table
 
 
@@ -774,30 +779,103 @@ def prototype_decorations(
 
 
 def decorated_candidates(
-    decorations: Sequence[Decoration], *, splits: Sequence[str] = SPLITS
+    decorations: Sequence[Decoration],
+    *,
+    chemical_systems: Sequence[str] = (),
+    settings: SubstitutionSettings | None = None,
+    seed: int = 0,
+    splits: Sequence[str] = SPLITS,
 ) -> Iterator[Candidate]:
-    """The children of `decorations`, in their order (parents parsed in batches as they are needed).
+    """The children of `decorations`, in their order (parents parsed in batches as they are needed), each followed
+    by its partial substitution (`partial_decoration`) when `chemical_systems` are given and the settings'
+    `saps_fractions` are not empty.
 
-    Each candidate's `info`: operation "decoration", parent_prototype, formula, mapping and score.
+    Each candidate's `info`: operation "decoration" (or "decoration_saps", with the orbit, fraction and sites
+    replaced), parent_prototype, formula, substitutions and score.
     """
+    cfg = settings or SubstitutionSettings()
+    systems = [parse_chemical_system(s) for s in chemical_systems]
+    rng = np.random.default_rng(seed)
     batch = 32
     for start in range(0, len(decorations), batch):
         chunk = decorations[start : start + batch]
         parents = {k.id: k for k in load_seeds(splits=splits, ids=[d.material_id for d in chunk])}
         for d in chunk:
             child = decorate(parents[d.material_id].structure, dict(d.mapping))
+            info = {
+                "operation": "decoration",
+                "parent_prototype": d.prototype,
+                "formula": d.formula,
+                "substitutions": {a: b for a, b in d.mapping if a != b},
+                "score": round(d.score, 8),
+            }
             yield Candidate(
-                structure=child,
-                source=SubstitutionGenerator.name,
-                parent=d.material_id,
-                info={
-                    "operation": "decoration",
-                    "parent_prototype": d.prototype,
-                    "formula": d.formula,
-                    "substitutions": {a: b for a, b in d.mapping if a != b},
-                    "score": round(d.score, 8),
-                },
+                structure=child, source=SubstitutionGenerator.name, parent=d.material_id, info=info
             )
+            elements = {el.symbol for el in child.composition.elements}
+            system = min((t for t in systems if elements <= t), key=len, default=None)
+            if system is None or not cfg.saps_fractions:
+                continue
+            partial = partial_decoration(child, elements=system, settings=cfg, rng=rng)
+            if partial is not None:
+                variant, extra = partial
+                yield Candidate(
+                    structure=variant,
+                    source=SubstitutionGenerator.name,
+                    parent=d.material_id,
+                    info={**info, **extra, "score": round(d.score * extra["score"], 8)},
+                )
+
+
+def partial_decoration(
+    structure: Structure,
+    *,
+    elements: Collection[str],
+    settings: SubstitutionSettings,
+    rng: np.random.Generator,
+) -> tuple[Structure, dict] | None:
+    """A symmetry-aware partial substitution (SAPS) of a decorated child without oxidation states: a fraction
+    (`saps_fractions`) of one Wyckoff orbit of two or more sites takes another element of `elements`, the most
+    probable first (`element_substitution_probability`, so a cation never takes an anion's place), when the new
+    composition is allowed (`generator.chemistry.composition_class`) and the child keeps fewer symmetry
+    operations than the structure. None when no such substitution exists."""
+    dataset = _symmetry_dataset(structure, settings.symprec)
+    if dataset is None:
+        return None
+    labels = np.asarray(dataset.equivalent_atoms)
+    counts = structure.composition.element_composition.get_el_amt_dict()
+    options = []
+    for label in np.unique(labels):
+        m = int(np.sum(labels == label))
+        old = structure[int(label)].specie.symbol
+        for new in sorted(set(elements) - {old}):
+            p = element_substitution_probability(old, new)
+            for k in sorted({max(1, round(f * m)) for f in settings.saps_fractions}):
+                if p > 0 and k < m:
+                    options.append((-p, int(label), new, k, old, m))
+    for neg_p, label, new, k, old, m in sorted(options):
+        new_counts = dict(counts)
+        new_counts[old] -= k
+        new_counts[new] = new_counts.get(new, 0) + k
+        if composition_class(Composition(new_counts)) is None:
+            continue
+        chosen = np.sort(rng.choice(np.flatnonzero(labels == label), size=k, replace=False))
+        variant = structure.copy()
+        for idx in chosen:
+            variant.replace(int(idx), new)
+        lowered = _symmetry_dataset(variant, settings.symprec)
+        if lowered is None or len(lowered.rotations) >= len(dataset.rotations):
+            continue
+        return variant, {
+            "operation": "decoration_saps",
+            "formula": variant.composition.reduced_formula,
+            "saps": {old: new},
+            "score": -neg_p,
+            "wyckoff": f"{m}{dataset.wyckoffs[label]}",
+            "fraction": round(k / m, 4),
+            "sites": [int(i) for i in chosen],
+        }
+    return None
 
 
 @dataclass(frozen=True)
@@ -861,6 +939,7 @@ __all__ = [
     "decorated_candidates",
     "decoration_map",
     "element_substitution_probability",
+    "partial_decoration",
     "prototype_decorations",
     "prototype_key",
     "prototype_parents",

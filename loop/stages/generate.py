@@ -202,7 +202,15 @@ def substitution_candidates(
 
     from_ionic = ionic()
     take(from_ionic, math.ceil(n / 2))
-    take(decorated_candidates(decorations), n)
+    take(
+        decorated_candidates(
+            decorations,
+            chemical_systems=config.chemical_systems,
+            settings=settings,
+            seed=config.seed * 1000 + round,
+        ),
+        n,
+    )
     take(from_ionic, n)
     return out, counts
 

@@ -17,6 +17,7 @@ from generator.substitution import (
     decorate,
     decorated_candidates,
     decoration_map,
+    partial_decoration,
     prototype_decorations,
     prototype_parents,
     substitution_score,
@@ -250,3 +251,19 @@ def test_every_structure_type_of_an_allowed_composition_is_decorated_once():
     children = list(decorated_candidates(found[:5]))
     assert [c.structure.composition.reduced_formula for c in children] == [d.formula for d in found[:5]]
     assert all(c.info["operation"] == "decoration" and c.info["parent_prototype"] for c in children)
+
+
+def test_partial_decoration_orders_an_orbit_and_never_puts_a_cation_on_an_anion_site():
+    li3al = Structure.from_spacegroup("Pm-3m", Lattice.cubic(4.0), ["Al", "Li"], [[0, 0, 0], [0, 0.5, 0.5]])
+    rng = np.random.default_rng(0)
+    variant, info = partial_decoration(li3al, elements={"Li", "Al"}, settings=SubstitutionSettings(), rng=rng)
+    assert info["operation"] == "decoration_saps" and info["wyckoff"] == "3c" and info["saps"] == {"Li": "Al"}
+    assert variant.composition.reduced_formula == info["formula"] == "LiAl"  # 1 of the 3 Li sites
+    assert len(SpacegroupAnalyzer(variant, symprec=0.1).get_symmetry_operations()) < 48
+    rocksalt = Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(4.2), ["V", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    )
+    supercell = rocksalt * (2, 1, 1)  # orbits of two sites, but V and O never swap roles
+    assert (
+        partial_decoration(supercell, elements={"V", "O"}, settings=SubstitutionSettings(), rng=rng) is None
+    )
