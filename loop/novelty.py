@@ -76,6 +76,8 @@ class NoveltyIndex:
     providers' cached crystals."""
 
     def __init__(self, config: CampaignConfig, *, workdir: Path) -> None:
+        # The bundled index (pandas, the generator room) loads only when a verdict needs it, and the references
+        # stage imports the stages that import this module.
         from generator.seeds import bundled_formulas, seed_loaders
         from loop.funnel import KnownIndex
         from loop.stages.references import provider_crystals

@@ -227,7 +227,7 @@ class QueryFailed(Exception):
 
 
 def _quiet_client(settings: OptimadeSettings, base_url: str) -> Any:
-    from optimade.client import OptimadeClient
+    from optimade.client import OptimadeClient  # its HTTP stack loads only when a provider is asked
 
     return OptimadeClient(
         base_urls=[base_url],
