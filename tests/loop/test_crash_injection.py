@@ -248,7 +248,7 @@ def test_rerun_after_every_crash_equals_the_uninterrupted_campaign(config, refer
     assert len(parents) == 1
     assert sorted(nested) == [0, 1] and all(len(runs) == 1 for runs in nested.values()), nested
     for runs in nested.values():
-        assert "label.n_ok" in runs[0].data.metrics
+        assert "stage/label.n_ok" in runs[0].data.metrics
 
 
 def test_corrupt_checkpoint_falls_back_to_the_previous_good_one(config, crashed):
@@ -309,7 +309,11 @@ def test_disk_full_stops_cleanly_then_resumes(config, tmp_path):
     assert done_stages(workdir) == ORDER[: len(ROUND0_STAGES)]
     store = CampaignStore.in_workdir(workdir)
     references = {q.hash for q in store.round_queries(0)}
-    assert {r.hash for r in store.oracle_results() if r.ok} == references
+    # Every reference has its result; one a relaxation blew apart (a 1-atom Cu seed EMT expands past the funnel's
+    # volume limit) is stored as a failed label with that reason, not as an energy.
+    results = store.oracle_results()
+    assert {r.hash for r in results} == references
+    assert all(r.ok or "expanded the cell" in (r.reason or "") for r in results)
     assert store.get_meta("emulator_checkpoint") == "checkpoints/round_000/emulator"
     store.close()
     calls = oracle_calls(workdir)
