@@ -6,7 +6,7 @@ export MKL_NUM_THREADS ?= 1
 export OPENBLAS_NUM_THREADS ?= 1
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: install demo smoke test lint format bench
+.PHONY: install demo smoke test test-fast docs lint format bench
 
 install: $(VENV)/.installed
 
@@ -20,7 +20,14 @@ smoke: install
 	$(BIN)/matloop run configs/smoke.yaml --workdir runs/smoke
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
+
+# Everyday work: every test not marked slow (see BENCHMARKS.md for its time on 2 cores).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
+
+docs: install
+	$(BIN)/mkdocs build --strict -d site
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/vulture
