@@ -18,6 +18,9 @@ _.local_directory
 _.interface
 _.cumulative_calls  # RoundFigures fields, read through dataclasses.asdict (loop.science_report)
 _.within_2sigma
+_.cheap_e_hull  # ScreenRow fields, read through dataclasses.asdict (loop.screen_cmd)
+_.cheap_e_hull_std
+_.relaxed_because
 _.VARIANTS  # emulator.update: the variant names, the public vocabulary of EmulatorVariants
 
 # Public API exercised by the tests (and by users), not yet by the loop itself.

@@ -291,6 +291,58 @@ def predict(
 
 
 @app.command()
+def screen(
+    out: Annotated[Path, typer.Option("--out", help="The table to write: .csv or .json (must not exist).")],
+    files: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Structure files or folders of them (CIF, POSCAR, extxyz, pymatgen JSON)."),
+    ] = None,
+    generate: Annotated[
+        int | None,
+        typer.Option(
+            "--generate", min=1, help="Sample N crystals of the chemical systems instead of reading files."
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="Campaign YAML: its chemistry, funnel and tiers; the emulator's own hull."
+        ),
+    ] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option("--workdir", "-w", help="A campaign: its config, current emulator and oracle hull."),
+    ] = None,
+    relax_all: Annotated[
+        bool, typer.Option("--relax-all", help="Relax every funnel survivor (no cut after the cheap tier).")
+    ] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Sampling seed (with --generate).")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Screen structures in tiers (funnel, cheap batched estimate, relaxation of the promising share) against a
+    campaign's hull (--workdir) or the known crystals of a config's chemistry (--config); one table row each."""
+    from loop.screen_cmd import run_screen  # pymatgen, and torch once screening starts
+
+    info = run_screen(
+        files=files or [],
+        generate=generate,
+        config_path=config,
+        workdir=workdir,
+        out=out,
+        relax_all=relax_all,
+        seed=seed,
+    )
+    if as_json:
+        _emit_json(info)
+    else:
+        typer.echo(
+            f"wrote {info['n_in']} rows to {info['out']} in {info['seconds']:.1f} s: {info['n_funnel_rejected']} "
+            f"stopped by the funnel, {info['n_cheap_only']} at the cheap tier, {info['n_relaxed']} relaxed "
+            f"(against the {info['hull']})"
+        )
+
+
+@app.command()
 def generate(
     n: Annotated[int, typer.Option("--n", min=1, help="Number of crystals.")],
     out: Annotated[Path, typer.Option("--out", help="An .extxyz file or a folder for CIFs.")],

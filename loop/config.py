@@ -37,6 +37,7 @@ from loop.errors import InputError
 from loop.execution import ExecutionConfig
 from loop.funnel import FunnelConfig
 from loop.provider_crystals import OptimadeSettings
+from loop.screening_tiers import TiersConfig
 from loop.tracking import TrackingConfig
 from loop.validation import discriminated_union, format_validation_error
 from loop.verdicts import StabilityRule
@@ -246,6 +247,8 @@ class CampaignConfig(StrictModel):
             candidate against its own energies of those phases; a candidate's E_hull is then the mean over the
             families and its std adds their spread to the emulator's calibrated std (`loop.stages.screen`).
         checkpoints: Which rounds' checkpoints stay on disk.
+        screening: Which funnel survivors the screening relaxes: a cheap batched estimate for all, relaxation for
+            the promising share (`loop.screening_tiers`).
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -258,6 +261,7 @@ class CampaignConfig(StrictModel):
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     emulator: EmulatorConfig = Field(default_factory=lambda: {"kind": "chgnet_ensemble"})  # type: ignore[valid-type]
     emulator_training: EmulatorTrainingConfig = Field(default_factory=EmulatorTrainingConfig)
+    screening: TiersConfig = Field(default_factory=TiersConfig)
     committee: list[CommitteeMemberConfig] = Field(default_factory=list)  # type: ignore[valid-type]
     oracle: OracleConfig = Field(default_factory=lambda: {"kind": "gpaw"})  # type: ignore[valid-type]
     acquisition: AcquisitionConfig = Field(default_factory=AcquisitionConfig)

@@ -264,17 +264,23 @@ class Executor:
         chunks: list[list[Any]],
         *args: Any,
         on_quarantine: Callable[[list[Any], TaskQuarantined], list[Any]] | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> list[Any]:
         """Run `fn(chunk, *args)` per chunk (in parallel on Dask) and concatenate the results in chunk order.
 
         Args:
             on_quarantine: Results for a chunk whose task was quarantined, from the chunk and the quarantine;
                 without it, a quarantined chunk raises `WorkerLost`.
+            progress: Called with each chunk's number of results as it is collected (in chunk order).
         """
-        if self.inline:
-            return [item for chunk in chunks for item in fn(chunk, *args)]
-        futures = [self.client.submit(fn, chunk, *args, pure=False) for chunk in chunks]
         out: list[Any] = []
+        if self.inline:
+            for chunk in chunks:
+                out.extend(fn(chunk, *args))
+                if progress is not None:
+                    progress(len(chunk))
+            return out
+        futures = [self.client.submit(fn, chunk, *args, pure=False) for chunk in chunks]
         for chunk, future in zip(chunks, futures, strict=True):
             result = task_result(future)
             if isinstance(result, TaskQuarantined):
@@ -282,6 +288,8 @@ class Executor:
                     raise WorkerLost(result.reason)
                 result = on_quarantine(chunk, result)
             out.extend(result)
+            if progress is not None:
+                progress(len(chunk))
         return out
 
     @property

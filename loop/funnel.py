@@ -394,13 +394,18 @@ class Funnel:
         self._hhi: HHIModel | None = None
 
     def run(
-        self, candidates: Sequence[Candidate], *, chemical_systems: Sequence[str] | None = None
+        self,
+        candidates: Sequence[Candidate],
+        *,
+        chemical_systems: Sequence[str] | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> tuple[list[Candidate], FunnelReport]:
         """Filter a batch.
 
         Args:
             candidates: The batch, in priority order (the first of two duplicates is kept).
             chemical_systems: Overrides `config.chemical_systems` for this batch (e.g. the round's targets).
+            progress: Called with 1 after each candidate is judged.
 
         Returns:
             The kept candidates (input order) and the report.
@@ -419,6 +424,8 @@ class Funnel:
         batch = KnownIndex(matcher=self.known.settings)
         kept: list[Candidate] = []
         for index, cand in enumerate(candidates):
+            if progress is not None and index:
+                progress(1)
             verdict = self._design(cand.structure, allowed, forbidden, systems)
             verdict = verdict or self._validity(cand.structure)
             if verdict is None and cfg.charge_balance != "off":
@@ -460,6 +467,8 @@ class Funnel:
             kept.append(cand)
             report.kept_indices.append(index)
             report.fingerprints.append(fp.to_str())
+        if progress is not None and candidates:
+            progress(1)
         report.n_kept = len(kept)
         return kept, report
 

@@ -114,6 +114,9 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
                     # the persistent pool: candidates on offer (new and carried), carried ones, their oldest
                     "on_offer": screened.get("n_offered", screened.get("n_screened")),
                     "carried": screened.get("n_pool_carried"),
+                    # screening in tiers: new candidates relaxed, and those left at the cheap estimate
+                    "relaxed": screened.get("n_relaxed", screened.get("n_screened")),
+                    "cheap_only": screened.get("n_cheap_only", 0),
                     "pool_age_max": screened.get("pool_age_max"),
                     "rescore_time_s": screened.get("rescore_time_s"),
                     "queried": summary.get("queried", len(store.round_queries(r.round))),
@@ -250,6 +253,12 @@ def render_status(info: dict[str, Any]) -> None:
     for r in info["rounds"]:
         table.add_row(*(_fmt(r.get(c)) for c in cols))
     console.print(table)
+    tiered = [r for r in info["rounds"] if r.get("cheap_only")]
+    if tiered:
+        console.print(
+            "screened in tiers (not offered: left at the cheap estimate): "
+            + ", ".join(f"round {r['round']} {r['cheap_only']} of {r['passed_funnel']}" for r in tiered)
+        )
     if info["discoveries"]:
         disc = Table(
             title=f"best discoveries ({info['n_discoveries']} hits, {info.get('n_rediscoveries', 0)} of them known "

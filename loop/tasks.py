@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from pymatgen.core import Structure
 
-from emulator.base import LabelledStructure
+from emulator.base import EmulatorError, LabelledStructure
 from emulator.tasks import clear_cache, load_member
 from emulator.tasks import load_emulator as cached_emulator
 from emulator.update import EmulatorVariants, update_emulator
@@ -92,6 +92,44 @@ def rescore_chunk(
             "max_force": float(np.linalg.norm(np.asarray(f), axis=1).max()) if len(f) else 0.0,
         }
         for e, sd, f in zip(pred.energy_per_atom, pred.energy_per_atom_std, pred.forces, strict=True)
+    ]
+
+
+def estimate_chunk(
+    structure_dicts: Sequence[dict[str, Any]], checkpoint: str | None, settings: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The cheap screening tier: one batched energy-only prediction with the ensemble at the given geometry (no
+    forces, no relaxation); plain dicts in, plain dicts out.
+
+    Returns:
+        Per structure: `energy_per_atom` and `energy_per_atom_std` (eV/atom; NaN with a `reason` for a structure
+        the emulator cannot featurise, which does not spoil the rest of its chunk).
+    """
+    if not structure_dicts:
+        return []
+    warnings.filterwarnings("ignore", category=UserWarning)
+    model = load_emulator(settings, checkpoint)
+    structures = [Structure.from_dict(d) for d in structure_dicts]
+    try:
+        return _energies(model, structures)
+    except EmulatorError:
+        pass  # one structure the emulator cannot take fails the batch: predict them one by one
+    out: list[dict[str, Any]] = []
+    for s in structures:
+        try:
+            out.extend(_energies(model, [s]))
+        except EmulatorError as err:
+            out.append(
+                {"energy_per_atom": float("nan"), "energy_per_atom_std": float("nan"), "reason": str(err)}
+            )
+    return out
+
+
+def _energies(model: Any, structures: list[Structure]) -> list[dict[str, Any]]:
+    pred = model.predict(structures, return_std=True, forces=False, stress=False)
+    return [
+        {"energy_per_atom": float(e), "energy_per_atom_std": float(sd)}
+        for e, sd in zip(pred.energy_per_atom, pred.energy_per_atom_std, strict=True)
     ]
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from generator.base import Candidate
 from loop.config import CampaignConfig
 from loop.funnel import Funnel
+from loop.progress import progress
 from loop.stages.base import StageContext
 from loop.stages.shared import known_index
 from loop.store import CampaignStore, FunnelOutcome, Generated
@@ -34,9 +35,10 @@ def run_funnel(
     known = known_index(config, store=store, before_round=round)
     structures = store.get_structures([g.hash for g in candidates])
     batch = [Candidate(structure=structures[g.hash], source=g.source, parent=None) for g in candidates]
-    kept, report = Funnel(config.generator.funnel, known=known).run(
-        batch, chemical_systems=config.chemical_systems
-    )
+    with progress(total=len(batch), what=f"round {round}: funnel") as bar:
+        kept, report = Funnel(config.generator.funnel, known=known).run(
+            batch, chemical_systems=config.chemical_systems, progress=bar.update
+        )
     rejected = {rej.index: rej for rej in report.rejections}
     fingerprints = dict(zip(report.kept_indices, report.fingerprints, strict=True))
     outcomes = []

@@ -32,6 +32,7 @@ from generator.substitution import (
 from loop.candidate_pool import live_candidates
 from loop.config import CampaignConfig
 from loop.funnel import KnownIndex
+from loop.progress import Progress
 from loop.stages.base import StageContext, seconds
 from loop.stages.references import provider_crystals
 from loop.stages.shared import discoveries, known_index
@@ -268,6 +269,8 @@ def generate_candidates(
     offset = 0  # each generator that makes given compositions starts where the previous one stopped
     candidates: list[Candidate] = []
     timings: dict[str, float] = {}
+    # Generators return whole batches: the bar moves by each generator's share (tqdm closes it if one fails).
+    bar = Progress(total=sum(gen_cfg.mix.values()), what=f"round {round}: generate")
     for name, n in gen_cfg.mix.items():
         if n <= 0:
             continue
@@ -304,6 +307,8 @@ def generate_candidates(
         timings[name] = seconds(time.time() - started)
         candidates.extend(made)
         log.info("round %d: %s proposed %d candidates in %.1f s", round, name, len(made), timings[name])
+        bar.update(n)
+    bar.close()
     return candidates, timings
 
 

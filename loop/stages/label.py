@@ -11,6 +11,7 @@ from typing import Any
 
 from loop.faults import crash_point
 from loop.labelling import label_hashes
+from loop.progress import Progress
 from loop.stages.base import StageContext, StopRequested
 from loop.store import StoredResult
 
@@ -34,10 +35,13 @@ class LabelStage:
         hashes = [q.hash for q in ctx.store.round_queries(ctx.round)]
         ex = ctx.executor
         committed = 0
+        # Counts results as they are committed (those already stored before a resume are not shown).
+        bar = Progress(total=len(hashes), what=f"round {ctx.round}: label", unit="calls")
 
         def on_commit() -> None:
             nonlocal committed
             committed += 1
+            bar.update(1)
             crash_point(self.name, ctx.round, committed)
 
         results = label_hashes(
@@ -54,6 +58,7 @@ class LabelStage:
             should_stop=ctx.should_stop,
             cancel_queued=None if ex is None or ex.inline else ex.cancel_queued,
         )
+        bar.close()
         if ctx.should_stop():
             raise StopRequested
         return Labels(queried=hashes, results=results)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,8 @@ from loop.candidate_pool import carried_candidates, first_round
 from loop.config import CampaignConfig
 from loop.execution import TaskQuarantined
 from loop.hull import HullEntry, OracleHull
+from loop.progress import progress
+from loop.screening_tiers import CheapEstimate, cheap_estimates, relaxed_share
 from loop.stages.base import StageContext, seconds
 from loop.stages.shared import current_hull, hull_phases
 from loop.store import CampaignStore, Prediction
@@ -120,6 +122,32 @@ def combine_committee(mean: float, std: float, members: Sequence[float]) -> tupl
     return float(np.mean(values)), float(math.sqrt(std**2 + spread))
 
 
+def cheap_only(h: str, estimate: CheapEstimate, *, model: str, margin: float) -> Prediction:
+    """The stored screening result of a candidate the relaxation tier did not take: its cheap estimate, no relaxed
+    structure (so acquisition never offers it and the pool does not carry it, `loop.candidate_pool`)."""
+    reason = estimate.reason or (
+        f"not relaxed: cheap-tier E_hull {estimate.e_hull:.3f} ± {estimate.e_hull_std:.3f} eV/atom, outside the"
+        f" relaxed share (margin {margin} eV/atom)"
+    )
+    return Prediction(
+        hash=h,
+        relaxed_hash=None,
+        model=model,
+        energy_per_atom=estimate.energy_per_atom if math.isfinite(estimate.energy_per_atom) else None,
+        energy_per_atom_std=estimate.energy_per_atom_std
+        if math.isfinite(estimate.energy_per_atom_std)
+        else None,
+        e_hull=estimate.e_hull if estimate.placed else None,
+        e_hull_std=estimate.e_hull_std if estimate.placed else None,
+        data={
+            "n_steps": 0,
+            "converged": False,
+            "reason": reason,
+            "tier": {"relaxed": None, "cheap": estimate.as_dict()},
+        },
+    )
+
+
 @dataclass(frozen=True)
 class Screening:
     """The predictions of a round, the relaxed structures by candidate hash, and the stage's metrics."""
@@ -129,10 +157,19 @@ class Screening:
     report: dict[str, Any]
 
 
-def _relax(
-    config: CampaignConfig, *, structures: Sequence[Structure], checkpoint: Path | None, executor: Any
+def relax_structures(
+    config: CampaignConfig,
+    *,
+    structures: Sequence[Structure],
+    checkpoint: Path | None,
+    executor: Any,
+    progress: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """`relax_chunk` results of `structures`, in order (quarantined chunks stand in with NaN energies)."""
+    """`relax_chunk` results of `structures`, in order (quarantined chunks stand in with NaN energies).
+
+    Args:
+        progress: Called with the number of structures of each finished chunk.
+    """
     ordered = [s.as_dict() for s in structures]
     # Fixed-size contiguous chunks, whatever the number of workers: the emulator evaluates a chunk's final energies
     # as one batch, so the chunking must not depend on how many workers happen to be up (reproducible resumes).
@@ -145,8 +182,15 @@ def _relax(
         train.relax_steps,
     )
     if executor is None:
-        return [item for chunk in chunks for item in relax_chunk(chunk, *args)]
-    return executor.map_chunks(relax_chunk, chunks, *args, on_quarantine=_quarantined_relaxations)
+        out = []
+        for chunk in chunks:
+            out.extend(relax_chunk(chunk, *args))
+            if progress is not None:
+                progress(len(chunk))
+        return out
+    return executor.map_chunks(
+        relax_chunk, chunks, *args, on_quarantine=_quarantined_relaxations, progress=progress
+    )
 
 
 def _quarantined_rescore(chunk: list[dict[str, Any]], quarantine: TaskQuarantined) -> list[dict[str, Any]]:
@@ -183,7 +227,9 @@ def rescore_pool(
         scores = executor.map_chunks(rescore_chunk, chunks, *args, on_quarantine=_quarantined_rescore)
     limit = config.acquisition.pool.rerelax_force
     moved = [i for i, sc in enumerate(scores) if not sc["max_force"] <= limit]
-    relaxed = _relax(config, structures=[ordered[i] for i in moved], checkpoint=checkpoint, executor=executor)
+    relaxed = relax_structures(
+        config, structures=[ordered[i] for i in moved], checkpoint=checkpoint, executor=executor
+    )
     again = dict(zip(moved, relaxed, strict=True))
     out = []
     for i, (p, sc) in enumerate(zip(carried, scores, strict=True)):
@@ -232,15 +278,42 @@ def screen(
     # A candidate screened afresh this round is not re-scored as well.
     carried = [p for p in carried if p.hash not in set(new)]
     structures = store.get_structures(list(new))
+    hull = current_hull(config, store)
+    tiers = config.screening
+    cheap: dict[str, CheapEstimate] = {}
+    why: dict[str, str] = {}
+    to_relax = new
     started = time.time()
-    results = _relax(
-        config, structures=[structures[h] for h in new], checkpoint=checkpoint, executor=executor
-    )
+    if tiers.enabled and len(new) > tiers.floor:
+        with progress(total=len(new), what=f"round {round}: cheap tier") as bar:
+            estimates = cheap_estimates(
+                [structures[h] for h in new],
+                hull=hull,
+                emulator_settings=config.emulator.model_dump(),
+                checkpoint=checkpoint,
+                executor=executor,
+                progress=bar.update,
+            )
+        cheap = dict(zip(new, estimates, strict=True))
+        share = relaxed_share(estimates, settings=tiers)
+        why = {new[i]: w for i, w in share.why.items()}
+        # Screening order is kept: acquisition breaks ties by it.
+        to_relax = [h for h in new if h in why]
+    cheap_time = time.time() - started
+    started = time.time()
+    with progress(total=len(to_relax), what=f"round {round}: relax") as bar:
+        results = relax_structures(
+            config,
+            structures=[structures[h] for h in to_relax],
+            checkpoint=checkpoint,
+            executor=executor,
+            progress=bar.update,
+        )
     relax_time = time.time() - started
     started = time.time()
     results += rescore_pool(config, store=store, carried=carried, checkpoint=checkpoint, executor=executor)
     rescore_time = time.time() - started
-    hashes = [*new, *(p.hash for p in carried)]
+    hashes = [*to_relax, *(p.hash for p in carried)]
     pool_info = {
         p.hash: {
             "first_round": first_round(p, round=round - 1),
@@ -249,7 +322,6 @@ def screen(
         for p in carried
     }
 
-    hull = current_hull(config, store)
     relaxed = {h: Structure.from_dict(res["structure"]) for h, res in zip(hashes, results, strict=True)}
     ev = hull.evaluate(
         [relaxed[h].composition for h in hashes],
@@ -274,6 +346,8 @@ def screen(
         data: dict[str, Any] = {"n_steps": res["n_steps"], "converged": res["converged"], "reason": reason}
         if h in pool_info:
             data["pool"] = {**pool_info[h], "rescore": res["rescore"], "max_force": res["max_force"]}
+        if h in cheap:
+            data["tier"] = {"relaxed": why[h], "cheap": cheap[h].as_dict()}
         if committee and placed:
             members = {kind: float(values[i]) for kind, values in committee.items()}
             data["committee"] = {"emulator": float(e_hull), "emulator_std": e_hull_std, **members}
@@ -290,12 +364,26 @@ def screen(
                 data=data,
             )
         )
+    offered = len(predictions)
     placed_e = [p.e_hull for p in predictions if p.e_hull is not None]
+    relaxed_std = [p.energy_per_atom_std for p in predictions]
+    predictions += [
+        cheap_only(h, cheap[h], model=model, margin=tiers.margin) for h in new if h in cheap and h not in why
+    ]
     ages = [info["age"] for info in pool_info.values()]
     report = {
         "n_screened": len(new),
         "n_pool_carried": len(carried),
-        "n_offered": len(predictions),
+        "n_offered": offered,
+        # Screening in tiers (`loop.screening_tiers`): every new candidate had the cheap estimate when there were
+        # more than `screening.floor` of them; those left there are stored but not offered.
+        "n_cheap_tier": len(cheap),
+        "n_relaxed": len(to_relax),
+        "n_cheap_only": len(cheap) - len(why),
+        "n_relaxed_by": {
+            k: sum(1 for w in why.values() if w == k) for k in ("margin", "top_fraction", "floor")
+        },
+        "cheap_time_s": seconds(cheap_time),
         "n_pool_relaxed_again": sum(
             1 for p in predictions if p.data.get("pool", {}).get("rescore") == "relaxed"
         ),
@@ -304,12 +392,12 @@ def screen(
         "rescore_time_s": seconds(rescore_time),
         "n_placed": len(placed_e),
         # An unconverged relaxation leaves the candidate above its minimum, so its E_hull is an upper bound.
-        "n_unconverged": sum(1 for p in predictions if not p.data["converged"]),
+        "n_unconverged": sum(1 for p in predictions[:offered] if not p.data["converged"]),
         "relax_time_s": seconds(relax_time),
         "e_hull_min": min(placed_e) if placed_e else None,
         "e_hull_median": float(np.median(placed_e)) if placed_e else None,
         "n_below_threshold": sum(1 for e in placed_e if config.stability_rule.is_hit(e)),
-        "std_median": float(np.median([p.energy_per_atom_std for p in predictions])) if predictions else None,
+        "std_median": float(np.median(relaxed_std)) if relaxed_std else None,
     }
     return Screening(predictions=predictions, relaxed=relaxed, report=report)
 
