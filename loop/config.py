@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     SerializerFunctionWrapHandler,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -33,6 +34,7 @@ from generator.base import GeneratorSettings, generator_names
 from generator.base import settings_models as generator_settings_models
 from generator.seeds import Withholding, bundled_formulas
 from loop.acquisition import AcquisitionConfig
+from loop.design.requirements import DesignConfig
 from loop.errors import InputError
 from loop.execution import ExecutionConfig
 from loop.funnel import FunnelConfig
@@ -41,6 +43,7 @@ from loop.screening_tiers import TiersConfig
 from loop.tracking import TrackingConfig
 from loop.validation import discriminated_union, format_validation_error
 from loop.verdicts import StabilityRule
+from oracle.base import get_oracle_class
 from oracle.base import settings_models as oracle_settings_models
 
 
@@ -247,6 +250,9 @@ class CampaignConfig(StrictModel):
             candidate against its own energies of those phases; a candidate's E_hull is then the mean over the
             families and its std adds their spread to the emulator's calibrated std (`loop.stages.screen`).
         checkpoints: Which rounds' checkpoints stay on disk.
+        design: The target application's requirements (`loop.design.requirements`): the funnel applies the
+            composition rules to every candidate, the assess stage judges every hit against all of them and
+            keeps the shortlist (`loop.shortlist`).
         screening: Which funnel survivors the screening relaxes: a cheap batched estimate for all, relaxation for
             the promising share (`loop.screening_tiers`).
     """
@@ -268,6 +274,7 @@ class CampaignConfig(StrictModel):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     checkpoints: CheckpointRetention = Field(default_factory=CheckpointRetention)
+    design: DesignConfig = Field(default_factory=DesignConfig)
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
@@ -294,6 +301,14 @@ class CampaignConfig(StrictModel):
                     " choose another oracle"
                 )
         return self
+
+    @field_validator("design")
+    @classmethod
+    def _oracle_answers_the_design(cls, design: DesignConfig, info: ValidationInfo) -> DesignConfig:
+        oracle = info.data.get("oracle")
+        if oracle is not None:
+            design.check_oracle(oracle.kind, get_oracle_class(oracle.kind).implemented_properties)
+        return design
 
     @model_validator(mode="after")
     def _withheld_compounds_only(self) -> CampaignConfig:

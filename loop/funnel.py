@@ -16,14 +16,14 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pymatgen.analysis.hhi import HHIModel
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Element, Structure
 
 from generator.base import Candidate, GeneratorError, KnownStructure
-from generator.chemistry import is_charge_balanced, parse_chemical_system, parse_element
+from generator.chemistry import is_charge_balanced, parse_chemical_system
 from generator.sanity import MIN_DISTANCE
 from generator.seeds import SPLITS, Withholding, seed_loaders
+from loop.design.requirements import DesignConfig
 from loop.fingerprint import Fingerprint, fingerprint
 
 FILTERS = (
@@ -74,12 +74,12 @@ class MatcherSettings(BaseModel):
 class FunnelConfig(BaseModel):
     """What the funnel keeps. Embedded in the campaign config as `generator.funnel`.
 
+    The design rules that need only a composition (elements, cost) are the campaign's `design:` section
+    (`loop.design.requirements`); the funnel applies them through that one implementation.
+
     Attributes:
-        allowed_elements: If set, every element must be in this list.
-        forbidden_elements: Elements no candidate may contain.
         chemical_systems: Target systems such as "Li-Fe-P-O"; a candidate must lie inside one (empty: any).
         max_atoms: Largest number of sites in the cell.
-        max_hhi: Ceiling on the production Herfindahl-Hirschman index (pymatgen data, 0-10000); None: off.
         volume_per_atom: Accepted range of cell volume per atom, Å³.
         min_distance: Absolute minimum interatomic distance, Å.
         min_distance_factor: Pairs closer than this fraction of the sum of the two atomic radii are rejected.
@@ -94,11 +94,8 @@ class FunnelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    allowed_elements: list[str] | None = None
-    forbidden_elements: list[str] = Field(default_factory=list)
     chemical_systems: list[str] = Field(default_factory=list)
     max_atoms: int | None = Field(40, gt=0)
-    max_hhi: float | None = Field(None, gt=0)
     volume_per_atom: tuple[float, float] = (4.0, 150.0)
     min_distance: float = Field(MIN_DISTANCE, ge=0)
     min_distance_factor: float = Field(0.5, ge=0)
@@ -107,16 +104,6 @@ class FunnelConfig(BaseModel):
     deduplicate: bool = True
     require_novel: bool = True
     matcher: MatcherSettings = Field(default_factory=MatcherSettings)
-
-    @field_validator("allowed_elements", "forbidden_elements")
-    @classmethod
-    def _known_elements(cls, value: list[str] | None) -> list[str] | None:
-        if value is None:
-            return None
-        try:
-            return [parse_element(v) for v in value]
-        except GeneratorError as exc:
-            raise ValueError(str(exc)) from None
 
     @field_validator("chemical_systems")
     @classmethod
@@ -386,12 +373,19 @@ class Funnel:
         config: The filters to apply.
         known: Everything the campaign already knows (seed data with origin "seed", discoveries otherwise).
             The funnel only reads it; the loop adds structures it stores.
+        design: The design requirements whose composition rules (elements, cost) it applies; None: none.
     """
 
-    def __init__(self, config: FunnelConfig | None = None, *, known: KnownIndex | None = None) -> None:
+    def __init__(
+        self,
+        config: FunnelConfig | None = None,
+        *,
+        known: KnownIndex | None = None,
+        design: DesignConfig | None = None,
+    ) -> None:
         self.config = config or FunnelConfig()
         self.known = known if known is not None else KnownIndex(matcher=self.config.matcher)
-        self._hhi: HHIModel | None = None
+        self.design = design or DesignConfig()
 
     def run(
         self,
@@ -418,15 +412,13 @@ class Funnel:
             systems = [parse_chemical_system(s) for s in (chemical_systems or cfg.chemical_systems)]
         except GeneratorError as exc:
             raise FunnelError(str(exc)) from None
-        allowed = set(cfg.allowed_elements) if cfg.allowed_elements is not None else None
-        forbidden = set(cfg.forbidden_elements)
         report = FunnelReport(n_in=len(candidates))
         batch = KnownIndex(matcher=self.known.settings)
         kept: list[Candidate] = []
         for index, cand in enumerate(candidates):
             if progress is not None and index:
                 progress(1)
-            verdict = self._design(cand.structure, allowed, forbidden, systems)
+            verdict = self._design(cand.structure, systems)
             verdict = verdict or self._validity(cand.structure)
             if verdict is None and cfg.charge_balance != "off":
                 comp = cand.structure.composition
@@ -472,29 +464,25 @@ class Funnel:
         report.n_kept = len(kept)
         return kept, report
 
-    def _design(
-        self,
-        structure: Structure,
-        allowed: set[str] | None,
-        forbidden: set[str],
-        systems: list[frozenset[str]],
-    ) -> tuple[str, str] | None:
+    def _design(self, structure: Structure, systems: list[frozenset[str]]) -> tuple[str, str] | None:
         cfg = self.config
-        elements = {el.symbol for el in structure.composition.element_composition.elements}
-        if allowed is not None and not elements <= allowed:
-            return "elements", f"elements {sorted(elements - allowed)} not allowed"
-        if elements & forbidden:
-            return "elements", f"forbidden elements {sorted(elements & forbidden)}"
+        composition = structure.composition
+        if (
+            self.design.elements.active
+            and (verdict := self.design.elements.assess(composition)).status != "pass"
+        ):
+            return "elements", verdict.detail
+        elements = {el.symbol for el in composition.element_composition.elements}
         if systems and not any(elements <= s for s in systems):
             return "chemical_system", f"{'-'.join(sorted(elements))} outside the target chemical systems"
         if cfg.max_atoms is not None and len(structure) > cfg.max_atoms:
             return "max_atoms", f"{len(structure)} atoms > {cfg.max_atoms}"
-        if cfg.max_hhi is not None:
-            if self._hhi is None:
-                self._hhi = HHIModel()
-            hhi = self._hhi.get_hhi_production(structure.composition.element_composition)
-            if hhi is None or hhi > cfg.max_hhi:
-                return "hhi", f"production HHI {hhi} above {cfg.max_hhi}" if hhi else "no HHI data"
+        # A composition without HHI data is removed too: its supply risk cannot be judged.
+        if self.design.cost.active and (verdict := self.design.cost.assess(composition)).status != "pass":
+            return (
+                "hhi",
+                verdict.detail if verdict.value is None else f"{verdict.value:g} above {verdict.detail}",
+            )
         return None
 
     def _validity(self, structure: Structure) -> tuple[str, str] | None:

@@ -591,6 +591,7 @@ class AseOracle(Oracle):
                 "relax_params": self.relaxation_job(reduced, attempt=attempt, directory=directory),
                 "output": "answer.json",
                 "parent_pid": os.getpid(),
+                "band_gap": "band_gap" in self.implemented_properties,
             }
             job_file = directory / "job.json"
             job_file.write_text(json.dumps(job, indent=1))
@@ -659,6 +660,10 @@ class AseOracle(Oracle):
         metadata["n_scf"] = answer.get("n_scf")
         if "magnetic_moment" in answer:
             metadata["magnetic_moment"] = answer["magnetic_moment"]  # μB per cell
+        if answer.get("band_gap") is not None:
+            # eV: the Kohn-Sham gap on the label's own k-mesh, with the oracle's functional
+            metadata["band_gap"] = answer["band_gap"]
+            metadata["band_gap_functional"] = getattr(self.settings, "xc", None)
 
         def geometry(cell: list[list[float]], positions: list[list[float]]) -> Structure:
             return Structure(Lattice(cell), reduced.species, positions, coords_are_cartesian=True)

@@ -236,6 +236,8 @@ def run(job: dict[str, Any], directory: Path) -> dict[str, Any]:
         if job["atoms"].get("magmoms") is not None:
             with contextlib.suppress(Exception):  # not every calculator reports a moment
                 answer["magnetic_moment"] = float(atoms.get_magnetic_moment())
+        if job.get("band_gap"):
+            answer["band_gap"] = _band_gap(atoms.calc)
         if job["calculator"] in REPORTS:
             answer.update(REPORTS[job["calculator"]](directory))
         if not _finite(final):
@@ -255,6 +257,18 @@ def run(job: dict[str, Any], directory: Path) -> dict[str, Any]:
         if close is not None:
             with contextlib.suppress(Exception):
                 close()
+
+
+def _band_gap(calc: Any) -> float | None:
+    """The Kohn-Sham band gap of a finished calculation on its own k-points, eV (0 for a metal); None when the
+    calculator keeps no eigenvalues."""
+    from ase.dft.bandgap import bandgap
+
+    try:
+        gap = bandgap(calc, output=None)[0]
+    except Exception:  # a calculator without eigenvalues or a Fermi level: the gap stays unknown
+        return None
+    return float(gap)
 
 
 def _exit_with_parent(parent_pid: int, period_s: float = 2.0) -> None:

@@ -161,7 +161,8 @@ class GPAWOracle(PlaneWaveOracle):
     name = "gpaw"
     calculator = "gpaw"
     Settings = GPAWSettings
-    implemented_properties = ("energy", "forces", "stress")
+    # band_gap: the Kohn-Sham gap of the label's own SCF (its functional, its k-mesh), eV
+    implemented_properties = ("energy", "forces", "stress", "band_gap")
     is_dft = True
     settings: GPAWSettings
 

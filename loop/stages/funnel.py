@@ -36,7 +36,7 @@ def run_funnel(
     structures = store.get_structures([g.hash for g in candidates])
     batch = [Candidate(structure=structures[g.hash], source=g.source, parent=None) for g in candidates]
     with progress(total=len(batch), what=f"round {round}: funnel") as bar:
-        kept, report = Funnel(config.generator.funnel, known=known).run(
+        kept, report = Funnel(config.generator.funnel, known=known, design=config.design).run(
             batch, chemical_systems=config.chemical_systems, progress=bar.update
         )
     rejected = {rej.index: rej for rej in report.rejections}

@@ -14,6 +14,7 @@ from scipy.spatial.transform import Rotation
 
 from generator.base import Candidate
 from generator.seeds import Withholding, load_seeds, seed_loaders
+from loop.design.requirements import DesignConfig
 from loop.fingerprint import Fingerprint, FingerprintError, fingerprint
 from loop.funnel import FILTERS, Funnel, FunnelConfig, FunnelError, KnownIndex
 
@@ -168,8 +169,8 @@ def test_charge_balance_rules_and_intermetallics():
 def test_design_filters_elements_systems_atoms_hhi(seeds):
     structures = [k.structure for k in seeds[:120]]
     comps = [s.composition for s in structures]
-    cfg = permissive(forbidden_elements=["O"])
-    kept, report = Funnel(cfg).run(cands(structures))
+    no_oxygen = DesignConfig(elements={"forbidden": ["O"]})
+    kept, report = Funnel(permissive(), design=no_oxygen).run(cands(structures))
     assert all("O" not in c.structure.composition for c in kept)
     assert report.removed["elements"] == sum("O" in c for c in comps) > 0
 
@@ -192,14 +193,15 @@ def test_design_filters_elements_systems_atoms_hhi(seeds):
     model = HHIModel()
     hhis = [model.get_hhi_production(c.element_composition) for c in comps]
     ceiling = float(np.median([h for h in hhis if h is not None]))
-    kept, report = Funnel(permissive(max_hhi=ceiling)).run(cands(structures))
+    kept, report = Funnel(permissive(), design=DesignConfig(cost={"max_hhi": ceiling})).run(cands(structures))
     assert kept and all(model.get_hhi_production(c.structure.composition) <= ceiling for c in kept)
     assert report.removed["hhi"] >= sum(h is not None and h > ceiling for h in hhis) > 0
 
 
 def test_report_counts_metrics_and_json(seeds):
     structures = [k.structure for k in seeds[:60]] + [seeds[0].structure]
-    kept, report = Funnel(FunnelConfig(forbidden_elements=["O"])).run(cands(structures))
+    no_oxygen = DesignConfig(elements={"forbidden": ["O"]})
+    kept, report = Funnel(FunnelConfig(), design=no_oxygen).run(cands(structures))
     assert set(report.removed) == set(FILTERS)
     assert sum(report.removed.values()) == report.n_in - report.n_kept == len(report.rejections)
     assert report.n_kept == len(kept) == len(report.fingerprints) == len(report.kept_indices)
@@ -213,7 +215,7 @@ def test_bad_configuration_raises_typed_errors():
     with pytest.raises(ValidationError):
         FunnelConfig(min_distanse=1.0)
     with pytest.raises(ValidationError, match="unknown element"):
-        FunnelConfig(forbidden_elements=["Xx"])
+        DesignConfig(elements={"forbidden": ["Xx"]})
     with pytest.raises(ValidationError, match="volume_per_atom"):
         FunnelConfig(volume_per_atom=(50.0, 10.0))
     with pytest.raises(FunnelError, match="unknown element"):

@@ -62,6 +62,19 @@ def test_si_matches_bare_gpaw(si, si_labelled, tmp_path):
     assert result.metadata["spin_polarized"] is False
 
 
+def test_band_gap_comes_from_the_label_itself(si_labelled, tmp_path):
+    """Si is a small-gap semiconductor (PBE ~0.6 eV indirect; the label's coarse Γ-centred mesh misses the
+    conduction-band minimum, so it reads higher), NaCl a wide-gap insulator (PBE ~5 eV, experiment 8.5 eV)."""
+    oracle, _, si_result = si_labelled
+    assert "band_gap" in GPAWOracle.implemented_properties
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    nacl_result = oracle.label(nacl.get_primitive_structure(), workdir=tmp_path / "nacl")
+    assert nacl_result.ok, nacl_result.reason
+    assert si_result.metadata["band_gap_functional"] == "PBE"
+    assert 0.2 < si_result.metadata["band_gap"] < 2.0
+    assert 3.5 < nacl_result.metadata["band_gap"] < 6.5
+
+
 def test_second_label_reads_the_stored_result(si, si_labelled):
     _oracle, workdir, first = si_labelled
     stored = workdir / RESULT_FILE
