@@ -359,7 +359,7 @@ class DesignConfig(_Strict):
         """Raise ValueError (one line) when a requirement needs a property the oracle does not compute."""
         if self.band_gap is not None and "band_gap" not in implemented:
             raise ValueError(
-                f"design.band_gap needs a band gap from the oracle, and oracle {oracle_kind} computes only "
+                f"band_gap needs a band gap from the oracle, and oracle {oracle_kind} computes only "
                 f"{', '.join(implemented)}; remove design.band_gap or choose an oracle that computes one "
                 "(gpaw)"
             )
@@ -397,7 +397,7 @@ def load_design(data: Any, *, source: str) -> tuple[DesignConfig, Any]:
         try:
             design.check_oracle(oracle.kind, get_oracle_class(oracle.kind).implemented_properties)
         except ValueError as exc:
-            raise InputError(f"{source}: {exc}") from None
+            raise InputError(f"{source}: design: {exc}") from None
     return design, oracle
 
 
