@@ -120,6 +120,24 @@ CREATE TABLE IF NOT EXISTS stability (
     near_stable INTEGER NOT NULL,     -- within the campaign's threshold
     PRIMARY KEY (round, hash)
 );
+CREATE TABLE IF NOT EXISTS assessments (
+    hash TEXT NOT NULL,               -- the assessed structure (a hit's oracle-relaxed cell), in `structures`
+    requirement TEXT NOT NULL,        -- an expensive design check: conductivity | phonons | thermal
+    settings_key TEXT NOT NULL,       -- loop.design.requirements.DesignConfig.settings_key of the check
+    status TEXT NOT NULL,             -- pass | fail | unknown
+    result TEXT NOT NULL,             -- JSON: loop.design.requirements.RequirementResult.to_dict()
+    round INTEGER,
+    wall_time REAL,                   -- s
+    created_at REAL NOT NULL,
+    PRIMARY KEY (hash, requirement, settings_key)
+);
+CREATE TABLE IF NOT EXISTS shortlist (
+    round INTEGER NOT NULL,           -- judged at the end of this round
+    hash TEXT NOT NULL,               -- the hit (the labelled structure)
+    status TEXT NOT NULL,             -- pass (every requirement asked passes) | fail | unknown
+    row TEXT NOT NULL,                -- JSON: loop.shortlist.ShortlistRow.to_dict()
+    PRIMARY KEY (round, hash)
+);
 CREATE TABLE IF NOT EXISTS rounds (
     round INTEGER PRIMARY KEY,
     status TEXT NOT NULL,             -- running | done
@@ -839,6 +857,61 @@ class CampaignStore:
             Verdict(hash=r["hash"], e_hull=r["e_hull"], stable=bool(r["stable"]), hit=bool(r["near_stable"]))
             for r in self._query("SELECT * FROM stability WHERE round = ? ORDER BY e_hull, hash", (rnd,))
         ]
+
+    # -- design assessment --------------------------------------------------------------------------------------------
+    def assessments(self, requirement: str, settings_key: str) -> dict[str, dict[str, Any]]:
+        """Stored results of one expensive design check under one settings key, by structure hash."""
+        rows = self._query(
+            "SELECT hash, result FROM assessments WHERE requirement = ? AND settings_key = ?",
+            (requirement, settings_key),
+        )
+        return {r["hash"]: json.loads(r["result"]) for r in rows}
+
+    def add_assessment(
+        self,
+        h: str,
+        *,
+        requirement: str,
+        settings_key: str,
+        result: dict[str, Any],
+        round: int | None,
+        wall_time: float,
+    ) -> None:
+        """Store one expensive check's result (`RequirementResult.to_dict()`) as soon as it completes."""
+        with self.transaction() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO assessments(hash, requirement, settings_key, status, result, round, "
+                "wall_time, created_at) VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    h,
+                    requirement,
+                    settings_key,
+                    result["status"],
+                    json.dumps(result),
+                    round,
+                    wall_time,
+                    time.time(),
+                ),
+            )
+
+    def set_shortlist(self, rnd: int, rows: Sequence[dict[str, Any]]) -> None:
+        """The shortlist rows (`ShortlistRow.to_dict()`) judged at the end of round `rnd`."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM shortlist WHERE round = ?", (rnd,))
+            c.executemany(
+                "INSERT INTO shortlist(round, hash, status, row) VALUES (?,?,?,?)",
+                [(rnd, r["hash"], r["status"], json.dumps(r)) for r in rows],
+            )
+
+    def shortlist(self, rnd: int | None = None) -> list[dict[str, Any]]:
+        """Shortlist rows of round `rnd` (default: the latest round that has any), in the order stored."""
+        if rnd is None:
+            last = self._query("SELECT MAX(round) AS r FROM shortlist")[0]["r"]
+            if last is None:
+                return []
+            rnd = last
+        rows = self._query("SELECT row FROM shortlist WHERE round = ? ORDER BY rowid", (rnd,))
+        return [json.loads(r["row"]) for r in rows]
 
     # -- summaries ----------------------------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
