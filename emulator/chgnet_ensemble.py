@@ -301,9 +301,25 @@ class ChgnetEnsemble(Emulator):
         return pred
 
     def _mean_potential(self, structure: Structure) -> tuple[float, np.ndarray, np.ndarray]:
-        e, f, s = self._raw(self._graphs([structure]), forces=True, stress=True, per_member=False)
-        assert s is not None
-        return float(e.mean() * len(structure)), f[0][0].astype(float), s[0, 0].astype(float)
+        energy, forces, stress = self.mean_potential(structure, stress=True)
+        assert stress is not None
+        return energy, forces, stress
+
+    def mean_potential(
+        self, structure: Structure, *, stress: bool
+    ) -> tuple[float, np.ndarray, np.ndarray | None]:
+        """The ensemble-mean potential at one geometry, with one back-propagation (no member spread).
+
+        This is what relaxation and the force-field calculator of `emulator.force_field` (molecular dynamics,
+        phonons) evaluate; skipping the stress saves the strain derivatives at fixed cell.
+
+        Returns:
+            Total energy eV (without the fitted convention offsets, a per-structure constant), forces eV/Å
+            (n, 3), stress GPa (3, 3) or None when not asked for.
+        """
+        e, f, s = self._raw(self._graphs([structure]), forces=True, stress=stress, per_member=False)
+        matrix = s[0, 0].astype(float) if s is not None else None
+        return float(e.mean() * len(structure)), f[0][0].astype(float), matrix
 
     def relax(
         self, structures: Sequence[Structure], *, fmax: float = 0.1, steps: int = 100

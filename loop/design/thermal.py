@@ -1,0 +1,240 @@
+"""Thermal stability by MLFF molecular dynamics: is the crystal still itself after a run at temperature?
+
+The check (the final stage of the funnel):
+1. relax the structure (cell and positions) with the model: the reference;
+2. NVT MD of its supercell at the requested temperature and length (`emulator.dynamics.run_md`);
+3. quench: relax the last frame (cell and positions) with the same model;
+4. retained when the quenched supercell matches the relaxed reference supercell (pymatgen `StructureMatcher`,
+   ltol 0.2, stol 0.3, angle_tol 5°, same cell size, no primitive reduction) **and** the framework did not melt:
+   its Lindemann ratio, the 3D RMS displacement of framework atoms about their mean positions over the run
+   (framework drift removed) divided by the mean distance between neighbouring framework atoms at the start (the
+   sublattice that must not melt: O-O in an oxide, not Li-O), stays at or below 0.15 (crystals melt at 0.10-0.15;
+   MD on a perfect cell superheats, so a molten framework exceeds it clearly). The mobile species
+   named by the caller are left out of the framework, so a fast Li conductor is not called molten.
+
+A run the force field cannot follow (an atom leaving every neighbour's reach) gives "unknown", not "fail": that is
+the model's limit, not a measurement.
+
+Units: temperature K, duration ps, lengths Å, energies eV/atom.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Structure
+
+from emulator.base import EmulatorError
+from emulator.dynamics import MDTrajectory, run_md
+from emulator.force_field import load_force_field, relax_structure, smallest_supercell
+from loop.design.requirements import Status
+from loop.errors import InputError
+
+LINDEMANN_MAX = 0.15
+MATCHER = {"ltol": 0.2, "stol": 0.3, "angle_tol": 5.0}
+QUENCH_FMAX = 0.05  # eV/Å
+QUENCH_STEPS = 500
+
+
+@dataclass(frozen=True)
+class ThermalResult:
+    """The thermal-stability verdict on one structure.
+
+    Attributes:
+        status: pass (retained), fail (changed or molten), unknown (the MD or quench could not be run).
+        retained: Whether the structure survived (matched after the quench and no framework melting).
+        reason: One line saying why.
+        temperature: MD thermostat temperature, K.
+        duration: Production length, ps.
+        mean_temperature: Kinetic temperature over the run, K (None if the run failed).
+        n_atoms: Atoms in the MD supercell.
+        matched: The quenched supercell matches the relaxed start (None if not computed).
+        rms_distance: StructureMatcher's RMS distance between them, in units of (V/n)^(1/3) (None if unmatched).
+        lindemann_ratio: 3D RMS framework displacement about mean positions / mean framework neighbour distance.
+        lindemann_max: The threshold on it.
+        energy_change: Quenched minus relaxed-start energy, eV/atom (negative: the run found a lower minimum).
+        mobile_species: Species left out of the framework.
+        quench_converged: Whether the quench reached its force threshold.
+    """
+
+    status: Status
+    retained: bool
+    reason: str
+    temperature: float
+    duration: float
+    mean_temperature: float | None = None
+    n_atoms: int | None = None
+    matched: bool | None = None
+    rms_distance: float | None = None
+    lindemann_ratio: float | None = None
+    lindemann_max: float = LINDEMANN_MAX
+    energy_change: float | None = None
+    mobile_species: tuple[str, ...] = ()
+    quench_converged: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["status"] = self.status.value
+        out["mobile_species"] = list(self.mobile_species)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ThermalResult:
+        return cls(
+            **{
+                **data,
+                "status": Status(data["status"]),
+                "mobile_species": tuple(data.get("mobile_species", ())),
+            }
+        )
+
+
+def lindemann_ratio(*, trajectory: MDTrajectory, mobile_species: Sequence[str] = ()) -> float:
+    """3D RMS displacement of framework atoms about their mean positions / mean framework-framework neighbour distance.
+
+    Args:
+        trajectory: The MD run.
+        mobile_species: Species not part of the framework (all atoms count if that leaves fewer than two).
+    """
+    structure = trajectory.structure
+    framework = np.array([site.specie.symbol not in mobile_species for site in structure])
+    if framework.sum() < 2:  # no framework to speak of: judge every atom
+        framework[:] = True
+    positions = trajectory.positions[:, framework]
+    positions = positions - (
+        positions.mean(axis=1, keepdims=True) - positions[:1].mean(axis=1, keepdims=True)
+    )
+    rms = float(np.sqrt(np.mean(np.sum((positions - positions.mean(axis=0)) ** 2, axis=-1))))
+    distances = structure.distance_matrix[np.ix_(framework, framework)]
+    distances[distances < 1e-8] = np.inf
+    nearest = float(np.mean(distances.min(axis=1)))
+    return rms / nearest
+
+
+def _quench_check(
+    *,
+    reference: Structure,
+    trajectory: MDTrajectory,
+    reference_energy: float,
+    checkpoint: Path | None,
+) -> tuple[bool, float | None, float, bool]:
+    """(matched, rms distance, energy change eV/atom, quench converged) of the last frame against the reference."""
+    model = load_force_field(checkpoint=checkpoint)
+    quench = relax_structure(structure=trajectory.final, fmax=QUENCH_FMAX, steps=QUENCH_STEPS, model=model)
+    matcher = StructureMatcher(**MATCHER, primitive_cell=False, scale=True, attempt_supercell=False)
+    rms = matcher.get_rms_dist(reference, quench.structure)
+    matched = rms is not None
+    return (
+        matched,
+        None if rms is None else float(rms[0]),
+        float(quench.energy_per_atom - reference_energy),
+        quench.converged,
+    )
+
+
+def thermal_stability(
+    *,
+    structure: Structure,
+    temperature: float,
+    duration: float,
+    checkpoint: Path | None = None,
+    seed: int = 0,
+    mobile_species: Sequence[str] = (),
+    timestep: float = 2.0,
+    equilibration: float = 0.5,
+    min_length: float = 8.0,
+    frame_interval: int = 10,
+    lindemann_max: float = LINDEMANN_MAX,
+) -> ThermalResult:
+    """Whether `structure` is retained after MD at `temperature` for `duration` ps and a quench (see module doc).
+
+    Args:
+        structure: The crystal.
+        temperature: K.
+        duration: Production length, ps.
+        checkpoint: Emulator checkpoint directory; None = the shipped CHGNet 0.3.0.
+        seed: Seed of velocities and thermostat.
+        mobile_species: Species allowed to diffuse (e.g. ("Li",) for an electrolyte): not part of the framework.
+        timestep: fs.
+        equilibration: ps, dropped.
+        min_length: Smallest face-to-face width of the MD supercell, Å.
+        frame_interval: Steps between stored frames.
+        lindemann_max: Largest framework Lindemann ratio of a retained crystal.
+
+    Raises:
+        InputError: A non-positive temperature or duration.
+    """
+    if not (temperature > 0 and duration > 0):
+        raise InputError(
+            f"thermal stability needs temperature > 0 K and duration > 0 ps (got {temperature}, {duration})"
+        )
+    mobile = tuple(sorted(str(s) for s in mobile_species))
+    base = ThermalResult(
+        status=Status.UNKNOWN,
+        retained=False,
+        reason="",
+        temperature=float(temperature),
+        duration=float(duration),
+        lindemann_max=float(lindemann_max),
+        mobile_species=mobile,
+    )
+    try:
+        start = relax_structure(structure=structure, checkpoint=checkpoint, fmax=0.02, steps=300)
+        trajectory = run_md(
+            structure=start.structure,
+            temperature=temperature,
+            duration=duration,
+            timestep=timestep,
+            equilibration=equilibration,
+            min_length=min_length,
+            checkpoint=checkpoint,
+            seed=seed,
+            frame_interval=frame_interval,
+        )
+        cell, repeats = smallest_supercell(start.structure, min_length=min_length)
+        matched, rms, energy_change, converged = _quench_check(
+            reference=cell * repeats,
+            trajectory=trajectory,
+            reference_energy=start.energy_per_atom,
+            checkpoint=checkpoint,
+        )
+    except EmulatorError as err:
+        return ThermalResult(**{**asdict(base), "reason": f"the force field could not follow the run: {err}"})
+    ratio = lindemann_ratio(trajectory=trajectory, mobile_species=mobile)
+    molten = ratio > lindemann_max
+    retained = matched and not molten
+    if retained:
+        reason = (
+            f"retained after {duration:g} ps at {temperature:g} K: quench matches the start, framework "
+            f"Lindemann ratio {ratio:.3f} ≤ {lindemann_max:g}"
+        )
+    elif molten:
+        reason = f"framework melted at {temperature:g} K: Lindemann ratio {ratio:.3f} > {lindemann_max:g}"
+    else:
+        reason = (
+            f"changed structure at {temperature:g} K: the quenched cell no longer matches the start "
+            f"(energy change {energy_change:+.3f} eV/atom)"
+        )
+    return ThermalResult(
+        **{
+            **asdict(base),
+            "status": Status.PASS if retained else Status.FAIL,
+            "retained": retained,
+            "reason": reason,
+            "mean_temperature": trajectory.mean_temperature,
+            "n_atoms": len(trajectory.structure),
+            "matched": matched,
+            "rms_distance": rms,
+            "lindemann_ratio": ratio,
+            "energy_change": energy_change,
+            "quench_converged": converged,
+        }
+    )
+
+
+__all__ = ["LINDEMANN_MAX", "ThermalResult", "lindemann_ratio", "thermal_stability"]
