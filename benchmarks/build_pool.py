@@ -125,6 +125,8 @@ def pool_config(args: argparse.Namespace, settings: Any) -> Any:
         },
         "emulator": {"kind": "chgnet_ensemble", "n_members": args.members},
         "emulator_training": {"relax_fmax": 0.1, "relax_steps": args.relax_steps},
+        # A pool is the truth the tiers are measured against (benchmarks/tier_recall.py): relax every candidate.
+        "screening": {"enabled": False},
         "oracle": settings.model_dump(),
         "tracking": {"enabled": False},
         "execution": {"kind": "inline"},

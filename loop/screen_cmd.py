@@ -193,6 +193,15 @@ def emulator_hull(config: CampaignConfig, *, executor: Any) -> Any:
     )
 
 
+@dataclass(frozen=True)
+class Screened:
+    """The rows of `screen_structures`, in input order, and the wall time of each step (s): "hull", "funnel",
+    "cheap", "relax"."""
+
+    rows: list[ScreenRow]
+    seconds: dict[str, float]
+
+
 def screen_structures(
     named: Sequence[tuple[str, Structure]],
     *,
@@ -200,9 +209,9 @@ def screen_structures(
     workdir: Path | None,
     relax_all: bool,
     executor: Any,
-) -> list[ScreenRow]:
+) -> Screened:
     """Every structure of `named` through the funnel, the cheap tier and the relaxation of the promising share
-    (`config.screening`; `relax_all` relaxes every funnel survivor), in input order."""
+    (`config.screening`; `relax_all` relaxes every funnel survivor)."""
     from generator.base import Candidate
     from loop.funnel import Funnel, KnownIndex
     from loop.progress import progress
@@ -211,6 +220,8 @@ def screen_structures(
     from loop.stages.shared import current_hull, known_index
 
     checkpoint: Path | None = None
+    seconds: dict[str, float] = {}
+    started = time.time()
     if workdir is not None:
         from loop.store import CampaignStore
 
@@ -231,11 +242,13 @@ def screen_structures(
             matcher=config.generator.funnel.matcher, withhold=config.withholding
         )
         hull = emulator_hull(config, executor=executor)
+    seconds["hull"], started = time.time() - started, time.time()
     batch = [Candidate(structure=s, source="input", parent=None) for _, s in named]
     with progress(total=len(batch), what="funnel") as bar:
         _, report = Funnel(config.generator.funnel, known=known).run(
             batch, chemical_systems=config.chemical_systems, progress=bar.update
         )
+    seconds["funnel"], started = time.time() - started, time.time()
     rejected = {rej.index: f"{rej.filter}: {rej.reason}" for rej in report.rejections}
     passed = [i for i in range(len(named)) if i not in rejected]
     structures = [named[i][1] for i in passed]
@@ -249,6 +262,7 @@ def screen_structures(
             executor=executor,
             progress=bar.update,
         )
+    seconds["cheap"], started = time.time() - started, time.time()
     if relax_all or not settings.enabled:
         why = {k: "all" for k, e in enumerate(estimates) if e.placed}
     else:
@@ -262,6 +276,7 @@ def screen_structures(
             executor=executor,
             progress=bar.update,
         )
+    seconds["relax"] = time.time() - started
     ev = hull.evaluate(
         [structures[k].composition for k in chosen],
         [r["energy_per_atom"] for r in relaxed],
@@ -306,7 +321,7 @@ def screen_structures(
                 reason=None if math.isfinite(e_hull) else reason or r.get("quarantined"),
             )
         )
-    return rows
+    return Screened(rows=rows, seconds={k: round(v, 2) for k, v in seconds.items()})
 
 
 def write_table(rows: Sequence[ScreenRow], out: Path) -> None:
@@ -348,16 +363,19 @@ def run_screen(
     named = read_structures(expand_inputs(files)) if files else []
     from loop.execution import make_executor
 
+    seconds = {}
     with make_executor(config.execution) as executor:
         if generate is not None:
             named = sample(config, n=generate, seed=seed)
-        rows = screen_structures(
+            seconds["generate"] = round(time.time() - started, 2)
+        screened = screen_structures(
             named,
             config=config,
             workdir=workdir,
             relax_all=relax_all,
             executor=None if executor.inline else executor,
         )
+    rows = screened.rows
     write_table(rows, out)
     counts = {tier: sum(1 for r in rows if r.tier == tier) for tier in ("funnel", "cheap", "relaxed")}
     return {
@@ -368,7 +386,8 @@ def run_screen(
         "n_relaxed": counts["relaxed"],
         "hull": "campaign oracle hull" if workdir is not None else "emulator hull of the known crystals",
         "seconds": round(time.time() - started, 1),
+        "seconds_by_step": {**seconds, **screened.seconds},
     }
 
 
-__all__ = ["ScreenRow", "run_screen", "screen_structures", "write_table"]
+__all__ = ["ScreenRow", "Screened", "run_screen", "screen_structures", "write_table"]
