@@ -33,3 +33,11 @@ _.add_known
 _.missing_references  # loop.hull.OracleHull
 _.decomposition
 _.round_run_ids  # loop.tracking.Tracker
+_.min_ms_cm  # design requirement fields (loop.design.requirements), read as plain data by the MD and phonon
+_.temperatures_k  # workers through DesignConfig.check_settings (loop.assessment_tasks)
+_.duration_ps
+_.equilibration_ps
+_.min_length_a
+_.temperature_k
+_.tolerance_thz
+_.thermal  # DesignConfig.thermal: read by name with the other expensive checks (loop.shortlist)

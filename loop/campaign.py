@@ -32,6 +32,7 @@ from loop.stages import (
     ROUND0_STAGES,
     ROUND_STAGES,
     acquire,
+    assess,
     funnel,
     generate,
     label,
@@ -66,6 +67,7 @@ STAGES: dict[str, Stage[Any]] = {
         label.STAGE,
         update.STAGE,
         retrain.STAGE,
+        assess.STAGE,
         track.STAGE,
     )
 }

@@ -323,12 +323,34 @@ def _log_round(
         tracker.log_structures(
             {h: queried[h] for h in sorted(hits)}, artifact_path="discovered", run_id=run_id
         )
+    _log_shortlist(tracker, store, rnd, run_id)
     _log_plots(config, store=store, round=rnd, tracker=tracker, run_id=run_id)
     _log_models(tracker, config, store, rnd, run_id, workdir)
     tracker.set_description(round_description(config, store, rnd), run_id=run_id)
     tracker.end_run(run_id=run_id, end_time=science.finished_at)
     store.set_meta(LOGGED_META, sorted({*logged_rounds(store), rnd}))
     return run_id
+
+
+def _log_shortlist(tracker: Tracker, store: CampaignStore, rnd: int, run_id: str) -> None:
+    """The round's shortlist (`loop.shortlist`): every hit's row as `shortlist/shortlist.csv` and the cells of the
+    hits that pass every design requirement as CIFs beside it; its counts are the assess stage's metrics."""
+    rows = store.shortlist(rnd) if store.stage_done(rnd, "assess") else []
+    if not rows:
+        return
+    from loop.shortlist import ShortlistRow, rows_csv
+
+    with tempfile.TemporaryDirectory(prefix="matloop-shortlist-") as tmp:
+        path = Path(tmp) / "shortlist.csv"
+        path.write_text(rows_csv([ShortlistRow.from_dict(r) for r in rows]))
+        tracker.log_artifact(path, artifact_path="shortlist", run_id=run_id)
+    passing = [r for r in rows if r["status"] == "pass"]
+    cells = store.get_structures(sorted({r["structure_hash"] for r in passing}))
+    tracker.log_structures(
+        {r["hash"]: cells[r["structure_hash"]] for r in passing if r["structure_hash"] in cells},
+        artifact_path="shortlist",
+        run_id=run_id,
+    )
 
 
 def _log_plots(

@@ -155,6 +155,53 @@ def label(
 
 
 @app.command()
+def assess(
+    files: Annotated[
+        list[Path], typer.Argument(help="Structure files (CIF, POSCAR, extxyz, pymatgen JSON).")
+    ],
+    design: Annotated[
+        Path,
+        typer.Option(
+            "--design", help="A campaign YAML (its design: and oracle: sections) or a design section."
+        ),
+    ],
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            "--workdir", "-w", help="A campaign whose labels and hull the structures are matched against."
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint", help="Emulator checkpoint directory of the MLFF checks (default: shipped CHGNet)."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the rows to a new .csv or .json file.")
+    ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", help="Dask worker processes for the MD and phonons.")
+    ] = 1,
+    as_json: JsonOpt = False,
+) -> None:
+    """Judge structures against design requirements (band gap, window, conductivity, phonons, thermal, ...)."""
+    from loop.assess_cmd import assess_files  # the design checks (pymatgen, the MLFF)
+
+    rows = assess_files(
+        files, design_path=design, workdir=workdir, checkpoint=checkpoint, out=out, workers=workers
+    )
+    if as_json:
+        _emit_json(rows)
+        return
+    from loop.report import make_console, shortlist_table
+
+    make_console().print(shortlist_table(rows, title="design assessment"))
+    if out is not None:
+        typer.echo(f"wrote {out}")
+
+
+@app.command()
 def status(workdir: WorkdirOpt, as_json: JsonOpt = False) -> None:
     """Round, stage, counts, hit rate per round and best discoveries of a campaign (during or after a run)."""
     from loop.report import campaign_status, render_status  # the store and hull (pymatgen)

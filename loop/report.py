@@ -171,6 +171,7 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
         for d in best:
             d["space_group"] = space_group(structures.get(finals.get(d["hash"], d["hash"])))
         tracking = config.get("tracking") or {}
+        shortlist = store.shortlist()
         return {
             "workdir": str(workdir),
             "campaign": identity.get("name"),
@@ -189,6 +190,9 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
             "n_discoveries": len(discoveries),
             "n_new_discoveries": sum(1 for d in discoveries if not (d["novelty"] or "").startswith("known")),
             "n_rediscoveries": sum(1 for d in discoveries if (d["novelty"] or "").startswith("known")),
+            # every hit judged against the design requirements (`loop.shortlist`), passing first
+            "shortlist": shortlist,
+            "n_shortlisted": sum(1 for r in shortlist if r["status"] == "pass"),
             "mlflow": tracking.get("tracking_uri")
             or f"sqlite:///{Path(workdir).resolve() / 'mlflow' / 'mlflow.db'}",
         }
@@ -272,8 +276,54 @@ def render_status(info: dict[str, Any]) -> None:
         for d in info["discoveries"][:10]:
             disc.add_row(*(_fmt(d.get(c)) for c in cols))
         console.print(disc)
+    if info.get("shortlist"):
+        title = (
+            f"shortlist: {info['n_shortlisted']} of {len(info['shortlist'])} hits pass every design requirement "
+            "(+ pass, x fail, ? unknown)"
+        )
+        console.print(shortlist_table(info["shortlist"][:20], title=title))
     if info.get("stopped_because"):
         console.print(f"stopped: {info['stopped_because']}")
+
+
+_MARK = {"pass": "+", "fail": "x", "unknown": "?"}
+_SHORT = {
+    "elements": "elements",
+    "cost": "HHI",
+    "density": "g/cm3",
+    "band_gap": "gap eV",
+    "electrochemical_window": "window V",
+    "conductivity": "mS/cm 300K",
+    "phonons": "phonon THz",
+    "thermal": "thermal",
+}
+
+
+def _cell(result: dict[str, Any] | None) -> str:
+    if result is None:
+        return "-"
+    value = result.get("value")
+    if isinstance(value, float):
+        value = f"{value:.3g}"
+    return f"{_MARK.get(result['status'], '?')} {'' if value is None else value}".strip()
+
+
+def shortlist_table(rows: list[dict[str, Any]], *, title: str) -> Table:
+    """Shortlist rows (`ShortlistRow.to_dict()`) as a table: per requirement its mark and value; a requirement
+    the design does not ask is shown in brackets."""
+    from loop.design.requirements import REQUIREMENTS
+
+    table = Table(title=title)
+    for head in ("formula", "E_hull", "status", *(_SHORT[r] for r in REQUIREMENTS), "hash"):
+        table.add_column(head)
+    for row in rows:
+        asked = set(row.get("asked") or [])
+        cells = []
+        for name in REQUIREMENTS:
+            text = _cell(row["requirements"].get(name))
+            cells.append(text if name in asked or text == "-" else f"({text})")
+        table.add_row(row["formula"], _fmt(row.get("e_hull")), row["status"], *cells, row["hash"])
+    return table
 
 
 def render_summary(info: dict[str, Any]) -> None:
@@ -297,7 +347,8 @@ def export_discoveries(workdir: Path, *, out: Path, hits_only: bool) -> dict[str
 
     Columns: hash, formula, natoms, round, source, energy_per_atom (eV/atom), e_hull (eV/atom), verdict
     (stable / near_stable / unstable / unplaced, `loop.verdicts`), stable (0/1), hit (0/1), novelty ("new" or
-    "known: <provider> <id>", `loop.novelty`; empty for references), known_url.
+    "known: <provider> <id>", `loop.novelty`; empty for references), known_url. When the campaign has a shortlist,
+    `shortlist.csv` beside it holds every hit's row against the design requirements (`loop.shortlist.rows_csv`).
     """
     store = CampaignStore.in_workdir(workdir)
     try:
@@ -356,6 +407,12 @@ def export_discoveries(workdir: Path, *, out: Path, hits_only: bool) -> dict[str
                         (novelty[res.hash].url or "") if res.hash in novelty else "",
                     ]
                 )
-        return {"n": len(chosen), "csv": str(csv_path), "out": str(out)}
+        shortlist = store.shortlist()
+        if shortlist:
+            from loop.shortlist import ShortlistRow, rows_csv
+
+            # every hit against the design requirements, passing first (`loop.shortlist`)
+            (out / "shortlist.csv").write_text(rows_csv([ShortlistRow.from_dict(r) for r in shortlist]))
+        return {"n": len(chosen), "csv": str(csv_path), "out": str(out), "n_shortlist_rows": len(shortlist)}
     finally:
         store.close()

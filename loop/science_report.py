@@ -224,6 +224,7 @@ class ScienceData:
     strategy: str = ""
     prevalence: dict[int, tuple[float, int]] = field(default_factory=dict)  # `loop.round_science.prevalence`
     round_hulls: list[tuple[int, Any, dict[str, str]]] = field(default_factory=list)  # (round, hull, roles)
+    shortlist: list[dict[str, Any]] = field(default_factory=list)  # `loop.shortlist` rows of the latest round
 
 
 # -- reading the store ------------------------------------------------------------------------------------------------
@@ -549,6 +550,7 @@ def collect(workdir: Path) -> ScienceData:
             strategy=strategy,
             prevalence=prevalence(store, near_stable=rule.near_stable),
             round_hulls=[(k, round_hull(store, k), round_roles(store, sciences, k)) for k in judged[-12:]],
+            shortlist=store.shortlist(),
         )
     finally:
         store.close()
@@ -945,6 +947,55 @@ def _viewer(data: ScienceData) -> list[str]:
 _POOL_ROWS = 60
 
 
+_STATUS_TAG = {"pass": "stable", "fail": "unstable", "unknown": "near_stable"}
+
+
+def _shortlist_section(data: ScienceData) -> list[str]:
+    """Every hit against the design requirements (`loop.shortlist`): one row per hit, one column per requirement
+    with its value and pass / fail / unknown; requirements the design does not ask are shown greyed."""
+    from loop.design.requirements import REQUIREMENTS, UNITS
+
+    if not data.shortlist:
+        return []
+    passing = sum(1 for r in data.shortlist if r["status"] == "pass")
+    asked = [k for k in REQUIREMENTS if k in set(data.shortlist[0].get("asked") or [])]
+    parts = [
+        f"<h2>Shortlist: {passing} of {len(data.shortlist)} hits meet every design requirement</h2>",
+        '<p class="note">Cheap requirements first (elements, cost, density, band gap from the oracle\'s own '
+        "calculation, electrochemical window against Li from this campaign's hull by grand-potential analysis); "
+        "then, only on hits that failed none of them, Li-ion conductivity by MLFF molecular dynamics (Arrhenius "
+        "to 300 K), phonons by the MLFF and, last, thermal stability by MLFF MD and a quench. Asked: "
+        f'{_e(", ".join(asked) or "nothing")}. A value in grey was not asked; "unknown" says why in its '
+        "tooltip.</p>",
+    ]
+    rows = []
+    for row in data.shortlist:
+        cells = []
+        for name in REQUIREMENTS:
+            r = row["requirements"].get(name)
+            if r is None:
+                cells.append("–")
+                continue
+            value = r.get("value")
+            text = _num(value, "{:.3g}") if isinstance(value, float) else _e("–" if value is None else value)
+            tag = f'<span class="tag {_STATUS_TAG[r["status"]]}" title="{_e(r.get("detail") or "")}">'
+            tag += f"{_e(r['status'])}</span>"
+            cell = f"{text}<br>{tag}"
+            cells.append(cell if name in row.get("asked", []) else f'<span class="small">{cell}</span>')
+        verdict = f'<span class="tag {_STATUS_TAG[row["status"]]}">{_e(row["status"])}</span>'
+        rows.append(
+            [f"<b>{_e(row['formula'])}</b><br><span class='mono'>{_e(row['hash'])}</span>",
+             _num(row.get("e_hull"), "{:+.4f}"), verdict, *cells]
+        )  # fmt: skip
+    headers = ["formula / structure hash", "E_hull (eV/atom)", "verdict"]
+    headers += [
+        f"{name.replace('_', ' ')}" + (f" ({UNITS[name]})" if UNITS[name] else "") for name in REQUIREMENTS
+    ]
+    numeric = [False, True, False] + [False] * len(REQUIREMENTS)
+    parts.append(_table(headers, rows, numeric))
+    return parts
+
+
 def _pool_table(data: ScienceData) -> list[str]:
     """The last round's screened candidates: queried ones with their call, the others left in the pool."""
     if data.pool_round is None:
@@ -1199,6 +1250,7 @@ def render_html(data: ScienceData) -> str:
     else:
         parts.append('<p class="note">No hit yet.</p>')
     parts.extend(_viewer(data))
+    parts.extend(_shortlist_section(data))
     parts.extend(_pool_table(data))
 
     if data.withheld or data.withheld_without_structure:

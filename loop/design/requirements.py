@@ -20,7 +20,7 @@ import math
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from functools import cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pymatgen.analysis.hhi import HHIModel
@@ -28,12 +28,26 @@ from pymatgen.core import Composition, Element, Structure
 
 from loop.errors import InputError
 
+if TYPE_CHECKING:
+    from loop.design.electrochemistry import StabilityWindow
+
 CHEAP = ("elements", "cost", "density", "band_gap", "electrochemical_window")
 """Requirements judged from the composition, the cell, the oracle's own numbers or the hull (milliseconds)."""
 EXPENSIVE = ("conductivity", "phonons", "thermal")
 """Requirements judged by MLFF molecular dynamics or phonons (minutes each), in the order they run: the thermal
 stability check is the final stage of the funnel."""
 REQUIREMENTS = (*CHEAP, *EXPENSIVE)
+UNITS = {
+    "elements": "",
+    "cost": "HHI",
+    "density": "g/cm3",
+    "band_gap": "eV",
+    "electrochemical_window": "V vs Li/Li+",
+    "conductivity": "mS/cm at 300 K",
+    "phonons": "THz (lowest mode)",
+    "thermal": "Lindemann ratio",
+}
+"""The unit of each requirement's value in a shortlist row."""
 
 
 class Status(StrEnum):
@@ -229,6 +243,38 @@ class WindowRequirement(_Strict):
             raise ValueError("set max_reduction_v, min_oxidation_v or min_width_v (V vs Li/Li+)")
         return self
 
+    def assess(self, window: StabilityWindow) -> RequirementResult:
+        """Judge a window computed on the hull (`loop.design.electrochemistry.stability_window`)."""
+        return judge_window(window, self)
+
+
+def judge_window(window: StabilityWindow, rule: WindowRequirement | None) -> RequirementResult:
+    """The window as a row value, judged by `rule` (None: shown, not asked)."""
+    high = "inf" if math.isinf(window.oxidation_v) else f"{window.oxidation_v:.2f}"
+    value = f"{window.reduction_v:.2f}-{high}"
+    placed = (
+        f"; {window.e_above_hull:.3f} eV/atom above the hull, placed on it" if window.e_above_hull > 0 else ""
+    )
+    ends = (
+        f"reduced to {'+'.join(window.reduced_to) or '-'}, oxidised to {'+'.join(window.oxidised_to) or '-'}"
+    )
+    data = window.to_dict()
+    if rule is None:
+        return RequirementResult(
+            "electrochemical_window", Status.UNKNOWN, value, "V", f"not asked; {ends}{placed}", data
+        )
+    short = []
+    if rule.max_reduction_v is not None and window.reduction_v > rule.max_reduction_v:
+        short.append(f"reduced below {window.reduction_v:.2f} V (needs <= {rule.max_reduction_v:g})")
+    if rule.min_oxidation_v is not None and window.oxidation_v < rule.min_oxidation_v:
+        short.append(f"oxidised above {window.oxidation_v:.2f} V (needs >= {rule.min_oxidation_v:g})")
+    if rule.min_width_v is not None and window.width_v < rule.min_width_v:
+        short.append(f"width {window.width_v:.2f} V (needs >= {rule.min_width_v:g})")
+    status = Status.FAIL if short else Status.PASS
+    return RequirementResult(
+        "electrochemical_window", status, value, "V", "; ".join(short) or f"{ends}{placed}", data
+    )
+
 
 class ConductivityRequirement(_Strict):
     """Li-ion conductivity at 300 K from MLFF molecular dynamics at elevated temperatures.
@@ -241,13 +287,17 @@ class ConductivityRequirement(_Strict):
     Attributes:
         min_ms_cm: Smallest accepted conductivity at 300 K, mS/cm (0.1 is a usable solid electrolyte).
         temperatures_k: MD temperatures, K (each above 300 K so that Li hops within the run).
-        duration_ps: Simulated time per temperature, ps.
+        duration_ps: Simulated time per temperature, ps (after the equilibration).
+        equilibration_ps: Equilibration per temperature, ps (dropped).
+        min_length_a: Smallest face-to-face width of the MD supercell, Å.
         specie: The mobile ion.
     """
 
     min_ms_cm: float = Field(gt=0)
     temperatures_k: list[float] = Field(default_factory=lambda: [600.0, 800.0, 1000.0], min_length=1)
     duration_ps: float = Field(default=10.0, gt=0)
+    equilibration_ps: float = Field(default=0.5, ge=0)
+    min_length_a: float = Field(default=8.0, gt=0)
     specie: str = "Li"
 
     @field_validator("temperatures_k")
@@ -273,21 +323,36 @@ class ThermalRequirement(_Strict):
 
     Attributes:
         temperature_k: MD temperature, K (e.g. the highest operating or processing temperature).
-        duration_ps: Simulated time, ps.
+        duration_ps: Simulated time, ps (after the equilibration).
+        equilibration_ps: Equilibration, ps (dropped).
+        min_length_a: Smallest face-to-face width of the MD supercell, Å.
+        mobile_species: Species left out of the framework's melting test (a fast Li conductor's Li sublattice
+            moves like a liquid by design).
     """
 
     temperature_k: float = Field(default=600.0, gt=0)
     duration_ps: float = Field(default=5.0, gt=0)
+    equilibration_ps: float = Field(default=0.5, ge=0)
+    min_length_a: float = Field(default=8.0, gt=0)
+    mobile_species: list[str] = Field(default_factory=lambda: ["Li"])
+
+    @field_validator("mobile_species")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        return [_element(v) for v in value]
 
 
 class PhononRequirement(_Strict):
     """Dynamical stability: MLFF phonons (phonopy) with no imaginary mode beyond a tolerance.
 
     Attributes:
-        tolerance_thz: Imaginary frequencies smaller than this (THz) count as numerical noise.
+        tolerance_thz: Imaginary frequencies smaller than this (THz) count as numerical noise (0.1 THz lies above
+            the finite-displacement noise of the MLFF on known stable crystals, `loop.design.dynamical`).
+        min_length_a: Smallest face-to-face width of the force-constant supercell, Å.
     """
 
-    tolerance_thz: float = Field(default=0.5, gt=0)
+    tolerance_thz: float = Field(default=0.1, gt=0)
+    min_length_a: float = Field(default=10.0, gt=0)
 
 
 class DesignConfig(_Strict):
@@ -333,15 +398,6 @@ class DesignConfig(_Strict):
             "density": self.density.active,
         }
         return [r for r in REQUIREMENTS if active.get(r, getattr(self, r, None) is not None)]
-
-    def composition_rule(self, composition: Composition) -> RequirementResult | None:
-        """The first failed composition rule (elements, cost), or None: what the funnel applies to candidates."""
-        for rule in (self.elements, self.cost):
-            if rule.active:
-                result = rule.assess(composition)
-                if result.status is not Status.PASS:
-                    return result
-        return None
 
     def check_settings(self, check: str) -> dict[str, Any]:
         """The settings of an expensive check as plain data (what its stored results are keyed by)."""

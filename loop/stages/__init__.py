@@ -12,7 +12,7 @@ Round 0 builds the hull from references; every later round searches. This packag
 from __future__ import annotations
 
 ROUND0_STAGES = ("references", "label", "update", "retrain", "track")
-ROUND_STAGES = ("generate", "funnel", "screen", "acquire", "label", "update", "retrain", "track")
+ROUND_STAGES = ("generate", "funnel", "screen", "acquire", "label", "update", "retrain", "assess", "track")
 
 
 def stages_of(rnd: int) -> tuple[str, ...]:

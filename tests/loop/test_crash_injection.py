@@ -45,6 +45,7 @@ CRASH_POINTS = (
     "label:1:1",
     "update:1:commit",
     "retrain:1:write3",
+    "assess:1:commit",
     "track:1:write3",
 )
 
