@@ -39,6 +39,7 @@ from loop.design.requirements import (
 )
 from loop.execution import TaskQuarantined, task_result
 from loop.hull import HullEntry
+from loop.progress import progress
 
 log = logging.getLogger("matloop")
 
@@ -307,52 +308,50 @@ def _run_tier(
     settings = design.check_settings(requirement)
     stored = results.stored(requirement, key)
     unique = {s.structure_hash: s for s in subjects}
-    todo = [h for h in unique if h not in stored]
+    # Largest cells first: MD and phonon costs grow with the supercell, and the longest start first.
+    todo = sorted((h for h in unique if h not in stored), key=lambda h: -len(unique[h].structure))
     report.reused[requirement] = len(unique) - len(todo)
     report.computed[requirement] = 0
     out = {h: stored[h] for h in unique if h in stored}
-    if not todo:
-        return out
+    with progress(total=len(todo), what=f"design check {requirement}") as bar:
 
-    def commit(h: str, result: dict[str, Any]) -> None:
-        results.commit(h, requirement, key, result)
-        out[h] = {k: v for k, v in result.items() if k != "wall_time"}
-        report.computed[requirement] += 1
-        log.info(
-            "%s of %s: %s (%s)", requirement, unique[h].structure.formula, result["status"], result["detail"]
-        )
-        if on_commit is not None:
-            on_commit()
+        def commit(h: str, result: dict[str, Any]) -> None:
+            results.commit(h, requirement, key, result)
+            out[h] = {k: v for k, v in result.items() if k != "wall_time"}
+            report.computed[requirement] += 1
+            bar.update()
+            formula = unique[h].structure.composition.reduced_formula
+            log.info("%s of %s: %s (%s)", requirement, formula, result["status"], result["detail"])
+            if on_commit is not None:
+                on_commit()
 
-    # Largest cells first: MD and phonon costs grow with the supercell, and the longest start first.
-    todo.sort(key=lambda h: -len(unique[h].structure))
-    if executor is None or executor.inline:
-        for h in todo:
-            commit(h, run_check(requirement, unique[h].structure.as_dict(), settings, checkpoint))
-            if should_stop():
+        if executor is None or executor.inline:
+            for h in todo:
+                commit(h, run_check(requirement, unique[h].structure.as_dict(), settings, checkpoint))
+                if should_stop():
+                    report.stopped = True
+                    break
+            return out
+        futures = {
+            executor.submit(
+                run_check, requirement, unique[h].structure.as_dict(), settings, checkpoint, pure=False
+            ): h
+            for h in todo
+        }
+        outstanding = set(futures)
+        for future in executor.as_completed(list(futures)):
+            if future not in outstanding:  # cancelled on a stop request: never started
+                continue
+            outstanding.discard(future)
+            outcome = task_result(future)
+            if isinstance(outcome, TaskQuarantined):
+                outcome = {**unknown(requirement, outcome.reason).to_dict(), "wall_time": 0.0}
+            commit(futures[future], outcome)
+            if not report.stopped and should_stop():
                 report.stopped = True
+                outstanding = set(executor.cancel_queued(list(outstanding)))
+            if report.stopped and not outstanding:
                 break
-        return out
-    futures = {
-        executor.submit(
-            run_check, requirement, unique[h].structure.as_dict(), settings, checkpoint, pure=False
-        ): h
-        for h in todo
-    }
-    outstanding = set(futures)
-    for future in executor.as_completed(list(futures)):
-        if future not in outstanding:  # cancelled on a stop request: never started
-            continue
-        outstanding.discard(future)
-        outcome = task_result(future)
-        if isinstance(outcome, TaskQuarantined):
-            outcome = {**unknown(requirement, outcome.reason).to_dict(), "wall_time": 0.0}
-        commit(futures[future], outcome)
-        if not report.stopped and should_stop():
-            report.stopped = True
-            outstanding = set(executor.cancel_queued(list(outstanding)))
-        if report.stopped and not outstanding:
-            break
     return out
 
 
