@@ -5,6 +5,7 @@ Units: energies eV/atom, times s.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -20,8 +21,9 @@ from loop.config import CampaignConfig
 from loop.execution import TaskQuarantined
 from loop.hull import HullEntry, OracleHull
 from loop.progress import progress
+from loop.screening_cache import TierCache, cache_dir, clear, in_blocks, tag
 from loop.screening_tiers import CheapEstimate, cheap_estimates, relaxed_share
-from loop.stages.base import StageContext, seconds
+from loop.stages.base import StageContext, StopRequested, seconds
 from loop.stages.shared import current_hull, hull_phases
 from loop.store import CampaignStore, Prediction
 from loop.structures import structure_hash
@@ -261,6 +263,8 @@ def screen(
     executor: Any,
     carried: Sequence[Prediction] = (),
     round: int = 1,
+    cache_folder: Path | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> Screening:
     """Relax the structures `hashes` with the emulator ensemble (`checkpoint`, None: the pretrained one), re-score
     the pool's `carried` candidates (`rescore_pool`), and place them all against the oracle hull.
@@ -273,6 +277,10 @@ def screen(
         executor: Where chunks run (None: in this process).
         carried: Predictions of the previous round whose candidates stay on offer (`loop.candidate_pool`).
         round: The round being screened (a carried candidate's age is counted from it).
+        cache_folder: Where a round screened in tiers keeps each finished block of a tier until the stage is
+            committed (`loop.screening_cache`; None: no cache).
+        should_stop: Asked between blocks of a tier screened in tiers; once it says True the stage stops
+            (`StopRequested`) and a resume computes only the blocks not cached.
     """
     new = list(hashes)
     # A candidate screened afresh this round is not re-scored as well.
@@ -284,16 +292,38 @@ def screen(
     why: dict[str, str] = {}
     to_relax = new
     started = time.time()
-    if tiers.enabled and len(new) > tiers.floor:
-        with progress(total=len(new), what=f"round {round}: cheap tier") as bar:
-            estimates = cheap_estimates(
-                [structures[h] for h in new],
+    tiered = tiers.enabled and len(new) > tiers.floor
+    # A round screened in tiers runs for an hour or more at scale: its blocks are cached until the stage commits.
+    folder = cache_folder if tiered else None
+    key = tag(
+        str(checkpoint) if checkpoint else None,
+        config.emulator.model_dump(mode="json"),
+        config.emulator_training.relax_fmax,
+        config.emulator_training.relax_steps,
+    )
+    if tiered:
+
+        def estimate(block: list[str]) -> list[dict[str, Any]]:
+            found = cheap_estimates(
+                [structures[h] for h in block],
                 hull=hull,
                 emulator_settings=config.emulator.model_dump(),
                 checkpoint=checkpoint,
                 executor=executor,
                 progress=bar.update,
             )
+            return [dataclasses.asdict(e) for e in found]
+
+        with progress(total=len(new), what=f"round {round}: cheap tier") as bar:
+            rows = in_blocks(
+                new,
+                estimate,
+                cache=TierCache(folder, tier="cheap", key=key),
+                should_stop=should_stop,
+                progress=bar.update,
+                stop=StopRequested,
+            )
+        estimates = [CheapEstimate(**rows[h]) for h in new]
         cheap = dict(zip(new, estimates, strict=True))
         share = relaxed_share(estimates, settings=tiers)
         why = {new[i]: w for i, w in share.why.items()}
@@ -301,14 +331,29 @@ def screen(
         to_relax = [h for h in new if h in why]
     cheap_time = time.time() - started
     started = time.time()
-    with progress(total=len(to_relax), what=f"round {round}: relax") as bar:
-        results = relax_structures(
+
+    def relax(block: list[str]) -> list[dict[str, Any]]:
+        return relax_structures(
             config,
-            structures=[structures[h] for h in to_relax],
+            structures=[structures[h] for h in block],
             checkpoint=checkpoint,
             executor=executor,
             progress=bar.update,
         )
+
+    with progress(total=len(to_relax), what=f"round {round}: relax") as bar:
+        if tiered:
+            relaxed_rows = in_blocks(
+                to_relax,
+                relax,
+                cache=TierCache(folder, tier="relax", key=key),
+                should_stop=should_stop,
+                progress=bar.update,
+                stop=StopRequested,
+            )
+            results = [relaxed_rows[h] for h in to_relax]
+        else:
+            results = relax(to_relax)
     relax_time = time.time() - started
     started = time.time()
     results += rescore_pool(config, store=store, carried=carried, checkpoint=checkpoint, executor=executor)
@@ -417,6 +462,8 @@ class ScreenStage:
             executor=ctx.executor,
             carried=carried_candidates(ctx.config, store=ctx.store, round=ctx.round),
             round=ctx.round,
+            cache_folder=cache_dir(ctx.workdir, ctx.round),
+            should_stop=ctx.should_stop,
         )
 
     def commit(self, ctx: StageContext, result: Screening) -> dict[str, Any]:
@@ -431,6 +478,9 @@ class ScreenStage:
                 hash=relaxed_hash[parent],
             )
         ctx.store.add_predictions(ctx.round, result.predictions)
+        # The store holds every result now (the transaction commits right after; a kill in between costs a
+        # recomputation of the tiers, never a wrong result).
+        clear(cache_dir(ctx.workdir, ctx.round))
         return result.report
 
 

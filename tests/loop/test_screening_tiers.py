@@ -22,10 +22,11 @@ from loop.config import validate_config
 from loop.errors import InputError
 from loop.labelling import label_hashes
 from loop.screen_cmd import run_screen
+from loop.screening_cache import TierCache, cache_dir, in_blocks
 from loop.screening_tiers import CheapEstimate, TiersConfig, relaxed_share
 from loop.stages import acquire, funnel, screen
 from loop.stages.acquire import acquisition_pool
-from loop.stages.base import StageContext
+from loop.stages.base import StageContext, StopRequested
 from loop.store import CampaignStore, Generated, Query
 
 
@@ -113,6 +114,41 @@ def test_relaxed_share_takes_the_margin_the_best_fraction_and_the_floor_up_to_th
     assert capped.indices == [1, 6]
 
 
+def test_a_tier_resumed_after_a_stop_computes_only_the_blocks_not_cached(tmp_path):
+    computed: list[list[str]] = []
+
+    def compute(block: list[str]) -> list[dict[str, float]]:
+        computed.append(block)
+        return [{"value": float(len(h))} for h in block]
+
+    hashes = [f"h{i:02d}" for i in range(10)]
+    cache = TierCache(tmp_path, tier="cheap", key="model-a")
+    asked = iter([False, False, True])
+    with pytest.raises(StopRequested):
+        in_blocks(
+            hashes, compute, cache=cache, should_stop=lambda: next(asked), progress=lambda n: None, stop=StopRequested, block=4
+        )
+    assert computed == [hashes[:4], hashes[4:8]]
+    with (tmp_path / "cheap.jsonl").open("a") as fh:
+        fh.write('{"key": "model-a", "hash": "h08", "resu')  # torn by a kill
+    seen = []
+    rows = in_blocks(
+        hashes, compute, cache=cache, should_stop=lambda: False, progress=seen.append, stop=StopRequested, block=4
+    )
+    assert computed[2:] == [hashes[8:]] and seen == [8] and list(rows) == hashes
+    # Another emulator's results are not taken.
+    other = in_blocks(
+        hashes,
+        compute,
+        cache=TierCache(tmp_path, tier="cheap", key="model-b"),
+        should_stop=lambda: False,
+        progress=lambda n: None,
+        stop=StopRequested,
+        block=10,
+    )
+    assert computed[3:] == [hashes] and other == rows
+
+
 @pytest.mark.slow
 def test_the_cheap_tier_ranks_candidates_and_a_tiered_round_spends_its_budget(tmp_path):
     tiers = {"floor": 2, "keep_fraction": 0.0, "margin": 0.3, "sigma": 1.0, "cap": 4}
@@ -125,7 +161,24 @@ def test_the_cheap_tier_ranks_candidates_and_a_tiered_round_spends_its_budget(tm
     report = run_stage(funnel.STAGE, ctx)
     assert report["n_passed"] == len(named), [c.reason for c in store.candidates(1)]
 
-    screened = run_stage(screen.STAGE, ctx)
+    # A stop request after the cheap tier's block: the stage stops before relaxing, its block kept on disk.
+    folder = cache_dir(tmp_path, 1)
+    asked = iter([False, True])
+    with pytest.raises(StopRequested):
+        screen.screen(
+            cfg,
+            store=store,
+            hashes=[c.hash for c in store.candidates(1, passed=True)],
+            checkpoint=None,
+            executor=None,
+            round=1,
+            cache_folder=folder,
+            should_stop=lambda: next(asked, True),
+        )
+    assert len((folder / "cheap.jsonl").read_text().splitlines()) == len(named)
+    assert not (folder / "relax.jsonl").exists() and not store.round_predictions(1)
+    screened = run_stage(screen.STAGE, ctx)  # the resume: the stage commits, and its cache goes
+    assert not folder.exists()
     n = len(named)
     assert screened["n_cheap_tier"] == n  # more candidates than the floor: every one got the cheap estimate
     predictions = {p.hash: p for p in store.round_predictions(1)}
