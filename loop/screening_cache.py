@@ -60,7 +60,8 @@ class TierCache:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lines = "".join(
-            json.dumps({"key": self.key, "hash": h, "result": r}, default=float) + "\n" for h, r in results.items()
+            json.dumps({"key": self.key, "hash": h, "result": r}, default=float) + "\n"
+            for h, r in results.items()
         )
         with self.path.open("a") as fh:
             fh.write(lines)

@@ -126,14 +126,26 @@ def test_a_tier_resumed_after_a_stop_computes_only_the_blocks_not_cached(tmp_pat
     asked = iter([False, False, True])
     with pytest.raises(StopRequested):
         in_blocks(
-            hashes, compute, cache=cache, should_stop=lambda: next(asked), progress=lambda n: None, stop=StopRequested, block=4
+            hashes,
+            compute,
+            cache=cache,
+            should_stop=lambda: next(asked),
+            progress=lambda n: None,
+            stop=StopRequested,
+            block=4,
         )
     assert computed == [hashes[:4], hashes[4:8]]
     with (tmp_path / "cheap.jsonl").open("a") as fh:
         fh.write('{"key": "model-a", "hash": "h08", "resu')  # torn by a kill
     seen = []
     rows = in_blocks(
-        hashes, compute, cache=cache, should_stop=lambda: False, progress=seen.append, stop=StopRequested, block=4
+        hashes,
+        compute,
+        cache=cache,
+        should_stop=lambda: False,
+        progress=seen.append,
+        stop=StopRequested,
+        block=4,
     )
     assert computed[2:] == [hashes[8:]] and seen == [8] and list(rows) == hashes
     # Another emulator's results are not taken.
