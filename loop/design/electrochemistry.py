@@ -117,8 +117,8 @@ def stability_window(
         if formulas(step) != (reduced,):
             continue
         # `chempot` is where this equilibrium begins as μ falls; the next step's is where it ends.
-        low = max(0.0, -(step["chempot"] - mu_metal))
-        high = -(profile[i + 1]["chempot"] - mu_metal) if i + 1 < len(profile) else math.inf
+        low = max(0.0, -float(step["chempot"] - mu_metal))
+        high = -float(profile[i + 1]["chempot"] - mu_metal) if i + 1 < len(profile) else math.inf
         return StabilityWindow(
             reduction_v=low,
             oxidation_v=high,
