@@ -2,7 +2,7 @@
 
 The thermostat is Bussi's stochastic velocity rescaling (ASE `Bussi`): a canonical ensemble with a global
 thermostat, so the atoms' own dynamics (and hence diffusion) are perturbed less than by a per-atom Langevin
-friction. Velocities are drawn from Maxwell-Boltzmann at the target temperature with a seeded generator, and the
+friction. Equilibration couples it tightly (10 timesteps), production loosely (0.1 ps). Velocities are drawn from Maxwell-Boltzmann at the target temperature with a seeded generator, and the
 thermostat's noise uses the same seed, so a run is reproducible on one machine.
 
 Units: temperature K, time ps (timestep fs), lengths Å, energies eV.
@@ -29,6 +29,7 @@ from emulator.force_field import ForceFieldCalculator, load_force_field, smalles
 # Bussi relaxation time: long enough not to disturb vibrations (~0.1 ps periods), short enough to equilibrate
 # within a fraction of a picosecond.
 THERMOSTAT_TIME = 0.1  # ps
+EQUILIBRATION_THERMOSTAT_STEPS = 10  # Bussi relaxation time during equilibration, in timesteps
 
 
 @dataclass(frozen=True, eq=False)
@@ -163,17 +164,23 @@ def run_md(
     rng = np.random.default_rng(seed)
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
     Stationary(atoms)
-    dyn = Bussi(
-        atoms,
-        timestep=timestep * units.fs,
-        temperature_K=temperature,
-        taut=THERMOSTAT_TIME * 1000.0 * units.fs,
-        rng=rng,
-        logfile=None,
-    )
+
+    def thermostat(taut: float) -> Bussi:
+        return Bussi(
+            atoms,
+            timestep=timestep * units.fs,
+            temperature_K=temperature,
+            taut=taut * 1000.0 * units.fs,
+            rng=rng,
+            logfile=None,
+        )
+
     with contextlib.redirect_stdout(io.StringIO()):
         if n_equilibration:
-            dyn.run(n_equilibration)
+            # Velocities drawn at T lose about half their energy to the potential within a vibration period; a
+            # tightly coupled thermostat puts it back within the equilibration instead of over the production.
+            thermostat(EQUILIBRATION_THERMOSTAT_STEPS * timestep / 1000.0).run(n_equilibration)
+        dyn = thermostat(THERMOSTAT_TIME)
         start = atoms.get_positions()
         lattice = Lattice(atoms.get_cell().array)
         # Production positions relative to a wrapped start: ASE does not wrap during MD, so they stay continuous.

@@ -11,7 +11,7 @@ from pymatgen.core import Lattice, Structure
 
 from emulator.dynamics import MDTrajectory
 from loop.design.requirements import Status
-from loop.design.thermal import ThermalResult, lindemann_ratio, thermal_stability
+from loop.design.thermal import LINDEMANN_MAX, ThermalResult, lindemann_ratio, thermal_stability
 from loop.errors import InputError
 
 
@@ -48,10 +48,10 @@ def test_lindemann_ratio_tells_a_diffusing_sublattice_from_a_molten_framework():
     molten = _trajectory(o_step=0.3, li_step=0.3)
     # O vibrates by 0.1 Å per axis: 3D RMS 0.17 Å over an O-O distance of 3.27 Å
     assert lindemann_ratio(trajectory=fast_conductor, mobile_species=["Li"]) == pytest.approx(0.053, abs=0.01)
-    assert lindemann_ratio(trajectory=fast_conductor, mobile_species=["Li"]) < 0.15
-    assert lindemann_ratio(trajectory=molten, mobile_species=["Li"]) > 0.15
+    assert lindemann_ratio(trajectory=fast_conductor, mobile_species=["Li"]) < LINDEMANN_MAX
+    assert lindemann_ratio(trajectory=molten, mobile_species=["Li"]) > LINDEMANN_MAX
     # with Li counted as framework the fast conductor would look molten: why the caller names its mobile species
-    assert lindemann_ratio(trajectory=fast_conductor) > 0.15
+    assert lindemann_ratio(trajectory=fast_conductor) > LINDEMANN_MAX
 
 
 def test_stable_crystal_is_retained_after_md_and_quench():
