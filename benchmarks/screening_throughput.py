@@ -7,8 +7,9 @@ What `matloop screen --generate N` and a round of that size run, step by step, w
 1. sample `--n` crystals of the system with the shipped diffusion model (`loop.screen_cmd.sample`);
 2. the emulator's own hull of the system's known crystals (`loop.screen_cmd.emulator_hull`, a one-off per run);
 3. the funnel (`loop.funnel.Funnel`: validity, dedup, novelty against the bundled crystals) on all of them;
-4. the cheap tier (`loop.screening_tiers.cheap_estimates`: batched energy-only ensemble predictions) on the
-   survivors, on `--workers` single-threaded Dask workers (1: in this process);
+4. the cheap tier (`loop.screening_tiers.cheap_estimates`) on the survivors, once per `--steps` value (0: batched
+   energy-only ensemble predictions; k: k steps of the screening relaxation), on `--workers` single-threaded Dask
+   workers (1: in this process);
 5. the relaxation tier (`loop.stages.screen.relax_structures`, the campaign's FIRE + cell filter at the default
    `emulator_training` settings) on `--relax` candidates of the default relaxed share, best first.
 
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 
-def run(*, system: str, n: int, relax: int, workers: int, seed: int) -> dict[str, Any]:
+def run(*, system: str, n: int, relax: int, workers: int, seed: int, steps: list[int]) -> dict[str, Any]:
     from generator.base import Candidate
     from loop.config import validate_config
     from loop.execution import make_executor
@@ -65,15 +66,19 @@ def run(*, system: str, n: int, relax: int, workers: int, seed: int) -> dict[str
         )
         seconds["funnel"] = time.time() - started
         structures = [c.structure for c in kept]
-        started = time.time()
-        estimates = cheap_estimates(
-            structures,
-            hull=hull,
-            emulator_settings=config.emulator.model_dump(),
-            checkpoint=None,
-            executor=executor,
-        )
-        seconds["cheap"] = time.time() - started
+        for n_steps in steps:
+            started = time.time()
+            estimates = cheap_estimates(
+                structures,
+                hull=hull,
+                emulator_settings=config.emulator.model_dump(),
+                checkpoint=None,
+                executor=executor,
+                steps=n_steps,
+                fmax=config.emulator_training.relax_fmax,
+            )
+            seconds[f"cheap_{n_steps}_steps"] = time.time() - started
+        # the relaxed share of the last cheap tier measured
         share = relaxed_share(estimates, settings=config.screening)
         chosen = share.indices[:relax]
         started = time.time()
@@ -89,7 +94,7 @@ def run(*, system: str, n: int, relax: int, workers: int, seed: int) -> dict[str
 
     return {
         "command": f"python -m benchmarks.screening_throughput --system {system} --n {n} --relax {relax} "
-        f"--workers {workers} --seed {seed}",
+        f"--workers {workers} --seed {seed} --steps {','.join(map(str, steps))}",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "load_1min_before": round(load_before, 2),
         "load_1min_after": round(os.getloadavg()[0], 2),
@@ -106,7 +111,7 @@ def run(*, system: str, n: int, relax: int, workers: int, seed: int) -> dict[str
         "per_hour": {
             "generate": per_hour(len(named), seconds["generate"]),
             "funnel": per_hour(len(named), seconds["funnel"]),
-            "cheap": per_hour(len(structures), seconds["cheap"]),
+            **{f"cheap_{k}_steps": per_hour(len(structures), seconds[f"cheap_{k}_steps"]) for k in steps},
             "relax": per_hour(len(chosen), seconds["relax"]),
         },
     }
@@ -121,9 +126,17 @@ def main() -> None:
     )
     p.add_argument("--workers", type=int, default=2, help="single-threaded workers (1: this process)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", default="0,5", help="cheap-tier relaxation steps to time, comma-separated")
     p.add_argument("--out", help="also write the report here (JSON)")
     args = p.parse_args()
-    report = run(system=args.system, n=args.n, relax=args.relax, workers=args.workers, seed=args.seed)
+    report = run(
+        system=args.system,
+        n=args.n,
+        relax=args.relax,
+        workers=args.workers,
+        seed=args.seed,
+        steps=[int(k) for k in args.steps.split(",")],
+    )
     text = json.dumps(report, indent=1)
     if args.out:
         Path(args.out).write_text(text)

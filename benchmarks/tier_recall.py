@@ -9,8 +9,8 @@ and its oracle label, but not the structure as generated, which is what the chea
 (its campaign store) still holds it (`pool_candidates`: each relaxed candidate's generated parent). So a pool built
 with its workdir kept can be replayed through the tiers:
 
-1. the cheap tier (`loop.screening_tiers.cheap_estimates`, the campaign's code: one batched energy-only prediction
-   of the pretrained ensemble at the generated geometry) for every candidate;
+1. the cheap tier (`loop.screening_tiers.cheap_estimates`, the campaign's code: the pretrained ensemble's energy
+   after `--steps` relaxation steps from the generated geometry, or a single point with 0) for every candidate;
 2. both tiers placed on the same hull, the pretrained emulator's own energies of the pool's references (so the
    emulator's offset from the oracle's level of theory cancels, as the refit does in a campaign);
 3. the cut (`loop.screening_tiers.relaxed_share`) at the default `screening` settings, at the margin alone
@@ -62,7 +62,7 @@ def _own_hull(pool: dict[str, Any]) -> Any:
     return OracleHull.from_entries(entries)
 
 
-def replay(pool_path: Path, workdir: Path, *, members: int) -> dict[str, Any]:
+def replay(pool_path: Path, workdir: Path, *, members: int, steps: int) -> dict[str, Any]:
     """Cheap tier, relaxed tier and truth of every candidate of the pool, and the cuts."""
     from loop.screening_tiers import TiersConfig, cheap_estimates, relaxed_share
     from loop.store import CampaignStore
@@ -84,6 +84,7 @@ def replay(pool_path: Path, workdir: Path, *, members: int) -> dict[str, Any]:
         emulator_settings={"kind": "chgnet_ensemble", "n_members": members},
         checkpoint=None,
         executor=None,
+        steps=steps,
     )
     relaxed = hull.evaluate(
         [structures[generated[e["hash"]]].composition for e in cands],
@@ -103,6 +104,7 @@ def replay(pool_path: Path, workdir: Path, *, members: int) -> dict[str, Any]:
         return out
 
     cuts: dict[str, Any] = {"default (margin 0.5, best 10 %, floor 64, cap 2000)": cut(TiersConfig())}
+    cuts["default without sigma"] = cut(TiersConfig(sigma=0.0))
     for m in MARGINS:
         cuts[f"margin {m} alone"] = cut(TiersConfig(margin=m, keep_fraction=0.0, floor=1))
     # A round of 10^4 with the default floor of 64: the floor is < 1 % of it, so only margin and best 10 % count.
@@ -140,6 +142,7 @@ def replay(pool_path: Path, workdir: Path, *, members: int) -> dict[str, Any]:
         "pool": str(pool_path),
         "system": pool["system"],
         "oracle": pool["oracle"].get("kind") if isinstance(pool["oracle"], dict) else pool["oracle"],
+        "cheap_steps": steps,
         "n_candidates": n,
         "n_without_generated_structure": missing,
         "cheap_minus_relaxed_e_hull": gap,
@@ -153,9 +156,15 @@ def main() -> None:
     p.add_argument("--pool", required=True, help="pool file (.json.gz) of benchmarks/build_pool.py")
     p.add_argument("--workdir", required=True, help="the workdir that build wrote (its campaign store)")
     p.add_argument("--members", type=int, default=4, help="emulator ensemble members (as the build used)")
+    p.add_argument(
+        "--steps", type=int, help="the cheap tier's relaxation steps (0: single point; default: config's)"
+    )
     p.add_argument("--out", help="also write the report here (JSON)")
     args = p.parse_args()
-    report = replay(Path(args.pool), Path(args.workdir), members=args.members)
+    from loop.screening_tiers import TiersConfig
+
+    steps = TiersConfig().steps if args.steps is None else args.steps
+    report = replay(Path(args.pool), Path(args.workdir), members=args.members, steps=steps)
     text = json.dumps(report, indent=1)
     if args.out:
         Path(args.out).write_text(text)

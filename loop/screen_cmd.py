@@ -261,6 +261,8 @@ def screen_structures(
             checkpoint=checkpoint,
             executor=executor,
             progress=bar.update,
+            steps=settings.steps,
+            fmax=config.emulator_training.relax_fmax,
         )
     seconds["cheap"], started = time.time() - started, time.time()
     if relax_all or not settings.enabled:

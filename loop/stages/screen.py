@@ -300,6 +300,7 @@ def screen(
         config.emulator.model_dump(mode="json"),
         config.emulator_training.relax_fmax,
         config.emulator_training.relax_steps,
+        tiers.steps,
     )
     if tiered:
 
@@ -311,6 +312,8 @@ def screen(
                 checkpoint=checkpoint,
                 executor=executor,
                 progress=bar.update,
+                steps=tiers.steps,
+                fmax=config.emulator_training.relax_fmax,
             )
             return [dataclasses.asdict(e) for e in found]
 
