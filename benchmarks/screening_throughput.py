@@ -86,7 +86,7 @@ def run(*, system: str, n: int, relax: int, workers: int, seed: int, steps: list
             config, structures=[structures[i] for i in chosen], checkpoint=None, executor=executor
         )
         seconds["relax"] = time.time() - started
-    steps = [r["n_steps"] for r in results]
+    taken = [r["n_steps"] for r in results]
     atoms = [len(s) for s in structures]
 
     def per_hour(count: int, s: float) -> float | None:
@@ -105,7 +105,7 @@ def run(*, system: str, n: int, relax: int, workers: int, seed: int, steps: list
         "n_cheap_placed": sum(1 for e in estimates if e.placed),
         "default_relaxed_share": len(share.indices),
         "n_relaxed": len(chosen),
-        "relax_steps_mean": round(sum(steps) / max(len(steps), 1), 1),
+        "relax_steps_mean": round(sum(taken) / max(len(taken), 1), 1),
         "relax_converged": sum(1 for r in results if r["converged"]),
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "per_hour": {
