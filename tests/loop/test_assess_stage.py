@@ -8,6 +8,8 @@ import pytest
 
 from generator.seeds import load_seeds
 from loop.config import validate_config
+from loop.execution import ExecutionConfig, make_executor
+from loop.report import campaign_status, export_discoveries
 from loop.shortlist import ShortlistRow
 from loop.stages.assess import STAGE, hit_subjects
 from loop.stages.base import StageContext, StopRequested
@@ -73,8 +75,10 @@ def _store(path, labelled, config):
     return store, hashes
 
 
-def _context(config, store, path, stop=lambda: False):
-    return StageContext(config=config, store=store, workdir=path, round=1, executor=None, should_stop=stop)
+def _context(config, store, path, stop=lambda: False, executor=None):
+    return StageContext(
+        config=config, store=store, workdir=path, round=1, executor=executor, should_stop=stop
+    )
 
 
 def test_every_hit_gets_a_row_cheap_first(labelled, tmp_path):
@@ -113,6 +117,16 @@ def test_every_hit_gets_a_row_cheap_first(labelled, tmp_path):
         li2o.results["phonons"].value, float
     )
     assert metrics["computed"] == {"phonons": 1} and li2o2.status == "fail"
+    # status and export show the same rows
+    store.set_meta("config", config.model_dump(mode="json"))
+    info = campaign_status(tmp_path, store=store)
+    assert [r["hash"] for r in info["shortlist"]] == [r["hash"] for r in store.shortlist()]
+    assert info["n_shortlisted"] == sum(r["status"] == "pass" for r in store.shortlist())
+    exported = export_discoveries(tmp_path, out=tmp_path / "export", hits_only=True)
+    lines = (tmp_path / "export" / "shortlist.csv").read_text().splitlines()
+    assert (
+        exported["n_shortlist_rows"] == 2 and len(lines) == 3 and "electrochemical_window_status" in lines[0]
+    )
     assert list(li2o.results) == [
         "elements",
         "cost",
@@ -141,7 +155,9 @@ def test_a_stop_mid_assessment_redoes_only_what_was_not_stored(labelled, tmp_pat
     first = store.assessments("phonons", key)
     assert len(first) == 1
     stamp = store._query("SELECT hash, created_at FROM assessments")[0]
-    result = STAGE.compute(_context(config, store, tmp_path))
+    # resumed through a Dask worker, as a campaign runs it
+    with make_executor(ExecutionConfig(kind="local", n_workers=1)) as executor:
+        result = STAGE.compute(_context(config, store, tmp_path, executor=executor))
     assert result.report.computed == {"phonons": 1} and result.report.reused == {"phonons": 1}
     assert (
         store._query("SELECT created_at FROM assessments WHERE hash = ?", (stamp["hash"],))[0]["created_at"]
