@@ -28,6 +28,7 @@ from loop.shortlist import ExpensiveReport, ExpensiveStore, ShortlistRow, Subjec
 from loop.stages.base import StageContext, StopRequested
 from loop.stages.shared import current_hull
 from loop.store import CampaignStore
+from oracle.base import get_oracle_class
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,6 @@ def hit_subjects(config: CampaignConfig, store: CampaignStore) -> list[Subject]:
     results = {r.hash: r for r in store.oracle_results(settings_hash=settings_hash, ok_only=True)}
     finals = {v.hash: results[v.hash].structure_hash for v in hits if v.hash in results}
     structures = store.get_structures(sorted(set(finals.values())))
-    from oracle.base import get_oracle_class
-
     computes_gap = "band_gap" in get_oracle_class(config.oracle.kind).implemented_properties
     subjects = []
     for v in hits:
