@@ -283,7 +283,10 @@ def export(
     if as_json:
         _emit_json(info)
     else:
-        typer.echo(f"wrote {info['n']} structures and {info['csv']}")
+        shortlist = (
+            f" and the shortlist ({info['n_shortlist_rows']} rows)" if info.get("n_shortlist_rows") else ""
+        )
+        typer.echo(f"wrote {info['n']} structures and {info['csv']}{shortlist}")
 
 
 @app.command()
