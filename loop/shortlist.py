@@ -256,8 +256,15 @@ def assess(
         for s in subjects:
             failed = rows[s.key].failed
             (skipped if gated and failed else eligible).append((s, failed))
+        # A result stored in an earlier round (before the hull moved) is still shown; nothing new is run for it.
+        earlier = results.stored(requirement, design.settings_key(requirement)) if skipped else {}
         for s, failed in skipped:
-            rows[s.key].results[requirement] = unknown(requirement, f"not run: failed {', '.join(failed)}")
+            if s.structure_hash in earlier:
+                rows[s.key].results[requirement] = RequirementResult.from_dict(earlier[s.structure_hash])
+            else:
+                rows[s.key].results[requirement] = unknown(
+                    requirement, f"not run: failed {', '.join(failed)}"
+                )
         if report.stopped:
             for s, _ in eligible:
                 rows[s.key].results[requirement] = unknown(requirement, "not run yet: stopped on request")
