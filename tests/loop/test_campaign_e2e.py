@@ -89,6 +89,7 @@ def test_mlflow_has_parent_and_nested_round_runs(smoke_run):
             "stage/update.hit_rate",
             "time/screen_s",
             "stage/acquire.n_queries",
+            "stage/assess.n_assessed",
         ):
             assert key in metrics, key
         assert any(k.startswith("stage/funnel.report.removed.") for k in metrics)
