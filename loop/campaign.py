@@ -1,4 +1,4 @@
-"""The discovery loop: rounds of generate → funnel → screen → acquire → label → update → retrain → track.
+"""The discovery loop: rounds of generate → funnel → screen → acquire → label → update → retrain → assess → track.
 
 Every stage reads the campaign store, does its work, then writes its results and marks itself done in one
 transaction. A restarted process continues with the first stage not done; the label stage submits only the
