@@ -21,9 +21,13 @@ from typing import Any
 
 import yaml
 
+from loop.config import validate_config
 from loop.design.requirements import DesignConfig, load_design
 from loop.errors import InputError
+from loop.execution import ExecutionConfig, make_executor
 from loop.shortlist import ExpensiveStore, Subject, assess, rows_csv
+from loop.stages.shared import current_hull
+from loop.store import CampaignStore
 from loop.structures import read_structures, structure_hash
 
 OUT_SUFFIXES = (".csv", ".json")
@@ -59,10 +63,6 @@ def check_out(out: Path | None) -> None:
 
 def _campaign_subjects(named: Sequence[tuple[str, Any]], workdir: Path) -> tuple[list[Subject], list[Any]]:
     """Subjects matched against a campaign's labels, and its hull entries."""
-    from loop.config import validate_config
-    from loop.stages.shared import current_hull
-    from loop.store import CampaignStore
-
     if not CampaignStore.exists_in(workdir):
         raise InputError(f"--workdir {workdir}: no campaign here (no matloop.db)")
     store = CampaignStore.in_workdir(workdir)
@@ -158,8 +158,6 @@ def assess_files(
         memory.setdefault((requirement, key), {})[h] = {k: v for k, v in result.items() if k != "wall_time"}
 
     results = ExpensiveStore(stored=lambda r, k: dict(memory.get((r, k), {})), commit=commit)
-    from loop.execution import ExecutionConfig, make_executor
-
     execution = ExecutionConfig(kind="inline" if workers == 1 else "local", n_workers=workers)
     with make_executor(execution) as executor:
         rows, _ = assess(

@@ -17,15 +17,16 @@ from typing import Any
 
 from pymatgen.core import Element, Structure
 
+from loop.design.conductivity import ionic_conductivity
+from loop.design.dynamical import dynamical_stability
 from loop.design.requirements import RequirementResult, Status, unknown
+from loop.design.thermal import thermal_stability
 from loop.tasks import _pin_threads
 
 
 def _conductivity(
     structure: Structure, settings: dict[str, Any], checkpoint: Path | None
 ) -> RequirementResult:
-    from loop.design.conductivity import ionic_conductivity
-
     specie, threshold = settings["specie"], float(settings["min_ms_cm"])
     if Element(specie) not in structure.composition:
         return RequirementResult(
@@ -70,8 +71,6 @@ def _conductivity(
 
 
 def _phonons(structure: Structure, settings: dict[str, Any], checkpoint: Path | None) -> RequirementResult:
-    from loop.design.dynamical import dynamical_stability
-
     result = dynamical_stability(
         structure=structure,
         tolerance=float(settings["tolerance_thz"]),
@@ -85,8 +84,6 @@ def _phonons(structure: Structure, settings: dict[str, Any], checkpoint: Path | 
 
 
 def _thermal(structure: Structure, settings: dict[str, Any], checkpoint: Path | None) -> RequirementResult:
-    from loop.design.thermal import thermal_stability
-
     mobile = tuple(s for s in settings.get("mobile_species", []) if Element(s) in structure.composition)
     result = thermal_stability(
         structure=structure,

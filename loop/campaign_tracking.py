@@ -47,6 +47,7 @@ from loop.round_science import (
     round_roles,
 )
 from loop.science_report import write_report
+from loop.shortlist import ShortlistRow, rows_csv
 from loop.store import CampaignStore
 from loop.tracking import (
     CHAMPION,
@@ -338,8 +339,6 @@ def _log_shortlist(tracker: Tracker, store: CampaignStore, rnd: int, run_id: str
     rows = store.shortlist(rnd) if store.stage_done(rnd, "assess") else []
     if not rows:
         return
-    from loop.shortlist import ShortlistRow, rows_csv
-
     with tempfile.TemporaryDirectory(prefix="matloop-shortlist-") as tmp:
         path = Path(tmp) / "shortlist.csv"
         path.write_text(rows_csv([ShortlistRow.from_dict(r) for r in rows]))

@@ -194,7 +194,7 @@ def assess(
     if as_json:
         _emit_json(rows)
         return
-    from loop.report import make_console, shortlist_table
+    from loop.report import make_console, shortlist_table  # rich tables: human output only
 
     make_console().print(shortlist_table(rows, title="design assessment"))
     if out is not None:

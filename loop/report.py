@@ -13,10 +13,12 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from rich.console import Console
 from rich.table import Table
 
+from loop.design.requirements import REQUIREMENTS
 from loop.hull import HullEntry, OracleHull
 from loop.novelty import stored_novelty
 from loop.oracle_calls import oracle_calls, reference_labels
 from loop.round_science import campaign_science, origin
+from loop.shortlist import ShortlistRow, rows_csv
 from loop.stages import stages_of
 from loop.store import CampaignStore, StoredResult, StructureRow
 from loop.verdicts import StabilityRule
@@ -311,8 +313,6 @@ def _cell(result: dict[str, Any] | None) -> str:
 def shortlist_table(rows: list[dict[str, Any]], *, title: str) -> Table:
     """Shortlist rows (`ShortlistRow.to_dict()`) as a table: per requirement its mark and value; a requirement
     the design does not ask is shown in brackets."""
-    from loop.design.requirements import REQUIREMENTS
-
     table = Table(title=title)
     for head in ("formula", "E_hull", "status", *(_SHORT[r] for r in REQUIREMENTS), "hash"):
         table.add_column(head)
@@ -409,8 +409,6 @@ def export_discoveries(workdir: Path, *, out: Path, hits_only: bool) -> dict[str
                 )
         shortlist = store.shortlist()
         if shortlist:
-            from loop.shortlist import ShortlistRow, rows_csv
-
             # every hit against the design requirements, passing first (`loop.shortlist`)
             (out / "shortlist.csv").write_text(rows_csv([ShortlistRow.from_dict(r) for r in shortlist]))
         return {"n": len(chosen), "csv": str(csv_path), "out": str(out), "n_shortlist_rows": len(shortlist)}

@@ -40,6 +40,7 @@ from loop import plots
 from loop.acquisition import PrecomputedEnsembleRegressor, candidate_matrix, get_strategy
 from loop.candidate_pool import first_round
 from loop.config import CampaignConfig
+from loop.design.requirements import REQUIREMENTS, UNITS
 from loop.errors import InputError
 from loop.hull import HullEntry, OracleHull
 from loop.novelty import Novelty, stored_novelty
@@ -953,8 +954,6 @@ _STATUS_TAG = {"pass": "stable", "fail": "unstable", "unknown": "near_stable"}
 def _shortlist_section(data: ScienceData) -> list[str]:
     """Every hit against the design requirements (`loop.shortlist`): one row per hit, one column per requirement
     with its value and pass / fail / unknown; requirements the design does not ask are shown greyed."""
-    from loop.design.requirements import REQUIREMENTS, UNITS
-
     if not data.shortlist:
         return []
     passing = sum(1 for r in data.shortlist if r["status"] == "pass")

@@ -309,6 +309,7 @@ def _run_tier(
     report: ExpensiveReport,
 ) -> dict[str, dict[str, Any]]:
     """Run one expensive check on the structures with no stored result; returns every result by structure hash."""
+    # the MLFF checks load CHGNet, torch and phonopy: only once an expensive check is asked
     from loop.assessment_tasks import run_check
 
     key = design.settings_key(requirement)

@@ -22,11 +22,13 @@ from enum import StrEnum
 from functools import cache
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pymatgen.analysis.hhi import HHIModel
 from pymatgen.core import Composition, Element, Structure
 
 from loop.errors import InputError
+from loop.validation import format_validation_error, validate_oracle_settings
+from oracle.base import get_oracle_class
 
 if TYPE_CHECKING:
     from loop.design.electrochemistry import StabilityWindow
@@ -428,10 +430,6 @@ def load_design(data: Any, *, source: str) -> tuple[DesignConfig, Any]:
     Raises:
         InputError: not a mapping, unknown key, impossible range (one line with the key path).
     """
-    from pydantic import ValidationError
-
-    from loop.validation import format_validation_error, validate_oracle_settings
-
     if not isinstance(data, dict):
         raise InputError(f"{source}: a design file is a mapping (a `design:` section or its keys)")
     oracle = None
@@ -448,8 +446,6 @@ def load_design(data: Any, *, source: str) -> tuple[DesignConfig, Any]:
     except ValidationError as exc:
         raise InputError(format_validation_error(exc, source=source, prefix=prefix)) from None
     if oracle is not None:
-        from oracle.base import get_oracle_class
-
         try:
             design.check_oracle(oracle.kind, get_oracle_class(oracle.kind).implemented_properties)
         except ValueError as exc:
