@@ -8,9 +8,10 @@ extrapolated to 300 K (Arrhenius over ≥ 3 resolved temperatures; unknown ranks
 
 To fit the CPU, a poor conductor runs its lower temperatures only when diffusion is resolved at the highest one
 (no Li hop at the highest temperature means none at lower ones: its 300 K value is unknown either way). Every run is
-stored under `--workdir` as it finishes and reused, so the benchmark resumes after an interruption. The framework
-Lindemann ratio (`loop.design.thermal.lindemann_ratio`, Li mobile) of each run is printed to show whether the
-framework stayed solid.
+stored under `--workdir` as it finishes and reused, so the benchmark resumes after an interruption. Two Lindemann
+ratios (`loop.design.thermal.lindemann_ratio`) of each run show whether the framework stayed solid: of the whole
+non-Li framework, and of its least electronegative element alone (P, Y, Al, Si; O or N when Li is the only
+cation), which stays low when anion groups only rotate about their centres.
 
 Statistical limits (defaults chosen to fit two shared cores): 1 ps runs on 16-42-atom cells (supercells only 5 Å
 wide, so a Li ion sees its own periodic image within the model's 6 Å cutoff) resolve D ≳ 1e-5 cm²/s, and only to
@@ -137,7 +138,7 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     temperatures = sorted(args.temperatures)
     top = temperatures[-1]
-    rows: list[tuple[str, str, str, str, ConductivityResult, list[float]]] = []
+    rows: list[tuple[str, str, str, str, ConductivityResult, list[tuple[float, float, str]]]] = []
     for label, material_id, kind, published, source in MATERIALS:
         if args.only is not None and label not in args.only:
             continue
@@ -148,7 +149,16 @@ def main() -> None:
                 workdir=args.workdir, label=label, structure=structure, temperature=temperature, args=args
             )
             runs.append(trajectory)
-            lindemann.append(lindemann_ratio(trajectory=trajectory, mobile_species=["Li"]))
+            framework = sorted({site.specie for site in trajectory.structure if site.specie.symbol != "Li"})
+            centres = min(framework, key=lambda el: el.X).symbol  # P in a thiophosphate, Y, Al, Si; O in Li2O
+            others = [el.symbol for el in framework if el.symbol != centres]
+            lindemann.append(
+                (
+                    lindemann_ratio(trajectory=trajectory, mobile_species=["Li"]),
+                    lindemann_ratio(trajectory=trajectory, mobile_species=["Li", *others]),
+                    centres,
+                )
+            )
             print(
                 f"{label} {temperature:g} K: {len(trajectory.structure)} atoms, {trajectory.duration:g} ps, "
                 f"mean T {trajectory.mean_temperature:.0f} K, {seconds:.0f} s",
@@ -163,13 +173,15 @@ def main() -> None:
 
     print(
         f"\nSettings: {', '.join(f'{t:g}' for t in temperatures)} K, {args.duration:g} ps production after "
-        f"{args.equilibration:g} ps, 2 fs, supercell ≥ {args.min_length:g} Å, seed {args.seed}\n"
+        f"{args.equilibration:g} ps, 2 fs, supercell ≥ {args.min_length:g} Å, seed {args.seed}; production "
+        f"lengths run: {sorted({d for row in rows for d in row[4].durations})} ps\n"
     )
     print(
-        f"| material | class | published σ(300 K) mS/cm | atoms | D({top:g} K) cm²/s | σ({top:g} K) mS/cm | "
-        "MSD Å² per T | framework Lindemann per T | Ea eV | σ(300 K) mS/cm [95 %] |"
+        f"| material | class | published σ(300 K) mS/cm | atoms (Li) | mean T K | D({top:g} K) cm²/s | σ({top:g} K) mS/cm | "
+        "MSD Å² per T | Lindemann per T: framework / its least electronegative element | Ea eV | "
+        "σ(300 K) mS/cm [95 %] |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for label, kind, published, _, r, lind in rows:
         msd = ", ".join(
             f"{t:g} K: {m:.2f}{'' if ok else '*'}"
@@ -182,12 +194,14 @@ def main() -> None:
         )
         s300 = (
             "unknown"
-            if r.conductivity_300k is None
+            if not r.extrapolated
             else f"{r.conductivity_300k:.2g} [{r.conductivity_300k_low:.2g}, {r.conductivity_300k_high:.2g}]"
         )
         print(
-            f"| {label} | {kind} | {published} | {r.n_atoms} | {r.diffusivity[-1]:.2g} ± {r.diffusivity_std[-1]:.1g} "
-            f"| {r.max_temperature_conductivity:.3g} | {msd} | {', '.join(f'{x:.3f}' for x in lind)} | {ea} | {s300} |"
+            f"| {label} | {kind} | {published} | {r.n_atoms} ({r.n_mobile}) "
+            f"| {', '.join(f'{t:.0f}' for t in r.mean_temperatures)} "
+            f"| {r.diffusivity[-1]:.2g} ± {r.diffusivity_std[-1]:.1g} "
+            f"| {r.max_temperature_conductivity:.3g} | {msd} | {', '.join(f'{a:.2f} / {c}: {b:.2f}' for a, b, c in lind)} | {ea} | {s300} |"
         )
     print("\n(* not resolved: MSD below 1 Å², i.e. vibrations, no hops)")
     print("\nSources of the published values:")

@@ -14,7 +14,9 @@ Method:
   mean variance of ln D from `DiffusionAnalyzer`'s own standard deviations, to ln D(300 K); the interval is
   exp(ln σ ± 1.96 sd) (normal approximation; with three temperatures the residual variance has one degree of freedom,
   so treat it as indicative).
-* Fewer resolved temperatures: σ at the MD temperatures only; the 300 K value is unknown (`extrapolated` False).
+* Fewer resolved temperatures, or a fit whose activation energy is not positive (D not rising with T: noise, or a
+  framework that changed between runs): σ at the MD temperatures only; the 300 K value is unknown (`extrapolated`
+  False).
 
 Statistical limits: a few picoseconds on ≤ ~100 atoms gives D to within a factor of ~2 at best when hops happen,
 and nothing below ~1e-6 cm²/s (one hop per run); the 300 K extrapolation multiplies that error by the Arrhenius
@@ -65,12 +67,13 @@ class ConductivityResult:
         min_msd: The resolution threshold, Å².
         n_mobile: Atoms of the species in the MD supercell.
         n_atoms: Atoms in the MD supercell.
-        activation_energy: Arrhenius activation energy, eV (None without ≥ 3 resolved temperatures).
+        activation_energy: Arrhenius activation energy, eV (None without ≥ 3 resolved temperatures; reported even
+            when not positive, but then nothing is extrapolated).
         activation_energy_std: Its standard error, eV.
         conductivity_300k: σ extrapolated to 300 K, mS/cm (None: unknown).
         conductivity_300k_low: Lower end of its 95 % interval, mS/cm.
         conductivity_300k_high: Upper end, mS/cm.
-        extrapolated: Whether the 300 K value comes from an Arrhenius fit (≥ 3 resolved temperatures).
+        extrapolated: Whether there is a 300 K value (an Arrhenius fit over ≥ 3 resolved temperatures, Ea > 0).
         note: One line: how the 300 K value was obtained or why it is unknown.
     """
 
@@ -199,7 +202,13 @@ def conductivity_from_trajectories(
     if resolved.sum() >= MIN_TEMPERATURES:
         fit = _arrhenius(temps[resolved], d[resolved], np.maximum(d_std[resolved], 0.0))
     sigma_300 = low = high = None
-    if fit is not None:
+    if fit is not None and fit.activation_energy <= 0:
+        note = (
+            f"D does not rise with temperature over {temps[resolved].min():.0f}-{temps[resolved].max():.0f} K "
+            f"(fitted Ea {fit.activation_energy:+.2f} eV): no activated process within the MD's statistics, "
+            "300 K value unknown"
+        )
+    elif fit is not None:
         factor = get_conversion_factor(structure, specie, ROOM_TEMPERATURE)
         sigma_300 = math.exp(fit.ln_d_300k) * factor
         low = math.exp(fit.ln_d_300k - Z_95 * fit.ln_d_300k_std) * factor
@@ -237,7 +246,7 @@ def conductivity_from_trajectories(
         conductivity_300k=sigma_300,
         conductivity_300k_low=low,
         conductivity_300k_high=high,
-        extrapolated=fit is not None,
+        extrapolated=sigma_300 is not None,
         note=note,
     )
 

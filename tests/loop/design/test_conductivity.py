@@ -1,12 +1,15 @@
-"""Ionic conductivity: the diffusion analysis on random walks of known D (exact answers), and a real MD run."""
+"""Ionic conductivity: the diffusion analysis on random walks of known D (exact answers), and real MD runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from pymatgen.core import Lattice, Structure
 from scipy import constants
@@ -15,6 +18,7 @@ from emulator.dynamics import MDTrajectory
 from loop.design.conductivity import ConductivityResult, conductivity_from_trajectories, ionic_conductivity
 from loop.errors import InputError
 
+ROOT = Path(__file__).resolve().parents[3]
 EA = 0.30  # eV
 D_1000 = 5e-5  # cm²/s (600 K: 5e-6, an MSD of ~1.8 Å² in 6 ps)
 
@@ -95,6 +99,19 @@ def test_fewer_than_three_temperatures_leave_300k_unknown():
     assert "300 K value unknown" in result.note
 
 
+def test_diffusivity_falling_with_temperature_is_not_extrapolated():
+    # the 1000 K walk run as if at 600 K and vice versa: D falls with T, an Arrhenius law cannot hold
+    runs = [_random_walk(t, seed=i) for i, t in enumerate((600.0, 800.0, 1000.0))]
+    swapped = [
+        dataclasses.replace(run, temperature=t) for run, t in zip(runs, (1000.0, 800.0, 600.0), strict=True)
+    ]
+    result = conductivity_from_trajectories(trajectories=swapped, specie="Li")
+    assert all(result.resolved)
+    assert result.activation_energy < 0
+    assert result.conductivity_300k is None and not result.extrapolated
+    assert "does not rise with temperature" in result.note
+
+
 def test_result_round_trips_through_json(walks):
     assert ConductivityResult.from_dict(json.loads(json.dumps(walks.to_dict()))) == walks
 
@@ -127,3 +144,28 @@ def test_lithium_oxide_shows_no_diffusion_in_short_md():
     assert max(result.msd) < 0.5  # Å²: vibrations only
     assert result.conductivity_300k is None and not result.extrapolated
     assert "below the MD's detection limit" in result.note
+
+
+@pytest.mark.slow
+def test_fast_conductor_shows_lithium_hops_in_short_md():
+    """Real MD (shipped CHGNet): Li7P3S11 (bundled mp-641703), a 17 mS/cm conductor, moves Li by hops at 1200 K."""
+    frame = pd.read_csv(
+        ROOT / "generator" / "data" / "mpts_52" / "test.csv.gz", usecols=["material_id", "cif"]
+    )
+    cif = frame.loc[frame["material_id"] == "mp-641703", "cif"].iloc[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        structure = Structure.from_str(cif, fmt="cif")
+        result = ionic_conductivity(
+            structure=structure,
+            temperatures=[1200],
+            duration=0.3,
+            equilibration=0.1,
+            min_length=5.0,
+            frame_interval=2,
+        )
+    assert result.n_atoms == 42
+    assert result.resolved == (True,)
+    assert result.msd[0] > 2.0  # Å² in 0.3 ps: hops (Li2O's vibrations above stay below 0.5 Å²)
+    assert result.diffusivity[0] > 1e-5  # cm²/s
+    assert result.conductivity_300k is None and "300 K value unknown" in result.note

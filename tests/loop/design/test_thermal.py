@@ -10,6 +10,8 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from emulator.dynamics import MDTrajectory
+from generator.base import GenerationContext
+from generator.random_search import RandomSearchGenerator, RandomSearchSettings
 from loop.design.requirements import Status
 from loop.design.thermal import LINDEMANN_MAX, ThermalResult, lindemann_ratio, thermal_stability
 from loop.errors import InputError
@@ -77,3 +79,22 @@ def test_stable_crystal_is_retained_after_md_and_quench():
 def test_bad_settings_are_refused():
     with pytest.raises(InputError, match="temperature > 0"):
         thermal_stability(structure=_li2o(), temperature=0.0, duration=1.0)
+
+
+@pytest.mark.slow
+def test_high_energy_random_structure_is_not_retained():
+    """Real MD (shipped CHGNet): a random LiAlO2 crystal ~0.26 eV/atom above γ-LiAlO2 does not survive 1000 K."""
+    generator = RandomSearchGenerator(settings=RandomSearchSettings(formulas=["LiAlO2"], max_atoms=8))
+    random = generator.generate(n=1, context=GenerationContext(), seed=0)[0].structure
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = thermal_stability(
+            structure=random,
+            temperature=1000.0,
+            duration=0.3,
+            equilibration=0.1,
+            min_length=5.0,
+            mobile_species=["Li"],
+        )
+    assert result.status is Status.FAIL and not result.retained
+    assert result.matched is False or result.lindemann_ratio > LINDEMANN_MAX
