@@ -4,8 +4,10 @@ The check (the final stage of the funnel):
 1. relax the structure (cell and positions) with the model: the reference;
 2. NVT MD of its supercell at the requested temperature and length (`emulator.dynamics.run_md`);
 3. quench: relax the last frame (cell and positions) with the same model;
-4. retained when the quenched supercell matches the relaxed reference supercell (pymatgen `StructureMatcher`,
-   ltol 0.2, stol 0.3, angle_tol 5°, same cell size, no primitive reduction) **and** the framework did not melt:
+4. retained when the quenched framework (the supercell without the mobile species the caller names) matches the
+   relaxed reference's (pymatgen `StructureMatcher`, ltol 0.2, stol 0.3, angle_tol 5°, same cell size, no primitive
+   reduction; mobile ions that settle on other sites of an intact framework do not count as a change; whether the
+   whole cell matches is reported too) **and** the framework did not melt:
    its Lindemann ratio, the 3D RMS displacement of framework atoms about their mean positions over the run
    (framework drift removed) divided by the mean distance between neighbouring framework atoms at the start (the
    sublattice that must not melt: Al-O and O-O in LiAlO2, not Li-O), stays at or below 0.2 (`LINDEMANN_MAX`, set
@@ -57,13 +59,17 @@ class ThermalResult:
         duration: Production length, ps.
         mean_temperature: Kinetic temperature over the run, K (None if the run failed).
         n_atoms: Atoms in the MD supercell.
-        matched: The quenched supercell matches the relaxed start (None if not computed).
-        rms_distance: StructureMatcher's RMS distance between them, in units of (V/n)^(1/3) (None if unmatched).
+        matched: The quenched framework (the supercell without the mobile species) matches the relaxed start's
+            (None if not computed).
+        rms_distance: StructureMatcher's RMS distance between the frameworks, in units of (V/n)^(1/3) (None if
+            unmatched).
         lindemann_ratio: 3D RMS framework displacement about mean positions / mean framework neighbour distance.
         lindemann_max: The threshold on it.
         energy_change: Quenched minus relaxed-start energy, eV/atom (negative: the run found a lower minimum).
         mobile_species: Species left out of the framework.
         quench_converged: Whether the quench reached its force threshold.
+        whole_cell_matched: Whether the mobile ions also returned to equivalent sites (informative: a fast
+            conductor's ions may settle on other sites of an intact framework).
     """
 
     status: Status
@@ -80,6 +86,7 @@ class ThermalResult:
     energy_change: float | None = None
     mobile_species: tuple[str, ...] = ()
     quench_converged: bool | None = None
+    whole_cell_matched: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -120,24 +127,38 @@ def lindemann_ratio(*, trajectory: MDTrajectory, mobile_species: Sequence[str] =
     return rms / nearest
 
 
+def _framework(structure: Structure, mobile_species: Sequence[str]) -> Structure:
+    """The structure without its mobile species (all of it if that would leave fewer than two atoms)."""
+    kept = [site.specie.symbol not in mobile_species for site in structure]
+    if sum(kept) < 2:
+        return structure
+    framework = structure.copy()
+    framework.remove_species([el for el in structure.composition.elements if el.symbol in mobile_species])
+    return framework
+
+
 def _quench_check(
     *,
     reference: Structure,
     trajectory: MDTrajectory,
     reference_energy: float,
     checkpoint: Path | None,
-) -> tuple[bool, float | None, float, bool]:
-    """(matched, rms distance, energy change eV/atom, quench converged) of the last frame against the reference."""
+    mobile_species: Sequence[str],
+) -> tuple[bool, float | None, float, bool, bool]:
+    """(framework matched, its rms distance, energy change eV/atom, quench converged, whole cell matched) of the
+    quenched last frame against the reference."""
     model = load_force_field(checkpoint=checkpoint)
     quench = relax_structure(structure=trajectory.final, fmax=QUENCH_FMAX, steps=QUENCH_STEPS, model=model)
     matcher = StructureMatcher(**MATCHER, primitive_cell=False, scale=True, attempt_supercell=False)
-    rms = matcher.get_rms_dist(reference, quench.structure)
-    matched = rms is not None
+    rms = matcher.get_rms_dist(
+        _framework(reference, mobile_species), _framework(quench.structure, mobile_species)
+    )
     return (
-        matched,
+        rms is not None,
         None if rms is None else float(rms[0]),
         float(quench.energy_per_atom - reference_energy),
         quench.converged,
+        bool(matcher.fit(reference, quench.structure)),
     )
 
 
@@ -201,11 +222,12 @@ def thermal_stability(
             frame_interval=frame_interval,
         )
         cell, repeats = smallest_supercell(start.structure, min_length=min_length)
-        matched, rms, energy_change, converged = _quench_check(
+        matched, rms, energy_change, converged, whole = _quench_check(
             reference=cell * repeats,
             trajectory=trajectory,
             reference_energy=start.energy_per_atom,
             checkpoint=checkpoint,
+            mobile_species=mobile,
         )
     except EmulatorError as err:
         return ThermalResult(**{**asdict(base), "reason": f"the force field could not follow the run: {err}"})
@@ -214,14 +236,14 @@ def thermal_stability(
     retained = matched and not molten
     if retained:
         reason = (
-            f"retained after {duration:g} ps at {temperature:g} K: quench matches the start, framework "
+            f"retained after {duration:g} ps at {temperature:g} K: quenched framework matches the start, "
             f"Lindemann ratio {ratio:.3f} ≤ {lindemann_max:g}"
         )
     elif molten:
         reason = f"framework melted at {temperature:g} K: Lindemann ratio {ratio:.3f} > {lindemann_max:g}"
     else:
         reason = (
-            f"changed structure at {temperature:g} K: the quenched cell no longer matches the start "
+            f"changed structure at {temperature:g} K: the quenched framework no longer matches the start "
             f"(energy change {energy_change:+.3f} eV/atom)"
         )
     return ThermalResult(
@@ -237,6 +259,7 @@ def thermal_stability(
             "lindemann_ratio": ratio,
             "energy_change": energy_change,
             "quench_converged": converged,
+            "whole_cell_matched": whole,
         }
     )
 

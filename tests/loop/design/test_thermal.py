@@ -69,6 +69,7 @@ def test_stable_crystal_is_retained_after_md_and_quench():
         )
     assert result.status is Status.PASS and result.retained
     assert result.matched and result.rms_distance < 0.1
+    assert isinstance(result.whole_cell_matched, bool)
     assert result.lindemann_ratio < 0.1
     assert abs(result.energy_change) < 0.01
     assert result.n_atoms == 24
