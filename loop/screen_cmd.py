@@ -128,6 +128,7 @@ def campaign_setting(*, config_path: Path | None, workdir: Path | None) -> tuple
         )
     if config_path is not None:
         return load_config(config_path), None
+    # deferred: each path loads only what it uses (the store, the diffusion model, torch for screening)
     from loop.store import CampaignStore
 
     assert workdir is not None
@@ -148,6 +149,7 @@ def campaign_setting(*, config_path: Path | None, workdir: Path | None) -> tuple
 def sample(config: CampaignConfig, *, n: int, seed: int) -> list[tuple[str, Structure]]:
     """`n` crystals from the shipped diffusion model, split evenly over the config's chemical systems (the
     campaign-free path of `matloop generate`)."""
+    # deferred: each path loads only what it uses (the store, the diffusion model, torch for screening)
     from generator.diffusion import iter_sample_batches, parse_conditions
     from generator.diffusion.sampler import SamplingOptions
     from loop.progress import progress
@@ -172,6 +174,7 @@ def sample(config: CampaignConfig, *, n: int, seed: int) -> list[tuple[str, Stru
 
 def emulator_hull(config: CampaignConfig, *, executor: Any) -> Any:
     """The emulator's own hull: the known crystals of the chemical systems relaxed by the pretrained emulator."""
+    # deferred: each path loads only what it uses (the store, the diffusion model, torch for screening)
     from loop.hull import HullEntry, OracleHull
     from loop.progress import progress
     from loop.stages.references import reference_pool
@@ -212,6 +215,7 @@ def screen_structures(
 ) -> Screened:
     """Every structure of `named` through the funnel, the cheap tier and the relaxation of the promising share
     (`config.screening`; `relax_all` relaxes every funnel survivor)."""
+    # deferred: each path loads only what it uses (the store, the diffusion model, torch for screening)
     from generator.base import Candidate
     from loop.funnel import Funnel, KnownIndex
     from loop.progress import progress
@@ -223,6 +227,7 @@ def screen_structures(
     seconds: dict[str, float] = {}
     started = time.time()
     if workdir is not None:
+        # deferred: each path loads only what it uses (the store, the diffusion model, torch for screening)
         from loop.store import CampaignStore
 
         store = CampaignStore.in_workdir(workdir)
@@ -245,7 +250,7 @@ def screen_structures(
     seconds["hull"], started = time.time() - started, time.time()
     batch = [Candidate(structure=s, source="input", parent=None) for _, s in named]
     with progress(total=len(batch), what="funnel") as bar:
-        _, report = Funnel(config.generator.funnel, known=known).run(
+        _, report = Funnel(config.generator.funnel, known=known, design=config.design).run(
             batch, chemical_systems=config.chemical_systems, progress=bar.update
         )
     seconds["funnel"], started = time.time() - started, time.time()
@@ -363,6 +368,7 @@ def run_screen(
     config, workdir = campaign_setting(config_path=config_path, workdir=workdir)
     started = time.time()
     named = read_structures(expand_inputs(files)) if files else []
+    # deferred: each path loads only what it uses (the store, the diffusion model, torch for screening)
     from loop.execution import make_executor
 
     seconds = {}
