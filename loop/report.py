@@ -283,6 +283,12 @@ def render_status(info: dict[str, Any]) -> None:
             f"shortlist: {info['n_shortlisted']} of {len(info['shortlist'])} hits pass every design requirement "
             "(+ pass, x fail, ? unknown)"
         )
+        if not any(row.get("asked") for row in info["shortlist"]):
+            # "3 of 3 pass" would read as a verdict; with nothing asked it is only the list of hits.
+            title = (
+                f"shortlist: {len(info['shortlist'])} hits; the config sets no design requirement (design:), "
+                "so none is judged (? not asked)"
+            )
         console.print(shortlist_table(info["shortlist"][:20], title=title))
     if info.get("stopped_because"):
         console.print(f"stopped: {info['stopped_because']}")
