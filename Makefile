@@ -6,7 +6,7 @@ export MKL_NUM_THREADS ?= 1
 export OPENBLAS_NUM_THREADS ?= 1
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: install demo smoke test test-fast docs lint format bench
+.PHONY: install demo smoke test test-fast durations docs lint format bench
 
 install: $(VENV)/.installed
 
@@ -22,9 +22,14 @@ smoke: install
 test: install
 	$(BIN)/python -m pytest -q --durations=30
 
-# Everyday work: every test not marked slow (see BENCHMARKS.md for its time on 2 cores).
+# Everyday work: every test not marked slow, nor slower than tests/conftest.py's limit in tests/durations.json.
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" --durations=15
+
+# Re-time the whole suite and rewrite tests/durations.json (what test-fast leaves out).
+durations: install
+	$(BIN)/python -m pytest -q --durations=0 | tee test-durations.log
+	$(BIN)/python scripts/test_durations.py test-durations.log
 
 docs: install
 	$(BIN)/mkdocs build --strict -d site
