@@ -8,18 +8,18 @@ computed once. A replay starts like a campaign after round 0: the references are
 retrained on them. Each round it
 
 1. predicts every unlabelled candidate at its emulator-relaxed geometry (ensemble mean and spread, eV/atom);
-2. places the predictions on the hull of everything labelled so far (`loop.hull.OracleHull`), giving E_hull ± σ;
-3. picks `--budget` queries with the project's acquisition call (`loop.acquisition.select_structures`, the
+2. places the predictions on the hull of everything labelled so far (`loop.science.hull.OracleHull`), giving E_hull ± σ;
+3. picks `--budget` queries with the project's acquisition call (`loop.science.acquisition.select_structures`, the
    strategy's modAL query with the campaign's batch-diversity rules; the p_stable threshold is the hit threshold
-   of `loop.verdicts.StabilityRule`);
+   of `loop.science.verdicts.StabilityRule`);
 4. looks the picks up in the pool: hits are the pool's ground-truth verdicts (E_hull against the hull of all
    references and candidates); the emulator's MAE and Spearman(σ, |error|) on the picks, before retraining, come
-   from `loop.stages.update.emulator_metrics`;
+   from `loop.science.emulator_errors.emulator_metrics`;
 5. retrains the emulator on all labels so far, in one of two modes (reported with every table):
 
    * ``retrain``: exactly the campaign's stage, `loop.stages.retrain.retrain`, on a campaign store holding the replay's
      labels (reference refit, σ calibration on the round's new labels, fine-tuning of the ensemble), then
-     `loop.tasks.load_emulator(...).predict` on the candidates. Tens of seconds per round on one core, so it is
+     `loop.runtime.tasks.load_emulator(...).predict` on the candidates. Tens of seconds per round on one core, so it is
      run with few seeds and strategies.
    * ``refit`` (cheap): the reference-energy refit of the emulator alone (`emulator.training.refit_reference_shift`
      on all labels, from the pretrained ensemble each round, on the emulator's design `emulator.training.refit_design`:
@@ -102,7 +102,7 @@ def load_pool(path: Path, *, near_stable: float | None = None, screening: str = 
         screening: ``as_built``: candidates at the geometry the build's screening reached within its step budget;
             ``rescreened``: where `rescreen_pool.py` continued an unconverged one, at that new geometry and energy.
     """
-    from loop.verdicts import StabilityRule
+    from loop.science.verdicts import StabilityRule
 
     data = read_pool(path)
     entries = data["entries"]
@@ -150,8 +150,8 @@ def load_pool(path: Path, *, near_stable: float | None = None, screening: str = 
 
 def oracle_crystals(pool: Pool, idx: Sequence[int]) -> dict[int, int]:
     """The oracle crystal of each entry of `idx`: the first entry (in `idx` order) whose oracle-relaxed structure is
-    the same crystal by the campaign's rule (`loop.funnel.KnownIndex`, as `one_per_crystal` judges it)."""
-    from loop.funnel import KnownIndex
+    the same crystal by the campaign's rule (`loop.science.funnel.KnownIndex`, as `one_per_crystal` judges it)."""
+    from loop.science.funnel import KnownIndex
 
     index = KnownIndex()
     out: dict[int, int] = {}
@@ -180,7 +180,7 @@ def distinct_candidates(pool: Pool) -> tuple[np.ndarray, np.ndarray, dict[int, i
         The kept candidates' indices (sorted); for the pool's entries, whether each is a known crystal; and the
         oracle crystal (an entry index) of each kept candidate with a label.
     """
-    from loop.funnel import KnownIndex
+    from loop.science.funnel import KnownIndex
     from loop.stages.acquire import one_per_crystal
 
     ok = [int(i) for i in pool.cands if np.isfinite(pool.oracle_energy[i])]
@@ -201,7 +201,7 @@ def campaign_references(pool: Pool, *, max_compounds: int, max_atoms: int = 12) 
     of at most `max_atoms` atoms that the pretrained emulator places lowest on the hull of the elements, one per
     composition (`references.max_compounds`, as `loop.stages.references` chooses them), instead of every bundled
     crystal of the system (53 for Li-Co-O, where a campaign labels 4)."""
-    from loop.hull import HullEntry, OracleHull
+    from loop.science.hull import HullEntry, OracleHull
 
     refs = [int(i) for i in pool.refs]
     energy = pool.members.mean(axis=0)
@@ -266,7 +266,7 @@ def committee_e_hull(
     from the oracle's level of theory cancel (`loop.stages.screen.family_e_hull`); the combination is the
     campaign's own rule (`loop.stages.screen.combine_committee`). Units: eV/atom.
     """
-    from loop.hull import HullEntry
+    from loop.science.hull import HullEntry
     from loop.stages.screen import combine_committee, family_e_hull
 
     phases = [int(i) for i in hull.stable_ids()]
@@ -454,7 +454,7 @@ class CampaignRetrainEmulator:
         }
 
     def predict(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from loop.tasks import load_emulator
+        from loop.runtime.tasks import load_emulator
 
         model = load_emulator(self.config.emulator, self.checkpoint)
         pred = model.predict([self.pool.structures[i] for i in idx], forces=False, stress=False)
@@ -487,11 +487,11 @@ def replay(
     With `committee` (`load_committee`), the acquisition sees the emulator's E_hull combined with the other model
     families', as a campaign configured with `committee:` does; the emulator metrics stay the emulator's own.
     """
-    from loop.acquisition import AcquisitionConfig, DiversityConfig, select_structures
-    from loop.hull import HullEntry, OracleHull
+    from loop.science.acquisition import AcquisitionConfig, DiversityConfig, select_structures
+    from loop.science.emulator_errors import emulator_metrics
+    from loop.science.hull import HullEntry, OracleHull
+    from loop.science.verdicts import StabilityRule
     from loop.stages.acquire import one_per_crystal
-    from loop.stages.update import emulator_metrics
-    from loop.verdicts import StabilityRule
 
     rule = StabilityRule(near_stable=pool.near_stable)
     if strategy == UNIFORM_RANDOM:
@@ -684,7 +684,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from loop.acquisition import AcquisitionConfig
+    from loop.science.acquisition import AcquisitionConfig
 
     pool = load_pool(Path(args.pool), near_stable=args.near_stable, screening=args.screening)
     committee = load_committee(pool, [Path(p) for p in args.committee])

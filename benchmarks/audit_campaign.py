@@ -25,8 +25,8 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loop.report import origin
-from loop.science_report import collect
+from loop.report.science import collect
+from loop.report.status import origin
 from loop.store import CampaignStore
 
 

@@ -10,10 +10,10 @@ What a campaign's rounds would see, computed once with the project's own stages 
 2. candidates, batch after batch until ``--n`` distinct emulator-relaxed structures exist: the generator mix
    (`loop.stages.generate`), the funnel (`loop.stages.funnel`, which also removes copies of earlier
    batches), and the emulator screening relaxation (`loop.stages.screen`, pretrained CHGNet ensemble);
-3. every emulator-relaxed candidate labelled by the oracle (`loop.labelling.label_hashes`: one result per structure
+3. every emulator-relaxed candidate labelled by the oracle (`loop.runtime.labelling.label_hashes`: one result per structure
    and settings in the store, so a stopped build resumes where it was, without computing anything twice);
 4. ground truth: E_hull of every reference and candidate against the hull of all of them at the oracle's level of
-   theory, and the verdicts of `loop.verdicts.StabilityRule` (stable / near-stable / hit) with ``--near-stable``.
+   theory, and the verdicts of `loop.science.verdicts.StabilityRule` (stable / near-stable / hit) with ``--near-stable``.
 
 ``--from-pool FILE`` (or ``--from-workdir DIR`` of a build still running) labels the first ``--n`` candidates of
 another pool with another oracle (e.g. GPAW on 60 candidates of the SevenNet pool) instead of generating new ones;
@@ -213,8 +213,8 @@ def label_all(
 ) -> dict[str, Any]:
     """Label `hashes` with the pool's oracle through the store (resumes), logging progress; with `workers` > 1 on
     a local Dask cluster of that many single-threaded workers, as a campaign's label stage does."""
-    from loop.execution import ExecutionConfig, make_executor
-    from loop.labelling import label_hashes
+    from loop.runtime.execution import ExecutionConfig, make_executor
+    from loop.runtime.labelling import label_hashes
 
     settings_hash = config.oracle.settings_hash()
     todo = [h for h in hashes if store.get_oracle_result(h, settings_hash) is None]
@@ -276,7 +276,7 @@ def import_labels(store: Any, path: Path, *, settings_hash: str, oracle: str) ->
 
 def member_energies(config: Any, structures: list[Structure]) -> list[list[float]]:
     """Pretrained emulator energies per member, eV/atom: one list of K values per structure."""
-    from loop.tasks import load_emulator
+    from loop.runtime.tasks import load_emulator
 
     if not structures:
         return []
@@ -293,8 +293,8 @@ def oracle_relaxed(store: Any, h: str, stored: Any) -> Structure | None:
 
 def ground_truth(entries: list[dict[str, Any]], *, near_stable: float) -> dict[str, Any]:
     """E_hull (eV/atom) and verdict of every entry against the hull of all labelled entries; summary counts."""
-    from loop.hull import HullEntry, OracleHull
-    from loop.verdicts import StabilityRule, Verdict
+    from loop.science.hull import HullEntry, OracleHull
+    from loop.science.verdicts import StabilityRule, Verdict
 
     rule = StabilityRule(near_stable=near_stable)
     ok = [e for e in entries if e["oracle"]["status"] == "ok"]

@@ -91,7 +91,17 @@ def run(config: dict[str, Any], *, workdir: Path) -> float:
     path = workdir.parent / f"{workdir.name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     rounds = str(config["stop"]["max_rounds"])
-    cmd = [sys.executable, "-m", "loop.cli", "run", str(path), "--workdir", str(workdir), "--rounds", rounds]
+    cmd = [
+        sys.executable,
+        "-m",
+        "loop.cli.main",
+        "run",
+        str(path),
+        "--workdir",
+        str(workdir),
+        "--rounds",
+        rounds,
+    ]
     started = time.time()
     with open(workdir.parent / f"{workdir.name}.log", "a") as fh:
         done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False, cwd=ROOT)
@@ -117,9 +127,9 @@ def joint_targets(runs: dict[str, Path], *, truth_dir: Path, verdicts: dict[str,
     K-O, antifluorite K2O, which no bundled row holds, lies below every withheld K2O) is no ground state to find."""
     from pymatgen.core import Structure
 
-    from loop.hull import HullEntry, OracleHull
+    from loop.science.hull import HullEntry, OracleHull
+    from loop.science.structures import structure_hash
     from loop.store import CampaignStore
-    from loop.structures import structure_hash
 
     labels: dict[str, tuple[Any, float]] = {}
     for workdir in [*runs.values(), truth_dir]:

@@ -29,7 +29,7 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loop.config import CampaignConfig
-from loop.hull import HullEntry, OracleHull
+from loop.science.hull import HullEntry, OracleHull
 from loop.stages.screen import combine_committee, committee_e_hull
 from loop.store import CampaignStore
 

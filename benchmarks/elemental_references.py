@@ -2,7 +2,7 @@
 
 Builds the campaign's reference pool (`loop.stages.references.reference_pool`: bundled polymorphs, ASE's reference
 states and the fcc, bcc and hcp cells), labels its elemental crystals through the campaign's own labelling path
-(`loop.labelling.label_hashes`, the config's `oracle:` section, oracle relaxation included) in a scratch workdir, and
+(`loop.runtime.labelling.label_hashes`, the config's `oracle:` section, oracle relaxation included) in a scratch workdir, and
 prints each one's energy per atom, its distance to the lowest polymorph of its element (meV/atom) and which one is
 the hull end. A rerun with the same workdir reuses every stored label.
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer  # noqa: E402
 
 from loop.config import load_config  # noqa: E402
-from loop.labelling import label_hashes  # noqa: E402
+from loop.runtime.labelling import label_hashes  # noqa: E402
 from loop.stages.references import reference_pool  # noqa: E402
 from loop.store import CampaignStore  # noqa: E402
 

@@ -23,7 +23,7 @@ from scipy.spatial.transform import Rotation
 from generator.base import Candidate, GenerationContext
 from generator.seeds import load_seeds
 from generator.substitution import SubstitutionGenerator, SubstitutionSettings
-from loop.funnel import Funnel, FunnelConfig, KnownIndex
+from loop.science.funnel import Funnel, FunnelConfig, KnownIndex
 
 
 def disguise(structure: Structure, *, rng: np.random.Generator) -> Structure:

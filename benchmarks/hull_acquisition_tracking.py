@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 from pymatgen.core import Composition, Structure
 
-from loop.acquisition import AcquisitionConfig, select_queries, structure_features
-from loop.hull import HullEntry, OracleHull
-from loop.tracking import Tracker, TrackingConfig
-from loop.verdicts import StabilityRule
+from loop.science.acquisition import AcquisitionConfig, select_queries, structure_features
+from loop.science.hull import HullEntry, OracleHull
+from loop.science.verdicts import StabilityRule
+from loop.tracking.runs import Tracker, TrackingConfig
 
 RULE = StabilityRule(near_stable=0.05)
 

@@ -11,11 +11,11 @@ withhold something (`withhold:`). What counts:
 * the truth: every withheld crystal (its bundled structure) and every round-0 reference of the first run, labelled
   by the campaign's own oracle in a separate store (`truth/`), and their hull at the oracle's level of theory. A
   withheld phase is *stable* there when it is on that hull and a *hit* when within the campaign's `near_stable`
-  (`loop.verdicts.StabilityRule`): a campaign cannot be blamed for missing a withheld phase that its own oracle
+  (`loop.science.verdicts.StabilityRule`): a campaign cannot be blamed for missing a withheld phase that its own oracle
   puts far above the hull;
 * a rediscovery: the first oracle call whose structure, or the oracle's relaxed version of it, matches the withheld
   structure (pymatgen `StructureMatcher`, default tolerances), as the science report marks it
-  (`loop.science_report.collect`); reported with its round and the number of oracle calls made until then.
+  (`loop.report.science.collect`); reported with its round and the number of oracle calls made until then.
 
 Units: eV/atom.
 """
@@ -48,7 +48,7 @@ def run_campaign(config: dict[str, Any], *, strategy: str, rounds: int, workdir:
     cmd = [
         sys.executable,
         "-m",
-        "loop.cli",
+        "loop.cli.main",
         "run",
         str(path),
         "--workdir",
@@ -71,10 +71,10 @@ def truth(first: Path, *, workdir: Path) -> dict[str, dict[str, Any]]:
     from pymatgen.core import Structure
 
     from loop.config import validate_config
-    from loop.hull import HullEntry, OracleHull
-    from loop.labelling import label_hashes
+    from loop.runtime.labelling import label_hashes
+    from loop.science.hull import HullEntry, OracleHull
+    from loop.science.verdicts import StabilityRule
     from loop.store import CampaignStore
-    from loop.verdicts import StabilityRule
 
     source = CampaignStore.in_workdir(first)
     try:
@@ -134,9 +134,9 @@ def joint_hits(workdirs: dict[str, Path], truth_dir: Path) -> dict[str, dict[str
         Per run: `calls`, `hits` (E_hull ≤ near_stable on the joint hull) and `stable` (on it).
     """
     from loop.config import validate_config
-    from loop.hull import HullEntry, OracleHull
+    from loop.science.hull import HullEntry, OracleHull
+    from loop.science.verdicts import StabilityRule
     from loop.store import CampaignStore
-    from loop.verdicts import StabilityRule
 
     labels: dict[str, tuple[Any, float]] = {}
     repeats: set[tuple[str, str]] = set()
@@ -181,7 +181,7 @@ def joint_hits(workdirs: dict[str, Path], truth_dir: Path) -> dict[str, dict[str
 
 def found(workdir: Path) -> dict[str, Any]:
     """What one campaign found: per withheld phase, the call that rediscovered it (round, calls so far)."""
-    from loop.science_report import collect
+    from loop.report.science import collect
 
     data = collect(workdir)
     return {

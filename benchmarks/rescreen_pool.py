@@ -7,7 +7,7 @@ A pool stores each candidate at the geometry its screening relaxation reached wi
 (`--relax-steps`, 60). In the oxide and phosphate pools most random-search and diffusion candidates stopped there
 unconverged, so the emulator saw them far above their minimum, and the acquisition replay could not pick them.
 This script takes every candidate whose screening relaxation did not converge and relaxes it further with the
-same pretrained emulator (`loop.tasks.relax_chunk`, the screening stage's own task: FIRE and a cell filter on the
+same pretrained emulator (`loop.runtime.tasks.relax_chunk`, the screening stage's own task: FIRE and a cell filter on the
 ensemble mean, `--fmax` eV/Å), from the stored geometry, up to `--steps` steps in all. Per rescreened candidate
 the pool gains
 
@@ -55,7 +55,7 @@ def relax_further(
     warnings.filterwarnings("ignore")
     from pymatgen.core import Structure
 
-    from loop.tasks import load_emulator, relax_chunk
+    from loop.runtime.tasks import load_emulator, relax_chunk
 
     out = []
     for h, compact in items:

@@ -45,7 +45,7 @@ from pymatgen.core import Lattice, Structure
 # What this process has imported before its inline screen (torch, CHGNet, the tasks): worker processes import them
 # once per campaign run, not per stage, so they are imported before the timing in the parallel modes as well.
 # The emulator itself is loaded inside the timing in every mode.
-WARM_IMPORTS = "import loop.tasks, chgnet.model.model"
+WARM_IMPORTS = "import loop.runtime.tasks, chgnet.model.model"
 
 FCC = [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]]
 
@@ -118,7 +118,7 @@ def cu_au_candidates(n: int, *, seed: int = 0) -> list[Structure]:
 
 
 def timed_label(settings: Any, cells: list[Structure], executor: Any, workdir: Path) -> dict[str, Any]:
-    from loop.labelling import label_hashes
+    from loop.runtime.labelling import label_hashes
     from loop.store import CampaignStore
 
     store = CampaignStore.in_workdir(workdir)
@@ -171,7 +171,7 @@ class _PoolClient:
 
 
 def bench_label(n: int, workers: int, *, cutoff: float, kpoint_density: float) -> dict[str, Any]:
-    from loop.execution import ExecutionConfig, make_executor
+    from loop.runtime.execution import ExecutionConfig, make_executor
     from oracle.gpaw_dft import GPAWSettings
 
     settings = GPAWSettings(
@@ -208,8 +208,8 @@ def bench_label(n: int, workers: int, *, cutoff: float, kpoint_density: float) -
 def bench_screen(n: int, workers: int) -> dict[str, Any]:
     from emulator.tasks import clear_cache
     from loop.config import validate_config
-    from loop.execution import Executor, make_executor
-    from loop.labelling import label_hashes
+    from loop.runtime.execution import Executor, make_executor
+    from loop.runtime.labelling import label_hashes
     from loop.stages.screen import screen
     from loop.store import CampaignStore
 

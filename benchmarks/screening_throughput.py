@@ -4,10 +4,10 @@
 
 What `matloop screen --generate N` and a round of that size run, step by step, with the campaign's code:
 
-1. sample `--n` crystals of the system with the shipped diffusion model (`loop.screen_cmd.sample`);
-2. the emulator's own hull of the system's known crystals (`loop.screen_cmd.emulator_hull`, a one-off per run);
-3. the funnel (`loop.funnel.Funnel`: validity, dedup, novelty against the bundled crystals) on all of them;
-4. the cheap tier (`loop.screening_tiers.cheap_estimates`) on the survivors, once per `--steps` value (0: batched
+1. sample `--n` crystals of the system with the shipped diffusion model (`loop.cli.screen.sample`);
+2. the emulator's own hull of the system's known crystals (`loop.cli.screen.emulator_hull`, a one-off per run);
+3. the funnel (`loop.science.funnel.Funnel`: validity, dedup, novelty against the bundled crystals) on all of them;
+4. the cheap tier (`loop.runtime.screening_tiers.cheap_estimates`) on the survivors, once per `--steps` value (0: batched
    energy-only ensemble predictions; k: k steps of the screening relaxation), on `--workers` single-threaded Dask
    workers (1: in this process);
 5. the relaxation tier (`loop.stages.screen.relax_structures`, the campaign's FIRE + cell filter at the default
@@ -30,11 +30,11 @@ from typing import Any
 
 def run(*, system: str, n: int, relax: int, workers: int, seed: int, steps: list[int]) -> dict[str, Any]:
     from generator.base import Candidate
+    from loop.cli.screen import emulator_hull, sample
     from loop.config import validate_config
-    from loop.execution import make_executor
-    from loop.funnel import Funnel, KnownIndex
-    from loop.screen_cmd import emulator_hull, sample
-    from loop.screening_tiers import cheap_estimates, relaxed_share
+    from loop.runtime.execution import make_executor
+    from loop.runtime.screening_tiers import cheap_estimates, relaxed_share
+    from loop.science.funnel import Funnel, KnownIndex
     from loop.stages.screen import relax_structures
 
     execution = {"kind": "inline"} if workers == 1 else {"kind": "local", "n_workers": workers}

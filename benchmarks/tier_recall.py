@@ -9,11 +9,11 @@ and its oracle label, but not the structure as generated, which is what the chea
 (its campaign store) still holds it (`pool_candidates`: each relaxed candidate's generated parent). So a pool built
 with its workdir kept can be replayed through the tiers:
 
-1. the cheap tier (`loop.screening_tiers.cheap_estimates`, the campaign's code: the pretrained ensemble's energy
+1. the cheap tier (`loop.runtime.screening_tiers.cheap_estimates`, the campaign's code: the pretrained ensemble's energy
    after `--steps` relaxation steps from the generated geometry, or a single point with 0) for every candidate;
 2. both tiers placed on the same hull, the pretrained emulator's own energies of the pool's references (so the
    emulator's offset from the oracle's level of theory cancels, as the refit does in a campaign);
-3. the cut (`loop.screening_tiers.relaxed_share`) at the default `screening` settings, at the margin alone
+3. the cut (`loop.runtime.screening_tiers.relaxed_share`) at the default `screening` settings, at the margin alone
    (no best fraction, floor 1) for several margins, and with the floor and best fraction that a round of 10⁴
    would have (scaled to the pool size);
 4. the ground truth is the pool's: a hit is a candidate whose oracle E_hull (against the hull of all references and
@@ -43,7 +43,7 @@ def _own_hull(pool: dict[str, Any]) -> Any:
     """The pretrained emulator's hull of the pool's references (mean member energy at the oracle's geometry)."""
     from pymatgen.core import Composition
 
-    from loop.hull import HullEntry, OracleHull
+    from loop.science.hull import HullEntry, OracleHull
 
     entries = []
     for e in pool["entries"]:
@@ -64,7 +64,7 @@ def _own_hull(pool: dict[str, Any]) -> Any:
 
 def replay(pool_path: Path, workdir: Path, *, members: int, steps: int) -> dict[str, Any]:
     """Cheap tier, relaxed tier and truth of every candidate of the pool, and the cuts."""
-    from loop.screening_tiers import TiersConfig, cheap_estimates, relaxed_share
+    from loop.runtime.screening_tiers import TiersConfig, cheap_estimates, relaxed_share
     from loop.store import CampaignStore
 
     pool = read_pool(pool_path)
@@ -161,7 +161,7 @@ def main() -> None:
     )
     p.add_argument("--out", help="also write the report here (JSON)")
     args = p.parse_args()
-    from loop.screening_tiers import TiersConfig
+    from loop.runtime.screening_tiers import TiersConfig
 
     steps = TiersConfig().steps if args.steps is None else args.steps
     report = replay(Path(args.pool), Path(args.workdir), members=args.members, steps=steps)

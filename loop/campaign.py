@@ -19,15 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loop.campaign_tracking import end_campaign, mlflow_copy_checker
-from loop.checkpoints import CHECKPOINT_KINDS, checkpoint_problem, prune_checkpoints
 from loop.config import CampaignConfig, load_config
-from loop.control import LOCK_FILE, STOP_FILE, request_stop, stop_requested, workdir_lock
 from loop.errors import CampaignHalted, CheckpointCorrupt, DiskFull, InputError
-from loop.execution import make_executor
-from loop.faults import crash_point, stage_writes
-from loop.oracle_calls import oracle_calls, reference_labels
-from loop.report import campaign_status
+from loop.report.status import campaign_status
+from loop.runtime.checkpoints import CHECKPOINT_KINDS, checkpoint_problem, prune_checkpoints
+from loop.runtime.control import LOCK_FILE, STOP_FILE, request_stop, stop_requested, workdir_lock
+from loop.runtime.execution import make_executor
+from loop.runtime.faults import crash_point, stage_writes
 from loop.stages import (
     ROUND0_STAGES,
     ROUND_STAGES,
@@ -46,7 +44,9 @@ from loop.stages import (
 from loop.stages.acquire import oracle_calls_left
 from loop.stages.base import Stage, StageContext, StopRequested, checkpoint_dir
 from loop.store import CampaignStore
-from loop.tracking import ui_command
+from loop.tracking.campaign import end_campaign, mlflow_copy_checker
+from loop.tracking.runs import ui_command
+from loop.views.oracle_calls import oracle_calls, reference_labels
 
 log = logging.getLogger("matloop")
 
@@ -431,7 +431,7 @@ class Campaign:
                 store.set_meta("checkpoint_fallbacks", fallbacks)
 
     def _round_summary(self, rnd: int) -> dict[str, Any]:
-        """Counts of one round in the campaign's vocabulary (`loop.verdicts`): a hit is stable or near-stable."""
+        """Counts of one round in the campaign's vocabulary (`loop.science.verdicts`): a hit is stable or near-stable."""
         store = self._open_store()
         update = store.stage_result(rnd, "update") or {}
         label = store.stage_result(rnd, "label") or {}
@@ -444,7 +444,7 @@ class Campaign:
             "stable": stable,
             "near_stable": hits - stable,
             "hits": hits,
-            # a hit that is a known crystal (`loop.novelty`) is a rediscovery, not a new discovery
+            # a hit that is a known crystal (`loop.views.novelty`) is a rediscovery, not a new discovery
             "new_discoveries": update.get("n_new_discoveries", hits),
             "rediscoveries": update.get("n_rediscoveries_new", 0),
             "hit_rate": update.get("hit_rate"),
@@ -454,7 +454,7 @@ class Campaign:
 def run_stage(stage: Stage[Any], ctx: StageContext) -> dict[str, Any]:
     """Compute one stage, then write its results and mark it done in one transaction; returns its report.
 
-    The fault-injection points of `loop.faults` are armed here: `<stage>:<round>:write<n>` while it runs and
+    The fault-injection points of `loop.runtime.faults` are armed here: `<stage>:<round>:write<n>` while it runs and
     `<stage>:<round>:commit` inside its closing transaction.
     """
     started = time.time()

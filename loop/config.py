@@ -33,16 +33,16 @@ from emulator.base import settings_models as emulator_settings_models
 from generator.base import GeneratorSettings, generator_names
 from generator.base import settings_models as generator_settings_models
 from generator.seeds import Withholding, bundled_formulas
-from loop.acquisition import AcquisitionConfig
 from loop.design.requirements import DesignConfig
 from loop.errors import InputError
-from loop.execution import ExecutionConfig
-from loop.funnel import FunnelConfig
-from loop.provider_crystals import OptimadeSettings
-from loop.screening_tiers import TiersConfig
-from loop.tracking import TrackingConfig
+from loop.runtime.execution import ExecutionConfig
+from loop.runtime.provider_crystals import OptimadeSettings
+from loop.runtime.screening_tiers import TiersConfig
+from loop.science.acquisition import AcquisitionConfig
+from loop.science.funnel import FunnelConfig
+from loop.science.verdicts import StabilityRule
+from loop.tracking.runs import TrackingConfig
 from loop.validation import discriminated_union, format_validation_error
-from loop.verdicts import StabilityRule
 from oracle.base import get_oracle_class
 from oracle.base import settings_models as oracle_settings_models
 
@@ -163,7 +163,7 @@ class ReferencesConfig(StrictModel):
     known compounds, one per composition, ranked by the pretrained emulator.
 
     With `source: optimade` the known crystals also include every structure of the target systems and their
-    subsystems that the OPTIMADE providers serve (`loop.provider_crystals`; queried once, cached in the workdir):
+    subsystems that the OPTIMADE providers serve (`loop.runtime.provider_crystals`; queried once, cached in the workdir):
     their elemental crystals up to `max_element_atoms` join the polymorphs, their compounds up to `max_atoms` the
     emulator's ranking, and all of them the funnel's novelty index, the substitution parents and the novelty
     verdicts.
@@ -207,7 +207,7 @@ class StopRule(StrictModel):
 
     Attributes:
         max_rounds: Rounds after round 0.
-        max_oracle_calls: Oracle calls of the discovery rounds (`loop.oracle_calls`: round 0's reference labels
+        max_oracle_calls: Oracle calls of the discovery rounds (`loop.views.oracle_calls`: round 0's reference labels
             are not calls).
         max_hours: Wall-clock hours since the campaign started.
         patience: Stop after this many consecutive rounds without a new stable or near-stable discovery.
@@ -240,7 +240,7 @@ class CampaignConfig(StrictModel):
         seed: Master random seed.
         chemical_systems: Target chemical systems, e.g. ["Cu-Au"]; elements joined by "-".
         near_stable: Threshold (eV/atom above the oracle hull) at or under which a labelled structure is a hit
-            (near-stable, or stable when on the hull); acquisition targets it too (see `loop.verdicts`).
+            (near-stable, or stable when on the hull); acquisition targets it too (see `loop.science.verdicts`).
         withhold: Known crystals hidden from the campaign so that it must find them again (rediscovery mode):
             material ids ("mp-1234"), reduced formulas of compounds inside the target systems ("LiAl"), or
             "all_compounds" (every known compound of the target systems). They are left out of the references,
@@ -252,9 +252,9 @@ class CampaignConfig(StrictModel):
         checkpoints: Which rounds' checkpoints stay on disk.
         design: The target application's requirements (`loop.design.requirements`): the funnel applies the
             composition rules to every candidate, the assess stage judges every hit against all of them and
-            keeps the shortlist (`loop.shortlist`).
+            keeps the shortlist (`loop.runtime.shortlist`).
         screening: Which funnel survivors the screening relaxes: a cheap batched estimate for all, relaxation for
-            the promising share (`loop.screening_tiers`).
+            the promising share (`loop.runtime.screening_tiers`).
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -348,7 +348,7 @@ class CampaignConfig(StrictModel):
 
     @property
     def stability_rule(self) -> StabilityRule:
-        """What stable, near-stable and a hit mean in this campaign (the one vocabulary, `loop.verdicts`)."""
+        """What stable, near-stable and a hit mean in this campaign (the one vocabulary, `loop.science.verdicts`)."""
         return StabilityRule(near_stable=self.near_stable)
 
     @property

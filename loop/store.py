@@ -21,7 +21,7 @@ from typing import Any
 from pymatgen.core import Structure
 
 from loop.errors import InputError
-from loop.structures import structure_from_json, structure_hash, structure_to_json
+from loop.science.structures import structure_from_json, structure_hash, structure_to_json
 
 # 2: the `generated` table (a round's generated candidates, formerly in the generate stage's report)
 SCHEMA_VERSION = 2
@@ -58,7 +58,7 @@ CREATE TABLE IF NOT EXISTS candidates (
     source TEXT NOT NULL,
     passed INTEGER NOT NULL,
     reason TEXT,                      -- why the funnel removed it
-    fingerprint TEXT,                 -- loop.fingerprint `to_str` of a candidate that passed
+    fingerprint TEXT,                 -- loop.science.fingerprint `to_str` of a candidate that passed
     PRIMARY KEY (round, hash)
 );
 CREATE TABLE IF NOT EXISTS predictions (
@@ -135,7 +135,7 @@ CREATE TABLE IF NOT EXISTS shortlist (
     round INTEGER NOT NULL,           -- judged at the end of this round
     hash TEXT NOT NULL,               -- the hit (the labelled structure)
     status TEXT NOT NULL,             -- pass (every requirement asked passes) | fail | unknown
-    row TEXT NOT NULL,                -- JSON: loop.shortlist.ShortlistRow.to_dict()
+    row TEXT NOT NULL,                -- JSON: loop.runtime.shortlist.ShortlistRow.to_dict()
     PRIMARY KEY (round, hash)
 );
 CREATE TABLE IF NOT EXISTS rounds (
@@ -181,7 +181,7 @@ class Generated:
 @dataclass(frozen=True)
 class FunnelOutcome:
     """The funnel's verdict on one generated candidate: `reason` says which filter removed it and why; a candidate
-    that passed keeps its fingerprint (`loop.fingerprint`), so later rounds index it without recomputing."""
+    that passed keeps its fingerprint (`loop.science.fingerprint`), so later rounds index it without recomputing."""
 
     hash: str
     source: str
@@ -220,7 +220,7 @@ class Query:
 
 @dataclass(frozen=True)
 class Verdict:
-    """A labelled structure judged on the oracle hull (`loop.verdicts`): E_hull eV/atom; a hit is stable or
+    """A labelled structure judged on the oracle hull (`loop.science.verdicts`): E_hull eV/atom; a hit is stable or
     near-stable."""
 
     hash: str

@@ -145,3 +145,72 @@ def test_function_import_check_catches_an_unexplained_import(tmp_path):
         "def g():\n    x = 1\n    import json\n    return x\n"
     )
     assert _function_imports(module) == [(3, True), (4, True), (8, False)]
+
+
+# -- the rooms of `loop` ----------------------------------------------------------------------------------------------
+# Which room of `loop` may import which (loop/README.md explains each line). A room is a sub-package (`loop.science`)
+# or a top-level module (`loop.config`); every room may import itself and the leaf rooms.
+_BASE = {"errors", "validation"}
+_SCIENCE = _BASE | {"science", "design"}
+LOOP_ROOMS: dict[str, set[str]] = {
+    "errors": set(),
+    "validation": {"errors"},
+    "science": _SCIENCE,  # the funnel applies the design section's composition rules (one implementation)
+    "design": _SCIENCE,  # the window needs the hull
+    "store": _BASE | {"science"},
+    "runtime": _SCIENCE | {"store"},
+    "config": _SCIENCE | {"runtime", "tracking"},  # the settings models of the rooms the config mirrors
+    "views": _SCIENCE | {"store", "config", "runtime"},
+    "stages": _SCIENCE | {"store", "config", "runtime", "views", "tracking"},
+    "tracking": _SCIENCE | {"store", "config", "runtime", "views", "report"},
+    "report": _SCIENCE | {"store", "config", "runtime", "views", "stages"},
+    "campaign": _SCIENCE | {"store", "config", "runtime", "views", "stages", "tracking", "report"},
+    "cli": _SCIENCE | {"store", "config", "runtime", "views", "stages", "tracking", "report", "campaign"},
+}
+# Narrower than the room: the report reads the order of the stages, never a stage module; the config reads the
+# tracking settings, never what a campaign logs.
+ONLY: dict[tuple[str, str], set[str]] = {
+    ("report", "stages"): {"loop.stages"},
+    ("config", "tracking"): {"loop.tracking", "loop.tracking.runs"},
+}
+
+
+def _room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "loop"
+
+
+def _wrong_room_imports(graph: dict[str, set[str]]) -> list[str]:
+    wrong = []
+    for module, deps in sorted(graph.items()):
+        here = _room(module)
+        for dep in sorted(deps):
+            there = _room(dep)
+            if here == there or there == "loop" or here == "loop":
+                continue
+            allowed = there in LOOP_ROOMS.get(here, set())
+            if allowed and (here, there) in ONLY:
+                allowed = dep in ONLY[(here, there)]
+            if not allowed:
+                wrong.append(f"{module} -> {dep}")
+    return wrong
+
+
+def test_every_module_of_loop_is_in_a_known_room():
+    assert sorted({_room(m) for m in _sources("loop")} - set(LOOP_ROOMS) - {"loop"}) == []
+
+
+def test_loop_rooms_import_only_what_their_rules_allow():
+    assert _wrong_room_imports(_graph(_sources("loop"))) == []
+
+
+def test_room_rules_catch_a_wrong_import():
+    graph = {
+        "loop.science.hull": {"loop.store"},
+        "loop.report.status": {"loop.stages.screen", "loop.stages"},
+        "loop.stages.screen": {"loop.science.hull"},
+    }
+    assert _wrong_room_imports(graph) == [
+        "loop.report.status -> loop.stages.screen",
+        "loop.science.hull -> loop.store",
+    ]

@@ -1,4 +1,4 @@
-"""`matloop assess FILES --design FILE`: the campaign's design stages (`loop.shortlist`) on any structures.
+"""`matloop assess FILES --design FILE`: the campaign's design stages (`loop.runtime.shortlist`) on any structures.
 
 The design file is a campaign config (its `design:` and `oracle:` sections) or a bare design section. With
 `--workdir` of a campaign, a structure that campaign labelled (matched by its structure hash, as given or as the
@@ -24,11 +24,11 @@ import yaml
 from loop.config import validate_config
 from loop.design.requirements import DesignConfig, load_design
 from loop.errors import InputError
-from loop.execution import ExecutionConfig, make_executor
-from loop.shortlist import ExpensiveStore, Subject, assess, rows_csv
+from loop.runtime.execution import ExecutionConfig, make_executor
+from loop.runtime.shortlist import ExpensiveStore, Subject, assess, rows_csv
+from loop.science.structures import read_structures, structure_hash
 from loop.stages.shared import current_hull
 from loop.store import CampaignStore
-from loop.structures import read_structures, structure_hash
 
 OUT_SUFFIXES = (".csv", ".json")
 

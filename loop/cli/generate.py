@@ -14,7 +14,7 @@ from generator.diffusion import iter_sample_batches, parse_conditions, validate_
 from generator.diffusion.adherence import AdherenceTally
 from generator.diffusion.sampler import SamplingOptions
 from loop.errors import InputError
-from loop.structures import write_structures
+from loop.science.structures import write_structures
 
 BATCH = 100
 

@@ -81,7 +81,7 @@ def _structures_out(out: Path) -> Path:
 
 def _not_running(workdir: Path) -> Path:
     """Refuse a campaign another process is running, before the rooms load (the lock itself is taken later)."""
-    from loop.control import LOCK_FILE, campaign_running  # light: fcntl only
+    from loop.runtime.control import LOCK_FILE, campaign_running  # light: fcntl only
 
     if campaign_running(workdir):
         _fail(f"{workdir}: another matloop process is running this campaign (see {workdir / LOCK_FILE})")
@@ -118,7 +118,7 @@ def label(
 ) -> None:
     """Run the oracle on structures; a structure already labelled with the same settings is not recomputed."""
     _folder_path(workdir, "--workdir")
-    from loop.labelling import label_files  # the oracle room (ASE, pymatgen)
+    from loop.runtime.labelling import label_files  # the oracle room (ASE, pymatgen)
 
     rows = label_files(files, oracle_name=oracle, config_path=config, workdir=workdir)
     if as_json:
@@ -126,7 +126,7 @@ def label(
         return
     from rich.table import Table  # the table only for human output
 
-    from loop.report import make_console
+    from loop.report.status import make_console
 
     table = Table(title=f"oracle labels ({workdir})")
     for col in (
@@ -186,7 +186,7 @@ def assess(
     as_json: JsonOpt = False,
 ) -> None:
     """Judge structures against design requirements (band gap, window, conductivity, phonons, thermal, ...)."""
-    from loop.assess_cmd import assess_files  # the design checks (pymatgen, the MLFF)
+    from loop.cli.assess import assess_files  # the design checks (pymatgen, the MLFF)
 
     rows = assess_files(
         files, design_path=design, workdir=workdir, checkpoint=checkpoint, out=out, workers=workers
@@ -194,7 +194,7 @@ def assess(
     if as_json:
         _emit_json(rows)
         return
-    from loop.report import make_console, shortlist_table  # rich tables: human output only
+    from loop.report.status import make_console, shortlist_table  # rich tables: human output only
 
     make_console().print(shortlist_table(rows, title="design assessment"))
     if out is not None:
@@ -204,7 +204,7 @@ def assess(
 @app.command()
 def status(workdir: WorkdirOpt, as_json: JsonOpt = False) -> None:
     """Round, stage, counts, hit rate per round and best discoveries of a campaign (during or after a run)."""
-    from loop.report import campaign_status, render_status  # the store and hull (pymatgen)
+    from loop.report.status import campaign_status, render_status  # the store and hull (pymatgen)
 
     info = campaign_status(_existing_workdir(workdir))
     if as_json:
@@ -231,7 +231,7 @@ def run(
     if as_json:
         _emit_json(summary)
     else:
-        from loop.report import render_summary  # rich tables, only for human output
+        from loop.report.status import render_summary  # rich tables, only for human output
 
         render_summary(summary)
 
@@ -250,7 +250,7 @@ def daemon(config: Annotated[Path, typer.Argument(help="Campaign YAML.")], workd
 @app.command()
 def stop(workdir: WorkdirOpt) -> None:
     """Ask a running daemon to stop once the calculation (or stage) under way is stored."""
-    from loop.control import request_stop  # light: no room is imported to ask a campaign to stop
+    from loop.runtime.control import request_stop  # light: no room is imported to ask a campaign to stop
 
     typer.echo(request_stop(_existing_workdir(workdir)))
 
@@ -260,7 +260,8 @@ def export(
     workdir: WorkdirOpt,
     out: Annotated[Path, typer.Option("--out", help="Output folder (CIFs + summary.csv).")],
     hits_only: Annotated[
-        bool, typer.Option("--hits", help="Only hits: stable and near-stable discoveries (loop.verdicts).")
+        bool,
+        typer.Option("--hits", help="Only hits: stable and near-stable discoveries (loop.science.verdicts)."),
     ] = False,
     stable_alias: Annotated[
         bool,
@@ -271,7 +272,7 @@ def export(
     as_json: JsonOpt = False,
 ) -> None:
     """Write the campaign's labelled structures (or only its hits) as CIFs plus a CSV summary."""
-    from loop.report import export_discoveries  # the store and hull (pymatgen)
+    from loop.report.status import export_discoveries  # the store and hull (pymatgen)
 
     _existing_workdir(workdir)
     if out.exists() and not out.is_dir():
@@ -298,7 +299,7 @@ def report(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out file.")] = False,
 ) -> None:
     """Write the campaign's science report: hull, hit rates, emulator error, calibration, yield, discoveries."""
-    from loop.science_report import write_report  # matplotlib and the hull
+    from loop.report.science import write_report  # matplotlib and the hull
 
     _folder_path(out.parent, "--out's folder")
     path = write_report(workdir=workdir, out=out, overwrite=force)
@@ -317,7 +318,7 @@ def predict(
     as_json: JsonOpt = False,
 ) -> None:
     """Ensemble mean ± std of energy per atom (eV/atom), forces (eV/Å) and stress (GPa)."""
-    from loop.structures import read_structures  # pymatgen and ASE readers
+    from loop.science.structures import read_structures  # pymatgen and ASE readers
 
     named = read_structures(files)
     from emulator.tasks import predict_table  # torch and chgnet
@@ -371,7 +372,7 @@ def screen(
 ) -> None:
     """Screen structures in tiers (funnel, cheap batched estimate, relaxation of the promising share) against a
     campaign's hull (--workdir) or the known crystals of a config's chemistry (--config); one table row each."""
-    from loop.screen_cmd import run_screen  # pymatgen, and torch once screening starts
+    from loop.cli.screen import run_screen  # pymatgen, and torch once screening starts
 
     info = run_screen(
         files=files or [],
@@ -428,7 +429,7 @@ def generate(
 ) -> None:
     """Sample crystals from the diffusion model (written batch by batch, so a kill loses at most one batch)."""
     _structures_out(out)
-    from loop.generate_cmd import generate_to_file  # the diffusion model (torch)
+    from loop.cli.generate import generate_to_file  # the diffusion model (torch)
 
     info = generate_to_file(
         n=n,
@@ -463,7 +464,7 @@ def ui(
     if isinstance(cmd, str):
         typer.echo(f"this campaign reports to the MLflow server at {cmd}: open that address")
         return
-    from loop.campaign_tracking import ui_address  # mlflow
+    from loop.tracking.campaign import ui_address  # mlflow
 
     typer.echo(f"MLflow UI on {ui_address(workdir, port=port)} (Ctrl-C to stop)")
     os.execvp(cmd[0], cmd)
@@ -473,8 +474,8 @@ def ui(
 def sync_tracking(workdir: WorkdirOpt, as_json: JsonOpt = False) -> None:
     """Log to MLflow what a campaign could not log while its tracking backend was down (never loses a round)."""
     _not_running(_existing_workdir(workdir))
-    from loop.campaign_tracking import sync_tracking_in  # mlflow
-    from loop.tracking import TrackingUnavailable  # pydantic (0.13 s); already loaded by the line above
+    from loop.tracking.campaign import sync_tracking_in  # mlflow
+    from loop.tracking.runs import TrackingUnavailable  # pydantic (0.13 s); already loaded by the line above
 
     try:
         info = sync_tracking_in(workdir)
@@ -565,7 +566,3 @@ def main() -> None:
         else:
             typer.echo(f"matloop: error: {_usage_line(exc)}", err=True)
         sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """`matloop screen`: screen structures from files, or freshly sampled ones, in tiers; write one row per structure.
 
-The tiers are the campaign's (`loop.screening_tiers`, `loop.stages.screen`): the funnel (validity, charge balance,
+The tiers are the campaign's (`loop.runtime.screening_tiers`, `loop.stages.screen`): the funnel (validity, charge balance,
 dedup, novelty against the bundled crystals and, with a workdir, everything the campaign stored), the cheap
 batched estimate, and the emulator relaxation of the promising share, placed on a hull:
 
@@ -32,7 +32,7 @@ from pymatgen.core import Structure
 
 from loop.config import CampaignConfig, load_config, validate_config
 from loop.errors import InputError
-from loop.structures import read_structures
+from loop.science.structures import read_structures
 
 TABLE_SUFFIXES = (".csv", ".json")
 STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".extxyz", ".xyz", ".json")
@@ -152,7 +152,7 @@ def sample(config: CampaignConfig, *, n: int, seed: int) -> list[tuple[str, Stru
     # deferred: each path loads only what it uses (the store, the diffusion model, torch for screening)
     from generator.diffusion import iter_sample_batches, parse_conditions
     from generator.diffusion.sampler import SamplingOptions
-    from loop.progress import progress
+    from loop.runtime.progress import progress
 
     systems = config.chemical_systems
     out: list[tuple[str, Structure]] = []
@@ -175,8 +175,8 @@ def sample(config: CampaignConfig, *, n: int, seed: int) -> list[tuple[str, Stru
 def emulator_hull(config: CampaignConfig, *, executor: Any) -> Any:
     """The emulator's own hull: the known crystals of the chemical systems relaxed by the pretrained emulator."""
     # deferred: each path loads only what it uses (the store, the diffusion model, torch for screening)
-    from loop.hull import HullEntry, OracleHull
-    from loop.progress import progress
+    from loop.runtime.progress import progress
+    from loop.science.hull import HullEntry, OracleHull
     from loop.stages.references import reference_pool
     from loop.stages.screen import relax_structures
 
@@ -217,9 +217,9 @@ def screen_structures(
     (`config.screening`; `relax_all` relaxes every funnel survivor)."""
     # deferred: each path loads only what it uses (the store, the diffusion model, torch for screening)
     from generator.base import Candidate
-    from loop.funnel import Funnel, KnownIndex
-    from loop.progress import progress
-    from loop.screening_tiers import cheap_estimates, relaxed_share
+    from loop.runtime.progress import progress
+    from loop.runtime.screening_tiers import cheap_estimates, relaxed_share
+    from loop.science.funnel import Funnel, KnownIndex
     from loop.stages.screen import relax_structures
     from loop.stages.shared import current_hull, known_index
 
@@ -369,7 +369,7 @@ def run_screen(
     started = time.time()
     named = read_structures(expand_inputs(files)) if files else []
     # deferred: each path loads only what it uses (the store, the diffusion model, torch for screening)
-    from loop.execution import make_executor
+    from loop.runtime.execution import make_executor
 
     seconds = {}
     with make_executor(config.execution) as executor:

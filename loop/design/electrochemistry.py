@@ -23,7 +23,7 @@ from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.core import Composition, Element
 
 from loop.errors import InputError
-from loop.hull import HullEntry
+from loop.science.hull import HullEntry
 
 # How far below the hull a phase above it is placed, so that it is an equilibrium phase of the profile, eV/atom.
 _ONTO_HULL = 1e-6

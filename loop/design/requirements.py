@@ -3,10 +3,10 @@ implementation.
 
 Every requirement judges one structure to a `RequirementResult` (pass / fail / unknown, with its value). The
 composition rules (elements, cost) need nothing but the formula, so the funnel applies them to every generated
-candidate by calling the same `assess` methods (`loop.funnel`); the density rule needs a relaxed cell and the band
-gap an oracle calculation, so they are judged on labelled structures only (`loop.shortlist`). The electrochemical
+candidate by calling the same `assess` methods (`loop.science.funnel`); the density rule needs a relaxed cell and the band
+gap an oracle calculation, so they are judged on labelled structures only (`loop.runtime.shortlist`). The electrochemical
 window (`loop.design.electrochemistry`), the Li-ion conductivity, the phonons and the thermal stability are judged
-in `loop.shortlist`, the last three by molecular dynamics or phonon calculations with the MLFF.
+in `loop.runtime.shortlist`, the last three by molecular dynamics or phonon calculations with the MLFF.
 
 Units: band gap eV, conductivity mS/cm, temperatures K, durations ps, voltages V vs Li/Li+, densities g/cm³,
 phonon frequencies THz, HHI on pymatgen's 0-10000 scale.
@@ -362,7 +362,7 @@ class DesignConfig(_Strict):
 
     A requirement left out (null) is not asked; its column then reads "unknown" in the shortlist. The funnel
     applies `elements` and `cost` to every generated candidate; everything else is judged on the campaign's hits
-    (`loop.shortlist`), cheapest first, the expensive checks only on hits that passed every cheaper one and the
+    (`loop.runtime.shortlist`), cheapest first, the expensive checks only on hits that passed every cheaper one and the
     thermal check last.
 
     Attributes:

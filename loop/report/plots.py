@@ -20,10 +20,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 from pymatgen.core import Composition, Element
 from scipy.special import erf
-from scipy.stats import spearmanr
 
+from emulator.calibration import calibration_metrics
 from loop.errors import InputError
-from loop.hull import HullEntry, HullError, OracleHull
+from loop.science.emulator_errors import emulator_metrics, finite_pairs
+from loop.science.hull import HullEntry, HullError, OracleHull
 
 DEFAULT_STAGES = ("generated", "passed_funnel", "queried", "stable")
 
@@ -61,17 +62,15 @@ def plot_parity(
     Raises:
         PlotError: Lengths differ or no finite pair remains.
     """
-    pred = np.asarray(predicted, dtype=float).reshape(-1)
-    ref = np.asarray(oracle, dtype=float).reshape(-1)
-    std = None if predicted_std is None else np.asarray(predicted_std, dtype=float).reshape(-1)
-    if pred.shape != ref.shape or (std is not None and std.shape != pred.shape):
+    n = np.asarray(predicted).size
+    if np.asarray(oracle).size != n or (predicted_std is not None and np.asarray(predicted_std).size != n):
         raise PlotError("predicted, oracle and predicted_std must have one value per structure")
-    keep = np.isfinite(pred) & np.isfinite(ref)
-    if not keep.any():
+    pred, std, ref = finite_pairs(predicted, predicted_std, oracle)
+    if not len(pred):
         raise PlotError("no finite (predicted, oracle) pair to plot; label some structures first")
-    pred, ref = pred[keep], ref[keep]
-    std = None if std is None else std[keep]
-    mae = float(np.mean(np.abs(pred - ref)))
+    mae = calibration_metrics(predicted=pred, std=np.zeros_like(pred) if std is None else std, target=ref)[
+        "mae"
+    ]
     fig = _new_figure((5.0, 5.0))
     ax = fig.add_subplot()
     ax.errorbar(
@@ -523,15 +522,16 @@ def plot_calibration(
     ax1.set_xlabel("ensemble σ (meV/atom)")
     ax1.set_ylabel("|emulator − oracle| (meV/atom)")
     title = f"σ against |error| (n = {s.size})"
-    if s.size >= 3 and np.ptp(s) > 0 and np.ptp(e) > 0:
-        title += f", Spearman {spearmanr(s, e).statistic:+.2f}"
+    # The figures the update stage records, from the same definition (`loop.science.emulator_errors`).
+    m = emulator_metrics(list(zip(e, s, np.zeros_like(e), strict=True)))
+    if "emulator_spearman_std_err" in m:
+        title += f", Spearman {m['emulator_spearman_std_err']:+.2f}"
     ax1.set_title(title, fontsize=10)
     ax1.legend(fontsize=7, loc="upper left")
     k = np.linspace(0, 3, 121)
     ax2.plot(k, erf(k / np.sqrt(2)), "--", color="k", lw=1, label="calibrated (Gaussian)")
     ax2.plot(k, [(e <= kk * s).mean() for kk in k], "-", color="tab:blue", lw=1.8, label="observed")
-    for kk in (1, 2):
-        frac = float((e <= kk * s).mean())
+    for kk, frac in ((1, m["emulator_within_1sigma"]), (2, m["emulator_within_2sigma"])):
         ax2.plot([kk], [frac], "o", color="tab:blue")
         ax2.annotate(f"{100 * frac:.0f} % within {kk}σ", (kk, frac), xytext=(6, -12), textcoords="offset points",
                      fontsize=8)  # fmt: skip

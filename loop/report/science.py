@@ -1,8 +1,8 @@
 """The science report of a campaign: one self-contained HTML file a scientist reads (`matloop report`).
 
 Everything is read from the campaign store, during or after a run, with the one stability vocabulary of
-`loop.verdicts`. The discoveries are judged against the campaign's *final* oracle hull (every successful label with
-the campaign's oracle settings); the per-round figures are `loop.round_science`'s, each round judged on the hull at
+`loop.science.verdicts`. The discoveries are judged against the campaign's *final* oracle hull (every successful label with
+the campaign's oracle settings); the per-round figures are `loop.views.round_science`'s, each round judged on the hull at
 its end, the same numbers MLflow and `matloop status` show. Figures are embedded as base64 PNG, structures as inline
 SVG and CIF data links; the file loads nothing from anywhere and runs no script.
 
@@ -36,16 +36,19 @@ from pymatgen.io.cif import CifWriter
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 import oracle  # noqa: F401  (registers the oracles)
-from loop import plots
-from loop.acquisition import PrecomputedEnsembleRegressor, candidate_matrix, get_strategy
-from loop.candidate_pool import first_round
 from loop.config import CampaignConfig
 from loop.design.requirements import REQUIREMENTS, UNITS
 from loop.errors import InputError
-from loop.hull import HullEntry, OracleHull
-from loop.novelty import Novelty, stored_novelty
-from loop.report import known_hull_distance, next_stage, space_group
-from loop.round_science import (
+from loop.report import plots
+from loop.report.status import known_hull_distance, next_stage, space_group
+from loop.report.structure_view import structure_svg
+from loop.science.acquisition import PrecomputedEnsembleRegressor, candidate_matrix, get_strategy
+from loop.science.hull import HullEntry, OracleHull
+from loop.science.verdicts import StabilityRule, Verdict
+from loop.store import CampaignStore, StoredResult, StructureRow
+from loop.views.candidate_pool import first_round
+from loop.views.novelty import Novelty, stored_novelty
+from loop.views.round_science import (
     RoundScience,
     campaign_science,
     origin,
@@ -54,9 +57,6 @@ from loop.round_science import (
     round_hull,
     round_roles,
 )
-from loop.store import CampaignStore, StoredResult, StructureRow
-from loop.structure_view import structure_svg
-from loop.verdicts import StabilityRule, Verdict
 from oracle.base import OracleSettings, get_oracle_class
 
 
@@ -181,7 +181,7 @@ class Discovery:
     predicted_std: float | None
     rediscovers: str | None = None
     vs_known: float | None = None
-    novelty: Novelty | None = None  # new, or the known crystal it is (`loop.novelty`)
+    novelty: Novelty | None = None  # new, or the known crystal it is (`loop.views.novelty`)
 
 
 @dataclass
@@ -208,14 +208,14 @@ class ScienceData:
     stopped_because: str | None
     n_references: int
     reference_ids: dict[str, str]
-    rounds: list[RoundScience]  # rounds >= 1 (`loop.round_science`: what MLflow and status read too)
+    rounds: list[RoundScience]  # rounds >= 1 (`loop.views.round_science`: what MLflow and status read too)
     calls: list[Call]
     discoveries: list[Discovery]
     withheld: list[Withheld]
     withheld_without_structure: list[str]
     calibration: list[tuple[int, float, float]]  # (round, σ, |error|) eV/atom
     source_yield: dict[str, dict[str, int]]
-    hull: Any = None  # loop.hull.OracleHull, None before any label
+    hull: Any = None  # loop.science.hull.OracleHull, None before any label
     notes: list[str] = field(default_factory=list)
     structures: dict[str, Structure] = field(
         default_factory=dict
@@ -223,9 +223,13 @@ class ScienceData:
     pool: list[PoolCandidate] = field(default_factory=list)  # the last round's screened candidates
     pool_round: int | None = None
     strategy: str = ""
-    prevalence: dict[int, tuple[float, int]] = field(default_factory=dict)  # `loop.round_science.prevalence`
+    prevalence: dict[int, tuple[float, int]] = field(
+        default_factory=dict
+    )  # `loop.views.round_science.prevalence`
     round_hulls: list[tuple[int, Any, dict[str, str]]] = field(default_factory=list)  # (round, hull, roles)
-    shortlist: list[dict[str, Any]] = field(default_factory=list)  # `loop.shortlist` rows of the latest round
+    shortlist: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # `loop.runtime.shortlist` rows of the latest round
 
 
 # -- reading the store ------------------------------------------------------------------------------------------------
@@ -561,7 +565,7 @@ def _utilities(
     config: Mapping[str, Any], mean: Sequence[float], std: Sequence[float], formulas: Sequence[str]
 ) -> list[float | None]:
     """The campaign's acquisition utility of each candidate (before the diversity penalty), as the acquire stage
-    computes it with `loop.acquisition` (`p_ground_state` weighs the candidates of one formula against each
+    computes it with `loop.science.acquisition` (`p_ground_state` weighs the candidates of one formula against each
     other); None for a candidate that cannot be placed, or for all when the stored config is not readable."""
     try:
         campaign = CampaignConfig.model_validate(config)
@@ -952,7 +956,7 @@ _STATUS_TAG = {"pass": "stable", "fail": "unstable", "unknown": "near_stable"}
 
 
 def _shortlist_section(data: ScienceData) -> list[str]:
-    """Every hit against the design requirements (`loop.shortlist`): one row per hit, one column per requirement
+    """Every hit against the design requirements (`loop.runtime.shortlist`): one row per hit, one column per requirement
     with its value and pass / fail / unknown; requirements the design does not ask are shown greyed."""
     if not data.shortlist:
         return []

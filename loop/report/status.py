@@ -14,14 +14,14 @@ from rich.console import Console
 from rich.table import Table
 
 from loop.design.requirements import REQUIREMENTS
-from loop.hull import HullEntry, OracleHull
-from loop.novelty import stored_novelty
-from loop.oracle_calls import oracle_calls, reference_labels
-from loop.round_science import campaign_science, origin
-from loop.shortlist import ShortlistRow, rows_csv
+from loop.runtime.shortlist import ShortlistRow, rows_csv
+from loop.science.hull import HullEntry, OracleHull
+from loop.science.verdicts import StabilityRule
 from loop.stages import stages_of
 from loop.store import CampaignStore, StoredResult, StructureRow
-from loop.verdicts import StabilityRule
+from loop.views.novelty import stored_novelty
+from loop.views.oracle_calls import oracle_calls, reference_labels
+from loop.views.round_science import campaign_science, origin
 
 
 def stability_rule(store: CampaignStore) -> StabilityRule:
@@ -96,7 +96,7 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
         rule = stability_rule(store)
         rnd, stage = next_stage(store)
         per_round = []
-        # The figures MLflow logs and the science report tables: one computation (`loop.round_science`).
+        # The figures MLflow logs and the science report tables: one computation (`loop.views.round_science`).
         science = {s.round: s for s in campaign_science(store)}
         for r in store.rounds():
             summary = r.summary or {}
@@ -159,7 +159,7 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
         novelty = stored_novelty(store)
         for d in discoveries:
             d["vs_known"] = vs_known.get(d["hash"])
-            # "new" or "known: <provider> <id>" (`loop.novelty`); a known one is a rediscovery, not new
+            # "new" or "known: <provider> <id>" (`loop.views.novelty`); a known one is a rediscovery, not new
             found = novelty.get(d["hash"])
             d["novelty"] = None if found is None else found.label
             d["known_url"] = None if found is None else found.url
@@ -182,7 +182,7 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
             "round": rnd,
             "stage": stage or "done",
             "stopped_because": store.get_meta("stopped_because"),
-            # `loop.oracle_calls`: the stop rule's count; round 0's reference labels apart
+            # `loop.views.oracle_calls`: the stop rule's count; round 0's reference labels apart
             "oracle_calls": oracle_calls(store),
             "reference_labels": reference_labels(store),
             "max_oracle_calls": (config.get("stop") or {}).get("max_oracle_calls"),
@@ -192,7 +192,7 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
             "n_discoveries": len(discoveries),
             "n_new_discoveries": sum(1 for d in discoveries if not (d["novelty"] or "").startswith("known")),
             "n_rediscoveries": sum(1 for d in discoveries if (d["novelty"] or "").startswith("known")),
-            # every hit judged against the design requirements (`loop.shortlist`), passing first
+            # every hit judged against the design requirements (`loop.runtime.shortlist`), passing first
             "shortlist": shortlist,
             "n_shortlisted": sum(1 for r in shortlist if r["status"] == "pass"),
             "mlflow": tracking.get("tracking_uri")
@@ -352,9 +352,9 @@ def export_discoveries(workdir: Path, *, out: Path, hits_only: bool) -> dict[str
     """Write labelled structures (or only the campaign's discoveries, i.e. its hits) as CIFs plus `summary.csv`.
 
     Columns: hash, formula, natoms, round, source, energy_per_atom (eV/atom), e_hull (eV/atom), verdict
-    (stable / near_stable / unstable / unplaced, `loop.verdicts`), stable (0/1), hit (0/1), novelty ("new" or
-    "known: <provider> <id>", `loop.novelty`; empty for references), known_url. When the campaign has a shortlist,
-    `shortlist.csv` beside it holds every hit's row against the design requirements (`loop.shortlist.rows_csv`).
+    (stable / near_stable / unstable / unplaced, `loop.science.verdicts`), stable (0/1), hit (0/1), novelty ("new" or
+    "known: <provider> <id>", `loop.views.novelty`; empty for references), known_url. When the campaign has a shortlist,
+    `shortlist.csv` beside it holds every hit's row against the design requirements (`loop.runtime.shortlist.rows_csv`).
     """
     store = CampaignStore.in_workdir(workdir)
     try:
@@ -415,7 +415,7 @@ def export_discoveries(workdir: Path, *, out: Path, hits_only: bool) -> dict[str
                 )
         shortlist = store.shortlist()
         if shortlist:
-            # every hit against the design requirements, passing first (`loop.shortlist`)
+            # every hit against the design requirements, passing first (`loop.runtime.shortlist`)
             (out / "shortlist.csv").write_text(rows_csv([ShortlistRow.from_dict(r) for r in shortlist]))
         return {"n": len(chosen), "csv": str(csv_path), "out": str(out), "n_shortlist_rows": len(shortlist)}
     finally:

@@ -1,6 +1,6 @@
 """Worker functions of the expensive design checks (MLFF molecular dynamics and phonons), for Dask or this process.
 
-Plain data in and out, as `loop.tasks`: a structure as a dict, the check's settings as a dict, the emulator
+Plain data in and out, as `loop.runtime.tasks`: a structure as a dict, the check's settings as a dict, the emulator
 checkpoint as a path string. Each returns `RequirementResult.to_dict()` plus `wall_time` (s); a check that cannot
 be run on a structure (the model cannot evaluate it, a bad cell) comes back as "unknown" with the reason, so one
 poisonous structure never stops a campaign.
@@ -21,7 +21,7 @@ from loop.design.conductivity import ionic_conductivity
 from loop.design.dynamical import dynamical_stability
 from loop.design.requirements import RequirementResult, Status, unknown
 from loop.design.thermal import thermal_stability
-from loop.tasks import _pin_threads
+from loop.runtime.tasks import _pin_threads
 
 
 def _conductivity(

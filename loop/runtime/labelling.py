@@ -13,9 +13,9 @@ from pymatgen.core import Structure
 
 from generator.sanity import MIN_DISTANCE, shortest_distance
 from loop.errors import InputError
-from loop.execution import TaskQuarantined, task_result
+from loop.runtime.execution import TaskQuarantined, task_result
+from loop.science.structures import read_structures
 from loop.store import CampaignStore, StoredResult
-from loop.structures import read_structures
 from loop.validation import validate_oracle_settings
 from oracle.base import CalculationFailed, OracleError, OracleResult, make_oracle
 
@@ -82,8 +82,8 @@ def mark_duplicates(store: CampaignStore, hashes: Sequence[str], *, settings_has
     )
     if not todo:
         return {}
-    # torch (~3 s): loop.funnel pulls in the generator room, needed only when there is something to match.
-    from loop.funnel import KnownIndex
+    # torch (~3 s): loop.science.funnel pulls in the generator room, needed only when there is something to match.
+    from loop.science.funnel import KnownIndex
 
     index = KnownIndex()
     indexed = 0

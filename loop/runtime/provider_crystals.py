@@ -8,7 +8,7 @@ once and atomically, so a resumed campaign never queries again and runs offline.
 queries (`fetch_provider_crystals`); everything after it reads the cache (`cached_provider_crystals`).
 
 The crystals feed the round-0 references, the funnel's novelty index, the substitution parents and the novelty
-verdicts (`loop.novelty`). Withholding applies to them as to the bundled ones: a crystal whose id or formula is
+verdicts (`loop.views.novelty`). Withholding applies to them as to the bundled ones: a crystal whose id or formula is
 withheld, or that is the same crystal (StructureMatcher) as a withheld bundled one, is left out of everything but
 the novelty verdict, which says it was withheld.
 

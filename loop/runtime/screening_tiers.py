@@ -1,7 +1,7 @@
 """Screening in tiers: a cheap estimate for every funnel survivor, relaxation for the promising share.
 
 The cheap tier is the emulator ensemble's energy after a few steps of the screening relaxation (`steps`; 0: one
-batched, energy-only prediction at the geometry as generated, `loop.tasks.estimate_chunk`), placed against the same
+batched, energy-only prediction at the geometry as generated, `loop.runtime.tasks.estimate_chunk`), placed against the same
 hull as the relaxed screening. Relaxation only lowers a candidate's energy, so its cheap E_hull is an upper estimate
 of its relaxed one: generated cells sit up to eV/atom above their minimum, most of it gone after the first steps.
 The cut therefore keeps a margin above the hull and the best share whatever their estimate (see `TiersConfig`). Candidates left at the cheap tier are stored with their estimate (`loop.stages.screen`) but are not
@@ -22,8 +22,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pymatgen.core import Structure
 
-from loop.execution import TaskQuarantined
-from loop.hull import OracleHull
+from loop.runtime.execution import TaskQuarantined
+from loop.science.hull import OracleHull
 
 # Structures per cheap-tier task: one model load and a few batched forward passes; large enough that the task
 # overhead is small, small enough that progress is seen and a quarantined task loses little.
@@ -133,7 +133,7 @@ def cheap_estimates(
 ) -> list[CheapEstimate]:
     """The cheap tier of `structures` (in order), placed on `hull`: one batched energy-only ensemble prediction
     each at the given geometry, or with `steps` > 0 the ensemble energy after that many relaxation steps (the
-    screening relaxation, `loop.tasks.relax_chunk`, stopped early).
+    screening relaxation, `loop.runtime.tasks.relax_chunk`, stopped early).
 
     Args:
         structures: The candidates at their generated geometry.
@@ -148,7 +148,7 @@ def cheap_estimates(
     if not structures:
         return []
     # torch and the emulator: not at config-parsing time
-    from loop.tasks import estimate_chunk, relax_chunk
+    from loop.runtime.tasks import estimate_chunk, relax_chunk
 
     dicts = [s.as_dict() for s in structures]
     size = ESTIMATE_CHUNK if steps == 0 else SHORT_RELAX_CHUNK

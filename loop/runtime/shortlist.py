@@ -5,7 +5,7 @@ Order of the funnel's last stages (`loop.design.requirements`):
    oracle's own calculation, electrochemical stability window against Li from the hull;
 2. the expensive ones by MLFF (conductivity by MD, then phonons, then thermal stability by MD, always last), each
    only on structures that failed nothing so far when it is listed in `design.expensive`, through the campaign's
-   executor (`loop.assessment_tasks.run_check`, one task per structure), each result stored as it completes and
+   executor (`loop.runtime.assessment_tasks.run_check`, one task per structure), each result stored as it completes and
    never computed twice under the same settings.
 
 A row's status: "pass" when every requirement the design asks passes, "fail" when one fails, else "unknown" (one
@@ -37,9 +37,9 @@ from loop.design.requirements import (
     judge_window,
     unknown,
 )
-from loop.execution import TaskQuarantined, task_result
-from loop.hull import HullEntry
-from loop.progress import progress
+from loop.runtime.execution import TaskQuarantined, task_result
+from loop.runtime.progress import progress
+from loop.science.hull import HullEntry
 
 log = logging.getLogger("matloop")
 
@@ -223,7 +223,7 @@ def assess(
     Args:
         hull_entries: The hull of the window (None: the window is unknown).
         results: Stored expensive results and where new ones go.
-        executor: The campaign's executor (`loop.execution.Executor`); None or inline: this process.
+        executor: The campaign's executor (`loop.runtime.execution.Executor`); None or inline: this process.
         checkpoint: The MLFF's emulator checkpoint directory; None: the shipped CHGNet.
         should_stop: Asked after each stored result; once True, no further check starts (the rows then hold
             "unknown: not run" for what is left, and `ExpensiveReport.stopped` says so).
@@ -310,7 +310,7 @@ def _run_tier(
 ) -> dict[str, dict[str, Any]]:
     """Run one expensive check on the structures with no stored result; returns every result by structure hash."""
     # the MLFF checks load CHGNet, torch and phonopy: only once an expensive check is asked
-    from loop.assessment_tasks import run_check
+    from loop.runtime.assessment_tasks import run_check
 
     key = design.settings_key(requirement)
     settings = design.check_settings(requirement)

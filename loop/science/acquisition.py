@@ -35,7 +35,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.metrics import pairwise_distances
 
 from loop.errors import InputError
-from loop.verdicts import StabilityRule
+from loop.science.verdicts import StabilityRule
 
 # Floor on the ensemble spread, eV/atom: a zero std would make the Gaussian probability a step function (0/0 at the
 # threshold) and tells nothing more than "very sure".

@@ -2,7 +2,7 @@
 
 Filters run cheapest first; each candidate is removed by the first filter it fails, and the report counts
 removals per filter with a reason per candidate (these become funnel metrics). Deduplication pre-buckets by
-reduced formula and a neighbour-distance fingerprint (`loop.fingerprint`) and calls pymatgen's
+reduced formula and a neighbour-distance fingerprint (`loop.science.fingerprint`) and calls pymatgen's
 StructureMatcher only inside a bucket, on structures reduced once and cached.
 
 Units: distances Å, volumes Å³/atom, HHI on pymatgen's 0-10000 scale.
@@ -24,7 +24,7 @@ from generator.chemistry import is_charge_balanced, parse_chemical_system
 from generator.sanity import MIN_DISTANCE
 from generator.seeds import SPLITS, Withholding, seed_loaders
 from loop.design.requirements import DesignConfig
-from loop.fingerprint import Fingerprint, fingerprint
+from loop.science.fingerprint import Fingerprint, fingerprint
 
 FILTERS = (
     "elements",

@@ -28,7 +28,7 @@ from pymatgen.core import Composition, DummySpecies, Element
 from pymatgen.entries.computed_entries import ComputedEntry
 
 from loop.errors import InputError
-from loop.verdicts import STABLE_TOLERANCE
+from loop.science.verdicts import STABLE_TOLERANCE
 
 
 class HullError(InputError, ValueError):

@@ -13,18 +13,18 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Structure
 
-from loop.acquisition import select_structures
 from loop.config import CampaignConfig
-from loop.oracle_calls import oracle_calls
+from loop.science.acquisition import select_structures
 from loop.stages.base import StageContext
 from loop.store import CampaignStore, Prediction, Query
+from loop.views.oracle_calls import oracle_calls
 
 log = logging.getLogger("matloop")
 
 
 def oracle_calls_left(config: CampaignConfig, store: CampaignStore) -> int | None:
     """Oracle calls the stop rule still allows (`stop.max_oracle_calls` minus the calls made, as
-    `loop.oracle_calls` counts them: round 0's references are not calls); None without that rule."""
+    `loop.views.oracle_calls` counts them: round 0's references are not calls); None without that rule."""
     limit = config.stop.max_oracle_calls
     if limit is None:
         return None
@@ -38,9 +38,9 @@ def one_per_crystal(
 
     Candidates the funnel saw as different can relax onto one crystal: in the Li-Co-O pool 17 diffusion samples
     ended as one LiCoO2 under the oracle. A second label of a crystal is a call spent on no new information
-    (`loop.labelling.mark_duplicates` flags it as a duplicate afterwards), so a candidate is dropped when its
+    (`loop.runtime.labelling.mark_duplicates` flags it as a duplicate afterwards), so a candidate is dropped when its
     relaxed structure is the crystal (pymatgen `StructureMatcher` inside the funnel's formula buckets,
-    `loop.funnel.KnownIndex`) of a labelled structure or of a candidate kept before it.
+    `loop.science.funnel.KnownIndex`) of a labelled structure or of a candidate kept before it.
 
     Args:
         candidates: Relaxed structures, in order of preference (the first of a crystal is kept).
@@ -49,7 +49,7 @@ def one_per_crystal(
     if not candidates:
         return []
     # torch (~3 s) comes with the generator room: imported only when there are candidates.
-    from loop.funnel import KnownIndex
+    from loop.science.funnel import KnownIndex
 
     index = KnownIndex()
     for formula, loader in labelled:

@@ -1,7 +1,7 @@
-"""Assess: judge every hit of the campaign against the design requirements and keep the shortlist (`loop.shortlist`).
+"""Assess: judge every hit of the campaign against the design requirements and keep the shortlist (`loop.runtime.shortlist`).
 
 It runs every round, after the hull update and the retraining and before tracking, on every hit the campaign has
-queried (its discoveries, `loop.verdicts`) on this round's hull:
+queried (its discoveries, `loop.science.verdicts`) on this round's hull:
 * the cheap requirements are recomputed for all of them each round, because the hull they lean on (the window,
   E_hull) changes as labels arrive, and they cost milliseconds;
 * an expensive check (MD, phonons) runs once per structure and settings: a hit assessed in an earlier round is
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from loop.config import CampaignConfig
-from loop.faults import crash_point
-from loop.shortlist import ExpensiveReport, ExpensiveStore, ShortlistRow, Subject, assess
+from loop.runtime.faults import crash_point
+from loop.runtime.shortlist import ExpensiveReport, ExpensiveStore, ShortlistRow, Subject, assess
 from loop.stages.base import StageContext, StopRequested
 from loop.stages.shared import current_hull
 from loop.store import CampaignStore

@@ -29,7 +29,7 @@ class StageContext:
         store: The campaign store (the only source of truth: stages read their inputs from it).
         workdir: The campaign's workdir (oracle work dirs, checkpoints, MLflow store).
         round: The round.
-        executor: The campaign's executor (`loop.execution`), None to run in this process.
+        executor: The campaign's executor (`loop.runtime.execution`), None to run in this process.
         should_stop: Whether a stop was requested (a stage that commits as it goes checks it between commits).
     """
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from generator.base import Candidate
 from loop.config import CampaignConfig
-from loop.funnel import Funnel
-from loop.progress import progress
+from loop.runtime.progress import progress
+from loop.science.funnel import Funnel
 from loop.stages.base import StageContext
 from loop.stages.shared import known_index
 from loop.store import CampaignStore, FunnelOutcome, Generated

@@ -29,14 +29,14 @@ from generator.substitution import (
     prototype_decorations,
     prototype_parents,
 )
-from loop.candidate_pool import live_candidates
 from loop.config import CampaignConfig
-from loop.funnel import KnownIndex
-from loop.progress import Progress
+from loop.runtime.progress import Progress
+from loop.science.funnel import KnownIndex
 from loop.stages.base import StageContext, seconds
 from loop.stages.references import provider_crystals
 from loop.stages.shared import discoveries, known_index
 from loop.store import CampaignStore, Generated
+from loop.views.candidate_pool import live_candidates
 
 log = logging.getLogger("matloop")
 
@@ -88,7 +88,7 @@ def round_compositions(
 
 def spent_prototypes(config: CampaignConfig, store: CampaignStore, round: int) -> set[str]:
     """Prototypes spent by labels: a substitution child of an earlier round is labelled or still in the candidate
-    pool (`loop.candidate_pool.live_candidates`). A prototype whose children were only screened and dropped (the
+    pool (`loop.views.candidate_pool.live_candidates`). A prototype whose children were only screened and dropped (the
     funnel removed them, or the pool let them go) is offered again."""
     alive = live_candidates(config, store=store, round=round)
     rows = store.structure_rows(where="source = ? AND round < ?", params=("substitution", round))

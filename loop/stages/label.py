@@ -1,4 +1,4 @@
-"""Label: run the oracle on the round's queries, committing each result as it completes (`loop.labelling`).
+"""Label: run the oracle on the round's queries, committing each result as it completes (`loop.runtime.labelling`).
 
 Units: times s.
 """
@@ -9,9 +9,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from loop.faults import crash_point
-from loop.labelling import label_hashes
-from loop.progress import Progress
+from loop.runtime.faults import crash_point
+from loop.runtime.labelling import label_hashes
+from loop.runtime.progress import Progress
 from loop.stages.base import StageContext, StopRequested
 from loop.store import StoredResult
 

@@ -21,11 +21,11 @@ from generator.base import KnownStructure
 from generator.seeds import load_seeds, reference_states, seed_table
 from loop.config import CampaignConfig
 from loop.errors import InputError
-from loop.hull import HullEntry, OracleHull
-from loop.provider_crystals import ProviderCrystal, cached_provider_crystals, fetch_provider_crystals
+from loop.runtime.provider_crystals import ProviderCrystal, cached_provider_crystals, fetch_provider_crystals
+from loop.runtime.tasks import predict_energies
+from loop.science.hull import HullEntry, OracleHull
 from loop.stages.base import StageContext
 from loop.store import Query
-from loop.tasks import predict_energies
 
 log = logging.getLogger("matloop")
 
@@ -121,7 +121,7 @@ def _simple_cells_of(elements: Sequence[str], known: Sequence[KnownStructure]) -
 
 
 def provider_crystals(config: CampaignConfig, *, workdir: Path) -> list[ProviderCrystal]:
-    """The OPTIMADE providers' cached crystals of the target systems (`loop.provider_crystals`), each marked
+    """The OPTIMADE providers' cached crystals of the target systems (`loop.runtime.provider_crystals`), each marked
     withheld when its id or formula is, or when it is the same crystal (the funnel's matcher) as a withheld bundled
     one. Empty with `references.source: bundled`; never queries."""
     refs = config.references

@@ -17,13 +17,13 @@ import numpy as np
 from emulator.graphs import graph_problem
 from generator.base import get_generator_class
 from generator.seeds import seed_table
-from loop.checkpoints import CHECKPOINT_KINDS, checkpoint_sha256
 from loop.config import CampaignConfig
+from loop.runtime.checkpoints import CHECKPOINT_KINDS, checkpoint_sha256
+from loop.runtime.tasks import fine_tune_emulator, fine_tune_generator
 from loop.stages.base import StageContext, seconds
 from loop.stages.generate import sample_breadth
 from loop.stages.shared import discoveries
 from loop.store import CampaignStore
-from loop.tasks import fine_tune_emulator, fine_tune_generator
 
 log = logging.getLogger("matloop")
 

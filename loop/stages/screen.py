@@ -16,18 +16,18 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Composition, Structure
 
-from loop.candidate_pool import carried_candidates, first_round
 from loop.config import CampaignConfig
-from loop.execution import TaskQuarantined
-from loop.hull import HullEntry, OracleHull
-from loop.progress import progress
-from loop.screening_cache import TierCache, cache_dir, clear, in_blocks, tag
-from loop.screening_tiers import CheapEstimate, cheap_estimates, relaxed_share
+from loop.runtime.execution import TaskQuarantined
+from loop.runtime.progress import progress
+from loop.runtime.screening_cache import TierCache, cache_dir, clear, in_blocks, tag
+from loop.runtime.screening_tiers import CheapEstimate, cheap_estimates, relaxed_share
+from loop.runtime.tasks import member_relax_chunk, relax_chunk, rescore_chunk
+from loop.science.hull import HullEntry, OracleHull
+from loop.science.structures import structure_hash
 from loop.stages.base import StageContext, StopRequested, seconds
 from loop.stages.shared import current_hull, hull_phases
 from loop.store import CampaignStore, Prediction
-from loop.structures import structure_hash
-from loop.tasks import member_relax_chunk, relax_chunk, rescore_chunk
+from loop.views.candidate_pool import carried_candidates, first_round
 
 RELAX_CHUNK = 4  # structures per screening task
 RESCORE_CHUNK = 16  # structures per pool re-scoring task (one batched prediction, no relaxation)
@@ -126,7 +126,7 @@ def combine_committee(mean: float, std: float, members: Sequence[float]) -> tupl
 
 def cheap_only(h: str, estimate: CheapEstimate, *, model: str, margin: float) -> Prediction:
     """The stored screening result of a candidate the relaxation tier did not take: its cheap estimate, no relaxed
-    structure (so acquisition never offers it and the pool does not carry it, `loop.candidate_pool`)."""
+    structure (so acquisition never offers it and the pool does not carry it, `loop.views.candidate_pool`)."""
     reason = estimate.reason or (
         f"not relaxed: cheap-tier E_hull {estimate.e_hull:.3f} ± {estimate.e_hull_std:.3f} eV/atom, outside the"
         f" relaxed share (margin {margin} eV/atom)"
@@ -275,10 +275,10 @@ def screen(
         hashes: The round's new candidates (funnel survivors).
         checkpoint: The emulator in use (None: the pretrained one).
         executor: Where chunks run (None: in this process).
-        carried: Predictions of the previous round whose candidates stay on offer (`loop.candidate_pool`).
+        carried: Predictions of the previous round whose candidates stay on offer (`loop.views.candidate_pool`).
         round: The round being screened (a carried candidate's age is counted from it).
         cache_folder: Where a round screened in tiers keeps each finished block of a tier until the stage is
-            committed (`loop.screening_cache`; None: no cache).
+            committed (`loop.runtime.screening_cache`; None: no cache).
         should_stop: Asked between blocks of a tier screened in tiers; once it says True the stage stops
             (`StopRequested`) and a resume computes only the blocks not cached.
     """
@@ -423,7 +423,7 @@ def screen(
         "n_screened": len(new),
         "n_pool_carried": len(carried),
         "n_offered": offered,
-        # Screening in tiers (`loop.screening_tiers`): every new candidate had the cheap estimate when there were
+        # Screening in tiers (`loop.runtime.screening_tiers`): every new candidate had the cheap estimate when there were
         # more than `screening.floor` of them; those left there are stored but not offered.
         "n_cheap_tier": len(cheap),
         "n_relaxed": len(to_relax),

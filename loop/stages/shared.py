@@ -11,8 +11,8 @@ from pymatgen.core import Structure
 
 from generator.base import KnownStructure
 from loop.config import CampaignConfig
-from loop.funnel import KnownIndex
-from loop.hull import HullEntry, OracleHull
+from loop.science.funnel import KnownIndex
+from loop.science.hull import HullEntry, OracleHull
 from loop.stages.references import provider_crystals
 from loop.store import CampaignStore
 
@@ -66,7 +66,7 @@ def hull_phases(config: CampaignConfig, store: CampaignStore, hull: OracleHull) 
 
 
 def discoveries(config: CampaignConfig, store: CampaignStore) -> list[KnownStructure]:
-    """The campaign's own discoveries: hits (`loop.verdicts`) on the latest hull that were first queried in a
+    """The campaign's own discoveries: hits (`loop.science.verdicts`) on the latest hull that were first queried in a
     round >= 1. References (round 0) are never discoveries."""
     rule = config.stability_rule
     first_query = store.first_query_rounds()

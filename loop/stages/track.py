@@ -1,4 +1,4 @@
-"""Track: log the round to MLflow (`loop.campaign_tracking`); a tracking fault never stops discovery.
+"""Track: log the round to MLflow (`loop.tracking.campaign`); a tracking fault never stops discovery.
 
 Unlike the other stages, `compute` writes (to the MLflow store, which `campaign_tracking` keeps idempotent per
 round); the campaign store only records the outcome.
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from loop.campaign_tracking import track_round
 from loop.stages.base import StageContext
+from loop.tracking.campaign import track_round
 
 
 class TrackStage:

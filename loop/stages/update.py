@@ -5,45 +5,23 @@ Units: energies eV/atom.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
-from scipy.stats import spearmanr
-
 from loop.config import CampaignConfig
-from loop.novelty import META_KEY, Novelty, judge_labels, stored_novelty
+from loop.science.emulator_errors import emulator_metrics
 from loop.stages.base import StageContext
+from loop.stages.references import provider_crystals
 from loop.stages.shared import current_hull
 from loop.store import CampaignStore, Verdict
-
-
-def emulator_metrics(pairs: Sequence[tuple[float, float, float]]) -> dict[str, float]:
-    """Emulator vs oracle on new labels, before retraining: (predicted, std, oracle) energies per atom, eV/atom.
-
-    Returns:
-        MAE (eV/atom), Spearman(std, |error|), fractions of errors within 1σ and 2σ, and the count.
-    """
-    if not pairs:
-        return {}
-    pred, std, true = (np.asarray(x, dtype=float) for x in zip(*pairs, strict=True))
-    err = np.abs(pred - true)
-    out = {
-        "emulator_mae": float(err.mean()),
-        "emulator_within_1sigma": float(np.mean(err <= std)),
-        "emulator_within_2sigma": float(np.mean(err <= 2 * std)),
-        "emulator_n_new_labels": float(len(err)),
-    }
-    if len(err) >= 3 and np.ptp(std) > 0 and np.ptp(err) > 0:
-        out["emulator_spearman_std_err"] = float(spearmanr(std, err).statistic)
-    return out
+from loop.views.novelty import META_KEY, Novelty, judge_labels, stored_novelty
 
 
 @dataclass(frozen=True)
 class HullUpdate:
     """The verdict on every labelled structure at the end of the round, the stage's metrics, and the novelty of the
-    labels judged this time (`loop.novelty`)."""
+    labels judged this time (`loop.views.novelty`)."""
 
     verdicts: list[Verdict]
     report: dict[str, Any]
@@ -55,7 +33,7 @@ def update_hull(
 ) -> HullUpdate:
     """Rebuild the oracle hull with everything labelled so far and judge every labelled structure against it.
 
-    Verdicts follow `loop.verdicts` (the campaign's `stability_rule`). Rates count this round's queries; cumulative
+    Verdicts follow `loop.science.verdicts` (the campaign's `stability_rule`). Rates count this round's queries; cumulative
     counts are the campaign's own discoveries (first queried in a round >= 1), never the references. With
     `novelty` (by hash), hits that are known crystals are counted as rediscoveries, apart from the new ones.
     """
@@ -123,7 +101,9 @@ class UpdateStage:
     name = "update"
 
     def compute(self, ctx: StageContext) -> HullUpdate:
-        fresh = judge_labels(ctx.config, store=ctx.store, workdir=ctx.workdir)
+        fresh = judge_labels(
+            ctx.config, store=ctx.store, providers=lambda: provider_crystals(ctx.config, workdir=ctx.workdir)
+        )
         novelty = {**stored_novelty(ctx.store), **fresh}
         return replace(
             update_hull(ctx.config, store=ctx.store, round=ctx.round, novelty=novelty), novelty=fresh

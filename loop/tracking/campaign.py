@@ -5,7 +5,7 @@ from the store: a round whose track stage met an unavailable backend is marked p
 stage, by the end of the campaign, or by `matloop sync-tracking`. Logging is idempotent (one metric point per key
 and step, one round run per round, one model version per round run), so re-running any of these is harmless.
 
-The figures are `loop.round_science`'s, the ones `matloop status` and the science report show. Per round, the parent
+The figures are `loop.views.round_science`'s, the ones `matloop status` and the science report show. Per round, the parent
 run gets only the curves a scientist follows, with step = round: discoveries and oracle calls (this round and so
 far), discoveries per oracle call, oracle calls per discovery, the screening error (MAE, Spearman(σ, |error|), 1σ
 coverage), the model error at the oracle's geometry, discoveries so far per generator (`by_source/`), plus
@@ -33,23 +33,14 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
-from loop import plots
-from loop.checkpoints import CHECKPOINT_KINDS, checkpoint_problem, copy_mismatch
 from loop.config import CampaignConfig
-from loop.control import workdir_lock
-from loop.round_science import (
-    RoundScience,
-    calls_judged_at,
-    campaign_science,
-    prevalence,
-    random_expectation,
-    round_hull,
-    round_roles,
-)
-from loop.science_report import write_report
-from loop.shortlist import ShortlistRow, rows_csv
+from loop.report import plots
+from loop.report.science import write_report
+from loop.runtime.checkpoints import CHECKPOINT_KINDS, checkpoint_problem, copy_mismatch
+from loop.runtime.control import workdir_lock
+from loop.runtime.shortlist import ShortlistRow, rows_csv
 from loop.store import CampaignStore
-from loop.tracking import (
+from loop.tracking.runs import (
     CHAMPION,
     Tracker,
     TrackingError,
@@ -57,6 +48,15 @@ from loop.tracking import (
     flatten,
     flatten_numeric,
     ui_url,
+)
+from loop.views.round_science import (
+    RoundScience,
+    calls_judged_at,
+    campaign_science,
+    prevalence,
+    random_expectation,
+    round_hull,
+    round_roles,
 )
 
 log = logging.getLogger("matloop")
@@ -85,7 +85,7 @@ def model_names(campaign: str) -> dict[str, str]:
 
 # -- science per round ------------------------------------------------------------------------------------------------
 def round_science(store: CampaignStore, rnd: int) -> RoundScience:
-    """The figures of round `rnd`, from `loop.round_science` (what status and the science report read too).
+    """The figures of round `rnd`, from `loop.views.round_science` (what status and the science report read too).
 
     Raises:
         KeyError: The store holds nothing of round `rnd`.
@@ -334,7 +334,7 @@ def _log_round(
 
 
 def _log_shortlist(tracker: Tracker, store: CampaignStore, rnd: int, run_id: str) -> None:
-    """The round's shortlist (`loop.shortlist`): every hit's row as `shortlist/shortlist.csv` and the cells of the
+    """The round's shortlist (`loop.runtime.shortlist`): every hit's row as `shortlist/shortlist.csv` and the cells of the
     hits that pass every design requirement as CIFs beside it; its counts are the assess stage's metrics."""
     rows = store.shortlist(rnd) if store.stage_done(rnd, "assess") else []
     if not rows:
@@ -544,7 +544,7 @@ def _log_models(
 def mlflow_copy_checker(
     config: CampaignConfig, *, store: CampaignStore, workdir: Path
 ) -> Callable[[int], str | None]:
-    """`copy_problem(round)` for `loop.checkpoints.prune_checkpoints`: why the checkpoints retrained in a round
+    """`copy_problem(round)` for `loop.runtime.checkpoints.prune_checkpoints`: why the checkpoints retrained in a round
     may not leave the workdir yet, or None when MLflow holds them.
 
     MLflow holds a checkpoint when its registry has a version tagged with the checkpoint's path and the files of

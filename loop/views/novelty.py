@@ -2,7 +2,7 @@
 
 Each structure the campaign labelled in a round >= 1 is matched (the funnel's StructureMatcher, after the same
 formula and fingerprint pre-filter) against every bundled crystal, withheld ones included, and every crystal the
-OPTIMADE providers served (`loop.provider_crystals`, read from the workdir's cache, never queried here). Both the
+OPTIMADE providers served (`loop.runtime.provider_crystals`, read from the workdir's cache, never queried here). Both the
 labelled structure and the oracle's relaxed version of it are matched: a candidate that relaxed into a known
 crystal is that crystal. The verdict reads "new", or "known: <provider> <id>", plus "(withheld)" when the campaign
 had hidden that crystal from itself (rediscovery mode).
@@ -13,9 +13,8 @@ update stage, the status, the export and the tracking).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pymatgen.core import Composition
@@ -24,6 +23,7 @@ from loop.store import CampaignStore
 
 if TYPE_CHECKING:  # status and export read verdicts without importing the campaign's rooms
     from loop.config import CampaignConfig
+    from loop.runtime.provider_crystals import ProviderCrystal
 
 BUNDLED = "bundled"
 """The provider name of the bundled crystals (Materials Project's, in mp_20 and mpts_52)."""
@@ -75,19 +75,17 @@ class NoveltyIndex:
     """Every known crystal a campaign's verdicts cite: bundled (lazily parsed, withheld ones included) and the
     providers' cached crystals."""
 
-    def __init__(self, config: CampaignConfig, *, workdir: Path) -> None:
-        # The bundled index (pandas, the generator room) loads only when a verdict needs it, and the references
-        # stage imports the stages that import this module.
+    def __init__(self, config: CampaignConfig, *, providers: Sequence[ProviderCrystal]) -> None:
+        # The bundled index (pandas, the generator room) loads only when a verdict needs it.
         from generator.seeds import bundled_formulas, seed_loaders
-        from loop.funnel import KnownIndex
-        from loop.stages.references import provider_crystals
+        from loop.science.funnel import KnownIndex
 
         self._config = config
         self._index = KnownIndex(matcher=config.generator.funnel.matcher)
         self._formulas = bundled_formulas()
         for ident, formula, loader in seed_loaders():
             self._index.add_lazy(id=ident, formula=formula, loader=loader, origin="seed")
-        self._providers = {c.key: c for c in provider_crystals(config, workdir=workdir)}
+        self._providers = {c.key: c for c in providers}
         for key, crystal in self._providers.items():
             self._index.add(id=key, structure=crystal.structure, origin="seed")
 
@@ -118,8 +116,12 @@ class NoveltyIndex:
         return Novelty(known=True, provider=BUNDLED, id=key, url=MP_URL.format(id=key), withheld=withheld)
 
 
-def judge_labels(config: CampaignConfig, *, store: CampaignStore, workdir: Path) -> dict[str, Novelty]:
-    """The novelty of every structure labelled in a round >= 1 that has no recorded verdict yet."""
+def judge_labels(
+    config: CampaignConfig, *, store: CampaignStore, providers: Callable[[], Sequence[ProviderCrystal]]
+) -> dict[str, Novelty]:
+    """The novelty of every structure labelled in a round >= 1 that has no recorded verdict yet, against the
+    bundled crystals and `providers()` (the OPTIMADE providers' cached crystals, withheld ones marked; asked for
+    only when something is to be judged)."""
     recorded = stored_novelty(store)
     first = store.first_query_rounds()
     results = [
@@ -129,7 +131,7 @@ def judge_labels(config: CampaignConfig, *, store: CampaignStore, workdir: Path)
     ]
     if not results:
         return {}
-    index = NoveltyIndex(config, workdir=workdir)
+    index = NoveltyIndex(config, providers=providers())
     structures = store.get_structures(sorted({h for r in results for h in (r.hash, r.structure_hash)}))
     return {
         r.hash: index.judge(

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from loop.hull import HullEntry, OracleHull
-from loop.stages.update import emulator_metrics
+from loop.science.emulator_errors import emulator_metrics
+from loop.science.hull import HullEntry, OracleHull
 from loop.store import CampaignStore, StructureRow
 
 DERIVED_SOURCES = ("relaxed", "oracle_relaxed")
@@ -84,7 +84,7 @@ class RoundScience:
         oracle_calls_cumulative: Calls of rounds 1..round.
         discoveries_cumulative: Calls of rounds 1..round that are hits on this round's hull.
         new_discoveries_cumulative / rediscoveries_cumulative: Of those, the ones that are no known crystal, and
-            the known crystals found again (`loop.novelty`); None when the update stage did not judge novelty.
+            the known crystals found again (`loop.views.novelty`); None when the update stage did not judge novelty.
         screening_pairs: (predicted, σ, oracle) energies per atom of the screening error, one per labelled call.
         retrain_mae: The model error at the oracle's geometry (see the module docstring); None without it.
         started_at / finished_at: Unix times of the round's first stage start and last stage end (the track stage
@@ -154,7 +154,7 @@ class RoundScience:
 
     @property
     def screening(self) -> dict[str, float]:
-        """`loop.stages.update.emulator_metrics` of the screening pairs (what the update stage recorded)."""
+        """`loop.science.emulator_errors.emulator_metrics` of the screening pairs (what the update stage recorded)."""
         return emulator_metrics(self.screening_pairs)
 
     @property
@@ -385,7 +385,7 @@ def round_hull(store: CampaignStore, rnd: int) -> OracleHull | None:
 
 
 def round_roles(store: CampaignStore, sciences: Sequence[RoundScience], rnd: int) -> dict[str, str]:
-    """What each label is in round `rnd`'s hull figure (`loop.plots.HULL_ROLE_STYLE`): the references, this
+    """What each label is in round `rnd`'s hull figure (`loop.report.plots.HULL_ROLE_STYLE`): the references, this
     round's hits ("discovery") and other calls ("query"), earlier calls still hits ("earlier_discovery")."""
     roles = {q.hash: "reference" for q in store.round_queries(0)}
     for s in sciences:

@@ -11,7 +11,7 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from generator.base import GenerationContext, GeneratorError
 from generator.chemistry import enumerate_compositions, is_charge_balanced
 from generator.random_search import RandomSearchGenerator, RandomSearchSettings
-from loop.funnel import Funnel, FunnelConfig
+from loop.science.funnel import Funnel, FunnelConfig
 
 FORMULAS = ["Li3PS4", "LiFePO4", "SrTiO3"]
 

@@ -22,7 +22,7 @@ from generator.substitution import (
     prototype_parents,
     substitution_score,
 )
-from loop.funnel import Funnel, FunnelConfig, KnownIndex
+from loop.science.funnel import Funnel, FunnelConfig, KnownIndex
 
 MP20 = ["mp_20/train", "mp_20/val"]
 

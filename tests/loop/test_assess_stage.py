@@ -8,9 +8,9 @@ import pytest
 
 from generator.seeds import load_seeds
 from loop.config import validate_config
-from loop.execution import ExecutionConfig, make_executor
-from loop.report import campaign_status, export_discoveries
-from loop.shortlist import ShortlistRow
+from loop.runtime.shortlist import ShortlistRow
+from loop.report.status import campaign_status, export_discoveries
+from loop.runtime.execution import ExecutionConfig, make_executor
 from loop.stages.assess import STAGE, hit_subjects
 from loop.stages.base import StageContext, StopRequested
 from loop.stages.update import update_hull

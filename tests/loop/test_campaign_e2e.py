@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from loop.campaign import ROUND0_STAGES, ROUND_STAGES
-from loop.checkpoints import CHECKPOINT_KINDS, checkpoint_problem
+from loop.runtime.checkpoints import CHECKPOINT_KINDS, checkpoint_problem
 from loop.store import CampaignStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 def matloop(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "loop.cli", *map(str, args)],
+        [sys.executable, "-m", "loop.cli.main", *map(str, args)],
         capture_output=True,
         text=True,
         env=full_env,
@@ -136,7 +136,7 @@ def test_old_checkpoints_leave_the_workdir_once_mlflow_holds_them(smoke_run, tmp
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from loop.campaign_tracking import model_names
+    from loop.tracking.campaign import model_names
 
     workdir = tmp_path / "campaign"
     shutil.copytree(smoke_run, workdir)

@@ -2,7 +2,7 @@
 
 One tiny EMT campaign (Cu-Au, round 0 and one round, real CHGNet, MLflow and campaign store, inline execution) is
 run once without faults: the reference. A second campaign is then killed at each crash point in turn, in stage
-order, and rerun after each kill (`MATLOOP_CRASH_AFTER`, see `loop.faults`): inside the closing transaction of
+order, and rerun after each kill (`MATLOOP_CRASH_AFTER`, see `loop.runtime.faults`): inside the closing transaction of
 every stage, after single oracle results, while the emulator checkpoint is half written and while MLflow artifacts
 are being logged. Each test below is one kill; the last one finishes the campaign and compares it with the reference.
 """
@@ -26,7 +26,7 @@ from loop.store import CampaignStore
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 ORDER = [(0, s) for s in ROUND0_STAGES] + [(1, s) for s in ROUND_STAGES]
-# Round 0's references are not oracle calls (`loop.oracle_calls`): round 1 gets 2 calls of its budget of 3.
+# Round 0's references are not oracle calls (`loop.views.oracle_calls`): round 1 gets 2 calls of its budget of 3.
 MAX_ORACLE_CALLS = 2
 
 pytestmark = pytest.mark.slow
@@ -75,7 +75,7 @@ def tiny_config(path: Path) -> Path:
 
 def matloop(*args: object, crash: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "loop.cli", *map(str, args)],
+        [sys.executable, "-m", "loop.cli.main", *map(str, args)],
         capture_output=True,
         text=True,
         env=_env(crash),
@@ -101,7 +101,7 @@ def reference_run(config, tmp_path_factory) -> Iterator[tuple[Path, subprocess.P
     """The uninterrupted campaign, started at once so that it runs beside the crashed one (2 cores in CI)."""
     workdir = tmp_path_factory.mktemp("reference") / "campaign"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loop.cli", "run", str(config), "--workdir", str(workdir)],
+        [sys.executable, "-m", "loop.cli.main", "run", str(config), "--workdir", str(workdir)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -285,7 +285,17 @@ def test_disk_full_stops_cleanly_then_resumes(config, tmp_path):
     """A file-size quota below the size of an emulator checkpoint: round 0 cannot save its retrained emulator."""
     workdir = tmp_path / "campaign"
     full = subprocess.run(
-        [sys.executable, "-m", "loop.cli", "run", str(config), "--workdir", str(workdir), "--rounds", "0"],
+        [
+            sys.executable,
+            "-m",
+            "loop.cli.main",
+            "run",
+            str(config),
+            "--workdir",
+            str(workdir),
+            "--rounds",
+            "0",
+        ],
         capture_output=True,
         text=True,
         env=_env(),

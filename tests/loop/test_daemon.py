@@ -15,7 +15,7 @@ from pymatgen.core import Lattice, Structure
 
 from loop.campaign import LOCK_FILE, ROUND0_STAGES, ROUND_STAGES, STOP_FILE, Campaign, request_stop
 from loop.config import load_config
-from loop.labelling import label_hashes
+from loop.runtime.labelling import label_hashes
 from loop.stages.acquire import acquire
 from loop.store import CampaignStore, Prediction, Query
 
@@ -27,7 +27,7 @@ ORDER = [(0, s) for s in ROUND0_STAGES] + [(r, s) for r in (1, 2) for s in ROUND
 
 def _start_daemon(workdir: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "loop.cli", "daemon", str(SMOKE), "--workdir", str(workdir)],
+        [sys.executable, "-m", "loop.cli.main", "daemon", str(SMOKE), "--workdir", str(workdir)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -69,7 +69,7 @@ def test_sigterm_then_stop_command_then_resume(tmp_path):
     daemon = _start_daemon(workdir)
     _wait_for(workdir, ORDER[len(first)], daemon)
     stop = subprocess.run(
-        [sys.executable, "-m", "loop.cli", "stop", "--workdir", str(workdir)],
+        [sys.executable, "-m", "loop.cli.main", "stop", "--workdir", str(workdir)],
         capture_output=True,
         text=True,
         env=ENV,
@@ -85,7 +85,7 @@ def test_sigterm_then_stop_command_then_resume(tmp_path):
     daemon = _start_daemon(workdir)
     _wait_for(workdir, ORDER[len(second)], daemon)
     clash = subprocess.run(
-        [sys.executable, "-m", "loop.cli", "run", str(SMOKE), "--workdir", str(workdir)],
+        [sys.executable, "-m", "loop.cli.main", "run", str(SMOKE), "--workdir", str(workdir)],
         capture_output=True,
         text=True,
         env=ENV,
@@ -147,7 +147,7 @@ def test_max_oracle_calls_caps_the_batch_then_stops(tmp_path):
     campaign = _campaign(tmp_path, max_oracle_calls=2)
     assert campaign.store is not None
     references = _label(campaign, STRUCTURES[:2], round=0)
-    # Round 0's reference labels are not oracle calls (`loop.oracle_calls`): the whole limit is left for round 1.
+    # Round 0's reference labels are not oracle calls (`loop.views.oracle_calls`): the whole limit is left for round 1.
     campaign.store.add_queries(
         0, [Query(hash=h, strategy="references", rank=i, score=None) for i, h in enumerate(references)]
     )

@@ -7,7 +7,7 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from loop.campaign import run_stage
 from loop.config import validate_config
-from loop.labelling import label_hashes
+from loop.runtime.labelling import label_hashes
 from loop.stages import references
 from loop.stages.base import StageContext
 from loop.stages.references import reference_pool, simple_cells

@@ -9,14 +9,14 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from loop.campaign import run_stage
-from loop.campaign_tracking import source_yield
 from loop.config import validate_config
-from loop.labelling import label_hashes
+from loop.runtime.labelling import label_hashes
 from loop.stages import funnel, update
 from loop.stages.acquire import acquire, acquisition_pool
 from loop.stages.base import StageContext
 from loop.stages.shared import known_index
 from loop.store import CampaignStore, Generated, Prediction, Query
+from loop.tracking.campaign import source_yield
 
 
 def config(**kw):

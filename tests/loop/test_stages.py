@@ -12,7 +12,8 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from generator.diffusion.generator import SHIPPED_CHECKPOINT, DiffusionGenerator, DiffusionSettings
 from loop.config import CampaignConfig, validate_config
 from loop.errors import InputError
-from loop.labelling import label_hashes
+from loop.runtime.labelling import label_hashes
+from loop.science.structures import structure_hash
 from loop.stages.funnel import run_funnel
 from loop.stages.generate import generate_candidates, round_breadth, substitution_candidates
 from loop.stages.references import reference_pool, withheld_records
@@ -20,7 +21,6 @@ from loop.stages.retrain import generator_breadth_check, withheld_training_ids
 from loop.stages.shared import discoveries, known_index, withheld_structures
 from loop.stages.update import update_hull
 from loop.store import CampaignStore, Generated, Prediction, Query
-from loop.structures import structure_hash
 
 B32 = "AB:227:4"
 

@@ -8,8 +8,8 @@ import pytest
 from pymatgen.core import Structure
 
 from loop.errors import InputError
+from loop.science.structures import structure_hash
 from loop.store import SCHEMA_VERSION, CampaignStore, Query, SchemaMismatch, Verdict
-from loop.structures import structure_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 NACL = Structure.from_file(ROOT / "configs" / "structures" / "NaCl_mp-22862.cif")

@@ -18,8 +18,8 @@ from pymatgen.core import Lattice, Structure
 from emulator.graphs import ATOM_GRAPH_CUTOFF, graph_problem
 from generator.seeds import _parse_cif, load_seeds, seed_table
 from loop.config import validate_config
-from loop.funnel import Funnel, FunnelConfig, KnownIndex
-from loop.labelling import label_hashes, reject_unphysical
+from loop.runtime.labelling import label_hashes, reject_unphysical
+from loop.science.funnel import Funnel, FunnelConfig, KnownIndex
 from loop.stages.references import reference_pool
 from loop.stages.retrain import retrain, training_labels
 from loop.store import CampaignStore
@@ -259,7 +259,7 @@ def test_a_na_s_campaign_with_the_mlff_oracle_runs_two_rounds(tmp_path):
     (tmp_path / "na-s.yaml").write_text(yaml.safe_dump(data))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     proc = subprocess.run(
-        [sys.executable, "-m", "loop.cli", "run", "na-s.yaml", "--workdir", "w", "--json"],
+        [sys.executable, "-m", "loop.cli.main", "run", "na-s.yaml", "--workdir", "w", "--json"],
         capture_output=True,
         text=True,
         env=env,

@@ -19,12 +19,12 @@ import mlflow.artifacts
 import pytest
 import yaml
 
-from loop.campaign_tracking import PARENT_META, mlflow_copy_checker, model_names
-from loop.checkpoints import CHECKPOINT_KINDS, checkpoint_sha256
 from loop.config import CampaignConfig
-from loop.report import campaign_status
+from loop.report.status import campaign_status
+from loop.runtime.checkpoints import CHECKPOINT_KINDS, checkpoint_sha256
 from loop.store import CampaignStore
-from loop.tracking import Tracker, TrackingConfig
+from loop.tracking.campaign import PARENT_META, mlflow_copy_checker, model_names
+from loop.tracking.runs import Tracker, TrackingConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -54,7 +54,7 @@ def matloop(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MATLOOP_CRASH_AFTER", None)
     return subprocess.run(
-        [sys.executable, "-m", "loop.cli", *map(str, args)],
+        [sys.executable, "-m", "loop.cli.main", *map(str, args)],
         capture_output=True,
         text=True,
         env=env,
@@ -141,7 +141,7 @@ def test_relative_workdir_registers_every_model_and_prunes_only_what_mlflow_hold
     store = CampaignStore.in_workdir(workdir)
     try:
         assert store.get_meta("emulator_checkpoint") == "checkpoints/round_002/emulator"
-        # One count of oracle calls (`loop.oracle_calls`) for status and MLflow.
+        # One count of oracle calls (`loop.views.oracle_calls`) for status and MLflow.
         calls = campaign_status(workdir, store=store)["oracle_calls"]
         assert calls == len(store.round_queries(1)) + len(store.round_queries(2)) > 0
         parent = client_of(workdir).get_run(store.get_meta(PARENT_META))

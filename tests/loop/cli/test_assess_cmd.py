@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from generator.seeds import load_seeds
-from loop.assess_cmd import assess_files
+from loop.cli.assess import assess_files
 from loop.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +39,11 @@ SHORT = {
 def matloop(*args: object) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     return subprocess.run(
-        [sys.executable, "-m", "loop.cli", *map(str, args)], capture_output=True, text=True, env=env, cwd=ROOT
+        [sys.executable, "-m", "loop.cli.main", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
     )
 
 

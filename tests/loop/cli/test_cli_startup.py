@@ -19,10 +19,10 @@ PROBE = """
 import json, sys
 args, watched = json.loads(sys.argv[1]), set(json.loads(sys.argv[2]))
 sys.argv = ["matloop", *args]
-import loop.cli
+import loop.cli.main
 code = 0
 try:
-    loop.cli.main()
+    loop.cli.main.main()
 except SystemExit as exc:
     code = exc.code or 0
 heavy = sorted({m.split(".")[0] for m in sys.modules} & watched)
@@ -86,7 +86,7 @@ def test_export_offers_hits_and_keeps_stable_as_a_hidden_alias():
 def test_a_campaign_already_running_is_refused_before_the_rooms_load(tmp_path, command):
     from pathlib import Path
 
-    from loop.control import workdir_lock
+    from loop.runtime.control import workdir_lock
     from loop.store import CampaignStore
 
     smoke = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"

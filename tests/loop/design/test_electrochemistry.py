@@ -12,7 +12,7 @@ from pymatgen.core import Lattice, Structure
 
 from generator.seeds import load_seeds
 from loop.design.electrochemistry import WindowError, stability_window
-from loop.hull import HullEntry
+from loop.science.hull import HullEntry
 from oracle.base import make_oracle
 from oracle.mlff import MLFFSettings
 

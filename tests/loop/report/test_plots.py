@@ -8,8 +8,8 @@ from matplotlib.axes import Axes
 from pymatgen.core import Composition
 
 from loop.errors import InputError
-from loop.hull import HullEntry, OracleHull
-from loop.plots import PlotError, plot_hull_roles, plot_parity, plot_source_yield
+from loop.report.plots import PlotError, plot_hull_roles, plot_parity, plot_source_yield
+from loop.science.hull import HullEntry, OracleHull
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Made-up but physical oracle energies per atom, eV/atom.
@@ -128,7 +128,7 @@ def test_source_yield_plot(tmp_path: Path) -> None:
 
 
 def test_discovery_curve_draws_each_hit_at_its_call(tmp_path: Path) -> None:
-    from loop.plots import plot_discovery_curve
+    from loop.report.plots import plot_discovery_curve
 
     path = tmp_path / "curve.png"
     hits = [True, True, False, False, False, True]

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from loop.science.verdicts import StabilityRule
 from loop.store import CampaignStore
-from loop.verdicts import StabilityRule
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -34,7 +34,7 @@ IMG_SRC = re.compile(r'<img[^>]*\ssrc="([^"]*)"')
 def matloop(*args: object) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     return subprocess.run(
-        [sys.executable, "-m", "loop.cli", *map(str, args)],
+        [sys.executable, "-m", "loop.cli.main", *map(str, args)],
         capture_output=True,
         text=True,
         env=env,
@@ -120,7 +120,7 @@ LI_FE_O = {
 
 
 def _hull(names):
-    from loop.hull import HullEntry, OracleHull
+    from loop.science.hull import HullEntry, OracleHull
 
     return OracleHull.from_entries(
         [HullEntry(entry_id=k, composition=LI_FE_O[k][0], energy_per_atom=LI_FE_O[k][1]) for k in names]
@@ -134,7 +134,7 @@ def _offsets(ax, label):
 
 
 def test_binary_hull_marks_references_discoveries_and_rediscoveries():
-    from loop.plots import plot_hull_roles
+    from loop.report.plots import plot_hull_roles
 
     hull = _hull(["Li", "O2", "Li2O", "Li2O2"])
     roles = {"Li": "reference", "O2": "reference", "Li2O": "discovery", "Li2O2": "rediscovery"}
@@ -152,7 +152,7 @@ def test_binary_hull_marks_references_discoveries_and_rediscoveries():
 
 
 def test_ternary_hull_draws_the_gibbs_triangle():
-    from loop.plots import plot_hull_roles
+    from loop.report.plots import plot_hull_roles
 
     hull = _hull(list(LI_FE_O))
     roles = {k: "reference" for k in ("Li", "O2", "Fe", "Li2O", "Fe2O3")} | {"LiFeO2": "discovery"}
@@ -163,7 +163,7 @@ def test_ternary_hull_draws_the_gibbs_triangle():
 
 
 def test_progress_and_calibration_figures_check_their_input():
-    from loop.plots import PlotError, plot_calibration, plot_discovery_progress
+    from loop.report.plots import PlotError, plot_calibration, plot_discovery_progress
 
     with pytest.raises(PlotError):
         plot_discovery_progress(rounds=[1, 2], oracle_calls=[4, 4], hits=[1, 5], cumulative_hits=[1, 6])
@@ -312,7 +312,7 @@ def test_rediscovery_section_matches_withheld_structures(smoke_campaign, tmp_pat
     from pymatgen.core import Lattice, Structure
     from pymatgen.core.operations import SymmOp
 
-    from loop.science_report import collect
+    from loop.report.science import collect
 
     workdir = tmp_path / "campaign"
     workdir.mkdir()
@@ -376,7 +376,7 @@ def test_each_discovery_is_drawn_in_the_page_and_downloads_as_cif(smoke_campaign
     from pymatgen.core import Structure
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-    from loop.structure_view import VIEWS
+    from loop.report.structure_view import VIEWS
 
     text = smoke_report.read_text()
     section = text.split("<h2>Structures of the discoveries</h2>")[1].split("<h2>")[0]
@@ -408,7 +408,7 @@ def test_each_discovery_is_drawn_in_the_page_and_downloads_as_cif(smoke_campaign
 def test_structure_drawing_repeats_face_atoms():
     from pymatgen.core import Lattice, Structure
 
-    from loop.structure_view import structure_svg
+    from loop.report.structure_view import structure_svg
 
     fcc = Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.6), ["Cu"], [[0, 0, 0]])
     svg = structure_svg(fcc, uid="fcc")
@@ -478,9 +478,9 @@ def test_mlflow_status_and_the_report_give_the_same_round_figures(smoke_campaign
     and the report's per-round table agree round by round."""
     from tracked_smoke import SMOKE_NAME, resynced_smoke
 
-    from loop.report import campaign_status
-    from loop.science_report import collect, write_report
-    from loop.tracking import Tracker, TrackingConfig
+    from loop.report.science import collect, write_report
+    from loop.report.status import campaign_status
+    from loop.tracking.runs import Tracker, TrackingConfig
 
     workdir = resynced_smoke(smoke_campaign, tmp_path_factory)
     client = Tracker(config=TrackingConfig(), workdir=workdir, campaign_name=SMOKE_NAME).client
@@ -590,8 +590,8 @@ def test_a_relaxation_stopped_at_its_step_limit_is_flagged_as_an_upper_bound(tmp
     import numpy as np
     from pymatgen.core import Lattice, Structure
 
-    from loop.science_report import Call
-    from loop.verdicts import Verdict
+    from loop.report.science import Call
+    from loop.science.verdicts import Verdict
     from oracle import EMTOracle, EMTSettings
 
     cell = Structure(

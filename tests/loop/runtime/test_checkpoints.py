@@ -1,4 +1,4 @@
-"""Checkpoint retention rules (`loop.checkpoints.prune_checkpoints`) on checkpoint folders laid out as a campaign
+"""Checkpoint retention rules (`loop.runtime.checkpoints.prune_checkpoints`) on checkpoint folders laid out as a campaign
 lays them out; the campaign-level test (a real smoke campaign, MLflow copies fetched back) is in
 test_campaign_e2e.py."""
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from loop.checkpoints import copy_mismatch, prune_checkpoints
+from loop.runtime.checkpoints import copy_mismatch, prune_checkpoints
 
 
 def _rounds(root: Path, n: int) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from loop.config import validate_config
 from loop.errors import InputError
-from loop.execution import ExecutionConfig, JobQueueConfig, duration_seconds, make_executor
+from loop.runtime.execution import ExecutionConfig, JobQueueConfig, duration_seconds, make_executor
 
 BASE = {"name": "x", "chemical_systems": ["Cu-Au"]}
 JOB = {"cores": 4, "memory": "16GB", "walltime": "01:00:00"}

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from loop.config import load_config
-from loop.execution import jobqueue_cluster, scale
+from loop.runtime.execution import jobqueue_cluster, scale
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

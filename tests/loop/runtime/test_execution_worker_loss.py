@@ -13,8 +13,8 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from loop.config import validate_config
-from loop.execution import ExecutionConfig, make_executor
-from loop.labelling import label_hashes, oracle_workdir
+from loop.runtime.execution import ExecutionConfig, make_executor
+from loop.runtime.labelling import label_hashes, oracle_workdir
 from loop.stages.screen import screen
 from loop.store import CampaignStore
 from oracle.ase_runner import CALLS_FILE

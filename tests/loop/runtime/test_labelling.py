@@ -8,10 +8,10 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from loop.config import CampaignConfig
-from loop.labelling import label_hashes
+from loop.runtime.labelling import label_hashes
+from loop.science.structures import structure_hash
 from loop.stages.retrain import training_labels
 from loop.store import CampaignStore
-from loop.structures import structure_hash
 from oracle import EMTSettings
 
 
@@ -110,7 +110,7 @@ def test_corrupt_result_file_in_a_campaign_is_recomputed_once_and_logged(tmp_pat
     oracle_dir = tmp_path / "oracle" / h
     # A kill between the oracle's file write and the store's commit, with the file half-written: simulate by
     # labelling into the work dir only, then truncating the file.
-    from loop.labelling import run_label
+    from loop.runtime.labelling import run_label
 
     first = run_label(settings.model_dump(), store.get_structure(h).as_dict(), str(oracle_dir))
     text = (oracle_dir / "result.json").read_text()

@@ -23,25 +23,25 @@ from pymatgen.core import Lattice, Structure
 
 from generator.seeds import load_seeds
 from loop.campaign import Campaign, run_stage
-from loop.campaign_tracking import track_round
 from loop.config import validate_config
 from loop.errors import InputError
-from loop.labelling import label_hashes
-from loop.novelty import stored_novelty
-from loop.provider_crystals import (
+from loop.report.science import collect, render_html
+from loop.report.status import campaign_status, export_discoveries
+from loop.runtime.labelling import label_hashes
+from loop.runtime.provider_crystals import (
     CACHE_PATH,
     ProviderUnavailable,
     entry_structure,
     fetch_provider_crystals,
     subsystem_filters,
 )
-from loop.report import campaign_status, export_discoveries
-from loop.science_report import collect, render_html
 from loop.stages import references, update
 from loop.stages.base import StageContext
 from loop.stages.references import provider_crystals
 from loop.stages.shared import known_index
 from loop.store import CampaignStore, Query
+from loop.tracking.campaign import track_round
+from loop.views.novelty import stored_novelty
 from tests.loop.optimade_server import write_jsonl
 
 SERVER = Path(__file__).with_name("optimade_server.py")
@@ -350,7 +350,7 @@ def test_a_campaign_takes_references_from_the_server_and_goes_on_from_the_cache_
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
     def run(rounds: int) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "loop.cli", "run", str(cfg_path), "--workdir", str(workdir)]
+        command = [sys.executable, "-m", "loop.cli.main", "run", str(cfg_path), "--workdir", str(workdir)]
         return subprocess.run(
             [*command, "--rounds", str(rounds)],
             capture_output=True,

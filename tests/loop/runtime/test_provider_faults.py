@@ -21,7 +21,7 @@ import yaml
 
 from loop.config import validate_config
 from loop.errors import CampaignHalted, InputError
-from loop.provider_crystals import (
+from loop.runtime.provider_crystals import (
     CACHE_PATH,
     ProviderUnavailable,
     fetch_provider_crystals,
@@ -149,7 +149,7 @@ def free_port() -> int:
 def matloop(*args, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     return subprocess.run(
-        [sys.executable, "-m", "loop.cli", *map(str, args)],
+        [sys.executable, "-m", "loop.cli.main", *map(str, args)],
         capture_output=True,
         text=True,
         env=env,

@@ -17,17 +17,17 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from loop.campaign import run_stage
-from loop.candidate_pool import carried_candidates
+from loop.cli.screen import run_screen
 from loop.config import validate_config
 from loop.errors import InputError
-from loop.labelling import label_hashes
-from loop.screen_cmd import run_screen
-from loop.screening_cache import TierCache, cache_dir, in_blocks
-from loop.screening_tiers import CheapEstimate, TiersConfig, relaxed_share
+from loop.runtime.labelling import label_hashes
+from loop.runtime.screening_cache import TierCache, cache_dir, in_blocks
+from loop.runtime.screening_tiers import CheapEstimate, TiersConfig, relaxed_share
 from loop.stages import acquire, funnel, screen
 from loop.stages.acquire import acquisition_pool
 from loop.stages.base import StageContext, StopRequested
 from loop.store import CampaignStore, Generated, Query
+from loop.views.candidate_pool import carried_candidates
 
 
 def config(**kw):
@@ -239,7 +239,7 @@ def test_the_cheap_tier_ranks_candidates_and_a_tiered_round_spends_its_budget(tm
 def matloop(*args: object) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     return subprocess.run(
-        [sys.executable, "-m", "loop.cli", *map(str, args)],
+        [sys.executable, "-m", "loop.cli.main", *map(str, args)],
         capture_output=True,
         text=True,
         env=env,

@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from pymatgen.core import Structure
 from scipy.stats import norm
 
-from loop.acquisition import (
+from loop.errors import InputError
+from loop.science.acquisition import (
     AcquisitionConfig,
     AcquisitionError,
     DiversityConfig,
@@ -23,9 +24,8 @@ from loop.acquisition import (
     strategy_names,
     structure_features,
 )
-from loop.errors import InputError
-from loop.hull import HullEntry, OracleHull
-from loop.verdicts import StabilityRule
+from loop.science.hull import HullEntry, OracleHull
+from loop.science.verdicts import StabilityRule
 
 MP20_VAL = Path(__file__).resolve().parents[2] / "generator" / "data" / "mp_20" / "val.csv.gz"
 NO_DIVERSITY = DiversityConfig(max_per_formula=None, similarity_penalty=0.0)
@@ -293,7 +293,7 @@ def test_regressor_is_sklearn_compatible() -> None:
 
 
 def test_a_new_strategy_is_one_function_and_one_registration() -> None:
-    from loop.acquisition import STRATEGIES, StrategyParams, _select, register_strategy
+    from loop.science.acquisition import STRATEGIES, StrategyParams, _select, register_strategy
 
     class WorstFirstParams(StrategyParams):
         floor: float = 0.0
@@ -356,7 +356,7 @@ def test_ground_state_probability_prefers_the_likely_lowest_polymorph() -> None:
     mean = np.array([-0.60, -0.45, -0.40, -0.02])
     std = np.array([0.02, 0.02, 0.02, 0.03])
     groups = ["A", "A", "A", "B"]
-    from loop.acquisition import ground_state_probability
+    from loop.science.acquisition import ground_state_probability
 
     p = ground_state_probability(mean, std, groups=groups, threshold=0.0)
     assert p[0] > 0.99 and p[1] < 0.01 and p[2] < 0.01  # the deepest A is its ground state

@@ -15,8 +15,8 @@ from scipy.spatial.transform import Rotation
 from generator.base import Candidate
 from generator.seeds import Withholding, load_seeds, seed_loaders
 from loop.design.requirements import DesignConfig
-from loop.fingerprint import Fingerprint, FingerprintError, fingerprint
-from loop.funnel import FILTERS, Funnel, FunnelConfig, FunnelError, KnownIndex
+from loop.science.fingerprint import Fingerprint, FingerprintError, fingerprint
+from loop.science.funnel import FILTERS, Funnel, FunnelConfig, FunnelError, KnownIndex
 
 
 @pytest.fixture(scope="module")

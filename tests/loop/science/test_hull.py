@@ -9,7 +9,7 @@ from pymatgen.core import Composition
 from pymatgen.entries.computed_entries import ComputedEntry
 
 from loop.errors import InputError
-from loop.hull import HullEntry, HullError, MissingReferenceError, OracleHull
+from loop.science.hull import HullEntry, HullError, MissingReferenceError, OracleHull
 
 # Made-up but physical oracle energies (eV per formula unit of the given cell), Li-O and Li-Fe-O.
 LI_O = {

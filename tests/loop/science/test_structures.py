@@ -6,7 +6,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from loop.errors import InputError
-from loop.structures import read_structures, structure_hash, write_structures
+from loop.science.structures import read_structures, structure_hash, write_structures
 
 ROOT = Path(__file__).resolve().parents[2]
 NACL = ROOT / "configs" / "structures" / "NaCl_mp-22862.cif"

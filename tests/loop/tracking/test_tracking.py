@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from pymatgen.core import Structure
 
 from loop.errors import InputError
-from loop.tracking import (
+from loop.tracking.runs import (
     CHAMPION,
     END_REASON_TAG,
     EXPERIMENT_KIND,
@@ -424,8 +424,8 @@ def _artifact_paths(client, run_id: str, path: str | None = None) -> list[str]:
 
 def _assert_campaign_tracked(client, *, name: str, store, rounds: int) -> None:
     """Everything issue 14 asks of a finished campaign's MLflow record, checked against the campaign store."""
-    from loop.campaign_tracking import DISCOVERY_CURVE, model_names, round_science
     from loop.config import CampaignConfig
+    from loop.tracking.campaign import DISCOVERY_CURVE, model_names, round_science
 
     config = CampaignConfig.model_validate(store.get_meta("config"))
     experiment = client.get_experiment_by_name(name)
@@ -572,9 +572,9 @@ def test_track_stage_rerun_after_a_kill_duplicates_nothing(tmp_path_factory) -> 
     """A kill during track means the stage runs again on resume: every log call must be idempotent."""
     from tracked_smoke import SMOKE_NAME, tracked_smoke
 
-    from loop.campaign_tracking import LOGGED_META, PARENT_META, track_round
     from loop.config import CampaignConfig
     from loop.store import CampaignStore
+    from loop.tracking.campaign import LOGGED_META, PARENT_META, track_round
 
     run = tracked_smoke(tmp_path_factory)
     store = CampaignStore.in_workdir(run.workdir)
@@ -607,9 +607,9 @@ def test_campaign_over_http_survives_a_stopped_server(tmp_path: Path) -> None:
     import yaml
     from tracked_smoke import SMOKE, free_port, matloop, stop_process, wait_for_health
 
-    from loop.campaign_tracking import model_names
     from loop.store import CampaignStore
-    from loop.tracking import ui_environment
+    from loop.tracking.campaign import model_names
+    from loop.tracking.runs import ui_environment
 
     port = free_port()
     uri = f"http://127.0.0.1:{port}"

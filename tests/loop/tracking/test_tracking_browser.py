@@ -28,7 +28,7 @@ ML_VIEW = "?workflowType=machine_learning"
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Ids of the smoke campaign's experiment, parent run and round runs."""
-    from loop.tracking import PARENT_TAG, ROUND_TAG, Tracker, TrackingConfig
+    from loop.tracking.runs import PARENT_TAG, ROUND_TAG, Tracker, TrackingConfig
 
     run = tracked_smoke(tmp_path_factory)
     client = Tracker(config=TrackingConfig(), workdir=run.workdir, campaign_name=SMOKE_NAME).client
@@ -49,7 +49,7 @@ def ui(campaign: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> It
             [
                 sys.executable,
                 "-m",
-                "loop.cli",
+                "loop.cli.main",
                 "ui",
                 "--workdir",
                 campaign["workdir"],

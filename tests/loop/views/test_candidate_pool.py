@@ -8,12 +8,12 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from loop.campaign import run_stage
-from loop.candidate_pool import carried_candidates
 from loop.config import validate_config
-from loop.labelling import label_hashes
+from loop.runtime.labelling import label_hashes
 from loop.stages import acquire, funnel, screen, update
 from loop.stages.base import StageContext
 from loop.store import CampaignStore, Generated, Query
+from loop.views.candidate_pool import carried_candidates
 
 pytestmark = pytest.mark.slow
 
