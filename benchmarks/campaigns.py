@@ -94,7 +94,7 @@ def run(config: dict[str, Any], *, workdir: Path) -> float:
     cmd = [
         sys.executable,
         "-m",
-        "loop.cli.main",
+        "loop.cli",
         "run",
         str(path),
         "--workdir",

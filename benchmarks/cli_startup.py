@@ -23,7 +23,7 @@ def one_run(args: list[str]) -> tuple[float, float]:
     """Wall and CPU seconds of one `python -m loop.cli ARGS` in a fresh interpreter."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "loop.cli.main", *args], capture_output=True, check=False)
+    subprocess.run([sys.executable, "-m", "loop.cli", *args], capture_output=True, check=False)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

@@ -48,7 +48,7 @@ def run_campaign(config: dict[str, Any], *, strategy: str, rounds: int, workdir:
     cmd = [
         sys.executable,
         "-m",
-        "loop.cli.main",
+        "loop.cli",
         "run",
         str(path),
         "--workdir",

@@ -99,7 +99,7 @@ def main() -> int:
     config_path = args.workdir.parent / f"{args.workdir.name}-soak.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log = (args.workdir.parent / f"{args.workdir.name}-daemon.log").open("w")
-    cmd = [sys.executable, "-m", "loop.cli.main", "daemon", str(config_path), "--workdir", str(args.workdir)]
+    cmd = [sys.executable, "-m", "loop.cli", "daemon", str(config_path), "--workdir", str(args.workdir)]
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     db = args.workdir / "matloop.db"

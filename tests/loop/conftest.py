@@ -23,7 +23,7 @@ def smoke_campaign(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("smoke") / "campaign"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     proc = subprocess.run(
-        [sys.executable, "-m", "loop.cli.main", "run", str(SMOKE), "--workdir", str(workdir)],
+        [sys.executable, "-m", "loop.cli", "run", str(SMOKE), "--workdir", str(workdir)],
         capture_output=True,
         text=True,
         env=env,

@@ -75,7 +75,7 @@ def tiny_config(path: Path) -> Path:
 
 def matloop(*args: object, crash: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "loop.cli.main", *map(str, args)],
+        [sys.executable, "-m", "loop.cli", *map(str, args)],
         capture_output=True,
         text=True,
         env=_env(crash),
@@ -101,7 +101,7 @@ def reference_run(config, tmp_path_factory) -> Iterator[tuple[Path, subprocess.P
     """The uninterrupted campaign, started at once so that it runs beside the crashed one (2 cores in CI)."""
     workdir = tmp_path_factory.mktemp("reference") / "campaign"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loop.cli.main", "run", str(config), "--workdir", str(workdir)],
+        [sys.executable, "-m", "loop.cli", "run", str(config), "--workdir", str(workdir)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -288,7 +288,7 @@ def test_disk_full_stops_cleanly_then_resumes(config, tmp_path):
         [
             sys.executable,
             "-m",
-            "loop.cli.main",
+            "loop.cli",
             "run",
             str(config),
             "--workdir",

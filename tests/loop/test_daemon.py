@@ -27,7 +27,7 @@ ORDER = [(0, s) for s in ROUND0_STAGES] + [(r, s) for r in (1, 2) for s in ROUND
 
 def _start_daemon(workdir: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "loop.cli.main", "daemon", str(SMOKE), "--workdir", str(workdir)],
+        [sys.executable, "-m", "loop.cli", "daemon", str(SMOKE), "--workdir", str(workdir)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -69,7 +69,7 @@ def test_sigterm_then_stop_command_then_resume(tmp_path):
     daemon = _start_daemon(workdir)
     _wait_for(workdir, ORDER[len(first)], daemon)
     stop = subprocess.run(
-        [sys.executable, "-m", "loop.cli.main", "stop", "--workdir", str(workdir)],
+        [sys.executable, "-m", "loop.cli", "stop", "--workdir", str(workdir)],
         capture_output=True,
         text=True,
         env=ENV,
@@ -85,7 +85,7 @@ def test_sigterm_then_stop_command_then_resume(tmp_path):
     daemon = _start_daemon(workdir)
     _wait_for(workdir, ORDER[len(second)], daemon)
     clash = subprocess.run(
-        [sys.executable, "-m", "loop.cli.main", "run", str(SMOKE), "--workdir", str(workdir)],
+        [sys.executable, "-m", "loop.cli", "run", str(SMOKE), "--workdir", str(workdir)],
         capture_output=True,
         text=True,
         env=ENV,

@@ -259,7 +259,7 @@ def test_a_na_s_campaign_with_the_mlff_oracle_runs_two_rounds(tmp_path):
     (tmp_path / "na-s.yaml").write_text(yaml.safe_dump(data))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     proc = subprocess.run(
-        [sys.executable, "-m", "loop.cli.main", "run", "na-s.yaml", "--workdir", "w", "--json"],
+        [sys.executable, "-m", "loop.cli", "run", "na-s.yaml", "--workdir", "w", "--json"],
         capture_output=True,
         text=True,
         env=env,

@@ -54,7 +54,7 @@ def matloop(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MATLOOP_CRASH_AFTER", None)
     return subprocess.run(
-        [sys.executable, "-m", "loop.cli.main", *map(str, args)],
+        [sys.executable, "-m", "loop.cli", *map(str, args)],
         capture_output=True,
         text=True,
         env=env,

@@ -20,7 +20,7 @@ COMMANDS = ("run", "daemon", "stop", "status", "generate", "predict", "label", "
 def matloop(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     return subprocess.run(
-        [sys.executable, "-m", "loop.cli.main", *map(str, args)],
+        [sys.executable, "-m", "loop.cli", *map(str, args)],
         capture_output=True,
         text=True,
         env=env,

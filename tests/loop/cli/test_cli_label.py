@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SI = ROOT / "configs" / "structures" / "Si_mp-149.cif"
 NACL = ROOT / "configs" / "structures" / "NaCl_mp-22862.cif"
-MATLOOP = [sys.executable, "-m", "loop.cli.main"]
+MATLOOP = [sys.executable, "-m", "loop.cli"]
 
 
 def matloop(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

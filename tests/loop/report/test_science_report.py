@@ -34,7 +34,7 @@ IMG_SRC = re.compile(r'<img[^>]*\ssrc="([^"]*)"')
 def matloop(*args: object) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     return subprocess.run(
-        [sys.executable, "-m", "loop.cli.main", *map(str, args)],
+        [sys.executable, "-m", "loop.cli", *map(str, args)],
         capture_output=True,
         text=True,
         env=env,

@@ -350,7 +350,7 @@ def test_a_campaign_takes_references_from_the_server_and_goes_on_from_the_cache_
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
     def run(rounds: int) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "loop.cli.main", "run", str(cfg_path), "--workdir", str(workdir)]
+        command = [sys.executable, "-m", "loop.cli", "run", str(cfg_path), "--workdir", str(workdir)]
         return subprocess.run(
             [*command, "--rounds", str(rounds)],
             capture_output=True,

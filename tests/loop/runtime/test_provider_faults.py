@@ -149,7 +149,7 @@ def free_port() -> int:
 def matloop(*args, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     return subprocess.run(
-        [sys.executable, "-m", "loop.cli.main", *map(str, args)],
+        [sys.executable, "-m", "loop.cli", *map(str, args)],
         capture_output=True,
         text=True,
         env=env,

@@ -49,7 +49,7 @@ def ui(campaign: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> It
             [
                 sys.executable,
                 "-m",
-                "loop.cli.main",
+                "loop.cli",
                 "ui",
                 "--workdir",
                 campaign["workdir"],
