@@ -34,12 +34,8 @@ from pymatgen.core import Structure
 
 from benchmarks.design_structures import bundled
 from emulator.dynamics import MDTrajectory
-from loop.design.conductivity import (
-    ConductivityResult,
-    conductivity_from_trajectories,
-    conductivity_run,
-    relaxed_for_md,
-)
+from loop.design.conductivity import ConductivityResult, conductivity_from_trajectories
+from loop.design.md_runs import MDSettings
 from loop.design.thermal import lindemann_ratio
 
 # (label, bundled material id, class, published room-temperature σ in mS/cm, source)
@@ -94,15 +90,13 @@ def _run(
     if path.is_file():
         return MDTrajectory.from_dict(json.loads(path.read_text())), 0.0
     start = time.perf_counter()
-    trajectory = conductivity_run(
-        structure=structure,
-        temperature=temperature,
-        duration=args.duration,
+    md = MDSettings(
         equilibration=args.equilibration,
         min_length=args.min_length,
         frame_interval=args.frame_interval,
         seed=args.seed,
     )
+    trajectory = md.run(structure=structure, temperature=temperature, duration=args.duration)
     seconds = time.perf_counter() - start
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(trajectory.to_dict()))
@@ -114,7 +108,7 @@ def _relaxed(*, workdir: Path, label: str, material_id: str) -> Structure:
     path = workdir / f"{label}_relaxed.json"
     if path.is_file():
         return Structure.from_dict(json.loads(path.read_text()))
-    structure = relaxed_for_md(structure=bundled(material_id))
+    structure = MDSettings().relax(structure=bundled(material_id)).structure
     path.write_text(json.dumps(structure.as_dict()))
     return structure
 

@@ -9,13 +9,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 from pymatgen.core import Structure
 
 from emulator.calibration import Calibration, HeldOutPairs
+
+_T = TypeVar("_T")
 
 
 class EmulatorError(Exception):
@@ -152,11 +154,16 @@ def register(cls: type[Emulator]) -> type[Emulator]:
     return cls
 
 
-def get_emulator_class(name: str) -> type[Emulator]:
+def _registered(registry: dict[str, _T], name: str, *, what: str) -> _T:
+    """`registry[name]`, or a KeyError naming `what` was unknown and every registered name."""
     try:
-        return _REGISTRY[name]
+        return registry[name]
     except KeyError:
-        raise KeyError(f"unknown emulator {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}") from None
+        raise KeyError(f"unknown {what} {name!r}; choose one of: {', '.join(sorted(registry))}") from None
+
+
+def get_emulator_class(name: str) -> type[Emulator]:
+    return _registered(_REGISTRY, name, what="emulator")
 
 
 def emulator_names() -> list[str]:
@@ -210,12 +217,7 @@ def register_member(cls: type[CommitteeMember]) -> type[CommitteeMember]:
 
 
 def get_member_class(name: str) -> type[CommitteeMember]:
-    try:
-        return _MEMBERS[name]
-    except KeyError:
-        raise KeyError(
-            f"unknown committee member {name!r}; choose one of: {', '.join(sorted(_MEMBERS))}"
-        ) from None
+    return _registered(_MEMBERS, name, what="committee member")
 
 
 def member_settings_models() -> tuple[type[CommitteeMemberSettings], ...]:

@@ -48,6 +48,7 @@ from emulator.base import (
     RelaxResult,
     register,
 )
+from emulator.calculator import PotentialEvaluation
 from emulator.calibration import (
     MIN_STD,
     Calibration,
@@ -300,26 +301,22 @@ class ChgnetEnsemble(Emulator):
                 pred.stress_std = scale * voigt.std(axis=0)
         return pred
 
-    def _mean_potential(self, structure: Structure) -> tuple[float, np.ndarray, np.ndarray]:
-        energy, forces, stress = self.mean_potential(structure, stress=True)
-        assert stress is not None
-        return energy, forces, stress
-
-    def mean_potential(
-        self, structure: Structure, *, stress: bool
-    ) -> tuple[float, np.ndarray, np.ndarray | None]:
+    def mean_potential(self, structure: Structure, *, stress: bool) -> PotentialEvaluation:
         """The ensemble-mean potential at one geometry, with one back-propagation (no member spread).
 
-        This is what relaxation and the force-field calculator of `emulator.force_field` (molecular dynamics,
-        phonons) evaluate; skipping the stress saves the strain derivatives at fixed cell.
+        This is what relaxation, molecular dynamics and phonons evaluate (through `emulator.calculator`); skipping
+        the stress saves the strain derivatives at fixed cell.
 
         Returns:
             Total energy eV (without the fitted convention offsets, a per-structure constant), forces eV/Å
             (n, 3), stress GPa (3, 3) or None when not asked for.
         """
         e, f, s = self._raw(self._graphs([structure]), forces=True, stress=stress, per_member=False)
-        matrix = s[0, 0].astype(float) if s is not None else None
-        return float(e.mean() * len(structure)), f[0][0].astype(float), matrix
+        return PotentialEvaluation(
+            energy=float(e.mean() * len(structure)),
+            forces=f[0][0].astype(float),
+            stress=s[0, 0].astype(float) if s is not None else None,
+        )
 
     def relax(
         self, structures: Sequence[Structure], *, fmax: float = 0.1, steps: int = 100
@@ -338,27 +335,27 @@ class ChgnetEnsemble(Emulator):
             raise EmulatorError(f"relax needs fmax > 0 eV/Å and steps >= 0 (got fmax={fmax}, steps={steps})")
         structs = check_structures(structures)
         self._graphs(structs)  # fail early and typed on structures CHGNet cannot featurise
-        relaxed = []
-        for s in structs:
-            out, n_steps, converged = relax_one(
+        relaxed = [
+            relax_one(
                 s,
-                potential=self._mean_potential,
+                potential=self.mean_potential,
                 fmax=fmax,
                 steps=steps,
                 optimizer=self.settings.optimizer,
                 relax_cell=self.settings.relax_cell,
             )
-            relaxed.append((out, n_steps, converged))
-        final = self.predict([r[0] for r in relaxed], forces=False, stress=False)
+            for s in structs
+        ]
+        final = self.predict([r.structure for r in relaxed], forces=False, stress=False)
         return [
             RelaxResult(
-                structure=out,
+                structure=r.structure,
                 energy_per_atom=float(final.energy_per_atom[i]),
                 energy_per_atom_std=float(final.energy_per_atom_std[i]),
-                n_steps=n_steps,
-                converged=converged,
+                n_steps=r.n_steps,
+                converged=r.converged,
             )
-            for i, (out, n_steps, converged) in enumerate(relaxed)
+            for i, r in enumerate(relaxed)
         ]
 
     def _check_labels(self, data: Sequence[LabelledStructure]) -> list[Structure]:

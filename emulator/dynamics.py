@@ -24,7 +24,8 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from emulator.base import EmulatorError
-from emulator.force_field import ForceFieldCalculator, load_force_field, smallest_supercell
+from emulator.calculator import PotentialCalculator
+from emulator.force_field import load_force_field, smallest_supercell
 
 # Bussi relaxation time: long enough not to disturb vibrations (~0.1 ps periods), short enough to equilibrate
 # within a fraction of a picosecond.
@@ -160,7 +161,7 @@ def run_md(
     cell = unit * repeats
     model = load_force_field(checkpoint=checkpoint)
     atoms = AseAtomsAdaptor.get_atoms(cell)
-    atoms.calc = ForceFieldCalculator(model=model)
+    atoms.calc = PotentialCalculator(potential=model.mean_potential)
     rng = np.random.default_rng(seed)
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
     Stationary(atoms)

@@ -1,11 +1,12 @@
-"""The emulator as a force field: the ensemble-mean potential behind an ASE calculator, for MD and phonons.
+"""The emulator as a force field for MD and phonons: its model, relaxation and supercells.
 
-One model-loading path for the design checks (`emulator.dynamics`, `emulator.phonons`): a checkpoint directory
-saved by `ChgnetEnsemble.save` (the campaign's current model, fine-tuned on the oracle's labels), or, with no
-checkpoint, the pretrained CHGNet 0.3.0 shipped in the chgnet wheel (all heads the pretrained head, so the mean is
-exactly that model; no distillation is run).
+One model-loading path for the design checks (`emulator.dynamics`, `emulator.phonons`, which evaluate its
+ensemble-mean potential through `emulator.calculator.PotentialCalculator`): a checkpoint directory saved by
+`ChgnetEnsemble.save` (the campaign's current model, fine-tuned on the oracle's labels), or, with no checkpoint, the
+pretrained CHGNet 0.3.0 shipped in the chgnet wheel (all heads the pretrained head, so the mean is exactly that
+model; no distillation is run).
 
-Units: ASE's (eV, eV/Å, eV/Å³ for stress), converted from the ensemble's GPa at the boundary.
+Units: eV/atom, eV/Å, Å.
 """
 
 from __future__ import annotations
@@ -13,19 +14,14 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from ase import Atoms
-from ase.calculators.calculator import Calculator, all_changes
 from pymatgen.core import Structure
-from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from emulator.base import EmulatorError, RelaxResult
 from emulator.chgnet_ensemble import ChgnetEnsemble, ChgnetEnsembleSettings
-from emulator.multihead import EV_PER_A3_TO_GPA
 
 
 def load_force_field(*, checkpoint: Path | None) -> ChgnetEnsemble:
@@ -45,37 +41,6 @@ def load_force_field(*, checkpoint: Path | None) -> ChgnetEnsemble:
         model = ChgnetEnsemble(settings=ChgnetEnsembleSettings(n_members=2, design="bootstrap_only"))
     torch.set_num_threads(1)
     return model
-
-
-class ForceFieldCalculator(Calculator):
-    """ASE calculator over the ensemble-mean energy and forces (stress only when asked for)."""
-
-    implemented_properties: ClassVar[list[str]] = ["energy", "free_energy", "forces", "stress"]
-
-    def __init__(self, *, model: ChgnetEnsemble, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.model = model
-
-    def calculate(
-        self,
-        atoms: Atoms | None = None,
-        properties: list[str] | None = None,
-        system_changes: list[str] = all_changes,
-    ) -> None:
-        super().calculate(atoms, properties, system_changes)
-        want_stress = "stress" in (properties or [])
-        structure = AseAtomsAdaptor.get_structure(self.atoms)
-        try:
-            energy, forces, stress = self.model.mean_potential(structure, stress=want_stress)
-        except EmulatorError:
-            raise
-        except Exception as err:
-            # CHGNet refuses a crystal with an isolated atom (e.g. one evaporated from a broken framework).
-            raise EmulatorError(f"the force field cannot evaluate this geometry: {err}") from None
-        self.results = {"energy": energy, "free_energy": energy, "forces": forces}
-        if stress is not None:
-            s = stress / EV_PER_A3_TO_GPA
-            self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
 
 
 def relax_structure(
@@ -147,7 +112,6 @@ def smallest_supercell(
 
 
 __all__ = [
-    "ForceFieldCalculator",
     "load_force_field",
     "relax_structure",
     "smallest_supercell",

@@ -25,7 +25,8 @@ from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from emulator.base import EmulatorError
-from emulator.force_field import ForceFieldCalculator, load_force_field, relax_structure, smallest_supercell
+from emulator.calculator import PotentialCalculator
+from emulator.force_field import load_force_field, relax_structure, smallest_supercell
 
 # Relaxation before phonons: tight, since a residual stress or force shows up as spurious soft modes.
 RELAX_FMAX = 0.005  # eV/Å
@@ -163,7 +164,7 @@ def phonon_spectrum(
             _phonopy_atoms(cell), supercell_matrix=np.diag(repeats), primitive_matrix="auto", symprec=1e-4
         )
     phonon.generate_displacements(distance=displacement, is_plusminus=True)
-    calculator = ForceFieldCalculator(model=model)
+    calculator = PotentialCalculator(potential=model.mean_potential)
     forces = []
     for displaced in phonon.supercells_with_displacements:
         sc = Structure(displaced.cell, displaced.symbols, displaced.scaled_positions)

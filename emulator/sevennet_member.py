@@ -24,6 +24,7 @@ from emulator.base import (
     RelaxResult,
     register_member,
 )
+from emulator.calculator import PotentialEvaluation
 from emulator.multihead import EV_PER_A3_TO_GPA
 from emulator.relaxation import relax_one
 
@@ -68,18 +69,19 @@ class SevenNetMember(CommitteeMember):
                 self._calculator = SevenNetCalculator(model=self.settings.model, device="cpu")
         return self._calculator
 
-    def _potential(self, structure: Structure) -> tuple[float, np.ndarray, np.ndarray]:
+    def _potential(self, structure: Structure, *, stress: bool) -> PotentialEvaluation:
         atoms = AseAtomsAdaptor.get_atoms(structure)
         atoms.calc = self._calc()
-        energy = float(atoms.get_potential_energy())
-        forces = np.asarray(atoms.get_forces())
-        stress = np.asarray(atoms.get_stress(voigt=False)) * EV_PER_A3_TO_GPA  # 3×3, ASE sign
-        return energy, forces, stress
+        return PotentialEvaluation(
+            energy=float(atoms.get_potential_energy()),
+            forces=np.asarray(atoms.get_forces()),
+            stress=np.asarray(atoms.get_stress(voigt=False)) * EV_PER_A3_TO_GPA if stress else None,
+        )
 
     def relax(self, structures: Sequence[Structure], *, fmax: float, steps: int) -> list[RelaxResult]:
         out = []
         for structure in structures:
-            relaxed, n_steps, converged = relax_one(
+            relaxed = relax_one(
                 structure,
                 potential=self._potential,
                 fmax=fmax,
@@ -87,14 +89,14 @@ class SevenNetMember(CommitteeMember):
                 optimizer="FIRE",
                 relax_cell=True,
             )
-            energy, _, _ = self._potential(relaxed)
+            energy = self._potential(relaxed.structure, stress=False).energy
             out.append(
                 RelaxResult(
-                    structure=relaxed,
-                    energy_per_atom=energy / len(relaxed),
+                    structure=relaxed.structure,
+                    energy_per_atom=energy / len(relaxed.structure),
                     energy_per_atom_std=0.0,
-                    n_steps=n_steps,
-                    converged=converged,
+                    n_steps=relaxed.n_steps,
+                    converged=relaxed.converged,
                 )
             )
         return out

@@ -1,7 +1,7 @@
 """Ionic conductivity from MLFF molecular dynamics: diffusivity per temperature, Arrhenius fit, 300 K estimate.
 
 Method:
-* Each temperature is one NVT run (`emulator.dynamics.run_md`) on the model-relaxed cell. The tracer diffusivity D
+* Each temperature is one NVT run (`loop.design.md_runs.MDSettings.run`) on the model-relaxed cell. The tracer diffusivity D
   of the mobile species comes from `pymatgen.analysis.diffusion.analyzer.DiffusionAnalyzer` (MSD against time,
   framework drift removed, smoothed "max" mode: every time origin, lags from 1 ps; runs too short for that fall
   back to the single-origin MSD), σ(T) from D by the Nernst-Einstein relation with a Haven ratio of
@@ -38,8 +38,8 @@ from pymatgen.analysis.diffusion.analyzer import DiffusionAnalyzer, fit_arrheniu
 from pymatgen.core import Element, Structure
 from scipy import constants
 
-from emulator.dynamics import MDTrajectory, run_md
-from emulator.force_field import relax_structure
+from emulator.dynamics import MDTrajectory
+from loop.design.md_runs import MDSettings
 from loop.errors import InputError
 
 ROOM_TEMPERATURE = 300.0  # K
@@ -251,49 +251,6 @@ def conductivity_from_trajectories(
     )
 
 
-def conductivity_run(
-    *,
-    structure: Structure,
-    temperature: float,
-    duration: float,
-    checkpoint: Path | None = None,
-    seed: int = 0,
-    timestep: float = 2.0,
-    equilibration: float = 0.5,
-    min_length: float = 8.0,
-    frame_interval: int = 10,
-) -> MDTrajectory:
-    """One temperature of a conductivity calculation (a unit of work an executor can run and store alone).
-
-    Args:
-        structure: The crystal, already relaxed with the same model (see `relaxed_for_md`).
-        temperature: K.
-        duration: Production length, ps.
-        checkpoint: Emulator checkpoint directory; None = the shipped CHGNet 0.3.0.
-        seed: Seed of velocities and thermostat.
-        timestep: fs.
-        equilibration: ps, dropped.
-        min_length: Smallest face-to-face width of the MD supercell, Å.
-        frame_interval: Steps between stored frames.
-    """
-    return run_md(
-        structure=structure,
-        temperature=temperature,
-        duration=duration,
-        timestep=timestep,
-        equilibration=equilibration,
-        min_length=min_length,
-        checkpoint=checkpoint,
-        seed=seed,
-        frame_interval=frame_interval,
-    )
-
-
-def relaxed_for_md(*, structure: Structure, checkpoint: Path | None = None) -> Structure:
-    """The structure relaxed (cell and positions) with the model that will run the MD, so NVT starts unstrained."""
-    return relax_structure(structure=structure, checkpoint=checkpoint, fmax=0.02, steps=300).structure
-
-
 def ionic_conductivity(
     *,
     structure: Structure,
@@ -335,28 +292,17 @@ def ionic_conductivity(
         raise InputError(
             f"the mobile species {specie} is not in {structure.composition.reduced_formula}; name one it holds"
         )
-    start = relaxed_for_md(structure=structure, checkpoint=checkpoint) if relax else structure
-    runs = [
-        conductivity_run(
-            structure=start,
-            temperature=t,
-            duration=duration,
-            checkpoint=checkpoint,
-            seed=seed,
-            timestep=timestep,
-            equilibration=equilibration,
-            min_length=min_length,
-            frame_interval=frame_interval,
-        )
-        for t in temps
-    ]
+    md = MDSettings(
+        checkpoint=checkpoint,
+        seed=seed,
+        timestep=timestep,
+        equilibration=equilibration,
+        min_length=min_length,
+        frame_interval=frame_interval,
+    )
+    start = md.relax(structure=structure).structure if relax else structure
+    runs = [md.run(structure=start, temperature=t, duration=duration) for t in temps]
     return conductivity_from_trajectories(trajectories=runs, specie=specie, min_msd=min_msd)
 
 
-__all__ = [
-    "ConductivityResult",
-    "conductivity_from_trajectories",
-    "conductivity_run",
-    "ionic_conductivity",
-    "relaxed_for_md",
-]
+__all__ = ["ConductivityResult", "conductivity_from_trajectories", "ionic_conductivity"]

@@ -32,8 +32,9 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 
 from emulator.base import EmulatorError
-from emulator.dynamics import MDTrajectory, run_md
-from emulator.force_field import load_force_field, relax_structure, smallest_supercell
+from emulator.dynamics import MDTrajectory
+from emulator.force_field import load_force_field, relax_structure
+from loop.design.md_runs import MDSettings
 from loop.design.requirements import Status
 from loop.errors import InputError
 
@@ -137,6 +138,25 @@ def _framework(structure: Structure, mobile_species: Sequence[str]) -> Structure
     return framework
 
 
+@dataclass(frozen=True)
+class _Quench:
+    """The quenched last frame of a run compared with the relaxed start.
+
+    Attributes:
+        matched: The frameworks (without the mobile species) match.
+        rms_distance: StructureMatcher's RMS distance between them, in units of (V/n)^(1/3) (None if unmatched).
+        energy_change: Quenched minus start energy, eV/atom.
+        converged: Whether the quench reached its force threshold.
+        whole_cell_matched: Whether the whole cells, mobile ions included, match.
+    """
+
+    matched: bool
+    rms_distance: float | None
+    energy_change: float
+    converged: bool
+    whole_cell_matched: bool
+
+
 def _quench_check(
     *,
     reference: Structure,
@@ -144,21 +164,20 @@ def _quench_check(
     reference_energy: float,
     checkpoint: Path | None,
     mobile_species: Sequence[str],
-) -> tuple[bool, float | None, float, bool, bool]:
-    """(framework matched, its rms distance, energy change eV/atom, quench converged, whole cell matched) of the
-    quenched last frame against the reference."""
+) -> _Quench:
+    """Quench the last frame of `trajectory` and compare it with `reference` (energy in eV/atom)."""
     model = load_force_field(checkpoint=checkpoint)
     quench = relax_structure(structure=trajectory.final, fmax=QUENCH_FMAX, steps=QUENCH_STEPS, model=model)
     matcher = StructureMatcher(**MATCHER, primitive_cell=False, scale=True, attempt_supercell=False)
     rms = matcher.get_rms_dist(
         _framework(reference, mobile_species), _framework(quench.structure, mobile_species)
     )
-    return (
-        rms is not None,
-        None if rms is None else float(rms[0]),
-        float(quench.energy_per_atom - reference_energy),
-        quench.converged,
-        bool(matcher.fit(reference, quench.structure)),
+    return _Quench(
+        matched=rms is not None,
+        rms_distance=None if rms is None else float(rms[0]),
+        energy_change=float(quench.energy_per_atom - reference_energy),
+        converged=quench.converged,
+        whole_cell_matched=bool(matcher.fit(reference, quench.structure)),
     )
 
 
@@ -208,22 +227,19 @@ def thermal_stability(
         lindemann_max=float(lindemann_max),
         mobile_species=mobile,
     )
+    md = MDSettings(
+        checkpoint=checkpoint,
+        seed=seed,
+        timestep=timestep,
+        equilibration=equilibration,
+        min_length=min_length,
+        frame_interval=frame_interval,
+    )
     try:
-        start = relax_structure(structure=structure, checkpoint=checkpoint, fmax=0.02, steps=300)
-        trajectory = run_md(
-            structure=start.structure,
-            temperature=temperature,
-            duration=duration,
-            timestep=timestep,
-            equilibration=equilibration,
-            min_length=min_length,
-            checkpoint=checkpoint,
-            seed=seed,
-            frame_interval=frame_interval,
-        )
-        cell, repeats = smallest_supercell(start.structure, min_length=min_length)
-        matched, rms, energy_change, converged, whole = _quench_check(
-            reference=cell * repeats,
+        start = md.relax(structure=structure)
+        trajectory = md.run(structure=start.structure, temperature=temperature, duration=duration)
+        quench = _quench_check(
+            reference=md.supercell(structure=start.structure),
             trajectory=trajectory,
             reference_energy=start.energy_per_atom,
             checkpoint=checkpoint,
@@ -233,7 +249,7 @@ def thermal_stability(
         return ThermalResult(**{**asdict(base), "reason": f"the force field could not follow the run: {err}"})
     ratio = lindemann_ratio(trajectory=trajectory, mobile_species=mobile)
     molten = ratio > lindemann_max
-    retained = matched and not molten
+    retained = quench.matched and not molten
     if retained:
         reason = (
             f"retained after {duration:g} ps at {temperature:g} K: quenched framework matches the start, "
@@ -244,7 +260,7 @@ def thermal_stability(
     else:
         reason = (
             f"changed structure at {temperature:g} K: the quenched framework no longer matches the start "
-            f"(energy change {energy_change:+.3f} eV/atom)"
+            f"(energy change {quench.energy_change:+.3f} eV/atom)"
         )
     return ThermalResult(
         **{
@@ -254,12 +270,12 @@ def thermal_stability(
             "reason": reason,
             "mean_temperature": trajectory.mean_temperature,
             "n_atoms": len(trajectory.structure),
-            "matched": matched,
-            "rms_distance": rms,
+            "matched": quench.matched,
+            "rms_distance": quench.rms_distance,
             "lindemann_ratio": ratio,
-            "energy_change": energy_change,
-            "quench_converged": converged,
-            "whole_cell_matched": whole,
+            "energy_change": quench.energy_change,
+            "quench_converged": quench.converged,
+            "whole_cell_matched": quench.whole_cell_matched,
         }
     )
 
