@@ -9,7 +9,7 @@ and the oracle relaxation (steps, max force, pressure, wall time). Then, per com
 labelled phase, so one can check that the references are the ground states the hull claims.
 
 Usage:
-    .venv/bin/python benchmarks/audit_campaign.py --workdir runs/demo
+    .venv/bin/python -m benchmarks.audit_campaign --workdir runs/demo
 
 Units: eV/atom, eV/Å, GPa, s.
 """
@@ -17,13 +17,10 @@ Units: eV/atom, eV/Å, GPa, s.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loop.report.science import collect
 from loop.report.status import origin

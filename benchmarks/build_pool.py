@@ -1,6 +1,6 @@
 """Build a labelled candidate pool of one chemical system for the acquisition benchmark.
 
-    OMP_NUM_THREADS=1 python benchmarks/build_pool.py --system Li-Al --n 300 --oracle mlff \
+    OMP_NUM_THREADS=1 python -m benchmarks.build_pool --system Li-Al --n 300 --oracle mlff \
         --workdir /tmp/pools/li-al-mlff --out benchmarks/pools/li-al_mlff.json.gz
 
 What a campaign's rounds would see, computed once with the project's own stages on a campaign store:
@@ -19,7 +19,7 @@ What a campaign's rounds would see, computed once with the project's own stages 
 another pool with another oracle (e.g. GPAW on 60 candidates of the SevenNet pool) instead of generating new ones;
 the references are labelled again with that oracle.
 
-The pool file (gzipped JSON) holds, per reference and candidate: the structure the oracle labelled (the
+The pool file (gzipped JSON, `benchmarks.lib.pools`) holds, per reference and candidate: the structure the oracle labelled (the
 emulator-relaxed geometry for candidates), the oracle-relaxed structure when the oracle relaxes, oracle energy
 (eV/atom), forces (eV/Å) and stress (GPa), the pretrained emulator's per-member energies (eV/atom) at both
 geometries, the source generator and its provenance, E_hull (eV/atom) and verdict; plus the settings, counts and
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gzip
 import json
 import logging
 import math
@@ -42,35 +41,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Structure
 
-POOL_FORMAT = 1
+from benchmarks.lib.pools import (
+    POOL_FORMAT,
+    compact_structure,
+    pool_candidates,
+    read_pool,
+    structure_from_compact,
+    write_pool,
+)
+
 DEFAULT_MIX = "diffusion=24,substitution=32,random_search=16"
 
 log = logging.getLogger("build_pool")
-
-
-def compact_structure(structure: Structure) -> dict[str, Any]:
-    """Lattice (Å), species and fractional coordinates, rounded: a few hundred bytes per small cell."""
-    return {
-        "lattice": np.round(structure.lattice.matrix, 6).tolist(),
-        "species": [site.specie.symbol for site in structure],
-        "frac": np.round(structure.frac_coords, 6).tolist(),
-    }
-
-
-def structure_from_compact(data: dict[str, Any]) -> Structure:
-    """Inverse of `compact_structure`."""
-    return Structure(Lattice(data["lattice"]), data["species"], data["frac"])
-
-
-def read_pool(path: Path) -> dict[str, Any]:
-    """A pool file as written by this script."""
-    with gzip.open(path, "rt") as fh:
-        pool = json.load(fh)
-    if pool.get("format") != POOL_FORMAT:
-        raise ValueError(f"{path}: pool format {pool.get('format')} is not {POOL_FORMAT}; rebuild it")
-    return pool
 
 
 def oracle_settings(kind: str, overrides: list[str], *, config_path: str | None = None) -> Any:
@@ -125,7 +109,7 @@ def pool_config(args: argparse.Namespace, settings: Any) -> Any:
         },
         "emulator": {"kind": "chgnet_ensemble", "n_members": args.members},
         "emulator_training": {"relax_fmax": 0.1, "relax_steps": args.relax_steps},
-        # A pool is the truth the tiers are measured against (benchmarks/tier_recall.py): relax every candidate.
+        # A pool is the truth the tiers are measured against (benchmarks.tier_recall): relax every candidate.
         "screening": {"enabled": False},
         "oracle": settings.model_dump(),
         "tracking": {"enabled": False},
@@ -173,39 +157,6 @@ def run_batch(config: Any, store: Any, batch: int) -> None:
     for stage in (generate.STAGE, funnel.STAGE, screen.STAGE):
         if not store.stage_done(batch, stage.name):
             run_stage(stage, ctx)
-
-
-def pool_candidates(store: Any) -> list[dict[str, Any]]:
-    """Distinct emulator-relaxed candidates in generation order: (relaxed hash, parent hash, source, batch)."""
-    source_of = {}
-    for row in store.structure_rows(where="source NOT IN ('seed', 'relaxed')"):
-        source_of[row.hash] = (row.source, row.parent, row.provenance, row.round)
-    seen: set[str] = set()
-    out = []
-    for p in (p for preds in store.predictions_by_round().values() for p in preds):
-        h = p.relaxed_hash
-        if not h or h in seen or p.e_hull is None:
-            continue  # collapsed or unplaceable relaxations are not candidates a campaign would query
-        seen.add(h)
-        source, parent, provenance, batch = source_of[p.hash]
-        out.append(
-            {
-                "hash": h,
-                "generated_hash": p.hash,
-                "source": source,
-                "parent": parent,
-                "provenance": provenance,
-                "batch": batch,
-                "screen": {
-                    "energy_per_atom": p.energy_per_atom,
-                    "energy_per_atom_std": p.energy_per_atom_std,
-                    "e_hull": p.e_hull,
-                    "e_hull_std": p.e_hull_std,
-                    **p.data,
-                },
-            }
-        )
-    return out
 
 
 def label_all(
@@ -502,7 +453,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
         "emulator": {"settings": config.emulator.model_dump(), "model": "pretrained"},
         "build": {
             # Machine paths stay out of shipped files: the workdir and the output folder are placeholders.
-            "command": "benchmarks/build_pool.py "
+            "command": "python -m benchmarks.build_pool "
             + " ".join(sys.argv[1:])
             .replace(str(workdir), "WORKDIR")
             .replace(str(Path(args.out).parent), "OUT"),
@@ -518,12 +469,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
         "summary": summary,
         "entries": entries,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with gzip.open(tmp, "wt") as fh:
-        json.dump(pool, fh, separators=(",", ":"))
-    os.replace(tmp, out)
+    write_pool(pool, Path(args.out))
     return summary
 
 

@@ -7,11 +7,11 @@ each round's pairs with the calibration fitted on earlier rounds only: the cover
 
 Inputs: any number of
 * `update.json` files a campaign writes beside each emulator checkpoint (`<workdir>/checkpoints/.../update.json`),
-* `--json` outputs of `benchmarks/emulator_update.py` (their "pairs" entry),
+* `--json` outputs of `benchmarks.emulator_update` (their "pairs" entry),
 each contributing the pairs of one variant (`--variant`, default the refit-only one) as one independent series.
 
 Usage:
-    python benchmarks/calibration_rules.py FILE [FILE ...] [--variant refit]
+    python -m benchmarks.calibration_rules FILE [FILE ...] [--variant refit]
 
 Units: eV/atom.
 """
@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emulator.calibration import Calibration, HeldOutPairs, calibration_metrics, fit_calibration
 

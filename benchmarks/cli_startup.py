@@ -3,7 +3,7 @@
 Reports the median wall time and the median CPU time (user + sys) of a fresh interpreter per run; CPU time is
 the fairer figure on a shared, loaded machine. Run from the repository root:
 
-    python benchmarks/cli_startup.py --repeats 10
+    python -m benchmarks.cli_startup --repeats 10
 """
 
 from __future__ import annotations

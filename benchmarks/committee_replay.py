@@ -10,7 +10,7 @@ Then per design: MAE, Spearman(σ, |error|), share of errors within 1σ and 2σ,
 round's candidates (so one sees whether a phase below the hull would have been chosen).
 
 Usage:
-    OMP_NUM_THREADS=1 python benchmarks/committee_replay.py --workdir runs/demo [--workdir ...] [--member sevennet]
+    OMP_NUM_THREADS=1 python -m benchmarks.committee_replay --workdir runs/demo [--workdir ...] [--member sevennet]
 
 Units: eV/atom.
 """
@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loop.config import CampaignConfig
 from loop.science.hull import HullEntry, OracleHull

@@ -1,9 +1,12 @@
 """Compare the outcomes of two campaigns, e.g. the same config run by two versions of the code.
 
-Reads both stores with plain sqlite (any schema version), so a store written before a restructuring compares with
-one written after it. Timings, run ids and file paths are left out; energies are rounded to 1e-6 eV/atom.
+Reads both stores with plain read-only sqlite (any schema version), so a store written before a restructuring
+compares with one written after it. This is the one benchmark that does not read through `loop.store.CampaignStore`,
+on purpose: opening a store with it migrates an older schema in place (and refuses a newer one), which would change
+the very store under comparison, and the comparison must hold across code versions whose store API differs. Timings,
+run ids and file paths are left out; energies are rounded to 1e-6 eV/atom.
 
-    python benchmarks/compare_campaigns.py WORKDIR_A WORKDIR_B
+    python -m benchmarks.compare_campaigns WORKDIR_A WORKDIR_B
 
 Exit code 0 when every table is identical, 1 otherwise.
 """

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from pymatgen.core import Structure
 
-from benchmarks.design_structures import bundled
+from benchmarks.lib.cells import bundled
 from emulator.dynamics import MDTrajectory
 from loop.design.conductivity import ConductivityResult, conductivity_from_trajectories
 from loop.design.md_runs import MDSettings

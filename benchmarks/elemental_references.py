@@ -7,26 +7,24 @@ prints each one's energy per atom, its distance to the lowest polymorph of its e
 the hull end. A rerun with the same workdir reuses every stored label.
 
 Usage:
-    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/elemental_references.py configs/demo.yaml \
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python -m benchmarks.elemental_references configs/demo.yaml \
         --workdir runs/elemental_references
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+from loop.config import load_config
+from loop.runtime.labelling import label_hashes
+from loop.stages.references import reference_pool
+from loop.store import CampaignStore
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from pymatgen.symmetry.analyzer import SpacegroupAnalyzer  # noqa: E402
-
-from loop.config import load_config  # noqa: E402
-from loop.runtime.labelling import label_hashes  # noqa: E402
-from loop.stages.references import reference_pool  # noqa: E402
-from loop.store import CampaignStore  # noqa: E402
 
 
 def main() -> None:

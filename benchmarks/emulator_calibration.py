@@ -16,20 +16,17 @@ Designs:
     distilled_noboot      distilled round-0 heads, fine-tuned on the full data, no resampling (the default)
 
 Run by hand (several minutes; note the load, the machine is shared):
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/emulator_calibration.py [--members 4] [--epochs 10]
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.emulator_calibration [--members 4] [--epochs 10]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.lib.timing import load_average
 
 DESIGNS = {
     "distilled+boot": {"design": "distilled_heads", "bootstrap": True},
@@ -64,7 +61,7 @@ def main() -> None:
         "held+sq60": held + compressed(held, volume_factor=0.6),
     }
     print(
-        f"load avg at start {os.getloadavg()}; K={args.members}, {args.train} training cells, {args.epochs} epochs"
+        f"load avg at start {load_average()}; K={args.members}, {args.train} training cells, {args.epochs} epochs"
     )
     header = (
         f"{'design':<21}{'stage':<8}{'set':<15}{'MAE':>8}{'std':>8}{'rho':>7}{'1σ':>6}{'2σ':>6}{'k68':>7}"
@@ -88,7 +85,7 @@ def main() -> None:
                 )
         print(
             f"{name:<21}train {metrics['train_minutes']:.1f} min, {time.perf_counter() - start:.0f} s total, "
-            f"load {os.getloadavg()[0]:.1f}"
+            f"load {load_average()[0]:.1f}"
         )
 
 

@@ -11,7 +11,7 @@ Modes (each timed in its own subprocess, so its peak RSS is its own; best of --r
     ens_e_std      ensemble, energy mean ± std only (no back-propagation), what screening uses
 
 Run by hand (not part of the test suite; note the load from `uptime`, the machine is shared):
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/emulator_ensemble_cost.py [--n 100] [--members 4]
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.emulator_ensemble_cost [--n 100] [--members 4]
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import sys
 import time
 import warnings
 from pathlib import Path
+
+from benchmarks.lib.timing import load_average
 
 MP20_VAL = Path(__file__).resolve().parents[1] / "generator" / "data" / "mp_20" / "val.csv.gz"
 MODES = ("plain", "ens_e_std_f", "ens_ef_std", "naive", "plain_e", "ens_e_std")
@@ -93,7 +95,7 @@ def main() -> None:
         print(json.dumps(run_mode(args.mode, n=args.n, members=args.members, repeats=args.repeats)))
         return
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    load_before = os.getloadavg()
+    load_before = load_average()
     results = {}
     for mode in MODES:
         out = subprocess.run(
@@ -120,7 +122,7 @@ def main() -> None:
     }
     print(
         f"{args.n} mp_20 val crystals, K={args.members}, batch 4, 1 thread; load avg before {load_before}, "
-        f"after {os.getloadavg()}"
+        f"after {load_average()}"
     )
     print("ratio: vs plain (E+F modes) or vs plain_e (energy-only modes)")
     print(f"{'mode':<14}{'best s':>9}{'ratio':>8}{'peak RSS MB':>13}")

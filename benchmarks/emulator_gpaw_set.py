@@ -1,4 +1,4 @@
-"""Build the GPAW-labelled Li-Al set that `benchmarks/emulator_update.py` replays.
+"""Build the GPAW-labelled Li-Al set that `benchmarks.emulator_update` replays.
 
 Structures (ordered as a campaign would meet them, each tagged with a `round`):
 * round 0, references: the bundled mp_20 Li-Al crystals, the Li-Al rows of an mpts_52 copy given with

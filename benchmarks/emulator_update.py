@@ -1,6 +1,6 @@
 """Emulator-update and uncertainty designs replayed on real GPAW labels of Li-Al (a campaign without the search).
 
-The labelled set (`benchmarks/data/lial_gpaw.extxyz.gz`, built by `benchmarks/emulator_gpaw_set.py`) arrives as a
+The labelled set (`benchmarks/data/lial_gpaw.extxyz.gz`, built by `benchmarks.emulator_gpaw_set`) arrives as a
 campaign's labels would: round 0 holds the references (bundled and elemental Li-Al crystals), later rounds ~6
 candidates each (generator proposals relaxed with the pretrained emulator, strained and rattled cells). Every round
 runs the product's `emulator.update.update_emulator`: the previous round's variants predict the new labels before
@@ -14,7 +14,7 @@ Per design it prints, over all held-out labels of rounds >= 1:
 * the fine-tuning time.
 
 Usage:
-    OMP_NUM_THREADS=1 python benchmarks/emulator_update.py [--designs NAME ...] [--members 3] [--rounds N] [--base DIR]
+    OMP_NUM_THREADS=1 python -m benchmarks.emulator_update [--designs NAME ...] [--members 3] [--rounds N] [--base DIR]
 
 Units: eV/atom, s.
 """
@@ -25,8 +25,6 @@ import argparse
 import copy
 import gzip
 import json
-import os
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -34,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.lib.timing import load_average
 
 DATA = Path(__file__).resolve().parent / "data" / "lial_gpaw.extxyz.gz"
 
@@ -150,7 +148,7 @@ def replay(
         "rounds": per_round,
         "update_s": tune_s,
         # Raw held-out pairs per variant (prediction before training, raw spread, label, round): calibration
-        # rules can be compared on them afterwards without retraining (benchmarks/calibration_rules.py).
+        # rules can be compared on them afterwards without retraining (benchmarks.calibration_rules).
         "pairs": {name: h.to_dict() for name, h in variants.history.items()} if variants else {},
     }
 
@@ -193,7 +191,7 @@ def main() -> None:
     rounds = rounds[: args.rounds]
     print(
         f"{sum(map(len, rounds))} GPAW labels in {len(rounds)} rounds ({len(rounds[0])} references); "
-        f"K={args.members}; load {os.getloadavg()[0]:.1f}",
+        f"K={args.members}; load {load_average()[0]:.1f}",
         flush=True,
     )
     start = time.perf_counter()

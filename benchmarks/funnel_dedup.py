@@ -5,21 +5,20 @@ site-permuted supercells, rattled by 0.02 Å; all must be caught), the held-out 
 substitution candidates from mp_20 parents, up to the requested total.
 
 Run by hand (not part of the test suite):
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/funnel_dedup.py [--known 20000] [--candidates 10000]
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.funnel_dedup [--known 20000] [--candidates 10000]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import time
 
 import numpy as np
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 from scipy.spatial.transform import Rotation
 
+from benchmarks.lib.timing import Stopwatch, load_average
 from generator.base import Candidate, GenerationContext
 from generator.seeds import load_seeds
 from generator.substitution import SubstitutionGenerator, SubstitutionSettings
@@ -54,25 +53,22 @@ def main() -> None:
     timings: dict[str, float] = {}
     cpu: dict[str, float] = {}
 
-    def clock() -> tuple[float, float]:
-        return time.perf_counter(), time.process_time()
+    def record(name: str, watch: Stopwatch) -> None:
+        timings[name] = watch.wall_s()
+        cpu[name] = watch.cpu_s()
 
-    def record(name: str, start: tuple[float, float]) -> None:
-        timings[name] = time.perf_counter() - start[0]
-        cpu[name] = time.process_time() - start[1]
-
-    t0 = clock()
+    t0 = Stopwatch()
     everything = load_seeds(seed=args.seed)
     record("parse_cifs_s", t0)
     known, held_out = everything[: args.known], everything[args.known :]
 
-    t0 = clock()
+    t0 = Stopwatch()
     index = KnownIndex()
     stored = [(k.id, index.add(id=k.id, structure=k.structure, origin="seed").to_str()) for k in known]
     record("index_from_structures_s", t0)
 
     by_id = {k.id: k.structure for k in known}
-    t0 = clock()
+    t0 = Stopwatch()
     rebuilt = KnownIndex()
     for ident, fp in stored:
         rebuilt.add(id=ident, structure=lambda i=ident: by_id[i], fp=fp, origin="seed")
@@ -84,7 +80,7 @@ def main() -> None:
         for i in picks
     ]
     pool = copies + [Candidate(structure=k.structure, source="mp20_held_out") for k in held_out]
-    t0 = clock()
+    t0 = Stopwatch()
     n_sub = max(0, args.candidates - len(pool))
     parents = load_seeds(limit=n_sub, seed=args.seed + 1)  # parents overlap the known set on purpose
     generator = SubstitutionGenerator(settings=SubstitutionSettings(max_candidates_per_parent=4))
@@ -94,7 +90,7 @@ def main() -> None:
     batch = [pool[i] for i in order]
 
     dedup_only = FunnelConfig(charge_balance="off", max_atoms=None, min_distance=0.0, min_distance_factor=0.0)
-    t0 = clock()
+    t0 = Stopwatch()
     _, report = Funnel(dedup_only, known=rebuilt).run(batch)
     record("dedup_s", t0)
     caught = sum(1 for r in report.rejections if batch[r.index].source == "copy")
@@ -104,7 +100,7 @@ def main() -> None:
     missed = [batch[i] for i in report.kept_indices if batch[i].source == "copy"]
     bucketing_misses = sum(matcher.fit(by_id[c.parent], c.structure) for c in missed)
 
-    t0 = clock()
+    t0 = Stopwatch()
     _, report_full = Funnel(FunnelConfig(), known=rebuilt).run(batch)
     record("full_funnel_s", t0)
 
@@ -121,7 +117,7 @@ def main() -> None:
         "full_funnel_kept": report_full.n_kept,
         "wall_s": {k: round(v, 1) for k, v in timings.items()},
         "cpu_s": {k: round(v, 1) for k, v in cpu.items()},
-        "load_average": os.getloadavg(),
+        "load_average": load_average(),
     }
     print(json.dumps(result, indent=2))
 

@@ -1,6 +1,6 @@
 """How well conditioned samples honour each request, against unconditional sampling.
 
-    OMP_NUM_THREADS=1 python benchmarks/generator_conditioning.py --n 64 --threads 2
+    OMP_NUM_THREADS=1 python -m benchmarks.generator_conditioning --n 64 --threads 2
 
 Chemical system: fraction whose element set equals the request, with exact logit masking (default) and with
 guidance alone (guidance-only rows also switch off charge-balance decoding and the species cap, so they measure
@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 import warnings
 from pathlib import Path
 
 import torch
 
+from benchmarks.lib.timing import load_average
 from generator.diffusion.sampler import DEFAULT_GUIDANCE
 
 warnings.filterwarnings("ignore")
@@ -65,7 +65,7 @@ def main() -> None:
 
     t0 = time.monotonic()
     report: dict[str, object] = {
-        "load_before": os.getloadavg(),
+        "load_before": load_average(),
         "n": args.n,
         "steps": args.steps,
         "guidance": args.guidance,
@@ -145,7 +145,7 @@ def main() -> None:
     validate_conditions({"band_gap": "1.5:3.0"})  # accepted, but not measurable offline
     report["rows"] = rows
     report["wall_s"] = round(time.monotonic() - t0, 1)
-    report["load_after"] = os.getloadavg()
+    report["load_after"] = load_average()
     print(json.dumps(report, indent=1))
 
 

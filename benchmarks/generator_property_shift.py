@@ -1,6 +1,6 @@
 """Does property conditioning shift the sampled crystals' properties? Judged with CHGNet 0.3.0.
 
-    OMP_NUM_THREADS=1 python benchmarks/generator_property_shift.py --n 48 --n-uncond 200
+    OMP_NUM_THREADS=1 python -m benchmarks.generator_property_shift --n 48 --n-uncond 200
 
 For each request (magnetic density high; bulk modulus high and low; energy above hull low) the shipped
 diffusion checkpoint samples `--n` crystals with that condition and `--n-uncond` without any; structurally
@@ -12,7 +12,7 @@ and judged on the relaxed structure:
   the routine that made the training labels), NaN where the fit fails its sanity checks;
 * energy above hull (eV/atom): CHGNet energy per atom against a CHGNet hull of the mp_20 train+val crystals
   in the sample's chemical (sub)systems, with the CHGNet-relaxed prototype references of
-  `generator_quality._prototype_energy` for elements without an elemental crystal there (incomplete hull,
+  `benchmarks.generator_quality._prototype_energy` for elements without an elemental crystal there (incomplete hull,
   so optimistic).
 
 Reports mean, median and the fraction inside the requested range, conditioned vs unconditional (the same
@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -47,8 +46,7 @@ REQUESTS: dict[str, tuple[str, str]] = {
 
 def judge(structures, *, model, opt, relax_steps: int, with_hull: bool) -> dict[str, list[float]]:
     """CHGNet properties of the relaxed valid samples (NaN where a step failed)."""
-    from generator_quality import hull_distances, mp20_structures, relax_briefly
-
+    from benchmarks.generator_quality import hull_distances, mp20_structures, relax_briefly
     from generator.diffusion.chgnet_labels import bulk_moduli, magnetic_densities
 
     relaxed = [r for r in relax_briefly(structures, opt=opt, steps=relax_steps) if r is not None]
@@ -88,8 +86,6 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=list(REQUESTS), default=list(REQUESTS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    # generator_quality.py sits next to this script; its hull helpers are reused, not copied
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
     from chgnet.model import StructOptimizer
 

@@ -1,6 +1,6 @@
 """Quality of the shipped diffusion checkpoint: speed, validity, uniqueness, novelty, SUN-like rate.
 
-    OMP_NUM_THREADS=1 python benchmarks/generator_quality.py --n 1000 --threads 2 --sun-subset 150
+    OMP_NUM_THREADS=1 python -m benchmarks.generator_quality --n 1000 --threads 2 --sun-subset 150
 
 Structural validity: all periodic distances > 0.5 Å and 0.1-200 Å³/atom. Compositional validity: SMACT-style
 charge balance over common oxidation states (all-metal compositions count as valid); by default the sampler's
@@ -22,7 +22,6 @@ import argparse
 import itertools
 import json
 import math
-import os
 import random
 import subprocess
 import time
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.lib.cells import bcc, fcc, hcp
+from benchmarks.lib.timing import Stopwatch, load_average
 from generator.diffusion.sampler import DEFAULT_GUIDANCE
 
 warnings.filterwarnings("ignore")
@@ -72,7 +73,7 @@ def main() -> None:
     from generator.diffusion.metrics import charge_balanced, novel_mask, structurally_valid, unique_mask
 
     result: dict[str, object] = {
-        "load_before": os.getloadavg(),
+        "load_before": load_average(),
         "n": args.n,
         "steps": args.steps,
         "threads": args.threads,
@@ -84,8 +85,7 @@ def main() -> None:
         "guidance": args.guidance,
         "species_prior": not args.no_species_prior,
     }
-    t0 = time.monotonic()
-    c0 = time.process_time()
+    watch = Stopwatch()
     from generator.diffusion import parse_conditions
 
     samples = sample_structures(
@@ -102,9 +102,9 @@ def main() -> None:
         species_prior=not args.no_species_prior,
         guidance_scale=args.guidance,
     )
-    result["sampling_s"] = round(time.monotonic() - t0, 1)
-    result["sampling_cpu_s"] = round(time.process_time() - c0, 1)
-    result["load_after"] = os.getloadavg()
+    result["sampling_s"] = round(watch.wall_s(), 1)
+    result["sampling_cpu_s"] = round(watch.cpu_s(), 1)
+    result["load_after"] = load_average()
     if args.out:
         from ase.io import write
         from pymatgen.io.ase import AseAtomsAdaptor
@@ -148,7 +148,7 @@ def _prototype_energy(element: str, opt) -> float:
     Used only for elements with no elemental crystal in mp_20 train+val; for elements whose ground state is
     not a close-packed/bcc metal (B, S, Mn) this reference is too high, which biases E_hull low.
     """
-    from pymatgen.core import Element, Lattice, Structure
+    from pymatgen.core import Element
 
     from generator.diffusion.data import cache_dir
 
@@ -157,17 +157,8 @@ def _prototype_energy(element: str, opt) -> float:
     if element in known:
         return float(known[element])
     r = float(Element(element).atomic_radius or 1.5)
-    cells = [
-        Structure(
-            Lattice.cubic(2 * 2**0.5 * r),
-            [element] * 4,
-            [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
-        ),
-        Structure(Lattice.cubic(4 * r / 3**0.5), [element] * 2, [[0, 0, 0], [0.5, 0.5, 0.5]]),
-        Structure(
-            Lattice.hexagonal(2 * r, 3.27 * r), [element] * 2, [[1 / 3, 2 / 3, 0.25], [2 / 3, 1 / 3, 0.75]]
-        ),
-    ]
+    # Touching spheres of the atomic radius: fcc a = 2√2 r, bcc a = 4r/√3, hcp a = 2r (ideal c/a).
+    cells = [fcc(element, 2 * 2**0.5 * r), bcc(element, 4 * r / 3**0.5), hcp(element, 2 * r, c_over_a=1.635)]
     best = float("inf")
     for cell in cells:
         try:

@@ -1,7 +1,7 @@
 """Speed of the screen-stage hull, acquisition and tracking on realistic sizes (run by hand, not in CI).
 
 Usage:
-    OMP_NUM_THREADS=1 MLFLOW_DISABLE_TELEMETRY=true python benchmarks/hull_acquisition_tracking.py [--n 5000]
+    OMP_NUM_THREADS=1 MLFLOW_DISABLE_TELEMETRY=true python -m benchmarks.hull_acquisition_tracking [--n 5000]
 
 Candidates are real mp_20 crystals (validation split, bundled). The hull is built from made-up elemental and
 binary energies so that every candidate can be placed; candidate energies are the hull energy plus noise.
@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from pymatgen.core import Composition, Structure
 
+from benchmarks.lib.timing import load_average
 from loop.science.acquisition import AcquisitionConfig, select_queries, structure_features
 from loop.science.hull import HullEntry, OracleHull
 from loop.science.verdicts import StabilityRule
@@ -123,7 +124,7 @@ def main() -> None:
         timings["mlflow_5_rounds_20_cifs"] = time.perf_counter() - t
 
     timings["n_candidates"] = len(structures)
-    timings["load_1min"] = os.getloadavg()[0]
+    timings["load_1min"] = load_average()[0]
     print(json.dumps({k: round(v, 4) for k, v in timings.items()}))
 
 

@@ -16,34 +16,24 @@ Scanned: every k-point density x smearing width at `--cutoff`, then every cutoff
 Results are appended to a JSON-lines cache (`--cache`) so an interrupted run resumes where it stopped.
 
 Usage:
-    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/oracle_convergence.py [--cache FILE]
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python -m benchmarks.oracle_convergence [--cache FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
 import itertools
 import json
-import os
-import resource
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Structure
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from oracle import GPAWOracle, GPAWSettings  # noqa: E402
-from oracle.ase_runner import kpoint_mesh, niggli_reduce  # noqa: E402
-
-MP20 = [ROOT / f"generator/data/mp_20/{part}.csv.gz" for part in ("train", "val")]
-BUNDLED = {"Li_cI16": "mp-567337", "Li3Al2": "mp-16506", "LiAl3": "mp-975906"}
+from benchmarks.lib.cells import li_al_cells
+from benchmarks.lib.timing import Stopwatch, children_cpu_s, load_average
+from oracle import GPAWOracle, GPAWSettings
+from oracle.ase_runner import kpoint_mesh
 
 DIFFERENCES: dict[str, tuple[str, str]] = {
     "Al hcp-fcc": ("Al_hcp", "Al_fcc"),
@@ -54,52 +44,6 @@ DIFFERENCES: dict[str, tuple[str, str]] = {
 FORMATION = ["LiAl_B32", "Li3Al2", "LiAl3"]
 
 
-def _bundled(material_id: str) -> Structure:
-    csv.field_size_limit(1 << 30)
-    for path in MP20:
-        with gzip.open(path, "rt") as fh:
-            for row in csv.DictReader(fh):
-                if row["material_id"] == material_id:
-                    return Structure.from_str(row["cif"], fmt="cif").get_primitive_structure(tolerance=0.01)
-    raise KeyError(material_id)
-
-
-def cells() -> dict[str, Structure]:
-    """The benchmark cells, primitive, near their PBE equilibrium volumes (Å)."""
-
-    def fcc(el: str, a: float) -> Structure:
-        return Structure(
-            Lattice([[0, a / 2, a / 2], [a / 2, 0, a / 2], [a / 2, a / 2, 0]]), [el], [[0, 0, 0]]
-        )
-
-    def bcc(el: str, a: float) -> Structure:
-        h = a / 2
-        return Structure(Lattice([[-h, h, h], [h, -h, h], [h, h, -h]]), [el], [[0, 0, 0]])
-
-    a_hcp = 2.86
-    hcp = Structure(
-        Lattice.hexagonal(a_hcp, a_hcp * 1.63), ["Al", "Al"], [[1 / 3, 2 / 3, 0.25], [2 / 3, 1 / 3, 0.75]]
-    )
-    a = 6.37  # B32: two interpenetrating diamond lattices, Li on one and Al on the other
-    lattice = Lattice([[0, a / 2, a / 2], [a / 2, 0, a / 2], [a / 2, a / 2, 0]])
-    b32 = Structure(
-        lattice,
-        ["Li", "Li", "Al", "Al"],
-        [[0, 0, 0], [a / 4] * 3, [a / 2] * 3, [3 * a / 4] * 3],
-        coords_are_cartesian=True,
-    )
-    out = {
-        "Al_fcc": fcc("Al", 4.04),
-        "Al_hcp": hcp,
-        "Al_bcc": bcc("Al", 3.23),
-        "Li_bcc": bcc("Li", 3.44),
-        "Li_fcc": fcc("Li", 4.33),
-        "LiAl_B32": b32,
-    }
-    out.update({name: _bundled(mid) for name, mid in BUNDLED.items()})
-    return {k: niggli_reduce(v.get_reduced_structure("niggli")) for k, v in out.items()}
-
-
 def differences(e: dict[str, float], structures: dict[str, Structure]) -> dict[str, float]:
     """The energy differences of the module docstring, eV/atom, from energies per atom `e` (eV/atom)."""
     out = {name: e[a] - e[b] for name, (a, b) in DIFFERENCES.items() if a in e and b in e}
@@ -108,12 +52,6 @@ def differences(e: dict[str, float], structures: dict[str, Structure]) -> dict[s
         x_li = comp.get_atomic_fraction("Li")
         out[f"{name} formation"] = e[name] - x_li * e["Li_bcc"] - (1 - x_li) * e["Al_fcc"]
     return out
-
-
-def children_cpu_s() -> float:
-    """CPU seconds (user + system) of this process's finished children: the calculations, whatever the load."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def label(
@@ -143,9 +81,9 @@ def label(
         relax_steps=0,  # fixed geometries: the differences measure the settings, not the relaxation
         timeout_s=3600,
     )
-    t0, cpu0 = time.perf_counter(), children_cpu_s()
+    watch = Stopwatch(cpu=children_cpu_s)
     result = GPAWOracle(settings).label(s, workdir=tmp / f"{name}-{cutoff}-{density}-{width}")
-    wall, cpu = time.perf_counter() - t0, children_cpu_s() - cpu0
+    wall, cpu = watch.wall_s(), watch.cpu_s()
     if not result.ok:
         raise RuntimeError(f"{name} {key}: {result.reason}")
     row = {
@@ -179,10 +117,8 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], help="cell names to leave out")
     parser.add_argument("--report-only", action="store_true", help="tables from the cache, computing nothing")
     opts = parser.parse_args()
-    structures = {k: v for k, v in cells().items() if k not in opts.skip}
-    print(
-        f"load {os.getloadavg()}; cells: " + ", ".join(f"{k} ({len(v)} at.)" for k, v in structures.items())
-    )
+    structures = {k: v for k, v in li_al_cells().items() if k not in opts.skip}
+    print(f"load {load_average()}; cells: " + ", ".join(f"{k} ({len(v)} at.)" for k, v in structures.items()))
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
 
@@ -247,7 +183,7 @@ def main() -> None:
             + " | ".join(f"{errors[k]:+.1f}" for k in names)
             + f" | **{worst:.1f}** | {np.mean(t):.1f} | {sum(t):.0f} |"
         )
-    print(f"\nload {os.getloadavg()}")
+    print(f"\nload {load_average()}")
 
 
 if __name__ == "__main__":

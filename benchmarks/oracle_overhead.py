@@ -15,7 +15,7 @@ import and the calculation: the cost of isolation and bookkeeping), and whole pr
 (adds matloop's own import of pymatgen/pydantic). Timings on a shared machine are noisy: note ``uptime``.
 
 Usage:
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/oracle_overhead.py [--cutoff 700] [--kpoint-density 3.0]
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.oracle_overhead [--cutoff 700] [--kpoint-density 3.0]
         [--repeats 3] [--fixed-only]
 """
 
@@ -24,13 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from statistics import median
+
+from benchmarks.lib.cells import fcc
+from benchmarks.lib.timing import Stopwatch, children_cpu_s, load_average
 
 ROOT = Path(__file__).resolve().parents[1]
 STRUCTURES = {
@@ -78,19 +80,14 @@ print(json.dumps({"energy_per_atom": r.energy_per_atom, "max_force": max(abs(x) 
 """
 
 
-def _cpu_children() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _run(code: str, args: dict) -> tuple[dict, float, float]:
     """Run `code` in a fresh interpreter: (its JSON answer, wall s, CPU s of its whole process tree)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    cpu0, t0 = _cpu_children(), time.perf_counter()
+    watch = Stopwatch(cpu=children_cpu_s)
     out = subprocess.run(
         [sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True, env=env, check=True
     )
-    wall, cpu = time.perf_counter() - t0, _cpu_children() - cpu0
+    wall, cpu = watch.wall_s(), watch.cpu_s()
     return json.loads(out.stdout.strip().splitlines()[-1]), wall, cpu
 
 
@@ -119,11 +116,9 @@ def _fixed_cost(tmp: Path, n: int = 5) -> tuple[float, float]:
         interpreter start and ``import ase``, which a bare run pays as well; the second is matloop's own
         bookkeeping (checks, Niggli, job file, result.json).
     """
-    from pymatgen.core import Lattice, Structure
-
     from oracle import EMTOracle
 
-    cu = Structure(Lattice.cubic(3.61), ["Cu"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    cu = fcc("Cu", 3.61)
     EMTOracle().label(cu, workdir=tmp / "emt-warm-up")
     total = outside = 0.0
     for i in range(n):
@@ -143,7 +138,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fixed-only", action="store_true", help="only the fixed per-label cost (EMT)")
     opts = parser.parse_args()
-    print(f"load: {os.getloadavg()}  cutoff {opts.cutoff} eV  k-density {opts.kpoint_density} /Å")
+    print(f"load: {load_average()}  cutoff {opts.cutoff} eV  k-density {opts.kpoint_density} /Å")
     with tempfile.TemporaryDirectory() as tmp:
         for name, cif in STRUCTURES.items() if not opts.fixed_only else ():
             common = {"cutoff": opts.cutoff, "kpoint_density": opts.kpoint_density}
@@ -197,7 +192,7 @@ def main() -> None:
             f"fixed cost per label (EMT, warm process): {per_label:.3f} s, of which outside the child "
             f"(matloop bookkeeping) {bookkeeping * 1000:.1f} ms"
         )
-    print(f"load after: {os.getloadavg()}")
+    print(f"load after: {load_average()}")
 
 
 if __name__ == "__main__":

@@ -6,27 +6,21 @@ starts each cell from its near-equilibrium geometry strained by `--strain` (volu
 ionic steps, the energy lowering (meV/atom) and the final max force (eV/Å) and pressure (GPa).
 
 Usage:
-    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/oracle_relax_cost.py --kpoint-density 4.5 \
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python -m benchmarks.oracle_relax_cost --kpoint-density 4.5 \
         --smearing-width 0.2 [--cutoff 400] [--relax-steps 20] [--relax-fmax 0.05]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from oracle_convergence import cells, children_cpu_s  # noqa: E402
-
-from oracle import GPAWOracle, GPAWSettings  # noqa: E402
+from benchmarks.lib.cells import li_al_cells
+from benchmarks.lib.timing import Stopwatch, children_cpu_s, load_average
+from oracle import GPAWOracle, GPAWSettings
 
 
 def main() -> None:
@@ -48,13 +42,13 @@ def main() -> None:
         "smearing_width": opts.smearing_width,
     }
     print(
-        f"load {os.getloadavg()}; settings {common}, relax {opts.relax_steps} steps / {opts.relax_fmax} eV/Å"
+        f"load {load_average()}; settings {common}, relax {opts.relax_steps} steps / {opts.relax_fmax} eV/Å"
     )
     print(
         "| cell | atoms | single point CPU s | relaxation CPU s | steps | converged | ΔE meV/atom | max F eV/Å | P GPa |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    all_cells = cells()
+    all_cells = li_al_cells()
     with tempfile.TemporaryDirectory() as tmp:
         for name in opts.cells:
             start = all_cells[name].copy()
@@ -62,16 +56,16 @@ def main() -> None:
             if len(start) > 1:
                 for i in range(len(start)):
                     start.translate_sites([i], rng.normal(0, opts.rattle, 3), frac_coords=False)
-            t0 = children_cpu_s()
+            watch = Stopwatch(cpu=children_cpu_s)
             single = GPAWOracle(GPAWSettings(**common, relax_steps=0)).label(
                 start, workdir=Path(tmp) / f"{name}-sp"
             )
-            t_single = children_cpu_s() - t0
-            t0 = children_cpu_s()
+            t_single = watch.cpu_s()
+            watch = Stopwatch(cpu=children_cpu_s)
             relaxed = GPAWOracle(
                 GPAWSettings(**common, relax_steps=opts.relax_steps, relax_fmax=opts.relax_fmax)
             ).label(start, workdir=Path(tmp) / f"{name}-relax")
-            t_relax = children_cpu_s() - t0
+            t_relax = watch.cpu_s()
             assert single.ok and relaxed.ok, (single.reason, relaxed.reason)
             drop = 1000 * (relaxed.energy_per_atom - single.energy_per_atom)
             fmax = float(np.linalg.norm(relaxed.forces, axis=1).max())
@@ -81,7 +75,7 @@ def main() -> None:
                 f" {relaxed.metadata['relax_converged']} | {drop:+.1f} | {fmax:.3f} | {pressure:+.2f} |",
                 flush=True,
             )
-    print(f"load {os.getloadavg()}")
+    print(f"load {load_average()}")
 
 
 if __name__ == "__main__":

@@ -9,27 +9,21 @@ without. Reports CPU seconds of the calculation, irreducible k-points, symmetry 
 difference (meV/atom; the symmetrised cell moved by at most `--blur`).
 
 Usage:
-    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/oracle_symmetry.py [--kpoint-density 6] [--blur 2e-4]
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python -m benchmarks.oracle_symmetry [--kpoint-density 6] [--blur 2e-4]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from oracle_convergence import cells, children_cpu_s  # noqa: E402
-
-from oracle import GPAWOracle, GPAWSettings  # noqa: E402
+from benchmarks.lib.cells import li_al_cells
+from benchmarks.lib.timing import Stopwatch, children_cpu_s, load_average
+from oracle import GPAWOracle, GPAWSettings
 
 
 def blurred(structure, *, amplitude: float, seed: int):
@@ -63,21 +57,21 @@ def main() -> None:
         "smearing_width": opts.smearing_width,
         "relax_steps": 0,
     }
-    print(f"load {os.getloadavg()}; settings {common}; blur {opts.blur} Å")
+    print(f"load {load_average()}; settings {common}; blur {opts.blur} Å")
     print(
         "| cell | atoms | symprec | space group | GPAW ops | irreducible k | CPU s | E meV/atom vs symmetrised |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    all_cells = cells()
+    all_cells = li_al_cells()
     with tempfile.TemporaryDirectory() as tmp:
         for name in opts.cells:
             start = blurred(all_cells[name], amplitude=opts.blur, seed=0)
             rows = []
             for symprec in (0.01, None):
                 folder = Path(tmp) / f"{name}-{symprec}"
-                before = children_cpu_s()
+                watch = Stopwatch(cpu=children_cpu_s)
                 result = GPAWOracle(GPAWSettings(**common, symprec=symprec)).label(start, workdir=folder)
-                cpu = children_cpu_s() - before
+                cpu = watch.cpu_s()
                 if not result.ok:
                     rows.append((symprec, "-", None, None, cpu, result.reason))
                     continue

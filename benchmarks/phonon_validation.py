@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.design_structures import bundled
+from benchmarks.lib.cells import bundled
 from emulator.phonons import PhononResult, phonon_spectrum
 from loop.design.dynamical import dynamical_stability
 

@@ -1,7 +1,7 @@
 """Rediscovery: withhold known phases from a campaign, run it with the default strategy and with random picks at the
 same budget, and count which withheld phases each run finds again, when, and after how many oracle calls.
 
-    OMP_NUM_THREADS=1 python benchmarks/rediscovery.py --config configs/rediscovery-mlff.yaml \
+    OMP_NUM_THREADS=1 python -m benchmarks.rediscovery --config configs/rediscovery-mlff.yaml \
         --strategies expected_improvement,random --rounds 4 --workdir /tmp/rediscovery --out rediscovery.json
 
 Per strategy, the campaign runs as a user would run it (`matloop run CONFIG --workdir DIR --rounds N`, a fresh

@@ -1,6 +1,6 @@
 """Continue a pool's unconverged screening relaxations to convergence, and record where they end.
 
-    OMP_NUM_THREADS=1 python benchmarks/rescreen_pool.py --pool benchmarks/pools/li-co-o_mlff.json.gz \
+    OMP_NUM_THREADS=1 python -m benchmarks.rescreen_pool --pool benchmarks/pools/li-co-o_mlff.json.gz \
         --steps 500 --workers 2 --progress /tmp/rescreen-li-co-o.jsonl
 
 A pool stores each candidate at the geometry its screening relaxation reached within the build's step budget
@@ -17,14 +17,13 @@ the pool gains
   `loop.stages.acquire.one_per_crystal`) and the emulator's energy difference between the two (eV/atom).
 
 The oracle's labels are not recomputed: the oracle relaxed each candidate from the stored geometry, and the
-basin record says how often the emulator's own minimum is the oracle's. The replay (`acquisition.py --screening
+basin record says how often the emulator's own minimum is the oracle's. The replay (`benchmarks.acquisition --screening
 rescreened`) uses the new geometries and energies. Units: eV/atom, eV/Å, Å.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import logging
 import math
@@ -39,8 +38,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_pool import compact_structure, read_pool, structure_from_compact
+from benchmarks.lib.pools import compact_structure, read_pool, structure_from_compact, write_pool
 
 log = logging.getLogger("rescreen_pool")
 CHUNK = 2  # structures per task: small, so the two workers stay busy to the end
@@ -154,20 +152,16 @@ def rescreen(args: argparse.Namespace) -> dict[str, Any]:
     }
     pool.setdefault("build", {})["rescreen"] = {
         **summary,
-        "command": "benchmarks/rescreen_pool.py "
+        "command": "python -m benchmarks.rescreen_pool "
         + " ".join(a for a in sys.argv[1:] if not a.startswith("/") and "progress" not in a),
     }
-    out = Path(args.out or pool_path)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with gzip.open(tmp, "wt") as fh:
-        json.dump(pool, fh, separators=(",", ":"))
-    os.replace(tmp, out)
+    write_pool(pool, Path(args.out or pool_path))
     return summary
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--pool", required=True, help="pool file from build_pool.py")
+    p.add_argument("--pool", required=True, help="pool file from benchmarks.build_pool")
     p.add_argument("--steps", type=int, default=500, help="screening steps in all, earlier ones included")
     p.add_argument("--fmax", type=float, default=0.1, help="eV/Å, the screening's convergence threshold")
     p.add_argument("--workers", type=int, default=2)

@@ -21,7 +21,7 @@ machine a speed-up below 2x mostly measures the other processes.
   It runs before the other parts, and each speed-up is also given as a fraction of it.
 
 Usage:
-    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/scaleout.py [--part label|screen|both]
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python -m benchmarks.scaleout [--part label|screen|both]
         [--n-label 8] [--cutoff 250] [--kpoint-density 1.5] [--n-screen 200] [--workers 2]
         [--hardware-repeats 5] [--out scaleout.json]
 """
@@ -40,33 +40,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Structure
+
+from benchmarks.lib.cells import fcc, rattled_cu_au, strained_al
+from benchmarks.lib.timing import Stopwatch, load_average, tree_cpu_s
 
 # What this process has imported before its inline screen (torch, CHGNet, the tasks): worker processes import them
 # once per campaign run, not per stage, so they are imported before the timing in the parallel modes as well.
 # The emulator itself is loaded inside the timing in every mode.
 WARM_IMPORTS = "import loop.runtime.tasks, chgnet.model.model"
-
-FCC = [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]]
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def tree_cpu_s() -> float:
-    """CPU seconds (user + system) used so far by this process and its live descendants (Dask workers)."""
-    import psutil
-
-    me = psutil.Process()
-    total = 0.0
-    for proc in [me, *me.children(recursive=True)]:
-        try:
-            times = proc.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
 
 
 def _spin(n: int) -> float:
@@ -94,27 +76,6 @@ def hardware_ceiling(workers: int, *, repeats: int, n: int = 20_000_000) -> dict
         "ratios": [round(r, 2) for r in ratios],
         "median": round(float(np.median(ratios)), 2),
     }
-
-
-def al_cells(n: int) -> list[Structure]:
-    """`n` one-atom fcc Al cells, 4.04 Å conventional constant strained by 0.5 % steps (distinct hashes)."""
-    return [
-        Structure(Lattice.cubic(4.04 * (1 + 0.005 * i)), ["Al"] * 4, FCC).get_primitive_structure()
-        for i in range(n)
-    ]
-
-
-def cu_au_candidates(n: int, *, seed: int = 0) -> list[Structure]:
-    """`n` rattled, strained 4-atom fcc Cu-Au orderings (Vegard lattice constant ± 3 %, 0.05 Å rattle)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        n_au = i % 5
-        species = ["Au"] * n_au + ["Cu"] * (4 - n_au)
-        a = (3.61 + (4.08 - 3.61) * n_au / 4) * (1 + rng.uniform(-0.03, 0.03))
-        coords = np.asarray(FCC) + rng.normal(0, 0.05 / a, size=(4, 3))
-        out.append(Structure(Lattice.cubic(a), species, coords))
-    return out
 
 
 def timed_label(settings: Any, cells: list[Structure], executor: Any, workdir: Path) -> dict[str, Any]:
@@ -177,11 +138,11 @@ def bench_label(n: int, workers: int, *, cutoff: float, kpoint_density: float) -
     settings = GPAWSettings(
         cutoff=cutoff, kpoint_density=kpoint_density, smearing="marzari-vanderbilt", smearing_width=0.2
     )
-    cells = al_cells(n)
+    cells = strained_al(n)
     out: dict[str, Any] = {
         "n": n,
         "settings": {"cutoff": cutoff, "kpoint_density": kpoint_density},
-        "load_before": load(),
+        "load_before": load_average(),
     }
     with tempfile.TemporaryDirectory(prefix="scaleout-label-") as tmp:
         out["inline"] = timed_label(settings, cells, None, Path(tmp) / "inline")
@@ -191,7 +152,7 @@ def bench_label(n: int, workers: int, *, cutoff: float, kpoint_density: float) -
             out["dask"] = timed_label(settings, cells, ex, Path(tmp) / "dask")
         with ThreadPoolExecutor(max_workers=workers) as pool:
             out["threads"] = timed_label(settings, cells, _ThreadSubmit(pool), Path(tmp) / "threads")
-    out["load_after"] = load()
+    out["load_after"] = load_average()
     out["speedup"] = round(out["inline"]["wall_s"] / out["dask"]["wall_s"], 2)
     out["threads_speedup"] = round(out["inline"]["wall_s"] / out["threads"]["wall_s"], 2)
     out["same_energies"] = bool(
@@ -226,10 +187,10 @@ def bench_screen(n: int, workers: int) -> dict[str, Any]:
     out: dict[str, Any] = {
         "n": n,
         "emulator": "chgnet_ensemble K=2 (bootstrap_only), FIRE fmax 0.2 eV/Å, <= 25 steps",
-        "load_before": load(),
+        "load_before": load_average(),
     }
-    refs = [Structure(Lattice.cubic(a), [el] * 4, FCC) for a, el in ((3.61, "Cu"), (4.08, "Au"))]
-    cells = cu_au_candidates(n)
+    refs = [fcc("Cu", 3.61), fcc("Au", 4.08)]
+    cells = rattled_cu_au(n)
     energies = {}
     with tempfile.TemporaryDirectory(prefix="scaleout-screen-") as tmp:
         store = CampaignStore.in_workdir(tmp)
@@ -237,9 +198,9 @@ def bench_screen(n: int, workers: int) -> dict[str, Any]:
         label_hashes(store, ref_hashes, settings=config.oracle, workdir=Path(tmp))
         hashes = [store.add_structure(s, source="benchmark") for s in cells]
         clear_cache()
-        t0, c0 = time.perf_counter(), tree_cpu_s()
+        watch = Stopwatch(cpu=tree_cpu_s)
         rows = screen(config, store=store, hashes=hashes, checkpoint=None, executor=None).predictions
-        out["inline"] = {"wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(tree_cpu_s() - c0, 1)}
+        out["inline"] = {"wall_s": round(watch.wall_s(), 1), "cpu_s": round(watch.cpu_s(), 1)}
         energies["inline"] = [r.energy_per_atom for r in rows]
         clear_cache()
         t0 = time.perf_counter()
@@ -248,9 +209,9 @@ def bench_screen(n: int, workers: int) -> dict[str, Any]:
             # CPU of the main process and the workers together: above inline's, the workers slowed each other
             # (shared caches, memory bandwidth) or paid per-task costs; wall x 2 above it, they waited.
             ex.client.run(exec, WARM_IMPORTS)
-            t0, c0 = time.perf_counter(), tree_cpu_s()
+            watch = Stopwatch(cpu=tree_cpu_s)
             rows = screen(config, store=store, hashes=hashes, checkpoint=None, executor=ex).predictions
-            out["dask"] = {"wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(tree_cpu_s() - c0, 1)}
+            out["dask"] = {"wall_s": round(watch.wall_s(), 1), "cpu_s": round(watch.cpu_s(), 1)}
         energies["dask"] = [r.energy_per_atom for r in rows]
         # The same chunks on plain worker processes (no Dask): what two CHGNet processes get on this machine.
         clear_cache()
@@ -258,17 +219,17 @@ def bench_screen(n: int, workers: int) -> dict[str, Any]:
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             # Started and warm outside the timing, as the Dask workers are (a few calls each reach every process).
             list(pool.map(exec, [WARM_IMPORTS] * workers * 4))
-            t0, c0 = time.perf_counter(), tree_cpu_s()
+            watch = Stopwatch(cpu=tree_cpu_s)
             rows = screen(
                 config, store=store, hashes=hashes, checkpoint=None, executor=Executor(_PoolClient(pool))
             ).predictions
             out["processes"] = {
-                "wall_s": round(time.perf_counter() - t0, 1),
-                "cpu_s": round(tree_cpu_s() - c0, 1),
+                "wall_s": round(watch.wall_s(), 1),
+                "cpu_s": round(watch.cpu_s(), 1),
             }
         energies["processes"] = [r.energy_per_atom for r in rows]
         store.close()
-    out["load_after"] = load()
+    out["load_after"] = load_average()
     out["speedup"] = round(out["inline"]["wall_s"] / out["dask"]["wall_s"], 2)
     out["processes_speedup"] = round(out["inline"]["wall_s"] / out["processes"]["wall_s"], 2)
     out["same_energies"] = all(

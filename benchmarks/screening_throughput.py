@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.lib.timing import load_average
+
 
 def run(*, system: str, n: int, relax: int, workers: int, seed: int, steps: list[int]) -> dict[str, Any]:
     from generator.base import Candidate
@@ -46,7 +48,7 @@ def run(*, system: str, n: int, relax: int, workers: int, seed: int, steps: list
             "tracking": {"enabled": False},
         }
     )
-    load_before = os.getloadavg()[0]
+    load_before = load_average()[0]
     seconds: dict[str, float] = {}
     started = time.time()
     named = sample(config, n=n, seed=seed)
@@ -97,7 +99,7 @@ def run(*, system: str, n: int, relax: int, workers: int, seed: int, steps: list
         f"--workers {workers} --seed {seed} --steps {','.join(map(str, steps))}",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "load_1min_before": round(load_before, 2),
-        "load_1min_after": round(os.getloadavg()[0], 2),
+        "load_1min_after": load_average()[0],
         "workers": workers,
         "n_generated": len(named),
         "n_funnel_passed": len(structures),

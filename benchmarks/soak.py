@@ -1,12 +1,13 @@
 """Soak: the daemon on the EMT smoke campaign (Cu-Au) for many rounds, watched from outside.
 
-After each finished round, records the daemon's main process resident memory (VmRSS, MiB), its open file
-descriptors (/proc/<pid>/fd), the campaign store's size on disk (matloop.db with its WAL files, MiB), the whole work
-directory's size, and the summed RSS of its child processes (Dask workers, calculators). Targets: main-process RSS
-growth <= 10 % after round 3 (max over later rounds vs round 3) and no descriptor growth after round 3.
+After each finished round (read through `loop.store.CampaignStore`), records the daemon's main process resident
+memory (VmRSS, MiB), its open file descriptors (/proc/<pid>/fd), the campaign store's size on disk (matloop.db with
+its WAL files, MiB), the whole work directory's size, and the summed RSS of its child processes (Dask workers,
+calculators). Targets: main-process RSS growth <= 10 % after round 3 (max over later rounds vs round 3) and no
+descriptor growth after round 3.
 
 Usage:
-    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/soak.py --rounds 20 --workdir /tmp/soak \
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python -m benchmarks.soak --rounds 20 --workdir /tmp/soak \
         [--config configs/smoke.yaml] [--lite] [--out soak.json]
 """
 
@@ -16,13 +17,15 @@ import argparse
 import contextlib
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
+
+from benchmarks.lib.timing import load_average
+from loop.store import CampaignStore
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
@@ -61,19 +64,12 @@ def dir_mib(path: Path) -> float:
 
 
 def store_mib(workdir: Path) -> float:
-    return sum(p.stat().st_size for p in workdir.glob("matloop.db*")) / MIB
+    return sum(p.stat().st_size for p in workdir.glob(f"{CampaignStore.FILENAME}*")) / MIB
 
 
-def finished_rounds(db: Path) -> list[int]:
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        return [r[0] for r in conn.execute("SELECT round FROM rounds WHERE status = 'done' ORDER BY round")]
-    except sqlite3.OperationalError:  # schema not there yet
-        return []
-    finally:
-        conn.close()
+def finished_rounds(store: CampaignStore | None) -> list[int]:
+    """The rounds the daemon has finished, from its store (none while it has not created one)."""
+    return [] if store is None else [r.round for r in store.rounds() if r.status == "done"]
 
 
 def main() -> int:
@@ -102,12 +98,16 @@ def main() -> int:
     cmd = [sys.executable, "-m", "loop.cli", "daemon", str(config_path), "--workdir", str(args.workdir)]
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    db = args.workdir / "matloop.db"
+    # Opened once the daemon has made it, and kept open: opening a store writes its schema version, which a watcher
+    # should do once, not at every look.
+    store: CampaignStore | None = None
     rows: list[dict[str, float]] = []
     seen: set[int] = set()
     while True:
         alive = proc.poll() is None
-        for rnd in finished_rounds(db):
+        if store is None and alive and CampaignStore.exists_in(args.workdir):
+            store = CampaignStore.in_workdir(args.workdir)
+        for rnd in finished_rounds(store):
             if rnd in seen or not alive:
                 continue
             seen.add(rnd)
@@ -121,13 +121,15 @@ def main() -> int:
                 "checkpoints_mib": round(dir_mib(args.workdir / "checkpoints"), 2),
                 "mlflow_mib": round(dir_mib(args.workdir / "mlflow"), 2),
                 "children_rss_mib": round(tree_rss_mib(proc.pid), 1),
-                "load_1min": round(os.getloadavg()[0], 2),
+                "load_1min": load_average()[0],
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
         if not alive:
             break
         time.sleep(args.poll)
+    if store is not None:
+        store.close()
     summary = summarize(rows)
     summary |= {"exit_code": proc.returncode, "wall_s": round(time.time() - t0, 1), "rounds": rows}
     print(json.dumps({k: v for k, v in summary.items() if k != "rounds"}, indent=1))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from pymatgen.core import Structure
 
-from benchmarks.design_structures import bundled
+from benchmarks.lib.cells import bundled
 from emulator.force_field import load_force_field, relax_structure
 from generator.base import GenerationContext
 from generator.random_search import RandomSearchGenerator, RandomSearchSettings

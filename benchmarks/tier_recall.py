@@ -4,7 +4,7 @@
         --workdir /tmp/pool-li-al --out /tmp/pool-li-al.json.gz
     OMP_NUM_THREADS=1 python -m benchmarks.tier_recall --pool /tmp/pool-li-al.json.gz --workdir /tmp/pool-li-al
 
-A pool file (`benchmarks/build_pool.py`) holds every candidate's emulator-relaxed structure, its screening energy
+A pool file (`benchmarks.build_pool`) holds every candidate's emulator-relaxed structure, its screening energy
 and its oracle label, but not the structure as generated, which is what the cheap tier sees; the build's workdir
 (its campaign store) still holds it (`pool_candidates`: each relaxed candidate's generated parent). So a pool built
 with its workdir kept can be replayed through the tiers:
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.build_pool import pool_candidates, read_pool
+from benchmarks.lib.pools import pool_candidates, read_pool
 
 MARGINS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 THRESHOLDS = (0.05, 0.01)
@@ -153,7 +153,7 @@ def replay(pool_path: Path, workdir: Path, *, members: int, steps: int) -> dict[
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--pool", required=True, help="pool file (.json.gz) of benchmarks/build_pool.py")
+    p.add_argument("--pool", required=True, help="pool file (.json.gz) of benchmarks.build_pool")
     p.add_argument("--workdir", required=True, help="the workdir that build wrote (its campaign store)")
     p.add_argument("--members", type=int, default=4, help="emulator ensemble members (as the build used)")
     p.add_argument(

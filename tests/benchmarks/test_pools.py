@@ -5,27 +5,17 @@ from __future__ import annotations
 
 import gzip
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.acquisition import main as acquisition_main
+from benchmarks.lib.pools import load_pool, read_pool, structure_from_compact
+from benchmarks.lib.replay import RefitEmulator, campaign_references, distinct_candidates, replay
+from benchmarks.rescreen_pool import main as rescreen_main
+from loop.stages.acquire import one_per_crystal
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-from acquisition import (  # noqa: E402
-    RefitEmulator,
-    campaign_references,
-    distinct_candidates,
-    load_pool,
-    replay,
-)
-from acquisition import main as acquisition_main  # noqa: E402
-from build_pool import read_pool, structure_from_compact  # noqa: E402
-from rescreen_pool import main as rescreen_main  # noqa: E402
-
-from loop.stages.acquire import one_per_crystal  # noqa: E402
-
 POOL = BENCH / "pools" / "li-co-o_mlff.json.gz"
 
 
