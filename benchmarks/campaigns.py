@@ -31,8 +31,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from benchmarks.lib.runs import run_campaign
 from benchmarks.rediscovery import found, joint_hits, truth
 
 log = logging.getLogger("campaigns")
@@ -83,31 +82,6 @@ def campaign_config(*, system: str, arm: str, seed: int, rounds: int, budget: in
         raise SystemExit(f"campaigns: unknown arm {arm!r}; use default, random, one_shot or strategy=NAME")
     data["acquisition"] = acquisition
     return data
-
-
-def run(config: dict[str, Any], *, workdir: Path) -> float:
-    """Run (or resume) one campaign in `workdir` in a fresh process; returns this call's wall time, s."""
-    workdir.parent.mkdir(parents=True, exist_ok=True)
-    path = workdir.parent / f"{workdir.name}.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    rounds = str(config["stop"]["max_rounds"])
-    cmd = [
-        sys.executable,
-        "-m",
-        "loop.cli",
-        "run",
-        str(path),
-        "--workdir",
-        str(workdir),
-        "--rounds",
-        rounds,
-    ]
-    started = time.time()
-    with open(workdir.parent / f"{workdir.name}.log", "a") as fh:
-        done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False, cwd=ROOT)
-    if done.returncode != 0:
-        raise SystemExit(f"campaigns: {workdir} exited {done.returncode}; see {fh.name}")
-    return time.time() - started
 
 
 def cpu_seconds(workdir: Path) -> float:
@@ -246,7 +220,7 @@ def measure(system: str, *, arms: list[str], seeds: list[int], args: argparse.Na
                 system=system, arm=arm, seed=seed, rounds=args.rounds, budget=args.budget
             )
             log.info("%s %s", system, key)
-            wall[key] = run(config, workdir=workdir)
+            wall[key] = run_campaign(config, workdir=workdir, rounds=config["stop"]["max_rounds"])
             runs[key] = workdir
     first = next(iter(runs.values()))
     verdicts = truth(first, workdir=base / "truth")

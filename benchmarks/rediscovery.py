@@ -26,7 +26,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,35 +33,18 @@ from typing import Any
 
 import yaml
 
+from benchmarks.lib.runs import run_campaign
+
 log = logging.getLogger("rediscovery")
 
 
-def run_campaign(config: dict[str, Any], *, strategy: str, rounds: int, workdir: Path) -> float:
+def run_strategy(config: dict[str, Any], *, strategy: str, rounds: int, workdir: Path) -> float:
     """Run (or resume) the campaign with `strategy` in `workdir`; returns the wall time of this call, s."""
     workdir.mkdir(parents=True, exist_ok=True)
     data = json.loads(json.dumps(config))
     data["name"] = f"{config['name']}-{strategy}"
     data.setdefault("acquisition", {})["strategy"] = strategy
-    path = workdir.parent / f"{workdir.name}.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    cmd = [
-        sys.executable,
-        "-m",
-        "loop.cli",
-        "run",
-        str(path),
-        "--workdir",
-        str(workdir),
-        "--rounds",
-        str(rounds),
-    ]
-    log.info("%s: %s", strategy, " ".join(cmd[1:]))
-    t0 = time.time()
-    with open(workdir.parent / f"{workdir.name}.log", "a") as fh:
-        done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"rediscovery: the {strategy} campaign exited {done.returncode}; see {fh.name}")
-    return time.time() - t0
+    return run_campaign(data, workdir=workdir, rounds=rounds)
 
 
 def truth(first: Path, *, workdir: Path) -> dict[str, dict[str, Any]]:
@@ -263,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": {},
     }
     for strategy in strategies:
-        wall = run_campaign(config, strategy=strategy, rounds=args.rounds, workdir=args.workdir / strategy)
+        wall = run_strategy(config, strategy=strategy, rounds=args.rounds, workdir=args.workdir / strategy)
         result["runs"][strategy] = {
             "wall_s_this_call": round(wall, 1),
             "found": found(args.workdir / strategy),

@@ -94,3 +94,15 @@ def test_the_stopwatch_counts_the_work_of_children():
     subprocess.run([sys.executable, "-c", "sum(i * i for i in range(3_000_000))"], check=True)
     assert watch.cpu_s() > 0 and watch.wall_s() > 0
     assert len(load_average()) == 3
+
+
+def test_a_campaign_run_that_fails_stops_the_benchmark_and_names_its_log(tmp_path):
+    from benchmarks.lib.runs import run_campaign
+
+    workdir = tmp_path / "campaign"
+    with pytest.raises(SystemExit, match="exited 2") as stop:
+        run_campaign({"name": "bad", "seed": "not a number"}, workdir=workdir, rounds=1)
+    log = tmp_path / "campaign.log"
+    assert str(log) in str(stop.value)
+    assert "seed" in log.read_text()  # the campaign's own one-line refusal
+    assert (tmp_path / "campaign.yaml").is_file()
