@@ -30,8 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
+
+from benchmarks.lib.cells import b32_lial
 
 LI_AL = frozenset({"Li", "Al"})
 PLAN_MAX_ATOMS = 10
@@ -89,9 +91,7 @@ def references(mpts52: Path | None) -> list[tuple[str, str, Structure]]:
     for (element, kind), params in lattices.items():
         atoms = bulk(element, kind, **params)
         rows.append((f"ase:{element}-{kind}", "ase", adaptor.get_structure(atoms)))
-    # B32 (NaTl type): Li and Al each on a diamond sublattice, a = 6.37 Å.
-    b32 = Structure.from_spacegroup("Fd-3m", Lattice.cubic(6.37), ["Li", "Al"], [[0, 0, 0], [0.5, 0.5, 0.5]])
-    rows.append(("proto:LiAl-B32", "prototype", _primitive(b32)))
+    rows.append(("proto:LiAl-B32", "prototype", _primitive(b32_lial(6.37))))
     return rows
 
 
