@@ -49,6 +49,7 @@ from loop.store import CampaignStore, StoredResult, StructureRow
 from loop.views.candidate_pool import first_round
 from loop.views.novelty import Novelty, stored_novelty
 from loop.views.round_science import (
+    YIELD_STAGES,
     RoundScience,
     campaign_science,
     origin,
@@ -56,6 +57,7 @@ from loop.views.round_science import (
     random_expectation,
     round_hull,
     round_roles,
+    source_yield,
 )
 from oracle.base import OracleSettings, get_oracle_class
 
@@ -516,7 +518,9 @@ def collect(workdir: Path) -> ScienceData:
             key=lambda d: (d.call.e_hull if d.call.e_hull is not None else math.inf, d.call.index)
         )
 
-        source_yield = _source_yield(store, calls, rows)
+        yields = (
+            source_yield(sciences, rounds=range(1, max(x.round for x in sciences) + 1)) if sciences else {}
+        )
         rnd, stage = next_stage(store)
         pool_round, pool, strategy = _pool(store, config, calls)
         judged = [x.round for x in sciences if x.judged]
@@ -539,7 +543,7 @@ def collect(workdir: Path) -> ScienceData:
             withheld=withheld,
             withheld_without_structure=unmatched,
             calibration=calibration,
-            source_yield=source_yield,
+            source_yield=yields,
             hull=hull,
             notes=notes,
             structures={
@@ -647,33 +651,6 @@ def _pool(
     )
     strategy = str((config.get("acquisition") or {}).get("strategy", ""))
     return rnd, out, strategy
-
-
-def _source_yield(
-    store: CampaignStore, calls: Sequence[Call], rows: Mapping[str, StructureRow]
-) -> dict[str, dict[str, int]]:
-    """generated / passed funnel / oracle calls / hits / stable per generator over rounds >= 1."""
-    out: dict[str, dict[str, int]] = {}
-
-    def slot(source: str) -> dict[str, int]:
-        return out.setdefault(
-            source, {"generated": 0, "passed funnel": 0, "oracle calls": 0, "hits": 0, "stable": 0}
-        )
-
-    for r in store.rounds():
-        if r.round < 1:
-            continue
-        for c in store.candidates(r.round):
-            d = slot(c.source)
-            d["generated"] += 1
-            d["passed funnel"] += int(c.passed)
-    for call in calls:
-        made_from = origin(rows, call.hash)
-        d = slot("unknown" if made_from is None else made_from.source)
-        d["oracle calls"] += 1
-        d["hits"] += int(call.is_hit)
-        d["stable"] += int(call.is_hit and call.verdict == Verdict.STABLE)
-    return out
 
 
 # -- figures ----------------------------------------------------------------------------------------------------------
@@ -815,11 +792,7 @@ def figures(data: ScienceData) -> dict[str, tuple[str, str]]:
         )
     if data.source_yield:
         out["yield"] = (
-            _png(
-                plots.plot_source_yield(
-                    data.source_yield, stages=("generated", "passed funnel", "oracle calls", "hits")
-                )
-            ),
+            _png(plots.plot_source_yield(data.source_yield, stages=YIELD_STAGES[:4])),
             "Candidates per generator at each step of the funnel, rounds >= 1 summed (symmetric-log axis).",
         )
     return out

@@ -50,6 +50,7 @@ from loop.tracking.runs import (
     ui_url,
 )
 from loop.views.round_science import (
+    YIELD_STAGES,
     RoundScience,
     calls_judged_at,
     campaign_science,
@@ -57,6 +58,7 @@ from loop.views.round_science import (
     random_expectation,
     round_hull,
     round_roles,
+    source_yield,
 )
 
 log = logging.getLogger("matloop")
@@ -107,27 +109,6 @@ def round_metrics(store: CampaignStore, rnd: int) -> dict[str, float]:
         metrics[f"time/{stage.stage}_s"] = float(result.pop("wall_time_s", 0.0))
         metrics.update(flatten_numeric(result, prefix=f"stage/{stage.stage}"))
     return metrics
-
-
-def source_yield(config: CampaignConfig, store: CampaignStore, rnd: int) -> dict[str, dict[str, int]]:
-    """generated / passed_funnel / queried / hits counts per generator for one round."""
-    del config  # the rule is the one the update stage applied, read from the store
-    science = round_science(store, rnd)
-    out: dict[str, dict[str, int]] = {}
-    for src, n in science.generated_by_source.items():
-        out[src] = {
-            "generated": n,
-            "passed_funnel": science.passed_by_source.get(src, 0),
-            "queried": 0,
-            "hits": 0,
-        }
-    for src, n in science.calls_by_source.items():
-        if src in out:
-            out[src]["queried"] = n
-    for src, n in science.discoveries_by_source.items():
-        if src in out:
-            out[src]["hits"] = n
-    return out
 
 
 # -- descriptions -----------------------------------------------------------------------------------------------------
@@ -381,9 +362,9 @@ def _log_plots(
         fig = plots.plot_parity(predicted=pred, oracle=true, predicted_std=std)
         fig.axes[0].set_title(f"screening error, round {round}: {fig.axes[0].get_title()}", fontsize=9)
         tracker.log_figure(fig, artifact_file=f"plots/parity_round_{round:03d}.png", run_id=run_id)
-    per_source = source_yield(config, store, round)
+    per_source = source_yield(sciences, rounds=[round])
     if per_source:
-        fig = plots.plot_source_yield(per_source, stages=("generated", "passed_funnel", "queried", "hits"))
+        fig = plots.plot_source_yield(per_source, stages=YIELD_STAGES[:4])
         tracker.log_figure(fig, artifact_file=f"plots/yield_round_{round:03d}.png", run_id=run_id)
     calls = calls_judged_at(store, sciences, upto=round)
     if calls:

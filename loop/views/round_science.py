@@ -57,12 +57,14 @@ class CallOutcome:
         hash: The queried (emulator-relaxed) structure.
         source: The generator it came from.
         hit: Stable or near-stable on that hull, and no repeat of an earlier label.
+        on_hull: A hit on that hull itself (E_hull <= 0 within the rule's tolerance).
     """
 
     index: int
     hash: str
     source: str
     hit: bool
+    on_hull: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ class RoundScience:
     new_discoveries_cumulative: int | None
     rediscoveries_cumulative: int | None
     discoveries_cumulative_by_source: dict[str, int] = field(default_factory=dict)
+    on_hull_cumulative_by_source: dict[str, int] = field(default_factory=dict)
     generated_by_source: dict[str, int] = field(default_factory=dict)
     passed_by_source: dict[str, int] = field(default_factory=dict)
     screening_pairs: tuple[tuple[float, float, float], ...] = ()
@@ -211,6 +214,55 @@ class RoundScience:
         return {k: float(v) for k, v in out.items() if v is not None}
 
 
+YIELD_STAGES = ("generated", "passed funnel", "oracle calls", "hits", "stable")
+"""The columns of `source_yield`, in the order a candidate passes them."""
+
+
+def source_yield(sciences: Sequence[RoundScience], *, rounds: Sequence[int]) -> dict[str, dict[str, int]]:
+    """Per generator: candidates generated and kept by the funnel, oracle calls, hits and phases on the hull, over
+    `rounds` (one round, or every round from 1 up to the last one given).
+
+    Hits and on-hull phases are judged once, on the hull of the last round given: for one round, its calls on its
+    own hull (what that round's MLflow run shows); for rounds 1..R, every call so far on round R's hull (what the
+    science report shows). One rule, so MLflow, status and the report never count a generator's hits differently.
+
+    Raises:
+        ValueError: `rounds` is neither one round nor 1..R.
+    """
+    wanted = sorted(set(rounds))
+    if not wanted or (len(wanted) > 1 and wanted != list(range(1, wanted[-1] + 1))):
+        raise ValueError(f"source_yield takes one round or rounds 1..R, not {wanted}")
+    by_round = {s.round: s for s in sciences}
+    last = by_round.get(wanted[-1])
+    out: dict[str, dict[str, int]] = {}
+
+    def slot(source: str) -> dict[str, int]:
+        return out.setdefault(source, dict.fromkeys(YIELD_STAGES, 0))
+
+    for rnd in wanted:
+        if (science := by_round.get(rnd)) is None or rnd < 1:
+            continue
+        for source, n in science.generated_by_source.items():
+            slot(source)["generated"] += n
+        for source, n in science.passed_by_source.items():
+            slot(source)["passed funnel"] += n
+        for source, n in science.calls_by_source.items():
+            slot(source)["oracle calls"] += n
+    if last is not None and last.round >= 1:
+        if len(wanted) == 1:
+            hits = last.discoveries_by_source
+            stable: dict[str, int] = {}
+            for c in last.calls:
+                stable[c.source] = stable.get(c.source, 0) + int(c.on_hull)
+        else:
+            hits, stable = last.discoveries_cumulative_by_source, last.on_hull_cumulative_by_source
+        for source, n in hits.items():
+            slot(source)["hits"] += n
+        for source, n in stable.items():
+            slot(source)["stable"] += n
+    return out
+
+
 def _finite(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
@@ -242,13 +294,19 @@ def campaign_science(store: CampaignStore) -> list[RoundScience]:
                 sources[h] = "unknown" if made_from is None else made_from.source
                 calls.append(
                     CallOutcome(
-                        index=index, hash=h, source=sources[h], hit=bool(verdicts.get(h) and verdicts[h].hit)
+                        index=index,
+                        hash=h,
+                        source=sources[h],
+                        hit=bool(verdicts.get(h) and verdicts[h].hit),
+                        on_hull=bool(verdicts.get(h) and verdicts[h].hit and verdicts[h].stable),
                     )
                 )
         cumulative: dict[str, int] = {}
+        on_hull_cumulative: dict[str, int] = {}
         for h, src in sources.items():
             if (v := verdicts.get(h)) is not None and v.hit:
                 cumulative[src] = cumulative.get(src, 0) + 1
+                on_hull_cumulative[src] = on_hull_cumulative.get(src, 0) + int(v.stable)
         preds = {p.relaxed_hash: p for p in predictions.get(rnd, []) if p.relaxed_hash}
         pairs = []
         for h in mine if rnd >= 1 else []:
@@ -300,6 +358,7 @@ def campaign_science(store: CampaignStore) -> list[RoundScience]:
                 new_discoveries_cumulative=_int(update.get("cumulative_new_discoveries")),
                 rediscoveries_cumulative=_int(update.get("cumulative_rediscoveries")),
                 discoveries_cumulative_by_source=cumulative,
+                on_hull_cumulative_by_source=on_hull_cumulative,
                 generated_by_source=generated,
                 passed_by_source=passed,
                 screening_pairs=tuple(pairs),
@@ -400,6 +459,7 @@ def round_roles(store: CampaignStore, sciences: Sequence[RoundScience], rnd: int
 
 
 __all__ = [
+    "YIELD_STAGES",
     "CallOutcome",
     "RoundScience",
     "calls_judged_at",
@@ -409,4 +469,5 @@ __all__ = [
     "random_expectation",
     "round_hull",
     "round_roles",
+    "source_yield",
 ]

@@ -481,6 +481,7 @@ def test_mlflow_status_and_the_report_give_the_same_round_figures(smoke_campaign
     from loop.report.science import collect, write_report
     from loop.report.status import campaign_status
     from loop.tracking.runs import Tracker, TrackingConfig
+    from loop.views.round_science import YIELD_STAGES, source_yield
 
     workdir = resynced_smoke(smoke_campaign, tmp_path_factory)
     client = Tracker(config=TrackingConfig(), workdir=workdir, campaign_name=SMOKE_NAME).client
@@ -526,6 +527,19 @@ def test_mlflow_status_and_the_report_give_the_same_round_figures(smoke_campaign
         assert f"{1000 * mae:.0f}" == cells[k][13]
     # at the last round the running count is the discoveries on the final hull
     assert data.rounds[-1].discoveries_cumulative == len(data.discoveries)
+    # the yield per generator: one rule for a round's MLflow figure and the report's table
+    total = {key: sum(d[key] for d in data.source_yield.values()) for key in YIELD_STAGES}
+    assert total["generated"] == sum(status[k]["generated"] for k in (1, 2))
+    assert total["passed funnel"] == sum(status[k]["passed_funnel"] for k in (1, 2))
+    assert total["oracle calls"] == sum(mlflow["oracle_calls"].values())
+    assert total["hits"] == mlflow["discoveries_cumulative"][2] == len(data.discoveries)
+    assert total["stable"] == sum(1 for d in data.discoveries if d.call.verdict == "stable")
+    for k in (1, 2):
+        one = source_yield(data.rounds, rounds=[k])
+        assert sum(d["hits"] for d in one.values()) == mlflow["discoveries"][k]
+        assert sum(d["oracle calls"] for d in one.values()) == mlflow["oracle_calls"][k]
+    with pytest.raises(ValueError, match=r"one round or rounds 1\.\.R"):
+        source_yield(data.rounds, rounds=[2, 3])
 
 
 # -- in a real browser ------------------------------------------------------------------------------------------------
