@@ -17,7 +17,7 @@ from generator.seeds import load_seeds
 from loop.cli.assess import assess_files
 from loop.errors import InputError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 # Short MD and small supercells: seconds per run. They rank nothing reliably (the science benchmarks do that with
 # longer runs); here they show that every column is computed by the real checks.
@@ -26,12 +26,12 @@ SHORT = {
     "conductivity": {
         "min_ms_cm": 0.1,
         "temperatures_k": [1000, 1200, 1400],
-        "duration_ps": 0.2,
-        "equilibration_ps": 0.1,
+        "duration_ps": 0.1,
+        "equilibration_ps": 0.02,
         "min_length_a": 5.0,
     },
     "phonons": {"tolerance_thz": 0.1, "min_length_a": 5.0},
-    "thermal": {"temperature_k": 300, "duration_ps": 0.1, "equilibration_ps": 0.05, "min_length_a": 5.0},
+    "thermal": {"temperature_k": 300, "duration_ps": 0.05, "equilibration_ps": 0.02, "min_length_a": 5.0},
     "expensive": ["conductivity", "phonons", "thermal"],
 }
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 SI = ROOT / "configs" / "structures" / "Si_mp-149.cif"
 NACL = ROOT / "configs" / "structures" / "NaCl_mp-22862.cif"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SI = ROOT / "configs" / "structures" / "Si_mp-149.cif"
 NACL = ROOT / "configs" / "structures" / "NaCl_mp-22862.cif"
 MATLOOP = [sys.executable, "-m", "loop.cli"]
@@ -108,7 +108,7 @@ def test_label_gpaw_si_and_nacl_matches_bare_gpaw(tmp_path):
     assert [r["status"] for r in rows] == ["ok", "ok"], rows
 
     bare = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("bare_gpaw.py")), str(SI), str(NACL), "300", "1.5"],
+        [sys.executable, str(Path(__file__).parents[1] / "bare_gpaw.py"), str(SI), str(NACL), "300", "1.5"],
         capture_output=True,
         text=True,
         timeout=900,

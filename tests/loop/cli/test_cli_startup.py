@@ -89,7 +89,7 @@ def test_a_campaign_already_running_is_refused_before_the_rooms_load(tmp_path, c
     from loop.runtime.control import workdir_lock
     from loop.store import CampaignStore
 
-    smoke = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
+    smoke = Path(__file__).resolve().parents[3] / "configs" / "smoke.yaml"
     workdir = tmp_path / "campaign"
     CampaignStore.in_workdir(workdir).close()
     args = (

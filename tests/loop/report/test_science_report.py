@@ -25,7 +25,7 @@ from PIL import Image
 from loop.science.verdicts import StabilityRule
 from loop.store import CampaignStore
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 IMG_SRC = re.compile(r'<img[^>]*\ssrc="([^"]*)"')

@@ -12,7 +12,7 @@ from pathlib import Path
 from loop.config import load_config
 from loop.runtime.execution import jobqueue_cluster, scale
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
 
 def job_script(name: str) -> tuple[str, object]:

@@ -15,8 +15,8 @@ from pymatgen.core import Lattice, Structure
 from loop.config import validate_config
 from loop.runtime.execution import ExecutionConfig, make_executor
 from loop.runtime.labelling import label_hashes, oracle_workdir
-from loop.stages.screen import screen
 from loop.store import CampaignStore
+from loop.work.screening import screen
 from oracle.ase_runner import CALLS_FILE
 from oracle.emt_toy import EMTSettings
 from tests.loop.worker_faults import die_on, echo, kill_busy_worker, kill_worker_in_calculation

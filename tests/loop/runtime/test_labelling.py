@@ -10,8 +10,8 @@ from pymatgen.core import Lattice, Structure
 from loop.config import CampaignConfig
 from loop.runtime.labelling import label_hashes
 from loop.science.structures import structure_hash
-from loop.stages.retrain import training_labels
 from loop.store import CampaignStore
+from loop.work.retraining import training_labels
 from oracle import EMTSettings
 
 

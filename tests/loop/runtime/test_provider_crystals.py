@@ -37,14 +37,14 @@ from loop.runtime.provider_crystals import (
 )
 from loop.stages import references, update
 from loop.stages.base import StageContext
-from loop.stages.references import provider_crystals
-from loop.stages.shared import known_index
 from loop.store import CampaignStore, Query
 from loop.tracking.campaign import track_round
+from loop.views.known_index import known_index
 from loop.views.novelty import stored_novelty
+from loop.views.withholding import provider_crystals
 from tests.loop.optimade_server import write_jsonl
 
-SERVER = Path(__file__).with_name("optimade_server.py")
+SERVER = Path(__file__).parents[1] / "optimade_server.py"
 
 
 def b32_lial() -> Structure:
@@ -328,7 +328,7 @@ def test_a_campaign_takes_references_from_the_server_and_goes_on_from_the_cache_
     """`matloop run` on Cu-Au (EMT): round 0 fetches from the real server and labels its simple-cubic Au; the
     server is killed; round 1 runs from the cache and records a novelty verdict for every label."""
     server = Server(tmp_path, {"srv-sc-au": simple_cubic_au(), "srv-b2": b2_cuau()})
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     data = yaml.safe_load((root / "configs" / "smoke.yaml").read_text())
     data["name"] = "optimade-cu-au"
     data["references"] = {

@@ -175,7 +175,7 @@ def campaign_yaml(path: Path, url: str) -> Path:
 
 
 def test_cli_dead_provider_exits_3_and_bad_url_exits_2_in_one_line(tmp_path):
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     dead = campaign_yaml(tmp_path / "dead.yaml", f"http://127.0.0.1:{free_port()}")
     proc = matloop("run", dead, "--workdir", tmp_path / "w", "--rounds", "0", cwd=root)
     assert proc.returncode == 3, proc.stderr[-3000:]

@@ -20,14 +20,14 @@ from loop.campaign import run_stage
 from loop.cli.screen import run_screen
 from loop.config import validate_config
 from loop.errors import InputError
+from loop.runtime.control import StopRequested
 from loop.runtime.labelling import label_hashes
 from loop.runtime.screening_cache import TierCache, cache_dir, in_blocks
 from loop.runtime.screening_tiers import CheapEstimate, TiersConfig, relaxed_share
 from loop.stages import acquire, funnel, screen
-from loop.stages.acquire import acquisition_pool
-from loop.stages.base import StageContext, StopRequested
+from loop.stages.base import StageContext
 from loop.store import CampaignStore, Generated, Query
-from loop.views.candidate_pool import carried_candidates
+from loop.views.candidate_pool import acquisition_pool, carried_candidates
 
 
 def config(**kw):

@@ -27,7 +27,7 @@ from loop.science.acquisition import (
 from loop.science.hull import HullEntry, OracleHull
 from loop.science.verdicts import StabilityRule
 
-MP20_VAL = Path(__file__).resolve().parents[2] / "generator" / "data" / "mp_20" / "val.csv.gz"
+MP20_VAL = Path(__file__).resolve().parents[3] / "generator" / "data" / "mp_20" / "val.csv.gz"
 NO_DIVERSITY = DiversityConfig(max_per_formula=None, similarity_penalty=0.0)
 RULE = StabilityRule(near_stable=0.05)
 

@@ -8,7 +8,7 @@ from pymatgen.core import Lattice, Structure
 from loop.errors import InputError
 from loop.science.structures import read_structures, structure_hash, write_structures
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 NACL = ROOT / "configs" / "structures" / "NaCl_mp-22862.cif"
 SI = ROOT / "configs" / "structures" / "Si_mp-149.cif"
 

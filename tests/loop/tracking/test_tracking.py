@@ -33,7 +33,7 @@ from loop.tracking.runs import (
     ui_command,
 )
 
-MP20_VAL = Path(__file__).resolve().parents[2] / "generator" / "data" / "mp_20" / "val.csv.gz"
+MP20_VAL = Path(__file__).resolve().parents[3] / "generator" / "data" / "mp_20" / "val.csv.gz"
 
 
 @pytest.fixture(scope="module")
