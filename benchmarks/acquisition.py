@@ -17,7 +17,7 @@ retrained on them. Each round it
    from `loop.science.emulator_errors.emulator_metrics`;
 5. retrains the emulator on all labels so far, in one of two modes (reported with every table):
 
-   * ``retrain``: exactly the campaign's stage, `loop.stages.retrain.retrain`, on a campaign store holding the replay's
+   * ``retrain``: exactly the campaign's stage, `loop.work.retraining.retrain`, on a campaign store holding the replay's
      labels (reference refit, σ calibration on the round's new labels, fine-tuning of the ensemble), then
      `loop.runtime.tasks.load_emulator(...).predict` on the candidates. Tens of seconds per round on one core, so it is
      run with few seeds and strategies.

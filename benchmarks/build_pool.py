@@ -5,11 +5,11 @@
 
 What a campaign's rounds would see, computed once with the project's own stages on a campaign store:
 
-1. references: every bundled known crystal of the system and its subsystems (`loop.stages.references.reference_pool`), up to
+1. references: every bundled known crystal of the system and its subsystems (`loop.work.references.reference_pool`), up to
    ``--max-atoms`` sites, labelled by the oracle;
 2. candidates, batch after batch until ``--n`` distinct emulator-relaxed structures exist: the generator mix
-   (`loop.stages.generate`), the funnel (`loop.stages.funnel`, which also removes copies of earlier
-   batches), and the emulator screening relaxation (`loop.stages.screen`, pretrained CHGNet ensemble);
+   (`loop.work.generation`), the funnel (`loop.work.funnel`, which also removes copies of earlier
+   batches), and the emulator screening relaxation (`loop.work.screening`, pretrained CHGNet ensemble);
 3. every emulator-relaxed candidate labelled by the oracle (`loop.runtime.labelling.label_hashes`: one result per structure
    and settings in the store, so a stopped build resumes where it was, without computing anything twice);
 4. ground truth: E_hull of every reference and candidate against the hull of all of them at the oracle's level of
@@ -126,7 +126,7 @@ def _is_metal(symbol: str) -> bool:
 
 def add_references(config: Any, store: Any) -> list[str]:
     """Every bundled known crystal of the system (round 0, source "seed"); returns their hashes."""
-    from loop.stages.references import reference_pool
+    from loop.work.references import reference_pool
 
     if store.stage_done(0, "references"):
         return list(store.stage_result(0, "references")["hashes"])

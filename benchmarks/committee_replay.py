@@ -3,7 +3,7 @@
 For every candidate the campaign labelled in round r >= 1, it compares what screening would have said before the
 label with the oracle's E_hull against the hull of the labels before round r:
 * emulator: the CHGNet ensemble's calibrated E_hull ± σ as stored by the screen;
-* committee: the same combined with each committee member's own-hull E_hull (`loop.stages.screen`). When the
+* committee: the same combined with each committee member's own-hull E_hull (`loop.work.screening`). When the
   campaign screened without a committee, the members are run now on the stored emulator-relaxed structures and
   the round's hull phases, exactly as the screen would have.
 Then per design: MAE, Spearman(σ, |error|), share of errors within 1σ and 2σ, and the rank of each label among the
@@ -26,9 +26,10 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from loop.config import CampaignConfig
+from loop.science.committee import combine_committee
 from loop.science.hull import HullEntry, OracleHull
-from loop.stages.screen import combine_committee, committee_e_hull
 from loop.store import CampaignStore
+from loop.work.screening import committee_e_hull
 
 
 def summary(name: str, errors: list[float], sigmas: list[float]) -> str:

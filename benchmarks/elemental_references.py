@@ -1,6 +1,6 @@
 """Round 0's elemental references at a campaign's own oracle settings: which polymorph is each hull end?
 
-Builds the campaign's reference pool (`loop.stages.references.reference_pool`: bundled polymorphs, ASE's reference
+Builds the campaign's reference pool (`loop.work.references.reference_pool`: bundled polymorphs, ASE's reference
 states and the fcc, bcc and hcp cells), labels its elemental crystals through the campaign's own labelling path
 (`loop.runtime.labelling.label_hashes`, the config's `oracle:` section, oracle relaxation included) in a scratch workdir, and
 prints each one's energy per atom, its distance to the lowest polymorph of its element (meV/atom) and which one is
@@ -21,8 +21,8 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from loop.config import load_config
 from loop.runtime.labelling import label_hashes
-from loop.stages.references import reference_pool
 from loop.store import CampaignStore
+from loop.work.references import reference_pool
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,9 +22,9 @@ import yaml
 
 from generator.substitution import breadth
 from loop.config import validate_config
-from loop.stages.funnel import run_funnel
-from loop.stages.generate import generate_candidates
 from loop.store import CampaignStore, Generated, Prediction
+from loop.work.funnel import run_funnel
+from loop.work.generation import generate_candidates
 
 ROOT = Path(__file__).resolve().parent.parent
 

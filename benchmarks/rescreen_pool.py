@@ -14,7 +14,7 @@ the pool gains
 * ``rescreen``: the new geometry, the steps taken in all, whether it converged, and whether it collapsed;
 * ``emulator.member_energy_per_atom_rescreened``: the pretrained members' energies there (eV/atom);
 * ``rescreen_basin``: whether the new geometry is the oracle-relaxed crystal (the campaign's same-crystal rule,
-  `loop.stages.acquire.one_per_crystal`) and the emulator's energy difference between the two (eV/atom).
+  `loop.science.acquisition.one_per_crystal`) and the emulator's energy difference between the two (eV/atom).
 
 The oracle's labels are not recomputed: the oracle relaxed each candidate from the stored geometry, and the
 basin record says how often the emulator's own minimum is the oracle's. The replay (`benchmarks.acquisition --screening
@@ -76,8 +76,8 @@ def relax_further(
 
 def basin(entry: dict[str, Any], rescreened: dict[str, Any]) -> dict[str, Any] | None:
     """Is the emulator's new minimum the oracle-relaxed crystal (the campaign's same-crystal rule,
-    `loop.stages.acquire.one_per_crystal`); the emulator's energy difference between the two (eV/atom)."""
-    from loop.stages.acquire import one_per_crystal
+    `loop.science.acquisition.one_per_crystal`); the emulator's energy difference between the two (eV/atom)."""
+    from loop.science.acquisition import one_per_crystal
 
     if "oracle_relaxed_structure" not in entry:
         return None

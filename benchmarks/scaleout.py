@@ -2,7 +2,7 @@
 
 * label: GPAW PW-PBE single points of tiny cells (fcc Al, 1 atom, at distinct strains; low cutoff), each in its own
   calculator process, through `label_hashes` exactly as the campaign's label stage calls it;
-* screen: the campaign's `loop.stages.screen.screen` (CHGNet-ensemble relaxation in chunks of 4, then hull placement) of Cu-Au
+* screen: the campaign's `loop.work.screening.screen` (CHGNet-ensemble relaxation in chunks of 4, then hull placement) of Cu-Au
   candidates (rattled, strained 4-atom fcc orderings), against an EMT hull of fcc Cu and Au.
 
 Both modes start from empty work directories (no cached results) and include loading the emulator (once inline,
@@ -171,8 +171,8 @@ def bench_screen(n: int, workers: int) -> dict[str, Any]:
     from loop.config import validate_config
     from loop.runtime.execution import Executor, make_executor
     from loop.runtime.labelling import label_hashes
-    from loop.stages.screen import screen
     from loop.store import CampaignStore
+    from loop.work.screening import screen
 
     config = validate_config(
         {

@@ -10,7 +10,7 @@ What `matloop screen --generate N` and a round of that size run, step by step, w
 4. the cheap tier (`loop.runtime.screening_tiers.cheap_estimates`) on the survivors, once per `--steps` value (0: batched
    energy-only ensemble predictions; k: k steps of the screening relaxation), on `--workers` single-threaded Dask
    workers (1: in this process);
-5. the relaxation tier (`loop.stages.screen.relax_structures`, the campaign's FIRE + cell filter at the default
+5. the relaxation tier (`loop.work.screening.relax_structures`, the campaign's FIRE + cell filter at the default
    `emulator_training` settings) on `--relax` candidates of the default relaxed share, best first.
 
 Rates are per hour of wall time on this machine as it was (its 1-minute load average before and after is
@@ -37,7 +37,7 @@ def run(*, system: str, n: int, relax: int, workers: int, seed: int, steps: list
     from loop.runtime.execution import make_executor
     from loop.runtime.screening_tiers import cheap_estimates, relaxed_share
     from loop.science.funnel import Funnel, KnownIndex
-    from loop.stages.screen import relax_structures
+    from loop.work.screening import relax_structures
 
     execution = {"kind": "inline"} if workers == 1 else {"kind": "local", "n_workers": workers}
     config = validate_config(

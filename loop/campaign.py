@@ -23,7 +23,14 @@ from loop.config import CampaignConfig, load_config
 from loop.errors import CampaignHalted, CheckpointCorrupt, DiskFull, InputError
 from loop.report.status import campaign_status
 from loop.runtime.checkpoints import CHECKPOINT_KINDS, checkpoint_problem, prune_checkpoints
-from loop.runtime.control import LOCK_FILE, STOP_FILE, request_stop, stop_requested, workdir_lock
+from loop.runtime.control import (
+    LOCK_FILE,
+    STOP_FILE,
+    StopRequested,
+    request_stop,
+    stop_requested,
+    workdir_lock,
+)
 from loop.runtime.execution import make_executor
 from loop.runtime.faults import crash_point, stage_writes
 from loop.stages import (
@@ -41,12 +48,11 @@ from loop.stages import (
     track,
     update,
 )
-from loop.stages.acquire import oracle_calls_left
-from loop.stages.base import Stage, StageContext, StopRequested, checkpoint_dir
+from loop.stages.base import Stage, StageContext, checkpoint_dir
 from loop.store import CampaignStore
 from loop.tracking.campaign import end_campaign, mlflow_copy_checker
 from loop.tracking.runs import ui_command
-from loop.views.oracle_calls import oracle_calls, reference_labels
+from loop.views.oracle_calls import oracle_calls, oracle_calls_left, reference_labels
 
 log = logging.getLogger("matloop")
 

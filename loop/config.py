@@ -77,7 +77,7 @@ class GeneratorConfig(StrictModel):
         fine_tune_max_minutes: Wall-time bound of one generator fine-tune, minutes (a run that hits it is no
             longer reproducible step for step).
         fine_tune_check_samples: Crystals each checkpoint samples per request when a generator fine-tune is checked
-            for narrowing (`loop.stages.retrain.generator_breadth_check`: two requests, two checkpoints, so four
+            for narrowing (`loop.work.retraining.generator_breadth_check`: two requests, two checkpoints, so four
             times this many samples); 0 deploys every fine-tune unchecked.
     """
 
@@ -248,7 +248,7 @@ class CampaignConfig(StrictModel):
         committee: Frozen potentials of other model families screened beside the emulator (e.g.
             `[{kind: sevennet}]`). Each relaxes every candidate and the oracle hull's phases and places the
             candidate against its own energies of those phases; a candidate's E_hull is then the mean over the
-            families and its std adds their spread to the emulator's calibrated std (`loop.stages.screen`).
+            families and its std adds their spread to the emulator's calibrated std (`loop.work.screening`).
         checkpoints: Which rounds' checkpoints stay on disk.
         design: The target application's requirements (`loop.design.requirements`): the funnel applies the
             composition rules to every candidate, the assess stage judges every hit against all of them and

@@ -161,11 +161,14 @@ LOOP_ROOMS: dict[str, set[str]] = {
     "runtime": _SCIENCE | {"store"},
     "config": _SCIENCE | {"runtime", "tracking"},  # the settings models of the rooms the config mirrors
     "views": _SCIENCE | {"store", "config", "runtime"},
-    "stages": _SCIENCE | {"store", "config", "runtime", "views", "tracking"},
+    # The work of the stages takes the whole campaign config, so it sits above `config`, which `runtime` is below.
+    "work": _SCIENCE | {"store", "config", "runtime", "views"},
+    "stages": _SCIENCE | {"store", "config", "runtime", "views", "work", "tracking"},
     "tracking": _SCIENCE | {"store", "config", "runtime", "views", "report"},
     "report": _SCIENCE | {"store", "config", "runtime", "views", "stages"},
-    "campaign": _SCIENCE | {"store", "config", "runtime", "views", "stages", "tracking", "report"},
-    "cli": _SCIENCE | {"store", "config", "runtime", "views", "stages", "tracking", "report", "campaign"},
+    "campaign": _SCIENCE | {"store", "config", "runtime", "views", "work", "stages", "tracking", "report"},
+    "cli": _SCIENCE
+    | {"store", "config", "runtime", "views", "work", "stages", "tracking", "report", "campaign"},
 }
 # Narrower than the room: the report reads the order of the stages, never a stage module; the config reads the
 # tracking settings, never what a campaign logs.

@@ -183,7 +183,7 @@ def load_committee(pool: Pool, paths: Sequence[Path]) -> dict[str, np.ndarray]:
 
     Each path is a pool file of the same candidates labelled by another oracle (e.g. the `mlff` pool a GPAW pool was
     drawn from): its label of an entry is what that model family gives at the end of its own relaxation from the
-    same starting geometry, as a campaign's committee member (`loop.stages.screen.committee_e_hull`) does.
+    same starting geometry, as a campaign's committee member (`loop.work.screening.committee_e_hull`) does.
 
     Returns:
         Family name (the other pool's oracle kind) -> energies aligned with `pool.entries`, NaN where that pool has

@@ -43,7 +43,7 @@ def distinct_candidates(pool: Pool) -> tuple[np.ndarray, np.ndarray, dict[int, i
     """One candidate per emulator-relaxed crystal, which of them are known crystals, and their oracle crystals.
 
     What a campaign can see decides what it offers: candidates whose emulator-relaxed structures are one crystal are
-    one candidate (`loop.stages.acquire.one_per_crystal` on the screened geometry, as the campaign's acquire stage
+    one candidate (`loop.science.acquisition.one_per_crystal` on the screened geometry, as the campaign's acquire stage
     offers them), each crystal keeping its first candidate in generation order. What the oracle says decides what
     counts: a kept candidate whose oracle minimum is a reference's crystal is a known crystal, not a discovery, and
     candidates that the oracle relaxes onto one crystal (17 diffusion samples of the Li-Co-O pool end as one LiCoO2)
@@ -54,8 +54,8 @@ def distinct_candidates(pool: Pool) -> tuple[np.ndarray, np.ndarray, dict[int, i
         The kept candidates' indices (sorted); for the pool's entries, whether each is a known crystal; and the
         oracle crystal (an entry index) of each kept candidate with a label.
     """
+    from loop.science.acquisition import one_per_crystal
     from loop.science.funnel import KnownIndex
-    from loop.stages.acquire import one_per_crystal
 
     ok = [int(i) for i in pool.cands if np.isfinite(pool.oracle_energy[i])]
     failed = [int(i) for i in pool.cands if not np.isfinite(pool.oracle_energy[i])]
@@ -73,7 +73,7 @@ def distinct_candidates(pool: Pool) -> tuple[np.ndarray, np.ndarray, dict[int, i
 def campaign_references(pool: Pool, *, max_compounds: int, max_atoms: int = 12) -> list[int]:
     """The pool's references that a campaign's round 0 labels: every elemental one, and the `max_compounds` compounds
     of at most `max_atoms` atoms that the pretrained emulator places lowest on the hull of the elements, one per
-    composition (`references.max_compounds`, as `loop.stages.references` chooses them), instead of every bundled
+    composition (`references.max_compounds`, as `loop.work.references` chooses them), instead of every bundled
     crystal of the system (53 for Li-Co-O, where a campaign labels 4)."""
     from loop.science.hull import HullEntry, OracleHull
 
@@ -114,11 +114,11 @@ def committee_e_hull(
     """The emulator's E_hull (mean, std) combined with each family's, as a campaign's screening stage combines them.
 
     A family places a candidate against its own energies of the phases on the current oracle hull, so its offsets
-    from the oracle's level of theory cancel (`loop.stages.screen.family_e_hull`); the combination is the
-    campaign's own rule (`loop.stages.screen.combine_committee`). Units: eV/atom.
+    from the oracle's level of theory cancel (`loop.science.committee.family_e_hull`); the combination is the
+    campaign's own rule (`loop.science.committee.combine_committee`). Units: eV/atom.
     """
+    from loop.science.committee import combine_committee, family_e_hull
     from loop.science.hull import HullEntry
-    from loop.stages.screen import combine_committee, family_e_hull
 
     phases = [int(i) for i in hull.stable_ids()]
     comps = [pool.structures[i].composition for i in avail]
@@ -212,7 +212,7 @@ class RefitEmulator:
 
 
 class CampaignRetrainEmulator:
-    """The campaign's retrain stage (`loop.stages.retrain.retrain`) on a campaign store holding the replay's labels."""
+    """The campaign's retrain stage (`loop.work.retraining.retrain`) on a campaign store holding the replay's labels."""
 
     mode = "retrain"
 
@@ -273,8 +273,8 @@ class CampaignRetrainEmulator:
         )
 
     def retrain(self, labelled: Sequence[int], new: Sequence[int], *, round: int) -> dict[str, Any]:
-        from loop.stages.retrain import retrain
         from loop.store import Query
+        from loop.work.retraining import retrain
 
         with self.store.transaction():
             for i in labelled:
@@ -338,11 +338,15 @@ def replay(
     With `committee` (`benchmarks.lib.pools.load_committee`), the acquisition sees the emulator's E_hull combined with the other model
     families', as a campaign configured with `committee:` does; the emulator metrics stay the emulator's own.
     """
-    from loop.science.acquisition import AcquisitionConfig, DiversityConfig, select_structures
+    from loop.science.acquisition import (
+        AcquisitionConfig,
+        DiversityConfig,
+        one_per_crystal,
+        select_structures,
+    )
     from loop.science.emulator_errors import emulator_metrics
     from loop.science.hull import HullEntry, OracleHull
     from loop.science.verdicts import StabilityRule
-    from loop.stages.acquire import one_per_crystal
 
     rule = StabilityRule(near_stable=pool.near_stable)
     if strategy == UNIFORM_RANDOM:

@@ -27,8 +27,8 @@ from loop.errors import InputError
 from loop.runtime.execution import ExecutionConfig, make_executor
 from loop.runtime.shortlist import ExpensiveStore, Subject, assess, rows_csv
 from loop.science.structures import read_structures, structure_hash
-from loop.stages.shared import current_hull
 from loop.store import CampaignStore
+from loop.views.oracle_hull import current_hull
 
 OUT_SUFFIXES = (".csv", ".json")
 

@@ -1,13 +1,13 @@
 """`matloop screen`: screen structures from files, or freshly sampled ones, in tiers; write one row per structure.
 
-The tiers are the campaign's (`loop.runtime.screening_tiers`, `loop.stages.screen`): the funnel (validity, charge balance,
+The tiers are the campaign's (`loop.runtime.screening_tiers`, `loop.work.screening`): the funnel (validity, charge balance,
 dedup, novelty against the bundled crystals and, with a workdir, everything the campaign stored), the cheap
 batched estimate, and the emulator relaxation of the promising share, placed on a hull:
 
 * `--workdir`: the campaign's oracle hull, its config and its current emulator (the emulator is refit to the
   oracle's level of theory, so its energies and that hull compare);
 * `--config`: no oracle has labelled anything, so the hull is the emulator's own: the known crystals of the
-  chemical systems (the round-0 reference pool, `loop.stages.references.reference_pool`) relaxed by the same
+  chemical systems (the round-0 reference pool, `loop.work.references.reference_pool`) relaxed by the same
   emulator, which cancels the emulator's offsets from any other level of theory (the committee rule).
 
 The committee (other model families) is not run here: E_hull ± σ is the emulator's.
@@ -177,8 +177,8 @@ def emulator_hull(config: CampaignConfig, *, executor: Any) -> Any:
     # deferred: each path loads only what it uses (the store, the diffusion model, torch for screening)
     from loop.runtime.progress import progress
     from loop.science.hull import HullEntry, OracleHull
-    from loop.stages.references import reference_pool
-    from loop.stages.screen import relax_structures
+    from loop.work.references import reference_pool
+    from loop.work.screening import relax_structures
 
     known = reference_pool(config)
     with progress(total=len(known), what="relax known crystals (hull)") as bar:
@@ -220,8 +220,9 @@ def screen_structures(
     from loop.runtime.progress import progress
     from loop.runtime.screening_tiers import cheap_estimates, relaxed_share
     from loop.science.funnel import Funnel, KnownIndex
-    from loop.stages.screen import relax_structures
-    from loop.stages.shared import current_hull, known_index
+    from loop.views.known_index import known_index
+    from loop.views.oracle_hull import current_hull
+    from loop.work.screening import relax_structures
 
     checkpoint: Path | None = None
     seconds: dict[str, float] = {}

@@ -81,4 +81,16 @@ def stop_requested(workdir: Path) -> bool:
     return (Path(workdir) / STOP_FILE).exists()
 
 
-__all__ = ["LOCK_FILE", "STOP_FILE", "campaign_running", "request_stop", "stop_requested", "workdir_lock"]
+class StopRequested(Exception):
+    """Raised between atomic steps when a stop was asked for (signal or `matloop stop`)."""
+
+
+__all__ = [
+    "LOCK_FILE",
+    "STOP_FILE",
+    "StopRequested",
+    "campaign_running",
+    "request_stop",
+    "stop_requested",
+    "workdir_lock",
+]

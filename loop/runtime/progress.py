@@ -90,4 +90,9 @@ def progress(*, total: int, what: str, unit: str = "structures") -> Iterator[Pro
         bar.close()
 
 
-__all__ = ["LOG_EVERY_S", "Progress", "interactive", "progress"]
+def seconds(x: float) -> float:
+    """A duration rounded to the millisecond for a report, s."""
+    return float(f"{x:.3f}")
+
+
+__all__ = ["LOG_EVERY_S", "Progress", "interactive", "progress", "seconds"]

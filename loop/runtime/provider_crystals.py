@@ -385,7 +385,7 @@ def cached_provider_crystals(
     settings: OptimadeSettings, *, chemical_systems: Sequence[str], workdir: Path
 ) -> list[ProviderCrystal]:
     """The cached crystals of the configured providers inside the target systems, in provider order, each entry
-    once (withholding is not applied here; see `loop.stages.references.provider_crystals`). Never queries."""
+    once (withholding is not applied here; see `loop.views.withholding.provider_crystals`). Never queries."""
     systems = [frozenset(s.split("-")) for s in chemical_systems]
     by_provider: dict[str, list[ProviderCrystal]] = {p: [] for p in settings.providers}
     seen: set[tuple[str, str]] = set()

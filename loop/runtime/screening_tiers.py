@@ -4,8 +4,8 @@ The cheap tier is the emulator ensemble's energy after a few steps of the screen
 batched, energy-only prediction at the geometry as generated, `loop.runtime.tasks.estimate_chunk`), placed against the same
 hull as the relaxed screening. Relaxation only lowers a candidate's energy, so its cheap E_hull is an upper estimate
 of its relaxed one: generated cells sit up to eV/atom above their minimum, most of it gone after the first steps.
-The cut therefore keeps a margin above the hull and the best share whatever their estimate (see `TiersConfig`). Candidates left at the cheap tier are stored with their estimate (`loop.stages.screen`) but are not
-offered to acquisition: a query is a relaxed structure (`loop.stages.acquire`).
+The cut therefore keeps a margin above the hull and the best share whatever their estimate (see `TiersConfig`). Candidates left at the cheap tier are stored with their estimate (`loop.work.screening`) but are not
+offered to acquisition: a query is a relaxed structure (`loop.work.acquisition`).
 
 Units: energies eV/atom.
 """

@@ -20,7 +20,7 @@ unused: a round picks `budget` candidates whenever that many are on offer, even 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -701,3 +701,34 @@ def select_structures(
         formulas=[s.composition.reduced_formula for s in structures],
         labelled_features=structure_features(labelled) if len(labelled) else None,
     )
+
+
+def one_per_crystal(
+    candidates: Sequence[Structure], *, labelled: Iterable[tuple[str, Callable[[], Structure]]]
+) -> list[int]:
+    """Positions of the candidates to offer: each crystal once, and none already labelled.
+
+    Candidates the funnel saw as different can relax onto one crystal: in the Li-Co-O pool 17 diffusion samples
+    ended as one LiCoO2 under the oracle. A second label of a crystal is a call spent on no new information
+    (`loop.runtime.labelling.mark_duplicates` flags it as a duplicate afterwards), so a candidate is dropped when its
+    relaxed structure is the crystal (pymatgen `StructureMatcher` inside the funnel's formula buckets,
+    `loop.science.funnel.KnownIndex`) of a labelled structure or of a candidate kept before it.
+
+    Args:
+        candidates: Relaxed structures, in order of preference (the first of a crystal is kept).
+        labelled: (reduced formula, loader) of each labelled structure: inputs and oracle-relaxed final structures.
+    """
+    if not candidates:
+        return []
+    # torch (~3 s) comes with the generator room: imported only when there are candidates.
+    from loop.science.funnel import KnownIndex
+
+    index = KnownIndex()
+    for formula, loader in labelled:
+        index.add_lazy(id="labelled", formula=formula, loader=loader)
+    kept = []
+    for i, structure in enumerate(candidates):
+        if index.find(structure, seed=False) is None:
+            index.add(id=str(i), structure=structure)
+            kept.append(i)
+    return kept

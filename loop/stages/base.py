@@ -16,10 +16,6 @@ from loop.store import CampaignStore
 R = TypeVar("R")
 
 
-class StopRequested(Exception):
-    """Raised between atomic steps when a stop was asked for (signal or `matloop stop`)."""
-
-
 @dataclass(frozen=True)
 class StageContext:
     """What a stage of one round may use.
@@ -70,9 +66,4 @@ class Stage(Protocol[R]):
     def commit(self, ctx: StageContext, result: R) -> dict[str, Any]: ...
 
 
-def seconds(x: float) -> float:
-    """A duration rounded to the millisecond for a report, s."""
-    return float(f"{x:.3f}")
-
-
-__all__ = ["Stage", "StageContext", "StopRequested", "checkpoint_dir", "seconds"]
+__all__ = ["Stage", "StageContext", "checkpoint_dir"]

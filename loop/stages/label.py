@@ -9,10 +9,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from loop.runtime.control import StopRequested
 from loop.runtime.faults import crash_point
 from loop.runtime.labelling import label_hashes
 from loop.runtime.progress import Progress
-from loop.stages.base import StageContext, StopRequested
+from loop.stages.base import StageContext
 from loop.store import StoredResult
 
 log = logging.getLogger("matloop")

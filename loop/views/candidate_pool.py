@@ -1,7 +1,7 @@
 """The persistent candidate pool: which screened candidates stay on offer, and which candidates are still alive.
 
 A candidate screened in one round and not labelled is not thrown away: it is carried into the next round's
-screening (re-scored there by the current emulator, `loop.stages.screen`) and offered to acquisition again. A
+screening (re-scored there by the current emulator, `loop.work.screening`) and offered to acquisition again. A
 candidate leaves the pool when its emulator-relaxed structure has an oracle result (failed ones included), when its
 screening cannot place it for good (collapsed or quarantined relaxation), or when it is older than
 `acquisition.pool.max_age` rounds.
@@ -12,6 +12,7 @@ Units: energies eV/atom.
 from __future__ import annotations
 
 from loop.config import CampaignConfig
+from loop.science.acquisition import one_per_crystal
 from loop.store import CampaignStore, Prediction
 
 # Screening outcomes that no later round can change: such candidates are not carried.
@@ -50,7 +51,7 @@ def carried_candidates(config: CampaignConfig, *, store: CampaignStore, round: i
 def live_candidates(config: CampaignConfig, *, store: CampaignStore, round: int) -> set[str]:
     """Candidates (by hash) of rounds before `round` that are in the pool at its start or were labelled.
 
-    A structure prototype whose substitution children are among these is spent (`loop.stages.generate`); one whose
+    A structure prototype whose substitution children are among these is spent (`loop.work.generation`); one whose
     children were only screened and dropped is not.
     """
     settings_hash = config.oracle.settings_hash()
@@ -63,4 +64,33 @@ def live_candidates(config: CampaignConfig, *, store: CampaignStore, round: int)
     return alive
 
 
-__all__ = ["carried_candidates", "first_round", "live_candidates"]
+def acquisition_pool(config: CampaignConfig, *, store: CampaignStore, round: int) -> list[Prediction]:
+    """The predictions of `round` acquisition may pick from, in the store's order: those with a relaxed structure
+    that has no oracle result at these settings (not even a failed one), one per crystal and none of a crystal
+    already labelled (`one_per_crystal`)."""
+    settings_hash = config.oracle.settings_hash()
+    seen: set[str] = set()
+    predictions = []
+    for p in store.round_predictions(round):
+        h = p.relaxed_hash
+        # A stored result, failed ones included, means this very structure was called already.
+        if h and h not in seen and store.get_oracle_result(h, settings_hash) is None:
+            seen.add(h)
+            predictions.append(p)
+    labelled = {
+        h
+        for r in store.oracle_results(settings_hash=settings_hash, ok_only=True)
+        for h in (r.hash, r.structure_hash)
+    }
+    relaxed = store.get_structures([p.relaxed_hash for p in predictions])
+    kept = one_per_crystal(
+        [relaxed[p.relaxed_hash] for p in predictions],
+        labelled=[
+            (store.structure_row(h).reduced_formula, lambda k=h: store.get_structure(k))
+            for h in sorted(labelled)
+        ],
+    )
+    return [predictions[i] for i in kept]
+
+
+__all__ = ["acquisition_pool", "carried_candidates", "first_round", "live_candidates"]

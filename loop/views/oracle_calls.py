@@ -7,6 +7,7 @@ hull at the oracle's level of theory before anything is discovered; they are cou
 
 from __future__ import annotations
 
+from loop.config import CampaignConfig
 from loop.store import CampaignStore
 
 
@@ -24,4 +25,13 @@ def reference_labels(store: CampaignStore) -> int:
     return len(store.round_queries(0))
 
 
-__all__ = ["oracle_calls", "reference_labels"]
+def oracle_calls_left(config: CampaignConfig, store: CampaignStore) -> int | None:
+    """Oracle calls the stop rule still allows (`stop.max_oracle_calls` minus the calls made, as
+    `loop.views.oracle_calls` counts them: round 0's references are not calls); None without that rule."""
+    limit = config.stop.max_oracle_calls
+    if limit is None:
+        return None
+    return max(0, limit - oracle_calls(store))
+
+
+__all__ = ["oracle_calls", "oracle_calls_left", "reference_labels"]

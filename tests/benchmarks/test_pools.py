@@ -13,7 +13,7 @@ from benchmarks.acquisition import main as acquisition_main
 from benchmarks.lib.pools import load_pool, read_pool, structure_from_compact
 from benchmarks.lib.replay import RefitEmulator, campaign_references, distinct_candidates, replay
 from benchmarks.rescreen_pool import main as rescreen_main
-from loop.stages.acquire import one_per_crystal
+from loop.science.acquisition import one_per_crystal
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 POOL = BENCH / "pools" / "li-co-o_mlff.json.gz"

@@ -8,13 +8,15 @@ import pytest
 
 from generator.seeds import load_seeds
 from loop.config import validate_config
-from loop.runtime.shortlist import ShortlistRow
 from loop.report.status import campaign_status, export_discoveries
+from loop.runtime.control import StopRequested
 from loop.runtime.execution import ExecutionConfig, make_executor
-from loop.stages.assess import STAGE, hit_subjects
-from loop.stages.base import StageContext, StopRequested
-from loop.stages.update import update_hull
+from loop.runtime.shortlist import ShortlistRow
+from loop.stages.assess import STAGE
+from loop.stages.base import StageContext
 from loop.store import CampaignStore, Query
+from loop.work.assessment import hit_subjects
+from loop.work.hull_update import update_hull
 from oracle.base import make_oracle
 
 IDS = {"Li": "mp-10173", "O": "mp-12957", "Li2O": "mp-1960", "Li2O2": "mp-841"}

@@ -15,10 +15,11 @@ from pymatgen.core import Lattice, Structure
 
 from loop.config import validate_config
 from loop.errors import InputError
+from loop.science.committee import combine_committee
 from loop.science.structures import structure_hash
-from loop.stages.screen import combine_committee, committee_e_hull, screen
-from loop.stages.shared import current_hull
 from loop.store import CampaignStore
+from loop.views.oracle_hull import current_hull
+from loop.work.screening import committee_e_hull, screen
 
 GPAW_LI_BCC = -1.9015  # eV/atom
 GPAW_AL_FCC = -3.7403  # eV/atom

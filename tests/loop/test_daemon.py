@@ -16,8 +16,8 @@ from pymatgen.core import Lattice, Structure
 from loop.campaign import LOCK_FILE, ROUND0_STAGES, ROUND_STAGES, STOP_FILE, Campaign, request_stop
 from loop.config import load_config
 from loop.runtime.labelling import label_hashes
-from loop.stages.acquire import acquire
 from loop.store import CampaignStore, Prediction, Query
+from loop.work.acquisition import acquire
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -224,7 +224,8 @@ def test_a_stop_during_labelling_stores_the_calculation_under_way_and_starts_no_
     other starts, and the resumed stage labels only the rest (real EMT labels, this process)."""
     from dataclasses import replace
 
-    from loop.stages.base import StageContext, StopRequested
+    from loop.runtime.control import StopRequested
+    from loop.stages.base import StageContext
     from loop.stages.label import STAGE as LABEL
 
     campaign = _campaign(tmp_path)

@@ -8,11 +8,12 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from loop.campaign import run_stage
 from loop.config import validate_config
 from loop.runtime.labelling import label_hashes
+from loop.science.elemental_cells import simple_cells
 from loop.stages import references
 from loop.stages.base import StageContext
-from loop.stages.references import reference_pool, simple_cells
-from loop.stages.shared import current_hull
 from loop.store import CampaignStore
+from loop.views.oracle_hull import current_hull
+from loop.work.references import reference_pool
 
 FCC, BCC, HCP = 225, 229, 194
 

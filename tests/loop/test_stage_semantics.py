@@ -12,11 +12,12 @@ from loop.campaign import run_stage
 from loop.config import validate_config
 from loop.runtime.labelling import label_hashes
 from loop.stages import funnel, update
-from loop.stages.acquire import acquire, acquisition_pool
 from loop.stages.base import StageContext
-from loop.stages.shared import known_index
 from loop.store import CampaignStore, Generated, Prediction, Query
 from loop.tracking.campaign import source_yield
+from loop.views.candidate_pool import acquisition_pool
+from loop.views.known_index import known_index
+from loop.work.acquisition import acquire
 
 
 def config(**kw):

@@ -14,13 +14,15 @@ from loop.config import CampaignConfig, validate_config
 from loop.errors import InputError
 from loop.runtime.labelling import label_hashes
 from loop.science.structures import structure_hash
-from loop.stages.funnel import run_funnel
-from loop.stages.generate import generate_candidates, round_breadth, substitution_candidates
-from loop.stages.references import reference_pool, withheld_records
-from loop.stages.retrain import generator_breadth_check, withheld_training_ids
-from loop.stages.shared import discoveries, known_index, withheld_structures
-from loop.stages.update import update_hull
 from loop.store import CampaignStore, Generated, Prediction, Query
+from loop.views.known_index import known_index
+from loop.views.oracle_hull import discoveries
+from loop.views.withholding import withheld_records, withheld_structures
+from loop.work.funnel import run_funnel
+from loop.work.generation import generate_candidates, round_breadth, substitution_candidates
+from loop.work.hull_update import update_hull
+from loop.work.references import reference_pool
+from loop.work.retraining import generator_breadth_check, withheld_training_ids
 
 B32 = "AB:227:4"
 

@@ -20,9 +20,9 @@ from generator.seeds import _parse_cif, load_seeds, seed_table
 from loop.config import validate_config
 from loop.runtime.labelling import label_hashes, reject_unphysical
 from loop.science.funnel import Funnel, FunnelConfig, KnownIndex
-from loop.stages.references import reference_pool
-from loop.stages.retrain import retrain, training_labels
 from loop.store import CampaignStore
+from loop.work.references import reference_pool
+from loop.work.retraining import retrain, training_labels
 from oracle import EMTSettings
 from oracle.base import OracleResult
 

@@ -1,0 +1,334 @@
+"""Generate: every generator of the mix proposes its share of candidates.
+
+Units: times s.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import generator  # noqa: F401  (registers the generators)
+from generator.base import Candidate, GenerationContext, KnownStructure, get_generator_class
+from generator.compositions import (
+    AllowedComposition,
+    allowed_compositions,
+    composition_weights,
+    rank_compositions,
+)
+from generator.substitution import (
+    Breadth,
+    SubstitutionGenerator,
+    breadth,
+    decorated_candidates,
+    prototype_decorations,
+    prototype_parents,
+)
+from loop.config import CampaignConfig
+from loop.runtime.progress import Progress, seconds
+from loop.science.funnel import KnownIndex
+from loop.store import CampaignStore
+from loop.views.candidate_pool import live_candidates
+from loop.views.known_index import known_index
+from loop.views.oracle_hull import discoveries
+from loop.views.withholding import provider_crystals
+
+log = logging.getLogger("matloop")
+
+
+SUBSTITUTION_CHUNK = 16  # parents offered to the substitution generator at a time
+
+
+PROTOTYPES_MIN = 64  # fewest prototype parents searched per round
+
+
+CELL_LIMIT = 40  # atoms per formula unit enumerated when the funnel sets no max_atoms
+
+
+GENERATED_SOURCES = ("diffusion", "substitution", "random_search")
+
+
+def cell_limit(config: CampaignConfig) -> int:
+    """The largest cell a candidate may have (the funnel's `max_atoms`), atoms; it bounds the formula units
+    the round asks for."""
+    return config.generator.funnel.max_atoms or CELL_LIMIT
+
+
+def within_cell_limit(config: CampaignConfig, settings: Any) -> Any:
+    """A generator's settings with its own `max_atoms` (if it has one) lowered to the cell limit, so it does not
+    make cells the funnel would drop."""
+    limit = getattr(settings, "max_atoms", None)
+    if limit is None or limit <= cell_limit(config):
+        return settings
+    return settings.model_copy(update={"max_atoms": cell_limit(config)})
+
+
+def round_compositions(
+    config: CampaignConfig, *, store: CampaignStore, round: int
+) -> tuple[list[AllowedComposition], dict[str, float]]:
+    """The compositions a round asks for, most needed first, and each one's weight (`generator.compositions`).
+
+    Every allowed composition of the target systems up to the cell limit is weighted by its class and size,
+    down-weighted when a labelled structure of that formula is already a hit (stable or near-stable on the
+    latest hull) and for every earlier round that generated it; the order is drawn from the weights with a
+    seed of the campaign and round.
+    """
+    allowed = allowed_compositions(config.chemical_systems, max_atoms=cell_limit(config))
+    hits = {v.hash for v in store.stability() if v.hit}
+    rows = store.structure_rows(
+        where=f"round < ? AND source IN ({','.join('?' * len(GENERATED_SOURCES))})",
+        params=(round, *GENERATED_SOURCES),
+    )
+    rounds_of: dict[str, set[int]] = {}
+    for r in rows:
+        rounds_of.setdefault(r.reduced_formula, set()).add(int(r.round or 0))
+    solved = {store.structure_row(h).reduced_formula for h in hits if store.has_structure(h)}
+    weights = composition_weights(allowed, solved=solved, tried={f: len(v) for f, v in rounds_of.items()})
+    ranked = rank_compositions(allowed, weights=weights, seed=config.seed * 1000 + round)
+    return ranked, {c.formula: w for c, w in zip(allowed, weights, strict=True)}
+
+
+def spent_prototypes(config: CampaignConfig, store: CampaignStore, round: int) -> set[str]:
+    """Prototypes spent by labels: a substitution child of an earlier round is labelled or still in the candidate
+    pool (`loop.views.candidate_pool.live_candidates`). A prototype whose children were only screened and dropped (the
+    funnel removed them, or the pool let them go) is offered again."""
+    alive = live_candidates(config, store=store, round=round)
+    rows = store.structure_rows(where="source = ? AND round < ?", params=("substitution", round))
+    return {
+        r.provenance["parent_prototype"]
+        for r in rows
+        if r.provenance.get("parent_prototype") and r.hash in alive
+    }
+
+
+def spent_decorations(config: CampaignConfig, store: CampaignStore, round: int) -> set[tuple[str, str]]:
+    """(prototype, formula) pairs spent the same way as `spent_prototypes`: a substitution child of that
+    prototype and formula is labelled or still in the candidate pool."""
+    alive = live_candidates(config, store=store, round=round)
+    rows = store.structure_rows(where="source = ? AND round < ?", params=("substitution", round))
+    return {
+        (r.provenance["parent_prototype"], r.reduced_formula)
+        for r in rows
+        if r.provenance.get("parent_prototype") and r.hash in alive
+    }
+
+
+def substitution_candidates(
+    config: CampaignConfig,
+    *,
+    store: CampaignStore,
+    round: int,
+    n: int,
+    discoveries: Sequence[KnownStructure],
+    known: KnownIndex,
+    weights: dict[str, float] | None = None,
+) -> tuple[list[Candidate], dict[str, int]]:
+    """Up to `n` substitution candidates that search structure types, from two sources taking turns.
+
+    Ionic substitution (half of `n` first, then whatever decoration leaves): parents are the campaign's
+    discoveries, the OPTIMADE providers' crystals not withheld, then one bundled crystal per prototype
+    (`prototype_parents`: every bundled chemical system that substitutes into a target system, best Hautier
+    score first; full and partial (SAPS) substitutions), skipping the withheld crystals and spent prototypes.
+    Decoration: every bundled structure type whose anonymous formula is that of an allowed composition
+    (`prototype_decorations`, ranked by substitution probability times the composition's weight from
+    `round_compositions`, or `weights`), skipping (prototype, formula) pairs spent by labels or pool entries,
+    so the search goes on round after round until the types are exhausted.
+    Children matching a known structure (`known`, which also receives every child kept) or larger than the
+    funnel's `max_atoms` are dropped here, so a parent whose children are all known yields nothing and the next
+    one is tried.
+
+    Returns:
+        The candidates and counts: parents offered, prototypes skipped as spent, children dropped as known,
+        decorations on offer and decorations proposed.
+    """
+    settings = config.generator.substitution
+    spent = spent_prototypes(config, store, round)
+    if weights is None:
+        weights = round_compositions(config, store=store, round=round)[1]
+    max_atoms = config.generator.funnel.max_atoms
+    decorations = prototype_decorations(
+        weights=weights,
+        max_sites=min(max_atoms or CELL_LIMIT, settings.max_parent_sites),
+        withhold=config.withholding,
+        exclude=spent_decorations(config, store, round),
+    )
+    # The providers' crystals of the target systems (`references.source: optimade`) are parents as well.
+    providers = [c.as_known() for c in provider_crystals(config, workdir=store.path.parent) if not c.withheld]
+    parents = [
+        *discoveries,
+        *providers,
+        *prototype_parents(
+            chemical_systems=config.chemical_systems,
+            settings=settings,
+            withhold=config.withholding,
+            exclude_prototypes=spent,
+            # enough structure types for this round even if most children turn out known; scoring every
+            # ionic formula of an oxide system would take minutes
+            limit=max(PROTOTYPES_MIN, 4 * n),
+        ),
+    ]
+    made_by = SubstitutionGenerator(settings=settings)
+    counts = {
+        "parents": len(parents),
+        "spent_prototypes": len(spent),
+        "known_children": 0,
+        "decorations_offered": len(decorations),
+        "decorations": 0,
+    }
+
+    def ionic() -> Iterator[Candidate]:
+        for start in range(0, len(parents), SUBSTITUTION_CHUNK):
+            chunk = parents[start : start + SUBSTITUTION_CHUNK]
+            context = GenerationContext(known=chunk, chemical_systems=config.chemical_systems)
+            yield from made_by.generate(
+                n=len(chunk) * settings.max_candidates_per_parent,
+                context=context,
+                seed=config.seed * 1000 + round + start,
+            )
+
+    out: list[Candidate] = []
+
+    def take(source: Iterator[Candidate], upto: int) -> None:
+        while len(out) < upto:
+            cand = next(source, None)
+            if cand is None:
+                return
+            if max_atoms is not None and len(cand.structure) > max_atoms:
+                continue  # the funnel would drop it; spend the slot on another structure type
+            if known.find(cand.structure) is not None:
+                counts["known_children"] += 1
+                continue
+            # two parents can give the same child: keep the first
+            known.add(id=f"substitution-{len(out)}", structure=cand.structure, origin="campaign")
+            out.append(cand)
+            counts["decorations"] += cand.info.get("operation") == "decoration"
+
+    from_ionic = ionic()
+    take(from_ionic, math.ceil(n / 2))
+    take(
+        decorated_candidates(
+            decorations,
+            chemical_systems=config.chemical_systems,
+            settings=settings,
+            seed=config.seed * 1000 + round,
+        ),
+        n,
+    )
+    take(from_ionic, n)
+    return out, counts
+
+
+def _context(
+    config: CampaignConfig, cls: type, settings: Any, found: Sequence[KnownStructure], formulas: list[str]
+) -> GenerationContext:
+    return GenerationContext(
+        known=found,
+        chemical_systems=config.chemical_systems,
+        conditions=dict(settings.conditions) if cls.supports_conditions else {},
+        compositions=formulas,
+    )
+
+
+def sample_breadth(
+    config: CampaignConfig, *, store: CampaignStore, round: int, name: str, checkpoint: Path | None
+) -> dict[str, Breadth]:
+    """Distinct formulas and prototypes of what a fine-tunable generator `name` proposes from `checkpoint` (None:
+    its settings' own), `generator.fine_tune_check_samples` structures per request with one fixed seed, so two
+    checkpoints answer the same requests:
+    "request", round `round`'s compositions as the generate stage asks for them (prototypes tell), and "free",
+    the target systems alone (the model's own choice of formulas tells).
+    """
+    cls = get_generator_class(name)
+    settings = within_cell_limit(config, config.generator.settings_for(name))
+    if checkpoint is not None:
+        settings = settings.model_copy(update={"checkpoint": str(checkpoint)})
+    ranked, _ = round_compositions(config, store=store, round=round)
+    found = discoveries(config, store)
+    n = config.generator.fine_tune_check_samples
+    out = {}
+    for kind, formulas in (("request", [c.formula for c in ranked]), ("free", [])):
+        context = _context(config, cls, settings, found, formulas)
+        made = cls(settings=settings).generate(n=n, context=context, seed=config.seed * 1000 + round)
+        out[kind] = breadth([c.structure for c in made])
+    return out
+
+
+def generate_candidates(
+    config: CampaignConfig, *, store: CampaignStore, round: int, generator_checkpoint: Path | None
+) -> tuple[list[Candidate], dict[str, float]]:
+    """Ask every generator of the mix for its share of candidates.
+
+    A generator that `supports_conditions` gets its settings' `conditions`; one that `supports_fine_tune` starts
+    from the campaign's latest fine-tuned checkpoint (`generator_checkpoint`) when there is one.
+
+    Returns:
+        The candidates and the wall time of each generator, s.
+    """
+    gen_cfg = config.generator
+    found = discoveries(config, store)
+    ranked, weights = round_compositions(config, store=store, round=round)
+    formulas = [c.formula for c in ranked]
+    offset = 0  # each generator that makes given compositions starts where the previous one stopped
+    candidates: list[Candidate] = []
+    timings: dict[str, float] = {}
+    # Generators return whole batches: the bar moves by each generator's share (tqdm closes it if one fails).
+    bar = Progress(total=sum(gen_cfg.mix.values()), what=f"round {round}: generate")
+    for name, n in gen_cfg.mix.items():
+        if n <= 0:
+            continue
+        cls = get_generator_class(name)
+        settings = gen_cfg.settings_for(name)
+        if cls.supports_fine_tune and generator_checkpoint is not None:
+            settings = settings.model_copy(update={"checkpoint": str(generator_checkpoint)})
+        settings = within_cell_limit(config, settings)
+        started = time.time()
+        if cls is SubstitutionGenerator:
+            # The structure-type search needs the campaign's store and known index, not only a context.
+            known = known_index(config, store=store, before_round=round)
+            made, counts = substitution_candidates(
+                config, store=store, round=round, n=n, discoveries=found, known=known, weights=weights
+            )
+            log.info(
+                "round %d: substitution searched %d parents (%d prototypes spent) and %d decorations (%d used), "
+                "dropped %d known children",
+                round,
+                counts["parents"],
+                counts["spent_prototypes"],
+                counts["decorations_offered"],
+                counts["decorations"],
+                counts["known_children"],
+            )
+        else:
+            per = getattr(settings, "structures_per_composition", None)
+            context = _context(
+                config, cls, settings, found, formulas[offset:] + formulas[:offset] if per else []
+            )
+            if per:
+                offset = (offset + math.ceil(n / per)) % max(len(formulas), 1)
+            made = cls(settings=settings).generate(n=n, context=context, seed=config.seed * 1000 + round)
+        timings[name] = seconds(time.time() - started)
+        candidates.extend(made)
+        log.info("round %d: %s proposed %d candidates in %.1f s", round, name, len(made), timings[name])
+        bar.update(n)
+    bar.close()
+    return candidates, timings
+
+
+def round_breadth(candidates: Sequence[Candidate]) -> dict[str, Any]:
+    """Distinct formulas and prototypes (`generator.substitution.breadth`) of a round's candidates, in all and per
+    generator."""
+    every = breadth([c.structure for c in candidates])
+    per = {
+        source: breadth([c.structure for c in candidates if c.source == source])
+        for source in sorted({c.source for c in candidates})
+    }
+    return {
+        "distinct_formulas": every.formulas,
+        "distinct_prototypes": every.prototypes,
+        "formulas_per_source": {k: b.formulas for k, b in per.items()},
+        "prototypes_per_source": {k: b.prototypes for k, b in per.items()},
+    }
