@@ -77,12 +77,17 @@ class Generator(ABC):
     Attributes:
         supports_conditions: `generate` honours `GenerationContext.conditions` (property targets).
         supports_fine_tune: `fine_tune` continues training on the campaign's discoveries.
+        supports_prototype_search: `generate` substitutes into the known crystals of its context, so the loop
+            searches structure types for it: parents from the campaign's discoveries, the providers' crystals and
+            one bundled crystal per structure type not yet spent, and children the campaign already knows
+            dropped, round after round (one context of discoveries alone would repeat the same parents).
     """
 
     name: ClassVar[str]
     Settings: ClassVar[type[GeneratorSettings]]
     supports_conditions: ClassVar[bool] = False
     supports_fine_tune: ClassVar[bool] = False
+    supports_prototype_search: ClassVar[bool] = False
 
     @abstractmethod
     def generate(self, *, n: int, context: GenerationContext, seed: int = 0) -> list[Candidate]:

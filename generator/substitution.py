@@ -15,7 +15,7 @@ import itertools
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -180,6 +180,7 @@ class SubstitutionGenerator(Generator):
 
     name = "substitution"
     Settings = SubstitutionSettings
+    supports_prototype_search: ClassVar[bool] = True
 
     def __init__(self, *, settings: SubstitutionSettings | None = None) -> None:
         self.settings = settings or SubstitutionSettings()

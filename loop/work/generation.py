@@ -22,7 +22,6 @@ from generator.compositions import (
 )
 from generator.substitution import (
     Breadth,
-    SubstitutionGenerator,
     breadth,
     decorated_candidates,
     prototype_decorations,
@@ -122,6 +121,7 @@ def substitution_candidates(
     *,
     store: CampaignStore,
     round: int,
+    name: str,
     n: int,
     discoveries: Sequence[KnownStructure],
     known: KnownIndex,
@@ -141,11 +141,14 @@ def substitution_candidates(
     funnel's `max_atoms` are dropped here, so a parent whose children are all known yields nothing and the next
     one is tried.
 
+    Args:
+        name: The generator of the mix that `supports_prototype_search` (its class and settings make the children).
+
     Returns:
         The candidates and counts: parents offered, prototypes skipped as spent, children dropped as known,
         decorations on offer and decorations proposed.
     """
-    settings = config.generator.substitution
+    settings = config.generator.settings_for(name)
     spent = spent_prototypes(config, store, round)
     if weights is None:
         weights = round_compositions(config, store=store, round=round)[1]
@@ -171,7 +174,7 @@ def substitution_candidates(
             limit=max(PROTOTYPES_MIN, 4 * n),
         ),
     ]
-    made_by = SubstitutionGenerator(settings=settings)
+    made_by = get_generator_class(name)(settings=settings)
     counts = {
         "parents": len(parents),
         "spent_prototypes": len(spent),
@@ -263,7 +266,8 @@ def generate_candidates(
     """Ask every generator of the mix for its share of candidates.
 
     A generator that `supports_conditions` gets its settings' `conditions`; one that `supports_fine_tune` starts
-    from the campaign's latest fine-tuned checkpoint (`generator_checkpoint`) when there is one.
+    from the campaign's latest fine-tuned checkpoint (`generator_checkpoint`) when there is one; one that
+    `supports_prototype_search` gets the structure-type search (`substitution_candidates`) instead of one context.
 
     Returns:
         The candidates and the wall time of each generator, s.
@@ -286,16 +290,24 @@ def generate_candidates(
             settings = settings.model_copy(update={"checkpoint": str(generator_checkpoint)})
         settings = within_cell_limit(config, settings)
         started = time.time()
-        if cls is SubstitutionGenerator:
+        if cls.supports_prototype_search:
             # The structure-type search needs the campaign's store and known index, not only a context.
             known = known_index(config, store=store, before_round=round)
             made, counts = substitution_candidates(
-                config, store=store, round=round, n=n, discoveries=found, known=known, weights=weights
+                config,
+                store=store,
+                round=round,
+                name=name,
+                n=n,
+                discoveries=found,
+                known=known,
+                weights=weights,
             )
             log.info(
-                "round %d: substitution searched %d parents (%d prototypes spent) and %d decorations (%d used), "
+                "round %d: %s searched %d parents (%d prototypes spent) and %d decorations (%d used), "
                 "dropped %d known children",
                 round,
+                name,
                 counts["parents"],
                 counts["spent_prototypes"],
                 counts["decorations_offered"],

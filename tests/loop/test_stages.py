@@ -10,6 +10,7 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from generator.diffusion.generator import SHIPPED_CHECKPOINT, DiffusionGenerator, DiffusionSettings
+from generator.substitution import SubstitutionGenerator
 from loop.config import CampaignConfig, validate_config
 from loop.errors import InputError
 from loop.runtime.labelling import label_hashes
@@ -88,7 +89,9 @@ def test_substitution_searches_structure_types_and_does_not_repeat_parents(tmp_p
     cfg = config(generator={"substitution": {"max_candidates_per_parent": 2}})
     store = CampaignStore.in_workdir(tmp_path)
     known = known_index(cfg, store=store, before_round=1)
-    made, counts = substitution_candidates(cfg, store=store, round=1, n=40, discoveries=[], known=known)
+    made, counts = substitution_candidates(
+        cfg, store=store, round=1, name="substitution", n=40, discoveries=[], known=known
+    )
     assert len(made) == 40 and counts["spent_prototypes"] == 0
     b32 = [
         c
@@ -109,6 +112,7 @@ def test_substitution_searches_structure_types_and_does_not_repeat_parents(tmp_p
             cfg,
             store=store,
             round=2,
+            name="substitution",
             n=40,
             discoveries=[],
             known=known_index(cfg, store=store, before_round=2),
@@ -235,6 +239,25 @@ def _pool(store: CampaignStore, rnd: int, made) -> None:
     )
 
 
+def test_the_generate_stage_searches_structure_types_for_a_generator_that_declares_it(tmp_path, monkeypatch):
+    """The capability, not the generator's name, decides: with `supports_prototype_search` the substitution
+    generator gets the structure-type search (parents from every unspent bundled prototype); without it, one
+    context holding the campaign's discoveries, which a fresh campaign does not have, so it has no parents."""
+    cfg = config(
+        generator={
+            "mix": {"diffusion": 0, "substitution": 6, "random_search": 0},
+            "substitution": {"max_candidates_per_parent": 2},
+        }
+    )
+    store = CampaignStore.in_workdir(tmp_path)
+    assert SubstitutionGenerator.supports_prototype_search
+    searched, _ = generate_candidates(cfg, store=store, round=1, generator_checkpoint=None)
+    assert len(searched) == 6 and all(c.info.get("parent_prototype") for c in searched)
+    monkeypatch.setattr(SubstitutionGenerator, "supports_prototype_search", False)
+    plain, _ = generate_candidates(cfg, store=store, round=1, generator_checkpoint=None)
+    assert plain == []
+
+
 def test_a_multivalent_oxide_round_spans_many_formulas(tmp_path):
     """Mn-O with every known compound withheld: each generator covers several compositions in one round, and
     the candidates that pass the funnel span at least three formulas (the diffusion sampler alone, conditioned on
@@ -287,6 +310,7 @@ def test_substitution_proposes_new_structure_types_in_round_5(tmp_path):
             cfg,
             store=store,
             round=rnd,
+            name="substitution",
             n=12,
             discoveries=[],
             known=known_index(cfg, store=store, before_round=rnd),
