@@ -219,9 +219,9 @@ class Query:
 
 
 @dataclass(frozen=True)
-class Verdict:
-    """A labelled structure judged on the oracle hull (`loop.science.verdicts`): E_hull eV/atom; a hit is stable or
-    near-stable."""
+class StabilityRecord:
+    """A row of the `stability` table: a labelled structure judged on the oracle hull at the end of a round
+    (`loop.science.verdicts`): E_hull eV/atom; a hit is stable or near-stable."""
 
     hash: str
     e_hull: float
@@ -837,8 +837,8 @@ class CampaignStore:
         rows = self._query("SELECT hash, MIN(round) AS round FROM queries GROUP BY hash")
         return {r["hash"]: r["round"] for r in rows}
 
-    def set_stability(self, rnd: int, rows: Sequence[Verdict]) -> None:
-        """The hull verdicts at the end of round `rnd` (the `near_stable` column holds `Verdict.hit`)."""
+    def set_stability(self, rnd: int, rows: Sequence[StabilityRecord]) -> None:
+        """The hull verdicts at the end of round `rnd` (the `near_stable` column holds `StabilityRecord.hit`)."""
         with self.transaction() as c:
             c.execute("DELETE FROM stability WHERE round = ?", (rnd,))
             c.executemany(
@@ -846,7 +846,7 @@ class CampaignStore:
                 [(rnd, v.hash, float(v.e_hull), int(v.stable), int(v.hit)) for v in rows],
             )
 
-    def stability(self, rnd: int | None = None) -> list[Verdict]:
+    def stability(self, rnd: int | None = None) -> list[StabilityRecord]:
         """Hull verdicts of round `rnd` (default: the latest round that has any), lowest E_hull first."""
         if rnd is None:
             last = self._query("SELECT MAX(round) AS r FROM stability")[0]["r"]
@@ -854,7 +854,9 @@ class CampaignStore:
                 return []
             rnd = last
         return [
-            Verdict(hash=r["hash"], e_hull=r["e_hull"], stable=bool(r["stable"]), hit=bool(r["near_stable"]))
+            StabilityRecord(
+                hash=r["hash"], e_hull=r["e_hull"], stable=bool(r["stable"]), hit=bool(r["near_stable"])
+            )
             for r in self._query("SELECT * FROM stability WHERE round = ? ORDER BY e_hull, hash", (rnd,))
         ]
 

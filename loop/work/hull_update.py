@@ -11,7 +11,7 @@ from typing import Any
 
 from loop.config import CampaignConfig
 from loop.science.emulator_errors import emulator_metrics
-from loop.store import CampaignStore, Verdict
+from loop.store import CampaignStore, StabilityRecord
 from loop.views.novelty import Novelty
 from loop.views.oracle_hull import current_hull
 
@@ -21,7 +21,7 @@ class HullUpdate:
     """The verdict on every labelled structure at the end of the round, the stage's metrics, and the novelty of the
     labels judged this time (`loop.views.novelty`)."""
 
-    verdicts: list[Verdict]
+    verdicts: list[StabilityRecord]
     report: dict[str, Any]
     novelty: dict[str, Novelty] = field(default_factory=dict)
 
@@ -46,7 +46,7 @@ def update_hull(
         r.hash for r in store.oracle_results(settings_hash=settings_hash, ok_only=True) if r.duplicate_of
     }
     verdicts = [
-        Verdict(
+        StabilityRecord(
             hash=h,
             e_hull=float(e),
             stable=rule.is_stable(e) and h not in duplicates,

@@ -9,7 +9,7 @@ from pymatgen.core import Structure
 
 from loop.errors import InputError
 from loop.science.structures import structure_hash
-from loop.store import SCHEMA_VERSION, CampaignStore, Query, SchemaMismatch, Verdict
+from loop.store import SCHEMA_VERSION, CampaignStore, Query, SchemaMismatch, StabilityRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 NACL = Structure.from_file(ROOT / "configs" / "structures" / "NaCl_mp-22862.cif")
@@ -81,12 +81,20 @@ def test_stage_and_results_commit_together_or_not_at_all(tmp_path):
 
 def test_stability_keeps_history_per_round(tmp_path):
     store = CampaignStore.in_workdir(tmp_path)
-    store.set_stability(1, [Verdict("a", 0.0, True, True), Verdict("b", 0.2, False, False)])
+    store.set_stability(1, [StabilityRecord("a", 0.0, True, True), StabilityRecord("b", 0.2, False, False)])
     store.set_stability(
-        2, [Verdict("a", 0.03, False, True), Verdict("b", 0.2, False, False), Verdict("c", 0.0, True, True)]
+        2,
+        [
+            StabilityRecord("a", 0.03, False, True),
+            StabilityRecord("b", 0.2, False, False),
+            StabilityRecord("c", 0.0, True, True),
+        ],
     )
     assert [v.hash for v in store.stability()] == ["c", "a", "b"]
-    assert store.stability(1) == [Verdict("a", 0.0, True, True), Verdict("b", 0.2, False, False)]
+    assert store.stability(1) == [
+        StabilityRecord("a", 0.0, True, True),
+        StabilityRecord("b", 0.2, False, False),
+    ]
 
 
 def test_final_structure_frames_and_typed_failure_round_trip(tmp_path):
