@@ -14,9 +14,9 @@ from loop.runtime.labelling import label_hashes
 from loop.stages import funnel, update
 from loop.stages.base import StageContext
 from loop.store import CampaignStore, Generated, Prediction, Query
-from loop.tracking.campaign import source_yield
 from loop.views.candidate_pool import acquisition_pool
 from loop.views.known_index import known_index
+from loop.views.round_science import campaign_science, source_yield
 from loop.work.acquisition import acquire
 
 
@@ -127,10 +127,20 @@ def test_per_source_yield_follows_each_generator_through_funnel_labels_and_hull(
     e_hull = {v.hash: v.e_hull for v in store.stability(1)}
     hit = int(cfg.stability_rule.is_hit(e_hull[passed[0]]))
     assert hull["n_hits_new"] == hit
-    assert source_yield(cfg, store, 1) == {
-        "substitution": {"generated": 2, "passed_funnel": 1, "queried": 1, "hits": hit},
-        "random_search": {"generated": 2, "passed_funnel": 0, "queried": 0, "hits": 0},
+    stable = int(hit and e_hull[passed[0]] <= cfg.stability_rule.tolerance)
+    sciences = campaign_science(store)
+    expected = {
+        "substitution": {
+            "generated": 2,
+            "passed funnel": 1,
+            "oracle calls": 1,
+            "hits": hit,
+            "stable": stable,
+        },
+        "random_search": {"generated": 2, "passed funnel": 0, "oracle calls": 0, "hits": 0, "stable": 0},
     }
+    # one round alone (its MLflow figure) and rounds 1..1 (the report) are the same counts here
+    assert source_yield(sciences, rounds=[1]) == source_yield(sciences, rounds=range(1, 2)) == expected
 
 
 def add_round_predictions(store: CampaignStore, relaxed_to: dict[str, str]) -> None:
