@@ -26,6 +26,7 @@ from benchmarks.lib.cells import bundled
 from emulator.force_field import load_force_field, relax_structure
 from generator.base import GenerationContext
 from generator.random_search import RandomSearchGenerator, RandomSearchSettings
+from loop.design.md_runs import MDSettings
 from loop.design.thermal import thermal_stability
 
 
@@ -87,8 +88,7 @@ def main() -> None:
             structure=structure,
             temperature=args.temperature,
             duration=args.duration,
-            equilibration=args.equilibration,
-            min_length=args.min_length,
+            md=MDSettings(equilibration=args.equilibration, min_length=args.min_length),
             mobile_species=["Li"],
         )
         seconds = time.perf_counter() - start

@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,7 +38,7 @@ from pymatgen.core import Element, Structure
 from scipy import constants
 
 from emulator.dynamics import MDTrajectory
-from loop.design.md_runs import MDSettings
+from loop.design.md_runs import DEFAULT_MD, MDSettings
 from loop.errors import InputError
 
 ROOM_TEMPERATURE = 300.0  # K
@@ -257,12 +256,7 @@ def ionic_conductivity(
     temperatures: Sequence[float],
     duration: float,
     specie: str = "Li",
-    checkpoint: Path | None = None,
-    seed: int = 0,
-    timestep: float = 2.0,
-    equilibration: float = 0.5,
-    min_length: float = 8.0,
-    frame_interval: int = 10,
+    md: MDSettings = DEFAULT_MD,
     relax: bool = True,
     min_msd: float = MIN_MSD,
 ) -> ConductivityResult:
@@ -273,12 +267,8 @@ def ionic_conductivity(
         temperatures: MD temperatures, K (≥ 3 distinct ones for an extrapolation to 300 K).
         duration: Production length per temperature, ps.
         specie: The mobile species.
-        checkpoint: Emulator checkpoint directory; None = the shipped CHGNet 0.3.0.
-        seed: Seed of velocities and thermostat.
-        timestep: fs.
-        equilibration: ps per temperature, dropped.
-        min_length: Smallest face-to-face width of the MD supercell, Å.
-        frame_interval: Steps between stored frames.
+        md: The MD settings (model checkpoint, seed, timestep, equilibration per temperature, supercell width,
+            frame interval), the same at every temperature.
         relax: Relax the cell with the same model first.
         min_msd: Resolution threshold on the end-of-run MSD, Å².
 
@@ -292,14 +282,6 @@ def ionic_conductivity(
         raise InputError(
             f"the mobile species {specie} is not in {structure.composition.reduced_formula}; name one it holds"
         )
-    md = MDSettings(
-        checkpoint=checkpoint,
-        seed=seed,
-        timestep=timestep,
-        equilibration=equilibration,
-        min_length=min_length,
-        frame_interval=frame_interval,
-    )
     start = md.relax(structure=structure).structure if relax else structure
     runs = [md.run(structure=start, temperature=t, duration=duration) for t in temps]
     return conductivity_from_trajectories(trajectories=runs, specie=specie, min_msd=min_msd)

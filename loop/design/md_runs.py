@@ -78,4 +78,7 @@ class MDSettings:
         )
 
 
-__all__ = ["RELAX_FMAX", "RELAX_STEPS", "MDSettings"]
+# The default of the checks that take settings: the shipped CHGNet 0.3.0 with the defaults above (frozen, so shareable).
+DEFAULT_MD = MDSettings()
+
+__all__ = ["DEFAULT_MD", "RELAX_FMAX", "RELAX_STEPS", "MDSettings"]

@@ -34,7 +34,7 @@ from pymatgen.core import Structure
 from emulator.base import EmulatorError
 from emulator.dynamics import MDTrajectory
 from emulator.force_field import load_force_field, relax_structure
-from loop.design.md_runs import MDSettings
+from loop.design.md_runs import DEFAULT_MD, MDSettings
 from loop.design.requirements import Status
 from loop.errors import InputError
 
@@ -186,13 +186,8 @@ def thermal_stability(
     structure: Structure,
     temperature: float,
     duration: float,
-    checkpoint: Path | None = None,
-    seed: int = 0,
+    md: MDSettings = DEFAULT_MD,
     mobile_species: Sequence[str] = (),
-    timestep: float = 2.0,
-    equilibration: float = 0.5,
-    min_length: float = 8.0,
-    frame_interval: int = 10,
     lindemann_max: float = LINDEMANN_MAX,
 ) -> ThermalResult:
     """Whether `structure` is retained after MD at `temperature` for `duration` ps and a quench (see module doc).
@@ -201,13 +196,9 @@ def thermal_stability(
         structure: The crystal.
         temperature: K.
         duration: Production length, ps.
-        checkpoint: Emulator checkpoint directory; None = the shipped CHGNet 0.3.0.
-        seed: Seed of velocities and thermostat.
+        md: The MD settings (model checkpoint, also used for the quench; seed, timestep, equilibration, supercell
+            width, frame interval).
         mobile_species: Species allowed to diffuse (e.g. ("Li",) for an electrolyte): not part of the framework.
-        timestep: fs.
-        equilibration: ps, dropped.
-        min_length: Smallest face-to-face width of the MD supercell, Å.
-        frame_interval: Steps between stored frames.
         lindemann_max: Largest framework Lindemann ratio of a retained crystal.
 
     Raises:
@@ -227,14 +218,6 @@ def thermal_stability(
         lindemann_max=float(lindemann_max),
         mobile_species=mobile,
     )
-    md = MDSettings(
-        checkpoint=checkpoint,
-        seed=seed,
-        timestep=timestep,
-        equilibration=equilibration,
-        min_length=min_length,
-        frame_interval=frame_interval,
-    )
     try:
         start = md.relax(structure=structure)
         trajectory = md.run(structure=start.structure, temperature=temperature, duration=duration)
@@ -242,7 +225,7 @@ def thermal_stability(
             reference=md.supercell(structure=start.structure),
             trajectory=trajectory,
             reference_energy=start.energy_per_atom,
-            checkpoint=checkpoint,
+            checkpoint=md.checkpoint,
             mobile_species=mobile,
         )
     except EmulatorError as err:

@@ -19,9 +19,20 @@ from pymatgen.core import Element, Structure
 
 from loop.design.conductivity import ionic_conductivity
 from loop.design.dynamical import dynamical_stability
+from loop.design.md_runs import MDSettings
 from loop.design.requirements import RequirementResult, Status, unknown
 from loop.design.thermal import thermal_stability
 from loop.runtime.tasks import _pin_threads
+
+
+def _md_settings(settings: dict[str, Any], checkpoint: Path | None) -> MDSettings:
+    """The MD settings of a check whose settings name a seed, an equilibration (ps) and a supercell width (Å)."""
+    return MDSettings(
+        checkpoint=checkpoint,
+        seed=int(settings["seed"]),
+        equilibration=float(settings["equilibration_ps"]),
+        min_length=float(settings["min_length_a"]),
+    )
 
 
 def _conductivity(
@@ -37,10 +48,7 @@ def _conductivity(
         temperatures=settings["temperatures_k"],
         duration=float(settings["duration_ps"]),
         specie=specie,
-        checkpoint=checkpoint,
-        seed=int(settings["seed"]),
-        equilibration=float(settings["equilibration_ps"]),
-        min_length=float(settings["min_length_a"]),
+        md=_md_settings(settings, checkpoint),
     )
     data = result.to_dict()
     sigma = result.conductivity_300k
@@ -89,11 +97,8 @@ def _thermal(structure: Structure, settings: dict[str, Any], checkpoint: Path | 
         structure=structure,
         temperature=float(settings["temperature_k"]),
         duration=float(settings["duration_ps"]),
-        checkpoint=checkpoint,
-        seed=int(settings["seed"]),
+        md=_md_settings(settings, checkpoint),
         mobile_species=mobile,
-        equilibration=float(settings["equilibration_ps"]),
-        min_length=float(settings["min_length_a"]),
     )
     return RequirementResult(
         "thermal", Status(result.status), result.lindemann_ratio, "Lindemann", result.reason, result.to_dict()

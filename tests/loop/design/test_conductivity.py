@@ -16,6 +16,7 @@ from scipy import constants
 
 from emulator.dynamics import MDTrajectory
 from loop.design.conductivity import ConductivityResult, conductivity_from_trajectories, ionic_conductivity
+from loop.design.md_runs import MDSettings
 from loop.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -135,9 +136,7 @@ def test_lithium_oxide_shows_no_diffusion_in_short_md():
             structure=li2o,
             temperatures=[800, 1000, 1200],
             duration=0.1,
-            equilibration=0.05,
-            min_length=5.0,
-            frame_interval=2,
+            md=MDSettings(equilibration=0.05, min_length=5.0, frame_interval=2),
         )
     assert result.n_atoms == 24 and result.n_mobile == 16
     assert not any(result.resolved)
@@ -160,9 +159,7 @@ def test_fast_conductor_shows_lithium_hops_in_short_md():
             structure=structure,
             temperatures=[1200],
             duration=0.3,
-            equilibration=0.1,
-            min_length=5.0,
-            frame_interval=2,
+            md=MDSettings(equilibration=0.1, min_length=5.0, frame_interval=2),
         )
     assert result.n_atoms == 42
     assert result.resolved == (True,)

@@ -12,6 +12,7 @@ from pymatgen.core import Lattice, Structure
 from emulator.dynamics import MDTrajectory
 from generator.base import GenerationContext
 from generator.random_search import RandomSearchGenerator, RandomSearchSettings
+from loop.design.md_runs import MDSettings
 from loop.design.requirements import Status
 from loop.design.thermal import LINDEMANN_MAX, ThermalResult, lindemann_ratio, thermal_stability
 from loop.errors import InputError
@@ -63,8 +64,7 @@ def test_stable_crystal_is_retained_after_md_and_quench():
             structure=_li2o(),
             temperature=600.0,
             duration=0.2,
-            equilibration=0.05,
-            min_length=5.0,
+            md=MDSettings(equilibration=0.05, min_length=5.0),
             mobile_species=["Li"],
         )
     assert result.status is Status.PASS and result.retained
@@ -93,8 +93,7 @@ def test_high_energy_random_structure_is_not_retained():
             structure=random,
             temperature=1000.0,
             duration=0.3,
-            equilibration=0.1,
-            min_length=5.0,
+            md=MDSettings(equilibration=0.1, min_length=5.0),
             mobile_species=["Li"],
         )
     assert result.status is Status.FAIL and not result.retained
