@@ -5,11 +5,11 @@ campaign copies it first). Set MATLOOP_TEST_SMOKE_WORKDIR to a finished smoke ca
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.loop.cli_process import matloop
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -21,13 +21,6 @@ def smoke_campaign(tmp_path_factory) -> Path:
     if given:
         return Path(given)
     workdir = tmp_path_factory.mktemp("smoke") / "campaign"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "loop.cli", "run", str(SMOKE), "--workdir", str(workdir)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=1800,
-    )
+    proc = matloop("run", SMOKE, "--workdir", workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir

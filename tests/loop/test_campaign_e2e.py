@@ -9,11 +9,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,22 +19,12 @@ import yaml
 from loop.campaign import ROUND0_STAGES, ROUND_STAGES
 from loop.runtime.checkpoints import CHECKPOINT_KINDS, checkpoint_problem
 from loop.store import CampaignStore
+from tests.loop.cli_process import matloop
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
 pytestmark = pytest.mark.slow
-
-
-def matloop(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "loop.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=1800,
-    )
 
 
 @pytest.fixture(scope="module")

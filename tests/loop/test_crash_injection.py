@@ -10,11 +10,11 @@ are being logged. Each test below is one kill; the last one finishes the campaig
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,8 @@ import yaml
 
 from loop.campaign import ROUND0_STAGES, ROUND_STAGES
 from loop.store import CampaignStore
+from tests.loop import cli_process
+from tests.loop.cli_process import cli_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -73,27 +75,14 @@ def tiny_config(path: Path) -> Path:
     return path
 
 
-def matloop(*args: object, crash: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "loop.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=_env(crash),
-        timeout=1800,
-    )
+# Only the run a test kills gets a crash point: none left in the environment by an outer run.
+NO_CRASH = {"MATLOOP_CRASH_AFTER": None}
+matloop = partial(cli_process.matloop, env=NO_CRASH)
 
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
     return tiny_config(tmp_path_factory.mktemp("config") / "crash.yaml")
-
-
-def _env(crash: str | None = None) -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    env.pop("MATLOOP_CRASH_AFTER", None)
-    if crash is not None:
-        env["MATLOOP_CRASH_AFTER"] = crash
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +94,7 @@ def reference_run(config, tmp_path_factory) -> Iterator[tuple[Path, subprocess.P
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(),
+        env=cli_env(NO_CRASH),
     )
     yield workdir, proc
     if proc.poll() is None:
@@ -140,7 +129,7 @@ def done_stages(workdir: Path) -> list[tuple[int, str]]:
 @pytest.mark.parametrize("point", CRASH_POINTS)
 def test_sigkill_inside_stage_leaves_it_unrecorded(config, reference_run, crashed, point):
     stage, rnd, where = point.split(":")
-    proc = matloop("run", config, "--workdir", crashed, crash=point)
+    proc = matloop("run", config, "--workdir", crashed, env={"MATLOOP_CRASH_AFTER": point})
     assert proc.returncode == -signal.SIGKILL, f"{point} was never reached: {proc.stderr[-2000:]}"
     done = done_stages(crashed)
     # Stages are recorded in order and the killed one is not: its partial writes were rolled back.
@@ -298,7 +287,7 @@ def test_disk_full_stops_cleanly_then_resumes(config, tmp_path):
         ],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=cli_env(NO_CRASH),
         timeout=1800,
         preexec_fn=_file_size_limit(1 << 20),
     )

@@ -5,10 +5,7 @@ cannot be physical is a failed label, and training leaves out a stored label it 
 from __future__ import annotations
 
 import logging
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +22,7 @@ from loop.work.references import reference_pool
 from loop.work.retraining import retrain, training_labels
 from oracle import EMTSettings
 from oracle.base import OracleResult
+from tests.loop.cli_process import matloop
 
 ROOT = Path(__file__).resolve().parents[2]
 NA_SPARSE = "mp-689577"  # one Na atom in 349.8 Å3: no neighbour within 6 Å
@@ -257,15 +255,7 @@ def test_a_na_s_campaign_with_the_mlff_oracle_runs_two_rounds(tmp_path):
     data["emulator"].update(distill_steps=5, distill_structures=8)
     data["emulator_training"].update(relax_steps=8, relax_fmax=0.3)
     (tmp_path / "na-s.yaml").write_text(yaml.safe_dump(data))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "loop.cli", "run", "na-s.yaml", "--workdir", "w", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=1800,
-    )
+    proc = matloop("run", "na-s.yaml", "--workdir", "w", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"reference {NA_SPARSE} (Na) skipped" in proc.stderr
     store = CampaignStore.in_workdir(tmp_path / "w")

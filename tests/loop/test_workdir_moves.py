@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import mlflow.artifacts
@@ -25,6 +24,7 @@ from loop.runtime.checkpoints import CHECKPOINT_KINDS, checkpoint_sha256
 from loop.store import CampaignStore
 from loop.tracking.campaign import PARENT_META, mlflow_copy_checker, model_names
 from loop.tracking.runs import Tracker, TrackingConfig
+from tests.loop import cli_process
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -50,17 +50,8 @@ def write_config(path: Path, *, rounds: int) -> Path:
     return path
 
 
-def matloop(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    env.pop("MATLOOP_CRASH_AFTER", None)
-    return subprocess.run(
-        [sys.executable, "-m", "loop.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=1800,
-    )
+# A crash point left in the environment by an outer run must not reach these runs.
+matloop = partial(cli_process.matloop, env={"MATLOOP_CRASH_AFTER": None})
 
 
 def snapshot(root: Path, *, skip: Path | None = None) -> dict[str, tuple[int, int]]:

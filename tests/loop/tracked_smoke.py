@@ -11,30 +11,23 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
+
+from tests.loop import cli_process
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 SMOKE_NAME = "smoke-cu-au"
 
 
-def matloop(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the `matloop` CLI in a subprocess, as a user would."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "loop.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=3600,
-        cwd=ROOT,
-    )
+# From the repository root, with the hour a tracked campaign may take on a loaded machine.
+matloop = partial(cli_process.matloop, cwd=ROOT, timeout=3600)
 
 
 def free_port() -> int:

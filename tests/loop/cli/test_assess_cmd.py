@@ -5,9 +5,7 @@ bad input is one line, exit 2 and no output file."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ import yaml
 from generator.seeds import load_seeds
 from loop.cli.assess import assess_files
 from loop.errors import InputError
+from tests.loop import cli_process
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -36,15 +35,7 @@ SHORT = {
 }
 
 
-def matloop(*args: object) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return subprocess.run(
-        [sys.executable, "-m", "loop.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
+matloop = partial(cli_process.matloop, cwd=ROOT, timeout=None)
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
+
+from tests.loop import cli_process
 
 ROOT = Path(__file__).resolve().parents[3]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -17,16 +17,7 @@ NACL = ROOT / "configs" / "structures" / "NaCl_mp-22862.cif"
 COMMANDS = ("run", "daemon", "stop", "status", "generate", "predict", "label", "export", "ui")
 
 
-def matloop(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return subprocess.run(
-        [sys.executable, "-m", "loop.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=900,
-    )
+matloop = partial(cli_process.matloop, timeout=900)
 
 
 def test_every_command_has_help():

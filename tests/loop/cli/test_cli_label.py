@@ -6,21 +6,19 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+from tests.loop import cli_process
+
 ROOT = Path(__file__).resolve().parents[3]
 SI = ROOT / "configs" / "structures" / "Si_mp-149.cif"
 NACL = ROOT / "configs" / "structures" / "NaCl_mp-22862.cif"
-MATLOOP = [sys.executable, "-m", "loop.cli"]
 
 
-def matloop(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [*MATLOOP, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=900
-    )
+matloop = partial(cli_process.matloop, timeout=900)
 
 
 def write_cu_cells(tmp_path: Path) -> list[Path]:

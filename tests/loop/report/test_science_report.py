@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,22 +23,12 @@ from PIL import Image
 
 from loop.science.verdicts import StabilityRule
 from loop.store import CampaignStore
+from tests.loop.cli_process import matloop
 
 ROOT = Path(__file__).resolve().parents[3]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 IMG_SRC = re.compile(r'<img[^>]*\ssrc="([^"]*)"')
-
-
-def matloop(*args: object) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return subprocess.run(
-        [sys.executable, "-m", "loop.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=1800,
-    )
 
 
 @pytest.fixture(scope="session")

@@ -42,6 +42,7 @@ from loop.tracking.campaign import track_round
 from loop.views.known_index import known_index
 from loop.views.novelty import stored_novelty
 from loop.views.withholding import provider_crystals
+from tests.loop.cli_process import matloop
 from tests.loop.optimade_server import write_jsonl
 
 SERVER = Path(__file__).parents[1] / "optimade_server.py"
@@ -347,18 +348,9 @@ def test_a_campaign_takes_references_from_the_server_and_goes_on_from_the_cache_
     cfg_path = tmp_path / "campaign.yaml"
     cfg_path.write_text(yaml.safe_dump(data))
     workdir = tmp_path / "w"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
     def run(rounds: int) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "loop.cli", "run", str(cfg_path), "--workdir", str(workdir)]
-        return subprocess.run(
-            [*command, "--rounds", str(rounds)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=1800,
-            cwd=root,
-        )
+        return matloop("run", cfg_path, "--workdir", workdir, "--rounds", rounds, cwd=root)
 
     try:
         first = run(0)

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from loop.runtime.provider_crystals import (
     fetch_provider_crystals,
     read_cache,
 )
+from tests.loop import cli_process
 
 
 def li_entry(ident: str) -> dict:
@@ -146,16 +145,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def matloop(*args, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return subprocess.run(
-        [sys.executable, "-m", "loop.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-        cwd=cwd,
-    )
+matloop = partial(cli_process.matloop, timeout=900)
 
 
 def campaign_yaml(path: Path, url: str) -> Path:

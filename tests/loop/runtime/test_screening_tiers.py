@@ -7,12 +7,9 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
@@ -26,8 +23,10 @@ from loop.runtime.screening_cache import TierCache, cache_dir, in_blocks
 from loop.runtime.screening_tiers import CheapEstimate, TiersConfig, relaxed_share
 from loop.stages import acquire, funnel, screen
 from loop.stages.base import StageContext
-from loop.store import CampaignStore, Generated, Query
+from loop.store import Generated
 from loop.views.candidate_pool import acquisition_pool, carried_candidates
+from tests.loop import cli_process
+from tests.loop.cu_au_store import d022, fcc, seeded_store
 
 
 def config(**kw):
@@ -48,25 +47,6 @@ def config(**kw):
     )
 
 
-def fcc(element: str, a: float) -> Structure:
-    return Structure(Lattice(0.5 * a * np.array([[0, 1, 1], [1, 0, 1], [1, 1, 0]])), [element], [[0, 0, 0]])
-
-
-def d022(a: float = 3.8) -> Structure:
-    """A D0_22-like Cu3Au cell (the bundled Cu3Au is L1_2), 8 atoms."""
-    coords = [
-        [0, 0, 0],
-        [0.5, 0.5, 0.5],
-        [0, 0.5, 0.25],
-        [0.5, 0, 0.25],
-        [0, 0.5, 0.75],
-        [0.5, 0, 0.75],
-        [0.5, 0.5, 0],
-        [0, 0, 0.5],
-    ]
-    return Structure(Lattice.tetragonal(a, 2 * a), ["Au", "Au", "Cu", "Cu", "Cu", "Cu", "Cu", "Cu"], coords)
-
-
 def candidates() -> dict[str, Structure]:
     """Three cells near a minimum, and the same three pulled apart along c to 1.6x (far above any minimum; the shape
     change is too large for the funnel's matcher to call them duplicates)."""
@@ -82,19 +62,6 @@ def candidates() -> dict[str, Structure]:
         a, b, c = s.lattice.matrix
         far[f"{name}_stretched"] = Structure(Lattice([a, b, 1.6 * c]), s.species, s.frac_coords)
     return {**near, **far}
-
-
-def seeded_store(tmp_path: Path, cfg) -> CampaignStore:
-    """A campaign store whose round 0 labelled fcc Cu and fcc Au (the hull's end points)."""
-    store = CampaignStore.in_workdir(tmp_path)
-    store.set_meta("config", cfg.model_dump(mode="json"))
-    store.set_meta("identity", {"name": cfg.name, "chemical_systems": cfg.chemical_systems})
-    refs = [store.add_structure(fcc(el, a), source="seed", round=0) for el, a in (("Cu", 3.61), ("Au", 4.08))]
-    store.add_queries(
-        0, [Query(hash=h, strategy="references", rank=i, score=None) for i, h in enumerate(refs)]
-    )
-    label_hashes(store, refs, settings=cfg.oracle, workdir=tmp_path, round=0)
-    return store
 
 
 def test_relaxed_share_takes_the_margin_the_best_fraction_and_the_floor_up_to_the_cap():
@@ -236,15 +203,7 @@ def test_the_cheap_tier_ranks_candidates_and_a_tiered_round_spends_its_budget(tm
     assert len(results) == 2 and all(r.ok for r in results.values())
 
 
-def matloop(*args: object) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return subprocess.run(
-        [sys.executable, "-m", "loop.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
+matloop = partial(cli_process.matloop, timeout=900)
 
 
 def test_matloop_screen_refuses_bad_input_with_one_line_and_writes_nothing(tmp_path):

@@ -3,7 +3,6 @@ left out of round 1's batch stays on offer, is re-scored by the emulator in roun
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
@@ -12,8 +11,9 @@ from loop.config import validate_config
 from loop.runtime.labelling import label_hashes
 from loop.stages import acquire, funnel, screen, update
 from loop.stages.base import StageContext
-from loop.store import CampaignStore, Generated, Query
+from loop.store import Generated
 from loop.views.candidate_pool import carried_candidates
+from tests.loop.cu_au_store import d022, seeded_store
 
 pytestmark = pytest.mark.slow
 
@@ -33,45 +33,20 @@ def config(**kw):
     )
 
 
-def fcc(element: str, a: float) -> Structure:
-    return Structure(Lattice(0.5 * a * np.array([[0, 1, 1], [1, 0, 1], [1, 1, 0]])), [element], [[0, 0, 0]])
-
-
 def candidates() -> list[Structure]:
     """Three Cu-Au cells that no bundled crystal matches; the last one strained and rattled (far from a minimum)."""
-    # D0_22-like Cu3Au: a tetragonal cell of 8 atoms (the bundled Cu3Au is L1_2).
-    d022 = Structure(
-        Lattice.tetragonal(3.8, 7.6),
-        ["Au", "Au", "Cu", "Cu", "Cu", "Cu", "Cu", "Cu"],
-        [
-            [0, 0, 0],
-            [0.5, 0.5, 0.5],
-            [0, 0.5, 0.25],
-            [0.5, 0, 0.25],
-            [0, 0.5, 0.75],
-            [0.5, 0, 0.75],
-            [0.5, 0.5, 0],
-            [0, 0, 0.5],
-        ],
-    )
     hexagonal = Structure(Lattice.hexagonal(2.7, 4.4), ["Cu", "Au"], [[0, 0, 0], [1 / 3, 2 / 3, 0.5]])
     rattled = Structure(
         Lattice.orthorhombic(3.9, 4.3, 7.4),
         ["Cu", "Cu", "Au", "Au"],
         [[0.02, 0.0, 0.0], [0.5, 0.47, 0.26], [0.0, 0.52, 0.49], [0.51, 0.0, 0.77]],
     )
-    return [d022, hexagonal, rattled]
+    return [d022(), hexagonal, rattled]
 
 
 def test_a_candidate_left_out_of_round_1_is_rescored_and_queried_in_round_2(tmp_path):
     cfg = config()
-    store = CampaignStore.in_workdir(tmp_path)
-    store.set_meta("config", cfg.model_dump(mode="json"))
-    refs = [store.add_structure(fcc(el, a), source="seed", round=0) for el, a in (("Cu", 3.61), ("Au", 4.08))]
-    store.add_queries(
-        0, [Query(hash=h, strategy="references", rank=i, score=None) for i, h in enumerate(refs)]
-    )
-    label_hashes(store, refs, settings=cfg.oracle, workdir=tmp_path, round=0)
+    store = seeded_store(tmp_path, cfg)
 
     # Round 1: three candidates pass the funnel and are screened; the budget of 1 leaves two out.
     made = [
