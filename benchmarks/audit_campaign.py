@@ -20,18 +20,11 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from loop.report.science import collect
 from loop.report.status import origin
+from loop.science.structures import space_group
 from loop.store import CampaignStore
-
-
-def space_group(structure) -> str:
-    try:
-        return SpacegroupAnalyzer(structure, symprec=0.01).get_space_group_symbol()
-    except Exception:  # spglib may fail on a broken cell: the audit still prints the row
-        return "?"
 
 
 def main() -> None:
@@ -83,7 +76,7 @@ def main() -> None:
             parent = (made_from.parent if made_from is not None else None) or ""
             print(
                 f"| {call.round} | {final.composition.reduced_formula} | {source}"
-                f"{f' ({parent})' if parent else ''} | {space_group(final)} | {pe} | {oe} | {err} | {ratio} | "
+                f"{f' ({parent})' if parent else ''} | {space_group(final, with_number=False)} | {pe} | {oe} | {err} | {ratio} | "
                 f"{steps} | {fmax} | {pres} | {wall} |"
             )
         if ratios:
@@ -99,7 +92,9 @@ def main() -> None:
             res = results.get(v.hash)
             final = store.get_structure(res.final_hash if res and res.final_hash else v.hash)
             when = first.get(v.hash, 0)
-            name = f"{space_group(final)} ({'reference' if when == 0 else f'round {when}'})"
+            name = (
+                f"{space_group(final, with_number=False)} ({'reference' if when == 0 else f'round {when}'})"
+            )
             by_formula.setdefault(final.composition.reduced_formula, []).append((v.e_hull, name))
         for formula, phases in sorted(by_formula.items()):
             listed = ", ".join(f"{name} {e:+.4f}" for e, name in sorted(phases))

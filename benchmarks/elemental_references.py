@@ -17,10 +17,9 @@ import argparse
 import time
 from pathlib import Path
 
-from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-
 from loop.config import load_config
 from loop.runtime.labelling import label_hashes
+from loop.science.structures import space_group
 from loop.store import CampaignStore
 from loop.work.references import reference_pool
 
@@ -44,7 +43,7 @@ def main() -> None:
     rows = []
     for k in elements:
         r = results[hashes[k.id]]
-        sg = SpacegroupAnalyzer(k.structure, symprec=0.01).get_space_group_symbol()
+        sg = space_group(k.structure, with_number=False)
         energy = r.energy_per_atom if r.ok else None
         rows.append((k.structure.composition.reduced_formula, k.id, sg, len(k.structure), energy))
     lowest = {}

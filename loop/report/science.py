@@ -40,10 +40,11 @@ from loop.config import CampaignConfig
 from loop.design.requirements import REQUIREMENTS, UNITS
 from loop.errors import InputError
 from loop.report import plots
-from loop.report.status import known_hull_distance, next_stage, space_group
+from loop.report.status import known_hull_distance, next_stage
 from loop.report.structure_view import structure_svg
 from loop.science.acquisition import PrecomputedEnsembleRegressor, candidate_matrix, get_strategy
 from loop.science.hull import HullEntry, OracleHull
+from loop.science.structures import SYMPREC, space_group
 from loop.science.verdicts import StabilityRule, Verdict
 from loop.store import CampaignStore, StoredResult, StructureRow
 from loop.views.candidate_pool import first_round
@@ -887,10 +888,10 @@ def _cif_link(structure: Structure, name: str) -> str:
 
 
 def _conventional(structure: Structure) -> Structure:
-    """The conventional standard cell (at the report's 0.1 Å symmetry tolerance) when it is at most 64 atoms, else
+    """The conventional standard cell (at the campaign's symmetry tolerance, `SYMPREC`) when it is at most 64 atoms, else
     the cell as it is: a crystallographer recognises a structure type in its conventional cell."""
     try:
-        cell = SpacegroupAnalyzer(structure, symprec=0.1).get_conventional_standard_structure()
+        cell = SpacegroupAnalyzer(structure, symprec=SYMPREC).get_conventional_standard_structure()
     except Exception:  # spglib fails on a broken cell; the cell is then drawn as it is
         return structure
     return cell if len(cell) <= 64 else structure

@@ -8,14 +8,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pymatgen.core import Structure
-from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from rich.console import Console
 from rich.table import Table
 
 from loop.design.requirements import REQUIREMENTS
 from loop.runtime.shortlist import ShortlistRow, rows_csv
 from loop.science.hull import HullEntry, OracleHull
+from loop.science.structures import space_group
 from loop.science.verdicts import StabilityRule
 from loop.stages import stages_of
 from loop.store import CampaignStore, StoredResult, StructureRow
@@ -60,17 +59,6 @@ def known_hull_distance(
     placed = [h for h in hashes if h in results and h in rows and results[h].energy_per_atom is not None]
     ev = known.evaluate([rows[h].formula for h in placed], [results[h].energy_per_atom for h in placed])
     return {h: float(e) for h, e in zip(placed, ev.e_above_hull, strict=True) if math.isfinite(e)}
-
-
-def space_group(structure: Structure | None) -> str:
-    """Hermann-Mauguin symbol and number at a 0.1 Å tolerance (loose enough for relaxed cells); "?" if unknown."""
-    if structure is None:
-        return "?"
-    try:
-        sga = SpacegroupAnalyzer(structure, symprec=0.1)
-        return f"{sga.get_space_group_symbol()} ({sga.get_space_group_number()})"
-    except Exception:  # spglib fails on a broken cell; a report still prints the row
-        return "?"
 
 
 def next_stage(store: CampaignStore) -> tuple[int, str | None]:

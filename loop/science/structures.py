@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from pymatgen.core import Structure
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from loop.errors import InputError
 
@@ -156,3 +157,21 @@ def append_extxyz(structures: Sequence[Structure], path: Path) -> None:
 
     atoms = [AseAtomsAdaptor.get_atoms(s) for s in structures]
     ase_write(str(path), atoms, format="extxyz", append=True)
+
+
+SYMPREC = 0.1
+"""Å: the symmetry tolerance of every space group the campaign reports (status, report, audits), loose enough for
+relaxed cells."""
+
+
+def space_group(structure: Structure | None, *, with_number: bool = True) -> str:
+    """Hermann-Mauguin symbol, with its number in parentheses unless `with_number` is False, at `SYMPREC`; "?" when
+    there is no structure or spglib cannot decide."""
+    if structure is None:
+        return "?"
+    try:
+        sga = SpacegroupAnalyzer(structure, symprec=SYMPREC)
+        symbol = sga.get_space_group_symbol()
+        return f"{symbol} ({sga.get_space_group_number()})" if with_number else symbol
+    except Exception:  # spglib fails on a broken cell; a table still prints the row
+        return "?"

@@ -83,3 +83,18 @@ def test_nan_or_infinite_numbers_are_named(tmp_path):
         read_structures([cif])
     for exc in (in_poscar, in_cif):
         assert "\n" not in str(exc.value)
+
+
+def test_space_group_is_reported_at_one_tolerance():
+    from pymatgen.core import Lattice, Structure
+
+    from loop.science.structures import SYMPREC, space_group
+
+    rocksalt = Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    )
+    assert space_group(rocksalt) == "Fm-3m (225)" and space_group(rocksalt, with_number=False) == "Fm-3m"
+    # a site moved by less than the tolerance keeps the group; no structure gives "?"
+    rocksalt.translate_sites([0], [SYMPREC / 2 / 5.64, 0, 0], frac_coords=True)
+    assert space_group(rocksalt, with_number=False) == "Fm-3m"
+    assert space_group(None) == "?"
