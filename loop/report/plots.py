@@ -25,8 +25,10 @@ from emulator.calibration import calibration_metrics
 from loop.errors import InputError
 from loop.science.emulator_errors import emulator_metrics, finite_pairs
 from loop.science.hull import HullEntry, HullError, OracleHull
+from loop.views.round_science import YIELD_STAGES
 
-DEFAULT_STAGES = ("generated", "passed_funnel", "queried", "stable")
+FUNNEL_STAGES = YIELD_STAGES[:4]
+"""The yield columns drawn as bars: every stage a candidate passes, up to the hits."""
 
 
 class PlotError(InputError, ValueError):
@@ -91,14 +93,14 @@ def plot_parity(
 def plot_source_yield(
     counts: Mapping[str, Mapping[str, int]],
     *,
-    stages: Sequence[str] = DEFAULT_STAGES,
+    stages: Sequence[str] = FUNNEL_STAGES,
     log_scale: bool = True,
     path: Path | str | None = None,
 ) -> Figure:
     """Funnel per generator source: grouped bars of counts at each stage (missing stages count as 0).
 
     Args:
-        counts: source -> stage -> count, e.g. {"diffusion": {"generated": 200, "passed_funnel": 120, ...}}.
+        counts: source -> stage -> count, as `loop.views.round_science.source_yield` gives them.
         stages: Stages in funnel order (one bar container per stage, labelled with the stage name).
         log_scale: Log y axis, since the funnel spans orders of magnitude.
 

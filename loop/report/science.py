@@ -50,7 +50,6 @@ from loop.store import CampaignStore, StoredResult, StructureRow
 from loop.views.candidate_pool import first_round
 from loop.views.novelty import Novelty, stored_novelty
 from loop.views.round_science import (
-    YIELD_STAGES,
     RoundScience,
     campaign_science,
     origin,
@@ -793,7 +792,7 @@ def figures(data: ScienceData) -> dict[str, tuple[str, str]]:
         )
     if data.source_yield:
         out["yield"] = (
-            _png(plots.plot_source_yield(data.source_yield, stages=YIELD_STAGES[:4])),
+            _png(plots.plot_source_yield(data.source_yield)),
             "Candidates per generator at each step of the funnel, rounds >= 1 summed (symmetric-log axis).",
         )
     return out

@@ -50,7 +50,6 @@ from loop.tracking.runs import (
     ui_url,
 )
 from loop.views.round_science import (
-    YIELD_STAGES,
     RoundScience,
     calls_judged_at,
     campaign_science,
@@ -364,7 +363,7 @@ def _log_plots(
         tracker.log_figure(fig, artifact_file=f"plots/parity_round_{round:03d}.png", run_id=run_id)
     per_source = source_yield(sciences, rounds=[round])
     if per_source:
-        fig = plots.plot_source_yield(per_source, stages=YIELD_STAGES[:4])
+        fig = plots.plot_source_yield(per_source)
         tracker.log_figure(fig, artifact_file=f"plots/yield_round_{round:03d}.png", run_id=run_id)
     calls = calls_judged_at(store, sciences, upto=round)
     if calls:

@@ -111,15 +111,15 @@ def test_parity_rejects_bad_input() -> None:
 
 def test_source_yield_plot(tmp_path: Path) -> None:
     counts = {
-        "diffusion": {"generated": 200, "passed_funnel": 120, "queried": 8, "stable": 2},
-        "substitution": {"generated": 150, "passed_funnel": 90, "queried": 6, "stable": 3},
-        "random": {"generated": 100, "passed_funnel": 20, "queried": 2},
+        "diffusion": {"generated": 200, "passed funnel": 120, "oracle calls": 8, "hits": 2},
+        "substitution": {"generated": 150, "passed funnel": 90, "oracle calls": 6, "hits": 3},
+        "random": {"generated": 100, "passed funnel": 20, "oracle calls": 2},
     }
     path = tmp_path / "yield.png"
     fig = plot_source_yield(counts, path=path)
     check_png(path)
     ax = fig.axes[0]
-    for stage in ("generated", "passed_funnel", "queried", "stable"):
+    for stage in ("generated", "passed funnel", "oracle calls", "hits"):
         heights = [p.get_height() for p in artist(ax, stage).patches]
         assert heights == [counts[s].get(stage, 0) for s in counts]
     assert [t.get_text() for t in ax.get_xticklabels()] == list(counts)
