@@ -3,10 +3,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 from pymatgen.core import Structure
+from tracked_smoke import free_port, wait_for_health
 
 from loop.errors import InputError
 from loop.tracking.runs import (
@@ -292,7 +291,7 @@ def test_corrupt_store_is_a_typed_unavailable_error(tmp_path: Path) -> None:
 
 def test_stopped_server_is_unavailable(tmp_path: Path) -> None:
     t = Tracker(
-        config=TrackingConfig(tracking_uri=f"http://127.0.0.1:{_free_port()}"),
+        config=TrackingConfig(tracking_uri=f"http://127.0.0.1:{free_port()}"),
         workdir=tmp_path,
         campaign_name="c",
     )
@@ -366,15 +365,9 @@ def test_ui_command_shape(workdir: Path) -> None:
         ui_command(workdir, 0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow  # starting the real MLflow UI takes 10-20 s on a loaded machine
 def test_ui_serves_the_campaign_store(tracker: Tracker, workdir: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         ui_command(workdir, port),
         stdout=subprocess.DEVNULL,
@@ -383,17 +376,7 @@ def test_ui_serves_the_campaign_store(tracker: Tracker, workdir: Path) -> None:
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, "mlflow ui exited early"
-            assert time.monotonic() < deadline, "mlflow ui did not come up"
-            time.sleep(0.5)
+        wait_for_health(base, proc, limit_s=90)
         req = urllib.request.Request(
             f"{base}/api/2.0/mlflow/runs/get?run_id={tracker.parent_run_id}", method="GET"
         )
