@@ -24,7 +24,7 @@ from oracle import EMTSettings
 from oracle.base import OracleResult
 from tests.loop.cli_process import matloop
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 NA_SPARSE = "mp-689577"  # one Na atom in 349.8 Å3: no neighbour within 6 Å
 HOVO4_SPARSE = "mp-1104326"  # a 12-atom HoVO4 cell of 364.7 Å3/atom
 
