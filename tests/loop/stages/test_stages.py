@@ -122,22 +122,7 @@ def test_substitution_searches_structure_types_and_does_not_repeat_parents(tmp_p
     _, counts_dropped = round_2(cfg)
     assert counts_dropped["spent_prototypes"] == 0
     # Screened and unlabelled: the children stay in the candidate pool, so their prototypes are spent.
-    store.add_predictions(
-        1,
-        [
-            Prediction(
-                hash=structure_hash(c.structure),
-                relaxed_hash=structure_hash(c.structure),
-                model="pretrained",
-                energy_per_atom=-3.0,
-                energy_per_atom_std=0.01,
-                e_hull=0.1,
-                e_hull_std=0.02,
-                data={"reason": None},
-            )
-            for c in made
-        ],
-    )
+    _screen(store, 1, made)
     again, counts2 = round_2(cfg)
     assert counts2["spent_prototypes"] == len(used)
     # a structure type is spent per formula it was decorated with (A2B3 types fit Li2Al3 and Li3Al2)
@@ -221,6 +206,11 @@ def _pool(store: CampaignStore, rnd: int, made) -> None:
     """Store a round's children and screen them, so they stay in the candidate pool (unlabelled)."""
     for c in made:
         store.add_structure(c.structure, source=c.source, parent=c.parent, round=rnd, provenance=c.info)
+    _screen(store, rnd, made)
+
+
+def _screen(store: CampaignStore, rnd: int, made) -> None:
+    """Record a screening prediction for each stored child (relaxed in place, 0.1 eV/atom above the hull)."""
     store.add_predictions(
         rnd,
         [
