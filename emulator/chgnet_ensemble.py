@@ -51,6 +51,7 @@ from emulator.base import (
 from emulator.calculator import PotentialEvaluation
 from emulator.calibration import (
     MIN_STD,
+    RECENCY_HALF_LIFE,
     Calibration,
     CalibrationRule,
     HeldOutPairs,
@@ -144,6 +145,12 @@ class ChgnetEnsembleSettings(EmulatorSettings):
     calibration_bias: bool = Field(True, description="calibrate an energy bias as well as the std scale")
     calibration_rule: CalibrationRule = Field(
         "quantile", description="std map: 68 % quantile scale, or scale + error floor by maximum likelihood"
+    )
+    calibration_half_life: float | None = Field(
+        RECENCY_HALF_LIFE,
+        gt=0,
+        description="rounds: older held-out pairs weigh 0.5 ** (rounds since / this) in the calibration fit "
+        "(null: every pair the same)",
     )
     optimizer: Literal["FIRE", "BFGS"] = "FIRE"
     relax_cell: bool = True
@@ -595,6 +602,7 @@ class ChgnetEnsemble(Emulator):
             if fit_bias is None
             else fit_bias and self.settings.calibration_bias,
             rule=self.settings.calibration_rule,
+            half_life=self.settings.calibration_half_life,
         )
         self.state["calibration"] = fit.to_dict()
         return fit

@@ -20,7 +20,8 @@ variant is deployed. A fine-tune whose error on its own training labels is worse
 never deployed (this is how a wrecking learning rate showed itself). Calibration (bias and std scale) of each
 variant is refitted on its held-out pairs plus, for the refit variant, leave-one-out pairs on every label so far
 (its only label-dependent parameters are the reference shifts, so those are honest held-out predictions), shrunk
-toward its previous fit. A variant without leave-one-out pairs (the fine-tune) fits no bias: its held-out pairs were
+toward its previous fit, with the same recency weighting as the deployment score: the members that made round 1's
+pairs are not the members σ is now computed from (`emulator.calibration`). A variant without leave-one-out pairs (the fine-tune) fits no bias: its held-out pairs were
 predicted by its earlier members, before they trained on those very labels, so their mean error is an offset the
 fine-tune has already learnt away, and adding it again shifted every prediction by the same amount the other way
 (+0.29 eV/atom on K-O's second round).
@@ -41,14 +42,13 @@ from typing import Any, Literal
 import numpy as np
 
 from emulator.base import Emulator, EmulatorError, LabelledStructure, get_emulator_class
-from emulator.calibration import Calibration, HeldOutPairs
+from emulator.calibration import RECENCY_HALF_LIFE, Calibration, HeldOutPairs, recency_weights
 from emulator.checkpoint import read_manifest, write_manifest
 
 Variant = Literal["refit", "fine_tuned"]
 VARIANTS: tuple[Variant, ...] = ("refit", "fine_tuned")
 UPDATE_FILE = "update.json"
 VARIANTS_DIR = "variants"
-RECENCY_HALF_LIFE = 0.5  # rounds: the weight of a round's held-out pairs quarters with each newer round
 
 
 def label_key(item: LabelledStructure) -> str:
@@ -203,11 +203,10 @@ def recent_nll(pairs: HeldOutPairs, *, half_life: float = RECENCY_HALF_LIFE) -> 
     """Recency-weighted mean negative log-likelihood: a pair of round r weighs 0.5 ** ((newest - r) / half_life)
     (NaN when no pair carries its calibrated prediction)."""
     nll = pairs.nll()
-    rounds = np.asarray(pairs.round, dtype=float)
     ok = np.isfinite(nll)
     if not ok.any():
         return float("nan")
-    weights = 0.5 ** ((rounds[ok].max() - rounds[ok]) / half_life)
+    weights = recency_weights(np.asarray(pairs.round)[ok], half_life=half_life)
     return float(np.sum(weights * nll[ok]) / np.sum(weights))
 
 

@@ -201,6 +201,7 @@ class RefitEmulator:
             prior_weight=self.settings.calibration_prior_weight,
             fit_bias=self.settings.calibration_bias,
             rule=self.settings.calibration_rule,
+            half_life=self.settings.calibration_half_life,
         )
 
     def predict(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
