@@ -260,6 +260,16 @@ def sample_breadth(
     return out
 
 
+def compositions_used(asked: Sequence[str], made: Sequence[Candidate], *, default: int) -> int:
+    """How many of the `asked` formulas (in order) a generator went through: up to the last one it made a
+    candidate of. A generator passes over compositions it cannot make (the diffusion model beyond 20 atoms), so
+    counting `n / structures_per_composition` would hand the next generator compositions already made (`default`
+    when it made none of them)."""
+    made_formulas = {c.structure.composition.reduced_formula for c in made}
+    last = max((i for i, f in enumerate(asked) if f in made_formulas), default=default - 1)
+    return last + 1
+
+
 def generate_candidates(
     config: CampaignConfig, *, store: CampaignStore, round: int, generator_checkpoint: Path | None
 ) -> tuple[list[Candidate], dict[str, float]]:
@@ -316,12 +326,13 @@ def generate_candidates(
             )
         else:
             per = getattr(settings, "structures_per_composition", None)
-            context = _context(
-                config, cls, settings, found, formulas[offset:] + formulas[:offset] if per else []
-            )
-            if per:
-                offset = (offset + math.ceil(n / per)) % max(len(formulas), 1)
+            asked = formulas[offset:] + formulas[:offset] if per else []
+            context = _context(config, cls, settings, found, asked)
             made = cls(settings=settings).generate(n=n, context=context, seed=config.seed * 1000 + round)
+            if per:
+                offset = (offset + compositions_used(asked, made, default=math.ceil(n / per))) % max(
+                    len(formulas), 1
+                )
         timings[name] = seconds(time.time() - started)
         candidates.extend(made)
         log.info("round %d: %s proposed %d candidates in %.1f s", round, name, len(made), timings[name])
