@@ -60,7 +60,7 @@ from emulator.calibration import (
 )
 from emulator.checkpoint import load_state, read_manifest, save_state, write_manifest
 from emulator.convention_features import FEATURES as CONVENTION_FEATURES
-from emulator.convention_features import convention_features
+from emulator.convention_features import convention_features, mp2020_prior
 from emulator.multihead import MultiHeadChgnet
 from emulator.prior import distil_heads
 from emulator.relaxation import relax_one
@@ -118,6 +118,11 @@ class ChgnetEnsembleSettings(EmulatorSettings):
     convention_features: bool = Field(
         True,
         description="refit the non-per-element offsets of energy conventions (emulator.convention_features)",
+    )
+    convention_prior: bool | None = Field(
+        None,
+        description="start the O offsets at MP2020's corrections (the oracle's energies carry none); null: the "
+        "campaign sets it from the oracle's energy_convention, an ensemble built alone takes false",
     )
     epochs: int = Field(10, ge=0, description="fine-tuning epochs per call")
     max_minutes: float = Field(10.0, gt=0, description="wall-clock bound of one fine-tuning call")
@@ -202,8 +207,13 @@ class ChgnetEnsemble(Emulator):
             "n_labels": 0,
             "reference_shift": {},
             "convention_shift": {},
+            "convention_prior": {},
             "members_trained": False,
         }
+        if self.settings.convention_features and self.settings.convention_prior:
+            # Known before any label: the refits move the offsets from here (their ridge shrinks toward it).
+            self.state["convention_prior"] = mp2020_prior()
+            self.state["convention_shift"] = dict(self.state["convention_prior"])
         if self.settings.design != "bootstrap_only":
             metrics = distil_heads(
                 self.model,
@@ -560,8 +570,10 @@ class ChgnetEnsemble(Emulator):
         structs = self._check_labels(data)
         pred = self.predict(structs, forces=False, stress=False, calibrated=False)
         design = refit_design(structs, convention=self.settings.convention_features)
-        fitted = np.concatenate([self._reference_shift(), self._convention_shift()])[: design.shape[1]]
-        pretrained = pred.energy_per_atom - design @ fitted
+        prior = self.state.get("convention_prior") or {}
+        learnt = self._convention_shift() - np.array([prior.get(name, 0.0) for name in CONVENTION_FEATURES])
+        fitted = np.concatenate([self._reference_shift(), learnt])[: design.shape[1]]
+        pretrained = pred.energy_per_atom - design @ fitted  # the pretrained model with the prior, no label
         target = np.array([item.energy_per_atom for item in data])
         residual = target - pretrained
         predicted = leave_one_out_refit(
@@ -647,6 +659,7 @@ class ChgnetEnsemble(Emulator):
             "metrics": self.state["metrics"],
             "reference_shift": self.state.get("reference_shift") or {},
             "convention_shift": self.state.get("convention_shift") or {},
+            "convention_prior": self.state.get("convention_prior") or {},
             "members_trained": bool(self.state.get("members_trained", True)),
             "files": files,
         }
@@ -688,6 +701,7 @@ class ChgnetEnsemble(Emulator):
             # earlier refits as part of the pretrained model), members trained if a fine-tune ever took a step.
             "reference_shift": manifest.get("reference_shift", {}),
             "convention_shift": manifest.get("convention_shift", {}),
+            "convention_prior": manifest.get("convention_prior", {}),
             "members_trained": manifest.get("members_trained", manifest["metrics"].get("steps", 0) > 0),
         }
         return self

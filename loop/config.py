@@ -302,6 +302,15 @@ class CampaignConfig(StrictModel):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _emulator_knows_the_oracles_convention(self) -> CampaignConfig:
+        # The emulator cannot see the oracle (the leaves do not import each other): the campaign tells it whether
+        # the oracle's energies carry corrections, so its round-0 model starts from the right offsets.
+        if "convention_prior" in type(self.emulator).model_fields and self.emulator.convention_prior is None:
+            uncorrected = get_oracle_class(self.oracle.kind).energy_convention == "uncorrected"
+            self.emulator = self.emulator.model_copy(update={"convention_prior": uncorrected})
+        return self
+
     @field_validator("design")
     @classmethod
     def _oracle_answers_the_design(cls, design: DesignConfig, info: ValidationInfo) -> DesignConfig:

@@ -254,7 +254,7 @@ class Oracle(ABC):
     """Labels structures. Implementations declare what they compute, as ASE calculators do.
 
     Subclasses set `name`, `Settings` (an `OracleSettings` subclass with `kind: Literal[name]`),
-    `implemented_properties`, `is_dft`, `level_of_theory` and, where known, `supported_elements`.
+    `implemented_properties`, `is_dft`, `level_of_theory`, `energy_convention` and, where known, `supported_elements`.
     """
 
     name: ClassVar[str]
@@ -263,6 +263,10 @@ class Oracle(ABC):
     is_dft: ClassVar[bool] = True
     level_of_theory: ClassVar[Literal["dft", "surrogate", "toy"]] = "dft"
     """What its energies are: first-principles, a machine-learned surrogate, or a toy potential."""
+    energy_convention: ClassVar[Literal["uncorrected", "toy"]] = "uncorrected"
+    """What its total energies carry: "uncorrected", a plain calculation's (no fitted corrections such as the
+    Materials Project 2020 anion and U terms: every DFT code here, and SevenNet-0, trained on MPtrj's raw
+    energies), or "toy", no relation to DFT. An emulator whose own energies carry corrections starts from them."""
     supported_elements: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, settings: OracleSettings | None = None) -> None:

@@ -42,6 +42,7 @@ class EMTOracle(AseOracle):
     implemented_properties = ("energy", "forces", "stress")
     is_dft = False
     level_of_theory = "toy"
+    energy_convention = "toy"
 
     def check(self, structure: Structure) -> None:
         """Raise `UnsupportedStructure` for elements EMT has no parameters for."""

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loop.config import load_config
+from loop.config import load_config, validate_config
 from loop.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,8 +108,6 @@ def test_old_acquisition_threshold_is_refused_with_the_fix(tmp_path):
 
 
 def _generator_config(section):
-    from loop.config import validate_config
-
     return validate_config({"name": "g", "chemical_systems": ["Li-Al"], "generator": section})
 
 
@@ -143,3 +141,14 @@ def test_generator_section_errors_name_the_key(section, message):
         _generator_config(section)
     assert str(info.value).startswith(message)
     assert "\n" not in str(info.value)
+
+
+def test_the_emulator_learns_the_oracles_energy_convention():
+    """An uncorrected oracle (GPAW, SevenNet-0) gets an emulator that starts its O offsets at MP2020's corrections;
+    the toy EMT does not; a value the user wrote stands."""
+    data = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+    assert validate_config(data).emulator.convention_prior is True
+    assert validate_config({**data, "oracle": {"kind": "mlff"}}).emulator.convention_prior is True
+    assert validate_config({**data, "oracle": {"kind": "emt"}}).emulator.convention_prior is False
+    mine = {**data, "emulator": {**data["emulator"], "convention_prior": False}}
+    assert validate_config(mine).emulator.convention_prior is False
