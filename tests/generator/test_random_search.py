@@ -66,3 +66,20 @@ def test_bad_input_raises():
         RandomSearchGenerator().generate(n=2, context=GenerationContext())
     with pytest.raises(GeneratorError, match="unknown element"):
         RandomSearchGenerator().generate(n=2, context=GenerationContext(chemical_systems=["Li-Qq"]))
+
+
+def test_small_cells_come_first_when_asked():
+    """Asked for Ti2O (1-6 formula units fit 20 atoms) with `formula_unit_exponent: 1`, cells of z units are drawn
+    with weight 1/z: one unit about 41 % of the time, against a sixth under the default (every z alike)."""
+    context = GenerationContext(chemical_systems=["O-Ti"], compositions=["Ti2O"])
+    units = {}
+    for exponent in (0.0, 1.0):
+        settings = RandomSearchSettings(structures_per_composition=36, formula_unit_exponent=exponent)
+        made = RandomSearchGenerator(settings=settings).generate(n=36, context=context, seed=3)
+        assert len(made) == 36 and all(c.info["formula"] == "Ti2O" for c in made)
+        assert all(len(c.structure) == 3 * c.info["formula_units"] for c in made)
+        units[exponent] = [c.info["formula_units"] for c in made]
+    assert RandomSearchSettings().formula_unit_exponent == 0.0
+    ones = {k: sum(z == 1 for z in v) / len(v) for k, v in units.items()}
+    assert ones[1.0] > 0.3 > ones[0.0]
+    assert sum(units[1.0]) < sum(units[0.0])
