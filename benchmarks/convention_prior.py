@@ -1,21 +1,23 @@
-"""The round-0 emulator on round 1's labels, with and without the MP2020 prior on the O offsets.
+"""The campaign's round-0 emulator on round 1's labels: how far off, and how honest its σ.
 
-A campaign with every compound withheld labels only elemental references in round 0, so the refit cannot learn the
-offsets CHGNet's corrected energies have against an uncorrected oracle in oxides (`emulator.convention_features`).
-This replays that refit on the round-0 labels of recorded campaigns (a copy of each store is read; the originals
-are not touched), predicts the round-1 labels (the labelled structures, as the update's held-out pairs do) with
-the refit alone and with the prior, and prints one row per campaign and a pooled row: labels, mean signed error
-(oracle minus prediction) and MAE, eV/atom.
+A campaign with every compound withheld labels only elemental references in round 0, so its round-0 emulator
+predicts round 1's compounds from elements alone. This replays that update on recorded campaigns (a copy of each
+store is read; the originals are not touched): the round-0 ensemble as a campaign builds it (`chgnet_ensemble`
+defaults: 4 members, distilled heads), `emulator.update.update_emulator` on the round-0 labels (reference refit,
+leave-one-out calibration, no fine-tuning: round 0 deploys the refit), then its calibrated predictions of the
+round-1 labels (the labelled structures, as the update's held-out pairs are taken). One row per campaign and a
+pooled row, with and without the MP2020 prior on the O offsets (`convention_prior`): mean signed error (oracle
+minus prediction) and MAE in eV/atom, the share within 1σ and 2σ, and the mean Gaussian negative log-likelihood.
 
     OMP_NUM_THREADS=1 python -m benchmarks.convention_prior runs/campaigns/K-O/default/s0 [WORKDIR ...]
 
-The ensemble is the pretrained CHGNet with two identical heads (`design: bootstrap_only`): round 0 trains no
-member, so its mean is the pretrained model's.
+Run at two commits to compare what changed between them (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,17 +26,19 @@ import numpy as np
 import torch
 
 from emulator import ChgnetEnsemble, ChgnetEnsembleSettings, LabelledStructure
-from loop.store import CampaignStore
+from emulator.calibration import calibration_metrics
+from emulator.update import update_emulator
 
 
 def round_labels(workdir: Path) -> dict[int, list[LabelledStructure]]:
     """Labels of rounds 0 and 1 of a campaign (its final structures and energies), read from a copy of its store."""
+    from loop.store import CampaignStore
+
     with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "matloop.db"
         for suffix in ("", "-wal"):  # a store in WAL mode may hold its last commits beside the file
             if (workdir / f"matloop.db{suffix}").exists():
                 shutil.copy(workdir / f"matloop.db{suffix}", Path(tmp) / f"matloop.db{suffix}")
-        store = CampaignStore(db)
+        store = CampaignStore(Path(tmp) / "matloop.db")
         out: dict[int, list[LabelledStructure]] = {0: [], 1: []}
         for r in store.oracle_results(ok_only=True):
             if r.round in out:
@@ -44,13 +48,28 @@ def round_labels(workdir: Path) -> dict[int, list[LabelledStructure]]:
     return out
 
 
-def errors(labels: dict[int, list[LabelledStructure]], *, prior: bool) -> np.ndarray:
-    """Oracle minus predicted energy per atom of round 1's labels after the round-0 refit, eV/atom."""
-    settings = ChgnetEnsembleSettings(n_members=2, design="bootstrap_only", convention_prior=prior)
-    model = ChgnetEnsemble(settings=settings)
-    model.refit_references(labels[0])
-    pred = model.predict([x.structure for x in labels[1]], forces=False, stress=False, calibrated=False)
-    return np.array([x.energy_per_atom for x in labels[1]]) - pred.energy_per_atom
+def scores(base: ChgnetEnsemble, labels: dict[int, list[LabelledStructure]]) -> dict[str, np.ndarray]:
+    """Round-0 update on `labels[0]` from a copy of `base`, then its calibrated predictions of `labels[1]`."""
+    variants, _ = update_emulator(
+        None, labels[0], fresh=lambda: copy.deepcopy(base), round=0, epochs=0, max_minutes=1.0
+    )
+    pred = variants.model.predict([x.structure for x in labels[1]], forces=False, stress=False)
+    return {
+        "target": np.array([x.energy_per_atom for x in labels[1]]),
+        "predicted": pred.energy_per_atom,
+        "std": pred.energy_per_atom_std,
+    }
+
+
+def row(name: str, s: dict[str, np.ndarray]) -> str:
+    error = s["target"] - s["predicted"]
+    m = calibration_metrics(predicted=s["predicted"], std=s["std"], target=s["target"])
+    var = np.maximum(s["std"], 1e-6) ** 2
+    nll = float(np.mean(0.5 * np.log(2 * np.pi * var) + error**2 / (2 * var)))
+    return (
+        f"{name} | {len(error)} | {error.mean():+.3f} | {np.abs(error).mean():.3f} | {m['frac_within_1sigma']:.2f} | "
+        f"{m['frac_within_2sigma']:.2f} | {float(np.median(s['std'])):.3f} | {nll:.1f}"
+    )
 
 
 def main() -> None:
@@ -58,24 +77,20 @@ def main() -> None:
     parser.add_argument("workdirs", nargs="+", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    labels = {w: round_labels(w) for w in args.workdirs}
     print(
-        "| campaign | round-0 labels | round-1 labels | refit alone: mean error, MAE | with the prior: mean error, MAE |"
+        "| prior | campaign | round-1 labels | mean error | MAE | within 1σ | within 2σ | median σ | mean NLL |\n"
+        "|---|---|---|---|---|---|---|---|---|"
     )
-    print("|---|---|---|---|---|")
-    pooled: dict[bool, list[np.ndarray]] = {False: [], True: []}
-    for workdir in args.workdirs:
-        labels = round_labels(workdir)
-        row = []
-        for prior in (False, True):
-            e = errors(labels, prior=prior)
-            pooled[prior].append(e)
-            row.append(f"{e.mean():+.3f}, {np.abs(e).mean():.3f}")
-        print(f"| {workdir} | {len(labels[0])} | {len(labels[1])} | {row[0]} | {row[1]} |")
-    total = {k: np.concatenate(v) for k, v in pooled.items()}
-    print(
-        f"| all | | {len(total[True])} | {total[False].mean():+.3f}, {np.abs(total[False]).mean():.3f} | "
-        f"{total[True].mean():+.3f}, {np.abs(total[True]).mean():.3f} |"
-    )
+    for prior in (False, True):
+        base = ChgnetEnsemble(settings=ChgnetEnsembleSettings(convention_prior=prior))
+        pooled: dict[str, list[np.ndarray]] = {"target": [], "predicted": [], "std": []}
+        for workdir, lab in labels.items():
+            s = scores(base, lab)
+            for k, v in s.items():
+                pooled[k].append(v)
+            print(f"| {prior} | {row(str(workdir), s)} |")
+        print(f"| {prior} | {row('all', {k: np.concatenate(v) for k, v in pooled.items()})} |")
 
 
 if __name__ == "__main__":
