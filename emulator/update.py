@@ -17,7 +17,9 @@ variant failed badly (on K-O with every compound withheld, the round-0 refit pre
 uses both: a fine-tune that lowers the error while its members' spread collapses below it would otherwise be
 deployed and turn p_stable into a thresholded greedy ranking. Before any held-out label exists (round 0) the refit
 variant is deployed. A fine-tune whose error on its own training labels is worse than the refit's leave-one-out error is
-never deployed (this is how a wrecking learning rate showed itself). Calibration (bias and std scale) of each
+never deployed (this is how a wrecking learning rate showed itself), nor one whose lineage's recency-weighted held-out
+MAE is more than `MAE_GUARD` times the refit's (a σ wide enough to cover any error wins the likelihood but ranks
+nothing). Calibration (bias and std scale) of each
 variant is refitted on its held-out pairs plus, for the refit variant, leave-one-out pairs on every label so far
 (its only label-dependent parameters are the reference shifts, so those are honest held-out predictions), shrunk
 toward its previous fit, with the same recency weighting as the deployment score: the members that made round 1's
@@ -49,6 +51,9 @@ Variant = Literal["refit", "fine_tuned"]
 VARIANTS: tuple[Variant, ...] = ("refit", "fine_tuned")
 UPDATE_FILE = "update.json"
 VARIANTS_DIR = "variants"
+MAE_GUARD = (
+    2.0  # a fine-tune whose recent held-out errors exceed this multiple of the refit's is never deployed
+)
 
 
 def label_key(item: LabelledStructure) -> str:
@@ -143,6 +148,7 @@ class UpdateReport:
             mean and σ it gave when it predicted them (pairs without them left out).
         held_out_recent_nll: Variant -> the same, each round's pairs weighted by 0.25 per newer round
             (`RECENCY_HALF_LIFE`): the deployment score.
+        held_out_recent_mae: Variant -> raw MAE (eV/atom) of those pairs with the same weights: the guard.
         train: Variant -> training metrics (`train_mae` eV/atom, refit MAEs, epochs, ...).
         calibration: Variant -> the calibration fitted for the next round.
     """
@@ -155,6 +161,7 @@ class UpdateReport:
     held_out_all: dict[str, float] = field(default_factory=dict)
     held_out_all_nll: dict[str, float] = field(default_factory=dict)
     held_out_recent_nll: dict[str, float] = field(default_factory=dict)
+    held_out_recent_mae: dict[str, float] = field(default_factory=dict)
     train: dict[str, dict[str, float]] = field(default_factory=dict)
     calibration: dict[str, Calibration] = field(default_factory=dict)
 
@@ -170,6 +177,7 @@ class UpdateReport:
         out |= {f"heldout_all_{name}_mae": float(v) for name, v in self.held_out_all.items()}
         out |= {f"heldout_all_{name}_nll": float(v) for name, v in self.held_out_all_nll.items()}
         out |= {f"heldout_recent_{name}_nll": float(v) for name, v in self.held_out_recent_nll.items()}
+        out |= {f"heldout_recent_{name}_mae": float(v) for name, v in self.held_out_recent_mae.items()}
         for name, values in self.train.items():
             out |= {f"train_{name}_{k}": float(v) for k, v in values.items() if isinstance(v, int | float)}
         for name, cal in self.calibration.items():
@@ -208,6 +216,14 @@ def recent_nll(pairs: HeldOutPairs, *, half_life: float = RECENCY_HALF_LIFE) -> 
         return float("nan")
     weights = recency_weights(np.asarray(pairs.round)[ok], half_life=half_life)
     return float(np.sum(weights * nll[ok]) / np.sum(weights))
+
+
+def recent_mae(pairs: HeldOutPairs, *, half_life: float = RECENCY_HALF_LIFE) -> float:
+    """Recency-weighted mean absolute raw error, eV/atom (weights as `recent_nll`; NaN without pairs)."""
+    if not len(pairs):
+        return float("nan")
+    weights = recency_weights(pairs.round, half_life=half_life)
+    return float(np.sum(weights * np.abs(pairs.errors())) / np.sum(weights))
 
 
 def update_emulator(
@@ -284,6 +300,7 @@ def update_emulator(
     report.held_out_all = {k: float(np.mean(np.abs(v.errors()))) for k, v in history.items()}
     report.held_out_all_nll = {k: _mean_nll(v) for k, v in history.items()}
     report.held_out_recent_nll = {k: recent_nll(v) for k, v in history.items()}
+    report.held_out_recent_mae = {k: recent_mae(v) for k, v in history.items()}
 
     report.deployed, report.reason = choose_variant(models, report)
     return (
@@ -294,7 +311,7 @@ def update_emulator(
 
 def choose_variant(models: dict[str, Emulator], report: UpdateReport) -> tuple[str, str]:
     """The variant to deploy and why: the lower recency-weighted held-out negative log-likelihood of its lineage,
-    unless the fine-tune is wrecked.
+    unless the fine-tune is wrecked or its lineage's recent held-out errors exceed `MAE_GUARD` times the refit's.
 
     Args:
         models: This round's variants by name.
@@ -321,6 +338,15 @@ def choose_variant(models: dict[str, Emulator], report: UpdateReport) -> tuple[s
     nll = report.held_out_recent_nll
     if not all(np.isfinite(nll.get(name, np.nan)) for name in VARIANTS):
         return "refit", "no scored held-out labels yet for both variants"
+    recent = report.held_out_recent_mae
+    if recent.get("fine_tuned", 0.0) > MAE_GUARD * recent.get("refit", np.inf):
+        # A σ wide enough to cover any error wins on likelihood but ranks nothing: on EMT labels a wrecked
+        # fine-tune's lineage (errors of 59 eV/atom, σ 43) scored a better NLL than a refit that erred by 0.14.
+        return (
+            "refit",
+            f"fine-tune's recency-weighted held-out MAE {recent['fine_tuned']:.3f} > {MAE_GUARD:g} x the refit's "
+            f"{recent['refit']:.3f} eV/atom",
+        )
     mae = report.held_out_all
     both = (
         f"recency-weighted held-out NLL fine-tuned {nll['fine_tuned']:.2f} vs refit {nll['refit']:.2f} "

@@ -23,6 +23,7 @@ from emulator.update import (
     UpdateReport,
     choose_variant,
     label_key,
+    recent_mae,
     recent_nll,
     update_emulator,
 )
@@ -285,7 +286,26 @@ def _report(*, train_ft: float, loo_refit: float, held_ft: HeldOutPairs, held_re
         report.held_out_all[name] = float(np.mean(np.abs(pairs.errors())))
         report.held_out_all_nll[name] = float(np.mean(pairs.nll()))
         report.held_out_recent_nll[name] = recent_nll(pairs)
+        report.held_out_recent_mae[name] = recent_mae(pairs)
     return report
+
+
+def test_a_lineage_whose_sigma_covers_huge_errors_is_not_deployed() -> None:
+    """The EMT case of the slow test above: a wrecked fine-tune's lineage erred by tens of eV/atom with σ of the
+    same size, so its likelihood beat a refit that erred by 0.14 with one overconfident pair; the MAE guard keeps
+    the refit, and a fine-tune within twice the refit's error is still judged by the likelihood."""
+    models = {"refit": None, "fine_tuned": None}
+    refit = _lineage([0.05, -0.04, 0.06, 0.9, -0.05, 0.04], sigma=0.05)
+    wide = _lineage([59.0, -61.0, 58.0, 60.0, -57.0, 62.0], sigma=43.0)
+    report = _report(train_ft=0.03, loo_refit=0.08, held_ft=wide, held_refit=refit)
+    assert report.held_out_recent_nll["fine_tuned"] < report.held_out_recent_nll["refit"]
+    deployed, reason = choose_variant(models, report)
+    assert deployed == "refit" and "held-out MAE" in reason
+    close = _lineage([0.3, -0.2, 0.25, -0.3, 0.2, 0.3], sigma=0.3)
+    deployed, reason = choose_variant(
+        models, _report(train_ft=0.03, loo_refit=0.08, held_ft=close, held_refit=refit)
+    )
+    assert "NLL" in reason
 
 
 def test_choice_scores_mean_and_sigma_on_held_out_labels_unless_the_fine_tune_cannot_fit_its_own() -> None:
