@@ -108,12 +108,24 @@ def _digest(path: Path) -> str:
 
 
 def test_checkpoints_change_between_rounds(smoke_run):
+    """Every round writes a new emulator; every round with discoveries fine-tunes the generator, and its checkpoint
+    is kept exactly when the breadth check deployed it (a fine-tune that narrows the proposals is refused, its
+    file removed, and the campaign samples from the checkpoint it had)."""
     ck = smoke_run / "checkpoints"
     emulators = [_digest(ck / f"round_{r:03d}" / "emulator") for r in (0, 1, 2)]
     assert len(set(emulators)) == 3
-    generators = [ck / f"round_{r:03d}" / "generator.pt" for r in (1, 2)]
-    assert all(g.is_file() for g in generators)
-    assert _digest(generators[0]) != _digest(generators[1])
+    store = CampaignStore.in_workdir(smoke_run)
+    kept = []
+    for r in (1, 2):
+        result = store.stage_result(r, "retrain")
+        assert result["generator_n_discoveries"] > 0 and result["generator_steps"] > 0
+        path = ck / f"round_{r:03d}" / "generator.pt"
+        assert path.is_file() == result["generator_deployed"], result["generator_reason"]
+        if result["generator_deployed"]:
+            kept.append(_digest(path))
+        else:
+            assert "narrower" in result["generator_reason"]
+    assert len(set(kept)) == len(kept)
 
 
 def test_old_checkpoints_leave_the_workdir_once_mlflow_holds_them(smoke_run, tmp_path):
