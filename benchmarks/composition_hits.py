@@ -276,6 +276,7 @@ def table(rows: list[Row]) -> str:
 def run(
     *,
     ids: list[str],
+    targets: dict[str, KnownStructure],
     generators: list[str],
     n: int,
     retry_n: int,
@@ -284,9 +285,9 @@ def run(
     diffusion_max_seconds: float,
     random_search: dict[str, Any] | None = None,
 ) -> list[Row]:
-    """Every (target, generator) at `n`, then random search at `retry_n` on the targets it missed, within budget."""
+    """Every (target, generator) at `n`, then random search at `retry_n` on the targets it missed, within budget;
+    `targets` are the bundled crystals of `ids`, loaded once by the caller."""
     started = time.perf_counter()
-    targets = {k.id: k for k in load_seeds(ids=ids)}
     relaxer = Relaxer()
     controls = {i: relaxer.relax(targets[i].structure) for i in ids}
     rows: list[Row] = []
@@ -390,6 +391,7 @@ def main() -> None:
     try:
         rows = run(
             ids=ids,
+            targets=found,
             generators=generators,
             n=args.n,
             retry_n=args.retry_n,
