@@ -67,6 +67,24 @@ def parse_formula(formula: str) -> Composition:
     return comp.element_composition
 
 
+def formula_unit(formula: str | Composition) -> Composition:
+    """The smallest formula unit of a composition: element amounts divided by their greatest common divisor.
+
+    Unlike pymatgen's `reduced_composition`, which keeps peroxides and molecular elements whole ("Na2O2", "O2"),
+    this gives Na1 O1 for Na2O2, so a peroxide has the anonymous formula AB of its structure types and a
+    2-atom cell is a valid multiple of it. Non-integer amounts are returned as they are (elements only).
+
+    Raises:
+        ChemistryError: If a formula string cannot be parsed (see `parse_formula`).
+    """
+    comp = parse_formula(formula) if isinstance(formula, str) else formula.element_composition
+    amounts = [comp[el] for el in comp.elements]
+    if not amounts or any(abs(a - round(a)) > 1e-6 for a in amounts):
+        return comp
+    divisor = math.gcd(*(round(a) for a in amounts))
+    return Composition({el.symbol: round(comp[el]) // divisor for el in comp.elements})
+
+
 def is_intermetallic(comp: Composition) -> bool:
     """True when every element is a metal (alloys and intermetallics have no meaningful formal charges)."""
     return all(is_metal(Element(el.symbol).Z) for el in comp.elements)

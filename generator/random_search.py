@@ -26,7 +26,13 @@ from generator.base import (
     GeneratorSettings,
     register,
 )
-from generator.chemistry import ChargeRule, enumerate_compositions, parse_chemical_system, parse_formula
+from generator.chemistry import (
+    ChargeRule,
+    enumerate_compositions,
+    formula_unit,
+    parse_chemical_system,
+    parse_formula,
+)
 
 
 class RandomSearchSettings(GeneratorSettings):
@@ -140,9 +146,9 @@ class RandomSearchGenerator(Generator):
         """
         cfg = self.settings
         if cfg.formulas:
-            return [parse_formula(f).reduced_composition for f in cfg.formulas]
+            return [formula_unit(f) for f in cfg.formulas]
         if context.compositions:
-            comps = [parse_formula(f).reduced_composition for f in context.compositions]
+            comps = [formula_unit(f) for f in context.compositions]
             return [c for c in comps if c.num_atoms <= cfg.max_atoms]
         if not context.chemical_systems:
             raise GeneratorError(

@@ -35,6 +35,7 @@ from generator.base import (
 )
 from generator.chemistry import (
     composition_class,
+    formula_unit,
     is_charge_balanced,
     is_intermetallic,
     parse_chemical_system,
@@ -625,7 +626,7 @@ def element_substitution_probability(old: str, new: str) -> float:
 
 @lru_cache(maxsize=65536)
 def _reduced_counts(formula: str) -> tuple[tuple[str, int], ...]:
-    comp = Composition(formula).reduced_composition
+    comp = formula_unit(formula)
     return tuple(sorted((el.symbol, round(a)) for el, a in comp.items()))
 
 

@@ -25,7 +25,7 @@ from generator.base import (
     GeneratorSettings,
     register,
 )
-from generator.chemistry import parse_formula
+from generator.chemistry import formula_unit
 from generator.diffusion.charge import CompositionConstraint
 from generator.diffusion.conditions import (
     Condition,
@@ -180,7 +180,7 @@ def iter_sample_batches(
         raise GeneratorError(f"n={n} is negative; ask for at least one crystal")
     target = None
     if formula is not None:
-        target = parse_formula(formula)
+        target = formula_unit(formula)
         system = "-".join(sorted(el.symbol for el in target.elements))
         conditions = {**(conditions or {}), "chemical_system": system}
         options = replace(options, mask_system=True)

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from generator.base import GenerationContext, GeneratorError
-from generator.chemistry import enumerate_compositions, is_charge_balanced
+from generator.chemistry import enumerate_compositions, formula_unit, is_charge_balanced
 from generator.random_search import RandomSearchGenerator, RandomSearchSettings
 from loop.science.funnel import Funnel, FunnelConfig
 
@@ -83,3 +83,11 @@ def test_small_cells_come_first_when_asked():
     ones = {k: sum(z == 1 for z in v) / len(v) for k, v in units.items()}
     assert ones[1.0] > 0.3 > ones[0.0]
     assert sum(units[1.0]) < sum(units[0.0])
+
+
+def test_a_peroxide_is_asked_for_by_its_smallest_formula_unit():
+    # pymatgen's reduced composition of Na2O2 is Na2 O2; the smallest cell of the composition has 2 atoms
+    assert dict(formula_unit("Na2O2").get_el_amt_dict()) == {"Na": 1.0, "O": 1.0}
+    gen = RandomSearchGenerator(settings=RandomSearchSettings(max_atoms=4))
+    comps = gen.compositions(GenerationContext(known=[], compositions=["Na2O2", "TiO2"]))
+    assert [c.reduced_formula for c in comps] == ["Na2O2", "TiO2"] and comps[0].num_atoms == 2

@@ -267,3 +267,16 @@ def test_partial_decoration_orders_an_orbit_and_never_puts_a_cation_on_an_anion_
     assert (
         partial_decoration(supercell, elements={"V", "O"}, settings=SubstitutionSettings(), rng=rng) is None
     )
+
+
+def test_peroxides_are_decorated_like_any_ab_compound():
+    # pymatgen keeps peroxides whole (reduced formula Na2O2, factor 1), so matching anonymous formulas by that
+    # reduction missed every AB structure type for them; the formula unit is Na1 O1
+    assert dict(decoration_map("NaS", "Na2O2")[1]) == {"Na": "Na", "S": "O"}
+    assert dict(decoration_map("Li2O2", "Na2O2")[1]) == {"Li": "Na", "O": "O"}
+    held = Withholding(compounds_in=(frozenset({"Na", "O"}),))
+    found = prototype_decorations(weights={"Na2O2": 1.0}, max_sites=12, withhold=held)
+    prototypes = {d.prototype for d in found}
+    assert "AB:189:12" in prototypes  # the P-62m type of Na2O2 itself, from NaS, KS, ... (withheld here)
+    child = next(decorated_candidates([d for d in found if d.prototype == "AB:189:12"]))
+    assert child.structure.composition.reduced_formula == "Na2O2" and len(child.structure) == 12
