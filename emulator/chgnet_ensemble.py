@@ -121,8 +121,8 @@ class ChgnetEnsembleSettings(EmulatorSettings):
     )
     convention_prior: bool | None = Field(
         None,
-        description="start the O offsets at MP2020's corrections (the oracle's energies carry none); null: the "
-        "campaign sets it from the oracle's energy_convention, an ensemble built alone takes false",
+        description="start the O and anion offsets at MP2020's corrections (the oracle's energies carry none); "
+        "null: the campaign sets it from the oracle's energy_convention, an ensemble built alone takes false",
     )
     epochs: int = Field(10, ge=0, description="fine-tuning epochs per call")
     max_minutes: float = Field(10.0, gt=0, description="wall-clock bound of one fine-tuning call")

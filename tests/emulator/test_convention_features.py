@@ -53,6 +53,28 @@ def test_features_mark_u_elements_next_to_o_and_o_in_compounds(labels) -> None:
     assert convention_features([peroxide])[0, column["O:peroxide"]] == pytest.approx(0.5)
 
 
+def test_anions_are_marked_where_mp2020_corrects_them() -> None:
+    column = {name: i for i, name in enumerate(FEATURES)}
+    rocksalt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5] * 3])
+    chlorine = Structure(Lattice.cubic(6.0), ["Cl", "Cl"], [[0, 0, 0], [0.33, 0, 0]])
+    li3n = Structure(
+        Lattice.hexagonal(3.65, 3.87),
+        ["N", "Li", "Li", "Li"],
+        [[0, 0, 0], [0, 0, 0.5], [1 / 3, 2 / 3, 0], [2 / 3, 1 / 3, 0]],
+    )
+    # Cl is +7 in a perchlorate: an anion correction there would be wrong (MP2020 applies none)
+    perchlorate = Structure(
+        Lattice.cubic(7.0),
+        ["K", "Cl", "O", "O", "O", "O"],
+        [[0, 0, 0], [0.5] * 3, [0.62, 0.5, 0.5], [0.38, 0.5, 0.5], [0.5, 0.62, 0.5], [0.5, 0.5, 0.62]],
+    )
+    rows = convention_features([rocksalt, chlorine, li3n, perchlorate])
+    assert rows[0, column["anion:Cl"]] == pytest.approx(0.5)
+    np.testing.assert_array_equal(rows[1], 0.0)  # elemental Cl is not corrected
+    assert rows[2, column["anion:N"]] == pytest.approx(0.25)
+    assert rows[3, column["anion:Cl"]] == 0.0 and rows[3, column["O:compound"]] == pytest.approx(4 / 6)
+
+
 @pytest.mark.slow
 def test_refit_with_convention_features_predicts_unseen_raw_energies(
     round0: ChgnetEnsemble, labels, tmp_path
@@ -95,6 +117,10 @@ def test_the_mp2020_prior_turns_the_o_corrections_round() -> None:
     assert prior["O:compound"] + prior["O:superoxide"] == pytest.approx(0.161)
     assert prior["O:compound"] + prior["O:ozonide"] == pytest.approx(0.0)
     assert not any(name.startswith("U:") for name in prior)
+    # each anion atom of a compound is corrected by its own MP2020 value (Cl 0.614 eV, Si -0.071), except N,
+    # whose correction made round-1 nitrides worse against SevenNet-0 (benchmarks.anion_prior)
+    assert prior["anion:Cl"] == pytest.approx(0.614) and "anion:N" not in prior
+    assert prior["anion:Si"] == pytest.approx(-0.071) and set(prior) <= set(FEATURES)
 
 
 def test_with_only_elemental_labels_the_prior_predicts_an_oxide_at_the_raw_oracles_level(labels) -> None:
