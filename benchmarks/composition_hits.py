@@ -45,7 +45,8 @@ import generator  # noqa: F401  (registers the generators)
 from emulator.chgnet_ensemble import ChgnetEnsemble
 from emulator.force_field import load_force_field
 from generator.base import GenerationContext, GeneratorError, KnownStructure, get_generator_class
-from generator.random_search import RandomSearchSettings, _compatible_groups
+from generator.chemistry import formula_unit
+from generator.random_search import RandomSearchSettings, cell_options, formula_unit_probabilities
 from generator.seeds import load_seeds
 
 DEFAULT_TARGETS = ("mp-1215", "mp-2352", "mp-1901", "mp-2340", "mp-1866", "mp-1953", "mp-567705")
@@ -133,19 +134,14 @@ def draw_probability(structure: Structure, *, exponent: float) -> float:
         analyzer = SpacegroupAnalyzer(structure, symprec=SYMPREC)
         group = analyzer.get_space_group_number()
         cell = len(analyzer.get_conventional_standard_structure())
-    comp = structure.composition.reduced_composition
+    comp = formula_unit(structure.composition)
     unit = [round(comp[el]) for el in comp.elements]
-    groups = tuple(range(2, 231))
-    options = {
-        z: allowed
-        for z in range(1, MAX_ATOMS // sum(unit) + 1)
-        if (allowed := _compatible_groups(tuple(z * u for u in unit), groups))
-    }
-    allowed = options.get(cell // sum(unit), ())
-    if group not in allowed:
+    options = dict(cell_options(unit, max_atoms=MAX_ATOMS, groups=tuple(range(2, 231))))
+    z = cell // sum(unit)
+    if group not in options.get(z, ()):
         return 0.0
-    total = sum(z**-exponent for z in options)
-    return (cell // sum(unit)) ** -exponent / total / len(allowed)
+    zs = list(options)
+    return float(formula_unit_probabilities(zs, exponent=exponent)[zs.index(z)]) / len(options[z])
 
 
 def seed_for(target: str, *, seed: int) -> int:

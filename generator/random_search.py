@@ -8,6 +8,7 @@ estimate times `volume_factor`. Lengths in Å. Structures are unrelaxed.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Literal
 
@@ -105,6 +106,25 @@ def _group(number: int) -> Group:
 @lru_cache(maxsize=4096)
 def _compatible_groups(counts: tuple[int, ...], groups: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(g for g in groups if _group(g).check_compatible(list(counts))[0])
+
+
+def cell_options(
+    unit: Sequence[int], *, max_atoms: int, groups: tuple[int, ...]
+) -> list[tuple[int, tuple[int, ...]]]:
+    """The cells random search draws from for one formula unit: (z, space groups) for every number of formula
+    units z whose cell has at most `max_atoms` atoms and that some group of `groups` accepts (pyxtal counts atoms
+    in the conventional cell)."""
+    return [
+        (z, allowed)
+        for z in range(1, max_atoms // sum(unit) + 1)
+        if (allowed := _compatible_groups(tuple(z * u for u in unit), groups))
+    ]
+
+
+def formula_unit_probabilities(zs: Sequence[int], *, exponent: float) -> np.ndarray:
+    """Probability of drawing each number of formula units z of `zs`: proportional to z^-exponent (uniform at 0)."""
+    weights = np.asarray(zs, dtype=float) ** -exponent
+    return weights / weights.sum()
 
 
 @lru_cache(maxsize=1)
@@ -229,17 +249,12 @@ class RandomSearchGenerator(Generator):
         cfg = self.settings
         symbols = [el.symbol for el in comp.elements]
         unit = [round(comp[s]) for s in symbols]
-        max_z = cfg.max_atoms // sum(unit)
-        options = [
-            (z, allowed)
-            for z in range(1, max_z + 1)
-            if (allowed := _compatible_groups(tuple(z * u for u in unit), groups))
-        ]
+        options = cell_options(unit, max_atoms=cfg.max_atoms, groups=groups)
         if not options:
             return None
         if cfg.formula_unit_exponent:
-            weights = np.array([z for z, _ in options], dtype=float) ** -cfg.formula_unit_exponent
-            z, allowed = options[int(rng.choice(len(options), p=weights / weights.sum()))]
+            p = formula_unit_probabilities([z for z, _ in options], exponent=cfg.formula_unit_exponent)
+            z, allowed = options[int(rng.choice(len(options), p=p))]
         else:  # the uniform draw of before the exponent existed: the same structures for a seed
             z, allowed = options[int(rng.integers(len(options)))]
         group = int(allowed[int(rng.integers(len(allowed)))])
