@@ -27,7 +27,7 @@ import numpy as np
 from generator.chemistry import ChemistryError, parse_chemical_system
 from generator.compositions import allowed_compositions, composition_weights
 from generator.seeds import Withholding, seed_table
-from generator.substitution import prototype_decorations, prototype_key
+from generator.substitution import prototype_decorations, table_prototypes
 
 CUTS = (6, 12, 24, 48, 96, 200, 400)
 CELL_LIMIT = 40  # the funnel's default max_atoms
@@ -50,15 +50,9 @@ def ranks(
     else:
         rows = rows[(rows["n_sites"] <= max_atoms) & (rows["e_above_hull"].fillna(0) <= 0)]
     out = []
-    for ident, formula, anonymous, group, n in zip(
-        rows["material_id"],
-        rows["reduced_formula"],
-        rows["anonymous_formula"],
-        rows["spacegroup.number"],
-        rows["n_sites"],
-        strict=True,
+    for ident, formula, proto in zip(
+        rows["material_id"], rows["reduced_formula"], table_prototypes(rows), strict=True
     ):
-        proto = prototype_key(anonymous_formula=anonymous, spacegroup=int(group), n_sites=int(n))
         out.append((str(ident), str(formula), proto, position.get((proto, formula))))
     return out, len(found)
 

@@ -486,6 +486,21 @@ def prototype_key(*, anonymous_formula: str, spacegroup: int, n_sites: int) -> s
     return f"{anonymous_formula}:{spacegroup}:{n_sites}"
 
 
+def table_prototypes(rows: pd.DataFrame) -> pd.Series:
+    """`prototype_key` of every row of a `generator.seeds.seed_table` (its anonymous formula, space group and
+    atoms), indexed like the rows."""
+    return pd.Series(
+        [
+            prototype_key(anonymous_formula=a, spacegroup=int(g), n_sites=int(n))
+            for a, g, n in zip(
+                rows["anonymous_formula"], rows["spacegroup.number"], rows["n_sites"], strict=True
+            )
+        ],
+        index=rows.index,
+        dtype=object,
+    )
+
+
 @lru_cache(maxsize=8192)
 def _best_into(symbol: str, target: frozenset[str], threshold: float) -> float:
     """Largest P(new | old) over the charge states of `symbol` and the species of `target` (1 if it is in it)."""
@@ -572,15 +587,7 @@ def prototype_parents(
     bounds = {s: _score_bound(s, targets, cfg) for s in table["element_set"][mask].unique()}
     rows = table[mask & table["element_set"].map(lambda s: bounds.get(s, 0.0) > 0)]
     excluded = set(exclude_prototypes)
-    prototypes = pd.Series(
-        [
-            prototype_key(anonymous_formula=a, spacegroup=int(g), n_sites=int(n))
-            for a, g, n in zip(
-                rows["anonymous_formula"], rows["spacegroup.number"], rows["n_sites"], strict=True
-            )
-        ],
-        index=rows.index,
-    )
+    prototypes = table_prototypes(rows)
     keep = ~prototypes.isin(excluded)
     rows, prototypes = rows[keep], prototypes[keep]
     by_formula = {f: group.index for f, group in rows.groupby("reduced_formula", sort=False)}
@@ -743,15 +750,13 @@ def prototype_decorations(
     rows = table[mask]
     spent = set(exclude)
     best: dict[tuple[str, str], tuple[float, str, tuple[tuple[str, str], ...]]] = {}
-    for ident, parent_formula, anonymous, group, n_sites in zip(
+    for ident, parent_formula, anonymous, proto in zip(
         rows["material_id"],
         rows["reduced_formula"],
         rows["anonymous_formula"],
-        rows["spacegroup.number"],
-        rows["n_sites"],
+        table_prototypes(rows),
         strict=True,
     ):
-        proto = prototype_key(anonymous_formula=anonymous, spacegroup=int(group), n_sites=int(n_sites))
         for formula in targets[anonymous]:
             if (proto, formula) in spent:
                 continue
@@ -947,4 +952,5 @@ __all__ = [
     "prototype_parents",
     "structure_prototype",
     "substitution_score",
+    "table_prototypes",
 ]
