@@ -27,33 +27,49 @@ import numpy as np
 from generator.chemistry import ChemistryError, parse_chemical_system
 from generator.compositions import allowed_compositions, composition_weights
 from generator.seeds import Withholding, seed_table
-from generator.substitution import prototype_decorations, table_prototypes
+from generator.substitution import Decoration, prototype_decorations, table_prototypes
 
 CUTS = (6, 12, 24, 48, 96, 200, 400)
 CELL_LIMIT = 40  # the funnel's default max_atoms
 
 
-def ranks(
-    system: str, *, max_atoms: int, targets: set[str]
-) -> tuple[list[tuple[str, str, str, int | None]], int]:
-    """(material id, formula, prototype, rank or None) of the system's phases, and the number of decorations."""
+def round_one(system: str) -> tuple[list[Decoration], Withholding]:
+    """Round 1's decorations of `system` with every compound withheld, as a campaign lists them, and the
+    withholding."""
     elements = parse_chemical_system(system)
     held = Withholding(compounds_in=(frozenset(elements),))
     allowed = allowed_compositions([system], max_atoms=CELL_LIMIT)
     weights = dict(zip((c.formula for c in allowed), composition_weights(allowed), strict=True))
-    found = prototype_decorations(weights=weights, max_sites=CELL_LIMIT, withhold=held)
-    position = {(d.prototype, d.formula): i for i, d in enumerate(found)}
+    return prototype_decorations(weights=weights, max_sites=CELL_LIMIT, withhold=held), held
+
+
+def phases(held: Withholding, *, max_atoms: int, targets: set[str]) -> list[tuple[str, str, str]]:
+    """(material id, formula, prototype) of the withheld phases: the `targets` ids, or else the withheld crystals
+    of at most `max_atoms` atoms on MP's hull."""
     table = seed_table()
     rows = table[held.mask(table)]
     if targets:
         rows = rows[rows["material_id"].isin(targets)]
     else:
         rows = rows[(rows["n_sites"] <= max_atoms) & (rows["e_above_hull"].fillna(0) <= 0)]
-    out = []
-    for ident, formula, proto in zip(
-        rows["material_id"], rows["reduced_formula"], table_prototypes(rows), strict=True
-    ):
-        out.append((str(ident), str(formula), proto, position.get((proto, formula))))
+    return [
+        (str(ident), str(formula), proto)
+        for ident, formula, proto in zip(
+            rows["material_id"], rows["reduced_formula"], table_prototypes(rows), strict=True
+        )
+    ]
+
+
+def ranks(
+    system: str, *, max_atoms: int, targets: set[str]
+) -> tuple[list[tuple[str, str, str, int | None]], int]:
+    """(material id, formula, prototype, rank or None) of the system's phases, and the number of decorations."""
+    found, held = round_one(system)
+    position = {(d.prototype, d.formula): i for i, d in enumerate(found)}
+    out = [
+        (ident, formula, proto, position.get((proto, formula)))
+        for ident, formula, proto in phases(held, max_atoms=max_atoms, targets=targets)
+    ]
     return out, len(found)
 
 

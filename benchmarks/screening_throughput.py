@@ -81,7 +81,8 @@ def run(*, system: str, n: int, relax: int, workers: int, seed: int, steps: list
             )
             seconds[f"cheap_{n_steps}_steps"] = time.time() - started
         # the relaxed share of the last cheap tier measured
-        share = relaxed_share(estimates, settings=config.screening)
+        groups = [(c.source, c.structure.composition.reduced_formula) for c in kept]
+        share = relaxed_share(estimates, settings=config.screening, groups=groups)
         chosen = share.indices[:relax]
         started = time.time()
         results = relax_structures(

@@ -79,6 +79,11 @@ class GeneratorConfig(StrictModel):
         fine_tune_check_samples: Crystals each checkpoint samples per request when a generator fine-tune is checked
             for narrowing (`loop.work.retraining.generator_breadth_check`: two requests, two checkpoints, so four
             times this many samples); 0 deploys every fine-tune unchecked.
+        extra_decorations: Decoration candidates per round beyond the substitution generator's share of `mix`
+            (structure types decorated with allowed compositions, further down the list that share starts,
+            `loop.work.generation.substitution_candidates`). They make the round large enough to be screened in
+            tiers, so only their promising share is relaxed: set `screening.per_formula` with them, or every
+            candidate below the margin is relaxed. 0: off.
     """
 
     mix: dict[str, int] = Field(
@@ -90,6 +95,7 @@ class GeneratorConfig(StrictModel):
     fine_tune_steps: int = Field(default=200, ge=1)
     fine_tune_max_minutes: float = Field(default=1.0, gt=0.0)
     fine_tune_check_samples: int = Field(default=16, ge=0)
+    extra_decorations: int = Field(default=0, ge=0)
 
     @model_validator(mode="before")
     @classmethod

@@ -274,7 +274,9 @@ def screen_structures(
     if relax_all or not settings.enabled:
         why = {k: "all" for k, e in enumerate(estimates) if e.placed}
     else:
-        why = relaxed_share(estimates, settings=settings).why
+        # files have no generator: polymorphs compete per formula (`screening.per_formula`)
+        groups = [("input", s.composition.reduced_formula) for s in structures]
+        why = relaxed_share(estimates, settings=settings, groups=groups).why
     chosen = sorted(why)
     with progress(total=len(chosen), what="relax") as bar:
         relaxed = relax_structures(

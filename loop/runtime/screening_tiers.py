@@ -13,7 +13,8 @@ Units: energies eV/atom.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,10 @@ class TiersConfig(BaseModel):
             generator's unrelaxed cells, far above their minimum, are not all cut.
         floor: Fewest candidates relaxed (all of them when there are no more).
         cap: Most candidates relaxed in one round (None: no cap).
+        per_formula: Most candidates of one generator and reduced formula that the margin and best-share rules
+            relax, best bounds first (None: no limit; the floor still fills from the best bounds overall).
+            Polymorphs then compete for relaxation: while the hull holds only the elements every oxide lies far
+            below it, so the margin alone would relax hundreds of decorations of one formula.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -65,6 +70,7 @@ class TiersConfig(BaseModel):
     floor: int = Field(default=64, ge=1)
     # About an hour of relaxation on 2 cores (BENCHMARKS.md).
     cap: int | None = Field(default=2000, ge=1)
+    per_formula: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _cap_above_floor(self) -> TiersConfig:
@@ -191,19 +197,47 @@ def cheap_estimates(
     return out
 
 
-def relaxed_share(estimates: Sequence[CheapEstimate], *, settings: TiersConfig) -> RelaxedShare:
+def relaxed_share(
+    estimates: Sequence[CheapEstimate],
+    *,
+    settings: TiersConfig,
+    groups: Sequence[Hashable] | None = None,
+) -> RelaxedShare:
     """The candidates the relaxation tier takes (`TiersConfig`), best optimistic bound first.
 
     Unplaced estimates are never taken (the emulator could not evaluate them, so it cannot relax them either).
+
+    Args:
+        estimates: The cheap tier of each candidate.
+        settings: The cut.
+        groups: Each candidate's (generator, reduced formula), which `settings.per_formula` limits (needed only
+            when it is set).
+
+    Raises:
+        ValueError: `settings.per_formula` is set without `groups`, or `groups` is not as long as `estimates`.
     """
+    if settings.per_formula is not None and groups is None:
+        raise ValueError("screening.per_formula needs each candidate's generator and formula (groups)")
+    if groups is not None and len(groups) != len(estimates):
+        raise ValueError(f"{len(groups)} groups for {len(estimates)} estimates")
     bounds = np.array([e.bound(settings.sigma) for e in estimates], dtype=float)
     order = [int(i) for i in np.argsort(bounds, kind="stable") if math.isfinite(bounds[i])]
+    limit = settings.per_formula
+    taken_of: Counter[Hashable] = Counter()
     why: dict[int, str] = {}
+
+    def take(i: int, rule: str) -> None:
+        if i in why or (limit is not None and taken_of[groups[i]] >= limit):  # type: ignore[index]
+            return
+        why[i] = rule
+        if groups is not None:
+            taken_of[groups[i]] += 1
+
     for i in order:
         if bounds[i] <= settings.margin:
-            why[i] = "margin"
+            take(i, "margin")
     for i in order[: math.ceil(settings.keep_fraction * len(estimates))]:
-        why.setdefault(i, "top_fraction")
+        take(i, "top_fraction")
     for i in order[: settings.floor]:
         why.setdefault(i, "floor")
     taken = [i for i in order if i in why]

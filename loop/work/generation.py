@@ -116,6 +116,25 @@ def spent_decorations(config: CampaignConfig, store: CampaignStore, round: int) 
     }
 
 
+def deferred_decorations(store: CampaignStore, round: int) -> set[tuple[str, str]]:
+    """(prototype, formula) pairs whose substitution children of an earlier round stopped at the cheap screening
+    tier (`loop.runtime.screening_tiers`: screened, not among the promising share, so not relaxed). They are not
+    spent, but the structure-type search offers them only after every pair not yet tried."""
+    cheap_only = {
+        p.hash
+        for rnd, predictions in store.predictions_by_round().items()
+        if rnd < round
+        for p in predictions
+        if p.relaxed_hash is None and "tier" in p.data
+    }
+    rows = store.structure_rows(where="source = ? AND round < ?", params=("substitution", round))
+    return {
+        (r.provenance["parent_prototype"], r.reduced_formula)
+        for r in rows
+        if r.provenance.get("parent_prototype") and r.hash in cheap_only
+    }
+
+
 def substitution_candidates(
     config: CampaignConfig,
     *,
@@ -137,6 +156,8 @@ def substitution_candidates(
     (`prototype_decorations`, ranked by substitution probability times the composition's weight from
     `round_compositions`, or `weights`), skipping (prototype, formula) pairs spent by labels or pool entries,
     so the search goes on round after round until the types are exhausted.
+    Pairs whose children stopped at the cheap screening tier (`deferred_decorations`) come after the untried ones.
+    `generator.extra_decorations` more decoration candidates follow the `n`, further down the same list.
     Children matching a known structure (`known`, which also receives every child kept) or larger than the
     funnel's `max_atoms` are dropped here, so a parent whose children are all known yields nothing and the next
     one is tried.
@@ -146,7 +167,8 @@ def substitution_candidates(
 
     Returns:
         The candidates and counts: parents offered, prototypes skipped as spent, children dropped as known,
-        decorations on offer and decorations proposed.
+        decorations on offer, decorations proposed and, of those, the ones offered after the others had been
+        tried (deferred).
     """
     settings = config.generator.settings_for(name)
     spent = spent_prototypes(config, store, round)
@@ -159,6 +181,9 @@ def substitution_candidates(
         withhold=config.withholding,
         exclude=spent_decorations(config, store, round),
     )
+    deferred = deferred_decorations(store, round)
+    # a stable partition: the list's own order within the untried pairs and within the deferred ones
+    decorations = sorted(decorations, key=lambda d: (d.prototype, d.formula) in deferred)
     # The providers' crystals of the target systems (`references.source: optimade`) are parents as well.
     providers = [c.as_known() for c in provider_crystals(config, workdir=store.path.parent) if not c.withheld]
     parents = [
@@ -181,6 +206,7 @@ def substitution_candidates(
         "known_children": 0,
         "decorations_offered": len(decorations),
         "decorations": 0,
+        "decorations_deferred": 0,
     }
 
     def ionic() -> Iterator[Candidate]:
@@ -208,20 +234,24 @@ def substitution_candidates(
             # two parents can give the same child: keep the first
             known.add(id=f"substitution-{len(out)}", structure=cand.structure, origin="campaign")
             out.append(cand)
-            counts["decorations"] += cand.info.get("operation") == "decoration"
+            if cand.info.get("operation") == "decoration":
+                counts["decorations"] += 1
+                counts["decorations_deferred"] += (
+                    cand.info["parent_prototype"],
+                    cand.info["formula"],
+                ) in deferred
 
     from_ionic = ionic()
-    take(from_ionic, math.ceil(n / 2))
-    take(
-        decorated_candidates(
-            decorations,
-            chemical_systems=config.chemical_systems,
-            settings=settings,
-            seed=config.seed * 1000 + round,
-        ),
-        n,
+    decorated = decorated_candidates(
+        decorations,
+        chemical_systems=config.chemical_systems,
+        settings=settings,
+        seed=config.seed * 1000 + round,
     )
+    take(from_ionic, math.ceil(n / 2))
+    take(decorated, n)
     take(from_ionic, n)
+    take(decorated, len(out) + config.generator.extra_decorations)
     return out, counts
 
 
@@ -314,14 +344,15 @@ def generate_candidates(
                 weights=weights,
             )
             log.info(
-                "round %d: %s searched %d parents (%d prototypes spent) and %d decorations (%d used), "
-                "dropped %d known children",
+                "round %d: %s searched %d parents (%d prototypes spent) and %d decorations (%d used, %d of them"
+                " deferred), dropped %d known children",
                 round,
                 name,
                 counts["parents"],
                 counts["spent_prototypes"],
                 counts["decorations_offered"],
                 counts["decorations"],
+                counts["decorations_deferred"],
                 counts["known_children"],
             )
         else:

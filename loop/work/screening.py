@@ -312,7 +312,12 @@ def screen(
             )
         estimates = [CheapEstimate(**rows[h]) for h in new]
         cheap = dict(zip(new, estimates, strict=True))
-        share = relaxed_share(estimates, settings=tiers)
+        groups = None
+        if tiers.per_formula is not None:
+            rows = {r.hash: r for r in store.structure_rows(where="round = ?", params=(round,))}
+            found = [rows.get(h) or store.structure_row(h) for h in new]
+            groups = [(r.source, r.reduced_formula) for r in found]
+        share = relaxed_share(estimates, settings=tiers, groups=groups)
         why = {new[i]: w for i, w in share.why.items()}
         # Screening order is kept: acquisition breaks ties by it.
         to_relax = [h for h in new if h in why]

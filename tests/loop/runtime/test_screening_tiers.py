@@ -81,6 +81,27 @@ def test_relaxed_share_takes_the_margin_the_best_fraction_and_the_floor_up_to_th
     assert capped.indices == [1, 6]
 
 
+def test_per_formula_lets_polymorphs_compete_for_relaxation_and_the_floor_still_fills():
+    """Every estimate lies within the margin (a hull of the elements only): with `per_formula: 1` the margin
+    relaxes the best of each (generator, formula), the floor then adds the best bounds overall."""
+    estimates = [
+        CheapEstimate(energy_per_atom=0.0, energy_per_atom_std=0.0, e_hull=e, e_hull_std=0.0)
+        for e in (-1.0, -1.2, -0.5, -0.9, -0.4)
+    ]
+    groups = [("substitution", "TiO2"), ("substitution", "TiO2"), ("substitution", "Ti2O"),
+              ("diffusion", "TiO2"), ("substitution", "Ti2O")]  # fmt: skip
+    every = relaxed_share(estimates, settings=TiersConfig(floor=1))
+    assert every.indices == [1, 0, 3, 2, 4]
+    best = relaxed_share(
+        estimates, settings=TiersConfig(floor=1, keep_fraction=1.0, per_formula=1), groups=groups
+    )
+    assert best.indices == [1, 3, 2] and set(best.why.values()) == {"margin"}
+    floored = relaxed_share(estimates, settings=TiersConfig(floor=4, per_formula=1), groups=groups)
+    assert floored.indices == [1, 0, 3, 2] and floored.why[0] == "floor"
+    with pytest.raises(ValueError, match="per_formula"):
+        relaxed_share(estimates, settings=TiersConfig(per_formula=1))
+
+
 def test_a_tier_resumed_after_a_stop_computes_only_the_blocks_not_cached(tmp_path):
     computed: list[list[str]] = []
 
@@ -201,6 +222,31 @@ def test_the_cheap_tier_ranks_candidates_and_a_tiered_round_spends_its_budget(tm
     assert {q.hash for q in queries} <= relaxed_hashes
     results = label_hashes(store, [q.hash for q in queries], settings=cfg.oracle, workdir=tmp_path, round=1)
     assert len(results) == 2 and all(r.ok for r in results.values())
+
+
+def test_a_round_screened_with_per_formula_relaxes_the_best_cheap_estimate_of_each_formula(tmp_path):
+    """Six Cu-Au cells of three formulas, all within a wide margin: with `per_formula: 1` the stage relaxes the
+    best cheap estimate of each formula and leaves the others (each a stretched copy) at the cheap tier."""
+    cfg = config(screening={"floor": 1, "keep_fraction": 0.0, "margin": 10.0, "per_formula": 1})
+    store = seeded_store(tmp_path, cfg)
+    named = candidates()
+    made = {name: store.add_structure(s, source="substitution", round=1) for name, s in named.items()}
+    store.add_generated(1, [Generated(hash=h, source="substitution") for h in made.values()])
+    ctx = StageContext(config=cfg, store=store, workdir=tmp_path, round=1)
+    run_stage(funnel.STAGE, ctx)
+    report = run_stage(screen.STAGE, ctx)
+    predictions = {p.hash: p for p in store.round_predictions(1)}
+    cheap = {name: predictions[h].data["tier"]["cheap"]["e_hull"] for name, h in made.items()}
+    best: dict[str, str] = {}
+    for name, s in named.items():
+        formula = s.composition.reduced_formula
+        if formula not in best or cheap[name] < cheap[best[formula]]:
+            best[formula] = name
+    relaxed = {name for name, h in made.items() if predictions[h].relaxed_hash is not None}
+    assert relaxed == set(best.values()) and len(relaxed) == len(
+        {s.composition.reduced_formula for s in named.values()}
+    )
+    assert report["n_relaxed"] == len(relaxed) and report["n_cheap_only"] == len(named) - len(relaxed)
 
 
 matloop = partial(cli_process.matloop, timeout=900)

@@ -14,16 +14,24 @@ from generator.substitution import SubstitutionGenerator
 from loop.config import CampaignConfig, validate_config
 from loop.errors import InputError
 from loop.runtime.labelling import label_hashes
+from loop.runtime.screening_tiers import CheapEstimate
 from loop.science.structures import structure_hash
 from loop.store import CampaignStore, Generated, Prediction, Query
 from loop.views.known_index import known_index
 from loop.views.oracle_hull import discoveries
 from loop.views.withholding import withheld_records, withheld_structures
 from loop.work.funnel import run_funnel
-from loop.work.generation import generate_candidates, round_breadth, substitution_candidates
+from loop.work.generation import (
+    deferred_decorations,
+    generate_candidates,
+    round_breadth,
+    spent_decorations,
+    substitution_candidates,
+)
 from loop.work.hull_update import update_hull
 from loop.work.references import reference_pool
 from loop.work.retraining import generator_breadth_check, withheld_training_ids
+from loop.work.screening import cheap_only
 
 B32 = "AB:227:4"
 
@@ -314,6 +322,51 @@ def test_substitution_proposes_new_structure_types_in_round_5(tmp_path):
             assert len({c.structure.composition.reduced_formula for c in made}) >= 3
         seen |= prototypes
         _pool(store, rnd, made)
+
+
+def test_extra_decorations_go_further_down_the_list_and_those_cut_at_the_cheap_tier_come_back_last(tmp_path):
+    """K-O, every known compound withheld: `generator.extra_decorations` adds decoration candidates after the
+    mix's share, which stays what it was without them. Children left at the cheap screening tier are not spent
+    (they are no pool entry) but deferred: round 2 offers decorations not tried yet before them."""
+    base = {"funnel": {"max_atoms": 20}}
+    plain_cfg = config(chemical_systems=["K-O"], withhold=["all_compounds"], generator=base)
+    cfg = config(
+        chemical_systems=["K-O"], withhold=["all_compounds"], generator={**base, "extra_decorations": 30}
+    )
+    store = CampaignStore.in_workdir(tmp_path)
+
+    def search(c: CampaignConfig, rnd: int):
+        return substitution_candidates(
+            c,
+            store=store,
+            round=rnd,
+            name="substitution",
+            n=12,
+            discoveries=[],
+            known=known_index(c, store=store, before_round=rnd),
+        )
+
+    plain, _ = search(plain_cfg, 1)
+    made, counts = search(cfg, 1)
+    assert [c.structure for c in made[:12]] == [c.structure for c in plain]
+    extra = made[12:]
+    assert len(extra) == 30 and all(c.info["operation"].startswith("decoration") for c in extra)
+    tried = {
+        (c.info["parent_prototype"], c.info["formula"]) for c in made if c.info["operation"] == "decoration"
+    }
+    for c in made:
+        store.add_structure(c.structure, source=c.source, parent=c.parent, round=1, provenance=c.info)
+    cut = CheapEstimate(energy_per_atom=-3.0, energy_per_atom_std=0.01, e_hull=0.4, e_hull_std=0.02)
+    store.add_predictions(
+        1, [cheap_only(structure_hash(c.structure), cut, model="pretrained", margin=0.3) for c in made]
+    )
+    assert tried <= deferred_decorations(store, 2)
+    assert not spent_decorations(cfg, store, 2)
+    again, counts = search(cfg, 2)
+    offered = {
+        (c.info["parent_prototype"], c.info["formula"]) for c in again if c.info["operation"] == "decoration"
+    }
+    assert counts["decorations_deferred"] == 0 and offered and not offered & tried
 
 
 @pytest.mark.slow
