@@ -100,6 +100,9 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
                     # how varied the round's candidates were (the generate stage's distinct formulas, prototypes)
                     "formulas": generate.get("distinct_formulas"),
                     "prototypes": generate.get("distinct_prototypes"),
+                    # substitution's structure-type search: decorations proposed, of them offered again
+                    "decorations": generate.get("n_decorations"),
+                    "decorations_deferred": generate.get("n_decorations_deferred"),
                     "passed_funnel": funnel.get("n_passed", 0),
                     # the persistent pool: candidates on offer (new and carried), carried ones, their oldest
                     "on_offer": screened.get("n_offered", screened.get("n_screened")),

@@ -236,10 +236,9 @@ def substitution_candidates(
             out.append(cand)
             if cand.info.get("operation") == "decoration":
                 counts["decorations"] += 1
-                counts["decorations_deferred"] += (
-                    cand.info["parent_prototype"],
-                    cand.info["formula"],
-                ) in deferred
+                if (cand.info["parent_prototype"], cand.info["formula"]) in deferred:
+                    counts["decorations_deferred"] += 1
+                    cand.info["deferred"] = True  # stored with its provenance; the generate stage counts it
 
     from_ionic = ionic()
     decorated = decorated_candidates(

@@ -1,0 +1,25 @@
+"""The campaign benchmark's arms are valid campaign configurations that differ from the default only as documented."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.campaigns import DECORATION_ARM_PER_FORMULA, campaign_config
+from loop.config import validate_config
+
+
+def test_each_arm_is_a_valid_config_that_changes_only_its_own_keys():
+    default = validate_config(campaign_config(system="Ti-O", arm="default", seed=1, rounds=4, budget=8))
+    assert default.withhold == ["all_compounds"] and default.oracle.kind == "mlff" and default.seed == 1
+    assert default.generator.extra_decorations == 0 and default.screening.per_formula is None
+    wide = validate_config(campaign_config(system="Ti-O", arm="decorations=200", seed=1, rounds=4, budget=8))
+    assert wide.generator.extra_decorations == 200
+    assert wide.screening.per_formula == DECORATION_ARM_PER_FORMULA
+    assert wide.acquisition == default.acquisition and wide.generator.mix == default.generator.mix
+    random = validate_config(campaign_config(system="Ti-O", arm="random", seed=1, rounds=4, budget=8))
+    assert random.acquisition.strategy == "random"
+    assert random.acquisition.diversity.max_per_formula is None
+    assert random.acquisition.diversity.similarity_penalty == 0.0
+    for bad in ("decorations=lots", "greedy"):
+        with pytest.raises(SystemExit, match="campaigns:"):
+            campaign_config(system="Ti-O", arm=bad, seed=0, rounds=4, budget=8)
