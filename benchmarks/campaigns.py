@@ -247,7 +247,9 @@ def bootstrap_ratio(a: list[float], b: list[float], *, seed: int = 0) -> tuple[f
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = np.where(mb > 0, ma / np.where(mb > 0, mb, 1.0), np.where(ma > 0, np.inf, 1.0))
     point = x.mean() / y.mean() if y.mean() > 0 else (np.inf if x.mean() > 0 else 1.0)
-    return float(point), float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
+    # no interpolation between resampled ratios: two infinite ones gave NaN (inf - inf) instead of inf
+    low, high = np.percentile(ratios, [2.5, 97.5], method="inverted_cdf")
+    return float(point), float(low), float(high)
 
 
 def measure(system: str, *, arms: list[str], seeds: list[int], args: argparse.Namespace) -> dict[str, Any]:

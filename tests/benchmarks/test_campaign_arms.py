@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.campaigns import DECORATION_ARM_PER_FORMULA, campaign_config
+from benchmarks.campaigns import DECORATION_ARM_PER_FORMULA, bootstrap_ratio, campaign_config
 from loop.config import validate_config
 
 
@@ -23,3 +23,9 @@ def test_each_arm_is_a_valid_config_that_changes_only_its_own_keys():
     for bad in ("decorations=lots", "greedy"):
         with pytest.raises(SystemExit, match="campaigns:"):
             campaign_config(system="Ti-O", arm=bad, seed=0, rounds=4, budget=8)
+
+
+def test_the_ratio_interval_is_infinite_not_nan_when_random_found_nothing_in_most_resamples():
+    point, low, high = bootstrap_ratio([3.0, 3.0], [2.0, 0.0])
+    assert point == 3.0 and low == 1.5 and high == float("inf")
+    assert bootstrap_ratio([0.0, 0.0], [0.0, 0.0]) == (1.0, 1.0, 1.0)
