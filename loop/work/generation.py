@@ -119,7 +119,9 @@ def spent_decorations(config: CampaignConfig, store: CampaignStore, round: int) 
 def deferred_decorations(store: CampaignStore, round: int) -> set[tuple[str, str]]:
     """(prototype, formula) pairs whose substitution children of an earlier round stopped at the cheap screening
     tier (`loop.runtime.screening_tiers`: screened, not among the promising share, so not relaxed). They are not
-    spent, but the structure-type search offers them only after every pair not yet tried."""
+    spent, but the structure-type search offers them only after every pair not yet tried; their full child, made
+    again, is the crystal the campaign stored, which the known index drops, so only a new partial substitution
+    comes of such a pair."""
     cheap_only = {
         p.hash
         for rnd, predictions in store.predictions_by_round().items()
