@@ -24,16 +24,15 @@ them (0 best) and energy above the formula's cheap best, its relaxed rank among 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks.decoration_reach import phases, round_one
+from benchmarks.lib.report import emit_json
 from emulator.graphs import graph_problem
 from generator.chemistry import ChemistryError, parse_chemical_system
 from generator.substitution import decorated_candidates
@@ -136,10 +135,7 @@ def main() -> None:
     torch.set_num_threads(1)
     targets = {t.strip() for t in args.targets.split(",") if t.strip()}
     report = [screen(s, n=args.n, steps=args.steps, relax=args.relax, targets=targets) for s in systems]
-    text = json.dumps(report, indent=1)
-    if args.out:
-        Path(args.out).write_text(text)
-    print(text)
+    emit_json(report, out=args.out)
 
 
 if __name__ == "__main__":

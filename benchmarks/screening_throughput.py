@@ -20,13 +20,12 @@ reported: other processes on the same cores slow every figure down). Units: s, c
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
-from pathlib import Path
 from typing import Any
 
+from benchmarks.lib.report import emit_json
 from benchmarks.lib.timing import load_average
 
 
@@ -140,10 +139,7 @@ def main() -> None:
         seed=args.seed,
         steps=[int(k) for k in args.steps.split(",")],
     )
-    text = json.dumps(report, indent=1)
-    if args.out:
-        Path(args.out).write_text(text)
-    print(text)
+    emit_json(report, out=args.out)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ E_hull per generator (how far generated cells sit above their relaxed energy). U
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.lib.pools import pool_candidates, read_pool
+from benchmarks.lib.report import emit_json
 
 MARGINS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 THRESHOLDS = (0.05, 0.01)
@@ -165,10 +165,7 @@ def main() -> None:
 
     steps = TiersConfig().steps if args.steps is None else args.steps
     report = replay(Path(args.pool), Path(args.workdir), members=args.members, steps=steps)
-    text = json.dumps(report, indent=1)
-    if args.out:
-        Path(args.out).write_text(text)
-    print(text)
+    emit_json(report, out=args.out)
 
 
 if __name__ == "__main__":
