@@ -296,6 +296,19 @@ def test_a_multivalent_oxide_round_spans_many_formulas(tmp_path):
     assert report["distinct_prototypes"] >= report["distinct_formulas"]
 
 
+def _structure_type_search(cfg: CampaignConfig, store: CampaignStore, rnd: int):
+    """Round `rnd`'s substitution candidates (12, the mix's share) and counts, as the generate stage asks for them."""
+    return substitution_candidates(
+        cfg,
+        store=store,
+        round=rnd,
+        name="substitution",
+        n=12,
+        discoveries=[],
+        known=known_index(cfg, store=store, before_round=rnd),
+    )
+
+
 def test_substitution_proposes_new_structure_types_in_round_5(tmp_path):
     """K-O, every known compound withheld: each round's children stay in the pool (screened, unlabelled), so
     their (prototype, formula) pairs are spent; round 5 still proposes structure types never proposed before
@@ -306,15 +319,7 @@ def test_substitution_proposes_new_structure_types_in_round_5(tmp_path):
     store = CampaignStore.in_workdir(tmp_path)
     seen: set[str] = set()
     for rnd in range(1, 6):
-        made, counts = substitution_candidates(
-            cfg,
-            store=store,
-            round=rnd,
-            name="substitution",
-            n=12,
-            discoveries=[],
-            known=known_index(cfg, store=store, before_round=rnd),
-        )
+        made, counts = _structure_type_search(cfg, store, rnd)
         prototypes = {c.info["parent_prototype"] for c in made}
         assert len(made) == 12, (rnd, counts)
         if rnd == 5:
@@ -334,20 +339,8 @@ def test_extra_decorations_go_further_down_the_list_and_those_cut_at_the_cheap_t
         chemical_systems=["K-O"], withhold=["all_compounds"], generator={**base, "extra_decorations": 30}
     )
     store = CampaignStore.in_workdir(tmp_path)
-
-    def search(c: CampaignConfig, rnd: int):
-        return substitution_candidates(
-            c,
-            store=store,
-            round=rnd,
-            name="substitution",
-            n=12,
-            discoveries=[],
-            known=known_index(c, store=store, before_round=rnd),
-        )
-
-    plain, _ = search(plain_cfg, 1)
-    made, counts = search(cfg, 1)
+    plain, _ = _structure_type_search(plain_cfg, store, 1)
+    made, counts = _structure_type_search(cfg, store, 1)
     assert [c.structure for c in made[:12]] == [c.structure for c in plain]
     extra = made[12:]
     assert len(extra) == 30 and all(c.info["operation"].startswith("decoration") for c in extra)
@@ -362,7 +355,7 @@ def test_extra_decorations_go_further_down_the_list_and_those_cut_at_the_cheap_t
     )
     assert tried <= deferred_decorations(store, 2)
     assert not spent_decorations(cfg, store, 2)
-    again, counts = search(cfg, 2)
+    again, counts = _structure_type_search(cfg, store, 2)
     offered = {
         (c.info["parent_prototype"], c.info["formula"]) for c in again if c.info["operation"] == "decoration"
     }
