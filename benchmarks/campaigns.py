@@ -56,13 +56,28 @@ BOOTSTRAP = 2000
 # first of their formula by the 5-step cheap tier (`benchmarks.decoration_screen`); the best two of each formula cost
 # 71-230 relaxations a round for 400 decorations.
 DECORATION_ARM_PER_FORMULA = 2
+RATIO = "_over_random"  # summary key suffix: an arm's rediscoveries over its random counterpart's
+
+
+def arm_slug(arm: str) -> str:
+    """The arm as a folder and campaign name part: `random+decorations=200` -> `random_decorations-200`."""
+    return arm.replace("+", "_").replace("=", "-")
+
+
+def random_counterpart(arm: str) -> str:
+    """The uniform-random arm with the same generators as `arm`: `random` for `default`, else `random+ARM`."""
+    return "random" if arm == "default" else f"random+{arm}"
 
 
 def campaign_config(*, system: str, arm: str, seed: int, rounds: int, budget: int) -> dict[str, Any]:
-    """The campaign configuration of one run: the default config with the benchmark's changes and the arm's."""
+    """The campaign configuration of one run: the default config with the benchmark's changes and the arm's.
+
+    An arm may join several with `+` (`random+decorations=200`: random picks among the candidates the
+    `decorations=200` generators and screening offer); each part changes the configuration in turn.
+    """
     data = yaml.safe_load(DEFAULT_CONFIG.read_text())
     data.update(
-        name=f"bench-{system}-{arm.replace('=', '-')}-s{seed}",
+        name=f"bench-{system}-{arm_slug(arm)}-s{seed}",
         seed=seed,
         chemical_systems=[system],
         withhold=["all_compounds"],
@@ -71,31 +86,35 @@ def campaign_config(*, system: str, arm: str, seed: int, rounds: int, budget: in
     )
     data["stop"] = {**data.get("stop", {}), "max_rounds": rounds}
     acquisition = {**data.get("acquisition", {}), "budget": budget}
-    if arm == "random":
-        acquisition.update(
-            strategy="random",
-            seed=seed,
-            diversity={"max_per_formula": None, "similarity_penalty": 0.0},
-        )
-    elif arm == "one_shot":
-        data["stop"]["max_rounds"] = 1
-        acquisition["budget"] = rounds * budget
-        data["generator"] = {
-            **data["generator"],
-            "mix": {name: 4 * n for name, n in data["generator"]["mix"].items()},
-        }
-    elif arm.startswith("strategy="):
-        acquisition["strategy"] = arm.split("=", 1)[1]
-    elif arm.startswith("decorations="):
-        count = arm.split("=", 1)[1]
-        if not count.isdigit():
-            raise SystemExit(f"campaigns: arm {arm!r} needs a number of decorations, e.g. decorations=200")
-        data["generator"] = {**data["generator"], "extra_decorations": int(count)}
-        data["screening"] = {**data.get("screening", {}), "per_formula": DECORATION_ARM_PER_FORMULA}
-    elif arm != "default":
-        raise SystemExit(
-            f"campaigns: unknown arm {arm!r}; use default, random, one_shot, strategy=NAME or decorations=N"
-        )
+    for part in arm.split("+"):
+        if part == "random":
+            acquisition.update(
+                strategy="random",
+                seed=seed,
+                diversity={"max_per_formula": None, "similarity_penalty": 0.0},
+            )
+        elif part == "one_shot":
+            data["stop"]["max_rounds"] = 1
+            acquisition["budget"] = rounds * budget
+            data["generator"] = {
+                **data["generator"],
+                "mix": {name: 4 * n for name, n in data["generator"]["mix"].items()},
+            }
+        elif part.startswith("strategy="):
+            acquisition["strategy"] = part.split("=", 1)[1]
+        elif part.startswith("decorations="):
+            count = part.split("=", 1)[1]
+            if not count.isdigit():
+                raise SystemExit(
+                    f"campaigns: arm {arm!r} needs a number of decorations, e.g. decorations=200"
+                )
+            data["generator"] = {**data["generator"], "extra_decorations": int(count)}
+            data["screening"] = {**data.get("screening", {}), "per_formula": DECORATION_ARM_PER_FORMULA}
+        elif part != "default":
+            raise SystemExit(
+                f"campaigns: unknown arm {arm!r}; use default, random, one_shot, strategy=NAME or decorations=N,"
+                " joined with + (random+decorations=200)"
+            )
     data["acquisition"] = acquisition
     return data
 
@@ -180,9 +199,9 @@ def joint_targets(runs: dict[str, Path], *, truth_dir: Path, verdicts: dict[str,
 def generation_recall(workdir: Path, *, targets: set[str]) -> dict[str, dict[str, list[str]]]:
     """Which targets (withheld stable phases, by material id) each generator proposed, round by round.
 
-    A target counts for a generator in a round when one of the candidates it proposed that round, that passed the
-    funnel and that screening relaxed (so acquisition could pick it; one left at the cheap tier does not count),
-    or that candidate's emulator-relaxed structure, matches the target (`StructureMatcher`, default tolerances).
+    A target counts for a generator in a round when one of the candidates it proposed, that passed the funnel and
+    that screening relaxed by that round (so acquisition could pick it; one left at the cheap tier counts from the
+    round that relaxes it), or that candidate's emulator-relaxed structure, matches the target (`StructureMatcher`, default tolerances).
     Returns, per round (as a string) and generator, the sorted target ids found up to that round.
     """
     from pymatgen.analysis.structure_matcher import StructureMatcher
@@ -202,11 +221,15 @@ def generation_recall(workdir: Path, *, targets: set[str]) -> dict[str, dict[str
             by_formula.setdefault(s.composition.reduced_formula, []).append(wid)
         matcher = StructureMatcher()
         seen: dict[str, set[str]] = {}
+        counted: set[str] = set()
         out: dict[str, dict[str, list[str]]] = {}
         for rnd, predictions in sorted(store.predictions_by_round().items()):
             for p in predictions:
-                if "pool" in p.data or p.relaxed_hash is None:
-                    continue  # carried from an earlier round (proposed then), or left at the cheap tier
+                # Counted in the first round screening relaxed it: one left at the cheap tier counts when a later
+                # round (the pool carries it) relaxes it.
+                if p.relaxed_hash is None or p.hash in counted:
+                    continue
+                counted.add(p.hash)
                 source = store.structure_row(p.hash).source
                 mine = seen.setdefault(source, set())
                 hashes = [p.hash, *([p.relaxed_hash] if p.relaxed_hash else [])]
@@ -261,7 +284,7 @@ def measure(system: str, *, arms: list[str], seeds: list[int], args: argparse.Na
     for seed in seeds:
         for arm in arms:
             key = f"{arm}/s{seed}"
-            workdir = base / arm.replace("=", "-") / f"s{seed}"
+            workdir = base / arm_slug(arm) / f"s{seed}"
             config = campaign_config(
                 system=system, arm=arm, seed=seed, rounds=args.rounds, budget=args.budget
             )
@@ -294,10 +317,14 @@ def measure(system: str, *, arms: list[str], seeds: list[int], args: argparse.Na
             "calls": float(np.mean([r["joint_hull"]["calls"] for r in rows])),
             "share_of_targets": float(np.mean(at_budget)) / len(targets) if targets else None,
         }
-    if "default" in arms and "random" in arms:
-        d = [float(per_run[f"default/s{s}"]["curve"][-1]) for s in seeds]
-        r = [float(per_run[f"random/s{s}"]["curve"][-1]) for s in seeds]
-        summary["default_over_random"] = bootstrap_ratio(d, r)
+    # Each arm against the uniform-random arm with its generators, when both ran.
+    for arm in arms:
+        rand = random_counterpart(arm)
+        if arm.split("+")[0] == "random" or rand not in arms:
+            continue
+        d = [float(per_run[f"{arm}/s{s}"]["curve"][-1]) for s in seeds]
+        r = [float(per_run[f"{rand}/s{s}"]["curve"][-1]) for s in seeds]
+        summary[f"{arm}{RATIO}"] = bootstrap_ratio(d, r)
     return {
         "system": system,
         "role": CHEMISTRIES.get(system, "extra"),
@@ -342,7 +369,7 @@ def table(results: list[dict[str, Any]]) -> str:
     ]
     for res in results:
         for arm, s in res["summary"].items():
-            if arm == "default_over_random":
+            if arm.endswith(RATIO):
                 continue
             m, lo, hi = s["rediscovered_at_budget"]
             hm, hlo, hhi = s["joint_hits"]
@@ -354,9 +381,12 @@ def table(results: list[dict[str, Any]]) -> str:
                 f"| {res['system']} | {len(res['targets'])} | {arm} | {m:.2f} [{lo:.2f}, {hi:.2f}] | {share} | "
                 f"{hm:.1f} [{hlo:.1f}, {hhi:.1f}] | {seeds} |"
             )
-        if "default_over_random" in res["summary"]:
-            p, lo, hi = res["summary"]["default_over_random"]
-            lines.append(f"| {res['system']} | | default / random | {p:.2f} [{lo:.2f}, {hi:.2f}] | | | |")
+        for key, (p, lo, hi) in res["summary"].items():
+            if key.endswith(RATIO):
+                arm = key.removesuffix(RATIO)
+                lines.append(
+                    f"| {res['system']} | | {arm} / {random_counterpart(arm)} | {p:.2f} [{lo:.2f}, {hi:.2f}] | | | |"
+                )
     return "\n".join(lines)
 
 

@@ -100,13 +100,15 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
                     # how varied the round's candidates were (the generate stage's distinct formulas, prototypes)
                     "formulas": generate.get("distinct_formulas"),
                     "prototypes": generate.get("distinct_prototypes"),
-                    # substitution's structure-type search: decorations proposed, of them offered again
+                    # substitution's structure-type search: decorations proposed
                     "decorations": generate.get("n_decorations"),
-                    "decorations_deferred": generate.get("n_decorations_deferred"),
                     "passed_funnel": funnel.get("n_passed", 0),
                     # the persistent pool: candidates on offer (new and carried), carried ones, their oldest
                     "on_offer": screened.get("n_offered", screened.get("n_screened")),
                     "carried": screened.get("n_pool_carried"),
+                    # of them, left at an earlier round's cheap tier: estimated again, and relaxed now
+                    "carried_cheap": screened.get("n_pool_cheap_carried"),
+                    "carried_cheap_relaxed": screened.get("n_pool_cheap_relaxed"),
                     # screening in tiers: new candidates relaxed, and those left at the cheap estimate
                     "relaxed": screened.get("n_relaxed", screened.get("n_screened")),
                     "cheap_only": screened.get("n_cheap_only", 0),
@@ -253,8 +255,12 @@ def render_status(info: dict[str, Any]) -> None:
     tiered = [r for r in info["rounds"] if r.get("cheap_only")]
     if tiered:
         console.print(
-            "screened in tiers (not offered: left at the cheap estimate): "
-            + ", ".join(f"round {r['round']} {r['cheap_only']} of {r['passed_funnel']}" for r in tiered)
+            "screened in tiers (not offered: left at the cheap estimate, estimated again next round): "
+            + ", ".join(
+                f"round {r['round']} {r['cheap_only']} of {r['passed_funnel']}"
+                + (f" new and {r['carried_cheap']} carried" if r.get("carried_cheap") else "")
+                for r in tiered
+            )
         )
     if info["discoveries"]:
         disc = Table(

@@ -54,10 +54,8 @@ class GenerateStage:
             "n_generated": len(rows),
             "per_source": per_source,
             "timings_s": result.timings,
-            # the structure-type search: decorated structure types proposed, and those offered again after the
-            # others had been tried (`loop.work.generation.deferred_decorations`)
+            # the structure-type search: decorated structure types proposed
             "n_decorations": sum(c.info.get("operation") == "decoration" for c in result.candidates),
-            "n_decorations_deferred": sum(bool(c.info.get("deferred")) for c in result.candidates),
             **round_breadth(result.candidates),
         }
 

@@ -1,10 +1,12 @@
 """The persistent candidate pool: which screened candidates stay on offer, and which candidates are still alive.
 
 A candidate screened in one round and not labelled is not thrown away: it is carried into the next round's
-screening (re-scored there by the current emulator, `loop.work.screening`) and offered to acquisition again. A
+screening (re-scored there by the current emulator, `loop.work.screening`) and offered to acquisition again. One
+that a round screened in tiers left at the cheap tier (placed, not relaxed) is carried too: the next round estimates
+it again with its emulator and hull, beside that round's new candidates, and relaxes it if it now makes the cut. A
 candidate leaves the pool when its emulator-relaxed structure has an oracle result (failed ones included), when its
-screening cannot place it for good (collapsed or quarantined relaxation), or when it is older than
-`acquisition.pool.max_age` rounds.
+screening cannot place it for good (collapsed or quarantined relaxation, or a cheap estimate the emulator could not
+place), or when it is older than `acquisition.pool.max_age` rounds.
 
 Units: energies eV/atom.
 """
@@ -24,11 +26,17 @@ def first_round(prediction: Prediction, *, round: int) -> int:
     return int(prediction.data.get("pool", {}).get("first_round", round))
 
 
+def left_at_cheap_tier(prediction: Prediction) -> bool:
+    """Whether `prediction` is a candidate a round screened in tiers left at the cheap tier (`loop.work.screening`)."""
+    return prediction.relaxed_hash is None and "tier" in prediction.data
+
+
 def carried_candidates(config: CampaignConfig, *, store: CampaignStore, round: int) -> list[Prediction]:
     """The predictions of round `round - 1` whose candidates stay on offer in `round`, in screening order.
 
     Each round's predictions hold the whole pool (its new candidates and those it carried), so the previous round's
-    rows are the pool at the start of this one. Empty when `acquisition.pool.carry_over` is off or before round 2.
+    rows are the pool at the start of this one. Rows left at the cheap tier (no relaxed structure) are among them
+    when that estimate was placed. Empty when `acquisition.pool.carry_over` is off or before round 2.
     """
     settings = config.acquisition.pool
     if not settings.carry_over or round < 2:
@@ -37,7 +45,9 @@ def carried_candidates(config: CampaignConfig, *, store: CampaignStore, round: i
     labelled = {r.hash for r in store.oracle_results(settings_hash=settings_hash)}
     out = []
     for p in store.round_predictions(round - 1):
-        if p.relaxed_hash is None or p.relaxed_hash in labelled:
+        if p.relaxed_hash is None and not (left_at_cheap_tier(p) and p.e_hull is not None):
+            continue
+        if p.relaxed_hash in labelled:
             continue
         reason = str(p.data.get("reason") or "")
         if any(final in reason for final in _FINAL_REASONS):
@@ -93,4 +103,4 @@ def acquisition_pool(config: CampaignConfig, *, store: CampaignStore, round: int
     return [predictions[i] for i in kept]
 
 
-__all__ = ["acquisition_pool", "carried_candidates", "first_round", "live_candidates"]
+__all__ = ["acquisition_pool", "carried_candidates", "first_round", "left_at_cheap_tier", "live_candidates"]

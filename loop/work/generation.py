@@ -91,49 +91,19 @@ def round_compositions(
     return ranked, {c.formula: w for c, w in zip(allowed, weights, strict=True)}
 
 
-def spent_prototypes(config: CampaignConfig, store: CampaignStore, round: int) -> set[str]:
-    """Prototypes spent by labels: a substitution child of an earlier round is labelled or still in the candidate
-    pool (`loop.views.candidate_pool.live_candidates`). A prototype whose children were only screened and dropped (the
-    funnel removed them, or the pool let them go) is offered again."""
-    alive = live_candidates(config, store=store, round=round)
-    rows = store.structure_rows(where="source = ? AND round < ?", params=("substitution", round))
-    return {
-        r.provenance["parent_prototype"]
-        for r in rows
-        if r.provenance.get("parent_prototype") and r.hash in alive
-    }
-
-
 def spent_decorations(config: CampaignConfig, store: CampaignStore, round: int) -> set[tuple[str, str]]:
-    """(prototype, formula) pairs spent the same way as `spent_prototypes`: a substitution child of that
-    prototype and formula is labelled or still in the candidate pool."""
+    """(prototype, reduced formula) pairs spent by labels: a substitution child of an earlier round with that
+    prototype and formula is labelled or still in the candidate pool (`loop.views.candidate_pool.live_candidates`).
+
+    A prototype is spent for ionic substitution when any of its pairs is. One whose children were only screened and
+    dropped (the funnel removed them, or the pool let them go) is offered again.
+    """
     alive = live_candidates(config, store=store, round=round)
     rows = store.structure_rows(where="source = ? AND round < ?", params=("substitution", round))
     return {
         (r.provenance["parent_prototype"], r.reduced_formula)
         for r in rows
         if r.provenance.get("parent_prototype") and r.hash in alive
-    }
-
-
-def deferred_decorations(store: CampaignStore, round: int) -> set[tuple[str, str]]:
-    """(prototype, formula) pairs whose substitution children of an earlier round stopped at the cheap screening
-    tier (`loop.runtime.screening_tiers`: screened, not among the promising share, so not relaxed). They are not
-    spent, but the structure-type search offers them only after every pair not yet tried; their full child, made
-    again, is the crystal the campaign stored, which the known index drops, so only a new partial substitution
-    comes of such a pair."""
-    cheap_only = {
-        p.hash
-        for rnd, predictions in store.predictions_by_round().items()
-        if rnd < round
-        for p in predictions
-        if p.relaxed_hash is None and "tier" in p.data
-    }
-    rows = store.structure_rows(where="source = ? AND round < ?", params=("substitution", round))
-    return {
-        (r.provenance["parent_prototype"], r.reduced_formula)
-        for r in rows
-        if r.provenance.get("parent_prototype") and r.hash in cheap_only
     }
 
 
@@ -157,8 +127,9 @@ def substitution_candidates(
     Decoration: every bundled structure type whose anonymous formula is that of an allowed composition
     (`prototype_decorations`, ranked by substitution probability times the composition's weight from
     `round_compositions`, or `weights`), skipping (prototype, formula) pairs spent by labels or pool entries,
-    so the search goes on round after round until the types are exhausted.
-    Pairs whose children stopped at the cheap screening tier (`deferred_decorations`) come after the untried ones.
+    so the search goes on round after round until the types are exhausted. A child left at the cheap screening
+    tier stays in the pool (`loop.views.candidate_pool`), so its pair is spent and the pool, not the search, offers
+    it again.
     `generator.extra_decorations` more decoration candidates follow the `n`, further down the same list.
     Children matching a known structure (`known`, which also receives every child kept) or larger than the
     funnel's `max_atoms` are dropped here, so a parent whose children are all known yields nothing and the next
@@ -169,11 +140,11 @@ def substitution_candidates(
 
     Returns:
         The candidates and counts: parents offered, prototypes skipped as spent, children dropped as known,
-        decorations on offer, decorations proposed and, of those, the ones offered after the others had been
-        tried (deferred).
+        decorations on offer and decorations proposed.
     """
     settings = config.generator.settings_for(name)
-    spent = spent_prototypes(config, store, round)
+    spent_pairs = spent_decorations(config, store, round)
+    spent = {prototype for prototype, _ in spent_pairs}
     if weights is None:
         weights = round_compositions(config, store=store, round=round)[1]
     max_atoms = config.generator.funnel.max_atoms
@@ -181,11 +152,8 @@ def substitution_candidates(
         weights=weights,
         max_sites=min(max_atoms or CELL_LIMIT, settings.max_parent_sites),
         withhold=config.withholding,
-        exclude=spent_decorations(config, store, round),
+        exclude=spent_pairs,
     )
-    deferred = deferred_decorations(store, round)
-    # a stable partition: the list's own order within the untried pairs and within the deferred ones
-    decorations = sorted(decorations, key=lambda d: (d.prototype, d.formula) in deferred)
     # The providers' crystals of the target systems (`references.source: optimade`) are parents as well.
     providers = [c.as_known() for c in provider_crystals(config, workdir=store.path.parent) if not c.withheld]
     parents = [
@@ -208,7 +176,6 @@ def substitution_candidates(
         "known_children": 0,
         "decorations_offered": len(decorations),
         "decorations": 0,
-        "decorations_deferred": 0,
     }
 
     def ionic() -> Iterator[Candidate]:
@@ -238,9 +205,6 @@ def substitution_candidates(
             out.append(cand)
             if cand.info.get("operation") == "decoration":
                 counts["decorations"] += 1
-                if (cand.info["parent_prototype"], cand.info["formula"]) in deferred:
-                    counts["decorations_deferred"] += 1
-                    cand.info["deferred"] = True  # stored with its provenance; the generate stage counts it
 
     from_ionic = ionic()
     decorated = decorated_candidates(
@@ -345,15 +309,14 @@ def generate_candidates(
                 weights=weights,
             )
             log.info(
-                "round %d: %s searched %d parents (%d prototypes spent) and %d decorations (%d used, %d of them"
-                " deferred), dropped %d known children",
+                "round %d: %s searched %d parents (%d prototypes spent) and %d decorations (%d used), dropped %d"
+                " known children",
                 round,
                 name,
                 counts["parents"],
                 counts["spent_prototypes"],
                 counts["decorations_offered"],
                 counts["decorations"],
-                counts["decorations_deferred"],
                 counts["known_children"],
             )
         else:

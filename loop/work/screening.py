@@ -27,7 +27,7 @@ from loop.science.committee import combine_committee, family_e_hull
 from loop.science.hull import HullEntry, OracleHull
 from loop.science.structures import structure_hash
 from loop.store import CampaignStore, Prediction
-from loop.views.candidate_pool import first_round
+from loop.views.candidate_pool import first_round, left_at_cheap_tier
 from loop.views.oracle_hull import current_hull, hull_phases
 
 RELAX_CHUNK = 4  # structures per screening task
@@ -110,7 +110,8 @@ def committee_e_hull(
 
 def cheap_only(h: str, estimate: CheapEstimate, *, model: str, margin: float) -> Prediction:
     """The stored screening result of a candidate the relaxation tier did not take: its cheap estimate, no relaxed
-    structure (so acquisition never offers it and the pool does not carry it, `loop.views.candidate_pool`)."""
+    structure (so acquisition never offers it; the pool carries it to the next round's cheap tier when it is placed,
+    `loop.views.candidate_pool`)."""
     reason = estimate.reason or (
         f"not relaxed: cheap-tier E_hull {estimate.e_hull:.3f} ± {estimate.e_hull_std:.3f} eV/atom, outside the"
         f" relaxed share (margin {margin} eV/atom)"
@@ -259,7 +260,8 @@ def screen(
         hashes: The round's new candidates (funnel survivors).
         checkpoint: The emulator in use (None: the pretrained one).
         executor: Where chunks run (None: in this process).
-        carried: Predictions of the previous round whose candidates stay on offer (`loop.views.candidate_pool`).
+        carried: Predictions of the previous round whose candidates stay on offer (`loop.views.candidate_pool`):
+            relaxed ones are re-scored, ones left at the cheap tier join the new candidates in this round's tiers.
         round: The round being screened (a carried candidate's age is counted from it).
         cache_folder: Where a round screened in tiers keeps each finished block of a tier until the stage is
             committed (`loop.runtime.screening_cache`; None: no cache).
@@ -269,6 +271,11 @@ def screen(
     new = list(hashes)
     # A candidate screened afresh this round is not re-scored as well.
     carried = [p for p in carried if p.hash not in set(new)]
+    # Candidates an earlier round left at the cheap tier go through this round's tiers beside the new ones: the
+    # current emulator and hull decide again whether they are worth a relaxation.
+    from_cheap = [p for p in carried if left_at_cheap_tier(p)]
+    carried = [p for p in carried if not left_at_cheap_tier(p)]
+    new += [p.hash for p in from_cheap]
     structures = store.get_structures(list(new))
     hull = current_hull(config, store)
     tiers = config.screening
@@ -356,7 +363,7 @@ def screen(
             "first_round": first_round(p, round=round - 1),
             "age": round - first_round(p, round=round - 1),
         }
-        for p in carried
+        for p in [*carried, *from_cheap]
     }
 
     relaxed = {h: Structure.from_dict(res["structure"]) for h, res in zip(hashes, results, strict=True)}
@@ -382,7 +389,8 @@ def screen(
         e_hull_std = float(ev.e_above_hull_std[i]) if placed else float("nan")
         data: dict[str, Any] = {"n_steps": res["n_steps"], "converged": res["converged"], "reason": reason}
         if h in pool_info:
-            data["pool"] = {**pool_info[h], "rescore": res["rescore"], "max_force": res["max_force"]}
+            rescored = {"rescore": res["rescore"], "max_force": res["max_force"]} if "rescore" in res else {}
+            data["pool"] = {**pool_info[h], "rescore": "cheap tier", **rescored}
         if h in cheap:
             data["tier"] = {"relaxed": why[h], "cheap": cheap[h].as_dict()}
         if committee and placed:
@@ -404,13 +412,19 @@ def screen(
     offered = len(predictions)
     placed_e = [p.e_hull for p in predictions if p.e_hull is not None]
     relaxed_std = [p.energy_per_atom_std for p in predictions]
-    predictions += [
-        cheap_only(h, cheap[h], model=model, margin=tiers.margin) for h in new if h in cheap and h not in why
-    ]
+    for h in new:
+        if h in cheap and h not in why:
+            left = cheap_only(h, cheap[h], model=model, margin=tiers.margin)
+            if h in pool_info:
+                left.data["pool"] = {**pool_info[h], "rescore": "cheap tier"}
+            predictions.append(left)
     ages = [info["age"] for info in pool_info.values()]
     report = {
-        "n_screened": len(new),
-        "n_pool_carried": len(carried),
+        "n_screened": len(new) - len(from_cheap),
+        "n_pool_carried": len(carried) + len(from_cheap),
+        # Carried from the cheap tier of an earlier round: estimated again, and how many now made the cut.
+        "n_pool_cheap_carried": len(from_cheap),
+        "n_pool_cheap_relaxed": sum(1 for p in from_cheap if p.hash in set(to_relax)),
         "n_offered": offered,
         # Screening in tiers (`loop.runtime.screening_tiers`): every new candidate had the cheap estimate when there were
         # more than `screening.floor` of them; those left there are stored but not offered.

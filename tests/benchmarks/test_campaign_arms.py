@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.campaigns import DECORATION_ARM_PER_FORMULA, bootstrap_ratio, campaign_config
+from benchmarks.campaigns import (
+    DECORATION_ARM_PER_FORMULA,
+    bootstrap_ratio,
+    campaign_config,
+    random_counterpart,
+)
 from loop.config import validate_config
 
 
@@ -20,7 +25,13 @@ def test_each_arm_is_a_valid_config_that_changes_only_its_own_keys():
     assert random.acquisition.strategy == "random"
     assert random.acquisition.diversity.max_per_formula is None
     assert random.acquisition.diversity.similarity_penalty == 0.0
-    for bad in ("decorations=lots", "greedy"):
+    # joined arms: random picks among what the decorations arm's generators and screening offer
+    both = validate_config(
+        campaign_config(system="Ti-O", arm="random+decorations=200", seed=1, rounds=4, budget=8)
+    )
+    assert both.acquisition == random.acquisition and both.generator == wide.generator
+    assert both.screening == wide.screening and both.name == "bench-Ti-O-random_decorations-200-s1"
+    for bad in ("decorations=lots", "greedy", "random+greedy"):
         with pytest.raises(SystemExit, match="campaigns:"):
             campaign_config(system="Ti-O", arm=bad, seed=0, rounds=4, budget=8)
 
@@ -29,3 +40,8 @@ def test_the_ratio_interval_is_infinite_not_nan_when_random_found_nothing_in_mos
     point, low, high = bootstrap_ratio([3.0, 3.0], [2.0, 0.0])
     assert point == 3.0 and low == 1.5 and high == float("inf")
     assert bootstrap_ratio([0.0, 0.0], [0.0, 0.0]) == (1.0, 1.0, 1.0)
+
+
+def test_each_arm_is_judged_against_the_random_arm_with_its_generators():
+    assert random_counterpart("default") == "random"
+    assert random_counterpart("decorations=200") == "random+decorations=200"

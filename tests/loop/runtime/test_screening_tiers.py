@@ -209,10 +209,13 @@ def test_the_cheap_tier_ranks_candidates_and_a_tiered_round_spends_its_budget(tm
             assert p.data["tier"]["relaxed"] is None and p.e_hull == pytest.approx(cheap[name]["e_hull"])
             assert "not relaxed" in p.data["reason"]
 
-    # Only relaxed candidates are offered, and the pool carries only them into round 2.
+    # Only relaxed candidates are offered; the pool carries the others to round 2's tiers with their estimate.
     offered = acquisition_pool(cfg, store=store, round=1)
     assert {p.hash for p in offered} <= {made[name] for name in relaxed}
-    assert {p.hash for p in carried_candidates(cfg, store=store, round=2)} <= {made[name] for name in relaxed}
+    carried = {p.hash: p for p in carried_candidates(cfg, store=store, round=2)}
+    assert {h for h, p in carried.items() if p.relaxed_hash is None} == {
+        h for name, h in made.items() if name not in relaxed
+    }
 
     # The round still spends its budget of 2 oracle calls, on relaxed structures.
     picked = run_stage(acquire.STAGE, ctx)
@@ -247,6 +250,25 @@ def test_a_round_screened_with_per_formula_relaxes_the_best_cheap_estimate_of_ea
         {s.composition.reduced_formula for s in named.values()}
     )
     assert report["n_relaxed"] == len(relaxed) and report["n_cheap_only"] == len(named) - len(relaxed)
+
+    # Round 2 generates nothing: the three left at the cheap tier are estimated again with the round's emulator and
+    # hull, and each is now the best of its formula among the candidates in tiers, so each is relaxed; the three
+    # relaxed in round 1 are re-scored at their relaxed geometry.
+    ctx2 = StageContext(config=cfg, store=store, workdir=tmp_path, round=2)
+    report2 = run_stage(screen.STAGE, ctx2)
+    assert report2["n_screened"] == 0 and report2["n_pool_carried"] == len(named)
+    assert report2["n_pool_cheap_carried"] == report2["n_pool_cheap_relaxed"] == len(named) - len(relaxed)
+    again = {p.hash: p for p in store.round_predictions(2)}
+    assert set(again) == set(made.values())
+    for name, h in made.items():
+        p = again[h]
+        assert (
+            p.relaxed_hash is not None and p.data["pool"]["first_round"] == 1 and p.data["pool"]["age"] == 1
+        )
+        if name in relaxed:
+            assert p.data["pool"]["rescore"] in ("static", "relaxed"), (name, p.data)
+        else:
+            assert p.data["pool"]["rescore"] == "cheap tier" and p.data["tier"]["relaxed"], (name, p.data)
 
 
 matloop = partial(cli_process.matloop, timeout=900)

@@ -17,12 +17,12 @@ from loop.runtime.labelling import label_hashes
 from loop.runtime.screening_tiers import CheapEstimate
 from loop.science.structures import structure_hash
 from loop.store import CampaignStore, Generated, Prediction, Query
+from loop.views.candidate_pool import carried_candidates
 from loop.views.known_index import known_index
 from loop.views.oracle_hull import discoveries
 from loop.views.withholding import withheld_records, withheld_structures
 from loop.work.funnel import run_funnel
 from loop.work.generation import (
-    deferred_decorations,
     generate_candidates,
     round_breadth,
     spent_decorations,
@@ -329,10 +329,13 @@ def test_substitution_proposes_new_structure_types_in_round_5(tmp_path):
         _pool(store, rnd, made)
 
 
-def test_extra_decorations_go_further_down_the_list_and_those_cut_at_the_cheap_tier_come_back_last(tmp_path):
+def test_extra_decorations_go_further_down_the_list_and_those_cut_at_the_cheap_tier_stay_in_the_pool(
+    tmp_path,
+):
     """K-O, every known compound withheld: `generator.extra_decorations` adds decoration candidates after the
-    mix's share, which stays what it was without them. Children left at the cheap screening tier are not spent
-    (they are no pool entry) but deferred: round 2 offers decorations not tried yet before them."""
+    mix's share, which stays what it was without them. Children left at the cheap screening tier stay in the pool
+    (carried to round 2's tiers), so their pairs are spent and round 2 proposes decorations not tried yet; a child
+    whose cheap estimate could not be placed leaves the pool and its pair is offered again."""
     base = {"funnel": {"max_atoms": 20}}
     plain_cfg = config(chemical_systems=["K-O"], withhold=["all_compounds"], generator=base)
     cfg = config(
@@ -340,26 +343,42 @@ def test_extra_decorations_go_further_down_the_list_and_those_cut_at_the_cheap_t
     )
     store = CampaignStore.in_workdir(tmp_path)
     plain, _ = _structure_type_search(plain_cfg, store, 1)
-    made, counts = _structure_type_search(cfg, store, 1)
+    made, _ = _structure_type_search(cfg, store, 1)
     assert [c.structure for c in made[:12]] == [c.structure for c in plain]
     extra = made[12:]
     assert len(extra) == 30 and all(c.info["operation"].startswith("decoration") for c in extra)
-    tried = {
-        (c.info["parent_prototype"], c.info["formula"]) for c in made if c.info["operation"] == "decoration"
-    }
+
+    def pair(c):
+        return (c.info["parent_prototype"], c.info["formula"])
+
+    decorated = [c for c in made if c.info["operation"] == "decoration"]
+    unplaced = decorated[0]
     for c in made:
         store.add_structure(c.structure, source=c.source, parent=c.parent, round=1, provenance=c.info)
     cut = CheapEstimate(energy_per_atom=-3.0, energy_per_atom_std=0.01, e_hull=0.4, e_hull_std=0.02)
-    store.add_predictions(
-        1, [cheap_only(structure_hash(c.structure), cut, model="pretrained", margin=0.3) for c in made]
+    lost = CheapEstimate(
+        energy_per_atom=float("nan"),
+        energy_per_atom_std=float("nan"),
+        e_hull=float("nan"),
+        e_hull_std=float("nan"),
+        reason="cannot be turned into a crystal graph",
     )
-    assert tried <= deferred_decorations(store, 2)
-    assert not spent_decorations(cfg, store, 2)
-    again, counts = _structure_type_search(cfg, store, 2)
-    offered = {
-        (c.info["parent_prototype"], c.info["formula"]) for c in again if c.info["operation"] == "decoration"
-    }
-    assert counts["decorations_deferred"] == 0 and offered and not offered & tried
+    store.add_predictions(
+        1,
+        [
+            cheap_only(
+                structure_hash(c.structure), lost if c is unplaced else cut, model="pretrained", margin=0.3
+            )
+            for c in made
+        ],
+    )
+    carried = {p.hash for p in carried_candidates(cfg, store=store, round=2)}
+    assert carried == {structure_hash(c.structure) for c in made if c is not unplaced}
+    spent = spent_decorations(cfg, store, 2)
+    assert {pair(c) for c in decorated if c is not unplaced} <= spent and pair(unplaced) not in spent
+    again, _ = _structure_type_search(cfg, store, 2)
+    offered = {pair(c) for c in again if c.info["operation"] == "decoration"}
+    assert offered and not offered & spent
 
 
 @pytest.mark.slow
