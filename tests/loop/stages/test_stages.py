@@ -397,7 +397,13 @@ def test_a_generator_fine_tune_that_narrows_its_proposals_is_not_deployed(tmp_pa
     b32 = Structure.from_spacegroup("Fd-3m", Lattice.cubic(6.37), ["Li", "Al"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     narrow = tmp_path / "b32.pt"
     DiffusionGenerator(DiffusionSettings(steps=20)).fine_tune(
-        [b32] * 64, checkpoint_out=narrow, steps=400, lr=3e-3, mix_original=0, batch_size=16
+        # 3e-3 left the model unstable enough that on another host it came out wider (21 formulas), not narrower
+        [b32] * 64,
+        checkpoint_out=narrow,
+        steps=400,
+        lr=1e-3,
+        mix_original=0,
+        batch_size=16,
     )
     refused = generator_breadth_check(cfg, store=store, round=1, before=None, after=narrow)
     assert not refused["generator_deployed"] and "(narrower)" in refused["generator_reason"]
