@@ -381,9 +381,9 @@ def table(results: list[dict[str, Any]]) -> str:
                 f"| {res['system']} | {len(res['targets'])} | {arm} | {m:.2f} [{lo:.2f}, {hi:.2f}] | {share} | "
                 f"{hm:.1f} [{hlo:.1f}, {hhi:.1f}] | {seeds} |"
             )
-        for key, (p, lo, hi) in res["summary"].items():
+        for key, value in res["summary"].items():
             if key.endswith(RATIO):
-                arm = key.removesuffix(RATIO)
+                arm, (p, lo, hi) = key.removesuffix(RATIO), value
                 lines.append(
                     f"| {res['system']} | | {arm} / {random_counterpart(arm)} | {p:.2f} [{lo:.2f}, {hi:.2f}] | | | |"
                 )

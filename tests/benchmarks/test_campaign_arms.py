@@ -9,6 +9,7 @@ from benchmarks.campaigns import (
     bootstrap_ratio,
     campaign_config,
     random_counterpart,
+    table,
 )
 from loop.config import validate_config
 
@@ -45,3 +46,21 @@ def test_the_ratio_interval_is_infinite_not_nan_when_random_found_nothing_in_mos
 def test_each_arm_is_judged_against_the_random_arm_with_its_generators():
     assert random_counterpart("default") == "random"
     assert random_counterpart("decorations=200") == "random+decorations=200"
+
+
+def test_the_table_lists_each_arm_and_its_ratio_to_the_random_arm_with_its_generators():
+    arm = {"rediscovered_at_budget": (1.0, 0.0, 2.0), "joint_hits": (3.0, 2.0, 4.0), "share_of_targets": 0.5}
+    runs = {"decorations=200/s0": {"curve": [0, 1]}, "random+decorations=200/s0": {"curve": [0, 0]}}
+    result = {
+        "system": "Ti-O",
+        "targets": ["a", "b"],
+        "runs": runs,
+        "summary": {
+            "decorations=200": arm,
+            "random+decorations=200": {**arm, "rediscovered_at_budget": (0.0, 0.0, 0.0)},
+            "decorations=200_over_random": (float("inf"), 1.0, float("inf")),
+        },
+    }
+    lines = table([result]).splitlines()
+    assert len(lines) == 5 and "| decorations=200 | 1.00 [0.00, 2.00] | 50% |" in lines[2]
+    assert "| decorations=200 / random+decorations=200 | inf [1.00, inf] |" in lines[4]
