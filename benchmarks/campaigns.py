@@ -232,7 +232,7 @@ def generation_recall(workdir: Path, *, targets: set[str]) -> dict[str, dict[str
                 counted.add(p.hash)
                 source = store.structure_row(p.hash).source
                 mine = seen.setdefault(source, set())
-                hashes = [p.hash, *([p.relaxed_hash] if p.relaxed_hash else [])]
+                hashes = [p.hash, p.relaxed_hash]
                 for structure in store.get_structures(hashes).values():
                     for wid in by_formula.get(structure.composition.reduced_formula, []):
                         if wid not in mine and matcher.fit(structure, withheld[wid]):

@@ -34,6 +34,9 @@ RELAX_CHUNK = 4  # structures per screening task
 
 
 RESCORE_CHUNK = 16  # structures per pool re-scoring task (one batched prediction, no relaxation)
+# How a carried candidate left at an earlier round's cheap tier was screened again (`data["pool"]["rescore"]`,
+# beside `rescore_pool`'s "static" and "relaxed").
+CHEAP_RESCORE = "cheap tier"
 
 
 def _quarantined_relaxations(
@@ -270,7 +273,8 @@ def screen(
     """
     new = list(hashes)
     # A candidate screened afresh this round is not re-scored as well.
-    carried = [p for p in carried if p.hash not in set(new)]
+    fresh = set(new)
+    carried = [p for p in carried if p.hash not in fresh]
     # Candidates an earlier round left at the cheap tier go through this round's tiers beside the new ones: the
     # current emulator and hull decide again whether they are worth a relaxation.
     from_cheap = [p for p in carried if left_at_cheap_tier(p)]
@@ -390,7 +394,7 @@ def screen(
         data: dict[str, Any] = {"n_steps": res["n_steps"], "converged": res["converged"], "reason": reason}
         if h in pool_info:
             rescored = {"rescore": res["rescore"], "max_force": res["max_force"]} if "rescore" in res else {}
-            data["pool"] = {**pool_info[h], "rescore": "cheap tier", **rescored}
+            data["pool"] = {**pool_info[h], "rescore": CHEAP_RESCORE, **rescored}
         if h in cheap:
             data["tier"] = {"relaxed": why[h], "cheap": cheap[h].as_dict()}
         if committee and placed:
@@ -416,7 +420,7 @@ def screen(
         if h in cheap and h not in why:
             left = cheap_only(h, cheap[h], model=model, margin=tiers.margin)
             if h in pool_info:
-                left.data["pool"] = {**pool_info[h], "rescore": "cheap tier"}
+                left.data["pool"] = {**pool_info[h], "rescore": CHEAP_RESCORE}
             predictions.append(left)
     ages = [info["age"] for info in pool_info.values()]
     report = {
@@ -424,7 +428,7 @@ def screen(
         "n_pool_carried": len(carried) + len(from_cheap),
         # Carried from the cheap tier of an earlier round: estimated again, and how many now made the cut.
         "n_pool_cheap_carried": len(from_cheap),
-        "n_pool_cheap_relaxed": sum(1 for p in from_cheap if p.hash in set(to_relax)),
+        "n_pool_cheap_relaxed": len({p.hash for p in from_cheap} & set(to_relax)),
         "n_offered": offered,
         # Screening in tiers (`loop.runtime.screening_tiers`): every new candidate had the cheap estimate when there were
         # more than `screening.floor` of them; those left there are stored but not offered.
