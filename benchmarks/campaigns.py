@@ -64,6 +64,11 @@ def arm_slug(arm: str) -> str:
     return arm.replace("+", "_").replace("=", "-")
 
 
+def is_random(arm: str) -> bool:
+    """Whether `arm` picks uniformly at random: `random` is one of its parts (`decorations=200+random` too)."""
+    return "random" in arm.split("+")
+
+
 def random_counterpart(arm: str) -> str:
     """The uniform-random arm with the same generators as `arm`: `random` for `default`, else `random+ARM`."""
     return "random" if arm == "default" else f"random+{arm}"
@@ -320,7 +325,7 @@ def measure(system: str, *, arms: list[str], seeds: list[int], args: argparse.Na
     # Each arm against the uniform-random arm with its generators, when both ran.
     for arm in arms:
         rand = random_counterpart(arm)
-        if arm.split("+")[0] == "random" or rand not in arms:
+        if is_random(arm) or rand not in arms:
             continue
         d = [float(per_run[f"{arm}/s{s}"]["curve"][-1]) for s in seeds]
         r = [float(per_run[f"{rand}/s{s}"]["curve"][-1]) for s in seeds]

@@ -8,6 +8,7 @@ from benchmarks.campaigns import (
     DECORATION_ARM_PER_FORMULA,
     bootstrap_ratio,
     campaign_config,
+    is_random,
     random_counterpart,
     table,
 )
@@ -46,6 +47,9 @@ def test_the_ratio_interval_is_infinite_not_nan_when_random_found_nothing_in_mos
 def test_each_arm_is_judged_against_the_random_arm_with_its_generators():
     assert random_counterpart("default") == "random"
     assert random_counterpart("decorations=200") == "random+decorations=200"
+    # a random arm is one whatever the order of its parts: it is never judged against another random arm
+    assert is_random("random") and is_random("random+decorations=200") and is_random("decorations=200+random")
+    assert not is_random("default") and not is_random("decorations=200")
 
 
 def test_the_table_lists_each_arm_and_its_ratio_to_the_random_arm_with_its_generators():
