@@ -1,7 +1,7 @@
 """End to end: the smoke campaign (EMT oracle on Cu-Au, 2 rounds) through the real CLI, Dask, CHGNet, MLflow.
 
-One uninterrupted run (the session's smoke campaign, `conftest.smoke_campaign`) is shared by the assertions below and
-is the reference for the crash-and-resume test.
+One uninterrupted run (the session's smoke campaign, `conftest.smoke_campaign`) is shared by the assertions below; the
+crash-and-resume test compares the quick campaign killed and resumed with the same campaign run without a kill.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import hashlib
 import json
 import shutil
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from loop.campaign import ROUND0_STAGES, ROUND_STAGES
 from loop.runtime.checkpoints import CHECKPOINT_KINDS, checkpoint_problem
 from loop.store import CampaignStore
 from tests.loop.cli_process import matloop
+from tests.loop.quick_campaign import write_quick_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -255,16 +257,34 @@ def _oracle_calls(workdir: Path) -> dict[str, tuple[int, int]]:
     return out
 
 
-def test_kill_inside_label_stage_then_resume(smoke_run, tmp_path):
-    workdir = tmp_path / "campaign"
-    crashed = matloop("run", SMOKE, "--workdir", workdir, env={"MATLOOP_CRASH_AFTER": "label:1:1"})
+def test_kill_inside_label_stage_then_resume(tmp_path):
+    """The quick campaign on a Dask cluster of two workers, killed after round 1's first label and resumed, ends as
+    the same campaign run without a kill (which runs beside it: 2 cores)."""
+    config = write_quick_config(
+        tmp_path / "quick.yaml",
+        name="label-kill-cu-au",
+        rounds=2,
+        execution={"kind": "local", "n_workers": 2},
+    )
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        uninterrupted = pool.submit(matloop, "run", config, "--workdir", tmp_path / "reference")
+        _kill_inside_label_then_resume(config, tmp_path / "campaign")
+        reference = uninterrupted.result()
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    resumed_state, expected = _snapshot(tmp_path / "campaign"), _snapshot(tmp_path / "reference")
+    for key in expected:
+        assert resumed_state[key] == expected[key], key
+
+
+def _kill_inside_label_then_resume(config: Path, workdir: Path) -> None:
+    crashed = matloop("run", config, "--workdir", workdir, env={"MATLOOP_CRASH_AFTER": "label:1:1"})
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
     store = CampaignStore.in_workdir(workdir)
     assert store.stage_done(1, "acquire") and not store.stage_done(1, "label")
     assert 1 <= len([r for r in store.oracle_results() if r.round == 1]) < len(store.round_queries(1))
     store.close()
 
-    resumed = matloop("run", SMOKE, "--workdir", workdir)
+    resumed = matloop("run", config, "--workdir", workdir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     calls = _oracle_calls(workdir)
     queried = {q.hash for qs in CampaignStore.in_workdir(workdir).queries_by_round().values() for q in qs}
@@ -273,6 +293,3 @@ def test_kill_inside_label_stage_then_resume(smoke_run, tmp_path):
     # the process was killed (at most one per worker) had to start again.
     assert all(done == 1 for done, _ in calls.values()), calls
     assert sum(interrupted for _, interrupted in calls.values()) <= 2, calls
-    resumed_state, reference = _snapshot(workdir), _snapshot(smoke_run)
-    for key in reference:
-        assert resumed_state[key] == reference[key], key

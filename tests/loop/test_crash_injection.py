@@ -24,9 +24,8 @@ from loop.campaign import ROUND0_STAGES, ROUND_STAGES
 from loop.store import CampaignStore
 from tests.loop import cli_process
 from tests.loop.cli_process import cli_env
+from tests.loop.quick_campaign import quick_config
 
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "configs" / "smoke.yaml"
 ORDER = [(0, s) for s in ROUND0_STAGES] + [(1, s) for s in ROUND_STAGES]
 # Round 0's references are not oracle calls (`loop.views.oracle_calls`): round 1 gets 2 calls of its budget of 3.
 MAX_ORACLE_CALLS = 2
@@ -60,17 +59,9 @@ def test_every_stage_is_killed_at_least_once():
 
 
 def tiny_config(path: Path) -> Path:
-    """The smoke config cut down to seconds of work per stage (no diffusion model: the e2e test covers it)."""
-    data = yaml.safe_load(SMOKE.read_text())
-    data["name"] = "crash-cu-au"
-    data["references"] = {"max_compounds": 2, "max_atoms": 8, "max_element_atoms": 1}
-    data["stop"] = {"max_rounds": 1, "max_oracle_calls": MAX_ORACLE_CALLS}
-    data["generator"]["mix"] = {"diffusion": 0, "substitution": 4, "random_search": 3}
-    data["generator"]["funnel"]["max_atoms"] = 12
-    data["emulator"].update(distill_steps=5, distill_structures=8)
-    data["emulator_training"].update(relax_steps=8, relax_fmax=0.3)
-    data["acquisition"]["budget"] = 3
-    data["execution"] = {"kind": "inline"}
+    """The quick config (no diffusion model: the e2e test covers it), one round and an oracle-call limit."""
+    data = quick_config(name="crash-cu-au", rounds=1)
+    data["stop"]["max_oracle_calls"] = MAX_ORACLE_CALLS
     path.write_text(yaml.safe_dump(data))
     return path
 

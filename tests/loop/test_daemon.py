@@ -18,6 +18,7 @@ from loop.config import load_config
 from loop.runtime.labelling import label_hashes
 from loop.store import CampaignStore, Prediction, Query
 from loop.work.acquisition import acquire
+from tests.loop.quick_campaign import write_quick_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -25,9 +26,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
 ORDER = [(0, s) for s in ROUND0_STAGES] + [(r, s) for r in (1, 2) for s in ROUND_STAGES]
 
 
-def _start_daemon(workdir: Path) -> subprocess.Popen[str]:
+def _start_daemon(config: Path, workdir: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "loop.cli", "daemon", str(SMOKE), "--workdir", str(workdir)],
+        [sys.executable, "-m", "loop.cli", "daemon", str(config), "--workdir", str(workdir)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -57,8 +58,12 @@ def _wait_for(
 
 @pytest.mark.slow
 def test_sigterm_then_stop_command_then_resume(tmp_path):
+    # Signals and the stop file are what is tested: the quick campaign, on a real Dask cluster of two workers.
+    config = write_quick_config(
+        tmp_path / "quick.yaml", name="daemon-cu-au", rounds=2, execution={"kind": "local", "n_workers": 2}
+    )
     workdir = tmp_path / "campaign"
-    daemon = _start_daemon(workdir)
+    daemon = _start_daemon(config, workdir)
     _wait_for(workdir, (0, "references"), daemon)
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(timeout=600) == 0, daemon.stderr.read()
@@ -66,7 +71,7 @@ def test_sigterm_then_stop_command_then_resume(tmp_path):
     # It finished the step it was in, recorded it, and started nothing after it.
     assert first == ORDER[: len(first)] and len(first) < len(ORDER)
 
-    daemon = _start_daemon(workdir)
+    daemon = _start_daemon(config, workdir)
     _wait_for(workdir, ORDER[len(first)], daemon)
     stop = subprocess.run(
         [sys.executable, "-m", "loop.cli", "stop", "--workdir", str(workdir)],
@@ -82,10 +87,10 @@ def test_sigterm_then_stop_command_then_resume(tmp_path):
     assert second == ORDER[: len(second)] and len(first) < len(second) < len(ORDER)
 
     # A second process on the same workdir while one runs is refused, not raced.
-    daemon = _start_daemon(workdir)
+    daemon = _start_daemon(config, workdir)
     _wait_for(workdir, ORDER[len(second)], daemon)
     clash = subprocess.run(
-        [sys.executable, "-m", "loop.cli", "run", str(SMOKE), "--workdir", str(workdir)],
+        [sys.executable, "-m", "loop.cli", "run", str(config), "--workdir", str(workdir)],
         capture_output=True,
         text=True,
         env=ENV,

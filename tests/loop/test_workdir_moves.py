@@ -25,27 +25,17 @@ from loop.store import CampaignStore
 from loop.tracking.campaign import PARENT_META, mlflow_copy_checker, model_names
 from loop.tracking.runs import Tracker, TrackingConfig
 from tests.loop import cli_process
+from tests.loop.quick_campaign import quick_config
 
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "configs" / "smoke.yaml"
 NAME = "paths-cu-au"
 
 pytestmark = pytest.mark.slow
 
 
 def write_config(path: Path, *, rounds: int) -> Path:
-    """The smoke config cut down to seconds of work per stage, keeping only the newest round's checkpoints."""
-    data = yaml.safe_load(SMOKE.read_text())
-    data["name"] = NAME
-    data["references"] = {"max_compounds": 2, "max_atoms": 8, "max_element_atoms": 1}
-    data["stop"] = {"max_rounds": rounds}
+    """The quick config, keeping only the newest round's checkpoints."""
+    data = quick_config(name=NAME, rounds=rounds)
     data["checkpoints"] = {"keep_rounds": 1}
-    data["generator"]["mix"] = {"diffusion": 0, "substitution": 4, "random_search": 3}
-    data["generator"]["funnel"]["max_atoms"] = 12
-    data["emulator"].update(distill_steps=5, distill_structures=8)
-    data["emulator_training"].update(relax_steps=8, relax_fmax=0.3)
-    data["acquisition"]["budget"] = 3
-    data["execution"] = {"kind": "inline"}
     path.write_text(yaml.safe_dump(data))
     return path
 

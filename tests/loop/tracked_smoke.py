@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.loop import cli_process
+from tests.loop.quick_campaign import write_quick_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -76,17 +77,20 @@ _RUNS: dict[str, TrackedSmoke] = {}
 
 
 def tracked_smoke(tmp_path_factory: pytest.TempPathFactory) -> TrackedSmoke:
-    """Run (once per session) the smoke campaign through a broken MLflow store and `matloop sync-tracking`."""
+    """Run (once per session) the quick Cu-Au campaign (`quick_campaign`; tracking is what these tests check, not
+    the campaign's science) through a broken MLflow store and `matloop sync-tracking`."""
     if "smoke" in _RUNS:
         return _RUNS["smoke"]
-    workdir = tmp_path_factory.mktemp("tracked-smoke") / "campaign"
-    first = matloop("run", SMOKE, "--workdir", workdir, "--rounds", "1")
+    folder = tmp_path_factory.mktemp("tracked-smoke")
+    config = write_quick_config(folder / "quick.yaml", name=SMOKE_NAME, rounds=2)
+    workdir = folder / "campaign"
+    first = matloop("run", config, "--workdir", workdir, "--rounds", "1")
     assert first.returncode == 0, first.stderr[-3000:]
     db = workdir / "mlflow" / "mlflow.db"
     assert db.is_file()
     # The fault of the audit: the tracking database replaced by random bytes between rounds.
     db.write_bytes(os.urandom(db.stat().st_size))
-    broken = matloop("run", SMOKE, "--workdir", workdir, "--rounds", "2")
+    broken = matloop("run", config, "--workdir", workdir, "--rounds", "2")
     assert broken.returncode == 0, broken.stderr[-3000:]
     sync = matloop("sync-tracking", "--workdir", workdir, "--json")
     assert sync.returncode == 0, sync.stderr[-3000:]

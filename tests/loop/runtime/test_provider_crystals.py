@@ -44,6 +44,7 @@ from loop.views.novelty import stored_novelty
 from loop.views.withholding import provider_crystals
 from tests.loop.cli_process import matloop
 from tests.loop.optimade_server import write_jsonl
+from tests.loop.quick_campaign import quick_config
 
 SERVER = Path(__file__).parents[1] / "optimade_server.py"
 
@@ -330,8 +331,7 @@ def test_a_campaign_takes_references_from_the_server_and_goes_on_from_the_cache_
     server is killed; round 1 runs from the cache and records a novelty verdict for every label."""
     server = Server(tmp_path, {"srv-sc-au": simple_cubic_au(), "srv-b2": b2_cuau()})
     root = Path(__file__).resolve().parents[3]
-    data = yaml.safe_load((root / "configs" / "smoke.yaml").read_text())
-    data["name"] = "optimade-cu-au"
+    data = quick_config(name="optimade-cu-au", rounds=1, tracking={"enabled": False})
     data["references"] = {
         "source": "optimade",
         "optimade": {"providers": {"srv": server.url}, "retries": 0, "timeout_s": 10},
@@ -339,12 +339,6 @@ def test_a_campaign_takes_references_from_the_server_and_goes_on_from_the_cache_
         "max_atoms": 8,
         "max_element_atoms": 1,
     }
-    data["stop"] = {"max_rounds": 1}
-    data["generator"]["mix"] = {"diffusion": 0, "substitution": 4, "random_search": 3}
-    data["emulator"].update(distill_steps=5, distill_structures=8)
-    data["emulator_training"].update(relax_steps=8, relax_fmax=0.3)
-    data["tracking"] = {"enabled": False}
-    data["execution"] = {"kind": "inline"}
     cfg_path = tmp_path / "campaign.yaml"
     cfg_path.write_text(yaml.safe_dump(data))
     workdir = tmp_path / "w"

@@ -23,8 +23,8 @@ from loop.work.retraining import retrain, training_labels
 from oracle import EMTSettings
 from oracle.base import OracleResult
 from tests.loop.cli_process import matloop
+from tests.loop.quick_campaign import quick_config
 
-ROOT = Path(__file__).resolve().parents[3]
 NA_SPARSE = "mp-689577"  # one Na atom in 349.8 Å3: no neighbour within 6 Å
 HOVO4_SPARSE = "mp-1104326"  # a 12-atom HoVO4 cell of 364.7 Å3/atom
 
@@ -240,20 +240,13 @@ def test_a_real_sevennet_relaxation_past_the_volume_limit_is_a_failed_label_and_
 
 @pytest.mark.slow
 def test_a_na_s_campaign_with_the_mlff_oracle_runs_two_rounds(tmp_path):
-    data = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
+    data = quick_config(name="na-s-mlff", rounds=2)
     data.update(
-        name="na-s-mlff",
         chemical_systems=["Na-S"],
         references={"max_compounds": 2, "max_atoms": 8, "max_element_atoms": 2},
-        stop={"max_rounds": 2},
-        acquisition={**data["acquisition"], "budget": 3},
-        execution={"kind": "inline"},
         oracle={"kind": "mlff", "relax_steps": 40, "relax_fmax": 0.1},
     )
-    data["generator"]["mix"] = {"diffusion": 0, "substitution": 4, "random_search": 3}
     data["generator"]["funnel"] = {"max_atoms": 12}
-    data["emulator"].update(distill_steps=5, distill_structures=8)
-    data["emulator_training"].update(relax_steps=8, relax_fmax=0.3)
     (tmp_path / "na-s.yaml").write_text(yaml.safe_dump(data))
     proc = matloop("run", "na-s.yaml", "--workdir", "w", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -585,14 +585,15 @@ def test_track_stage_rerun_after_a_kill_duplicates_nothing(tmp_path_factory) -> 
 
 @pytest.mark.slow
 def test_campaign_over_http_survives_a_stopped_server(tmp_path: Path) -> None:
-    """MLflow for teams: `mlflow server` on 127.0.0.1 (one worker, sqlite), a smoke campaign over HTTP; the server
-    stops during round 2 and the campaign goes on; round 3's track stage logs round 2 once the server is back."""
-    import yaml
-    from tracked_smoke import SMOKE, free_port, matloop, stop_process, wait_for_health
+    """MLflow for teams: `mlflow server` on 127.0.0.1 (one worker, sqlite), a quick Cu-Au campaign over HTTP; the
+    server stops during round 2 and the campaign goes on; round 3's track stage logs round 2 once the server is
+    back."""
+    from tracked_smoke import free_port, matloop, stop_process, wait_for_health
 
     from loop.store import CampaignStore
     from loop.tracking.campaign import model_names
     from loop.tracking.runs import ui_environment
+    from tests.loop.quick_campaign import write_quick_config
 
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
@@ -613,11 +614,9 @@ def test_campaign_over_http_survives_a_stopped_server(tmp_path: Path) -> None:
         wait_for_health(uri, proc)
         return proc
 
-    config = yaml.safe_load(SMOKE.read_text())
-    config["name"] = "smoke-http"
-    config["tracking"] = {"tracking_uri": uri}
-    path = tmp_path / "smoke-http.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = write_quick_config(
+        tmp_path / "smoke-http.yaml", name="smoke-http", rounds=3, tracking={"tracking_uri": uri}
+    )
     workdir = tmp_path / "campaign"
 
     server = start()
