@@ -342,27 +342,33 @@ def measure(system: str, *, arms: list[str], seeds: list[int], args: argparse.Na
 
 def recall_table(results: list[dict[str, Any]]) -> str:
     """Markdown: share of the targets that fit the funnel proposed (screened) by each round, per generator and in
-    all, mean over the default arm's seeds."""
-    lines = ["| system | targets | generator | " + " | ".join(f"round {r}" for r in range(1, 5)) + " |"]
-    lines.append("|---|---|---|" + "---|" * 4)
+    all, mean over the seeds of each arm that does not pick at random (its random counterpart has the same
+    generators)."""
+    lines = ["| system | targets | arm | generator | " + " | ".join(f"round {r}" for r in range(1, 5)) + " |"]
+    lines.append("|---|---|---|---|" + "---|" * 4)
     for res in results:
         n = len(res["targets"])
-        runs = [v for k, v in res["runs"].items() if k.startswith("default/")]
-        if not n or not runs:
+        by_arm: dict[str, list[dict[str, Any]]] = {}
+        for key, run in res["runs"].items():
+            arm = key.rsplit("/", 1)[0]
+            if not is_random(arm):
+                by_arm.setdefault(arm, []).append(run)
+        if not n:
             continue
-        generators = sorted({g for v in runs for per in v["generation_recall"].values() for g in per})
-        for g in [*generators, "all"]:
-            cells = []
-            for r in range(1, 5):
-                shares = []
-                for v in runs:
-                    per = v["generation_recall"].get(str(r))
-                    if per is None:
-                        continue
-                    ids = set(per.get(g, [])) if g != "all" else {i for x in per.values() for i in x}
-                    shares.append(len(ids) / n)
-                cells.append("–" if not shares else f"{np.mean(shares):.0%}")
-            lines.append(f"| {res['system']} | {n} | {g} | " + " | ".join(cells) + " |")
+        for arm, runs in by_arm.items():
+            generators = sorted({g for v in runs for per in v["generation_recall"].values() for g in per})
+            for g in [*generators, "all"]:
+                cells = []
+                for r in range(1, 5):
+                    shares = []
+                    for v in runs:
+                        per = v["generation_recall"].get(str(r))
+                        if per is None:
+                            continue
+                        ids = set(per.get(g, [])) if g != "all" else {i for x in per.values() for i in x}
+                        shares.append(len(ids) / n)
+                    cells.append("–" if not shares else f"{np.mean(shares):.0%}")
+                lines.append(f"| {res['system']} | {n} | {arm} | {g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ from benchmarks.campaigns import (
     campaign_config,
     is_random,
     random_counterpart,
+    recall_table,
     table,
 )
 from loop.config import validate_config
@@ -68,3 +69,21 @@ def test_the_table_lists_each_arm_and_its_ratio_to_the_random_arm_with_its_gener
     lines = table([result]).splitlines()
     assert len(lines) == 5 and "| decorations=200 | 1.00 [0.00, 2.00] | 50% |" in lines[2]
     assert "| decorations=200 / random+decorations=200 | inf [1.00, inf] |" in lines[4]
+
+
+def test_generation_recall_is_reported_for_every_arm_that_does_not_pick_at_random():
+    recall = {
+        "1": {"substitution": ["a"], "diffusion": []},
+        "2": {"substitution": ["a", "b"], "diffusion": ["b"]},
+    }
+    runs = {
+        "decorations=200/s0": {"generation_recall": recall},
+        "random+decorations=200/s0": {"generation_recall": recall},
+    }
+    lines = recall_table([{"system": "Ti-O", "targets": ["a", "b", "c", "d"], "runs": runs}]).splitlines()
+    # no default arm among the runs: the decorations arm still gets its rows, its random counterpart none
+    assert lines[2:] == [
+        "| Ti-O | 4 | decorations=200 | diffusion | 0% | 25% | – | – |",
+        "| Ti-O | 4 | decorations=200 | substitution | 25% | 50% | – | – |",
+        "| Ti-O | 4 | decorations=200 | all | 25% | 50% | – | – |",
+    ]
