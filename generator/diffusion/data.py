@@ -274,8 +274,11 @@ def _parsed_rows(frame: pd.DataFrame, rows: Sequence[int], *, cache: Path) -> Cr
             position[row] = len(position)
         known = [*known, *missing]
         tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-        torch.save({"rows": torch.tensor(known, dtype=torch.long), "data": stored.to_dict()}, tmp)
-        tmp.replace(cache)
+        try:
+            torch.save({"rows": torch.tensor(known, dtype=torch.long), "data": stored.to_dict()}, tmp)
+            tmp.replace(cache)
+        except (OSError, RuntimeError):  # a full or read-only disk costs the next call a parse, not this one
+            tmp.unlink(missing_ok=True)
     assert stored is not None  # rows were asked for, so some were parsed or cached
     return stored.subset(torch.tensor([position[row] for row in rows], dtype=torch.long))
 

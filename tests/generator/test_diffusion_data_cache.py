@@ -48,3 +48,14 @@ def test_a_damaged_row_cache_is_parsed_afresh_and_replaced(tmp_path, monkeypatch
     rows = load_mp20("val", rows=[1, 2])
     assert len(rows) == 2 and torch.load(cache, weights_only=True)["rows"].tolist() == [1, 2]
     assert not list((tmp_path / "diffusion").glob("*.tmp"))
+
+
+def test_a_cache_that_cannot_be_written_costs_nothing_but_the_next_parse(tmp_path, monkeypatch):
+    monkeypatch.setenv("MATLOOP_CACHE", str(tmp_path))
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mp20.torch, "save", full_disk)
+    rows = load_mp20("val", rows=[4, 5])
+    assert len(rows) == 2 and not list((tmp_path / "diffusion").iterdir())
