@@ -340,6 +340,17 @@ def measure(system: str, *, arms: list[str], seeds: list[int], args: argparse.Na
     }
 
 
+def _recall_share(runs: list[dict[str, Any]], *, generator: str, round: int, n_targets: int) -> str:
+    """Mean share of the targets `generator` ("all": any generator) proposed by `round` over `runs`, or "–"."""
+    shares = []
+    for run in runs:
+        per = run["generation_recall"].get(str(round))
+        if per is not None:
+            ids = set(per.get(generator, [])) if generator != "all" else {i for x in per.values() for i in x}
+            shares.append(len(ids) / n_targets)
+    return "–" if not shares else f"{np.mean(shares):.0%}"
+
+
 def recall_table(results: list[dict[str, Any]]) -> str:
     """Markdown: share of the targets that fit the funnel proposed (screened) by each round, per generator and in
     all, mean over the seeds of each arm that does not pick at random (its random counterpart has the same
@@ -348,26 +359,17 @@ def recall_table(results: list[dict[str, Any]]) -> str:
     lines.append("|---|---|---|---|" + "---|" * 4)
     for res in results:
         n = len(res["targets"])
+        if not n:
+            continue
         by_arm: dict[str, list[dict[str, Any]]] = {}
         for key, run in res["runs"].items():
             arm = key.rsplit("/", 1)[0]
             if not is_random(arm):
                 by_arm.setdefault(arm, []).append(run)
-        if not n:
-            continue
         for arm, runs in by_arm.items():
             generators = sorted({g for v in runs for per in v["generation_recall"].values() for g in per})
             for g in [*generators, "all"]:
-                cells = []
-                for r in range(1, 5):
-                    shares = []
-                    for v in runs:
-                        per = v["generation_recall"].get(str(r))
-                        if per is None:
-                            continue
-                        ids = set(per.get(g, [])) if g != "all" else {i for x in per.values() for i in x}
-                        shares.append(len(ids) / n)
-                    cells.append("–" if not shares else f"{np.mean(shares):.0%}")
+                cells = [_recall_share(runs, generator=g, round=r, n_targets=n) for r in range(1, 5)]
                 lines.append(f"| {res['system']} | {n} | {arm} | {g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-"""Helpers for the tracking tests: the real CLI, a smoke campaign whose MLflow store breaks between rounds, and
+"""Helpers for the tracking tests: the real CLI, a quick campaign whose MLflow store breaks between rounds, and
 MLflow servers on 127.0.0.1.
 
 The campaign is run once per test session and shared by `test_tracking.py` and `test_tracking_browser.py`.
@@ -23,7 +23,6 @@ from tests.loop import cli_process
 from tests.loop.quick_campaign import write_quick_config
 
 ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "configs" / "smoke.yaml"
 SMOKE_NAME = "smoke-cu-au"
 
 
@@ -66,7 +65,7 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 
 @dataclass
 class TrackedSmoke:
-    """The smoke campaign after: round 1 tracked, store corrupted, round 2 run without tracking, sync."""
+    """The quick campaign after: round 1 tracked, store corrupted, round 2 run without tracking, sync."""
 
     workdir: Path
     broken_run: subprocess.CompletedProcess[str]
