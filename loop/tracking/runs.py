@@ -54,6 +54,42 @@ from loop.errors import InputError
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+# The loggers MLflow configures on import, each with its own stderr handler (`mlflow.utils.logging_utils`).
+_MLFLOW_LOGGERS = ("mlflow", "sqlalchemy.engine", "alembic", "huey")
+
+
+class _IntoCampaignLog(logging.Handler):
+    """Passes MLflow's log records to the campaign log file only.
+
+    A backend failure already reaches the user as one line (`TrackingUnavailable`, reported by the loop); MLflow
+    also logs it itself, with a traceback (a full disk: "SQLAlchemy database error", 40 lines), which belongs in
+    `logs/campaign.log` for whoever debugs it, not on the console.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info:
+            text = f"{text}\n{logging.Formatter().formatException(record.exc_info)}"
+        target = logging.getLogger("matloop")
+        # Outside a campaign (no log file) the record is dropped rather than left to logging's last-resort stderr.
+        if any(isinstance(h, logging.FileHandler) for h in target.handlers):
+            target.log(record.levelno, "MLflow (%s): %s", record.name, text, extra={"log_file_only": True})
+
+
+def _route_mlflow_logs() -> None:
+    """Send MLflow's own log records (WARNING and above) to the campaign log instead of stderr.
+
+    Its INFO lines (sqlite schema creation and migration) are dropped: a campaign's stderr carries its own
+    progress and one-line errors only.
+    """
+    handler = _IntoCampaignLog(level=logging.WARNING)
+    for name in _MLFLOW_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+
+
 ROLE_TAG = "matloop.role"
 CAMPAIGN_TAG = "matloop.campaign"
 CAMPAIGN_ID_TAG = "matloop.campaign_id"
@@ -323,9 +359,7 @@ class Tracker:
             # does any command that only loads a config.
             from mlflow import MlflowClient
 
-            # MLflow announces sqlite schema creation and migration at INFO on stderr (its logger is configured on
-            # import); a campaign's stderr carries its own progress and one-line errors only.
-            logging.getLogger("mlflow").setLevel(logging.WARNING)
+            _route_mlflow_logs()
             if self.config.tracking_uri is None:
                 (self.workdir / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
                 if (old := follow_moved_store(self.workdir)) is not None:

@@ -652,3 +652,42 @@ def test_campaign_over_http_survives_a_stopped_server(tmp_path: Path) -> None:
     down_sync = matloop("sync-tracking", "--workdir", workdir)
     assert down_sync.returncode == 1
     assert "unavailable" in down_sync.stderr and "Traceback" not in down_sync.stderr
+
+
+FULL_STORE_SCRIPT = """
+import logging, resource, sys
+from pathlib import Path
+from loop.campaign import _setup_logging
+from loop.tracking.runs import Tracker, TrackingConfig, TrackingUnavailable
+
+workdir = Path(sys.argv[1])
+_setup_logging(workdir / "campaign.log")
+logging.getLogger("matloop").setLevel(logging.INFO)
+tracker = Tracker(config=TrackingConfig(), workdir=workdir, campaign_name="full")
+run_id = tracker.start_campaign()
+size = (workdir / "mlflow" / "mlflow.db").stat().st_size
+# No file may grow past the store's present size: the next commit that needs a new page fails (EFBIG).
+resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+try:
+    tracker.log_params({f"p{i}": "x" * 4000 for i in range(2000)}, run_id=run_id)
+except TrackingUnavailable as exc:
+    print("unavailable:", str(exc).splitlines()[0])
+"""
+
+
+def test_a_store_that_cannot_grow_is_one_line_and_its_traceback_goes_to_the_log(tmp_path: Path) -> None:
+    """MLflow logs a failed sqlite commit itself, with a 40-line traceback: that belongs in the campaign log, and
+    the console gets the typed error only."""
+    proc = subprocess.run(
+        [sys.executable, "-c", FULL_STORE_SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("unavailable: MLflow backend"), proc.stdout
+    assert "Traceback" not in proc.stderr and "ERROR" not in proc.stderr, proc.stderr[-3000:]
+    log = (tmp_path / "campaign.log").read_text()
+    assert "MLflow (mlflow.store.db.utils): SQLAlchemy database error" in log
+    assert "Traceback" in log
