@@ -50,7 +50,7 @@ def main() -> None:
         store = CampaignStore.in_workdir(Path(tmp))
         for rnd in range(1, args.rounds + 1):
             started = time.time()
-            made, _ = generate_candidates(config, store=store, round=rnd, generator_checkpoint=None)
+            made = generate_candidates(config, store=store, round=rnd, generator_checkpoint=None).candidates
             rows = [
                 Generated(
                     hash=store.add_structure(

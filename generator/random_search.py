@@ -195,10 +195,11 @@ class RandomSearchGenerator(Generator):
         """Propose up to `n` random symmetric crystals.
 
         With the context's compositions: `structures_per_composition` structures for each composition in turn,
-        most needed first, a composition pyxtal cannot place being passed over after its attempts. Otherwise
-        cycling over the compositions. Each candidate's `info` holds the formula, formula units, the space group
-        drawn, and the volume factor. Fewer than `n` come back only if pyxtal fails
-        `attempts_per_candidate * n` times (or the context's compositions run out).
+        most needed first, a composition pyxtal cannot place being passed over after its attempts, and round again
+        while `n` is not reached. Otherwise cycling over the compositions. Each candidate's `info` holds the
+        formula, formula units, the space group drawn, and the volume factor. Fewer than `n` come back only if
+        pyxtal fails `attempts_per_candidate * n` times (with the context's compositions: a whole pass places
+        nothing).
 
         Raises:
             GeneratorError: On a negative `n`, or see `compositions`.
@@ -228,19 +229,26 @@ class RandomSearchGenerator(Generator):
     ) -> list[Candidate]:
         cfg = self.settings
         out: list[Candidate] = []
-        for comp in comps:
-            want = min(cfg.structures_per_composition, n - len(out))
-            if want <= 0:
+        # More than `structures_per_composition` per composition once every one has had its share: asked for more
+        # candidates than the compositions hold (another generator's shortfall), the search goes round again, as
+        # an AIRSS search samples many structures of each composition. A pass that places nothing ends it.
+        while len(out) < n:
+            before = len(out)
+            for comp in comps:
+                want = min(cfg.structures_per_composition, n - len(out))
+                if want <= 0:
+                    break
+                made = 0
+                for _ in range(cfg.attempts_per_candidate * want):
+                    structure_info = self._attempt(comp, groups, rng)
+                    if structure_info is not None:
+                        structure, info = structure_info
+                        out.append(Candidate(structure=structure, source=self.name, parent=None, info=info))
+                        made += 1
+                        if made >= want:
+                            break
+            if len(out) == before:
                 break
-            made = 0
-            for _ in range(cfg.attempts_per_candidate * want):
-                structure_info = self._attempt(comp, groups, rng)
-                if structure_info is not None:
-                    structure, info = structure_info
-                    out.append(Candidate(structure=structure, source=self.name, parent=None, info=info))
-                    made += 1
-                    if made >= want:
-                        break
         return out
 
     def _attempt(

@@ -68,7 +68,8 @@ class GeneratorConfig(StrictModel):
     name valid in `mix` and as a settings section.
 
     Attributes:
-        mix: Candidates requested per round from each generator, by name (0 switches one off).
+        mix: Candidates requested per round from each generator, by name (0 switches one off), in order: what one
+            cannot make passes to the next generator that is on (`loop.work.generation.generate_candidates`).
         settings: Each registered generator's settings, by name (a union told apart by `kind`).
         funnel: Validity, charge balance, dedup, novelty and design-requirement filters.
         fine_tune_weight: Copies of each stable or near-stable structure of the campaign's oracle hull in the

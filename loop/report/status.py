@@ -97,6 +97,8 @@ def campaign_status(workdir: Path, *, store: CampaignStore | None = None) -> dic
                     "round": r.round,
                     "status": r.status,
                     "generated": generate.get("n_generated", 0),
+                    # the mix's candidates that no generator made (one's shortfall passes to the next in the mix)
+                    "unmade": generate.get("unmade"),
                     # how varied the round's candidates were (the generate stage's distinct formulas, prototypes)
                     "formulas": generate.get("distinct_formulas"),
                     "prototypes": generate.get("distinct_prototypes"),

@@ -7,22 +7,12 @@ Units: times s.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import generator  # noqa: F401  (registers the generators)
-from generator.base import Candidate
 from loop.stages.base import StageContext
 from loop.store import Generated
-from loop.work.generation import generate_candidates, round_breadth
-
-
-@dataclass(frozen=True)
-class Generation:
-    """A round's candidates, in generation order, and each generator's wall time, s."""
-
-    candidates: list[Candidate]
-    timings: dict[str, float]
+from loop.work.generation import Generation, generate_candidates, round_breadth
 
 
 class GenerateStage:
@@ -31,10 +21,9 @@ class GenerateStage:
     name = "generate"
 
     def compute(self, ctx: StageContext) -> Generation:
-        candidates, timings = generate_candidates(
+        return generate_candidates(
             ctx.config, store=ctx.store, round=ctx.round, generator_checkpoint=ctx.checkpoint("generator")
         )
-        return Generation(candidates=candidates, timings=timings)
 
     def commit(self, ctx: StageContext, result: Generation) -> dict[str, Any]:
         rows = [
@@ -54,6 +43,9 @@ class GenerateStage:
             "n_generated": len(rows),
             "per_source": per_source,
             "timings_s": result.timings,
+            # each generator's share of the mix plus what the ones before it could not make
+            "asked": result.asked,
+            "unmade": result.unmade,
             # the structure-type search: decorated structure types proposed
             "n_decorations": sum(c.info.get("operation") == "decoration" for c in result.candidates),
             **round_breadth(result.candidates),

@@ -9,6 +9,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -265,17 +266,38 @@ def compositions_used(asked: Sequence[str], made: Sequence[Candidate], *, defaul
     return last + 1
 
 
+@dataclass(frozen=True)
+class Generation:
+    """A round's candidates, in generation order, with what each generator of the mix was asked for.
+
+    Attributes:
+        candidates: Every candidate proposed.
+        timings: Each generator's wall time, s.
+        asked: Candidates asked of each generator: its share of the mix plus what the generators before it
+            could not make.
+        unmade: Candidates of the mix no generator made (the last one's shortfall).
+    """
+
+    candidates: list[Candidate]
+    timings: dict[str, float]
+    asked: dict[str, int]
+    unmade: int
+
+
 def generate_candidates(
     config: CampaignConfig, *, store: CampaignStore, round: int, generator_checkpoint: Path | None
-) -> tuple[list[Candidate], dict[str, float]]:
+) -> Generation:
     """Ask every generator of the mix for its share of candidates.
 
     A generator that `supports_conditions` gets its settings' `conditions`; one that `supports_fine_tune` starts
     from the campaign's latest fine-tuned checkpoint (`generator_checkpoint`) when there is one; one that
     `supports_prototype_search` gets the structure-type search (`substitution_candidates`) instead of one context.
 
-    Returns:
-        The candidates and the wall time of each generator, s.
+    What a generator cannot make passes to the next one in the mix that is on: the structure-type search runs dry
+    once its types are spent by labels and pool entries (a Ti-O campaign's round 4 proposed 4 of substitution's
+    24), and the round would otherwise shrink to the other generators' shares. Random search, last in the default
+    mix, makes any number, one composition after another, so the round still proposes the mix's total and covers
+    more compositions. Generators that are off (0 in the mix) take nothing.
     """
     gen_cfg = config.generator
     found = discoveries(config, store)
@@ -284,11 +306,14 @@ def generate_candidates(
     offset = 0  # each generator that makes given compositions starts where the previous one stopped
     candidates: list[Candidate] = []
     timings: dict[str, float] = {}
+    asked_of: dict[str, int] = {}
+    shortfall = 0
     # Generators return whole batches: the bar moves by each generator's share (tqdm closes it if one fails).
     bar = Progress(total=sum(gen_cfg.mix.values()), what=f"round {round}: generate")
-    for name, n in gen_cfg.mix.items():
-        if n <= 0:
+    for name, share in gen_cfg.mix.items():
+        if share <= 0:
             continue
+        n = asked_of[name] = share + shortfall
         cls = get_generator_class(name)
         settings = gen_cfg.settings_for(name)
         if cls.supports_fine_tune and generator_checkpoint is not None:
@@ -330,10 +355,21 @@ def generate_candidates(
                 )
         timings[name] = seconds(time.time() - started)
         candidates.extend(made)
-        log.info("round %d: %s proposed %d candidates in %.1f s", round, name, len(made), timings[name])
-        bar.update(n)
+        shortfall = max(0, n - len(made))
+        log.info(
+            "round %d: %s proposed %d of %d candidates in %.1f s%s",
+            round,
+            name,
+            len(made),
+            n,
+            timings[name],
+            f"; the other {shortfall} pass to the next generator" if shortfall else "",
+        )
+        bar.update(share)
     bar.close()
-    return candidates, timings
+    if shortfall:
+        log.info("round %d: %d candidates of the mix were made by no generator", round, shortfall)
+    return Generation(candidates=candidates, timings=timings, asked=asked_of, unmade=shortfall)
 
 
 def round_breadth(candidates: Sequence[Candidate]) -> dict[str, Any]:

@@ -85,3 +85,13 @@ def test_random_search_makes_several_structures_per_composition():
     out = gen.generate(n=7, context=context, seed=2)
     assert [c.info["formula"] for c in out] == ["V2O3"] * 3 + ["VO2"] * 3 + ["V3O"]
     assert all(c.structure.composition.reduced_formula == c.info["formula"] for c in out)
+
+
+def test_random_search_goes_round_again_when_asked_for_more_than_the_compositions_hold():
+    """Two compositions at 3 structures each hold 6; asked for 8 (another generator's shortfall), the search
+    starts a second pass rather than returning short."""
+    gen = RandomSearchGenerator(settings=RandomSearchSettings(structures_per_composition=3))
+    context = GenerationContext(chemical_systems=["V-O"], compositions=["V2O3", "VO2"])
+    out = gen.generate(n=8, context=context, seed=2)
+    assert [c.info["formula"] for c in out] == ["V2O3"] * 3 + ["VO2"] * 3 + ["V2O3"] * 2
+    assert len({c.structure.composition.reduced_formula for c in out}) == 2

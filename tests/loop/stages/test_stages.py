@@ -249,10 +249,10 @@ def test_the_generate_stage_searches_structure_types_for_a_generator_that_declar
     )
     store = CampaignStore.in_workdir(tmp_path)
     assert SubstitutionGenerator.supports_prototype_search
-    searched, _ = generate_candidates(cfg, store=store, round=1, generator_checkpoint=None)
+    searched = generate_candidates(cfg, store=store, round=1, generator_checkpoint=None).candidates
     assert len(searched) == 6 and all(c.info.get("parent_prototype") for c in searched)
     monkeypatch.setattr(SubstitutionGenerator, "supports_prototype_search", False)
-    plain, _ = generate_candidates(cfg, store=store, round=1, generator_checkpoint=None)
+    plain = generate_candidates(cfg, store=store, round=1, generator_checkpoint=None).candidates
     assert plain == []
 
 
@@ -270,7 +270,7 @@ def test_a_multivalent_oxide_round_spans_many_formulas(tmp_path):
         },
     )
     store = CampaignStore.in_workdir(tmp_path)
-    made, _ = generate_candidates(cfg, store=store, round=1, generator_checkpoint=None)
+    made = generate_candidates(cfg, store=store, round=1, generator_checkpoint=None).candidates
     per_source: dict[str, set[str]] = {}
     for c in made:
         per_source.setdefault(c.source, set()).add(c.structure.composition.reduced_formula)
@@ -294,6 +294,28 @@ def test_a_multivalent_oxide_round_spans_many_formulas(tmp_path):
     report = round_breadth(made)
     assert report["distinct_formulas"] == len(set().union(*per_source.values()))
     assert report["distinct_prototypes"] >= report["distinct_formulas"]
+
+
+def test_what_substitution_cannot_make_passes_to_random_search(tmp_path):
+    """Li-Al with 2-atom cells: the structure-type search finds fewer children than its share of 24, and random
+    search, next in the mix, makes the rest (the only composition, LiAl, round after round), so the round proposes
+    the mix's total."""
+    cfg = config(
+        withhold=["all_compounds"],
+        generator={
+            "mix": {"diffusion": 0, "substitution": 24, "random_search": 4},
+            "funnel": {"max_atoms": 2},
+        },
+    )
+    store = CampaignStore.in_workdir(tmp_path)
+    made = generate_candidates(cfg, store=store, round=1, generator_checkpoint=None)
+    substituted = sum(c.source == "substitution" for c in made.candidates)
+    assert 0 < substituted < 24
+    assert made.asked == {"substitution": 24, "random_search": 4 + 24 - substituted}
+    assert len(made.candidates) == 28 and made.unmade == 0
+    assert {
+        c.structure.composition.reduced_formula for c in made.candidates if c.source == "random_search"
+    } == {"LiAl"}
 
 
 def _structure_type_search(cfg: CampaignConfig, store: CampaignStore, rnd: int):
