@@ -18,7 +18,6 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -50,7 +49,7 @@ def main() -> None:
         "workdir": args.workdir.name,
         "round": args.round,
         "asked": made.asked,
-        "made": dict(Counter(c.source for c in made.candidates)),
+        "made": made.per_source,
         "unmade": made.unmade,
         **round_breadth(made.candidates),
         "wall_s": round(time.time() - started, 1),

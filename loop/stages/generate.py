@@ -36,12 +36,9 @@ class GenerateStage:
             for c in result.candidates
         ]
         ctx.store.add_generated(ctx.round, rows)
-        per_source: dict[str, int] = {}
-        for g in rows:
-            per_source[g.source] = per_source.get(g.source, 0) + 1
         return {
             "n_generated": len(rows),
-            "per_source": per_source,
+            "per_source": result.per_source,
             "timings_s": result.timings,
             # each generator's share of the mix plus what the ones before it could not make
             "asked": result.asked,

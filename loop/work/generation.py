@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,6 +283,11 @@ class Generation:
     timings: dict[str, float]
     asked: dict[str, int]
     unmade: int
+
+    @property
+    def per_source(self) -> dict[str, int]:
+        """Candidates made by each generator, in the order they first appear."""
+        return dict(Counter(c.source for c in self.candidates))
 
 
 def generate_candidates(

@@ -655,14 +655,13 @@ def test_campaign_over_http_survives_a_stopped_server(tmp_path: Path) -> None:
 
 
 FULL_STORE_SCRIPT = """
-import logging, resource, sys
+import resource, sys
 from pathlib import Path
 from loop.campaign import _setup_logging
 from loop.tracking.runs import Tracker, TrackingConfig, TrackingUnavailable
 
 workdir = Path(sys.argv[1])
 _setup_logging(workdir / "campaign.log")
-logging.getLogger("matloop").setLevel(logging.INFO)
 tracker = Tracker(config=TrackingConfig(), workdir=workdir, campaign_name="full")
 run_id = tracker.start_campaign()
 size = (workdir / "mlflow" / "mlflow.db").stat().st_size
