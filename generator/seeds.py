@@ -14,7 +14,9 @@ Energies in eV/atom, band gaps in eV, lengths in Å.
 
 from __future__ import annotations
 
+import multiprocessing
 import re
+import sys
 import warnings
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from pymatgen.core import Composition, Lattice, Structure
 
 from generator.base import GeneratorError, KnownStructure
 from generator.chemistry import parse_chemical_system, parse_element
+from generator.prototypes import equivalent_prototypes, structure_prototype
 
 DATA_ROOT = Path(__file__).resolve().parent / "data"
 DATASETS: dict[str, tuple[str, ...]] = {"mp_20": ("train", "val"), "mpts_52": ("train", "val", "test")}
@@ -60,21 +63,55 @@ def _cell_composition(cif: str) -> Composition:
     return Composition(match.group(1))
 
 
-def build_index() -> pd.DataFrame:
-    """Derive the index of every bundled row: material_id, split, reduced_formula, anonymous_formula, n_sites.
+def _index_row(item: tuple[str, str, str]) -> tuple[str, str, str, str, int, str]:
+    ident, split, cif = item
+    comp = _cell_composition(cif)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pymatgen's CIF notes on rounded occupancies
+        prototype = structure_prototype(Structure.from_str(cif, fmt="cif"))
+    return ident, split, comp.reduced_formula, comp.anonymized_formula, round(comp.num_atoms), prototype
 
-    Reduced formulas come from pymatgen, so they match the funnel's formula buckets exactly; computing them for
-    ~45k rows takes tens of seconds, hence the shipped `known_index.csv.gz` (rebuild: `python -m generator.seeds`).
+
+def build_index(*, processes: int = 1) -> pd.DataFrame:
+    """Derive the index of every bundled row: material_id, split, reduced_formula, anonymous_formula, n_sites
+    and prototype (`generator.prototypes.structure_prototype`, one key per structure type:
+    `generator.prototypes.equivalent_prototypes` joins a type's descriptions).
+
+    Reduced formulas come from pymatgen, so they match the funnel's formula buckets exactly; prototypes need
+    every CIF parsed (about 20 ms a crystal, so ~15 min for ~45k rows on one core), hence the shipped
+    `known_index.csv.gz` (rebuild: `python -m generator.seeds [processes]`).
     """
-    rows = []
+    items = []
     for split in SPLITS:
         frame = pd.read_csv(_split_path(split), usecols=["material_id", "cif"])
-        for ident, cif in zip(frame["material_id"], frame["cif"], strict=True):
-            comp = _cell_composition(cif)
-            rows.append((ident, split, comp.reduced_formula, comp.anonymized_formula, round(comp.num_atoms)))
-    return pd.DataFrame(
-        rows, columns=["material_id", "split", "reduced_formula", "anonymous_formula", "n_sites"]
+        items.extend((str(i), split, c) for i, c in zip(frame["material_id"], frame["cif"], strict=True))
+    if processes > 1:
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            rows = pool.map(_index_row, items, chunksize=256)
+    else:
+        rows = [_index_row(item) for item in items]
+    frame = pd.DataFrame(
+        rows,
+        columns=["material_id", "split", "reduced_formula", "anonymous_formula", "n_sites", "prototype"],
     )
+    frame["prototype"] = frame["prototype"].replace(_prototype_aliases(frame, [c for *_, c in items]))
+    return frame
+
+
+def _prototype_aliases(frame: pd.DataFrame, cifs: Sequence[str]) -> dict[str, str]:
+    """`generator.prototypes.equivalent_prototypes` of the compounds' keys that share all but their Wyckoff sites,
+    one crystal (the first listed) representing each key."""
+    coarse = frame["prototype"].str.rsplit(":", n=1).str[0]
+    compound = frame["anonymous_formula"] != "A"
+    shared = coarse.map(frame[compound].groupby(coarse[compound])["prototype"].nunique()).fillna(0) > 1
+    first = frame[compound & shared].drop_duplicates(subset="prototype")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        representatives = {
+            key: Structure.from_str(cifs[i], fmt="cif")
+            for i, key in zip(first.index, first["prototype"], strict=True)
+        }
+    return equivalent_prototypes(representatives)
 
 
 @lru_cache(maxsize=1)
@@ -91,7 +128,7 @@ def _read_split(split: str) -> pd.DataFrame:
         raise SeedDataError(
             f"{INDEX_PATH.name} is out of date for {split}; rebuild it: python -m generator.seeds"
         )
-    for column in ("reduced_formula", "anonymous_formula", "n_sites"):
+    for column in ("reduced_formula", "anonymous_formula", "n_sites", "prototype"):
         frame[column] = index[column].to_numpy()
     frame["element_set"] = [frozenset(_ELEMENT_RE.findall(text)) for text in frame["elements"]]
     frame["split"] = split
@@ -109,7 +146,7 @@ def seed_table(*, splits: Sequence[str] = SPLITS) -> pd.DataFrame:
     """All seed rows (unparsed CIFs) of the given splits, one per material id.
 
     Extra columns: `element_set` (frozenset of symbols), `reduced_formula` (pymatgen's), `anonymous_formula`,
-    `n_sites` (atoms in the cell), `split`.
+    `n_sites` (atoms in the cell), `prototype` (`generator.prototypes.structure_prototype`), `split`.
     """
     for split in splits:
         _split_path(split)
@@ -338,7 +375,7 @@ def bundled_formulas() -> dict[str, str]:
 
 
 def _main() -> None:
-    frame = build_index()
+    frame = build_index(processes=int(sys.argv[1]) if len(sys.argv) > 1 else 1)
     frame.to_csv(INDEX_PATH, index=False)
     print(f"wrote {INDEX_PATH.name}: {len(frame)} rows")
 

@@ -40,6 +40,7 @@ from generator.chemistry import (
     is_intermetallic,
     parse_chemical_system,
 )
+from generator.prototypes import structure_prototype
 from generator.seeds import SPLITS, Withholding, load_seeds, seed_table
 
 
@@ -477,28 +478,10 @@ class SubstitutionGenerator(Generator):
 register(SubstitutionGenerator)
 
 
-def prototype_key(*, anonymous_formula: str, spacegroup: int, n_sites: int) -> str:
-    """A structure prototype: anonymous formula, space group and atoms in the cell, e.g. "AB:227:4" for B32.
-
-    Cheap (no structure comparison), so two structure types that share all three are one prototype; that is
-    rare above the lowest-symmetry groups.
-    """
-    return f"{anonymous_formula}:{spacegroup}:{n_sites}"
-
-
 def table_prototypes(rows: pd.DataFrame) -> pd.Series:
-    """`prototype_key` of every row of a `generator.seeds.seed_table` (its anonymous formula, space group and
-    atoms), indexed like the rows."""
-    return pd.Series(
-        [
-            prototype_key(anonymous_formula=a, spacegroup=int(g), n_sites=int(n))
-            for a, g, n in zip(
-                rows["anonymous_formula"], rows["spacegroup.number"], rows["n_sites"], strict=True
-            )
-        ],
-        index=rows.index,
-        dtype=object,
-    )
+    """`generator.prototypes.prototype_key` of every row of a `generator.seeds.seed_table`, indexed like the rows
+    (read from the shipped index, so no structure is parsed)."""
+    return rows["prototype"].astype(object)
 
 
 @lru_cache(maxsize=8192)
@@ -554,10 +537,10 @@ def prototype_parents(
 
     Every bundled crystal whose elements can be mapped into a target system by the Hautier substitution table
     (same rules and threshold as `SubstitutionGenerator`) is scored with `parent_score`; the best-scoring crystal
-    of each prototype (`prototype_key`) represents it. For Li-Al, LiIn, LiZn, LiCd and NaTl are all the B32
-    prototype (AB, Fd-3m, 4 atoms), so it is offered once. Exact scores need an oxidation-state guess per formula
-    (slow for ionic crystals), so formulas are scored best bound first and the search stops once `limit`
-    prototypes are found that no unscored formula could beat.
+    of each prototype (`generator.prototypes.prototype_key`) represents it. For Li-Al, LiIn, LiZn, LiCd and NaTl
+    are all the B32 prototype (AB, Fd-3m, 4 atoms, Wyckoff 8a and 8b), so it is offered once. Exact scores need an
+    oxidation-state guess per formula (slow for ionic crystals), so formulas are scored best bound first and the
+    search stops once `limit` prototypes are found that no unscored formula could beat.
 
     Args:
         chemical_systems: Target systems such as "Li-Al".
@@ -693,7 +676,7 @@ class Decoration:
     """A bundled structure type decorated with a target composition.
 
     Attributes:
-        prototype: The structure type (`prototype_key`).
+        prototype: The structure type (`generator.prototypes.prototype_key`).
         material_id: The bundled crystal that represents it (best score of its members).
         formula: The target's reduced formula.
         mapping: (parent element, target element) pairs.
@@ -906,17 +889,6 @@ def breadth(structures: Sequence[Structure]) -> Breadth:
     )
 
 
-def structure_prototype(structure: Structure, *, symprec: float = 0.1) -> str:
-    """`prototype_key` of a structure: its anonymous formula, space group (at `symprec`, Å; 1 when spglib
-    fails) and atoms in the cell."""
-    dataset = _symmetry_dataset(structure, symprec)
-    return prototype_key(
-        anonymous_formula=structure.composition.reduced_composition.anonymized_formula,
-        spacegroup=int(dataset.number) if dataset is not None else 1,
-        n_sites=len(structure),
-    )
-
-
 def substitution_score(old: str, new: str) -> float:
     """P(new | old) for two species strings such as "Mn2+" and "Fe2+" (Hautier et al. data).
 
@@ -948,9 +920,7 @@ __all__ = [
     "element_substitution_probability",
     "partial_decoration",
     "prototype_decorations",
-    "prototype_key",
     "prototype_parents",
-    "structure_prototype",
     "substitution_score",
     "table_prototypes",
 ]

@@ -154,7 +154,7 @@ def test_intermetallic_parents_give_intermetallic_candidates():
     assert any(len(c.structure.composition.elements) == 2 for c in out)
 
 
-B32 = "AB:227:4"  # NaTl type: AB, Fd-3m, 4 atoms in the primitive cell
+B32 = "AB:227:4:a_b"  # NaTl type: AB, Fd-3m, 4 atoms in the primitive cell, Wyckoff 8a and 8b
 
 
 def natl_type(a: float, first: str, second: str) -> Structure:
@@ -183,7 +183,7 @@ def test_prototype_parents_offer_each_structure_type_once(li_al_parents):
             parent.properties["prototype_score"]
         )
         sga = SpacegroupAnalyzer(parent.structure, symprec=0.1)
-        assert parent.properties["prototype"].split(":")[1:] == [
+        assert parent.properties["prototype"].split(":")[1:3] == [
             str(sga.get_space_group_number()),
             str(len(parent.structure)),
         ]
@@ -239,13 +239,13 @@ def test_every_structure_type_of_an_allowed_composition_is_decorated_once():
     found = prototype_decorations(weights={"VO": 1.0, "V2O3": 0.5, "V": 1.0}, max_sites=12, withhold=held)
     pairs = [(d.prototype, d.formula) for d in found]
     assert len(pairs) == len(set(pairs)) and {f for _, f in pairs} == {"VO", "V2O3"}
-    assert ("AB:225:2", "VO") in pairs  # rock salt
+    assert ("AB:225:2:a_b", "VO") in pairs  # rock salt
     assert all(d.prototype.startswith("AB:") == (d.formula == "VO") for d in found)
     table = seed_table().set_index("material_id")
     assert not any(table.loc[d.material_id, "element_set"] <= {"V", "O"} for d in found)  # withheld
     assert [d.rank_score for d in found] == sorted((d.rank_score for d in found), reverse=True)
     fewer = prototype_decorations(
-        weights={"VO": 1.0, "V2O3": 0.5}, max_sites=12, withhold=held, exclude={("AB:225:2", "VO")}
+        weights={"VO": 1.0, "V2O3": 0.5}, max_sites=12, withhold=held, exclude={("AB:225:2:a_b", "VO")}
     )
     assert len(fewer) == len(found) - 1
     children = list(decorated_candidates(found[:5]))
@@ -277,6 +277,25 @@ def test_peroxides_are_decorated_like_any_ab_compound():
     held = Withholding(compounds_in=(frozenset({"Na", "O"}),))
     found = prototype_decorations(weights={"Na2O2": 1.0}, max_sites=12, withhold=held)
     prototypes = {d.prototype for d in found}
-    assert "AB:189:12" in prototypes  # the P-62m type of Na2O2 itself, from NaS, KS, ... (withheld here)
-    child = next(decorated_candidates([d for d in found if d.prototype == "AB:189:12"]))
+    assert (
+        "AB:189:12:eh_fg" in prototypes
+    )  # the P-62m type of Na2O2 itself, from NaS, KS, ... (withheld here)
+    child = next(decorated_candidates([d for d in found if d.prototype == "AB:189:12:eh_fg"]))
     assert child.structure.composition.reduced_formula == "Na2O2" and len(child.structure) == 12
+
+
+def test_two_structure_types_of_one_space_group_and_cell_size_are_both_decorated():
+    """TiO2-B (mp-554278) and the other C2/m VO2 (mp-1100908) are both AB2 in C2/m with 12 atoms; only their
+    Wyckoff sites tell the types apart. Keyed without them, the two were one prototype represented by mp-1100908,
+    so no Ti-O campaign ever decorated TiO2-B's type (VO2-B, mp-541404)."""
+    table = seed_table().set_index("material_id")
+    tio2_b, vo2_b, other = (table.loc[m, "prototype"] for m in ("mp-554278", "mp-541404", "mp-1100908"))
+    assert tio2_b == vo2_b != other
+    assert tio2_b.startswith("AB2:12:12:") and other.startswith("AB2:12:12:")
+    held = Withholding(compounds_in=(frozenset({"Ti", "O"}),))
+    found = prototype_decorations(weights={"TiO2": 1.0}, max_sites=12, withhold=held)
+    assert {d.prototype for d in found} >= {tio2_b, other}
+    child = next(decorated_candidates([d for d in found if d.prototype == tio2_b]))
+    target = Structure.from_str(table.loc["mp-554278", "cif"], fmt="cif")
+    assert child.structure.composition.reduced_formula == "TiO2"
+    assert StructureMatcher().fit(child.structure, target)  # the withheld phase, offered in its own type

@@ -33,7 +33,7 @@ from loop.work.references import reference_pool
 from loop.work.retraining import generator_breadth_check, withheld_training_ids
 from loop.work.screening import cheap_only
 
-B32 = "AB:227:4"
+B32 = "AB:227:4:a_b"
 
 
 def config(**kw):
