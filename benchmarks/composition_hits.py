@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.composition_hits --n 8 --retry-n 16
 
 Per target phase (a Materials Project id among the bundled crystals, `generator.seeds.load_seeds`; by default Ti2O,
-Na2O, NaO2, Na2O2, KO2, TiAl and TiAl2), each generator (`random_search`, `diffusion` with the shipped checkpoint) is
+Na2O, NaO2, Na2O2, KO2, TiAl and TiAl2), each generator (`random_search`, `diffusion` with the shipped checkpoint,
+`interstitial`, which makes only metal-rich compounds of a transition metal and a light non-metal) is
 asked for `--n` structures of exactly the target's reduced composition, the way a campaign's generate stage asks
 (`loop.work.generation.generate_candidates`: a `GenerationContext` whose `compositions` lists the formula, the
 target's chemical system, no known crystals; the product's default settings, `max_atoms` 20, with
@@ -50,7 +51,7 @@ from generator.random_search import RandomSearchSettings, cell_options, formula_
 from generator.seeds import load_seeds
 
 DEFAULT_TARGETS = ("mp-1215", "mp-2352", "mp-1901", "mp-2340", "mp-1866", "mp-1953", "mp-567705")
-GENERATORS = ("random_search", "diffusion")
+GENERATORS = ("random_search", "diffusion", "interstitial")
 RELAX_FMAX = 0.1  # eV/Å, `training.relax_fmax` of the campaign config
 RELAX_STEPS = 300  # `training.relax_steps`
 MAX_ATOMS = 20
@@ -347,7 +348,7 @@ def main() -> None:
         "--targets", default=",".join(DEFAULT_TARGETS), help="comma-separated Materials Project ids (bundled)"
     )
     parser.add_argument(
-        "--generators", default=",".join(GENERATORS), help="comma-separated, from: random_search,diffusion"
+        "--generators", default=",".join(GENERATORS), help=f"comma-separated, from: {','.join(GENERATORS)}"
     )
     parser.add_argument("--n", type=int, default=8, help="structures asked per target and generator")
     parser.add_argument(

@@ -81,6 +81,9 @@ class Generator(ABC):
             searches structure types for it: parents from the campaign's discoveries, the providers' crystals and
             one bundled crystal per structure type not yet spent, and children the campaign already knows
             dropped, round after round (one context of discoveries alone would repeat the same parents).
+        hands_on_compositions: A generator that makes `GenerationContext.compositions` works down the list in order
+            and the next generator of the mix starts after the last composition it made; False for one that makes
+            only some kinds of composition and passes over the rest, after which the next starts where it did.
     """
 
     name: ClassVar[str]
@@ -88,6 +91,7 @@ class Generator(ABC):
     supports_conditions: ClassVar[bool] = False
     supports_fine_tune: ClassVar[bool] = False
     supports_prototype_search: ClassVar[bool] = False
+    hands_on_compositions: ClassVar[bool] = True
 
     @abstractmethod
     def generate(self, *, n: int, context: GenerationContext, seed: int = 0) -> list[Candidate]:

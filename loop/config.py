@@ -88,7 +88,7 @@ class GeneratorConfig(StrictModel):
     """
 
     mix: dict[str, int] = Field(
-        default_factory=lambda: {"diffusion": 16, "substitution": 24, "random_search": 8}
+        default_factory=lambda: {"diffusion": 16, "substitution": 24, "interstitial": 4, "random_search": 4}
     )
     settings: dict[str, GeneratorSettingsConfig] = Field(default_factory=dict)  # type: ignore[valid-type]
     funnel: FunnelConfig = Field(default_factory=FunnelConfig)

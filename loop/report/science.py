@@ -341,6 +341,11 @@ def _describe_provenance(row: StructureRow | None) -> tuple[str | None, str]:
         if info.get("space_group") is not None:
             bits.append(f"space group {info['space_group']}")
         return None, ", ".join(b for b in bits if b) or "random search"
+    if source == "interstitial":
+        text = f"{info.get('guest', '?')} on {info.get('holes', '?')} holes of {parent or 'the metal'}"
+        if info.get("shortest_guest_distance") is not None:
+            text += f", shortest {info.get('guest', '?')}-{info.get('guest', '?')} {info['shortest_guest_distance']} Å"
+        return (None if parent is None else str(parent)), text
     if source == "seed":
         return (None if parent is None else str(parent)), str(info.get("role", "known structure"))
     return (None if parent is None else str(parent)), ", ".join(f"{k} = {v}" for k, v in info.items())

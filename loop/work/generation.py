@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import generator  # noqa: F401  (registers the generators)
-from generator.base import Candidate, GenerationContext, KnownStructure, get_generator_class
+from generator.base import Candidate, GenerationContext, KnownStructure, generator_names, get_generator_class
 from generator.compositions import (
     AllowedComposition,
     allowed_compositions,
@@ -50,7 +50,7 @@ PROTOTYPES_MIN = 64  # fewest prototype parents searched per round
 CELL_LIMIT = 40  # atoms per formula unit enumerated when the funnel sets no max_atoms
 
 
-GENERATED_SOURCES = ("diffusion", "substitution", "random_search")
+GENERATED_SOURCES = tuple(generator_names())
 
 
 def cell_limit(config: CampaignConfig) -> int:
@@ -355,7 +355,7 @@ def generate_candidates(
             asked = formulas[offset:] + formulas[:offset] if per else []
             context = _context(config, cls, settings, found, asked)
             made = cls(settings=settings).generate(n=n, context=context, seed=config.seed * 1000 + round)
-            if per:
+            if per and cls.hands_on_compositions:
                 offset = (offset + compositions_used(asked, made, default=math.ceil(n / per))) % max(
                     len(formulas), 1
                 )

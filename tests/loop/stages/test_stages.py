@@ -438,3 +438,32 @@ def test_a_generator_fine_tune_that_narrows_its_proposals_is_not_deployed(tmp_pa
     same = generator_breadth_check(cfg, store=store, round=1, before=None, after=SHIPPED_CHECKPOINT)
     assert same["generator_deployed"] and "(narrower)" not in same["generator_reason"]
     assert same["generator_free_formulas_after"] == same["generator_free_formulas_before"]
+
+
+def test_interstitial_orderings_join_a_ti_o_round_without_moving_random_search(tmp_path):
+    """Ti-O: the interstitial generator makes its share from the compositions of the round's list with no more O
+    than Ti and passes over the others, so random search, next, is asked for the same compositions as without it."""
+
+    def round_1(mix: dict[str, int]):
+        cfg = config(
+            chemical_systems=["Ti-O"],
+            withhold=["all_compounds"],
+            generator={"mix": mix, "funnel": {"max_atoms": 14}},
+        )
+        return generate_candidates(cfg, store=CampaignStore.in_workdir(tmp_path / str(len(mix))), round=1,
+                                   generator_checkpoint=None)  # fmt: skip
+
+    with_it = round_1({"diffusion": 0, "substitution": 0, "interstitial": 4, "random_search": 4})
+    without = round_1({"diffusion": 0, "substitution": 0, "random_search": 4})
+    ordered = [c for c in with_it.candidates if c.source == "interstitial"]
+    assert len(ordered) == 4 and with_it.asked == {"interstitial": 4, "random_search": 4}
+    for c in ordered:
+        counts = c.structure.composition.element_composition
+        assert counts["Ti"] >= counts["O"] and c.info["operation"] == "interstitial"
+
+    def formulas(made):
+        return [
+            c.structure.composition.reduced_formula for c in made.candidates if c.source == "random_search"
+        ]
+
+    assert formulas(with_it) == formulas(without)
