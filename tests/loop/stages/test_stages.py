@@ -448,7 +448,7 @@ def test_interstitial_orderings_join_a_ti_o_round_without_moving_random_search(t
         cfg = config(
             chemical_systems=["Ti-O"],
             withhold=["all_compounds"],
-            generator={"mix": mix, "funnel": {"max_atoms": 14}},
+            generator={"mix": mix, "funnel": {"max_atoms": 10}},
         )
         return generate_candidates(cfg, store=CampaignStore.in_workdir(tmp_path / str(len(mix))), round=1,
                                    generator_checkpoint=None)  # fmt: skip
