@@ -14,9 +14,9 @@ Energies in eV/atom, band gaps in eV, lengths in Å.
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import re
-import sys
 import warnings
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -78,8 +78,8 @@ def build_index(*, processes: int = 1) -> pd.DataFrame:
     `generator.prototypes.equivalent_prototypes` joins a type's descriptions).
 
     Reduced formulas come from pymatgen, so they match the funnel's formula buckets exactly; prototypes need
-    every CIF parsed (about 20 ms a crystal, so ~15 min for ~45k rows on one core), hence the shipped
-    `known_index.csv.gz` (rebuild: `python -m generator.seeds [processes]`).
+    every CIF parsed (about 20 ms a crystal, so ~15 min for ~45k rows on one core) and joining a type's settings
+    takes ~9 min more, hence the shipped `known_index.csv.gz` (rebuild: `python -m generator.seeds [processes]`).
     """
     items = []
     for split in SPLITS:
@@ -375,7 +375,12 @@ def bundled_formulas() -> dict[str, str]:
 
 
 def _main() -> None:
-    frame = build_index(processes=int(sys.argv[1]) if len(sys.argv) > 1 else 1)
+    parser = argparse.ArgumentParser(description="Rebuild the shipped index of the bundled crystals.")
+    parser.add_argument("processes", nargs="?", type=int, default=1, help="worker processes (default 1)")
+    args = parser.parse_args()
+    if args.processes < 1:
+        parser.error("processes must be at least 1")
+    frame = build_index(processes=args.processes)
     frame.to_csv(INDEX_PATH, index=False)
     print(f"wrote {INDEX_PATH.name}: {len(frame)} rows")
 
