@@ -36,6 +36,12 @@ def parse_element(symbol: str) -> str:
     return text
 
 
+def atomic_radius(symbol: str) -> float:
+    """pymatgen's atomic radius of an element (Å), its calculated radius where none is tabulated, else 1.5."""
+    el = Element(symbol)
+    return float(el.atomic_radius or el.atomic_radius_calculated or 1.5)
+
+
 def parse_chemical_system(system: str | Iterable[str]) -> frozenset[str]:
     """Parse a chemical system such as "Li-Fe-P-O" (or a list of symbols) into a set of element symbols.
 

@@ -33,7 +33,7 @@ from generator.base import (
     GeneratorSettings,
     register,
 )
-from generator.chemistry import formula_unit, parse_element
+from generator.chemistry import atomic_radius, formula_unit, parse_element
 from generator.seeds import reference_state
 
 _GRID = 24  # divisible by 2, 3, 4, 6 and 8, so the holes of cubic and hexagonal hosts are grid points
@@ -106,11 +106,6 @@ def _host_metal(symbol: str) -> bool:
     return bool(el.is_transition_metal or el.is_rare_earth)
 
 
-def _radius(symbol: str) -> float:
-    el = Element(symbol)
-    return float(el.atomic_radius or el.atomic_radius_calculated)
-
-
 def _shortest_translation(lattice: Lattice) -> float:
     """Shortest non-zero lattice vector, Å (on the LLL-reduced basis, combinations of -1, 0, 1)."""
     basis = lattice.lll_matrix
@@ -152,7 +147,7 @@ class InterstitialGenerator(Generator):
         if len(counts) != 2 or len(metals) != 1 or len(guests) != 1:
             return []
         metal, guest = metals[0], guests[0]
-        if _radius(guest) / _radius(metal) >= HAGG_RATIO:
+        if atomic_radius(guest) / atomic_radius(metal) >= HAGG_RATIO:
             return []
         known = reference_state(metal)
         if known is None:

@@ -41,6 +41,15 @@ class Symmetry:
     wyckoff: str
 
 
+def symmetry_dataset(structure: Structure, symprec: float = SYMPREC):
+    """spglib's symmetry dataset of `structure` at `symprec` (Å), or None where spglib fails (some degenerate
+    cells, such as overlapping atoms)."""
+    try:
+        return SpacegroupAnalyzer(structure, symprec=symprec).get_symmetry_dataset()
+    except Exception:
+        return None
+
+
 def symmetry_of(structure: Structure, *, symprec: float = SYMPREC) -> Symmetry:
     """Space group and anonymous Wyckoff signature of `structure`.
 
@@ -48,12 +57,8 @@ def symmetry_of(structure: Structure, *, symprec: float = SYMPREC) -> Symmetry:
     joined ("ii" for two 4i orbits), and elements are ordered as in the anonymous formula (fewest atoms first,
     ties by their letters), so the signature does not depend on which elements decorate the type.
     """
-    try:
-        dataset = SpacegroupAnalyzer(structure, symprec=symprec).get_symmetry_dataset()
-    except Exception:
-        # spglib fails on some degenerate cells (overlapping atoms): one key for all of them
-        dataset = None
-    if dataset is None:
+    dataset = symmetry_dataset(structure, symprec)
+    if dataset is None:  # one key for every cell spglib cannot read
         return Symmetry(spacegroup=1, wyckoff="?")
     letters: dict[str, list[str]] = defaultdict(list)
     counts: dict[str, int] = defaultdict(int)
@@ -86,7 +91,8 @@ def structure_prototype(structure: Structure, *, symprec: float = SYMPREC) -> st
     )
 
 
-def _without_sites(key: str) -> str:
+def without_sites(key: str) -> str:
+    """A prototype key without its Wyckoff part: anonymous formula, space group and atoms."""
     return key.rsplit(":", 1)[0]
 
 
@@ -111,7 +117,7 @@ def equivalent_prototypes(representatives: Mapping[str, Structure]) -> dict[str,
 
     groups: dict[str, list[str]] = defaultdict(list)
     for key in sorted(representatives):
-        groups[_without_sites(key)].append(key)
+        groups[without_sites(key)].append(key)
     matcher = StructureMatcher()
     for keys in groups.values():
         for a, b in itertools.combinations(keys, 2):
@@ -127,5 +133,7 @@ __all__ = [
     "equivalent_prototypes",
     "prototype_key",
     "structure_prototype",
+    "symmetry_dataset",
     "symmetry_of",
+    "without_sites",
 ]

@@ -29,7 +29,7 @@ from pymatgen.core import Composition, Lattice, Structure
 
 from generator.base import GeneratorError, KnownStructure
 from generator.chemistry import parse_chemical_system, parse_element
-from generator.prototypes import equivalent_prototypes, structure_prototype
+from generator.prototypes import equivalent_prototypes, structure_prototype, without_sites
 
 DATA_ROOT = Path(__file__).resolve().parent / "data"
 DATASETS: dict[str, tuple[str, ...]] = {"mp_20": ("train", "val"), "mpts_52": ("train", "val", "test")}
@@ -101,7 +101,7 @@ def build_index(*, processes: int = 1) -> pd.DataFrame:
 def _prototype_aliases(frame: pd.DataFrame, cifs: Sequence[str]) -> dict[str, str]:
     """`generator.prototypes.equivalent_prototypes` of the compounds' keys that share all but their Wyckoff sites,
     one crystal (the first listed) representing each key."""
-    coarse = frame["prototype"].str.rsplit(":", n=1).str[0]
+    coarse = frame["prototype"].map(without_sites)
     compound = frame["anonymous_formula"] != "A"
     shared = coarse.map(frame[compound].groupby(coarse[compound])["prototype"].nunique()).fillna(0) > 1
     first = frame[compound & shared].drop_duplicates(subset="prototype")

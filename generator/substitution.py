@@ -22,7 +22,6 @@ import pandas as pd
 from pydantic import Field, field_validator
 from pymatgen.analysis.structure_prediction.substitution_probability import SubstitutionProbability
 from pymatgen.core import Composition, Element, Species, Structure
-from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from generator.base import (
     Candidate,
@@ -34,13 +33,14 @@ from generator.base import (
     register,
 )
 from generator.chemistry import (
+    atomic_radius,
     composition_class,
     formula_unit,
     is_charge_balanced,
     is_intermetallic,
     parse_chemical_system,
 )
-from generator.prototypes import structure_prototype
+from generator.prototypes import structure_prototype, symmetry_dataset
 from generator.seeds import SPLITS, Withholding, load_seeds, seed_table
 
 
@@ -113,14 +113,6 @@ def _substitutes(
         if new.symbol != symbol and _same_sign(new, old)
     ]
     return tuple(sorted((o for o in out if o[2] >= threshold), key=lambda t: (-t[2], t[0], t[1])))
-
-
-def _symmetry_dataset(structure: Structure, symprec: float):
-    try:
-        return SpacegroupAnalyzer(structure, symprec=symprec).get_symmetry_dataset()
-    except Exception:
-        # spglib fails on some degenerate cells; such structures get no partial substitutions
-        return None
 
 
 def _same_sign(a: Species, b: Species) -> bool:
@@ -416,7 +408,7 @@ class SubstitutionGenerator(Generator):
         if systems and not any(elements <= t for t in systems):
             # keeping part of every species means a parent outside the targets stays outside them
             return []
-        dataset = _symmetry_dataset(structure, cfg.symprec)
+        dataset = symmetry_dataset(structure, cfg.symprec)
         if dataset is None:
             return []
         labels = np.asarray(dataset.equivalent_atoms)
@@ -447,7 +439,7 @@ class SubstitutionGenerator(Generator):
             new_structure = structure.copy()
             for idx in chosen:
                 new_structure.replace(int(idx), new_symbol)
-            child = _symmetry_dataset(new_structure, cfg.symprec)
+            child = symmetry_dataset(new_structure, cfg.symprec)
             if child is None or len(child.rotations) >= len(dataset.rotations):
                 # within the tolerance the child can look as symmetric as the parent (near-higher-symmetry
                 # parents); such a candidate is not a symmetry-lowering partial substitution
@@ -653,20 +645,15 @@ def decoration_map(
     return score, tuple(sorted(pairs))
 
 
-def _radius(symbol: str) -> float:
-    el = Element(symbol)
-    return float(el.atomic_radius or el.atomic_radius_calculated or 1.5)
-
-
 def decorate(structure: Structure, mapping: dict[str, str]) -> Structure:
     """The parent's structure with its elements replaced by `mapping` (all sites of an element at once), its
     volume scaled by the ratio of the summed cubes of the atomic radii (Å) so the cell starts near a
     plausible density; fractional coordinates are the parent's."""
     child = structure.copy()
     child.remove_oxidation_states()
-    old = sum(_radius(site.specie.symbol) ** 3 for site in child)
+    old = sum(atomic_radius(site.specie.symbol) ** 3 for site in child)
     child.replace_species({a: b for a, b in mapping.items() if a != b})
-    new = sum(_radius(site.specie.symbol) ** 3 for site in child)
+    new = sum(atomic_radius(site.specie.symbol) ** 3 for site in child)
     child.scale_lattice(child.volume * new / old)
     return child
 
@@ -829,7 +816,7 @@ def partial_decoration(
     probable first (`element_substitution_probability`, so a cation never takes an anion's place), when the new
     composition is allowed (`generator.chemistry.composition_class`) and the child keeps fewer symmetry
     operations than the structure. None when no such substitution exists."""
-    dataset = _symmetry_dataset(structure, settings.symprec)
+    dataset = symmetry_dataset(structure, settings.symprec)
     if dataset is None:
         return None
     labels = np.asarray(dataset.equivalent_atoms)
@@ -853,7 +840,7 @@ def partial_decoration(
         variant = structure.copy()
         for idx in chosen:
             variant.replace(int(idx), new)
-        lowered = _symmetry_dataset(variant, settings.symprec)
+        lowered = symmetry_dataset(variant, settings.symprec)
         if lowered is None or len(lowered.rotations) >= len(dataset.rotations):
             continue
         return variant, {
